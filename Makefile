@@ -1,0 +1,82 @@
+# Every install step lives here. On a fresh Debian 12 machine, as root:
+#   make run    sandbox Asterisk + embedded PostgreSQL + the FastAGI server, in the foreground
+#   make test   lint, types, unit and end-to-end tests
+#   make bench  the FastAGI load benchmark against panoramisk, in the same run
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CACHE := .cache
+APT_PACKAGES := postgresql espeak-ng libespeak-ng1 sox sip-tester debootstrap python3-venv ca-certificates
+# The packages are checked by their commands, so a warm machine skips apt entirely.
+APT_STAMP := $(CACHE)/apt.stamp
+VENV_STAMP := $(VENV)/.installed
+SANDBOX_ROOTFS := $(CACHE)/sandbox/rootfs
+
+.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench demo clean distclean
+
+help:
+	@echo "make run     start the sandbox Asterisk, PostgreSQL and the FastAGI server"
+	@echo "make test    lint, type-check and run every test"
+	@echo "make bench   FastAGI load benchmark (ours vs panoramisk)"
+	@echo "make clean   remove caches of tests; make distclean also removes the sandbox image"
+
+$(APT_STAMP):
+	@mkdir -p $(CACHE)
+	@missing=""; \
+	for cmd in initdb:postgresql espeak-ng:espeak-ng sox:sox sipp:sip-tester debootstrap:debootstrap; do \
+	  c=$${cmd%%:*}; \
+	  if ! command -v $$c >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/$$c >/dev/null 2>&1; then missing=1; fi; \
+	done; \
+	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then missing=1; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "== installing Debian packages: $(APT_PACKAGES)"; \
+	  apt-get update -q; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	fi
+	@touch $@
+
+deps: $(APT_STAMP) $(VENV_STAMP)
+
+$(VENV_STAMP): setup.cfg pyproject.toml | $(APT_STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV_STAMP)
+
+sandbox-image: deps
+	$(VENV)/bin/fastagi sandbox image
+
+lint: venv
+	$(VENV)/bin/ruff check fastagi tests bench
+	$(VENV)/bin/ruff format --check fastagi tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit
+
+e2e: deps sandbox-image
+	$(VENV)/bin/pytest tests/e2e
+
+test: deps sandbox-image lint typecheck
+	$(VENV)/bin/pytest tests
+
+bench: deps
+	$(PY) -m bench.agi_load
+
+run: deps sandbox-image
+	$(VENV)/bin/fastagi dev
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis $(CACHE)/instances $(CACHE)/pg
+
+distclean: clean
+	rm -rf $(CACHE) $(VENV)

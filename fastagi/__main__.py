@@ -1,0 +1,5 @@
+import sys
+
+from fastagi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,16 @@
+"""The asyncpg connection pool, built from the settings."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from fastagi.config import DatabaseSettings
+
+
+async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool[asyncpg.Record]:
+    """Open a pool of ``pool_min_size`` .. ``pool_max_size`` connections to ``dsn``."""
+    return await asyncpg.create_pool(
+        dsn=settings.dsn.get_secret_value(),
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+    )

@@ -1,0 +1,1 @@
+"""Tests against a real PostgreSQL (the tests.pg plugin provides it)."""

@@ -1,0 +1,207 @@
+"""Render one text to an Asterisk signed-linear file without blocking the event loop.
+
+Theory of operation. espeak-ng runs in a child process per render (``_worker.py``, driven
+through pyttsx3), never in the server's process:
+
+- pyttsx3 engines are not thread-safe, and its espeak driver keeps process-wide state
+  (espeak_Initialize once per process, one global synth callback); a child has its own.
+- espeak-ng can hang (the worker waits forever when pyttsx3 fails to write the WAV from
+  espeak-ng's callback, or synthesis never reports its end) or crash in C. A thread cannot
+  be killed, so a hung render in a worker thread would hold that thread, and with it every
+  later render, for good; a child process is killed at ``render_timeout`` and the next
+  render starts clean.
+- A child costs about 70 ms (Python start-up plus espeak-ng's data), paid once per text,
+  since prompts are cached (``cache.py``) and department texts are rendered ahead of time.
+
+The event loop only awaits the children's pipes (asyncio subprocesses), and the few file
+operations that can take a while (fsync, rename, cleanup) run in the default executor.
+
+The pipeline: worker -> WAV at espeak-ng's 22050 Hz -> sox -> raw signed-linear at the
+configured rate -> ``os.replace`` into place. Asterisk's format_sln reads ``.sln`` as 8 kHz
+and ``.sln16`` as 16 kHz, 16-bit, mono samples in host byte order with no header
+(asterisk/formats/format_sln.c: ``exts = "sln|raw"`` and ``"sln16"``, frames of 320 and
+640 bytes = 20 ms). Asterisk picks the file by name without extension and never sees the
+temporary name, so it can never play a half-written file.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import unicodedata
+from pathlib import Path
+
+from fastagi.tts.settings import TtsSettings
+
+# Bump when anything below changes how a given text sounds (sox effects, worker flags), so
+# cached files of the old pipeline are not reused: the version is part of the cache key.
+FORMAT_VERSION = 1
+
+_WORKER = Path(__file__).with_name("_worker.py")
+# Scratch directories inside the prompt directory; purge() removes those a crash left.
+SCRATCH_PREFIX = ".render-"
+# Enough of a failing command's stderr to say why, not enough to flood a log line.
+_STDERR_TAIL = 400
+# Peak sample value below which a prompt counts as silent: about -50 dBFS.
+_AUDIBLE = 100
+# Unicode categories that are never spoken: control characters (newline, tab, NUL, ESC),
+# line/paragraph separators, and lone surrogates (which cannot be encoded to UTF-8).
+_BREAKS = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+
+class TtsError(Exception):
+    """A prompt could not be rendered; the caller falls back to Asterisk's built-in sounds."""
+
+
+def spoken_text(text: str, max_length: int) -> str:
+    """The text as it will be spoken, and hashed: NFC, whitespace collapsed.
+
+    Raises TtsError for a text that is blank or longer than ``max_length`` characters.
+    NFC makes a composed and a decomposed "Süd" one cache entry. Control characters become
+    spaces: a NUL would cut the text short where pyttsx3 passes it to C, and none of them
+    is spoken anyway. Nothing else is changed or interpreted: quotes, backslashes, ``<``,
+    ``$(...)`` are all read out as written (see ``_worker.py`` for why).
+    """
+    normal = unicodedata.normalize("NFC", text)
+    cleaned = "".join(
+        " "
+        if unicodedata.category(char) in _BREAKS
+        # Format characters (zero-width joiners, bidi marks) carry no sound of their own.
+        else ""
+        if unicodedata.category(char) == "Cf"
+        else char
+        for char in normal
+    )
+    collapsed = " ".join(cleaned.split())
+    if not collapsed:
+        raise TtsError("nothing to say: the text is blank")
+    if len(collapsed) > max_length:
+        raise TtsError(
+            f"text too long to speak: {len(collapsed)} characters, at most {max_length}"
+            f" (tts.max_text_length); it begins {collapsed[:40]!r}"
+        )
+    return collapsed
+
+
+async def render_file(text: str, settings: TtsSettings, destination: Path) -> None:
+    """Render ``text`` (already passed through ``spoken_text``) to ``destination``.
+
+    The file appears complete or not at all. Raises TtsError on any failure. Bound it with
+    ``asyncio.timeout``: cancellation kills whatever is still running and removes the
+    scratch files.
+    """
+    # Inline, not in a thread: mkdir is a local syscall like stat, and a thread could still
+    # be creating the directory after a cancellation, where the cleanup below cannot see it.
+    workdir = _make_workdir(destination.parent)
+    try:
+        wav = workdir / "espeak.wav"
+        raw = workdir / destination.name
+        await _run_worker(text, settings, wav)
+        await _run(_sox_argv(wav, raw, settings), what="sox")
+        await asyncio.to_thread(_publish, raw, destination)
+    finally:
+        # Also after a timeout: the task is cancelled once, so this await still runs.
+        await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
+
+
+def _make_workdir(directory: Path) -> Path:
+    # The scratch directory sits inside the prompt directory, so the final os.replace is a
+    # rename within one file system (atomic), and an unwritable or full disk is found here,
+    # before any process is started. Its dot-name is never a name Asterisk is asked to play.
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=directory))
+    except OSError as exc:
+        raise TtsError(f"cannot write prompts to {directory}: {exc}") from exc
+
+
+def _publish(raw: Path, destination: Path) -> None:
+    try:
+        if _peak(raw) < _AUDIBLE:
+            # A text of punctuation only ("...") renders as a pause: nothing to hear, so
+            # the caller had better use the built-in sounds.
+            raise TtsError("the text renders as silence")
+        with raw.open("rb+") as file:
+            # Durable before it becomes visible: after a crash, the cache finds either the
+            # whole file or none, never a named file with missing blocks.
+            os.fsync(file.fileno())
+        os.replace(raw, destination)
+    except OSError as exc:
+        raise TtsError(f"cannot store prompt {destination}: {exc}") from exc
+
+
+def _peak(raw: Path) -> int:
+    """The largest absolute sample value of a signed-linear file in host byte order."""
+    data = raw.read_bytes()
+    samples = array.array("h")
+    samples.frombytes(data[: len(data) // 2 * 2])
+    # max() and min() of an array run in C; a Python loop over 100k samples would not.
+    return max(max(samples), -min(samples)) if samples else 0  # noqa: PLW3301
+
+
+def _sox_argv(wav: Path, raw: Path, settings: TtsSettings) -> list[str]:
+    # format_sln reads samples in host byte order (plain fread into frames); say so rather
+    # than rely on sox's default for raw output.
+    endian = "-L" if sys.byteorder == "little" else "-B"
+    argv = [
+        "sox",
+        "-V1",  # failures only: a clipping warning is not an error
+        "-D",  # no dither: the same text always gives the same bytes
+        str(wav),
+        "-t", "raw", "-r", str(settings.sample_rate), "-c", "1",
+        "-b", "16", "-e", "signed-integer", endian,
+        str(raw),
+        # Resample first, then normalise, so the resampler's filter cannot push the
+        # normalised peak into clipping.
+        "rate", "-h", str(settings.sample_rate),
+    ]  # fmt: skip
+    if settings.peak_dbfs is not None:
+        argv += ["gain", "-n", f"{settings.peak_dbfs:g}"]
+    return argv
+
+
+async def _run_worker(text: str, settings: TtsSettings, wav: Path) -> None:
+    if not sys.executable:
+        raise TtsError("cannot start the espeak-ng worker: no Python interpreter path")
+    # The job goes to stdin as JSON: no argv length limit, no quoting, no shell.
+    job = {
+        "text": text,
+        "voice": settings.voice,
+        "rate": settings.rate,
+        "volume": settings.volume,
+        "wav": str(wav),
+    }
+    # -P: do not put the worker's own directory (this package) first on sys.path, so our
+    # module names cannot shadow anything pyttsx3 imports.
+    argv = [sys.executable, "-P", str(_WORKER)]
+    await _run(argv, what="espeak-ng (pyttsx3)", stdin=json.dumps(job).encode())
+
+
+async def _run(argv: list[str], *, what: str, stdin: bytes | None = None) -> None:
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            # pyttsx3 prints "Audio saved to ..." on stdout; nothing there is of use.
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise TtsError(f"cannot start {what} ({argv[0]}): {exc}") from exc
+    try:
+        _, stderr = await process.communicate(stdin)
+    finally:
+        if process.returncode is None:
+            # Timed out or cancelled: kill it and reap it, so nothing is left behind.
+            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                process.kill()
+            await process.wait()
+    if process.returncode != 0:
+        reason = stderr.decode("utf-8", "replace").strip()[-_STDERR_TAIL:] or "no message"
+        raise TtsError(f"{what} failed with exit status {process.returncode}: {reason}")

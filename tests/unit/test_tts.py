@@ -1,0 +1,352 @@
+"""Text-to-speech against the real espeak-ng and sox: no mocks, about 0.1 s per render."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import math
+import os
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from fastagi.tts import (
+    Prompt,
+    TextToSpeech,
+    TtsError,
+    TtsSettings,
+    fallback_announcement,
+    fallback_confirmation,
+    spoken_text,
+)
+
+ANNOUNCEMENT = "Panic alarm. Department Emergency Room. Extension 2 0 1."
+ASTERISK_VIEW = "/var/lib/asterisk/sounds/fastagi-panic"
+
+
+def make_settings(directory: Path, **overrides: object) -> TtsSettings:
+    return TtsSettings.model_validate(
+        {"directory": directory, "asterisk_directory": ASTERISK_VIEW, **overrides}
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> TtsSettings:
+    return make_settings(tmp_path / "prompts")
+
+
+@pytest.fixture
+async def tts(settings: TtsSettings):
+    async with TextToSpeech(settings) as service:
+        yield service
+
+
+def samples_of(prompt: Prompt) -> array.array[int]:
+    # .sln/.sln16 are host-order 16-bit samples with no header (asterisk formats/format_sln.c).
+    samples = array.array("h")
+    samples.frombytes(prompt.host_path.read_bytes())
+    return samples
+
+
+def rms_dbfs(samples: array.array[int]) -> float:
+    mean_square = sum(sample * sample for sample in samples) / len(samples)
+    return 10 * math.log10(mean_square / 32768**2) if mean_square else -math.inf
+
+
+def scratch_entries(directory: Path) -> list[str]:
+    return sorted(entry.name for entry in directory.iterdir() if entry.name.startswith("."))
+
+
+def live_children() -> set[str]:
+    # Linux lists each thread's children in /proc; a killed and reaped render leaves none.
+    # Compare with a snapshot: session fixtures (PostgreSQL, Asterisk) are children too.
+    children: set[str] = set()
+    for task in Path("/proc/self/task").iterdir():
+        children |= set((task / "children").read_text().split())
+    return children
+
+
+@pytest.mark.parametrize(("sample_rate", "extension"), [(8000, "sln"), (16000, "sln16")])
+async def test_render_writes_audible_signed_linear(tmp_path: Path, sample_rate, extension):
+    settings = make_settings(tmp_path / "prompts", sample_rate=sample_rate)
+    async with TextToSpeech(settings) as tts:
+        prompt = await tts.render(ANNOUNCEMENT)
+
+    assert prompt.host_path.parent == settings.directory
+    assert prompt.host_path.suffix == f".{extension}"
+    stem = prompt.host_path.name.removesuffix(f".{extension}")
+    # Asterisk gets its own view of the directory and the name without extension.
+    assert prompt.asterisk_name == f"{ASTERISK_VIEW}/{stem}"
+    size = prompt.host_path.stat().st_size
+    assert size % 2 == 0
+    seconds = size / (2 * sample_rate)
+    assert 1.5 < seconds < 10, seconds  # ten words at 150 words per minute, about 4 s
+    samples = samples_of(prompt)
+    # Normalised to a -3 dBFS peak; speech sits some 10-20 dB below its peak.
+    assert 0.6 * 32768 < max(abs(sample) for sample in samples) < 0.8 * 32768
+    assert rms_dbfs(samples) > -30
+    assert scratch_entries(settings.directory) == []
+
+
+async def test_cache_hit_does_not_render_again(settings: TtsSettings, tts: TextToSpeech):
+    first = await tts.render(ANNOUNCEMENT)
+    mtime = first.host_path.stat().st_mtime_ns
+    started = time.perf_counter()
+    second = await tts.render(ANNOUNCEMENT)
+    hit_seconds = time.perf_counter() - started
+
+    assert second == first
+    assert tts.renders_started == 1
+    assert first.host_path.stat().st_mtime_ns == mtime
+    assert hit_seconds < 0.05
+
+    # After a restart the file on disk is the cache.
+    async with TextToSpeech(settings) as restarted:
+        assert await restarted.render(ANNOUNCEMENT) == first
+        assert restarted.renders_started == 0
+
+
+async def test_empty_file_is_rendered_again(tts: TextToSpeech):
+    prompt = tts.prompt_for(ANNOUNCEMENT)
+    prompt.host_path.parent.mkdir(parents=True)
+    prompt.host_path.write_bytes(b"")
+
+    assert await tts.render(ANNOUNCEMENT) == prompt
+    assert tts.renders_started == 1
+    assert prompt.host_path.stat().st_size > 0
+
+
+async def test_concurrent_renders_of_one_text_render_once(tts: TextToSpeech):
+    prompts = await asyncio.gather(*(tts.render(ANNOUNCEMENT) for _ in range(10)))
+
+    assert len(set(prompts)) == 1
+    assert tts.renders_started == 1
+
+
+def test_cache_key_follows_sound_not_spelling(tmp_path: Path):
+    tts = TextToSpeech(make_settings(tmp_path))
+    decomposed = unicodedata.normalize("NFD", "Notaufnahme Süd")
+
+    assert tts.prompt_for(decomposed) == tts.prompt_for("  Notaufnahme\n Süd ")
+    assert tts.prompt_for("Notaufnahme Süd") != tts.prompt_for("Notaufnahme Nord")
+    base = tts.prompt_for("Notaufnahme Süd").host_path.stem
+    for change in ({"rate": 170}, {"voice": "de"}, {"volume": 0.8}, {"peak_dbfs": None}):
+        other = TextToSpeech(make_settings(tmp_path, **change))
+        assert other.prompt_for("Notaufnahme Süd").host_path.stem != base, change
+
+
+async def test_hostile_texts_are_spoken_literally(tmp_path: Path):
+    marker = tmp_path / "executed"
+    texts = [
+        "Department \"Cardiology\" & 'ICU'",
+        "Ward C:\\temp\\new \\\\ share",
+        "Line one\nline two\r\n\tline three",
+        "Notaufnahme Süd",
+        "<speak><break time='10s'/>Radiology</speak>",
+        "[[h@l'oU]] Oncology",
+        f"$(touch {marker}) `touch {marker}`; touch {marker} | Pharmacy",
+        "Kinder\x00station\x1b[31m 3 \u200bOst",
+        "Urgence Hôpital Æble 🚨",
+    ]
+    settings = make_settings(tmp_path / "prompts", max_parallel_renders=4)
+    async with TextToSpeech(settings) as tts:
+        prompts = await asyncio.gather(*(tts.render(text) for text in texts))
+
+    assert len(set(prompts)) == len(texts)
+    for text, prompt in zip(texts, prompts, strict=True):
+        samples = samples_of(prompt)
+        assert len(samples) / settings.sample_rate > 0.5, text
+        assert rms_dbfs(samples) > -30, text
+    assert not marker.exists()
+
+
+def test_text_is_cleaned_not_interpreted():
+    assert spoken_text(" a\n\tb\x00c\u200bd ", 100) == "a b cd"
+    assert spoken_text("<speak>$(x)</speak>", 100) == "<speak>$(x)</speak>"
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t", "\x00\x1b"])
+async def test_blank_text_is_refused(tts: TextToSpeech, text):
+    with pytest.raises(TtsError, match="blank"):
+        await tts.render(text)
+    assert tts.renders_started == 0
+
+
+async def test_long_text_is_refused(tmp_path: Path):
+    async with TextToSpeech(make_settings(tmp_path, max_text_length=50)) as tts:
+        await tts.render("x" * 25 + " " + "y" * 24)  # 50 characters: fine
+        with pytest.raises(TtsError, match="too long to speak: 51 characters, at most 50"):
+            await tts.render("x" * 51)
+        assert tts.renders_started == 1
+
+
+async def test_silent_text_is_an_error(tts: TextToSpeech):
+    with pytest.raises(TtsError, match="silence"):
+        await tts.render("...")
+    assert not tts.prompt_for("...").host_path.exists()
+
+
+async def test_unwritable_directory_is_an_error(tmp_path: Path):
+    # Tests run as root, which ignores permission bits; a path through a regular file
+    # cannot be created by anyone.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    async with TextToSpeech(make_settings(blocker / "prompts")) as tts:
+        with pytest.raises(TtsError, match=r"cannot write prompts to .*/not-a-directory/prompts"):
+            await tts.render(ANNOUNCEMENT)
+
+
+async def test_unknown_voice_is_an_error(tmp_path: Path):
+    async with TextToSpeech(make_settings(tmp_path, voice="xx-nonexistent")) as tts:
+        with pytest.raises(TtsError, match="espeak-ng failed: SetVoiceByName"):
+            await tts.render(ANNOUNCEMENT)
+
+
+# 1 ms ends the render while the worker is being started, 30 ms while it runs (Python alone
+# takes longer than that to start): both must kill and reap it.
+@pytest.mark.parametrize("limit", [0.001, 0.03])
+async def test_timeout_kills_the_render_and_the_next_one_works(settings, tts, limit):
+    children = live_children()
+    with pytest.raises(TtsError, match="killed"):
+        await tts.render(ANNOUNCEMENT, timeout=limit)
+    assert not tts.prompt_for(ANNOUNCEMENT).host_path.exists()
+    assert live_children() <= children
+    assert scratch_entries(settings.directory) == []
+
+    prompt = await tts.render(ANNOUNCEMENT)
+    assert prompt.host_path.stat().st_size > 0
+    assert tts.renders_started == 2
+
+
+async def test_a_caller_giving_up_does_not_stop_the_render(tts: TextToSpeech):
+    caller = asyncio.create_task(tts.render(ANNOUNCEMENT))
+    await asyncio.sleep(0)  # let it start the render
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+    # The render carries on; the next caller joins it instead of starting another.
+    assert (await tts.render(ANNOUNCEMENT)).host_path.stat().st_size > 0
+    assert tts.renders_started == 1
+
+
+async def test_event_loop_keeps_running_during_renders(tmp_path: Path):
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    started = time.perf_counter()
+    async with TextToSpeech(make_settings(tmp_path)) as tts:
+        for department in ("Cardiology", "Radiology", "Oncology"):
+            await tts.render(f"Panic alarm. Department {department}. Extension 2 0 1.")
+    render_seconds = time.perf_counter() - started
+    stop.set()
+    await ticker
+
+    # Three renders take a few hundred milliseconds; the loop never stalled for more than a
+    # few ticks of that (the 10 ms sleep itself plus scheduling noise).
+    assert render_seconds > 0.15
+    assert max(gaps) < 0.06, (max(gaps), render_seconds)
+
+
+async def test_prerender_reports_each_text(tmp_path: Path):
+    async with TextToSpeech(make_settings(tmp_path)) as tts:
+        results = await tts.prerender(["Department Cardiology", "...", "Department Cardiology"])
+
+    assert list(results) == ["Department Cardiology", "..."]
+    assert isinstance(results["Department Cardiology"], Prompt)
+    assert isinstance(results["..."], TtsError)
+    assert tts.renders_started == 2
+
+
+async def test_purge_keeps_only_the_given_texts(tmp_path: Path, tts: TextToSpeech):
+    keep = await tts.render("Department Cardiology")
+    drop = await tts.render("Department Radiology")
+    foreign = tts.settings.directory / "custom-greeting.sln"
+    foreign.write_bytes(b"\x00\x01")
+    stale = tts.settings.directory / ".render-leftover"
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+
+    assert await tts.purge({"Department Cardiology"}) == 1
+    assert keep.host_path.exists()
+    assert not drop.host_path.exists()
+    assert foreign.exists()
+    assert not stale.exists()
+
+
+async def test_closed_service_refuses_and_stops_renders(settings: TtsSettings):
+    children = live_children()
+    tts = TextToSpeech(settings)
+    caller = asyncio.create_task(tts.render(ANNOUNCEMENT))
+    await asyncio.sleep(0)
+    await tts.aclose()
+
+    with pytest.raises(TtsError, match="closed during the render"):
+        await caller
+    with pytest.raises(TtsError, match="closed"):
+        await tts.render(ANNOUNCEMENT)
+    assert live_children() <= children
+
+
+def test_settings_reject_ambiguous_paths_and_voices(tmp_path: Path):
+    with pytest.raises(ValidationError, match="must be absolute"):
+        TtsSettings(directory=tmp_path, asterisk_directory="sounds/fastagi")
+    with pytest.raises(ValidationError, match="not an espeak-ng voice"):
+        TtsSettings(directory=tmp_path, voice="en; rm -rf /")
+    with pytest.raises(ValidationError):
+        TtsSettings.model_validate({"sample_rate": 44100})
+    same = TtsSettings(directory=tmp_path)
+    assert same.asterisk_dir() == str(tmp_path)
+    assert same.extension() == "sln"
+
+
+def test_fallback_announcement_spells_the_extension():
+    assert fallback_announcement("201") == [
+        "ascending-2tone",
+        "vm-Urgent",
+        "extension",
+        "digits/2",
+        "digits/0",
+        "digits/1",
+    ]
+    # Only names Asterisk has: unknown characters are skipped, never passed through.
+    assert fallback_announcement("*9a;/../x")[3:] == [
+        "digits/star",
+        "digits/9",
+        "letters/a",
+        "letters/slash",
+        "letters/dot",
+        "letters/dot",
+        "letters/slash",
+        "letters/x",
+    ]
+
+
+# The sandbox image's `en` is an absolute symlink into its /etc/alternatives, which does not
+# resolve from outside the chroot, so name Debian's real directory.
+SOUND_DIRECTORIES = [
+    Path(__file__).parents[2] / ".cache/sandbox/rootfs/usr/share/asterisk/sounds/en_US_f_Allison",
+    Path("/usr/share/asterisk/sounds/en"),
+    Path("/var/lib/asterisk/sounds/en"),
+]
+
+
+def test_fallback_sounds_exist_in_asterisk_core_sounds():
+    directory = next((path for path in SOUND_DIRECTORIES if path.is_dir()), None)
+    if directory is None:
+        pytest.skip("no Asterisk core sounds installed here")
+    names = {*fallback_announcement("0123456789*#abc-."), *fallback_confirmation()}
+    missing = [name for name in names if not list(directory.glob(f"{name}.*"))]
+    assert missing == []

@@ -1,0 +1,154 @@
+"""AmiClient against the real sandbox Asterisk, with SIPp as the paging phone."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from fastagi.ami import AmiClient, ConnectionState, EventStream, Message, OriginateReason
+from fastagi.sandbox.instance import Sandbox
+from tests import sipp
+
+pytestmark = pytest.mark.e2e
+
+# [sandbox-test] in the sandbox's extensions.conf: Answer, Playback(beep), Hangup.
+CONTEXT = "sandbox-test"
+EXTEN = "beep"
+
+
+def client_for(sandbox: Sandbox, **options: Any) -> AmiClient:
+    return AmiClient(
+        sandbox.ami_host,
+        sandbox.ami_port,
+        sandbox.ami_username,
+        SecretStr(sandbox.ami_secret),
+        **options,
+    )
+
+
+@pytest.fixture
+async def ami(sandbox: Sandbox) -> AsyncIterator[AmiClient]:
+    async with client_for(sandbox) as client:
+        yield client
+
+
+async def next_matching(
+    stream: EventStream, check: Callable[[Message], bool], *, within: float
+) -> Message:
+    async with asyncio.timeout(within):
+        async for event in stream:
+            if check(event):
+                return event
+    raise AssertionError("event stream ended")
+
+
+async def test_originate_answered_by_paging_phone(
+    sandbox: Sandbox, ami: AmiClient, tmp_path: Path
+) -> None:
+    uniqueid = f"e2e-{uuid.uuid4().hex[:12]}"
+    async with ami.events("Hangup") as hangups, sipp.PagingPhone(sandbox, 201, tmp_path) as phone:
+        result = await ami.originate(
+            "PJSIP/201",
+            context=CONTEXT,
+            exten=EXTEN,
+            timeout_ms=10_000,
+            channel_id=uniqueid,
+            caller_id='"Panic" <999>',
+        )
+        assert result.answered, result
+        assert result.reason == OriginateReason.ANSWERED
+        assert result.uniqueid == uniqueid
+        assert result.channel.startswith("PJSIP/201-")
+        # The dialplan plays the beep and hangs up: the stream sees our Hangup.
+        hangup = await next_matching(hangups, lambda e: e.get("Uniqueid") == uniqueid, within=20)
+        assert hangup["Channel"] == result.channel
+        assert len(await phone.wait_invites(1)) == 1
+
+
+async def test_variables_arrive_whole_and_hangup(
+    sandbox: Sandbox, ami: AmiClient, tmp_path: Path
+) -> None:
+    # Commas, brackets, quotes and a non-ASCII letter: what an admin may type as a
+    # department name. Unescaped, the comma would split it into two variables.
+    department = 'Caf\u00e9, floor 2 (east) "B" [annex]'
+    async with ami.events("Hangup") as hangups, sipp.PagingPhone(sandbox, 202, tmp_path):
+        # [sandbox-test] echo: Answer, beep, Echo() until the far end hangs up.
+        result = await ami.originate(
+            "PJSIP/202",
+            context=CONTEXT,
+            exten="echo",
+            timeout_ms=10_000,
+            variables={"PANIC_DEPARTMENT": department, "PANIC_ALARM_ID": "42"},
+        )
+        assert result.answered, result
+        assert await ami.get_variable("PANIC_DEPARTMENT", channel=result.channel) == department
+        assert await ami.get_variable("PANIC_ALARM_ID", channel=result.channel) == "42"
+        assert await ami.hangup(result.channel) is True
+        await next_matching(hangups, lambda e: e.get("Uniqueid") == result.uniqueid, within=10)
+        assert await ami.hangup(result.channel) is False  # gone: "No such channel"
+
+
+async def test_originate_without_a_phone_fails_with_a_reason(ami: AmiClient) -> None:
+    # PJSIP/299 has a static contact, but nothing listens on its port: PJSIP resends the
+    # INVITE unanswered until the Originate's Timeout, which Asterisk reports as
+    # reason 3 (it was still "ringing", AST_CONTROL_RINGING) and no channel id.
+    result = await ami.originate("PJSIP/299", context=CONTEXT, exten=EXTEN, timeout_ms=2000)
+    assert not result.success, result
+    assert not result.answered
+    assert result.reason == OriginateReason.NO_ANSWER, result
+    assert result.uniqueid is None
+    assert result.event["Response"] == "Failure"
+
+
+async def test_device_state_set_and_read_back(ami: AmiClient) -> None:
+    async with ami.events("DeviceStateChange") as changes:
+        await ami.set_device_state("Custom:PANIC", "BUSY")
+        assert await ami.get_device_state("Custom:PANIC") == "BUSY"
+        assert await ami.get_variable("DEVICE_STATE(Custom:PANIC)") == "BUSY"
+        change = await next_matching(
+            changes, lambda e: e.get("Device") == "Custom:PANIC", within=10
+        )
+        assert change["State"] == "BUSY"
+        await ami.set_device_state("Custom:PANIC", "NOT_INUSE")
+        assert await ami.get_device_state("Custom:PANIC") == "NOT_INUSE"
+
+
+async def test_ping_and_generic_action(ami: AmiClient) -> None:
+    assert 0 <= await ami.ping(timeout=5) < 5
+    status = await ami.action("CoreStatus")
+    assert status.response == "Success"
+    assert ami.asterisk_version
+
+
+async def test_reconnects_after_asterisk_restart(
+    sandbox_factory: Callable[..., Sandbox],
+) -> None:
+    instance = sandbox_factory()
+    reconnected = asyncio.Event()
+    lamp_after_restart: list[str] = []
+
+    async with client_for(
+        instance, reconnect_initial_delay=0.1, reconnect_max_delay=1.0, ping_interval=1.0
+    ) as client:
+
+        async def reapply_lamps() -> None:
+            lamp_after_restart.append(await client.get_device_state("Custom:PANIC"))
+            await client.set_device_state("Custom:PANIC", "INUSE")
+            reconnected.set()
+
+        client.on_reconnect(reapply_lamps)
+        await client.set_device_state("Custom:PANIC", "BUSY")
+        await instance.stop()
+        await instance.start()
+        async with asyncio.timeout(30):
+            await reconnected.wait()
+        assert client.state is ConnectionState.CONNECTED
+        # Custom device states persist in astdb across the restart.
+        assert lamp_after_restart == ["BUSY"]
+        assert await client.get_device_state("Custom:PANIC") == "INUSE"

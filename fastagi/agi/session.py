@@ -1,0 +1,422 @@
+"""The typed API a call flow uses: one :class:`AgiSession` per FastAGI connection.
+
+The session pumps bytes between a :class:`Transport` and the sans-IO
+:class:`~fastagi.agi.protocol.AgiConnection`, and turns replies into Python values or
+the exceptions of :mod:`fastagi.agi.errors`.  Result codes follow res_agi.c: STREAM FILE,
+WAIT FOR DIGIT and SAY DIGITS return the ASCII code of the digit pressed, 0 for none,
+-1 on failure or hangup; GET DATA returns the digits, ``-1`` on failure or hangup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+from fastagi.agi.errors import (
+    AgiCommandFailure,
+    AgiDeadChannel,
+    AgiError,
+    AgiHangup,
+    AgiInvalidCommand,
+    AgiProtocolError,
+    AgiTimeout,
+    AgiUsageError,
+)
+from fastagi.agi.protocol import (
+    NEED_DATA,
+    AgiConnection,
+    ConnectionClosed,
+    Environment,
+    Event,
+    HangupNotice,
+    ProtocolError,
+    Reply,
+    UsageReply,
+)
+
+__all__ = [
+    "AgiEnvironment",
+    "AgiSession",
+    "DigitsResult",
+    "Logger",
+    "StreamTransport",
+    "Transport",
+]
+
+_LOG = logging.getLogger("fastagi.agi.session")
+RECEIVE_SIZE = 64 * 1024
+
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
+class Transport(Protocol):
+    """A byte stream to Asterisk.  ``receive`` returns b"" at EOF."""
+
+    async def receive(self, max_bytes: int) -> bytes: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+
+class StreamTransport:
+    """A :class:`Transport` over an asyncio stream pair."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def receive(self, max_bytes: int) -> bytes:
+        return await self._reader.read(max_bytes)
+
+    async def send(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+
+def _unknown_is_none(value: str | None) -> str | None:
+    # setup_env() writes "unknown" for a caller id that is not valid.
+    if value is None or value in {"", "unknown"}:
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class AgiEnvironment:
+    """The environment block, with the parts a router and a flow need."""
+
+    variables: Mapping[str, str]
+    #: The path of agi_network_script: no query string, no leading "/".
+    script: str
+    #: The query string of agi_network_script (``?a=1&b=``), blank values kept.
+    query: Mapping[str, str]
+    #: agi_arg_1 .. agi_arg_N, in numeric order.
+    args: tuple[str, ...]
+
+    @classmethod
+    def from_variables(cls, variables: Mapping[str, str]) -> AgiEnvironment:
+        # agi_network_script is everything after the first "/" of the AGI URL, query
+        # string included (res_agi.c launch_netscript); it is absent when empty.
+        network_script = variables.get("agi_network_script", "")
+        path, _, query_string = network_script.partition("?")
+        query = dict(parse_qsl(query_string, keep_blank_values=True))
+        numbered: list[tuple[int, str]] = []
+        for name, value in variables.items():
+            suffix = name.removeprefix("agi_arg_")
+            if suffix != name and suffix.isdigit():
+                numbered.append((int(suffix), value))
+        numbered.sort()
+        return cls(
+            variables=MappingProxyType(dict(variables)),
+            script=path.lstrip("/"),
+            query=MappingProxyType(query),
+            args=tuple(value for _, value in numbered),
+        )
+
+    @property
+    def uniqueid(self) -> str:
+        return self.variables.get("agi_uniqueid", "")
+
+    @property
+    def channel(self) -> str:
+        return self.variables.get("agi_channel", "")
+
+    @property
+    def callerid(self) -> str | None:
+        return _unknown_is_none(self.variables.get("agi_callerid"))
+
+    @property
+    def calleridname(self) -> str | None:
+        return _unknown_is_none(self.variables.get("agi_calleridname"))
+
+    @property
+    def context(self) -> str:
+        return self.variables.get("agi_context", "")
+
+    @property
+    def extension(self) -> str:
+        return self.variables.get("agi_extension", "")
+
+    @property
+    def language(self) -> str:
+        return self.variables.get("agi_language", "")
+
+
+@dataclass(frozen=True, slots=True)
+class DigitsResult:
+    """What GET DATA collected; ``timed_out`` when the caller stopped typing."""
+
+    digits: str
+    timed_out: bool
+
+
+async def _next_event(connection: AgiConnection, transport: Transport) -> Event:
+    while True:
+        event = connection.next_event()
+        if event is not NEED_DATA:
+            return event
+        try:
+            data = await transport.receive(RECEIVE_SIZE)
+        except (ConnectionError, OSError):
+            # A reset is Asterisk going away as surely as an orderly EOF.
+            data = b""
+        connection.receive_data(data)
+
+
+class AgiSession:
+    """One FastAGI conversation, as typed async methods.
+
+    At most one command is in flight: commands are serialised by a lock, and the
+    protocol core refuses a second command before the reply to the first.  After a
+    timeout, a cancellation or a protocol error mid-command the conversation is out of
+    step, and every later command raises at once.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        connection: AgiConnection,
+        environment: AgiEnvironment,
+        *,
+        peer: str = "",
+        reply_timeout: float | None = None,
+        logger: Logger | None = None,
+    ) -> None:
+        self._transport = transport
+        self._connection = connection
+        self.environment = environment
+        self.peer = peer
+        self.hung_up = False
+        self._reply_timeout = reply_timeout
+        self._lock = asyncio.Lock()
+        self._unusable: AgiError | None = None
+        self.log: Logger = logger or logging.LoggerAdapter(
+            _LOG, {"agi_uniqueid": environment.uniqueid, "peer": peer}
+        )
+
+    @classmethod
+    async def accept(
+        cls,
+        transport: Transport,
+        *,
+        peer: str = "",
+        environment_timeout: float | None = None,
+        reply_timeout: float | None = None,
+        logger: Logger | None = None,
+        connection: AgiConnection | None = None,
+    ) -> AgiSession:
+        """Read the environment block from a new connection and return its session.
+
+        Raises AgiTimeout when the block is not complete within ``environment_timeout``
+        and AgiProtocolError when it is malformed or the peer closes before its end.
+        """
+        connection = connection or AgiConnection()
+        try:
+            async with asyncio.timeout(environment_timeout):
+                event = await _next_event(connection, transport)
+        except TimeoutError:
+            raise AgiTimeout(f"no complete environment within {environment_timeout} s") from None
+        except ProtocolError as exc:
+            raise AgiProtocolError(f"bad environment: {exc}", error=exc) from exc
+        # In the ENVIRONMENT state the core yields nothing but the environment or an error.
+        assert isinstance(event, Environment), event
+        environment = AgiEnvironment.from_variables(event.variables)
+        if logger is None:
+            logger = logging.LoggerAdapter(
+                _LOG, {"agi_uniqueid": environment.uniqueid, "peer": peer}
+            )
+        return cls(
+            transport,
+            connection,
+            environment,
+            peer=peer,
+            reply_timeout=reply_timeout,
+            logger=logger,
+        )
+
+    @property
+    def usable(self) -> bool:
+        """False once the conversation is closed or out of step."""
+        return self._unusable is None
+
+    # -- the low-level round trip -------------------------------------------------
+
+    async def command(self, *words: str) -> Reply:
+        """Send one command and return its ``200`` reply.
+
+        Raises AgiInvalidCommand (510), AgiDeadChannel (511), AgiUsageError (520),
+        AgiCommandFailure (another code), AgiHangup (Asterisk closed the connection),
+        AgiTimeout (no reply within ``reply_timeout``) or AgiProtocolError.
+        """
+        text = " ".join(words)
+        async with self._lock:
+            if self._unusable is not None:
+                raise self._refusal(text)
+            try:
+                data = self._connection.send_command(*words)
+            except ProtocolError as exc:
+                # Nothing was sent: the conversation is still in step.
+                raise AgiProtocolError(str(exc), error=exc, command=text) from exc
+            try:
+                async with asyncio.timeout(self._reply_timeout):
+                    await self._send(data)
+                    event = await self._wait_reply(text)
+            except TimeoutError:
+                self._unusable = AgiTimeout(f"no reply within {self._reply_timeout} s")
+                raise AgiTimeout(
+                    f"no reply to {text!r} within {self._reply_timeout} s", command=text
+                ) from None
+            except ProtocolError as exc:
+                self._unusable = AgiProtocolError(str(exc), error=exc)
+                raise AgiProtocolError(str(exc), error=exc, command=text) from exc
+            except AgiError as exc:
+                self._unusable = exc
+                raise
+            except BaseException:
+                # Cancelled while Asterisk still owes a reply: out of step for good.
+                self._unusable = AgiProtocolError("a command was cancelled mid-reply")
+                raise
+        return self._check(event, text)
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self._transport.send(data)
+        except (ConnectionError, OSError) as exc:
+            self.hung_up = True
+            raise AgiHangup(f"connection lost while sending: {exc}") from exc
+
+    async def _wait_reply(self, text: str) -> Reply | UsageReply:
+        while True:
+            event = await _next_event(self._connection, self._transport)
+            if isinstance(event, HangupNotice):
+                # Sent by run_agi() when the channel hangs up; the reply still follows.
+                if not self.hung_up:
+                    self.log.info("HANGUP notice from Asterisk")
+                self.hung_up = True
+                continue
+            if isinstance(event, ConnectionClosed):
+                self.hung_up = True
+                raise AgiHangup("Asterisk closed the connection", command=text)
+            assert isinstance(event, Reply | UsageReply), event
+            return event
+
+    def _refusal(self, text: str) -> AgiError:
+        reason = self._unusable
+        if isinstance(reason, AgiHangup):
+            return AgiHangup(f"the conversation is over: {reason}", command=text)
+        return AgiProtocolError(f"the conversation is out of step: {reason}", command=text)
+
+    def _check(self, event: Reply | UsageReply, text: str) -> Reply:
+        if isinstance(event, UsageReply):
+            usage = "\n".join(event.lines)
+            raise AgiUsageError(f"520 usage error for {text!r}", usage=usage, command=text)
+        if event.code == 200:
+            return event
+        if event.code == 510:
+            raise AgiInvalidCommand(f"510 unknown command {text!r}", command=text)
+        if event.code == 511:
+            # Only a hung-up channel refuses commands with 511.
+            self.hung_up = True
+            raise AgiDeadChannel(f"511 dead channel refused {text!r}", command=text)
+        raise AgiCommandFailure(f"unexpected reply {event.raw!r}", reply=event, command=text)
+
+    @staticmethod
+    def _int_result(reply: Reply, text: str) -> int:
+        try:
+            return int(reply.result)
+        except ValueError:
+            raise AgiProtocolError(f"non-numeric result in {reply.raw!r}", command=text) from None
+
+    async def _digit_command(self, *words: str) -> str | None:
+        # STREAM FILE / WAIT FOR DIGIT / SAY DIGITS: the ASCII code of the digit that
+        # stopped it, 0 for none, -1 "on error or if the channel was disconnected"
+        # (handle_streamfile also answers -1 for a file it cannot open; either way the
+        # flow cannot go on with this prompt, so both surface as AgiHangup).
+        text = " ".join(words)
+        reply = await self.command(*words)
+        value = self._int_result(reply, text)
+        if value < 0:
+            self.hung_up = True
+            raise AgiHangup(f"{words[0]} returned {value} (hangup or failure)", command=text)
+        if value == 0:
+            return None
+        if value > 0x10FFFF:
+            raise AgiProtocolError(f"not a character code in {reply.raw!r}", command=text)
+        return chr(value)
+
+    # -- typed commands -------------------------------------------------------------
+
+    async def answer(self) -> None:
+        reply = await self.command("ANSWER")
+        if self._int_result(reply, "ANSWER") < 0:
+            self.hung_up = True
+            raise AgiHangup("ANSWER returned -1 (channel failure)", command="ANSWER")
+
+    async def stream_file(self, filename: str, escape_digits: str = "") -> str | None:
+        """Play a file; the digit that interrupted it, or None."""
+        return await self._digit_command("STREAM", "FILE", filename, escape_digits)
+
+    async def get_data(
+        self, filename: str, timeout_ms: int | None = None, max_digits: int | None = None
+    ) -> DigitsResult:
+        """Play a prompt and collect digits (ended by '#', ``max_digits`` or timeout).
+
+        ``timeout_ms`` None means Asterisk's default (6 s for the first digit, 2 s
+        between digits; ast_app_getdata_full treats 0 the same way).
+        """
+        words = ["GET", "DATA", filename]
+        if timeout_ms is not None or max_digits is not None:
+            words.append(str(timeout_ms if timeout_ms is not None else 0))
+        if max_digits is not None:
+            words.append(str(max_digits))
+        reply = await self.command(*words)
+        # handle_getdata(): "200 result=-1" when the prompt failed or the caller hung up.
+        if reply.result == "-1":
+            self.hung_up = True
+            raise AgiHangup("GET DATA returned -1 (hangup or failure)", command=" ".join(words))
+        return DigitsResult(reply.result, reply.timed_out)
+
+    async def wait_for_digit(self, timeout_ms: int) -> str | None:
+        """Wait for one digit; None on timeout.  -1 waits forever."""
+        return await self._digit_command("WAIT", "FOR", "DIGIT", str(timeout_ms))
+
+    async def say_digits(self, digits: str, escape_digits: str = "") -> str | None:
+        return await self._digit_command("SAY", "DIGITS", digits, escape_digits)
+
+    async def exec(self, application: str, *args: str) -> int:
+        """Run a dialplan application; its return value (-1 usually means hangup).
+
+        handle_exec() passes only argv[2] to the application, so the arguments travel
+        as one word joined with ',' (the dialplan separator).
+        """
+        words = ["EXEC", application]
+        if args:
+            words.append(",".join(args))
+        reply = await self.command(*words)
+        text = " ".join(words)
+        value = self._int_result(reply, text)
+        if value == -2:
+            raise AgiCommandFailure(
+                f"no dialplan application {application!r}", reply=reply, command=text
+            )
+        return value
+
+    async def get_variable(self, name: str) -> str | None:
+        """A channel variable or function value; None when it is not set."""
+        reply = await self.command("GET", "VARIABLE", name)
+        if reply.result == "1":
+            return reply.data or ""
+        return None
+
+    async def set_variable(self, name: str, value: str) -> None:
+        await self.command("SET", "VARIABLE", name, value)
+
+    async def verbose(self, message: str, level: int = 1) -> None:
+        await self.command("VERBOSE", message, str(level))
+
+    async def hangup(self) -> None:
+        await self.command("HANGUP")
+        self.hung_up = True

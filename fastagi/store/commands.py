@@ -112,7 +112,7 @@ def _dsn(args: argparse.Namespace) -> str:
 
 def _fail(message: str) -> NoReturn:
     # Imported here: fastagi.cli imports this module to build its parser.
-    from fastagi.cli import CliError  # noqa: PLC0415
+    from fastagi.cli import CliError
 
     raise CliError(message) from None
 

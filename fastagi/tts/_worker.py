@@ -46,7 +46,7 @@ def render(job_json: str) -> None:
         raise WorkerError("empty text")
 
     try:
-        import pyttsx3  # noqa: PLC0415  (imported here so a missing libespeak-ng is reported)
+        import pyttsx3
 
         engine: Any = pyttsx3.init("espeak")
     except Exception as exc:  # pyttsx3 raises RuntimeError, OSError, ImportError...

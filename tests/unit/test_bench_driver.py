@@ -1,0 +1,164 @@
+"""The load driver plays Asterisk correctly, and counts what goes wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from bench import agi_load, panoramisk_app
+from bench.fake_asterisk import bench_script, environment, run_load, split_command
+
+pytestmark = pytest.mark.timeout(60)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+SCRIPT_LINES = (
+    b"ANSWER\n",
+    b'GET VARIABLE "CALLERID(num)"\n',
+    b'STREAM FILE beep ""\n',
+    b"GET DATA prompt 3000 4\n",
+    b"SET VARIABLE RESULT 1234\n",
+    b"HANGUP\n",
+)
+
+
+@asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_environment(reader: asyncio.StreamReader) -> dict[str, str]:
+    env = {}
+    while (line := await reader.readline()) not in (b"\n", b""):
+        key, _, value = line.decode().rstrip("\n").partition(": ")
+        env[key] = value
+    return env
+
+
+def test_split_command_follows_res_agi_quoting():
+    assert split_command('STREAM FILE beep ""') == ["STREAM", "FILE", "beep", ""]
+    assert split_command('GET VARIABLE "CALLERID(num)"') == ["GET", "VARIABLE", "CALLERID(num)"]
+    assert split_command(r'VERBOSE "a \"b\" c" 1') == ["VERBOSE", 'a "b" c', "1"]
+    assert split_command("  GET  DATA prompt\t3000 4 ") == ["GET", "DATA", "prompt", "3000", "4"]
+
+
+def test_environment_is_in_res_agi_order_and_ends_with_a_blank_line():
+    block = environment(script_name="bench", uniqueid="1.7", channel_suffix="00000007")
+    lines = block.decode().split("\n")
+    assert block.endswith(b"\n\n")
+    keys = [line.split(": ", 1)[0] for line in lines if line]
+    assert keys[:3] == ["agi_network", "agi_network_script", "agi_request"]
+    assert keys[-2:] == ["agi_threadid", "agi_arg_1"]
+    assert "agi_uniqueid: 1.7" in lines
+    assert "agi_accountcode: " in lines
+
+
+async def test_driver_runs_the_script_against_a_trivial_server():
+    sessions: list[tuple[dict[str, str], list[bytes]]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        env = await read_environment(reader)
+        replies: list[bytes] = []
+        sessions.append((env, replies))
+        for line in SCRIPT_LINES:
+            writer.write(line)
+            replies.append(await reader.readline())
+        writer.close()
+
+    async with serving(handler) as port:
+        result = await run_load(
+            "127.0.0.1", port, concurrency=2, max_sessions=5, duration=10, session_timeout=5
+        )
+
+    assert (result.sessions, result.errors) == (5, 0), result.error_samples
+    assert len(result.command_latencies) == 5 * len(SCRIPT_LINES)
+    assert len(result.session_durations) == 5
+    assert len({env["agi_uniqueid"] for env, _ in sessions}) == 5
+    for env, replies in sessions:
+        assert env["agi_network_script"] == "bench"
+        assert replies == [step.reply for step in bench_script(env["agi_callerid"])]
+    assert replies[1] == f"200 result=1 ({env['agi_callerid']})\n".encode()
+
+
+async def test_driver_counts_a_wrong_command_as_an_error():
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_environment(reader)
+        writer.write(b"ANSWER\n")
+        await reader.readline()
+        writer.write(b"NOOP\n")
+        await reader.read()  # the driver hangs up on us
+        writer.close()
+
+    async with serving(handler) as port:
+        result = await run_load("127.0.0.1", port, concurrency=1, max_sessions=3, duration=10)
+
+    assert (result.sessions, result.errors) == (0, 3)
+    assert dict(result.error_kinds) == {"wrong_command": 3}
+    assert "NOOP" in result.error_samples[0]
+
+
+async def test_driver_counts_an_early_close_and_a_late_byte():
+    calls = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        calls += 1
+        await read_environment(reader)
+        lines = SCRIPT_LINES[:2] if calls == 1 else SCRIPT_LINES
+        for line in lines:
+            writer.write(line)
+            await reader.readline()
+        if calls == 2:
+            writer.write(b"NOOP\n")
+        writer.close()
+
+    async with serving(handler) as port:
+        result = await run_load("127.0.0.1", port, concurrency=1, max_sessions=3, duration=10)
+
+    assert (result.sessions, result.errors) == (1, 2)
+    assert dict(result.error_kinds) == {"early_eof": 1, "after_hangup": 1}
+
+
+async def test_driver_counts_a_refused_connection():
+    async with serving(lambda r, w: asyncio.sleep(0)) as port:
+        pass  # closed again: nothing listens on the port any more
+    result = await run_load("127.0.0.1", port, concurrency=1, max_sessions=2, duration=10)
+    assert (result.sessions, result.errors) == (0, 2)
+    assert dict(result.error_kinds) == {"connect": 2}
+
+
+async def test_panoramisk_baseline_serves_the_script():
+    stats = panoramisk_app.FlowStats()
+    server = await panoramisk_app.start("127.0.0.1", 0, stats)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        result = await run_load("127.0.0.1", port, concurrency=5, max_sessions=20, duration=10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (result.sessions, result.errors) == (20, 0), result.error_samples
+    assert (stats.completed, stats.failed) == (20, 0)
+
+
+def test_quick_benchmark_runs_every_server_in_child_processes(tmp_path: Path):
+    out = tmp_path / "bench.json"
+    with (tmp_path / "table.txt").open("w") as table_file:
+        code = agi_load.main(["--quick", "--json", str(out)], out=table_file)
+    document = json.loads(out.read_text())
+    assert document["failures"] == []
+    assert {(r["server"], r["concurrency"]) for r in document["results"]} == {
+        (server, c) for server in agi_load.SERVERS for c in (1, 5)
+    }
+    assert all(r["errors"] == 0 and r["sessions"] > 0 for r in document["results"])
+    assert code == 0
+    table = (tmp_path / "table.txt").read_text()
+    assert "ours/panoramisk sessions/s" in table

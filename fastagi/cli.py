@@ -16,7 +16,7 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastagi import app
+    from fastagi import admin, app
     from fastagi.sandbox import commands as sandbox_commands
     from fastagi.store import commands as store_commands
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.register(subparsers)
     store_commands.register(subparsers)
     sandbox_commands.register(subparsers)
+    admin.register(subparsers)
     return parser
 
 

@@ -1,0 +1,116 @@
+"""The alarm history: one :class:`HistoryEvent` per step, appended to ``alarm_events``.
+
+An event is made where the step happens (a flow, the paging loop, the CLI) and written by
+the store, usually in the transaction of the state change it records. ``event_id`` is
+its idempotency key: an event journalled to disk while PostgreSQL is down is replayed
+once (the insert ignores an ``event_id`` it already has), and ``occurred_at`` is when it
+happened, not when it reached the database.
+
+``details`` is free-form, JSON-serialisable, and must never hold a PIN: a key containing
+``pin`` (any case, at any depth) is refused.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+
+class EventKind(enum.StrEnum):
+    # The panic call, in order.
+    TRIGGERED = "triggered"  # the panic route answered a caller
+    PROMPT_PLAYED = "prompt_played"  # the confirmation prompt
+    CONFIRMED = "confirmed"  # the caller confirmed
+    CANCELLED = "cancelled"  # the caller cancelled
+    NO_ANSWER = "no_answer"  # no valid answer after the allowed attempts
+    CALLER_HUNG_UP = "caller_hung_up"
+    # The alarm's life.
+    ACTIVATED = "activated"  # a new alarm
+    RETRIGGERED = "retriggered"  # a trigger while the key's alarm was already active
+    RESUMED = "resumed"  # a (re)started server took over an active alarm
+    PAGE_CYCLE = "page_cycle"  # the announcement was paged once
+    PAGE_FAILED = "page_failed"  # a page could not be placed (AMI down, no devices)
+    LAMP_CHANGED = "lamp_changed"  # a BLF lamp / device state was set
+    NOTIFICATION_SENT = "notification_sent"  # e-mail, SMS, emergency call
+    NOTIFICATION_FAILED = "notification_failed"
+    # Deactivation.
+    DEACTIVATION_REFUSED = "deactivation_refused"  # the extension is not a deactivator
+    DEACTIVATION_FAILED = "deactivation_failed"  # wrong PIN
+    DEACTIVATION_LOCKED_OUT = "deactivation_locked_out"  # too many wrong PINs
+    DEACTIVATED = "deactivated"
+    ALL_CLEAR = "all_clear"  # the all-clear announcement after a deactivation
+    # Everything else.
+    CONFIG_CHANGED = "config_changed"  # an administrator changed departments, PINs, ...
+    ERROR = "error"
+
+
+FORBIDDEN_DETAIL = "pin"
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    kind: EventKind
+    alarm_id: int | None
+    extension: str | None
+    department: str | None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    event_id: UUID = field(default_factory=uuid4)
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", EventKind(self.kind))
+        _refuse_pins(self.details, "details")
+        try:
+            plain = json.loads(json.dumps(dict(self.details), allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"event details must be JSON: {exc}") from None
+        object.__setattr__(self, "details", types.MappingProxyType(plain))
+        if self.occurred_at.tzinfo is None:
+            raise ValueError("occurred_at must be timezone-aware")
+
+    def with_alarm(self, alarm_id: int) -> HistoryEvent:
+        """This event, for alarm ``alarm_id`` (same event_id: it is the same event)."""
+        return replace(self, alarm_id=alarm_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form, e.g. for the journal; :meth:`from_dict` reverses it."""
+        return {
+            "event_id": str(self.event_id),
+            "occurred_at": self.occurred_at.isoformat(),
+            "kind": str(self.kind),
+            "alarm_id": self.alarm_id,
+            "extension": self.extension,
+            "department": self.department,
+            "details": dict(self.details),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HistoryEvent:
+        return cls(
+            kind=EventKind(data["kind"]),
+            alarm_id=data["alarm_id"],
+            extension=data["extension"],
+            department=data["department"],
+            details=data["details"],
+            event_id=UUID(data["event_id"]),
+            occurred_at=datetime.fromisoformat(data["occurred_at"]),
+        )
+
+
+def _refuse_pins(value: object, where: str) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if FORBIDDEN_DETAIL in str(key).lower():
+                raise ValueError(
+                    f"event {where} must not hold a PIN: key {key!r} contains '{FORBIDDEN_DETAIL}'"
+                )
+            _refuse_pins(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _refuse_pins(item, f"{where}[{index}]")

@@ -10,15 +10,17 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from fastagi.tts.settings import TtsSettings
 
 DEFAULT_CONFIG_FILE = Path("/etc/fastagi-panic/config.toml")
 
@@ -68,6 +70,90 @@ class AmiSettings(BaseModel):
     secret: SecretStr = SecretStr("")
 
 
+class AlarmSettings(BaseModel):
+    """The paging loop, the BLF lamps and what deactivation does.
+
+    The dialplan names match the contexts in extensions_custom.conf; change them only
+    together. Intervals are not here: they live in PostgreSQL (``alarm_settings`` and
+    ``departments.interval_seconds``) so an administrator can change them while alarms run.
+    """
+
+    # AMI Originate of Local/s@<page_context>/n, connected to <announce_context>,s,1.
+    page_context: str = "fastagi-panic-page"
+    announce_context: str = "fastagi-panic-announce"
+    # Seconds each device may ring before Page() gives up on it (Page's third argument).
+    page_timeout: int = Field(default=20, ge=1, le=300)
+    # Silence before the announcement, so phones that auto-answer a little late (real
+    # phones take 0.2-1 s) hear it from its first word.
+    lead_in: float = Field(default=1.0, ge=0.0, le=10.0)
+    # A page (ringing, lead-in and announcement) that lasts longer is hung up.
+    max_page_seconds: float = Field(default=120.0, gt=0.0, le=3600.0)
+    # Auto-answer headers added to each paged device's INVITE (PJSIP_HEADER(add,...)); an
+    # empty value adds no header. These are FreePBX Paging's own values, which Yealink,
+    # Polycom, Grandstream, Snom and Cisco SPA phones honour (one or the other).
+    alert_info: str = "<http://www.notused>;info=alert-autoanswer;delay=0"
+    call_info: str = "<uri>;answer-after=0"
+    # What paged phones show; {department} and {extension} are filled in.
+    caller_name: str = "PANIC {department}"
+    # The BLF lamps: Custom:<lamp_device> while any alarm runs, and
+    # Custom:<department_lamp_prefix><department id> per department.
+    lamp_device: str = "Custom:PANIC"
+    department_lamp_prefix: str = "Custom:PANIC_"
+    lamp_state: Literal["BUSY", "INUSE", "RINGING"] = "BUSY"
+    # Deactivation: hang up the page in progress at once (True), or let the announcement
+    # that is playing finish (False). No new cycle starts either way.
+    hangup_on_deactivate: bool = True
+    # Page an "all clear" once after a deactivation.
+    all_clear: bool = False
+    all_clear_text: str = "All clear. The alarm of department {department} has ended."
+    announcement: str = "Panic alarm. Department {department}. Extension {extension}."
+    # Devices paged for an alarm from an extension that belongs to no department.
+    unknown_department_devices: list[str] = Field(default_factory=list)
+    # After a cycle raised an unexpected error, wait this long before the next attempt.
+    error_backoff: float = Field(default=2.0, gt=0.0, le=60.0)
+    # How often a server looks for active alarms that no server leads (one died), and
+    # reloads departments and paging groups.
+    takeover_interval: float = Field(default=3.0, gt=0.0, le=300.0)
+    directory_refresh: float = Field(default=60.0, gt=0.0, le=3600.0)
+    # First key of pg_try_advisory_lock(namespace, alarm_id): the lock that makes one
+    # server the leader of an alarm. Change it only if another application uses it.
+    lock_namespace: int = Field(default=0x50414E, ge=-(2**31), le=2**31 - 1)
+
+    @field_validator("alert_info", "call_info", "caller_name", "all_clear_text", "announcement")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        # These travel in AMI headers and SIP headers: a line break would end the header.
+        if any(char in value for char in "\r\n\0"):
+            raise ValueError("must be one line (no CR, LF or NUL)")
+        return value
+
+    @field_validator("unknown_department_devices")
+    @classmethod
+    def _devices(cls, value: list[str]) -> list[str]:
+        # The same rule as paging_group_devices.device (sql/002_alarms.sql); '&' or ','
+        # would split Page()'s device list.
+        for device in value:
+            tech, _, resource = device.partition("/")
+            if not (tech and resource) or any(char in device for char in "&,|() \t"):
+                raise ValueError(f"not an Asterisk device like PJSIP/201: {device!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _templates(self) -> AlarmSettings:
+        sample = {"department": "x", "extension": "1"}
+        for name in ("announcement", "all_clear_text", "caller_name"):
+            try:
+                getattr(self, name).format(**sample)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"{name} may use only {{department}} and {{extension}}: {exc!r}"
+                ) from None
+        for name in ("lamp_device", "department_lamp_prefix"):
+            if not getattr(self, name).startswith("Custom:"):
+                raise ValueError(f"{name} must be a Custom: device (func_devstate)")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FASTAGI_",
@@ -78,6 +164,8 @@ class Settings(BaseSettings):
     agi: AgiSettings = Field(default_factory=AgiSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     ami: AmiSettings = Field(default_factory=AmiSettings)
+    tts: TtsSettings = Field(default_factory=TtsSettings)
+    alarm: AlarmSettings = Field(default_factory=AlarmSettings)
     log_level: str = "INFO"
 
     @classmethod

@@ -1,0 +1,304 @@
+"""The paging loop of one alarm.
+
+Theory of operation. The first page goes out right after activation (or, for an alarm
+taken over from another server, one interval after that server's last page). Then a page
+every interval, start to start, never two at once (``model.next_cycle_start``); the
+interval is read from PostgreSQL before each wait, so a change applies from the next cycle.
+
+No page may start once a deactivation is acknowledged. Right before each Originate the
+loop, in this order:
+
+1. takes its ``hold`` lock, which :meth:`AlarmService.deactivate` holds while it writes the
+   deactivation, and checks its own stop flag;
+2. opens the service's *gate*: a transaction that reads the alarm row ``FOR SHARE``, so a
+   deactivation committed elsewhere (CLI, another server) either came first, and the gate
+   says "inactive", or waits for the gate to close, which happens only once the Originate
+   has been written to Asterisk, i.e. the page started before the acknowledgement;
+3. starts the page and waits until its Originate is sent; then releases both.
+
+A stop wakes the loop at once, whatever it waits for. Every cycle is recorded as a
+``page_cycle`` event; an exception is recorded as an ``error`` event and the loop goes on
+after a backoff: an alarm never stops paging because something failed, only when it is
+deactivated. What is said: the alarm's TTS announcement, rendered once; when TTS fails,
+Asterisk's built-in sounds (``fallback_announcement``), so an alarm is never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.alarms.model import (
+    announcement_text,
+    error_backoff,
+    next_cycle_start,
+    wait_before,
+)
+from fastagi.alarms.paging import CycleResult, Pager
+from fastagi.config import AlarmSettings
+from fastagi.store.alarms import Alarm
+from fastagi.tts import TextToSpeech, TtsError, fallback_announcement
+
+logger = logging.getLogger(__name__)
+
+# Longest pause between attempts after errors in a row.
+_MAX_BACKOFF = 30.0
+# The interval to use when PostgreSQL cannot say (the schema's default).
+_DEFAULT_INTERVAL = 60
+
+
+class LoopStore(Protocol):
+    """The part of ``AlarmStore`` a loop uses."""
+
+    async def interval_seconds(self, alarm: Alarm) -> int: ...
+    async def paging_devices(self, alarm: Alarm) -> tuple[str, ...]: ...
+    async def record_cycle(self, alarm_id: int, event: HistoryEvent) -> None: ...
+
+
+# gate(alarm_id): a context that yields True (active: page now), False (deactivated: stop)
+# or None (PostgreSQL cannot say: page anyway, an alarm is never silenced by a failure).
+Gate = Callable[[int], AbstractAsyncContextManager[bool | None]]
+Recorder = Callable[[HistoryEvent], Awaitable[None]]
+
+
+class AnnouncementPrompts:
+    """What a page of this alarm says: rendered once, built-in sounds when TTS fails."""
+
+    def __init__(self, tts: TextToSpeech | None, text: str, extension: str) -> None:
+        self._tts = tts
+        self._text = text
+        self._extension = extension
+        self._prompts: list[str] | None = None
+        self.tts_error: str | None = None
+
+    async def get(self) -> list[str]:
+        if self._prompts is None:
+            self._prompts = await self._render()
+        return self._prompts
+
+    async def _render(self) -> list[str]:
+        if self._tts is not None:
+            try:
+                return [(await self._tts.render(self._text)).asterisk_name]
+            except TtsError as exc:
+                self.tts_error = str(exc)
+                logger.warning("TTS failed; paging built-in sounds: %s", exc)
+        else:
+            self.tts_error = "no text-to-speech service"
+        return fallback_announcement(self._extension)
+
+    @property
+    def source(self) -> str:
+        return "fallback" if self.tts_error else "tts"
+
+
+class AlarmLoop:
+    def __init__(
+        self,
+        alarm: Alarm,
+        *,
+        store: LoopStore,
+        pager: Pager,
+        settings: AlarmSettings,
+        tts: TextToSpeech | None,
+        gate: Gate,
+        record: Recorder,
+        first_delay: float = 0.0,
+    ) -> None:
+        self.alarm = alarm
+        self._store = store
+        self._pager = pager
+        self._settings = settings
+        self._gate = gate
+        self._record = record
+        self._first_delay = first_delay
+        self._prompts = AnnouncementPrompts(
+            tts,
+            announcement_text(settings.announcement, alarm.department_name, alarm.extension),
+            alarm.extension,
+        )
+        self._stopping = asyncio.Event()
+        self._hold = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._interval = _DEFAULT_INTERVAL
+        self.cycle = alarm.cycles  # the number of the last cycle paged
+        self.results: list[CycleResult] = []
+
+    # -- control -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"alarm-loop-{self.alarm.id}")
+
+    def stop(self) -> None:
+        """No new cycle starts from now on; a page in progress is left to the caller."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """No page starts while this is held (the loop waits at its gate)."""
+        async with self._hold:
+            yield
+
+    async def wait(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait for the loop to end; True if it did, False on timeout."""
+        if self._task is None:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            return False
+        return True
+
+    async def cancel(self) -> None:
+        """End the loop now, even in the middle of a page (shutdown only)."""
+        self.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_start = loop.time() + self._first_delay
+        failures = 0
+        while not await self._sleep_until(next_start):
+            try:
+                started = await self._cycle()
+            except Exception as exc:
+                failures += 1
+                logger.exception("cycle of alarm %s failed", self.alarm.id)
+                await self._record_error(exc, failures)
+                next_start = loop.time() + error_backoff(
+                    failures, self._settings.error_backoff, _MAX_BACKOFF
+                )
+                continue
+            if started is None:
+                break
+            failures = 0
+            ended = loop.time()
+            # Fresh before each wait: an administrator may have changed it meanwhile.
+            next_start = next_cycle_start(started, ended, await self._fresh_interval())
+        logger.info("paging loop of alarm %s ended after cycle %s", self.alarm.id, self.cycle)
+
+    async def _sleep_until(self, deadline: float) -> bool:
+        """Sleep until ``deadline``; True (at once) when the loop is told to stop."""
+        delay = wait_before(asyncio.get_running_loop().time(), deadline)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
+        return self._stopping.is_set()
+
+    async def _fresh_interval(self) -> int:
+        try:
+            self._interval = await self._store.interval_seconds(self.alarm)
+        except Exception as exc:
+            logger.warning("cannot read the interval of alarm %s: %s", self.alarm.id, exc)
+        return self._interval
+
+    async def _devices(self) -> Sequence[str]:
+        if self.alarm.department_id is None:
+            return tuple(self._settings.unknown_department_devices)
+        return await self._store.paging_devices(self.alarm)
+
+    async def _cycle(self) -> float | None:
+        """One page; when it started (its Originate was sent), or None when the alarm
+        turned out to be inactive (the loop ends). The schedule counts from that moment,
+        not from before the prompt and device look-ups, so they do not stretch it."""
+        prompts = await self._prompts.get()
+        devices = await self._devices()
+        alarm = self.alarm
+        sent = asyncio.Event()
+        async with self._hold:
+            if self._stopping.is_set():
+                return None
+            async with self._gate(alarm.id) as active:
+                if active is False:
+                    self._stopping.set()
+                    return None
+                if self._stopping.is_set():
+                    return None
+                cycle = self.cycle + 1
+                page = asyncio.create_task(
+                    self._pager.page(
+                        alarm.id,
+                        cycle,
+                        devices,
+                        prompts,
+                        caller_name=self._settings.caller_name.format(
+                            department=alarm.department_name, extension=alarm.extension
+                        ),
+                        caller_number=alarm.extension,
+                        sent=sent,
+                    )
+                )
+                # Hold the gate until the Originate is on its way (page() sets ``sent``
+                # on every path, failures included).
+                waiter = asyncio.ensure_future(sent.wait())
+                try:
+                    await asyncio.wait({page, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                started = asyncio.get_running_loop().time()
+        self.cycle = cycle
+        result = await page
+        self.results.append(result)
+        await self._record_cycle(cycle, result, gate_checked=active is True)
+        return started
+
+    async def _record_cycle(self, cycle: int, result: CycleResult, *, gate_checked: bool) -> None:
+        details: dict[str, object] = {
+            "cycle": cycle,
+            **result.details(),
+            "prompts": self._prompts.source,
+            "interval": self._interval,
+        }
+        if self._prompts.tts_error:
+            details["tts_error"] = self._prompts.tts_error
+        if not gate_checked:
+            details["active_check"] = "database unavailable; paged on local state"
+        event = HistoryEvent(
+            kind=EventKind.PAGE_CYCLE,
+            alarm_id=self.alarm.id,
+            extension=self.alarm.extension,
+            department=self.alarm.department_name,
+            details=details,
+        )
+        try:
+            await self._store.record_cycle(self.alarm.id, event)
+        except Exception as exc:
+            # The event itself must not be lost: the service's recorder keeps it until
+            # PostgreSQL takes it (events are idempotent by event_id).
+            logger.warning("cannot record cycle %s of alarm %s: %s", cycle, self.alarm.id, exc)
+            await self._record(event)
+
+    async def _record_error(self, exc: Exception, failures: int) -> None:
+        await self._record(
+            HistoryEvent(
+                kind=EventKind.ERROR,
+                alarm_id=self.alarm.id,
+                extension=self.alarm.extension,
+                department=self.alarm.department_name,
+                details={
+                    "where": "paging loop",
+                    "error": repr(exc)[:500],
+                    "failures_in_a_row": failures,
+                },
+            )
+        )

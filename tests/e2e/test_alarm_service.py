@@ -1,0 +1,289 @@
+"""AlarmService end to end: real PostgreSQL, the sandbox Asterisk, SIPp paging phones.
+
+Intervals are 5-8 s (the schema's minimum is 5), so each test sees two or three cycles.
+Cycle times are asserted from the INVITEs the phones received, within 10 %.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.alarms.lamps import Lamps
+from fastagi.alarms.paging import Pager
+from fastagi.alarms.service import AlarmService
+from fastagi.ami import AmiClient
+from fastagi.config import AlarmSettings
+from fastagi.sandbox.instance import Sandbox
+from fastagi.store.alarms import AlarmStore, StoredEvent
+from fastagi.tts import TextToSpeech, TtsSettings
+from tests import sipp
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+SETTINGS = AlarmSettings(lead_in=0.3, page_timeout=5, takeover_interval=1.0)
+TOLERANCE = 0.10
+
+
+def gaps(times) -> list[float]:
+    return [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+
+
+def assert_interval(gap: float, interval: float) -> None:
+    assert abs(gap - interval) <= interval * TOLERANCE, (gap, interval)
+
+
+class Harness:
+    """Everything one server needs, on the test's loop; closed by the test's stack."""
+
+    def __init__(self, sandbox: Sandbox, dsn: str, tmp_path: Path, stack: AsyncExitStack):
+        self.sandbox = sandbox
+        self.dsn = dsn
+        self.tmp_path = tmp_path
+        self.stack = stack
+        self.services: list[AlarmService] = []
+
+    async def store(self) -> tuple[AlarmStore, asyncpg.Pool]:
+        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=10)
+        self.stack.push_async_callback(pool.close)
+        return AlarmStore(pool), pool
+
+    async def service(self, name: str, settings: AlarmSettings = SETTINGS) -> AlarmService:
+        store, pool = await self.store()
+        ami = AmiClient(
+            self.sandbox.ami_host,
+            self.sandbox.ami_port,
+            self.sandbox.ami_username,
+            SecretStr(self.sandbox.ami_secret),
+        )
+        await ami.connect()
+        self.stack.push_async_callback(ami.close)
+        tts = TextToSpeech(
+            TtsSettings(
+                directory=self.sandbox.tts_dir,
+                asterisk_directory=self.sandbox.tts_dir_in_asterisk,
+            )
+        )
+        self.stack.push_async_callback(tts.aclose)
+        lamps = Lamps(ami, settings)
+        self.stack.callback(lamps.close)
+        service = AlarmService(
+            store, Pager(ami, settings), lamps, tts, settings, instance_id=name, pool=pool
+        )
+        await service.start()
+        self.stack.push_async_callback(service.close)
+        self.services.append(service)
+        return service
+
+    async def phone(self, ext: int) -> sipp.PagingPhone:
+        return await self.stack.enter_async_context(
+            sipp.PagingPhone(self.sandbox, ext, self.tmp_path)
+        )
+
+
+@pytest.fixture
+async def harness(sandbox: Sandbox, database_dsn: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with AsyncExitStack() as stack:
+        yield Harness(sandbox, database_dsn, tmp_path, stack)
+
+
+async def department(store: AlarmStore, name: str, extension: str, phones, interval: int):
+    await store.add_paging_group(f"group {name}")
+    for ext in phones:
+        await store.add_paging_device(f"group {name}", f"PJSIP/{ext}")
+    await store.add_department(name, interval_seconds=interval, paging_group=f"group {name}")
+    await store.map_extensions(name, extension)
+
+
+async def history(store: AlarmStore, alarm_id: int, kind: str) -> list[StoredEvent]:
+    return [e for e in await store.timeline(alarm_id) if e.kind == kind]
+
+
+async def no_new_invites(phone: sipp.PagingPhone, seen: int, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    assert len(phone.invite_times) == seen, phone.invite_times
+
+
+async def test_pages_at_the_interval_follows_changes_and_stops_for_good(
+    harness: Harness,
+) -> None:
+    store, _ = await harness.store()
+    await department(store, "Ward A", "101", [221, 222], interval=5)
+    phone, other = await harness.phone(221), await harness.phone(222)
+    service = await harness.service("a")
+    ward = await service.lookup("101")
+    assert ward is not None
+    assert ward.devices == ("PJSIP/221", "PJSIP/222")
+
+    activated_at = time.time()
+    activation = await service.activate("101", ward, uniqueid="call-1")
+    assert activation.created
+    alarm = activation.alarm
+    first = (await phone.wait_invites(1))[0]
+    first_invite_after = first.timestamp() - activated_at
+    print(f"activate() to first INVITE: {first_invite_after * 1000:.0f} ms")
+    assert first_invite_after < 2.0
+    assert service.leads(alarm.id)
+
+    # A second trigger of the department is a re-trigger, not a second alarm.
+    again = await service.activate("101", ward, uniqueid="call-2")
+    assert (again.created, again.alarm.id) == (False, alarm.id)
+
+    await phone.wait_invites(2, within=10)
+    # Changed while cycle 2 plays: the wait after it uses the new interval.
+    await store.set_department_interval("Ward A", 8)
+    times = await phone.wait_invites(3, within=15)
+    first_gap, second_gap = gaps(times)
+    print(f"gaps: {first_gap:.3f} s (interval 5), {second_gap:.3f} s (interval 8)")
+    assert_interval(first_gap, 5)
+    assert_interval(second_gap, 8)
+    assert len(await other.wait_invites(3)) == 3
+
+    await asyncio.sleep(1.0)  # the third announcement is playing
+    deactivated_at = time.time()
+    assert await service.deactivate(alarm.id, by="201", reason="test") is True
+    assert not service.leads(alarm.id)
+    assert await service.deactivate(alarm.id, by="201", reason="twice") is False
+    await asyncio.sleep(0.5)
+    last_bye = max(
+        m.time.timestamp()
+        for p in (phone, other)
+        for m in sipp.parse_messages(p.messages_log)
+        if m.received and m.first_line.startswith("BYE ")
+    )
+    print(f"deactivate() to last BYE: {(last_bye - deactivated_at) * 1000:.0f} ms")
+    assert last_bye - deactivated_at < 1.0
+    await no_new_invites(phone, 3, 8 * 1.2)
+
+    cycles = await history(store, alarm.id, "page_cycle")
+    assert len(cycles) == 3 == len(phone.invite_times)
+    assert [c.details["cycle"] for c in cycles] == [1, 2, 3]
+    assert all(c.details["answered"] == 2 and c.details["dialled"] == 2 for c in cycles)
+    assert cycles[0].details["prompts"] == "tts"
+    assert cycles[2].details["cancelled"] is True
+    final = await store.get_alarm(alarm.id)
+    assert final is not None
+    assert (final.state, final.cycles, final.deactivated_by) == ("deactivated", 3, "201")
+    kinds = [e.kind for e in await store.timeline(alarm.id)]
+    assert kinds.count("activated") == 1
+    assert kinds.count("retriggered") == 1
+    assert kinds.count("deactivated") == 1
+
+
+async def test_two_alarms_with_their_own_intervals(harness: Harness) -> None:
+    store, _ = await harness.store()
+    await department(store, "Ward B", "102", [223], interval=5)
+    await department(store, "Ward C", "103", [224], interval=7)
+    b_phone, c_phone = await harness.phone(223), await harness.phone(224)
+    service = await harness.service("a")
+    b = (await service.activate("102", await service.lookup("102"), uniqueid="b")).alarm
+    c = (await service.activate("103", await service.lookup("103"), uniqueid="c")).alarm
+    assert b.id != c.id
+    b_times = await b_phone.wait_invites(3, within=15)
+    assert_interval(gaps(b_times)[0], 5)
+    assert_interval(gaps(b_times)[1], 5)
+    assert await service.deactivate(b.id, by="cli", reason="one at a time")
+    seen_b = len(b_phone.invite_times)
+    c_times = await c_phone.wait_invites(3, within=20)
+    assert_interval(gaps(c_times)[0], 7)
+    assert_interval(gaps(c_times)[1], 7)
+    assert len(b_phone.invite_times) == seen_b  # B stays silent while C goes on
+    assert await service.deactivate(c.id, by="cli", reason="done")
+    seen_c = len(c_phone.invite_times)
+    await no_new_invites(c_phone, seen_c, 7 * 1.2)
+    assert len(await history(store, b.id, "page_cycle")) == seen_b
+    assert len(await history(store, c.id, "page_cycle")) == seen_c
+    assert await service.active_alarms() == []
+
+
+async def test_restarted_service_resumes_the_loop(harness: Harness) -> None:
+    store, _ = await harness.store()
+    await department(store, "Ward D", "104", [225], interval=5)
+    phone = await harness.phone(225)
+    first = await harness.service("first")
+    alarm = (await first.activate("104", await first.lookup("104"), uniqueid="d")).alarm
+    await phone.wait_invites(1)
+    await asyncio.sleep(3.5)  # the first cycle has been recorded
+    await first.close()
+    still = await store.get_alarm(alarm.id)
+    assert still is not None
+    assert still.state == "active"  # close() never deactivates
+    second = await harness.service("second")
+    assert second.leads(alarm.id)
+    times = await phone.wait_invites(3, within=15)
+    # The new server keeps the schedule: about one interval after the last page (measured
+    # from its end, which is when it was recorded), never a burst.
+    assert all(gap >= 5 * (1 - TOLERANCE) for gap in gaps(times)), gaps(times)
+    assert_interval(gaps(times)[1], 5)
+    assert len(await history(store, alarm.id, "resumed")) == 1
+    assert await second.deactivate(alarm.id, by="cli", reason="done")
+    seen = len(phone.invite_times)
+    await no_new_invites(phone, seen, 6)
+    assert len(await history(store, alarm.id, "page_cycle")) == seen
+
+
+async def test_one_leader_among_two_servers_and_takeover(harness: Harness) -> None:
+    store, _ = await harness.store()
+    await department(store, "Ward E", "105", [226], interval=5)
+    phone = await harness.phone(226)
+    one = await harness.service("one")
+    two = await harness.service("two")
+    alarm = (await one.activate("105", await one.lookup("105"), uniqueid="e")).alarm
+    await phone.wait_invites(2, within=10)
+    await asyncio.sleep(2.5)  # two's takeover scan ran at least twice meanwhile
+    assert one.leads(alarm.id)
+    assert not two.leads(alarm.id)
+    times = phone.invite_times
+    assert len(times) == 2
+    assert_interval(gaps(times)[0], 5)
+
+    await one.close()  # the leader goes away; its lock with it
+    times = await phone.wait_invites(4, within=20)
+    assert two.leads(alarm.id)
+    assert all(gap >= 5 * (1 - TOLERANCE) for gap in gaps(times)), gaps(times)
+    assert_interval(gaps(times)[-1], 5)
+
+    # Deactivated elsewhere (as the CLI does): the NOTIFY stops the leader's loop.
+    row = await store.get_alarm(alarm.id)
+    assert row is not None
+    done = await store.deactivate(
+        alarm.id,
+        "cli",
+        "remote",
+        HistoryEvent(EventKind.DEACTIVATED, alarm.id, row.extension, row.department_name),
+    )
+    assert done is not None
+    seen = len(phone.invite_times)
+    async with asyncio.timeout(5):
+        while two.leads(alarm.id):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await no_new_invites(phone, seen, 6)
+    cycles = await history(store, alarm.id, "page_cycle")
+    assert len(cycles) == seen
+    assert len(await history(store, alarm.id, "resumed")) == 1
+
+
+async def test_tts_failure_pages_built_in_sounds(harness: Harness, sandbox: Sandbox) -> None:
+    store, _ = await harness.store()
+    await department(store, "Ward F", "106", [227], interval=5)
+    phone = await harness.phone(227)
+    # An announcement longer than TTS accepts: rendering fails, the fallback plays.
+    settings = SETTINGS.model_copy(update={"announcement": "Panic {department} " + "x" * 600})
+    service = await harness.service("f", settings)
+    alarm = (await service.activate("106", await service.lookup("106"), uniqueid="f")).alarm
+    await phone.wait_invites(1)
+    await asyncio.sleep(3)
+    assert await service.deactivate(alarm.id, by="cli", reason="done")
+    (cycle,) = await history(store, alarm.id, "page_cycle")
+    assert cycle.details["prompts"] == "fallback"
+    assert cycle.details["answered"] == 1
+    assert "too long" in cycle.details["tts_error"]

@@ -1,0 +1,162 @@
+"""BLF lamps: Custom:PANIC and Custom:PANIC_<department> seen by a subscribing desk phone."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from fastagi.alarms.lamps import LampChange, Lamps
+from fastagi.ami import AmiClient
+from fastagi.config import AlarmSettings
+from fastagi.sandbox.instance import Sandbox
+from tests import sipp
+from tests.e2e.test_alarm_service import Harness, department
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+
+@dataclass(frozen=True)
+class FakeAlarm:
+    department_id: int | None
+
+
+@pytest.fixture
+async def ami(sandbox: Sandbox) -> AsyncIterator[AmiClient]:
+    client = AmiClient(
+        sandbox.ami_host, sandbox.ami_port, sandbox.ami_username, SecretStr(sandbox.ami_secret)
+    )
+    async with client:
+        yield client
+
+
+def dialog_states(result: sipp.SippResult) -> list[str]:
+    return [
+        match.group(1)
+        for notify in result.received("NOTIFY")
+        for match in [re.search(r"<state>(\w+)</state>", notify.text)]
+        if match
+    ]
+
+
+async def watch(sandbox: Sandbox, workdir: Path, service: str, action) -> list[str]:
+    """Subscribe to ``service``, run ``action`` once the first NOTIFY has come, and return
+    the dialog states of the first two NOTIFYs (before and after)."""
+    subscription = asyncio.create_task(
+        sipp.subscribe_dialog(sandbox, workdir, service=service, ext=150, notifies=2)
+    )
+    await asyncio.sleep(1.0)  # SUBSCRIBE, 200 and the initial NOTIFY on loopback
+    await action()
+    result = await subscription
+    result.check()
+    return dialog_states(result)[:2]
+
+
+async def test_main_and_department_lamps_follow_alarms(
+    sandbox: Sandbox, ami: AmiClient, tmp_path: Path
+) -> None:
+    lamps = Lamps(ami, AlarmSettings())
+    try:
+        assert await lamps.apply([], [7]) == [
+            LampChange("Custom:PANIC", "NOT_INUSE", None),
+            LampChange("Custom:PANIC_7", "NOT_INUSE", None),
+        ]
+        assert await lamps.apply([]) == []  # nothing changed, nothing sent
+
+        async def start() -> None:
+            changes = await lamps.apply([FakeAlarm(7)])
+            assert {c.device for c in changes} == {"Custom:PANIC", "Custom:PANIC_7"}
+
+        assert await watch(sandbox, tmp_path / "on", "*555", start) == [
+            "terminated",
+            "confirmed",
+        ]
+        assert await ami.get_device_state("Custom:PANIC") == "BUSY"
+
+        async def stop_department() -> None:
+            assert await lamps.apply([FakeAlarm(None)]) == [
+                LampChange("Custom:PANIC_7", "NOT_INUSE", "BUSY")
+            ]
+
+        # The per-department key (*555<id>, a pattern hint) goes out, the main one stays.
+        assert await watch(sandbox, tmp_path / "dept", "*5557", stop_department) == [
+            "confirmed",
+            "terminated",
+        ]
+        assert await ami.get_device_state("Custom:PANIC") == "BUSY"
+
+        async def stop_all() -> None:
+            assert await lamps.apply([]) == [LampChange("Custom:PANIC", "NOT_INUSE", "BUSY")]
+
+        assert await watch(sandbox, tmp_path / "off", "*555", stop_all) == [
+            "confirmed",
+            "terminated",
+        ]
+        # After an AMI reconnection everything is set again, changed or not.
+        assert {c.device for c in await lamps.reapply()} == {"Custom:PANIC", "Custom:PANIC_7"}
+    finally:
+        lamps.close()
+
+
+async def test_ringing_lamp_state_is_early(
+    sandbox: Sandbox, ami: AmiClient, tmp_path: Path
+) -> None:
+    lamps = Lamps(ami, AlarmSettings(lamp_state="RINGING"))
+    try:
+        await lamps.apply([])
+
+        async def start() -> None:
+            await lamps.apply([FakeAlarm(None)])
+
+        assert await watch(sandbox, tmp_path, "*555", start) == ["terminated", "early"]
+    finally:
+        await lamps.apply([])
+        lamps.close()
+
+
+async def test_service_lights_the_lamp_while_an_alarm_runs(
+    sandbox: Sandbox, database_dsn: str, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        harness = Harness(sandbox, database_dsn, tmp_path, stack)
+        store, _ = await harness.store()
+        await department(store, "Ward L", "107", [228], interval=5)
+        await harness.phone(228)
+        service = await harness.service("lamps")
+        ward = await service.lookup("107")
+        assert ward is not None
+        alarm_ids: list[int] = []
+
+        async def activate() -> None:
+            alarm_ids.append((await service.activate("107", ward, uniqueid="l")).alarm.id)
+
+        assert await watch(sandbox, tmp_path / "start", f"*555{ward.id}", activate) == [
+            "terminated",
+            "confirmed",
+        ]
+
+        async def deactivate() -> None:
+            assert await service.deactivate(alarm_ids[0], by="cli", reason="done")
+
+        assert await watch(sandbox, tmp_path / "stop", "*555", deactivate) == [
+            "confirmed",
+            "terminated",
+        ]
+        lamp_events = [
+            (e.details["device"], e.details["state"])
+            for e in await store.history(
+                dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+                dt.datetime(2100, 1, 1, tzinfo=dt.UTC),
+            )
+            if e.kind == "lamp_changed"
+        ]
+        assert ("Custom:PANIC", "BUSY") in lamp_events
+        assert (f"Custom:PANIC_{ward.id}", "BUSY") in lamp_events
+        assert lamp_events[-1][1] == "NOT_INUSE"

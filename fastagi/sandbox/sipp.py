@@ -1,0 +1,361 @@
+"""Run SIPp scenarios (tests/sipp_scenarios/*.xml) against the sandbox: from async tests,
+and from ``fastagi demo``.
+
+One-shot scenarios (a desk phone calling, subscribing)::
+
+    result = await sipp.call_dtmf(sandbox, tmp_path, service="*599", digits="1234")
+    result.check()                       # AssertionError with the SIP trace on failure
+
+Paging phones (long-running UAS on ``phone_base + ext``)::
+
+    async with sipp.PagingPhone(sandbox, 201, tmp_path) as phone:
+        ...                              # make Asterisk call PJSIP/201
+        await phone.wait_invites(1)
+    phone.invite_times                   # when each INVITE arrived (datetime)
+
+Every run writes SIPp's message, error and screen logs into ``workdir`` (use pytest's
+``tmp_path``), and the result carries them for assertions and failure output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import re
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastagi.sandbox.image import repo_root
+from fastagi.sandbox.instance import Sandbox, port_in_use
+from fastagi.sandbox.ports import free_port
+
+# The scenarios live with the tests, where integrators look for them; the demo runs from
+# a clone of the repository.
+SCENARIOS = repo_root() / "tests" / "sipp_scenarios"
+MAX_DIGITS = 8  # uac_call_dtmf.xml has keys d1..d8
+# Header of one entry in SIPp's -message_file: a dashed line with the time, then
+# "UDP message received [N] bytes :" or "UDP message sent (N bytes):", then the message.
+_ENTRY = re.compile(
+    r"^-+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n(UDP message (?:received|sent)[^\n]*)\n",
+    re.M,
+)
+
+
+@dataclass(frozen=True)
+class SipMessage:
+    time: dt.datetime
+    received: bool
+    text: str
+
+    @property
+    def first_line(self) -> str:
+        return self.text.split("\n", 1)[0].strip()
+
+
+def parse_messages(log: str) -> list[SipMessage]:
+    """The SIP messages of a SIPp ``-message_file`` log, in order."""
+    entries = list(_ENTRY.finditer(log))
+    messages = []
+    for index, entry in enumerate(entries):
+        end = entries[index + 1].start() if index + 1 < len(entries) else len(log)
+        messages.append(
+            SipMessage(
+                time=dt.datetime.fromisoformat(entry.group(1)),
+                received="received" in entry.group(2),
+                text=log[entry.end() : end].strip("\n"),
+            )
+        )
+    return messages
+
+
+@dataclass(frozen=True)
+class SippResult:
+    """Exit status and logs of one SIPp run. Exit 0 means every call succeeded."""
+
+    scenario: str
+    returncode: int
+    messages_log: str
+    errors_log: str
+    screen: str
+    timed_out: bool = False
+
+    @property
+    def messages(self) -> list[SipMessage]:
+        return parse_messages(self.messages_log)
+
+    def received(self, method_or_status: str) -> list[SipMessage]:
+        """Received messages whose first line starts with ``method_or_status``
+        (``"BYE"``, ``"NOTIFY"``, ``"SIP/2.0 200"``)."""
+        return [
+            m for m in self.messages if m.received and m.first_line.startswith(method_or_status)
+        ]
+
+    def check(self) -> None:
+        """Raise AssertionError with the trace unless the scenario completed."""
+        if self.returncode != 0 or self.timed_out:
+            raise AssertionError(str(self))
+
+    def __str__(self) -> str:
+        status = "timed out" if self.timed_out else f"exit {self.returncode}"
+        return (
+            f"SIPp {self.scenario}: {status}\n--- errors\n{self.errors_log[-3000:]}\n"
+            f"--- messages\n{self.messages_log[-6000:]}\n--- screen\n{self.screen[-1500:]}"
+        )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def sipp_command(
+    scenario: str,
+    *,
+    remote: str | None,
+    local_port: int,
+    workdir: Path,
+    service: str | None = None,
+    keys: dict[str, str] | None = None,
+    calls: int | None = 1,
+    pause_ms: int | None = None,
+    recv_timeout_ms: int | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """The sipp command line; logs go to ``workdir/<scenario>.{messages,errors,screen}``
+    (``workdir`` is created)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    stem = Path(scenario).stem
+    command = ["sipp"]
+    if remote is not None:
+        command.append(remote)
+    command += [
+        "-sf",
+        str(SCENARIOS / scenario),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(local_port),
+        "-nostdin",
+        "-trace_msg",
+        "-message_file",
+        str(workdir / f"{stem}.messages"),
+        "-trace_err",
+        "-error_file",
+        str(workdir / f"{stem}.errors"),
+    ]
+    if calls is not None:
+        command += ["-m", str(calls)]
+    if service is not None:
+        command += ["-s", service]
+    if pause_ms is not None:
+        command += ["-d", str(pause_ms)]
+    if recv_timeout_ms is not None:
+        command += ["-recv_timeout", str(recv_timeout_ms)]
+    for name, value in (keys or {}).items():
+        command += ["-key", name, value]
+    return [*command, *extra]
+
+
+async def run_scenario(
+    scenario: str,
+    workdir: Path,
+    *,
+    sip_port: int,
+    service: str | None = None,
+    keys: dict[str, str] | None = None,
+    pause_ms: int | None = None,
+    recv_timeout_ms: int | None = 20_000,
+    local_port: int | None = None,
+    within: float = 30.0,
+) -> SippResult:
+    """Run one call of ``scenario`` against 127.0.0.1:``sip_port``; never raises on a
+    failed call (see ``SippResult.check``). On timeout SIPp is killed."""
+    stem = Path(scenario).stem
+    command = sipp_command(
+        scenario,
+        remote=f"127.0.0.1:{sip_port}",
+        local_port=local_port or free_port(socket.SOCK_DGRAM),
+        workdir=workdir,
+        service=service,
+        keys=keys,
+        pause_ms=pause_ms,
+        recv_timeout_ms=recv_timeout_ms,
+    )
+    screen_path = workdir / f"{stem}.screen"
+    with screen_path.open("wb") as screen:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.DEVNULL, stdout=screen, stderr=screen
+        )
+        timed_out = False
+        try:
+            async with asyncio.timeout(within):
+                returncode = await process.wait()
+        except TimeoutError:
+            timed_out = True
+            process.kill()
+            returncode = await process.wait()
+        except BaseException:
+            process.kill()
+            await process.wait()
+            raise
+    return SippResult(
+        scenario=scenario,
+        returncode=returncode,
+        messages_log=_read(workdir / f"{stem}.messages"),
+        errors_log=_read(workdir / f"{stem}.errors"),
+        screen=_read(screen_path),
+        timed_out=timed_out,
+    )
+
+
+async def call_dtmf(
+    sandbox: Sandbox,
+    workdir: Path,
+    *,
+    service: str,
+    ext: int = 101,
+    digits: str = "",
+    prompt_ms: int = 1000,
+    gap_ms: int = 250,
+    hangup: str = "server",
+    linger_ms: int = 1000,
+    within: float = 30.0,
+) -> SippResult:
+    """Desk phone ``ext`` calls ``service``, waits ``prompt_ms``, sends ``digits`` as SIP
+    INFO, then waits for Asterisk's BYE (``hangup="server"``) or hangs up after
+    ``linger_ms`` (``hangup="client"``)."""
+    if len(digits) > MAX_DIGITS:
+        raise ValueError(f"uac_call_dtmf.xml sends at most {MAX_DIGITS} digits")
+    if hangup not in {"server", "client"}:
+        raise ValueError("hangup is 'server' or 'client'")
+    keys = {"ext": str(ext), "gap_ms": str(gap_ms), "linger_ms": str(linger_ms), "hangup": hangup}
+    for index in range(MAX_DIGITS):
+        keys[f"d{index + 1}"] = digits[index] if index < len(digits) else ""
+    return await run_scenario(
+        "uac_call_dtmf.xml",
+        workdir,
+        sip_port=sandbox.sip_port,
+        service=service,
+        keys=keys,
+        pause_ms=prompt_ms,
+        recv_timeout_ms=int(within * 1000),
+        within=within + 5,
+    )
+
+
+async def call_hangup_early(
+    sandbox: Sandbox, workdir: Path, *, service: str, ext: int = 101, after_ms: int = 500
+) -> SippResult:
+    """Desk phone ``ext`` calls ``service`` and hangs up ``after_ms`` after the answer."""
+    return await run_scenario(
+        "uac_hangup_early.xml",
+        workdir,
+        sip_port=sandbox.sip_port,
+        service=service,
+        keys={"ext": str(ext)},
+        pause_ms=after_ms,
+    )
+
+
+async def subscribe_dialog(
+    sandbox: Sandbox, workdir: Path, *, service: str, ext: int = 101, notifies: int = 1
+) -> SippResult:
+    """Desk phone ``ext`` subscribes to the hint ``service`` (Event: dialog), takes
+    ``notifies`` NOTIFYs, unsubscribes. ``result.received("NOTIFY")`` has the bodies."""
+    return await run_scenario(
+        "subscribe_dialog.xml",
+        workdir,
+        sip_port=sandbox.sip_port,
+        service=service,
+        keys={"ext": str(ext), "notifies": str(notifies)},
+    )
+
+
+class PagingPhone:
+    """Paging phone ``ext``: a SIPp UAS on ``phone_base + ext`` answering every INVITE.
+
+    ``async with PagingPhone(sandbox, 201, tmp_path) as phone:``; or ``start()`` and
+    ``stop()``. ``invite_times`` lists when each INVITE arrived.
+    """
+
+    def __init__(self, sandbox: Sandbox, ext: int, workdir: Path) -> None:
+        self.ext = ext
+        self.port = sandbox.ports.phone_port(ext)
+        self.workdir = workdir / f"phone-{ext}"
+        self._process: asyncio.subprocess.Process | None = None
+        self.returncode: int | None = None
+
+    @property
+    def messages_log(self) -> str:
+        return _read(self.workdir / "uas_answer.messages")
+
+    @property
+    def invite_times(self) -> list[dt.datetime]:
+        return [
+            m.time
+            for m in parse_messages(self.messages_log)
+            if m.received and m.first_line.startswith("INVITE ")
+        ]
+
+    async def start(self, *, within: float = 5.0) -> None:
+        command = sipp_command(
+            "uas_answer.xml",
+            remote=None,
+            local_port=self.port,
+            workdir=self.workdir,
+            keys={"ext": str(self.ext)},
+            calls=None,
+        )
+        screen = (self.workdir / "uas_answer.screen").open("wb")
+        with screen:
+            self._process = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=screen, stderr=screen
+            )
+        # SIPp gives no sign when its socket is bound; the port itself is the only thing
+        # to watch, so check it (briefly) until it is taken or SIPp has exited.
+        async with asyncio.timeout(within):
+            while not port_in_use(self.port, socket.SOCK_DGRAM):
+                if self._process.returncode is not None:
+                    raise AssertionError(f"SIPp UAS for {self.ext} exited:\n{self.log_tail()}")
+                await asyncio.sleep(0.02)
+
+    async def wait_invites(self, count: int, *, within: float = 10.0) -> list[dt.datetime]:
+        """Wait until ``count`` INVITEs have arrived (reads SIPp's message log, which it
+        flushes per message; there is no other signal from a SIPp process)."""
+        async with asyncio.timeout(within):
+            # A file is all SIPp offers to watch; an Event cannot replace this poll.
+            while len(times := self.invite_times) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        return times
+
+    async def stop(self) -> None:
+        if self._process is None:
+            return
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(5):
+                    await self._process.wait()
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+        self.returncode = self._process.returncode
+        self._process = None
+
+    def log_tail(self) -> str:
+        screen = _read(self.workdir / "uas_answer.screen")
+        errors = _read(self.workdir / "uas_answer.errors")
+        return f"{errors[-2000:]}\n{screen[-1500:]}"
+
+    async def __aenter__(self) -> PagingPhone:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()

@@ -1,0 +1,137 @@
+"""What the panic and deactivation flows share: their settings, the caller's identity,
+and the status they leave for the dialplan.
+
+Both flows trust nothing that came from the phone. A caller id is data: it may be
+``"anonymous"``, a SIP user name, or text with quotes, backslashes and newlines in it.
+It reaches the database only as a query parameter, the caller's ears only through the
+text-to-speech engine (which speaks it literally) or spelled with built-in sounds (which
+skip what they cannot say), and Asterisk only as one AGI word, never spliced into a
+command or dialplan expression.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import unicodedata
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+from fastagi.agi.errors import AgiError
+from fastagi.agi.session import AgiSession
+from fastagi.alarms.directory import is_extension
+
+__all__ = [
+    "STATUS_VARIABLE",
+    "Caller",
+    "FlowSettings",
+    "caller_identity",
+    "display_text",
+    "set_status",
+]
+
+#: The channel variable the dialplan reads after AGI() returns.
+STATUS_VARIABLE = "FASTAGI_STATUS"
+#: FreePBX sets it on internal calls: the extension the device belongs to, which stays
+#: right when CALLERID(num) was rewritten (outbound CID, a follow-me, a device-and-user
+#: login).
+AMPUSER_VARIABLE = "AMPUSER"
+#: What a caller without any caller id is called in the history and the alarm.
+UNKNOWN_CALLER = "unknown"
+#: A caller id is an extension or a SIP user name; longer text is cut (a caller id of
+#: kilobytes is not a name anybody needs to hear).
+MAX_CALLER_TEXT = 40
+# A status write after a hang-up is a courtesy to the dialplan, not worth a long wait.
+_STATUS_TIMEOUT = 5.0
+
+
+class FlowSettings(BaseModel):
+    """Install-time knobs of the panic and deactivation calls (``[flows]``).
+
+    The alarm policy an administrator changes while the system runs (confirmation
+    attempts, what silence means, PIN attempts and lockout) lives in the database row
+    ``alarm_settings``, not here.
+    """
+
+    # Play a short "alarm activated" after the caller confirms. Off for discretion: the
+    # call then ends without a word, so whoever stands next to the caller hears nothing.
+    ack_on_confirm: bool = True
+    # Also send the confirmation question as text to the phone's display (SIP MESSAGE
+    # via SendText). Off by default: not every phone shows it, and some ring for it.
+    send_text: bool = False
+    # How long GET DATA waits for the answer to the confirmation question, per attempt.
+    confirm_timeout_ms: int = Field(default=5000, ge=500, le=60_000)
+    # Keys other than 1 and 2 re-prompt; after this many the call counts as unanswered
+    # (silence alone is counted against the database's confirmation_attempts).
+    invalid_key_limit: int = Field(default=3, ge=1, le=10)
+    # How long GET DATA waits for each digit of the PIN ('#' ends it).
+    pin_timeout_ms: int = Field(default=6000, ge=1000, le=60_000)
+    # Prompts to choose an alarm (several active) before giving up.
+    menu_attempts: int = Field(default=3, ge=1, le=10)
+    # How long GET DATA waits for the choice of alarm.
+    menu_timeout_ms: int = Field(default=5000, ge=500, le=60_000)
+    # How long a live call waits for a prompt to be rendered before it plays the
+    # built-in sounds instead (a cached prompt takes microseconds, a render ~0.1 s).
+    render_timeout: float = Field(default=3.0, gt=0, le=30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling, as far as the flow can tell.
+
+    ``extension`` is the text to record (digits, or a bounded copy of whatever the caller
+    id said); ``known`` is True only when it is a plain extension number, the only form
+    that is looked up in the directory or compared with deactivators.
+    """
+
+    extension: str
+    known: bool
+    source: str  # "AMPUSER", "callerid" or "none"
+
+    @property
+    def spoken(self) -> str:
+        """The extension for a prompt: digits one by one ("1 0 1"), else the text."""
+        return " ".join(self.extension) if self.known else self.extension
+
+
+async def caller_identity(session: AgiSession) -> Caller:
+    """The caller's extension: FreePBX's AMPUSER when set, else CALLERID(num)."""
+    ampuser = await session.get_variable(AMPUSER_VARIABLE)
+    if ampuser:
+        return _caller(ampuser, "AMPUSER")
+    callerid = session.environment.callerid
+    if callerid:
+        return _caller(callerid, "callerid")
+    return Caller(UNKNOWN_CALLER, known=False, source="none")
+
+
+def _caller(text: str, source: str) -> Caller:
+    text = text.strip()
+    if is_extension(text):
+        return Caller(text, known=True, source=source)
+    label = display_text(text)[:MAX_CALLER_TEXT].strip()
+    return Caller(label or UNKNOWN_CALLER, known=False, source=source)
+
+
+def display_text(text: str) -> str:
+    """``text`` with control characters (newlines, tabs, escapes, separators) turned
+    into spaces: safe for one AGI word, a log field or a phone display."""
+    return "".join(
+        " " if unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp", "Cs"} else char
+        for char in text
+    )
+
+
+async def set_status(session: AgiSession, status: str) -> None:
+    """Leave ``FASTAGI_STATUS`` for the dialplan, if Asterisk still listens.
+
+    SET VARIABLE is allowed on a hung-up channel, so this works after the caller hangs
+    up too; a connection that is already closed is not an error here.
+    """
+    if not session.usable:
+        return
+    try:
+        async with asyncio.timeout(_STATUS_TIMEOUT):
+            await session.set_variable(STATUS_VARIABLE, status)
+    except (AgiError, TimeoutError) as exc:
+        session.log.info("could not set %s=%s: %s", STATUS_VARIABLE, status, exc)

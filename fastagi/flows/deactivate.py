@@ -1,0 +1,380 @@
+"""Route ``deactivate``: stopping alarms by PIN (*556).
+
+The call, step by step (each outcome recorded in the alarm history):
+
+1. Who calls (AMPUSER, else CALLERID(num)). An extension that is not an authorised
+   deactivator hears a refusal: ``deactivation_refused`` (reason "not authorised").
+   An extension locked out by earlier wrong PINs is refused too (reason "locked out").
+2. No active alarm: the caller hears so (``deactivation_refused``, reason "no active
+   alarm"), before being asked for a PIN.
+3. The PIN: GET DATA, '#' ends it, at most 12 digits. A wrong PIN is recorded
+   (``deactivation_failed``) and counted by the store across calls; when the count
+   reaches ``pin_attempts`` the store locks the extension out for ``lockout_seconds``
+   (``deactivation_locked_out``) and the call ends. Within one call the caller may try
+   ``pin_attempts`` times. A right PIN clears the count. The PIN itself is never logged,
+   recorded or kept: it lives in a local variable until scrypt has checked it.
+4. Which alarm: one active alarm is deactivated without asking; with several, a menu
+   names their departments ("Press 1 for Emergency Room, 2 for Pharmacy, 9 for all";
+   up to 8 by number, 9 for every active alarm).
+5. ``service.deactivate(alarm_id, by="extension <ext>", reason="PIN")`` for each chosen
+   alarm (the service records ``deactivated``), then an acknowledgement.
+
+``FASTAGI_STATUS``: DEACTIVATED, REFUSED, LOCKED, WRONGPIN, NOALARM, NOCHOICE, HANGUP or
+ERROR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from fastagi.agi.errors import AgiHangup
+from fastagi.agi.session import AgiSession
+from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
+from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.alarms.pins import MAX_PIN_LENGTH, verify_pin_async
+from fastagi.flows import prompts
+from fastagi.flows.common import Caller, FlowSettings, caller_identity, set_status
+from fastagi.flows.prompts import Speaker
+
+__all__ = [
+    "ActiveAlarm",
+    "DeactivateFlow",
+    "DeactivationService",
+    "DeactivationStore",
+    "PinPolicy",
+    "Status",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Menu keys 1..8 choose one alarm; 9 chooses all of them.
+ALL_KEY = "9"
+MAX_LISTED = 8
+
+
+class Status(enum.StrEnum):
+    """Values of FASTAGI_STATUS after the deactivate route."""
+
+    DEACTIVATED = "DEACTIVATED"
+    REFUSED = "REFUSED"
+    LOCKED = "LOCKED"
+    WRONGPIN = "WRONGPIN"
+    NOALARM = "NOALARM"
+    NOCHOICE = "NOCHOICE"
+    HANGUP = "HANGUP"
+    ERROR = "ERROR"
+
+
+# ---- what the flow needs from the rest of the system -----------------------------------
+
+
+class PinPolicy(Protocol):
+    """The part of the ``alarm_settings`` row the deactivation obeys."""
+
+    @property
+    def pin_attempts(self) -> int: ...
+
+    @property
+    def lockout_seconds(self) -> int: ...
+
+
+class DeactivationStore(Protocol):
+    """The part of :class:`fastagi.store.alarms.AlarmStore` the deactivation uses."""
+
+    async def load_settings(self) -> PinPolicy: ...
+
+    async def deactivator_pin_hash(self, extension: str) -> str | None: ...
+
+    async def lockout_until(self, extension: str) -> datetime | None: ...
+
+    async def record_pin_failure(
+        self, extension: str, max_failures: int, lockout_seconds: int
+    ) -> datetime | None: ...
+
+    async def clear_pin_failures(self, extension: str) -> object: ...
+
+
+class ActiveAlarm(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def department_name(self) -> str: ...
+
+    @property
+    def extension(self) -> str: ...
+
+
+class DeactivationService(Protocol):
+    """The part of :class:`fastagi.alarms.service.AlarmService` the deactivation uses."""
+
+    async def active_alarms(self) -> Sequence[ActiveAlarm]: ...
+
+    async def deactivate(self, alarm_id: int, *, by: str, reason: str) -> bool: ...
+
+    async def record(self, event: HistoryEvent) -> object: ...
+
+
+# ---- the flow ----------------------------------------------------------------------------
+
+
+class _PinOutcome(enum.Enum):
+    RIGHT = "right"
+    WRONG = "wrong"
+    LOCKED = "locked"
+
+
+@dataclass
+class _Call:
+    session: AgiSession
+    caller: Caller
+    stage: str = "start"
+    wrong_pins: int = 0
+
+    @property
+    def log_extra(self) -> dict[str, Any]:
+        return {
+            "agi_uniqueid": self.session.environment.uniqueid,
+            "peer": self.session.peer,
+            "extension": self.caller.extension,
+        }
+
+
+class DeactivateFlow:
+    """The ``deactivate`` route. ``DeactivateFlow(service, store, tts, FlowSettings())``.
+
+    ``service`` lists and deactivates alarms and records history; ``store`` (the
+    AlarmStore) knows deactivators' PIN hashes, lockouts and the PIN policy; ``tts``
+    renders prompts.
+    """
+
+    def __init__(
+        self,
+        service: DeactivationService,
+        store: DeactivationStore,
+        tts: Speaker,
+        settings: FlowSettings | None = None,
+    ) -> None:
+        self._service = service
+        self._store = store
+        self._tts = tts
+        self._settings = settings or FlowSettings()
+
+    async def __call__(self, session: AgiSession) -> None:
+        try:
+            caller = await caller_identity(session)
+        except AgiHangup:
+            await set_status(session, Status.HANGUP)
+            return
+        call = _Call(session, caller)
+        try:
+            status = await self._run(call)
+        except AgiHangup:
+            logger.info("caller hung up", extra={**call.log_extra, "stage": call.stage})
+            await self._record(call, EventKind.CALLER_HUNG_UP, {"stage": call.stage})
+            status = Status.HANGUP
+        except Exception as exc:
+            await set_status(session, Status.ERROR)
+            await self._record(
+                call, EventKind.ERROR, {"stage": call.stage, "error": type(exc).__name__}
+            )
+            raise
+        await set_status(session, status)
+
+    async def _run(self, call: _Call) -> Status:
+        admitted = await self._admit(call)
+        if isinstance(admitted, Status):
+            return admitted
+        call.stage = "pin"
+        policy = await self._store.load_settings()
+        outcome = await self._pin(call, admitted, policy)
+        if outcome is _PinOutcome.LOCKED:
+            await self._say_last(call, prompts.LOCKED_OUT, prompts.FALLBACK_LOCKED_OUT)
+            return Status.LOCKED
+        if outcome is _PinOutcome.WRONG:
+            await self._say_last(call, prompts.WRONG_PIN_FINAL, prompts.FALLBACK_WRONG_PIN_FINAL)
+            return Status.WRONGPIN
+        return await self._choose_and_deactivate(call)
+
+    async def _admit(self, call: _Call) -> str | Status:
+        """The caller's PIN hash, or the status of a call refused before the PIN."""
+        call.stage = "authorise"
+        ext = call.caller.extension
+        pin_hash = await self._store.deactivator_pin_hash(ext) if call.caller.known else None
+        if pin_hash is None:
+            await self._record(call, EventKind.DEACTIVATION_REFUSED, {"reason": "not authorised"})
+            await self._say_last(call, prompts.NOT_AUTHORISED, prompts.FALLBACK_NOT_AUTHORISED)
+            return Status.REFUSED
+        locked_until = await self._store.lockout_until(ext)
+        if locked_until is not None and locked_until > datetime.now(UTC):
+            await self._record(
+                call,
+                EventKind.DEACTIVATION_REFUSED,
+                {"reason": "locked out", "locked_until": locked_until.isoformat()},
+            )
+            await self._say_last(call, prompts.LOCKED_OUT, prompts.FALLBACK_LOCKED_OUT)
+            return Status.LOCKED
+        if not await self._service.active_alarms():
+            return await self._no_alarm(call)
+        return pin_hash
+
+    async def _choose_and_deactivate(self, call: _Call) -> Status:
+        call.stage = "choice"
+        # Read again: alarms may have started or stopped while the PIN was typed.
+        alarms = sorted(await self._service.active_alarms(), key=lambda alarm: alarm.id)
+        if not alarms:
+            return await self._no_alarm(call)
+        chosen = alarms if len(alarms) == 1 else await self._choose(call, alarms)
+        if chosen is None:
+            await self._say_last(call, prompts.NOTHING_CHOSEN, prompts.FALLBACK_GOODBYE)
+            return Status.NOCHOICE
+        call.stage = "deactivate"
+        done = await self._deactivate(call, chosen)
+        if not done:
+            # Someone else stopped them meanwhile.
+            return await self._no_alarm(call)
+        if len(done) == 1:
+            text = prompts.DEACTIVATED_ONE.format(department=_menu_label(done[0]))
+        else:
+            text = prompts.DEACTIVATED_ALL
+        await self._say_last(call, text, prompts.FALLBACK_DEACTIVATED)
+        return Status.DEACTIVATED
+
+    async def _pin(self, call: _Call, pin_hash: str, policy: PinPolicy) -> _PinOutcome:
+        ext = call.caller.extension
+        text, fallback = prompts.PIN_PROMPT, prompts.FALLBACK_PIN
+        for attempt in range(1, max(1, policy.pin_attempts) + 1):
+            files = await prompts.files_for(
+                self._tts, text, fallback, render_timeout=self._settings.render_timeout
+            )
+            entered = await prompts.ask(
+                call.session,
+                files,
+                timeout_ms=self._settings.pin_timeout_ms,
+                max_digits=MAX_PIN_LENGTH,
+            )
+            if not entered.digits:
+                # Silence is not a guess: ask again, without counting a failure.
+                text, fallback = prompts.PIN_PROMPT, prompts.FALLBACK_PIN
+                continue
+            if await verify_pin_async(entered.digits, pin_hash):
+                await self._store.clear_pin_failures(ext)
+                logger.info("PIN accepted", extra=call.log_extra)
+                return _PinOutcome.RIGHT
+            call.wrong_pins += 1
+            logger.info("wrong PIN", extra={**call.log_extra, "attempt": attempt})
+            await self._record(call, EventKind.DEACTIVATION_FAILED, {"attempt": attempt})
+            locked_until = await self._store.record_pin_failure(
+                ext, policy.pin_attempts, policy.lockout_seconds
+            )
+            if locked_until is not None:
+                logger.warning("extension locked out after wrong PINs", extra=call.log_extra)
+                await self._record(
+                    call,
+                    EventKind.DEACTIVATION_LOCKED_OUT,
+                    {"locked_until": locked_until.isoformat(), "attempt": attempt},
+                )
+                return _PinOutcome.LOCKED
+            text, fallback = prompts.PIN_WRONG, prompts.FALLBACK_PIN_WRONG
+        return _PinOutcome.WRONG
+
+    async def _choose(
+        self, call: _Call, alarms: Sequence[ActiveAlarm]
+    ) -> Sequence[ActiveAlarm] | None:
+        listed = list(alarms[:MAX_LISTED])
+        text = " ".join(
+            [
+                *(
+                    prompts.MENU_ITEM.format(key=index, department=_menu_label(alarm))
+                    for index, alarm in enumerate(listed, start=1)
+                ),
+                prompts.MENU_ALL.format(key=ALL_KEY),
+            ]
+        )
+        fallback = [
+            *(
+                sound
+                for index, alarm in enumerate(listed, start=1)
+                for sound in prompts.fallback_menu_item(str(index), alarm.extension)
+            ),
+            *prompts.fallback_menu_all(ALL_KEY),
+        ]
+        for _ in range(self._settings.menu_attempts):
+            files = await prompts.files_for(
+                self._tts, text, fallback, render_timeout=self._settings.render_timeout
+            )
+            result = await prompts.ask(
+                call.session, files, timeout_ms=self._settings.menu_timeout_ms, max_digits=1
+            )
+            key = result.digits
+            if key == ALL_KEY:
+                return alarms
+            if key.isdigit() and 1 <= int(key) <= len(listed):
+                return [listed[int(key) - 1]]
+            logger.info("no valid choice of alarm", extra=call.log_extra)
+        return None
+
+    async def _deactivate(self, call: _Call, chosen: Sequence[ActiveAlarm]) -> list[ActiveAlarm]:
+        by = f"extension {call.caller.extension}"
+
+        async def deactivate_all() -> list[ActiveAlarm]:
+            done = []
+            for alarm in chosen:
+                if await self._service.deactivate(alarm.id, by=by, reason="PIN"):
+                    done.append(alarm)
+            return done
+
+        # Shielded: once the PIN is right and the choice made, the deactivation goes
+        # through even if this call's task is cancelled meanwhile.
+        done = await asyncio.shield(deactivate_all())
+        logger.info(
+            "alarms deactivated",
+            extra={**call.log_extra, "alarm_ids": ",".join(str(alarm.id) for alarm in done)},
+        )
+        return done
+
+    async def _no_alarm(self, call: _Call) -> Status:
+        await self._record(call, EventKind.DEACTIVATION_REFUSED, {"reason": "no active alarm"})
+        await self._say_last(call, prompts.NO_ALARM, prompts.FALLBACK_NO_ALARM)
+        return Status.NOALARM
+
+    async def _say_last(self, call: _Call, text: str, fallback: Sequence[str]) -> None:
+        """The call's last words; a hang-up during them changes nothing."""
+        try:
+            await prompts.say(
+                call.session,
+                self._tts,
+                text,
+                fallback,
+                render_timeout=self._settings.render_timeout,
+            )
+        except AgiHangup:
+            logger.info("caller hung up during the last prompt", extra=call.log_extra)
+
+    async def _record(self, call: _Call, kind: EventKind, details: dict[str, Any]) -> None:
+        event = HistoryEvent(
+            kind=kind,
+            alarm_id=None,
+            extension=call.caller.extension,
+            department=None,
+            details={"route": "deactivate", **details},
+        )
+        try:
+            await self._service.record(event)
+        except Exception as exc:
+            logger.error("cannot record %s", kind, extra={**call.log_extra, "error": repr(exc)})
+
+
+def _menu_label(alarm: ActiveAlarm) -> str:
+    """How the menu names an alarm: its department, or the caller's extension when the
+    department is unknown (two unknown alarms must not sound alike)."""
+    if alarm.department_name == UNKNOWN_DEPARTMENT:
+        digits = " ".join(alarm.extension) if alarm.extension.isdigit() else alarm.extension
+        return prompts.UNKNOWN_LABEL.format(extension=digits)
+    return alarm.department_name

@@ -1,0 +1,387 @@
+"""Route ``panic``: the trigger (*555, or the Custom Destination ``panic-alarm``).
+
+The call, step by step (each recorded in the alarm history):
+
+1. Who calls: FreePBX's AMPUSER, else CALLERID(num); the department from the directory
+   (an unknown extension still raises an alarm, for "unknown department, extension N").
+   ``triggered``.
+2. The question, by text-to-speech (built-in sounds if that fails), naming the
+   department: "Press 1 to confirm the alarm, or 2 to cancel". ``prompt_played`` each
+   time. Optionally the same question as text on the phone's display.
+3. 1: ``confirmed``, the alarm is activated (the service records ``activated`` or
+   ``retriggered``), a short acknowledgement unless discretion is configured, and the
+   call ends. 2: ``cancelled``, no alarm. Another key: the question again, up to
+   ``FlowSettings.invalid_key_limit`` times. Silence: the question again, up to the
+   database's ``confirmation_attempts``; then ``no_answer`` and ``no_answer_policy``
+   decides (``activate``: hands-free triggers cannot press anything; ``cancel``).
+4. Hang-up before an answer: ``caller_hung_up``, no alarm. Once the caller confirmed,
+   hanging up changes nothing: the activation is shielded from the call.
+
+``FASTAGI_STATUS`` tells the dialplan: CONFIRMED, CANCELLED, NOANSWER, HANGUP or ERROR.
+
+The activation must not depend on the database being up at the start of the call: when
+the alarm settings cannot be read, the schema's defaults apply (3 attempts, activate on
+no answer), and a history event that cannot be written is logged, not fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastagi.agi.errors import AgiCommandFailure, AgiHangup
+from fastagi.agi.session import AgiSession
+from fastagi.alarms.directory import UNKNOWN_DEPARTMENT, Department
+from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.flows import prompts
+from fastagi.flows.common import (
+    Caller,
+    FlowSettings,
+    caller_identity,
+    display_text,
+    set_status,
+)
+from fastagi.flows.prompts import Speaker
+
+__all__ = [
+    "Activation",
+    "AlarmPolicy",
+    "PanicFlow",
+    "PanicService",
+    "PolicySource",
+    "Status",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIRM_KEY = "1"
+CANCEL_KEY = "2"
+
+
+class Status(enum.StrEnum):
+    """Values of FASTAGI_STATUS after the panic route."""
+
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+    NOANSWER = "NOANSWER"
+    HANGUP = "HANGUP"
+    ERROR = "ERROR"
+
+
+# ---- what the flow needs from the rest of the system -----------------------------------
+
+
+class AlarmPolicy(Protocol):
+    """The part of the ``alarm_settings`` row the trigger obeys."""
+
+    @property
+    def no_answer_policy(self) -> str: ...  # 'cancel' | 'activate'
+
+    @property
+    def confirmation_attempts(self) -> int: ...
+
+
+class PolicySource(Protocol):
+    async def load_settings(self) -> AlarmPolicy: ...
+
+
+class ActivatedAlarm(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+class Activation(Protocol):
+    @property
+    def alarm(self) -> ActivatedAlarm: ...
+
+    @property
+    def created(self) -> bool: ...  # False: the department's alarm was re-triggered
+
+
+class PanicService(Protocol):
+    """The part of :class:`fastagi.alarms.service.AlarmService` the trigger uses."""
+
+    async def lookup(self, extension: str) -> Department | None: ...
+
+    async def activate(
+        self, extension: str, department: Department | None, *, uniqueid: str
+    ) -> Activation: ...
+
+    async def record(self, event: HistoryEvent) -> object: ...
+
+
+@dataclass(frozen=True)
+class DefaultPolicy:
+    """The schema's defaults (sql/002_alarms.sql), for when the row cannot be read."""
+
+    no_answer_policy: str = "activate"
+    confirmation_attempts: int = 3
+
+
+# ---- the flow ----------------------------------------------------------------------------
+
+
+class _Answer(enum.Enum):
+    CONFIRM = "confirm"
+    CANCEL = "cancel"
+    NONE = "none"
+
+
+@dataclass
+class _Call:
+    """One panic call: who, where, and how the questioning went."""
+
+    session: AgiSession
+    caller: Caller
+    department: Department | None
+    department_name: str  # what the history and the alarm call it
+    label: str  # what the prompt calls it
+    prompts: int = 0
+    silent: int = 0
+    invalid: int = 0
+
+    @property
+    def log_extra(self) -> dict[str, Any]:
+        env = self.session.environment
+        return {
+            "agi_uniqueid": env.uniqueid,
+            "peer": self.session.peer,
+            "extension": self.caller.extension,
+            "department": self.department_name,
+        }
+
+
+class PanicFlow:
+    """The ``panic`` route. ``PanicFlow(service, policy_source, tts, FlowSettings())``.
+
+    ``service`` looks up departments, activates alarms and records history;
+    ``policy_source`` (the AlarmStore) gives the current confirmation policy; ``tts``
+    renders prompts (a :class:`fastagi.tts.TextToSpeech`).
+    """
+
+    def __init__(
+        self,
+        service: PanicService,
+        policy_source: PolicySource,
+        tts: Speaker,
+        settings: FlowSettings | None = None,
+    ) -> None:
+        self._service = service
+        self._policy_source = policy_source
+        self._tts = tts
+        self._settings = settings or FlowSettings()
+
+    async def __call__(self, session: AgiSession) -> None:
+        try:
+            caller = await caller_identity(session)
+        except AgiHangup:
+            await self._record_early_hangup(session)
+            await set_status(session, Status.HANGUP)
+            return
+        department = await self._lookup(session, caller)
+        if department is None:
+            name = UNKNOWN_DEPARTMENT
+            label = prompts.UNKNOWN_LABEL.format(extension=caller.spoken)
+        else:
+            name = label = department.name
+        call = _Call(session, caller, department, name, label)
+        try:
+            await self._run(call)
+        except AgiHangup:
+            # Only reachable before an answer: after one, hang-ups are handled in place.
+            logger.info("caller hung up before answering", extra=call.log_extra)
+            await self._record(
+                call,
+                EventKind.CALLER_HUNG_UP,
+                {"prompts": call.prompts, "stage": "confirmation"},
+            )
+            await set_status(session, Status.HANGUP)
+        except Exception as exc:
+            await set_status(session, Status.ERROR)
+            await self._record(call, EventKind.ERROR, {"stage": "panic", "error": repr(exc)})
+            raise
+
+    async def _run(self, call: _Call) -> None:
+        env = call.session.environment
+        await self._record(
+            call,
+            EventKind.TRIGGERED,
+            {
+                "uniqueid": env.uniqueid,
+                "channel": display_text(env.channel),
+                "caller_source": call.caller.source,
+                "known_extension": call.caller.known,
+            },
+        )
+        policy = await self._load_policy(call)
+        if self._settings.send_text:
+            await self._send_text(call)
+        answer = await self._question(call, policy)
+        if answer is _Answer.CONFIRM:
+            await self._record(call, EventKind.CONFIRMED, {"prompts": call.prompts})
+            await self._activate(call, trigger="confirmed")
+            await set_status(call.session, Status.CONFIRMED)
+            if self._settings.ack_on_confirm:
+                await self._say_after_answer(
+                    call, prompts.PANIC_ACTIVATED, prompts.FALLBACK_ACTIVATED
+                )
+        elif answer is _Answer.CANCEL:
+            await self._record(call, EventKind.CANCELLED, {"prompts": call.prompts})
+            await set_status(call.session, Status.CANCELLED)
+            await self._say_after_answer(call, prompts.PANIC_CANCELLED, prompts.FALLBACK_CANCELLED)
+        else:
+            policy_name = policy.no_answer_policy
+            reason = (
+                "invalid keys" if call.invalid >= self._settings.invalid_key_limit else "silence"
+            )
+            await self._record(
+                call,
+                EventKind.NO_ANSWER,
+                {
+                    "policy": policy_name,
+                    "reason": reason,
+                    "prompts": call.prompts,
+                    "silent": call.silent,
+                    "invalid_keys": call.invalid,
+                },
+            )
+            if policy_name == "activate":
+                await self._activate(call, trigger="no_answer")
+            await set_status(call.session, Status.NOANSWER)
+
+    async def _question(self, call: _Call, policy: AlarmPolicy) -> _Answer:
+        attempts = max(1, policy.confirmation_attempts)
+        text = prompts.panic_question(call.label)
+        while True:
+            files = await prompts.files_for(
+                self._tts,
+                text,
+                prompts.FALLBACK_QUESTION,
+                render_timeout=self._settings.render_timeout,
+            )
+            call.prompts += 1
+            await self._record(
+                call,
+                EventKind.PROMPT_PLAYED,
+                {"prompt": call.prompts, "tts": files.rendered},
+            )
+            result = await prompts.ask(
+                call.session, files, timeout_ms=self._settings.confirm_timeout_ms, max_digits=1
+            )
+            if result.digits == CONFIRM_KEY:
+                return _Answer.CONFIRM
+            if result.digits == CANCEL_KEY:
+                return _Answer.CANCEL
+            if result.digits:
+                call.invalid += 1
+                logger.info("invalid key at the panic prompt", extra=call.log_extra)
+                if call.invalid >= self._settings.invalid_key_limit:
+                    return _Answer.NONE
+            else:
+                # Silence, or '#' alone (GET DATA answers it as empty input).
+                call.silent += 1
+                if call.silent >= attempts:
+                    return _Answer.NONE
+
+    async def _activate(self, call: _Call, *, trigger: str) -> None:
+        started = time.perf_counter()
+        # Shielded: once decided, the alarm goes on even if this call's task is cancelled
+        # (the server shutting down) while the activation is on its way.
+        activation = await asyncio.shield(
+            self._service.activate(
+                call.caller.extension,
+                call.department,
+                uniqueid=call.session.environment.uniqueid,
+            )
+        )
+        logger.info(
+            "alarm activated" if activation.created else "alarm re-triggered",
+            extra={
+                **call.log_extra,
+                "alarm_id": activation.alarm.id,
+                "trigger": trigger,
+                "activate_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+
+    async def _say_after_answer(self, call: _Call, text: str, fallback: tuple[str, ...]) -> None:
+        """An acknowledgement; the answer is already acted on, so a hang-up is fine."""
+        try:
+            await prompts.say(
+                call.session,
+                self._tts,
+                text,
+                fallback,
+                render_timeout=self._settings.render_timeout,
+            )
+        except AgiHangup:
+            logger.info("caller hung up during the acknowledgement", extra=call.log_extra)
+
+    async def _send_text(self, call: _Call) -> None:
+        # SENDTEXT_BODY, set with SET VARIABLE, is taken literally; an argument to
+        # SendText() would be split on ',' by the dialplan parser.
+        body = display_text(prompts.PANIC_DISPLAY.format(department=call.label))
+        try:
+            await call.session.set_variable("SENDTEXT_BODY", body)
+            await call.session.exec("SendText")
+        except AgiCommandFailure as exc:
+            logger.warning("SendText failed", extra={**call.log_extra, "error": str(exc)})
+
+    async def _lookup(self, session: AgiSession, caller: Caller) -> Department | None:
+        if not caller.known:
+            return None
+        try:
+            return await self._service.lookup(caller.extension)
+        except Exception as exc:
+            # No directory (PostgreSQL down since start-up): an alarm of an unknown
+            # department still pages someone, which beats no alarm at all.
+            logger.error(
+                "cannot look up the department; raising an alarm of unknown department",
+                extra={
+                    "agi_uniqueid": session.environment.uniqueid,
+                    "extension": caller.extension,
+                    "error": repr(exc),
+                },
+            )
+            return None
+
+    async def _load_policy(self, call: _Call) -> AlarmPolicy:
+        try:
+            return await self._policy_source.load_settings()
+        except Exception as exc:
+            logger.warning(
+                "cannot read the alarm settings; using the defaults",
+                extra={**call.log_extra, "error": repr(exc)},
+            )
+            return DefaultPolicy()
+
+    async def _record(self, call: _Call, kind: EventKind, details: dict[str, Any]) -> None:
+        event = HistoryEvent(
+            kind=kind,
+            alarm_id=None,
+            extension=call.caller.extension,
+            department=call.department_name,
+            details={"route": "panic", **details},
+        )
+        try:
+            await self._service.record(event)
+        except Exception as exc:
+            # The alarm matters more than its history; the service journals what it can.
+            logger.error("cannot record %s", kind, extra={**call.log_extra, "error": repr(exc)})
+
+    async def _record_early_hangup(self, session: AgiSession) -> None:
+        event = HistoryEvent(
+            kind=EventKind.CALLER_HUNG_UP,
+            alarm_id=None,
+            extension=None,
+            department=None,
+            details={"route": "panic", "stage": "identify"},
+        )
+        try:
+            await self._service.record(event)
+        except Exception as exc:
+            logger.error("cannot record caller_hung_up", extra={"error": repr(exc)})

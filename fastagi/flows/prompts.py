@@ -1,0 +1,195 @@
+"""What the panic and deactivation calls say, and how: text-to-speech, else built-in sounds.
+
+Every prompt is a text for the TTS service plus a fallback of Asterisk core sounds
+(asterisk-core-sounds-en, see :mod:`fastagi.tts.fallback`) for when rendering fails or
+takes longer than ``FlowSettings.render_timeout``. An alarm must never wait on espeak-ng.
+
+Department names and caller ids in these texts are untrusted. They reach Asterisk only
+inside a rendered audio file (the TTS speaks them literally) or spelled with built-in
+sounds (:func:`fastagi.tts.spell` skips anything it cannot say); the file names passed
+to Asterisk are our own.
+
+Playback goes through ``EXEC Playback`` rather than STREAM FILE: a file Asterisk cannot
+open makes STREAM FILE answer -1, indistinguishable from a hang-up, whereas Playback
+carries on; and Playback takes several files joined with '&'. GET DATA does not (see
+:func:`ask`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from fastagi.agi.errors import AgiHangup
+from fastagi.agi.session import AgiSession, DigitsResult
+from fastagi.tts import Prompt, TtsError, spell
+
+__all__ = [
+    "PromptFiles",
+    "Speaker",
+    "ask",
+    "files_for",
+    "play",
+    "say",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Every key interrupts a prompt that asks for one.
+ANY_KEY = "0123456789*#"
+
+# ---- texts ---------------------------------------------------------------------------
+# {department} is a department name or UNKNOWN_LABEL; the rest is ours.
+
+PANIC_QUESTION = "Panic alarm for {department}. Press 1 to confirm the alarm, or 2 to cancel."
+PANIC_DISPLAY = "PANIC {department}: 1 = confirm, 2 = cancel"
+UNKNOWN_LABEL = "unknown department, extension {extension}"
+PANIC_ACTIVATED = "Alarm activated."
+PANIC_CANCELLED = "Alarm cancelled."
+NOT_AUTHORISED = "This extension may not deactivate alarms. Goodbye."
+LOCKED_OUT = "Too many wrong PINs. This extension is locked for now. Try again later."
+NO_ALARM = "No alarm is active. Goodbye."
+PIN_PROMPT = "To deactivate the alarm, enter your PIN, followed by the hash key."
+PIN_WRONG = "Wrong PIN. Enter your PIN, followed by the hash key."
+WRONG_PIN_FINAL = "Wrong PIN. Goodbye."
+MENU_ITEM = "Press {key} for {department}."
+MENU_ALL = "Press {key} for all alarms."
+DEACTIVATED_ONE = "Alarm deactivated: {department}."
+DEACTIVATED_ALL = "All alarms deactivated."
+NOTHING_CHOSEN = "No alarm was chosen. Goodbye."
+
+
+def panic_question(label: str) -> str:
+    """The confirmation question for a department name (or an UNKNOWN_LABEL text)."""
+    return PANIC_QUESTION.format(department=label)
+
+
+def fixed_texts() -> list[str]:
+    """Every prompt text that names nothing: worth rendering at start-up."""
+    return [
+        PANIC_ACTIVATED,
+        PANIC_CANCELLED,
+        NOT_AUTHORISED,
+        LOCKED_OUT,
+        NO_ALARM,
+        PIN_PROMPT,
+        PIN_WRONG,
+        WRONG_PIN_FINAL,
+        DEACTIVATED_ALL,
+        NOTHING_CHOSEN,
+    ]
+
+
+# ---- built-in fallbacks (core sounds, en) ---------------------------------------------
+# There is no "alarm", "department" or "PIN" among the core sounds: these say the gist.
+
+#: "Urgent. If this is correct, press 1." (2 still cancels; it is just not announced.)
+FALLBACK_QUESTION = ("vm-Urgent", "if-correct-press", "digits/1")
+FALLBACK_ACTIVATED = ("activated",)
+FALLBACK_CANCELLED = ("cancelled",)
+#: "This feature is not available on this line."
+FALLBACK_NOT_AUTHORISED = ("feature-not-avail-line",)
+#: "Please try your call again later."
+FALLBACK_LOCKED_OUT = ("please-try-call-later",)
+#: "No ... activated."
+FALLBACK_NO_ALARM = ("vm-no", "activated")
+#: "Please enter your password followed by the pound key."
+FALLBACK_PIN = ("agent-pass",)
+#: "Password incorrect. Please enter your password followed by the pound key."
+FALLBACK_PIN_WRONG = ("auth-incorrect",)
+#: "Login incorrect. Goodbye."
+FALLBACK_WRONG_PIN_FINAL = ("vm-incorrect", "vm-goodbye")
+FALLBACK_DEACTIVATED = ("de-activated",)
+FALLBACK_GOODBYE = ("vm-goodbye",)
+
+
+def fallback_menu_item(key: str, extension: str) -> list[str]:
+    """ "Press <key> for extension <1 0 1>": the alarm named by its caller's extension."""
+    return ["vm-press", f"digits/{key}", "for", "extension", *spell(extension)]
+
+
+def fallback_menu_all(key: str) -> list[str]:
+    return ["vm-press", f"digits/{key}"]
+
+
+# ---- playing them ----------------------------------------------------------------------
+
+
+class Speaker(Protocol):
+    """What the flows need of :class:`fastagi.tts.TextToSpeech`."""
+
+    async def render(self, text: str, *, timeout: float | None = None) -> Prompt: ...  # noqa: ASYNC109
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFiles:
+    """What to hand Asterisk for one prompt; ``rendered`` False means the fallback."""
+
+    files: tuple[str, ...]
+    rendered: bool
+
+    @property
+    def joined(self) -> str:
+        return "&".join(self.files)
+
+
+async def files_for(
+    tts: Speaker, text: str, fallback: Sequence[str], *, render_timeout: float
+) -> PromptFiles:
+    """The files to play for ``text``: its rendered prompt, or ``fallback``."""
+    try:
+        prompt = await tts.render(text, timeout=render_timeout)
+    except TtsError as exc:
+        logger.warning("prompt falls back to built-in sounds", extra={"error": str(exc)})
+        return PromptFiles(tuple(fallback), rendered=False)
+    return PromptFiles((prompt.asterisk_name,), rendered=True)
+
+
+async def play(session: AgiSession, files: PromptFiles) -> None:
+    """Play ``files`` to the end. Raises AgiHangup if the caller hangs up."""
+    if not files.files:
+        return
+    # Playback returns -1 when the channel hangs up during (or before) playback.
+    if await session.exec("Playback", files.joined) < 0:
+        session.hung_up = True
+        raise AgiHangup("Playback returned -1 (hangup)", command="EXEC Playback")
+
+
+async def say(
+    session: AgiSession,
+    tts: Speaker,
+    text: str,
+    fallback: Sequence[str],
+    *,
+    render_timeout: float,
+) -> PromptFiles:
+    """Play ``text`` (or its fallback) to the end. Raises AgiHangup if the caller hangs up."""
+    files = await files_for(tts, text, fallback, render_timeout=render_timeout)
+    await play(session, files)
+    return files
+
+
+async def ask(
+    session: AgiSession, files: PromptFiles, *, timeout_ms: int, max_digits: int
+) -> DigitsResult:
+    """Play ``files`` and collect up to ``max_digits`` digits; a key pressed during a
+    prompt interrupts it and counts, '#' ends the input, and ``timeout_ms`` applies to
+    each digit. Raises AgiHangup if the caller hangs up.
+
+    GET DATA plays one file only (handle_getdata -> ast_app_getdata_full, which does not
+    split on '&' the way the dialplan's Read() does), so the files before the last are
+    played with STREAM FILE, interruptible by any key, and GET DATA plays the last.
+    """
+    *lead, last = files.files or ("",)
+    for name in lead:
+        key = await session.stream_file(name, ANY_KEY)
+        if key is None:
+            continue
+        if key == "#" or max_digits == 1:
+            return DigitsResult("" if key == "#" else key, timed_out=False)
+        # The first digit came during a prompt: collect the rest without one.
+        rest = await session.get_data("", timeout_ms=timeout_ms, max_digits=max_digits - 1)
+        return DigitsResult(key + rest.digits, rest.timed_out)
+    return await session.get_data(last, timeout_ms=timeout_ms, max_digits=max_digits)

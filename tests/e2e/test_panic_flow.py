@@ -1,0 +1,260 @@
+"""The panic route end to end: a SIPp desk phone dials *555 in the sandbox Asterisk, the
+dialplan hands the call to our AgiServer, the flow asks by text-to-speech, reads DTMF sent
+as SIP INFO, and the real AlarmService activates alarms in PostgreSQL and pages over AMI.
+
+DTMF timing: the question takes about 5 s to say; digits are sent 1.5 s after the
+answer, while it plays (a key during GET DATA's prompt interrupts it and counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
+from fastagi.flows import prompts
+from fastagi.flows.common import FlowSettings
+from fastagi.sandbox import Sandbox
+from fastagi.sandbox.ami import AmiClient as SandboxAmi
+from fastagi.tts import TextToSpeech, TtsSettings
+from tests import sipp
+from tests.e2e.flow_harness import FlowHarness, flow_harness
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+PROMPT_MS = 1500
+ER = "Emergency Room"
+
+
+@pytest.fixture
+async def harness(
+    sandbox: Sandbox, agi_port: int, database_dsn: str, tmp_path: Path
+) -> AsyncIterator[FlowHarness]:
+    async with flow_harness(sandbox, agi_port, database_dsn, tmp_path) as harness:
+        await harness.department(ER, "101")
+        await harness.prerender(ER, prompts.UNKNOWN_LABEL.format(extension="1 5 0"))
+        yield harness
+
+
+@pytest.fixture
+async def ami(sandbox: Sandbox) -> AsyncIterator[SandboxAmi]:
+    async with await sandbox.ami() as client:
+        yield client
+
+
+async def panic_end(ami: SandboxAmi) -> dict[str, str]:
+    event = await ami.wait_event("UserEvent", UserEvent="FastAGIPanicEnd", within=20)
+    return {"AGISTATUS": event["AGISTATUS"], "FASTAGI_STATUS": event["FASTAGI_STATUS"]}
+
+
+async def test_confirm_activates_the_alarm_and_pages(harness: FlowHarness, ami: SandboxAmi) -> None:
+    # The department pages a phone, to measure DTMF -> first INVITE.
+    await harness.department("Ward 7", "107", phones=[231])
+    await harness.prerender("Ward 7")
+    phone = await harness.phone(231)
+    async with harness.serving() as (panic, _):
+        call = await sipp.call_dtmf(
+            harness.sandbox,
+            harness.workdir,
+            service="*555",
+            ext=107,
+            digits="1",
+            prompt_ms=PROMPT_MS,
+        )
+        first_invite = (await phone.wait_invites(1, within=10))[0]
+    call.check()
+    assert panic.errors == []
+    assert await panic_end(ami) == {"AGISTATUS": "SUCCESS", "FASTAGI_STATUS": "CONFIRMED"}
+    assert call.received("BYE")
+
+    assert await harness.kinds() == ["triggered", "prompt_played", "confirmed", "activated"]
+    [alarm] = await harness.store.active_alarms()
+    assert (alarm.department_name, alarm.extension, alarm.state) == ("Ward 7", "107", "active")
+    [triggered] = await harness.events("triggered")
+    assert (triggered["extension"], triggered["department"]) == ("107", "Ward 7")
+    [played] = await harness.events("prompt_played")
+    assert '"tts": true' in played["details"]
+
+    # Latency: the INFO carrying "1" -> activate() returned -> first paging INVITE.
+    [info] = [m for m in call.messages if not m.received and m.first_line.startswith("INFO")]
+    dtmf_at = info.time.timestamp()
+    [activated_at] = harness.service.activated_at
+    to_activate = activated_at - dtmf_at
+    to_invite = first_invite.timestamp() - dtmf_at
+    print(f"DTMF -> activate() returned: {to_activate * 1000:.0f} ms")
+    print(f"DTMF -> first paging INVITE: {to_invite * 1000:.0f} ms")
+    assert 0 < to_activate < 1.0
+    assert 0 < to_invite < 2.0
+
+
+async def test_cancel_raises_no_alarm(harness: FlowHarness, ami: SandboxAmi) -> None:
+    async with harness.serving() as (panic, _):
+        call = await sipp.call_dtmf(
+            harness.sandbox,
+            harness.workdir,
+            service="*555",
+            ext=101,
+            digits="2",
+            prompt_ms=PROMPT_MS,
+        )
+    call.check()
+    assert panic.errors == []
+    assert (await panic_end(ami))["FASTAGI_STATUS"] == "CANCELLED"
+    assert await harness.kinds() == ["triggered", "prompt_played", "cancelled"]
+    assert await harness.store.active_alarms() == []
+
+
+@pytest.mark.parametrize(("policy", "alarms"), [("cancel", 0), ("activate", 1)])
+async def test_no_answer_applies_the_policy(
+    harness: FlowHarness, ami: SandboxAmi, policy: str, alarms: int
+) -> None:
+    await harness.store.set_policy(no_answer_policy=policy, confirmation_attempts=2)
+    settings = FlowSettings(confirm_timeout_ms=800)
+    async with harness.serving(settings) as (panic, _):
+        call = await sipp.call_dtmf(
+            harness.sandbox,
+            harness.workdir,
+            service="*555",
+            ext=101,
+            prompt_ms=100,
+            within=40,
+        )
+    call.check()
+    assert panic.errors == []
+    assert (await panic_end(ami))["FASTAGI_STATUS"] == "NOANSWER"
+    expected = ["triggered", "prompt_played", "prompt_played", "no_answer"]
+    assert await harness.kinds() == expected + ["activated"] * alarms
+    [no_answer] = await harness.events("no_answer")
+    assert f'"policy": "{policy}"' in no_answer["details"]
+    assert len(await harness.store.active_alarms()) == alarms
+
+
+async def test_invalid_key_prompts_again_then_confirm(
+    harness: FlowHarness, ami: SandboxAmi
+) -> None:
+    async with harness.serving() as (panic, _):
+        call = await sipp.call_dtmf(
+            harness.sandbox,
+            harness.workdir,
+            service="*555",
+            ext=101,
+            digits="71",
+            prompt_ms=PROMPT_MS,
+            gap_ms=1500,
+        )
+    call.check()
+    assert panic.errors == []
+    assert (await panic_end(ami))["FASTAGI_STATUS"] == "CONFIRMED"
+    assert await harness.kinds() == [
+        "triggered",
+        "prompt_played",
+        "prompt_played",
+        "confirmed",
+        "activated",
+    ]
+    [alarm] = await harness.store.active_alarms()
+    assert alarm.department_name == ER
+
+
+async def test_hang_up_mid_prompt_raises_no_alarm(harness: FlowHarness, ami: SandboxAmi) -> None:
+    async with harness.serving() as (panic, _):
+        call = await sipp.call_hangup_early(
+            harness.sandbox, harness.workdir, service="*555", ext=101, after_ms=PROMPT_MS
+        )
+        await asyncio.wait_for(panic.finished.wait(), 10)
+    call.check()
+    assert panic.errors == []
+    end = await panic_end(ami)
+    assert end["AGISTATUS"] == "HANGUP"
+    assert end["FASTAGI_STATUS"] == "HANGUP"
+    assert await harness.kinds() == ["triggered", "prompt_played", "caller_hung_up"]
+    assert await harness.store.active_alarms() == []
+
+
+async def test_unknown_extension_raises_an_alarm_of_unknown_department(
+    harness: FlowHarness, ami: SandboxAmi
+) -> None:
+    async with harness.serving() as (panic, _):
+        call = await sipp.call_dtmf(
+            harness.sandbox,
+            harness.workdir,
+            service="*555",
+            ext=150,
+            digits="1",
+            prompt_ms=PROMPT_MS,
+        )
+    call.check()
+    assert panic.errors == []
+    assert (await panic_end(ami))["FASTAGI_STATUS"] == "CONFIRMED"
+    [alarm] = await harness.store.active_alarms()
+    assert (alarm.department_name, alarm.extension) == (UNKNOWN_DEPARTMENT, "150")
+    assert alarm.alarm_key == "extension:150"
+    [triggered] = await harness.events("triggered")
+    assert triggered["department"] == UNKNOWN_DEPARTMENT
+
+
+async def test_without_tts_the_built_in_sounds_ask_and_the_alarm_works(
+    harness: FlowHarness, ami: SandboxAmi
+) -> None:
+    broken = TextToSpeech(TtsSettings(directory=harness.sandbox.tts_dir))
+    await broken.aclose()  # a closed service fails every render with TtsError
+    async with harness.serving(tts=broken) as (panic, _):
+        call = await sipp.call_dtmf(
+            harness.sandbox,
+            harness.workdir,
+            service="*555",
+            ext=101,
+            digits="1",
+            prompt_ms=PROMPT_MS,
+        )
+    call.check()
+    assert panic.errors == []
+    assert (await panic_end(ami))["FASTAGI_STATUS"] == "CONFIRMED"
+    [played] = await harness.events("prompt_played")
+    assert '"tts": false' in played["details"]
+    [alarm] = await harness.store.active_alarms()
+    assert alarm.department_name == ER
+
+
+async def test_server_down_tells_the_caller_something_is_wrong(
+    sandbox: Sandbox, ami: SandboxAmi, tmp_path: Path
+) -> None:
+    # No AgiServer on agi_port: AGI() fails, FASTAGI_STATUS stays empty, and the
+    # dialplan plays "something-terribly-wrong" before hanging up.
+    started = time.monotonic()
+    call = await sipp.call_dtmf(sandbox, tmp_path, service="*555", ext=101, prompt_ms=100)
+    call.check()
+    end = await panic_end(ami)
+    assert end == {"AGISTATUS": "FAILURE", "FASTAGI_STATUS": ""}
+    # The sound lasts about a second and a half; without it the BYE would come at once.
+    assert time.monotonic() - started > 1.0
+
+
+async def test_custom_destination_raises_the_alarm_hands_free(
+    harness: FlowHarness, ami: SandboxAmi
+) -> None:
+    # A FreePBX Custom Destination jumps to panic-alarm,s,1; here a Local channel does,
+    # with the caller id of a hands-free device that cannot press anything.
+    await harness.store.set_policy(no_answer_policy="activate", confirmation_attempts=1)
+    async with harness.serving(FlowSettings(confirm_timeout_ms=500)) as (panic, _):
+        response = await ami.action(
+            {
+                "Action": "Originate",
+                "Channel": "Local/s@panic-alarm/n",
+                "Application": "Wait",
+                "Data": "30",
+                "CallerID": "Hotline <101>",
+                "Async": "true",
+            }
+        )
+        assert response["Response"] == "Success"
+        end = await panic_end(ami)
+    assert panic.errors == []
+    assert end == {"AGISTATUS": "SUCCESS", "FASTAGI_STATUS": "NOANSWER"}
+    [alarm] = await harness.store.active_alarms()
+    assert (alarm.department_name, alarm.extension) == (ER, "101")
+    assert await harness.kinds() == ["triggered", "prompt_played", "no_answer", "activated"]

@@ -1,0 +1,685 @@
+"""The panic and deactivation flows against a scripted Asterisk and in-memory fakes.
+
+Each test scripts Asterisk's replies in order and asserts the exact commands the flow
+sent, the history it recorded and what it asked of the alarm service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from fastagi.agi.session import AgiSession
+from fastagi.alarms.directory import UNKNOWN_DEPARTMENT, Department
+from fastagi.alarms.events import HistoryEvent
+from fastagi.alarms.pins import hash_pin
+from fastagi.flows import prompts
+from fastagi.flows.common import FlowSettings
+from fastagi.flows.deactivate import DeactivateFlow
+from fastagi.flows.panic import PanicFlow
+from fastagi.tts import Prompt, TtsError
+
+pytestmark = pytest.mark.timeout(10)
+
+UNIQUEID = "1732546012.7"
+PIN = "4711"
+PIN_HASH = hash_pin(PIN)
+ER = Department(id=1, name="Emergency Room", paging_group_id=1, interval_seconds=None)
+PHARMACY = Department(id=2, name="Pharmacy", paging_group_id=1, interval_seconds=None)
+
+OK = "200 result=1\n"
+PLAYED = "200 result=0\n"
+UNSET = "200 result=0\n"
+SILENCE = "200 result= (timeout)\n"
+STREAMED = "200 result=0 endpos=8000\n"  # STREAM FILE played to the end, no key
+HANGUP = "HANGUP\n200 result=-1\n"
+
+
+def digits(value: str) -> str:
+    return f"200 result={value}\n"
+
+
+def variable(value: str) -> str:
+    return f"200 result=1 ({value})\n"
+
+
+def environment(callerid: str) -> bytes:
+    lines = {
+        "agi_network": "yes",
+        "agi_network_script": "panic",
+        "agi_request": "agi://127.0.0.1:4573/panic",
+        "agi_channel": "PJSIP/101-00000001",
+        "agi_language": "en",
+        "agi_type": "PJSIP",
+        "agi_uniqueid": UNIQUEID,
+        "agi_version": "22.0.0",
+        "agi_callerid": callerid,
+        "agi_calleridname": "Desk",
+        "agi_context": "fastagi-panic-trigger",
+        "agi_extension": "s",
+        "agi_priority": "4",
+    }
+    return "".join(f"{key}: {value}\n" for key, value in lines.items()).encode() + b"\n"
+
+
+class ScriptedAsterisk:
+    """A Transport: every command sent gets the next scripted reply; ``commands`` keeps
+    what was sent, one decoded line each."""
+
+    def __init__(self, *replies: str, callerid: str = "101") -> None:
+        self.commands: list[str] = []
+        self._replies = deque(replies)
+        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pending = b""
+        self._inbox.put_nowait(environment(callerid))
+
+    async def receive(self, max_bytes: int) -> bytes:
+        if not self._pending:
+            self._pending = await self._inbox.get()
+            if not self._pending:
+                return b""
+        data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+        return data
+
+    async def send(self, data: bytes) -> None:
+        self.commands.append(data.decode().rstrip("\n"))
+        # Out of replies: Asterisk closes the connection (as after a hang-up).
+        reply = self._replies.popleft().encode() if self._replies else b""
+        asyncio.get_running_loop().call_soon(self._inbox.put_nowait, reply)
+
+    @property
+    def unused(self) -> int:
+        return len(self._replies)
+
+
+async def run(flow, asterisk: ScriptedAsterisk) -> None:
+    session = await AgiSession.accept(asterisk, peer="127.0.0.1:40000")
+    await flow(session)
+
+
+class FakeTts:
+    """Renders every text to ``/tts/<n>`` (in order of first use), or fails them all."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
+        self.names: dict[str, str] = {}
+
+    def name(self, text: str) -> str:
+        return self.names.setdefault(text, f"/tts/{len(self.names) + 1}")
+
+    async def render(self, text: str, *, timeout: float | None = None) -> Prompt:  # noqa: ASYNC109
+        if self.fail:
+            raise TtsError("espeak-ng is not installed")
+        name = self.name(text)
+        return Prompt(Path(name + ".sln"), name)
+
+
+@dataclass(frozen=True)
+class FakeAlarm:
+    id: int
+    department_name: str
+    extension: str
+
+
+@dataclass(frozen=True)
+class FakeActivation:
+    alarm: FakeAlarm
+    created: bool
+
+
+@dataclass
+class FakeSettings:
+    no_answer_policy: str = "cancel"
+    confirmation_attempts: int = 3
+    pin_attempts: int = 3
+    lockout_seconds: int = 300
+
+
+@dataclass
+class FakeService:
+    departments: dict[str, Department] = field(default_factory=lambda: {"101": ER, "205": PHARMACY})
+    alarms: list[FakeAlarm] = field(default_factory=list)
+    events: list[HistoryEvent] = field(default_factory=list)
+    activations: list[tuple[str, Department | None, str]] = field(default_factory=list)
+    deactivations: list[tuple[int, str, str]] = field(default_factory=list)
+    lookups: list[str] = field(default_factory=list)
+
+    async def lookup(self, extension: str) -> Department | None:
+        self.lookups.append(extension)
+        return self.departments.get(extension)
+
+    async def activate(
+        self, extension: str, department: Department | None, *, uniqueid: str
+    ) -> FakeActivation:
+        self.activations.append((extension, department, uniqueid))
+        name = department.name if department else UNKNOWN_DEPARTMENT
+        alarm = FakeAlarm(len(self.alarms) + 1, name, extension)
+        self.alarms.append(alarm)
+        return FakeActivation(alarm, created=True)
+
+    async def active_alarms(self) -> list[FakeAlarm]:
+        return list(self.alarms)
+
+    async def deactivate(self, alarm_id: int, *, by: str, reason: str) -> bool:
+        self.deactivations.append((alarm_id, by, reason))
+        before = len(self.alarms)
+        self.alarms = [alarm for alarm in self.alarms if alarm.id != alarm_id]
+        return len(self.alarms) < before
+
+    async def record(self, event: HistoryEvent) -> None:
+        self.events.append(event)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [str(event.kind) for event in self.events]
+
+
+@dataclass
+class FakeStore:
+    settings: FakeSettings = field(default_factory=FakeSettings)
+    pin_hashes: dict[str, str] = field(default_factory=lambda: {"101": PIN_HASH})
+    locked: dict[str, datetime] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    cleared: list[str] = field(default_factory=list)
+    broken: bool = False
+
+    async def load_settings(self) -> FakeSettings:
+        if self.broken:
+            raise ConnectionRefusedError("PostgreSQL is down")
+        return self.settings
+
+    async def deactivator_pin_hash(self, extension: str) -> str | None:
+        return self.pin_hashes.get(extension)
+
+    async def lockout_until(self, extension: str) -> datetime | None:
+        return self.locked.get(extension)
+
+    async def record_pin_failure(
+        self, extension: str, max_failures: int, lockout_seconds: int
+    ) -> datetime | None:
+        self.failures[extension] = self.failures.get(extension, 0) + 1
+        if self.failures[extension] < max_failures:
+            return None
+        self.failures[extension] = 0
+        until = datetime.now(UTC) + timedelta(seconds=lockout_seconds)
+        self.locked[extension] = until
+        return until
+
+    async def clear_pin_failures(self, extension: str) -> None:
+        self.cleared.append(extension)
+        self.failures.pop(extension, None)
+
+
+def panic(service, store, tts, **settings) -> PanicFlow:
+    return PanicFlow(service, store, tts, FlowSettings(**settings))
+
+
+def question(tts: FakeTts, label: str = "Emergency Room") -> str:
+    return f"GET DATA {tts.name(prompts.panic_question(label))} 5000 1"
+
+
+def playback(tts: FakeTts, text: str) -> str:
+    return f"EXEC Playback {tts.name(text)}"
+
+
+# ---- panic ---------------------------------------------------------------------------
+
+
+async def test_confirm_activates_acknowledges_and_records_each_step():
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK, PLAYED)
+    await run(panic(service, store, tts), asterisk)
+
+    assert asterisk.commands == [
+        "GET VARIABLE AMPUSER",
+        question(tts),
+        "SET VARIABLE FASTAGI_STATUS CONFIRMED",
+        playback(tts, prompts.PANIC_ACTIVATED),
+    ]
+    assert service.activations == [("101", ER, UNIQUEID)]
+    assert service.kinds == ["triggered", "prompt_played", "confirmed"]
+    triggered = service.events[0]
+    assert (triggered.extension, triggered.department) == ("101", "Emergency Room")
+    assert triggered.details["caller_source"] == "callerid"
+    assert service.events[1].details["tts"] is True
+
+
+async def test_ampuser_wins_over_the_caller_id():
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(variable("205"), digits("1"), OK, PLAYED, callerid="101")
+    await run(panic(service, store, tts), asterisk)
+
+    assert service.lookups == ["205"]
+    assert service.activations == [("205", PHARMACY, UNIQUEID)]
+    assert asterisk.commands[1] == question(tts, "Pharmacy")
+    assert service.events[0].details["caller_source"] == "AMPUSER"
+
+
+async def test_hostile_caller_id_is_an_unknown_extension_and_reaches_no_command():
+    hostile = 'x"1 ${SHELL(reboot)}\\ EXEC System'
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK, PLAYED, callerid=hostile)
+    await run(panic(service, store, tts), asterisk)
+
+    assert service.lookups == []  # only plain extension numbers are looked up
+    assert service.activations == [(hostile, None, UNIQUEID)]
+    label = prompts.UNKNOWN_LABEL.format(extension=hostile)
+    assert asterisk.commands[1] == question(tts, label)
+    assert not any("SHELL" in command for command in asterisk.commands)
+    assert service.events[0].department == UNKNOWN_DEPARTMENT
+
+
+async def test_unknown_extension_is_announced_digit_by_digit():
+    service, store, tts = FakeService(departments={}), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK, PLAYED, callerid="150")
+    await run(panic(service, store, tts), asterisk)
+
+    assert prompts.panic_question("unknown department, extension 1 5 0") in tts.names
+    assert service.activations == [("150", None, UNIQUEID)]
+
+
+async def test_no_caller_id_at_all_still_raises_the_alarm():
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK, PLAYED, callerid="unknown")
+    await run(panic(service, store, tts), asterisk)
+
+    assert service.activations == [("unknown", None, UNIQUEID)]
+    assert service.events[0].details["caller_source"] == "none"
+
+
+async def test_cancel_records_and_raises_no_alarm():
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits("2"), OK, PLAYED)
+    await run(panic(service, store, tts), asterisk)
+
+    assert asterisk.commands[2:] == [
+        "SET VARIABLE FASTAGI_STATUS CANCELLED",
+        playback(tts, prompts.PANIC_CANCELLED),
+    ]
+    assert service.activations == []
+    assert service.kinds == ["triggered", "prompt_played", "cancelled"]
+
+
+async def test_invalid_key_prompts_again_then_confirm():
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits("7"), digits("1"), OK, PLAYED)
+    await run(panic(service, store, tts), asterisk)
+
+    assert asterisk.commands[1] == asterisk.commands[2] == question(tts)
+    assert service.kinds == ["triggered", "prompt_played", "prompt_played", "confirmed"]
+    assert len(service.activations) == 1
+
+
+@pytest.mark.parametrize(("policy", "activations"), [("cancel", 0), ("activate", 1)])
+async def test_silence_applies_the_no_answer_policy(policy, activations):
+    service, tts = FakeService(), FakeTts()
+    store = FakeStore(FakeSettings(no_answer_policy=policy, confirmation_attempts=2))
+    asterisk = ScriptedAsterisk(UNSET, SILENCE, SILENCE, OK)
+    await run(panic(service, store, tts), asterisk)
+
+    assert asterisk.commands == [
+        "GET VARIABLE AMPUSER",
+        question(tts),
+        question(tts),
+        "SET VARIABLE FASTAGI_STATUS NOANSWER",
+    ]
+    assert len(service.activations) == activations
+    assert service.kinds == ["triggered", "prompt_played", "prompt_played", "no_answer"]
+    no_answer = service.events[-1]
+    assert no_answer.details["policy"] == policy
+    assert no_answer.details["reason"] == "silence"
+
+
+async def test_too_many_invalid_keys_count_as_no_answer():
+    service, tts = FakeService(), FakeTts()
+    store = FakeStore(FakeSettings(no_answer_policy="activate", confirmation_attempts=5))
+    asterisk = ScriptedAsterisk(UNSET, digits("3"), digits("#"), OK)
+    await run(panic(service, store, tts, invalid_key_limit=2), asterisk)
+
+    assert service.events[-1].details["reason"] == "invalid keys"
+    assert len(service.activations) == 1
+
+
+async def test_hang_up_before_answering_records_it_and_raises_no_alarm():
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, HANGUP, OK)
+    await run(panic(service, store, tts), asterisk)
+
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS HANGUP"
+    assert service.activations == []
+    assert service.kinds == ["triggered", "prompt_played", "caller_hung_up"]
+
+
+async def test_hang_up_during_the_acknowledgement_changes_nothing():
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK, HANGUP)
+    await run(panic(service, store, tts), asterisk)
+
+    assert len(service.activations) == 1
+    assert service.kinds == ["triggered", "prompt_played", "confirmed"]
+    assert "SET VARIABLE FASTAGI_STATUS CONFIRMED" in asterisk.commands
+
+
+async def test_discreet_confirmation_plays_nothing():
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK)
+    await run(panic(service, store, tts, ack_on_confirm=False), asterisk)
+
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS CONFIRMED"
+    assert asterisk.unused == 0
+
+
+async def test_tts_failure_falls_back_to_built_in_sounds():
+    service, store, tts = FakeService(), FakeStore(), FakeTts(fail=True)
+    asterisk = ScriptedAsterisk(UNSET, STREAMED, STREAMED, digits("1"), OK, PLAYED)
+    await run(panic(service, store, tts), asterisk)
+
+    # GET DATA plays one file only: the files before the last go by STREAM FILE.
+    assert asterisk.commands[1:4] == [
+        "STREAM FILE vm-Urgent 0123456789*#",
+        "STREAM FILE if-correct-press 0123456789*#",
+        "GET DATA digits/1 5000 1",
+    ]
+    assert asterisk.commands[5] == "EXEC Playback activated"
+    assert service.events[1].details["tts"] is False
+    assert len(service.activations) == 1
+
+
+async def test_a_key_during_a_fallback_prompt_is_the_answer():
+    service, store, tts = FakeService(), FakeStore(), FakeTts(fail=True)
+    asterisk = ScriptedAsterisk(UNSET, STREAMED, digits(str(ord("2"))), OK, PLAYED)
+    await run(panic(service, store, tts), asterisk)
+
+    assert asterisk.commands[2] == "STREAM FILE if-correct-press 0123456789*#"
+    assert asterisk.commands[3] == "SET VARIABLE FASTAGI_STATUS CANCELLED"
+    assert service.activations == []
+
+
+async def test_digits_begun_during_a_lead_prompt_are_completed_without_one():
+    asterisk = ScriptedAsterisk(digits(str(ord("4"))), digits("711"))
+    session = await AgiSession.accept(asterisk)
+    files = prompts.PromptFiles(("first", "second"), rendered=False)
+    result = await prompts.ask(session, files, timeout_ms=3000, max_digits=12)
+
+    assert result.digits == "4711"
+    assert asterisk.commands == [
+        "STREAM FILE first 0123456789*#",
+        'GET DATA "" 3000 11',
+    ]
+
+
+async def test_send_text_puts_the_question_on_the_display_as_one_literal_variable():
+    name = 'Ward "3"\nnorth, ${X}'
+    department = Department(id=3, name=name, paging_group_id=None, interval_seconds=None)
+    service, store, tts = FakeService(departments={"101": department}), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, OK, PLAYED, digits("1"), OK, PLAYED)
+    await run(panic(service, store, tts, send_text=True), asterisk)
+
+    assert asterisk.commands[1] == (
+        'SET VARIABLE SENDTEXT_BODY "PANIC Ward \\"3\\" north, ${X}: 1 = confirm, 2 = cancel"'
+    )
+    assert asterisk.commands[2] == "EXEC SendText"
+    assert len(service.activations) == 1
+
+
+async def test_database_down_uses_the_default_policy_and_still_activates():
+    service, tts = FakeService(), FakeTts()
+    store = FakeStore(broken=True)
+    asterisk = ScriptedAsterisk(UNSET, SILENCE, SILENCE, SILENCE, OK)
+    await run(panic(service, store, tts), asterisk)
+
+    # Defaults: three attempts, then activate.
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS NOANSWER"
+    assert len(service.activations) == 1
+
+
+async def test_a_failing_directory_still_raises_an_alarm_of_unknown_department():
+    class NoDirectory(FakeService):
+        async def lookup(self, extension):
+            raise ConnectionRefusedError("PostgreSQL is down")
+
+    service, store, tts = NoDirectory(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK, PLAYED)
+    await run(panic(service, store, tts), asterisk)
+
+    assert service.activations == [("101", None, UNIQUEID)]
+    assert asterisk.commands[1] == question(tts, "unknown department, extension 1 0 1")
+
+
+async def test_a_failing_activation_sets_error_and_propagates():
+    class Broken(FakeService):
+        async def activate(self, extension, department, *, uniqueid):
+            raise RuntimeError("boom")
+
+    service, store, tts = Broken(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK)
+    with pytest.raises(RuntimeError):
+        await run(panic(service, store, tts), asterisk)
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS ERROR"
+    assert service.kinds[-1] == "error"
+
+
+# ---- deactivate ----------------------------------------------------------------------
+
+
+def deactivate(service, store, tts, **settings) -> DeactivateFlow:
+    return DeactivateFlow(service, store, tts, FlowSettings(**settings))
+
+
+def pin_prompt(tts: FakeTts, text: str = prompts.PIN_PROMPT) -> str:
+    return f"GET DATA {tts.name(text)} 6000 12"
+
+
+def with_alarms(*alarms: FakeAlarm) -> FakeService:
+    return FakeService(alarms=list(alarms))
+
+
+ER_ALARM = FakeAlarm(11, "Emergency Room", "101")
+PHARMACY_ALARM = FakeAlarm(12, "Pharmacy", "205")
+UNKNOWN_ALARM = FakeAlarm(13, UNKNOWN_DEPARTMENT, "150")
+
+
+async def test_not_a_deactivator_is_refused():
+    service, store, tts = with_alarms(ER_ALARM), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, PLAYED, OK, callerid="102")
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands == [
+        "GET VARIABLE AMPUSER",
+        playback(tts, prompts.NOT_AUTHORISED),
+        "SET VARIABLE FASTAGI_STATUS REFUSED",
+    ]
+    assert service.kinds == ["deactivation_refused"]
+    assert service.events[0].details["reason"] == "not authorised"
+    assert service.deactivations == []
+
+
+async def test_locked_out_extension_is_refused_before_the_pin():
+    service, tts = with_alarms(ER_ALARM), FakeTts()
+    store = FakeStore(locked={"101": datetime.now(UTC) + timedelta(minutes=5)})
+    asterisk = ScriptedAsterisk(UNSET, PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands[1:] == [
+        playback(tts, prompts.LOCKED_OUT),
+        "SET VARIABLE FASTAGI_STATUS LOCKED",
+    ]
+    assert service.events[0].details["reason"] == "locked out"
+
+
+async def test_no_active_alarm_is_said_without_asking_for_the_pin():
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands[1:] == [
+        playback(tts, prompts.NO_ALARM),
+        "SET VARIABLE FASTAGI_STATUS NOALARM",
+    ]
+
+
+async def test_right_pin_deactivates_the_one_active_alarm(caplog):
+    caplog.set_level(logging.DEBUG)
+    service, store, tts = with_alarms(ER_ALARM), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits(PIN), PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands == [
+        "GET VARIABLE AMPUSER",
+        pin_prompt(tts),
+        playback(tts, prompts.DEACTIVATED_ONE.format(department="Emergency Room")),
+        "SET VARIABLE FASTAGI_STATUS DEACTIVATED",
+    ]
+    assert service.deactivations == [(11, "extension 101", "PIN")]
+    assert store.cleared == ["101"]
+    assert service.kinds == []  # the service itself records "deactivated"
+    logged = " ".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
+    assert PIN not in logged
+
+
+async def test_wrong_pin_then_right_pin(caplog):
+    caplog.set_level(logging.DEBUG)
+    service, store, tts = with_alarms(ER_ALARM), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits("9999"), digits(PIN), PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands[1:3] == [pin_prompt(tts), pin_prompt(tts, prompts.PIN_WRONG)]
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS DEACTIVATED"
+    assert service.kinds == ["deactivation_failed"]
+    assert service.events[0].details == {"route": "deactivate", "attempt": 1}
+    assert store.cleared == ["101"]
+    logged = " ".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
+    assert "9999" not in logged
+    assert PIN not in logged
+
+
+async def test_wrong_pins_lock_the_extension_out():
+    service, tts = with_alarms(ER_ALARM), FakeTts()
+    store = FakeStore(FakeSettings(pin_attempts=2))
+    asterisk = ScriptedAsterisk(UNSET, digits("1111"), digits("2222"), PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands[-2:] == [
+        playback(tts, prompts.LOCKED_OUT),
+        "SET VARIABLE FASTAGI_STATUS LOCKED",
+    ]
+    assert service.kinds == [
+        "deactivation_failed",
+        "deactivation_failed",
+        "deactivation_locked_out",
+    ]
+    assert service.deactivations == []
+    assert "101" in store.locked
+
+
+async def test_wrong_pins_without_lockout_end_the_call():
+    service, tts = with_alarms(ER_ALARM), FakeTts()
+    store = FakeStore(FakeSettings(pin_attempts=2, lockout_seconds=0))
+
+    async def never_locks(extension, max_failures, lockout_seconds):
+        return None
+
+    store.record_pin_failure = never_locks  # type: ignore[method-assign]
+    asterisk = ScriptedAsterisk(UNSET, digits("1111"), digits("2222"), PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS WRONGPIN"
+    assert service.deactivations == []
+
+
+async def test_silence_at_the_pin_prompt_is_not_a_wrong_pin():
+    service, store, tts = with_alarms(ER_ALARM), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, SILENCE, digits(PIN), PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands[1:3] == [pin_prompt(tts), pin_prompt(tts)]
+    assert service.kinds == []
+    assert store.failures == {}
+    assert service.deactivations == [(11, "extension 101", "PIN")]
+
+
+async def test_menu_names_the_departments_and_one_key_chooses_one():
+    service, store, tts = (
+        with_alarms(ER_ALARM, PHARMACY_ALARM, UNKNOWN_ALARM),
+        FakeStore(),
+        FakeTts(),
+    )
+    asterisk = ScriptedAsterisk(UNSET, digits(PIN), digits("2"), PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    menu = (
+        "Press 1 for Emergency Room. Press 2 for Pharmacy. "
+        "Press 3 for unknown department, extension 1 5 0. Press 9 for all alarms."
+    )
+    assert asterisk.commands[2] == f"GET DATA {tts.name(menu)} 5000 1"
+    assert service.deactivations == [(12, "extension 101", "PIN")]
+    assert [alarm.id for alarm in service.alarms] == [11, 13]
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS DEACTIVATED"
+
+
+async def test_menu_nine_chooses_all():
+    service, store, tts = with_alarms(ER_ALARM, PHARMACY_ALARM), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits(PIN), digits("9"), PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert [d[0] for d in service.deactivations] == [11, 12]
+    assert asterisk.commands[-2] == playback(tts, prompts.DEACTIVATED_ALL)
+
+
+async def test_menu_without_a_valid_choice_deactivates_nothing():
+    service, store, tts = with_alarms(ER_ALARM, PHARMACY_ALARM), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits(PIN), digits("5"), SILENCE, PLAYED, OK)
+    await run(deactivate(service, store, tts, menu_attempts=2), asterisk)
+
+    assert service.deactivations == []
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS NOCHOICE"
+
+
+async def test_menu_fallback_spells_the_extensions():
+    service, store, tts = with_alarms(ER_ALARM, PHARMACY_ALARM), FakeStore(), FakeTts(fail=True)
+    # "vm-press", "digits/1", then "1" pressed during "for".
+    asterisk = ScriptedAsterisk(
+        UNSET, digits(PIN), STREAMED, STREAMED, digits(str(ord("1"))), PLAYED, OK
+    )
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands[1] == "GET DATA agent-pass 6000 12"
+    assert asterisk.commands[2:5] == [
+        "STREAM FILE vm-press 0123456789*#",
+        "STREAM FILE digits/1 0123456789*#",
+        "STREAM FILE for 0123456789*#",
+    ]
+    assert service.deactivations == [(11, "extension 101", "PIN")]
+    assert asterisk.commands[5] == "EXEC Playback de-activated"
+
+
+async def test_menu_fallback_names_every_alarm_by_its_extension():
+    service, store, tts = with_alarms(ER_ALARM, PHARMACY_ALARM), FakeStore(), FakeTts(fail=True)
+    lead = 15  # 7 sounds per alarm, then "vm-press"; "digits/9" is GET DATA's
+    asterisk = ScriptedAsterisk(UNSET, digits(PIN), *[STREAMED] * lead, digits("9"), PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    streamed = [c.split()[2] for c in asterisk.commands if c.startswith("STREAM FILE")]
+    assert streamed == [
+        *("vm-press", "digits/1", "for", "extension", "digits/1", "digits/0", "digits/1"),
+        *("vm-press", "digits/2", "for", "extension", "digits/2", "digits/0", "digits/5"),
+        "vm-press",
+    ]
+    assert "GET DATA digits/9 5000 1" in asterisk.commands
+    assert [d[0] for d in service.deactivations] == [11, 12]
+
+
+async def test_hang_up_during_the_pin_is_recorded():
+    service, store, tts = with_alarms(ER_ALARM), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, HANGUP, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert service.kinds == ["caller_hung_up"]
+    assert service.events[0].details["stage"] == "pin"
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS HANGUP"
+    assert service.deactivations == []

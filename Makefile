@@ -22,6 +22,7 @@ SANDBOX_ROOTFS := $(CACHE)/sandbox/rootfs
 help:
 	@echo "make run     start the sandbox Asterisk, PostgreSQL and the FastAGI server"
 	@echo "make test    lint, type-check and run every test"
+	@echo "make demo    with make run going: trigger, two page cycles, deactivation, timeline"
 	@echo "make bench   FastAGI load benchmark (ours vs panoramisk)"
 	@echo "make clean   remove caches of tests; make distclean also removes the sandbox image"
 
@@ -74,6 +75,10 @@ bench: deps
 
 run: deps sandbox-image
 	$(VENV)/bin/fastagi dev
+
+# Plays the whole alarm story against a running `make run` (start that first).
+demo: venv
+	$(VENV)/bin/fastagi demo
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis $(CACHE)/instances $(CACHE)/pg

@@ -3,6 +3,11 @@
 ``fastagi serve`` is the production entry point. ``fastagi dev`` (``make run``) also
 brings up the sandbox Asterisk and an embedded PostgreSQL cluster, for a newcomer's
 machine; everything it starts stops on Ctrl-C.
+
+Start-up order follows what a panic call needs: the database pool and the alarm service
+first (it resumes the loops of active alarms), the AMI connection in the background (a
+trigger must be answered even while Asterisk's manager is unreachable: paging retries),
+prompts rendered ahead of time, then the listener.
 """
 
 from __future__ import annotations
@@ -11,16 +16,35 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import random
 import signal
-from collections.abc import AsyncIterator, Mapping
+import socket
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from fastagi.agi.server import AgiServer, Flow
+from fastagi.alarms.lamps import Lamps
+from fastagi.alarms.paging import Pager
+from fastagi.alarms.service import AlarmService
+from fastagi.ami import AmiAuthError, AmiClient, AmiError
 from fastagi.config import Settings, load_settings
+from fastagi.flows import prompts
+from fastagi.flows.deactivate import DeactivateFlow
+from fastagi.flows.panic import PanicFlow
 from fastagi.flows.probe import ProbeFlow
 from fastagi.logs import configure_logging
+from fastagi.store.alarms import AlarmStore
+from fastagi.store.pool import create_pool
+from fastagi.store.probe import ProbeStore
+from fastagi.tts import TextToSpeech
 
 logger = logging.getLogger(__name__)
+
+AMI_RETRY_MAX_DELAY = 30.0
 
 
 def register(subparsers: Any) -> None:
@@ -32,27 +56,104 @@ def register(subparsers: Any) -> None:
     dev.set_defaults(handler=_dev_command)
 
 
-def build_routes(pool: Any) -> Mapping[str, Flow]:
-    from fastagi.store.probe import ProbeStore
+@dataclass(frozen=True)
+class Services:
+    pool: asyncpg.Pool[asyncpg.Record]
+    store: AlarmStore
+    ami: AmiClient
+    tts: TextToSpeech
+    alarms: AlarmService
 
-    return {"probe": ProbeFlow(ProbeStore(pool))}
+
+def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
+    return {
+        "probe": ProbeFlow(ProbeStore(services.pool)),
+        "panic": PanicFlow(services.alarms, services.store, services.tts, settings.flows),
+        "deactivate": DeactivateFlow(services.alarms, services.store, services.tts, settings.flows),
+    }
+
+
+async def connect_ami(ami: AmiClient) -> None:
+    """Connect, retrying with capped exponential backoff and jitter until it works: the
+    server must come up (and take panic calls) while Asterisk restarts. The client
+    itself reconnects after a later loss. A refused login is a configuration error that
+    retrying will not fix, so it is logged loudly, then retried at the slowest pace."""
+    delay = 0.5
+    while True:
+        try:
+            await ami.connect()
+        except AmiAuthError as exc:
+            logger.error("AMI login refused: check [ami] username and secret (%s)", exc)
+            delay = AMI_RETRY_MAX_DELAY
+        except (AmiError, OSError) as exc:
+            logger.warning("AMI not reachable yet (%s); retrying in %.1f s", exc, delay)
+        else:
+            logger.info("AMI connected")
+            return
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 (jitter)
+        delay = min(delay * 2, AMI_RETRY_MAX_DELAY)
+
+
+async def prerender_prompts(services: Services) -> None:
+    """Render what callers will hear before they call: a prompt rendered during a call
+    costs them a tenth of a second; one rendered now costs nothing."""
+    texts = prompts.fixed_texts()
+    with contextlib.suppress(Exception):
+        directory = await services.alarms.directory()
+        texts += [prompts.panic_question(d.name) for d in directory.departments]
+    # prerender() logs each failure; the calls then play built-in sounds instead.
+    await services.tts.prerender(texts)
+
+
+@contextlib.asynccontextmanager
+async def running_services(settings: Settings) -> AsyncIterator[Services]:
+    background: set[asyncio.Task[None]] = set()
+
+    def spawn(coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    pool = await create_pool(settings.database)
+    ami = AmiClient.from_settings(settings.ami)
+    tts = TextToSpeech(settings.tts)
+    store = AlarmStore(pool)
+    alarms = AlarmService(
+        store,
+        Pager(ami, settings.alarm),
+        Lamps(ami, settings.alarm),
+        tts,
+        settings.alarm,
+        instance_id=f"{socket.gethostname()}:{os.getpid()}",
+        pool=pool,
+    )
+    services = Services(pool=pool, store=store, ami=ami, tts=tts, alarms=alarms)
+    try:
+        spawn(connect_ami(ami), "ami-connect")
+        await alarms.start()
+        spawn(prerender_prompts(services), "prerender")
+        yield services
+    finally:
+        for task in list(background):
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await alarms.close()
+        await ami.close()
+        await tts.aclose()
+        await pool.close()
 
 
 @contextlib.asynccontextmanager
 async def running_server(settings: Settings) -> AsyncIterator[AgiServer]:
-    """The server with its database pool, closed gracefully on exit."""
-    from fastagi.store.pool import create_pool
-
-    pool = await create_pool(settings.database)
-    try:
-        server = AgiServer(settings.agi, build_routes(pool))
+    """The services and the listener, closed gracefully on exit: calls in progress get
+    ``agi.shutdown_grace`` seconds to finish."""
+    async with running_services(settings) as services:
+        server = AgiServer(settings.agi, build_routes(services, settings))
         await server.start()
         try:
             yield server
         finally:
             await server.close(settings.agi.shutdown_grace)
-    finally:
-        await pool.close()
 
 
 async def until_signalled() -> None:
@@ -74,9 +175,9 @@ async def serve(settings: Settings) -> None:
         logger.info("stopping: letting calls finish")
 
 
-def _run(main: Any) -> None:
-    """Run a coroutine on uvloop when it is installed: it is markedly faster for
-    many short connections, which is what FastAGI is."""
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine on uvloop when it is installed: it is markedly faster for many
+    short connections, which is what FastAGI is."""
     try:
         import uvloop
     except ImportError:
@@ -88,7 +189,7 @@ def _run(main: Any) -> None:
 def _serve_command(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings.log_level)
-    _run(serve(settings))
+    run(serve(settings))
     return 0
 
 
@@ -97,5 +198,5 @@ def _dev_command(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     configure_logging(settings.log_level)
-    _run(run_dev(settings))
+    run(run_dev(settings))
     return 0

@@ -16,7 +16,7 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastagi import admin, app
+    from fastagi import admin, app, demo
     from fastagi.sandbox import commands as sandbox_commands
     from fastagi.store import commands as store_commands
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_commands.register(subparsers)
     sandbox_commands.register(subparsers)
     admin.register(subparsers)
+    demo.register(subparsers)
     return parser
 
 

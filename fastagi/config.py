@@ -41,6 +41,10 @@ class AgiSettings(BaseModel):
     # per-command timeout is generous; the caller's hang-up arrives as HANGUP/EOF anyway.
     reply_timeout: float = Field(default=600.0, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
+    # The kernel's queue of connections not yet accepted.  asyncio's default of 100
+    # overflows when hundreds of calls arrive at once, and a dropped SYN is retried only
+    # after 1 s, 3 s, ... while Asterisk gives up connecting after 2 s.
+    listen_backlog: int = Field(default=1024, ge=1)
 
     @field_validator("allowed_networks")
     @classmethod
@@ -154,6 +158,36 @@ class AlarmSettings(BaseModel):
         return self
 
 
+class FlowSettings(BaseModel):
+    """Install-time knobs of the panic and deactivation calls (``[flows]``).
+
+    The alarm policy an administrator changes while the system runs (confirmation
+    attempts, what silence means, PIN attempts and lockout) lives in the database row
+    ``alarm_settings``, not here.
+    """
+
+    # Play a short "alarm activated" after the caller confirms. Off for discretion: the
+    # call then ends without a word, so whoever stands next to the caller hears nothing.
+    ack_on_confirm: bool = True
+    # Also send the confirmation question as text to the phone's display (SIP MESSAGE
+    # via SendText). Off by default: not every phone shows it, and some ring for it.
+    send_text: bool = False
+    # How long GET DATA waits for the answer to the confirmation question, per attempt.
+    confirm_timeout_ms: int = Field(default=5000, ge=500, le=60_000)
+    # Keys other than 1 and 2 re-prompt; after this many the call counts as unanswered
+    # (silence alone is counted against the database's confirmation_attempts).
+    invalid_key_limit: int = Field(default=3, ge=1, le=10)
+    # How long GET DATA waits for each digit of the PIN ('#' ends it).
+    pin_timeout_ms: int = Field(default=6000, ge=1000, le=60_000)
+    # Prompts to choose an alarm (several active) before giving up.
+    menu_attempts: int = Field(default=3, ge=1, le=10)
+    # How long GET DATA waits for the choice of alarm.
+    menu_timeout_ms: int = Field(default=5000, ge=500, le=60_000)
+    # How long a live call waits for a prompt to be rendered before it plays the
+    # built-in sounds instead (a cached prompt takes microseconds, a render ~0.1 s).
+    render_timeout: float = Field(default=3.0, gt=0, le=30.0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FASTAGI_",
@@ -166,6 +200,7 @@ class Settings(BaseSettings):
     ami: AmiSettings = Field(default_factory=AmiSettings)
     tts: TtsSettings = Field(default_factory=TtsSettings)
     alarm: AlarmSettings = Field(default_factory=AlarmSettings)
+    flows: FlowSettings = Field(default_factory=FlowSettings)
     log_level: str = "INFO"
 
     @classmethod

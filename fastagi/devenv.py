@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,10 +17,13 @@ from pathlib import Path
 import asyncpg
 from pydantic import SecretStr
 
+from fastagi.admin import DemoInfo, seed_demo
 from fastagi.app import running_server, until_signalled
 from fastagi.config import AmiSettings, DatabaseSettings, Settings
+from fastagi.demo import dev_state_path
 from fastagi.sandbox.image import repo_root
 from fastagi.sandbox.instance import Sandbox, running_sandbox
+from fastagi.store.alarms import AlarmStore
 from fastagi.store.cluster import EmbeddedCluster
 from fastagi.store.migrations import migrate
 
@@ -52,7 +56,15 @@ async def prepare_database(cluster: EmbeddedCluster) -> str:
     return dsn
 
 
-def banner(sandbox: Sandbox, settings: Settings, dsn: str) -> str:
+async def seed(dsn: str) -> DemoInfo:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        return await seed_demo(AlarmStore(pool))
+    finally:
+        await pool.close()
+
+
+def banner(sandbox: Sandbox, settings: Settings, dsn: str, demo: DemoInfo) -> str:
     repo = repo_root()
     scenario = repo / "tests" / "sipp_scenarios" / "uac_call_dtmf.xml"
     empty_digits = " ".join(f"-key d{n} ''" for n in range(3, 9))
@@ -70,6 +82,12 @@ Place a test call: desk phone 101 dials the connectivity probe *599 and types 4 
        -key d1 4 -key d2 2 {empty_digits}
 Then: psql '{dsn}' -c 'select * from probe_calls'
 Asterisk console: .venv/bin/fastagi sandbox cli 'core show channels'
+
+The demo: departments {", ".join(demo.departments)}; phones 101-119 belong to the
+Emergency Room, paged on phones 201-204. Panic key *555, deactivation *556 by
+extension {demo.deactivator} with PIN {demo.pin}.
+  make demo    plays the whole story with SIPp phones (in another terminal)
+  .venv/bin/fastagi alarm list --dsn '{dsn}'
 """  # noqa: S608
 
 
@@ -79,12 +97,21 @@ async def run_dev(settings: Settings) -> None:
     print("starting PostgreSQL ...", flush=True)
     async with running_cluster(cache / "pg" / "data", pg_port) as cluster:
         dsn = await prepare_database(cluster)
+        demo = await seed(dsn)
         print("starting the sandbox Asterisk ...", flush=True)
         agi_url = f"agi://127.0.0.1:{settings.agi.port}"
         async with running_sandbox(name="dev", agi_url=agi_url) as sandbox:
             settings = settings.model_copy(
                 update={
                     "database": DatabaseSettings(dsn=SecretStr(dsn)),
+                    # The sandbox's Asterisk runs in a chroot: the same directory has
+                    # one name for the server and another for Asterisk.
+                    "tts": settings.tts.model_copy(
+                        update={
+                            "directory": sandbox.tts_dir,
+                            "asterisk_directory": sandbox.tts_dir_in_asterisk,
+                        }
+                    ),
                     "ami": AmiSettings(
                         host=sandbox.ami_host,
                         port=sandbox.ami_port,
@@ -94,6 +121,11 @@ async def run_dev(settings: Settings) -> None:
                 }
             )
             async with running_server(settings):
-                print(banner(sandbox, settings, dsn), flush=True)
-                await until_signalled()
-                print("stopping ...", flush=True)
+                state_file = dev_state_path()
+                state_file.write_text(json.dumps({"dsn": dsn}))
+                try:
+                    print(banner(sandbox, settings, dsn, demo), flush=True)
+                    await until_signalled()
+                    print("stopping ...", flush=True)
+                finally:
+                    state_file.unlink(missing_ok=True)

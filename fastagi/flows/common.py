@@ -15,11 +15,10 @@ import asyncio
 import unicodedata
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
-
 from fastagi.agi.errors import AgiError
 from fastagi.agi.session import AgiSession
 from fastagi.alarms.directory import is_extension
+from fastagi.config import FlowSettings
 
 __all__ = [
     "STATUS_VARIABLE",
@@ -43,36 +42,6 @@ UNKNOWN_CALLER = "unknown"
 MAX_CALLER_TEXT = 40
 # A status write after a hang-up is a courtesy to the dialplan, not worth a long wait.
 _STATUS_TIMEOUT = 5.0
-
-
-class FlowSettings(BaseModel):
-    """Install-time knobs of the panic and deactivation calls (``[flows]``).
-
-    The alarm policy an administrator changes while the system runs (confirmation
-    attempts, what silence means, PIN attempts and lockout) lives in the database row
-    ``alarm_settings``, not here.
-    """
-
-    # Play a short "alarm activated" after the caller confirms. Off for discretion: the
-    # call then ends without a word, so whoever stands next to the caller hears nothing.
-    ack_on_confirm: bool = True
-    # Also send the confirmation question as text to the phone's display (SIP MESSAGE
-    # via SendText). Off by default: not every phone shows it, and some ring for it.
-    send_text: bool = False
-    # How long GET DATA waits for the answer to the confirmation question, per attempt.
-    confirm_timeout_ms: int = Field(default=5000, ge=500, le=60_000)
-    # Keys other than 1 and 2 re-prompt; after this many the call counts as unanswered
-    # (silence alone is counted against the database's confirmation_attempts).
-    invalid_key_limit: int = Field(default=3, ge=1, le=10)
-    # How long GET DATA waits for each digit of the PIN ('#' ends it).
-    pin_timeout_ms: int = Field(default=6000, ge=1000, le=60_000)
-    # Prompts to choose an alarm (several active) before giving up.
-    menu_attempts: int = Field(default=3, ge=1, le=10)
-    # How long GET DATA waits for the choice of alarm.
-    menu_timeout_ms: int = Field(default=5000, ge=500, le=60_000)
-    # How long a live call waits for a prompt to be rendered before it plays the
-    # built-in sounds instead (a cached prompt takes microseconds, a render ~0.1 s).
-    render_timeout: float = Field(default=3.0, gt=0, le=30.0)
 
 
 @dataclass(frozen=True, slots=True)

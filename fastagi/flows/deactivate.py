@@ -38,8 +38,9 @@ from fastagi.agi.session import AgiSession
 from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
 from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.alarms.pins import MAX_PIN_LENGTH, verify_pin_async
+from fastagi.config import FlowSettings
 from fastagi.flows import prompts
-from fastagi.flows.common import Caller, FlowSettings, caller_identity, set_status
+from fastagi.flows.common import Caller, caller_identity, set_status
 from fastagi.flows.prompts import Speaker
 
 __all__ = [

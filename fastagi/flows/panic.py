@@ -37,14 +37,9 @@ from fastagi.agi.errors import AgiCommandFailure, AgiHangup
 from fastagi.agi.session import AgiSession
 from fastagi.alarms.directory import UNKNOWN_DEPARTMENT, Department
 from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.config import FlowSettings
 from fastagi.flows import prompts
-from fastagi.flows.common import (
-    Caller,
-    FlowSettings,
-    caller_identity,
-    display_text,
-    set_status,
-)
+from fastagi.flows.common import Caller, caller_identity, display_text, set_status
 from fastagi.flows.prompts import Speaker
 
 __all__ = [

@@ -26,9 +26,8 @@ from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.paging import Pager
 from fastagi.alarms.service import Activation, AlarmService
 from fastagi.ami import AmiClient
-from fastagi.config import AgiSettings, AlarmSettings
+from fastagi.config import AgiSettings, AlarmSettings, FlowSettings
 from fastagi.flows import prompts
-from fastagi.flows.common import FlowSettings
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.sandbox.instance import Sandbox

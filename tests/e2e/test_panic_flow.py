@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
+from fastagi.config import FlowSettings
 from fastagi.flows import prompts
-from fastagi.flows.common import FlowSettings
 from fastagi.sandbox import Sandbox
 from fastagi.sandbox.ami import AmiClient as SandboxAmi
 from fastagi.tts import TextToSpeech, TtsSettings

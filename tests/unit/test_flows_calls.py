@@ -19,8 +19,8 @@ from fastagi.agi.session import AgiSession
 from fastagi.alarms.directory import UNKNOWN_DEPARTMENT, Department
 from fastagi.alarms.events import HistoryEvent
 from fastagi.alarms.pins import hash_pin
+from fastagi.config import FlowSettings
 from fastagi.flows import prompts
-from fastagi.flows.common import FlowSettings
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.tts import Prompt, TtsError

@@ -1,0 +1,125 @@
+"""``fastagi demo`` (``make demo``): the whole story against ``make run``, with SIPp phones
+standing in for real ones, so a newcomer sees the main job without a softphone.
+
+1. Phones 201-204 (the Emergency Room paging group) come up as SIPp phones that answer.
+2. Desk phone 101 presses the panic key (*555) and confirms with 1.
+3. The phones receive two page cycles (the demo sets the department's interval to 10 s
+   for the duration of the demo and restores it afterwards).
+4. Deactivator 150 dials *556 and enters the demo PIN.
+5. The alarm's timeline is printed from the history table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from fastagi.admin import DEMO_PIN
+from fastagi.sandbox.image import default_rootfs
+from fastagi.sandbox.instance import Sandbox
+from fastagi.sandbox.sipp import PagingPhone, call_dtmf
+from fastagi.store.alarms import AlarmStore
+
+DEMO_DEPARTMENT = "Emergency Room"
+DEMO_CALLER = 101
+DEMO_DEACTIVATOR = 150
+DEMO_PHONES = (201, 202, 203, 204)
+DEMO_INTERVAL_SECONDS = 10
+DEMO_CYCLES = 2
+
+
+def register(subparsers: Any) -> None:
+    demo = subparsers.add_parser("demo", help="play the whole alarm story against `make run`")
+    demo.add_argument("--dsn", help="the database of `make run` (default: read from it)")
+    demo.set_defaults(handler=_demo_command)
+
+
+def dev_state_path() -> Path:
+    from fastagi.sandbox.image import repo_root
+
+    return repo_root() / ".cache" / "dev.json"
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from fastagi.cli import CliError
+
+    state_file = dev_state_path()
+    if args.dsn is None and not state_file.is_file():
+        raise CliError("`make run` is not running (start it in another terminal first)")
+    dsn = args.dsn or json.loads(state_file.read_text())["dsn"]
+    try:
+        sandbox = Sandbox.attach(default_rootfs(), "dev")
+    except Exception as exc:
+        raise CliError(f"{exc}: start `make run` in another terminal first") from None
+    asyncio.run(run_demo(sandbox, dsn))
+    return 0
+
+
+def say(step: str) -> None:
+    print(f"\n== {step}", flush=True)
+
+
+async def run_demo(sandbox: Sandbox, dsn: str) -> None:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    store = AlarmStore(pool)
+    department = await store.get_department(DEMO_DEPARTMENT)
+    workdir = Path(tempfile.mkdtemp(prefix="fastagi-demo-"))
+    try:
+        await store.set_department_interval(DEMO_DEPARTMENT, DEMO_INTERVAL_SECONDS)
+        async with contextlib.AsyncExitStack() as stack:
+            phones = [
+                await stack.enter_async_context(PagingPhone(sandbox, ext, workdir / f"phone-{ext}"))
+                for ext in DEMO_PHONES
+            ]
+            await _story(sandbox, store, phones, workdir)
+    finally:
+        await store.set_department_interval(DEMO_DEPARTMENT, department.interval_seconds)
+        await pool.close()
+    print(f"\nSIPp logs: {workdir}")
+
+
+async def _story(
+    sandbox: Sandbox, store: AlarmStore, phones: list[PagingPhone], workdir: Path
+) -> None:
+    say(f"phones {', '.join(map(str, DEMO_PHONES))} are up (SIPp, answering every call)")
+    say(f"desk phone {DEMO_CALLER} presses the panic key (*555) and confirms with 1")
+    trigger = await call_dtmf(
+        sandbox, workdir / "trigger", service="*555", ext=DEMO_CALLER, digits="1", prompt_ms=1500
+    )
+    trigger.check()
+    [alarm] = [a for a in await store.active_alarms() if a.extension == str(DEMO_CALLER)]
+    print(f"   alarm {alarm.id} is active: {alarm.department_name}, extension {alarm.extension}")
+
+    say(f"the paging group hears {DEMO_CYCLES} cycles, {DEMO_INTERVAL_SECONDS} s apart")
+    for phone in phones:
+        await phone.wait_invites(DEMO_CYCLES, within=DEMO_INTERVAL_SECONDS * DEMO_CYCLES + 30)
+    first = min(phone.invite_times[0] for phone in phones)
+    for phone in phones:
+        times = ", ".join(f"+{(t - first).total_seconds():.1f} s" for t in phone.invite_times)
+        print(f"   phone {phone.ext}: INVITEs at {times}")
+
+    say(f"deactivator {DEMO_DEACTIVATOR} dials *556 and enters the PIN {DEMO_PIN}")
+    stop = await call_dtmf(
+        sandbox,
+        workdir / "deactivate",
+        service="*556",
+        ext=DEMO_DEACTIVATOR,
+        digits=f"{DEMO_PIN}#",
+        prompt_ms=1500,
+    )
+    stop.check()
+    stopped = await store.get_alarm(alarm.id)
+    assert stopped is not None
+    print(f"   alarm {alarm.id}: {stopped.state}, by {stopped.deactivated_by}")
+
+    say(f"timeline of alarm {alarm.id} (fastagi alarm show {alarm.id})")
+    for event in await store.timeline(alarm.id):
+        details = json.dumps(dict(event.details), ensure_ascii=False) if event.details else ""
+        print(f"   {event.occurred_at:%H:%M:%S.%f}"[:-3] + f"  {event.kind:<22} {details}")

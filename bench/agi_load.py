@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 SERVERS = ("panoramisk", "ours", "floor")
 BASELINE, CANDIDATE, FLOOR = SERVERS
 # The listen backlog, the same for every server: AgiServer's own, given to the others too.
-BACKLOG = 100
+BACKLOG = 1024
 CONCURRENCIES = (1, 50, 500)
 DURATION = 5.0
 MIN_SESSIONS = 10_000

@@ -89,6 +89,12 @@ _ENDPOS = re.compile(r"(?:^|\s)endpos=(-?\d+)(?:\s|$)")
 # without space, '"' and '\\' (the three characters parse_args treats specially).
 _BARE_WORD = re.compile(r"[!#-\[\]-~]+")
 _FORBIDDEN_IN_WORD = re.compile(r"[\r\n\x00]")
+# A command made of bare words only, the common case: checked in one match.
+_BARE_LINE = re.compile(r"[!#-\[\]-~]+(?: [!#-\[\]-~]+)*")
+# An environment name holds no whitespace (\s matches exactly what str.isspace() does).
+_SPACE = re.compile(r"\s")
+# The most common reply, with nothing but a number after result=.
+_PLAIN_REPLY = re.compile(r"200 result=(-?\d+)")
 
 
 class ProtocolError(Exception):
@@ -176,6 +182,17 @@ def encode_command(*words: str, max_size: int = DEFAULT_MAX_COMMAND_SIZE) -> byt
         raise LocalProtocolError(
             f"{len(words)} words in one command; res_agi.c reads at most {MAX_COMMAND_WORDS}"
         )
+    try:
+        text = " ".join(words)
+    except TypeError:
+        text = ""  # a word that is not a str: the loop below names it
+    if text.count(" ") == len(words) - 1 and _BARE_LINE.fullmatch(text):
+        # Printable ASCII words without spaces (one space per gap between words): nothing
+        # to quote, nothing the wire cannot carry.
+        data = (text + "\n").encode("ascii")
+        if len(data) > max_size:
+            raise LocalProtocolError(f"command line of {len(data)} bytes; the limit is {max_size}")
+        return data
     parts: list[str] = []
     for word in words:
         if not isinstance(word, str):
@@ -208,8 +225,24 @@ def _decode_line(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+def _environment_item(line: str) -> tuple[str, str]:
+    # setup_env() writes "agi_name: value"; the value may itself contain ": ".
+    if line.endswith("\r"):
+        line = line[:-1]
+    name, separator, value = line.partition(": ")
+    if not separator and line.endswith(":"):
+        # "agi_accountcode: " with its trailing space trimmed by a proxy.
+        name, separator, value = line[:-1], ":", ""
+    if not separator or not name or _SPACE.search(name):
+        raise RemoteProtocolError(f"not an environment line: {line[:80]!r}")
+    return name, value
+
+
 def _parse_reply_line(line: str) -> Reply | None:
     """A single reply line, or None for the 520- opener (the caller handles it)."""
+    plain = _PLAIN_REPLY.fullmatch(line)
+    if plain is not None:
+        return Reply(200, plain.group(1), None, None, False, line)
     match = _REPLY_LINE.fullmatch(line)
     if match is None:
         raise RemoteProtocolError(f"not a FastAGI reply: {line[:80]!r}")
@@ -265,9 +298,9 @@ class AgiConnection:
         self._scan_from = 0
         self._eof = False
         self._state = ConnectionState.ENVIRONMENT
-        self._environment: dict[str, str] = {}
-        self._environment_size = 0
+        # Newlines seen so far in an incomplete environment, and where its last line starts.
         self._environment_lines = 0
+        self._line_start = 0
         self._usage: list[str] | None = None
 
     @property
@@ -320,14 +353,88 @@ class AgiConnection:
         while True:
             if self._state is ConnectionState.CLOSED:
                 return ConnectionClosed()
+            if self._state is ConnectionState.ENVIRONMENT:
+                environment = self._next_environment()
+                if environment is None:
+                    break
+                return environment
             line = self._next_line()
             if line is None:
-                if not self._eof:
-                    return NEED_DATA
-                return self._on_eof()
+                break
             event = self._on_line(line)
             if event is not None:
                 return event
+        return self._on_eof() if self._eof else NEED_DATA
+
+    def _next_environment(self) -> Environment | None:
+        """The whole environment block at once, or None while its blank line is missing.
+
+        The block is framed, checked and decoded in one piece rather than line by line:
+        it is the bulk of what a session receives.
+        """
+        buffer = self._buffer
+        end = self._environment_end()
+        if end < 0:
+            # Not complete yet: enforce the limits on what has arrived, counting only the
+            # new bytes so that byte-by-byte feeding stays linear.
+            new_lines = buffer.count(b"\n", self._scan_from)
+            if new_lines:
+                self._environment_lines += new_lines
+                self._line_start = buffer.rfind(b"\n", self._scan_from) + 1
+            self._scan_from = len(buffer)
+            # +1: the line may still end in "\r\n".
+            if len(buffer) - self._line_start > self._max_line_size + 1:
+                raise RemoteProtocolError(f"line longer than {self._max_line_size} bytes")
+            self._check_environment_size(len(buffer), self._environment_lines)
+            return None
+        block = bytes(buffer[:end])
+        del buffer[:end]
+        self._scan_from = 0
+        self._check_environment_size(end, block.count(b"\n"))
+        if end > self._max_line_size:
+            for raw in block.split(b"\n"):
+                if len(raw.removesuffix(b"\r")) > self._max_line_size:
+                    raise RemoteProtocolError(f"line longer than {self._max_line_size} bytes")
+        # A multi-byte sequence never spans a newline, so decoding the block at once
+        # replaces exactly what decoding each line would.
+        text = _decode_line(block)
+        lines = text.split("\n")
+        del lines[-2:]  # the blank line and what follows its newline (nothing)
+        self._state = ConnectionState.IDLE
+        if "\r" not in text:
+            # The usual block, in bulk: every line splits on ": ", no name is blank or
+            # holds a space.  Anything else takes the line-by-line path, which says why.
+            try:
+                variables = dict([line.split(": ", 1) for line in lines])
+            except ValueError:
+                pass
+            else:
+                if "" not in variables and not _SPACE.search("".join(variables)):
+                    return Environment(variables)
+        return Environment(dict(map(_environment_item, lines)))
+
+    def _environment_end(self) -> int:
+        """The offset just past the blank line that ends the block, or -1."""
+        buffer = self._buffer
+        if buffer[:1] == b"\n":
+            return 1
+        if buffer[:2] == b"\r\n":
+            return 2
+        # Resume two bytes back: a terminator may straddle the previous chunk's end.
+        start = max(self._scan_from - 2, 0)
+        lf = buffer.find(b"\n\n", start)
+        crlf = buffer.find(b"\n\r\n", start, lf + 3 if lf >= 0 else len(buffer))
+        if crlf >= 0:
+            return crlf + 3
+        return lf + 2 if lf >= 0 else -1
+
+    def _check_environment_size(self, size: int, lines: int) -> None:
+        if size > self._max_environment_size:
+            raise RemoteProtocolError(f"environment larger than {self._max_environment_size} bytes")
+        if lines > self._max_environment_lines:
+            raise RemoteProtocolError(
+                f"environment longer than {self._max_environment_lines} lines"
+            )
 
     def _next_line(self) -> str | None:
         end = self._buffer.find(b"\n", self._scan_from)
@@ -344,21 +451,13 @@ class AgiConnection:
             raw = raw[:-1]
         if len(raw) > self._max_line_size:
             raise RemoteProtocolError(f"line longer than {self._max_line_size} bytes")
-        if self._state is ConnectionState.ENVIRONMENT:
-            self._environment_size += end + 1
-            self._environment_lines += 1
-            if self._environment_size > self._max_environment_size:
-                raise RemoteProtocolError(
-                    f"environment larger than {self._max_environment_size} bytes"
-                )
-            if self._environment_lines > self._max_environment_lines:
-                raise RemoteProtocolError(
-                    f"environment longer than {self._max_environment_lines} lines"
-                )
         return _decode_line(raw)
 
     def _on_eof(self) -> Event:
-        if self._buffer:
+        # An incomplete environment stays buffered whole, so only its last line counts.
+        if self._buffer and not (
+            self._state is ConnectionState.ENVIRONMENT and self._buffer.endswith(b"\n")
+        ):
             raise RemoteProtocolError("connection closed in the middle of a line")
         if self._state is ConnectionState.ENVIRONMENT:
             raise RemoteProtocolError("connection closed before the end of the environment")
@@ -368,8 +467,6 @@ class AgiConnection:
         return ConnectionClosed()
 
     def _on_line(self, line: str) -> Event | None:
-        if self._state is ConnectionState.ENVIRONMENT:
-            return self._on_environment_line(line)
         if self._usage is not None:
             return self._on_usage_line(line)
         if line == "HANGUP":
@@ -407,19 +504,4 @@ class AgiConnection:
         self._usage.append(line)
         if len(self._usage) > self._max_usage_lines:
             raise RemoteProtocolError(f"520 usage reply longer than {self._max_usage_lines} lines")
-        return None
-
-    def _on_environment_line(self, line: str) -> Event | None:
-        if line == "":
-            self._state = ConnectionState.IDLE
-            variables, self._environment = self._environment, {}
-            return Environment(variables)
-        # setup_env() writes "agi_name: value"; the value may itself contain ": ".
-        name, separator, value = line.partition(": ")
-        if not separator and line.endswith(":"):
-            # "agi_accountcode: " with its trailing space trimmed by a proxy.
-            name, separator, value = line[:-1], ":", ""
-        if not separator or not name or any(ch.isspace() for ch in name):
-            raise RemoteProtocolError(f"not an environment line: {line[:80]!r}")
-        self._environment[name] = value
         return None

@@ -1,11 +1,14 @@
 """The asyncio FastAGI listener: allow-list, session cap, routing, timeouts, shutdown.
 
-A thin shell: it accepts connections, reads the environment through
-:class:`~fastagi.agi.session.AgiSession`, runs the flow registered for the script path,
-and closes the socket the moment the flow is done (Asterisk holds the channel until we
-close).  Each connection is one task; whatever a peer does (garbage, stalling, vanishing)
-ends that task and nothing else.  The server uses whichever event loop is running; the
-CLI installs uvloop when it is available.
+A thin shell: each connection is an :class:`asyncio.Protocol` whose ``data_received``
+feeds the sans-IO core directly, first for the environment block, then through
+:class:`~fastagi.agi.session.AgiSession`, which resolves the pending command's reply.
+The allow-list and session cap are checked in ``connection_made``, before anything is
+read or any task exists; an accepted connection gets one task, which waits for the
+environment, runs the flow registered for the script path, and closes the socket the
+moment the flow is done (Asterisk holds the channel until we close).  Whatever a peer
+does (garbage, stalling, vanishing) ends that task and nothing else.  The server uses
+whichever event loop is running; the CLI installs uvloop when it is available.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
-from fastagi.agi.errors import AgiError, AgiHangup
-from fastagi.agi.session import AgiSession, Logger, StreamTransport
+from fastagi.agi.errors import AgiError, AgiHangup, AgiProtocolError, AgiTimeout
+from fastagi.agi.protocol import NEED_DATA, AgiConnection, Environment, ProtocolError
+from fastagi.agi.session import AgiEnvironment, AgiSession, Logger
 from fastagi.config import AgiSettings
 
 __all__ = ["AgiServer", "Flow"]
@@ -30,6 +34,9 @@ _LOG = logging.getLogger("fastagi.agi.server")
 _STATUS_TIMEOUT = 5.0
 # How long a closing socket may take to flush before it is aborted.
 _CLOSE_TIMEOUT = 1.0
+# Allow-list decisions remembered per peer host: Asterisk connects from a handful of
+# addresses, and the bound only matters when something scans us.
+_ALLOW_CACHE_SIZE = 1024
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -52,6 +59,131 @@ def _peer_address(peername: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Addres
         # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
         return address.ipv4_mapped
     return address
+
+
+class _AgiProtocol(asyncio.Protocol):
+    """One connection: received bytes go straight into the sans-IO core.
+
+    Until the environment is complete the bytes feed the core here; then ``ready``
+    resolves to the session and every later byte goes to ``AgiSession.feed_data``.
+    """
+
+    def __init__(self, server: AgiServer) -> None:
+        self._server = server
+        self.peer = ""
+        self._transport: asyncio.Transport | None = None
+        self._connection: AgiConnection | None = None  # None: refused
+        self._session: AgiSession | None = None
+        # The session once the environment is read, or the AgiError that ended it first.
+        self.ready: asyncio.Future[AgiSession] | None = None
+        self._environment_timer: asyncio.TimerHandle | None = None
+        self._lost = False
+        self._lost_waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        peername = transport.get_extra_info("peername")
+        self.peer = _format_peer(peername)
+        if not self._server._admit(self, peername):
+            transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        self._connection = AgiConnection()
+        self.ready = loop.create_future()
+        timeout = self._server._settings.environment_timeout
+        self._environment_timer = loop.call_later(timeout, self._environment_timed_out, timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._session is not None:
+            self._session.feed_data(data)
+        elif self._connection is not None:
+            self._receive_environment(data)
+
+    def eof_received(self) -> bool:
+        self._on_eof()
+        return True  # keep our side open: the flow may still be writing; we close later
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._on_eof()
+        if self._lost_waiter is not None and not self._lost_waiter.done():
+            self._lost_waiter.set_result(None)
+
+    # -- the environment ----------------------------------------------------------------
+
+    def _receive_environment(self, data: bytes) -> None:
+        assert self._connection is not None
+        assert self.ready is not None
+        if self.ready.done():
+            return  # already failed: the task is closing the connection
+        connection = self._connection
+        try:
+            connection.receive_data(data)
+            event = connection.next_event()
+        except ProtocolError as exc:
+            self._fail(AgiProtocolError(f"bad environment: {exc}", error=exc))
+            return
+        if event is NEED_DATA:
+            return
+        # In the ENVIRONMENT state the core yields nothing but the environment or an error.
+        assert isinstance(event, Environment), event
+        assert self._environment_timer is not None
+        self._environment_timer.cancel()
+        session = AgiSession(
+            self._write,
+            connection,
+            AgiEnvironment.from_variables(event.variables),
+            peer=self.peer,
+            reply_timeout=self._server._settings.reply_timeout,
+        )
+        self._session = session
+        self.ready.set_result(session)
+        session.feed_data(b"")  # whatever arrived behind the blank line (a HANGUP, say)
+
+    def _on_eof(self) -> None:
+        if self._session is not None:
+            self._session.feed_eof()
+        elif self._connection is not None:
+            self._receive_environment(b"")
+
+    def _environment_timed_out(self, timeout: float) -> None:
+        self._fail(AgiTimeout(f"no complete environment within {timeout} s"))
+
+    def _fail(self, error: AgiError) -> None:
+        assert self.ready is not None
+        assert self._environment_timer is not None
+        self._environment_timer.cancel()
+        if not self.ready.done():
+            self.ready.set_exception(error)
+
+    # -- what the session and the server use ---------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        assert self._transport is not None
+        if self._transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        self._transport.write(data)
+
+    async def close(self) -> None:
+        """Close the socket; wait (boundedly) only if unsent bytes remain."""
+        transport = self._transport
+        assert transport is not None
+        # close() first and synchronously: even if this task is cancelled while waiting,
+        # the socket is on its way down.
+        transport.close()
+        if self._lost or not transport.get_write_buffer_size():
+            return
+        loop = asyncio.get_running_loop()
+        self._lost_waiter = loop.create_future()
+        # A peer that does not read keeps our send buffer full; do not wait for it.
+        abort = loop.call_later(_CLOSE_TIMEOUT, transport.abort)
+        try:
+            await self._lost_waiter
+        finally:
+            abort.cancel()
 
 
 class AgiServer:
@@ -80,6 +212,7 @@ class AgiServer:
         self._idle.set()
         self._closing = False
         self._closed = asyncio.Event()
+        self._allow_cache: dict[str, bool] = {}
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -87,10 +220,14 @@ class AgiServer:
         """Bind and start accepting.  ``settings.port`` 0 picks a free port."""
         if self._server is not None or self._closing:
             raise RuntimeError("AgiServer already started or closed")
-        # A plain (non-coroutine) callback runs inside connection_made(), so every
-        # connection is checked and its task registered before any byte is read.
-        self._server = await asyncio.start_server(
-            self._on_connect, self._settings.host, self._settings.port
+        # The default backlog (100) overflows when hundreds of calls arrive at once, and
+        # Asterisk gives up on a connect after 2 s, well before the kernel's SYN retries.
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _AgiProtocol(self),
+            self._settings.host,
+            self._settings.port,
+            backlog=self._settings.listen_backlog,
         )
         self._log.info(
             "FastAGI listening on %s:%d (routes: %s)",
@@ -171,29 +308,44 @@ class AgiServer:
 
     # -- one connection ---------------------------------------------------------------
 
-    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
-        peer = _format_peer(peername)
-        log = logging.LoggerAdapter(self._log, {"agi_uniqueid": "", "peer": peer})
+    def _admit(self, protocol: _AgiProtocol, peername: Any) -> bool:
+        """Refuse or start serving a new connection; called before anything is read."""
         if self._closing:
-            log.info("refused connection: server is shutting down")
-            writer.close()
-            return
-        address = _peer_address(peername)
-        if address is None or not any(address in network for network in self._networks):
-            log.warning("refused connection: %s is not in allowed_networks", peer)
-            writer.close()
-            return
+            self._peer_log(protocol.peer).info("refused connection: server is shutting down")
+            return False
+        if not self._allowed(peername):
+            self._peer_log(protocol.peer).warning(
+                "refused connection: %s is not in allowed_networks", protocol.peer
+            )
+            return False
         if len(self._tasks) >= self._settings.max_sessions:
-            log.warning("refused connection: %d sessions running (max_sessions)", len(self._tasks))
-            writer.close()
-            return
+            self._peer_log(protocol.peer).warning(
+                "refused connection: %d sessions running (max_sessions)", len(self._tasks)
+            )
+            return False
         task = asyncio.get_running_loop().create_task(
-            self._serve_connection(reader, writer, peer, log), name=f"fastagi {peer}"
+            self._serve_connection(protocol), name=f"fastagi {protocol.peer}"
         )
         self._tasks.add(task)
         self._idle.clear()
         task.add_done_callback(self._on_task_done)
+        return True
+
+    def _allowed(self, peername: Any) -> bool:
+        host = peername[0] if isinstance(peername, tuple) and peername else None
+        allowed = self._allow_cache.get(host) if isinstance(host, str) else None
+        if allowed is None:
+            address = _peer_address(peername)
+            allowed = address is not None and any(address in net for net in self._networks)
+            if isinstance(host, str):
+                if len(self._allow_cache) >= _ALLOW_CACHE_SIZE:
+                    self._allow_cache.clear()
+                self._allow_cache[host] = allowed
+        return allowed
+
+    def _peer_log(self, peer: str) -> Logger:
+        # Only for connections that end before they have a session (and its logger).
+        return logging.LoggerAdapter(self._log, {"agi_uniqueid": "", "peer": peer})
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -204,42 +356,24 @@ class AgiServer:
             # nothing ever reaches the loop's exception handler.
             self._log.error("session task failed", exc_info=exc)
 
-    async def _serve_connection(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        peer: str,
-        log: Logger,
-    ) -> None:
+    async def _serve_connection(self, protocol: _AgiProtocol) -> None:
+        assert protocol.ready is not None
         try:
-            session = await self._accept(StreamTransport(reader, writer), peer, log)
-            if session is None:
+            try:
+                session = await protocol.ready
+            except AgiError as exc:
+                # A stalled, garbled or vanished peer: AgiTimeout or AgiProtocolError.
+                self._peer_log(protocol.peer).warning("closing connection: %s", exc)
                 return
-            script = session.environment.script
-            flow = self._routes.get(script)
+            flow = self._routes.get(session.environment.script)
             if flow is None:
                 await self._no_route(session)
             else:
                 await self._run_flow(flow, session)
         except Exception:
-            log.exception("unexpected error serving the connection")
+            self._peer_log(protocol.peer).exception("unexpected error serving the connection")
         finally:
-            await self._close_writer(writer)
-
-    async def _accept(
-        self, transport: StreamTransport, peer: str, log: Logger
-    ) -> AgiSession | None:
-        try:
-            return await AgiSession.accept(
-                transport,
-                peer=peer,
-                environment_timeout=self._settings.environment_timeout,
-                reply_timeout=self._settings.reply_timeout,
-            )
-        except AgiError as exc:
-            # A stalled, garbled or vanished peer: AgiTimeout or AgiProtocolError.
-            log.warning("closing connection: %s", exc)
-        return None
+            await protocol.close()
 
     async def _run_flow(self, flow: Flow, session: AgiSession) -> None:
         log = session.log
@@ -275,14 +409,3 @@ class AgiServer:
             session.log.info("could not send %s: %s", words[0], exc)
             return False
         return True
-
-    async def _close_writer(self, writer: asyncio.StreamWriter) -> None:
-        # close() first and synchronously: even if this task is cancelled while waiting,
-        # the socket is on its way down.
-        writer.close()
-        try:
-            async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await writer.wait_closed()
-        except (OSError, TimeoutError):
-            # A peer that does not read keeps our send buffer full; do not wait for it.
-            writer.transport.abort()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
@@ -158,12 +158,15 @@ async def _next_event(connection: AgiConnection, transport: Transport) -> Event:
         event = connection.next_event()
         if event is not NEED_DATA:
             return event
-        try:
-            data = await transport.receive(RECEIVE_SIZE)
-        except (ConnectionError, OSError):
-            # A reset is Asterisk going away as surely as an orderly EOF.
-            data = b""
-        connection.receive_data(data)
+        connection.receive_data(await _receive(transport))
+
+
+async def _receive(transport: Transport) -> bytes:
+    try:
+        return await transport.receive(RECEIVE_SIZE)
+    except (ConnectionError, OSError):
+        # A reset is Asterisk going away as surely as an orderly EOF.
+        return b""
 
 
 class AgiSession:
@@ -173,11 +176,16 @@ class AgiSession:
     protocol core refuses a second command before the reply to the first.  After a
     timeout, a cancellation or a protocol error mid-command the conversation is out of
     step, and every later command raises at once.
+
+    ``transport`` is either a :class:`Transport`, which the session reads while a command
+    waits for its reply, or a plain function that writes bytes to Asterisk; then the I/O
+    shell hands every byte it receives to :meth:`feed_data` (what :class:`AgiServer` does, so
+    a HANGUP or EOF is noticed even between commands).
     """
 
     def __init__(
         self,
-        transport: Transport,
+        transport: Transport | Callable[[bytes], object],
         connection: AgiConnection,
         environment: AgiEnvironment,
         *,
@@ -185,7 +193,12 @@ class AgiSession:
         reply_timeout: float | None = None,
         logger: Logger | None = None,
     ) -> None:
-        self._transport = transport
+        self._source: Transport | None = None
+        self._write: Callable[[bytes], object] | None = None
+        if callable(transport):
+            self._write = transport
+        else:
+            self._source = transport
         self._connection = connection
         self.environment = environment
         self.peer = peer
@@ -196,6 +209,13 @@ class AgiSession:
         self.log: Logger = logger or logging.LoggerAdapter(
             _LOG, {"agi_uniqueid": environment.uniqueid, "peer": peer}
         )
+        # The pending command's reply, resolved by _handle_events().  It fails with EOFError when
+        # Asterisk closes, ProtocolError on garbage, TimeoutError past the deadline.
+        self._reply: asyncio.Future[Reply | UsageReply] | None = None
+        # One timer per session, moved lazily: a command only pushes the deadline, and
+        # the timer re-arms itself when it fires early (see _on_deadline).
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
     async def accept(
@@ -223,15 +243,10 @@ class AgiSession:
             raise AgiProtocolError(f"bad environment: {exc}", error=exc) from exc
         # In the ENVIRONMENT state the core yields nothing but the environment or an error.
         assert isinstance(event, Environment), event
-        environment = AgiEnvironment.from_variables(event.variables)
-        if logger is None:
-            logger = logging.LoggerAdapter(
-                _LOG, {"agi_uniqueid": environment.uniqueid, "peer": peer}
-            )
         return cls(
             transport,
             connection,
-            environment,
+            AgiEnvironment.from_variables(event.variables),
             peer=peer,
             reply_timeout=reply_timeout,
             logger=logger,
@@ -241,6 +256,68 @@ class AgiSession:
     def usable(self) -> bool:
         """False once the conversation is closed or out of step."""
         return self._unusable is None
+
+    # -- bytes in ---------------------------------------------------------------------
+
+    def feed_data(self, data: bytes) -> None:
+        """Hand over bytes received from Asterisk; b"" just handles what is buffered."""
+        if data:
+            self._connection.receive_data(data)
+        self._handle_events()
+
+    def feed_eof(self) -> None:
+        """Asterisk closed the connection (or it was lost)."""
+        self._connection.receive_data(b"")
+        self._handle_events()
+
+    def _handle_events(self) -> None:
+        connection = self._connection
+        try:
+            while (event := connection.next_event()) is not NEED_DATA:
+                if isinstance(event, HangupNotice):
+                    self._on_hangup_notice()
+                elif isinstance(event, ConnectionClosed):
+                    self._on_lost(EOFError(), AgiHangup("Asterisk closed the connection"))
+                    return
+                else:
+                    # The core yields a reply only while a command waits for one.
+                    assert isinstance(event, Reply | UsageReply), event
+                    reply, self._reply = self._reply, None
+                    if reply is not None and not reply.done():
+                        reply.set_result(event)
+        except ProtocolError as exc:
+            self._on_lost(exc, AgiProtocolError(str(exc), error=exc))
+
+    def _on_hangup_notice(self) -> None:
+        # Sent by run_agi() when the channel hangs up; the reply still follows.
+        if not self.hung_up:
+            self.log.info("HANGUP notice from Asterisk")
+        self.hung_up = True
+
+    def _on_lost(self, cause: BaseException, reason: AgiError) -> None:
+        """EOF or garbage: the pending command fails with ``cause``, later ones refuse."""
+        if isinstance(reason, AgiHangup):
+            self.hung_up = True
+        if self._unusable is None:
+            self._unusable = reason
+        reply, self._reply = self._reply, None
+        if reply is not None and not reply.done():
+            reply.set_exception(cause)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        reply = self._reply
+        if reply is None or reply.done():
+            return  # nothing pending: the next command arms a new timer
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            # A later command pushed the deadline since this timer was armed.
+            self._timer = loop.call_at(self._deadline, self._on_deadline)
+            return
+        reply.set_exception(TimeoutError())
 
     # -- the low-level round trip -------------------------------------------------
 
@@ -260,15 +337,22 @@ class AgiSession:
             except ProtocolError as exc:
                 # Nothing was sent: the conversation is still in step.
                 raise AgiProtocolError(str(exc), error=exc, command=text) from exc
+            reply = self._reply = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(self._reply_timeout):
-                    await self._send(data)
-                    event = await self._wait_reply(text)
+                if self._source is None:
+                    event = await self._pushed_reply(data, reply)
+                else:
+                    async with asyncio.timeout(self._reply_timeout):
+                        event = await self._pulled_reply(data, reply, self._source)
             except TimeoutError:
                 self._unusable = AgiTimeout(f"no reply within {self._reply_timeout} s")
                 raise AgiTimeout(
                     f"no reply to {text!r} within {self._reply_timeout} s", command=text
                 ) from None
+            except EOFError:
+                self.hung_up = True
+                self._unusable = AgiHangup("Asterisk closed the connection")
+                raise AgiHangup("Asterisk closed the connection", command=text) from None
             except ProtocolError as exc:
                 self._unusable = AgiProtocolError(str(exc), error=exc)
                 raise AgiProtocolError(str(exc), error=exc, command=text) from exc
@@ -281,27 +365,35 @@ class AgiSession:
                 raise
         return self._check(event, text)
 
-    async def _send(self, data: bytes) -> None:
+    async def _pushed_reply(
+        self, data: bytes, reply: asyncio.Future[Reply | UsageReply]
+    ) -> Reply | UsageReply:
+        assert self._write is not None
+        if self._reply_timeout is not None:
+            loop = reply.get_loop()
+            self._deadline = loop.time() + self._reply_timeout
+            if self._timer is None:
+                self._timer = loop.call_at(self._deadline, self._on_deadline)
+        # No drain(): with one command in flight, the write buffer never holds more than
+        # one command line, whether or not Asterisk reads.
+        self._write(data)
+        return await reply
+
+    async def _pulled_reply(
+        self, data: bytes, reply: asyncio.Future[Reply | UsageReply], source: Transport
+    ) -> Reply | UsageReply:
         try:
-            await self._transport.send(data)
+            await source.send(data)
         except (ConnectionError, OSError) as exc:
             self.hung_up = True
             raise AgiHangup(f"connection lost while sending: {exc}") from exc
-
-    async def _wait_reply(self, text: str) -> Reply | UsageReply:
-        while True:
-            event = await _next_event(self._connection, self._transport)
-            if isinstance(event, HangupNotice):
-                # Sent by run_agi() when the channel hangs up; the reply still follows.
-                if not self.hung_up:
-                    self.log.info("HANGUP notice from Asterisk")
-                self.hung_up = True
-                continue
-            if isinstance(event, ConnectionClosed):
-                self.hung_up = True
-                raise AgiHangup("Asterisk closed the connection", command=text)
-            assert isinstance(event, Reply | UsageReply), event
-            return event
+        while not reply.done():
+            data = await _receive(source)
+            if data:
+                self.feed_data(data)
+            else:
+                self.feed_eof()
+        return reply.result()
 
     def _refusal(self, text: str) -> AgiError:
         reason = self._unusable

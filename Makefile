@@ -69,6 +69,8 @@ e2e: deps sandbox-image
 
 test: deps sandbox-image lint typecheck
 	$(VENV)/bin/pytest tests
+	@echo "== the unit tests again on uvloop, the event loop production runs on"
+	FASTAGI_TEST_LOOP=uvloop $(VENV)/bin/pytest -q tests/unit
 
 bench: deps
 	$(PY) -m bench.agi_load

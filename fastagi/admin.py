@@ -24,16 +24,15 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
-from pydantic import ValidationError
 
 from fastagi.alarms import pins
 from fastagi.alarms.directory import UNKNOWN_DEPARTMENT, alarm_key, is_extension
 from fastagi.alarms.events import EventKind, HistoryEvent
-from fastagi.config import load_settings
+from fastagi.cliutil import database_dsn, fail
 from fastagi.store.alarms import (
     NO_ANSWER_POLICIES,
     Alarm,
@@ -202,7 +201,7 @@ def _register_alarms(builder: _Builder) -> None:
 
 def _handler(work: Work) -> Callable[[argparse.Namespace], int]:
     def handle(args: argparse.Namespace) -> int:
-        return asyncio.run(_with_store(_dsn(args), work, args))
+        return asyncio.run(_with_store(database_dsn(args), work, args))
 
     return handle
 
@@ -218,32 +217,15 @@ async def _with_store(dsn: str, work: Work, args: argparse.Namespace) -> int:
         asyncpg.InterfaceError,
     ) as exc:
         reason = str(exc) or exc.__class__.__name__
-        _fail(f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}")
+        fail(f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}")
     try:
         return await work(AlarmStore(pool), args)
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except asyncpg.UndefinedTableError:
-        _fail("the database has no alarm tables yet: run `fastagi db migrate`")
+        fail("the database has no alarm tables yet: run `fastagi db migrate`")
     finally:
         await pool.close()
-
-
-def _dsn(args: argparse.Namespace) -> str:
-    if args.dsn:
-        return str(args.dsn)
-    try:
-        settings = load_settings()
-    except (ValidationError, OSError, ValueError) as exc:
-        _fail(f"cannot load the settings: {exc}")
-    return settings.database.dsn.get_secret_value()
-
-
-def _fail(message: str) -> NoReturn:
-    # Imported here: fastagi.cli imports this module to build its parser.
-    from fastagi.cli import CliError
-
-    raise CliError(message) from None
 
 
 def _operator() -> str:
@@ -321,7 +303,7 @@ async def _department_set(store: AlarmStore, args: argparse.Namespace) -> int:
         await store.set_department_paging_group(args.name, args.paging_group)
         changes["paging_group"] = args.paging_group
     if not changes:
-        _fail("nothing to change: give --interval, --default-interval or --paging-group")
+        fail("nothing to change: give --interval, --default-interval or --paging-group")
     department = await store.get_department(args.name)
     await _audit(store, "department set", name=department.name, **changes)
     print(f"changed department '{department.name}'")
@@ -346,7 +328,7 @@ async def _extension_unmap(store: AlarmStore, args: argparse.Namespace) -> int:
 async def _extension_lookup(store: AlarmStore, args: argparse.Namespace) -> int:
     extension = args.extension.strip()
     if not is_extension(extension):
-        _fail(f"malformed extension '{extension}': expected 1 to 20 digits")
+        fail(f"malformed extension '{extension}': expected 1 to 20 digits")
     directory = await store.load_directory()
     match = directory.lookup(extension)
     department = match.department if match else None
@@ -469,7 +451,7 @@ async def _policy_set(store: AlarmStore, args: argparse.Namespace) -> int:
     }
     changes = {name: value for name, value in given.items() if value is not None}
     if not changes:
-        _fail(
+        fail(
             "nothing to change: give --no-answer, --confirmation-attempts, --pin-attempts "
             "or --lockout-seconds"
         )
@@ -491,12 +473,12 @@ async def _policy_set(store: AlarmStore, args: argparse.Namespace) -> int:
 async def _deactivator_add(store: AlarmStore, args: argparse.Namespace) -> int:
     extension = args.extension.strip()
     if not is_extension(extension):
-        _fail(f"malformed extension '{extension}': expected 1 to 20 digits")
+        fail(f"malformed extension '{extension}': expected 1 to 20 digits")
     pin = _read_pin(args.pin_stdin)
     try:
         pin_hash = await pins.hash_pin_async(pin)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     created = await store.set_deactivator(extension, pin_hash)
     await store.clear_pin_failures(extension)
     await _audit(store, "deactivator add" if created else "deactivator change", extension=extension)
@@ -508,17 +490,17 @@ def _read_pin(from_stdin: bool) -> str:
     if from_stdin:
         line = sys.stdin.readline()
         if not line:
-            _fail("no PIN on standard input")
+            fail("no PIN on standard input")
         pin = line.rstrip("\r\n")
     else:
         pin = getpass.getpass("PIN: ")
         again = getpass.getpass("PIN again: ")
         if pin != again:
-            _fail("the PINs differ")
+            fail("the PINs differ")
     try:
         pins.validate_pin(pin)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     return pin
 
 
@@ -605,7 +587,7 @@ async def _alarm_deactivate(store: AlarmStore, args: argparse.Namespace) -> int:
     alarm = await _get_alarm(store, args.id)
     reason = args.reason.strip()
     if not reason:
-        _fail("give a --reason")
+        fail("give a --reason")
     by = _operator()
     event = HistoryEvent(
         kind=EventKind.DEACTIVATED,
@@ -616,7 +598,7 @@ async def _alarm_deactivate(store: AlarmStore, args: argparse.Namespace) -> int:
     )
     done = await store.deactivate(alarm.id, by, reason, event)
     if done is None:
-        _fail(f"alarm {alarm.id} is not active")
+        fail(f"alarm {alarm.id} is not active")
     print(f"deactivated alarm {done.id} ({done.department_name})")
     return 0
 
@@ -624,7 +606,7 @@ async def _alarm_deactivate(store: AlarmStore, args: argparse.Namespace) -> int:
 async def _get_alarm(store: AlarmStore, alarm_id: int) -> Alarm:
     alarm = await store.get_alarm(alarm_id)
     if alarm is None:
-        _fail(f"unknown alarm {alarm_id}")
+        fail(f"unknown alarm {alarm_id}")
     return alarm
 
 
@@ -642,7 +624,7 @@ CSV_COLUMNS = (
 
 async def _history_export(store: AlarmStore, args: argparse.Namespace) -> int:
     if args.since >= args.until:
-        _fail("--since must be before --until")
+        fail("--since must be before --until")
     events = await store.history(args.since, args.until)
     if args.format == "json":
         text = json.dumps([_event_dict(e) for e in events], indent=2, default=_json_default) + "\n"
@@ -661,7 +643,7 @@ async def _history_export(store: AlarmStore, args: argparse.Namespace) -> int:
         try:
             args.output.write_text(text, encoding="utf-8")
         except OSError as exc:
-            _fail(f"cannot write {args.output}: {exc.strerror or exc}")
+            fail(f"cannot write {args.output}: {exc.strerror or exc}")
         print(f"wrote {len(events)} events to {args.output}", file=sys.stderr)
     return 0
 

@@ -10,9 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-
-class CliError(Exception):
-    """A user-facing error: printed as one line on stderr, exit code 2."""
+from fastagi.cliutil import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from fastagi.admin import DEMO_PIN
+from fastagi.cliutil import CliError
 from fastagi.sandbox.image import default_rootfs
 from fastagi.sandbox.instance import Sandbox
 from fastagi.sandbox.sipp import PagingPhone, call_dtmf
@@ -48,8 +49,6 @@ def dev_state_path() -> Path:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    from fastagi.cli import CliError
-
     state_file = dev_state_path()
     if args.dsn is None and not state_file.is_file():
         raise CliError("`make run` is not running (start it in another terminal first)")

@@ -22,7 +22,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from fastagi.cli import CliError
+from fastagi.cliutil import CliError
 from fastagi.sandbox.image import ImageError, build_image, default_rootfs
 from fastagi.sandbox.instance import DEFAULT_AGI_URL, Sandbox, SandboxError, SandboxPorts
 

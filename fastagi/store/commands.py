@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from pydantic import ValidationError
 
-from fastagi.config import load_settings
+from fastagi.cliutil import database_dsn, fail
 from fastagi.store import migrations
 
 CONNECT_TIMEOUT = 10.0
@@ -40,7 +38,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    applied = asyncio.run(_migrate(_dsn(args), args.migrations_dir))
+    applied = asyncio.run(_migrate(database_dsn(args), args.migrations_dir))
     for name in applied:
         print(f"applied {name}")
     if not applied:
@@ -49,7 +47,7 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    found = asyncio.run(_status(_dsn(args), args.migrations_dir))
+    found = asyncio.run(_status(database_dsn(args), args.migrations_dir))
     for row in found.applied:
         state = (
             "changed"
@@ -71,7 +69,7 @@ async def _migrate(dsn: str, directory: Path | None) -> list[str]:
     try:
         return await migrations.migrate(connection, directory)
     except migrations.MigrationError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         await connection.close()
 
@@ -81,7 +79,7 @@ async def _status(dsn: str, directory: Path | None) -> migrations.MigrationStatu
     try:
         return await migrations.status(connection, directory)
     except migrations.MigrationError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         await connection.close()
 
@@ -97,24 +95,7 @@ async def _connect(dsn: str) -> asyncpg.Connection[asyncpg.Record]:
         asyncpg.InterfaceError,
     ) as exc:
         reason = str(exc) or exc.__class__.__name__
-        _fail(f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}")
-
-
-def _dsn(args: argparse.Namespace) -> str:
-    if args.dsn:
-        return str(args.dsn)
-    try:
-        settings = load_settings()
-    except (ValidationError, OSError, ValueError) as exc:
-        _fail(f"cannot load the settings: {exc}")
-    return settings.database.dsn.get_secret_value()
-
-
-def _fail(message: str) -> NoReturn:
-    # Imported here: fastagi.cli imports this module to build its parser.
-    from fastagi.cli import CliError
-
-    raise CliError(message) from None
+        fail(f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}")
 
 
 def redact(dsn: str) -> str:

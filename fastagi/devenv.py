@@ -28,6 +28,7 @@ from fastagi.store.cluster import EmbeddedCluster
 from fastagi.store.migrations import migrate
 
 DEV_DATABASE = "fastagi"
+DEMO_PAGING_PHONES = range(201, 205)
 DEFAULT_DEV_PG_PORT = 5439
 
 
@@ -106,6 +107,12 @@ async def run_dev(settings: Settings) -> None:
                     "database": DatabaseSettings(dsn=SecretStr(dsn)),
                     # The sandbox's Asterisk runs in a chroot: the same directory has
                     # one name for the server and another for Asterisk.
+                    # Unknown extensions page the demo's Emergency Room phones.
+                    "alarm": settings.alarm.model_copy(
+                        update={
+                            "unknown_department_devices": [f"PJSIP/{n}" for n in DEMO_PAGING_PHONES]
+                        }
+                    ),
                     "tts": settings.tts.model_copy(
                         update={
                             "directory": sandbox.tts_dir,

@@ -1,0 +1,33 @@
+"""Telling people about alarms: e-mail, SMS by webhook, SMS by e-mail.
+
+:class:`Notifier` is the entry point; the rest is exported for tests and the CLI.
+"""
+
+from fastagi.notify.dispatcher import Notifier
+from fastagi.notify.email import SmtpChannel, compose
+from fastagi.notify.message import KINDS, Notification, NotifyKind, Outcome, Redactor
+from fastagi.notify.settings import (
+    NotifySettings,
+    Recipients,
+    RetrySettings,
+    SmtpSettings,
+    WebhookSettings,
+)
+from fastagi.notify.webhook import WebhookChannel
+
+__all__ = [
+    "KINDS",
+    "Notification",
+    "Notifier",
+    "NotifyKind",
+    "NotifySettings",
+    "Outcome",
+    "Recipients",
+    "Redactor",
+    "RetrySettings",
+    "SmtpChannel",
+    "SmtpSettings",
+    "WebhookChannel",
+    "WebhookSettings",
+    "compose",
+]

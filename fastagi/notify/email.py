@@ -1,0 +1,121 @@
+"""E-mail over SMTP (aiosmtplib): composing a message, and one attempt to send it.
+
+Messages are built with :class:`email.message.EmailMessage` under the SMTP policy, which
+encodes non-ASCII headers (RFC 2047) and refuses a header value with CR or LF; every
+value that goes into a header has also passed :func:`~fastagi.notify.message.one_line`
+or the address checks of the settings, so a department called "x\\r\\nBcc: ..." stays a
+strange subject and never becomes a header.
+
+Each attempt opens its own connection: notifications are rare, and a connection kept
+open would be the one that a relay has silently dropped when the alarm comes.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import ssl
+from datetime import tzinfo
+from email.message import EmailMessage
+
+import aiosmtplib
+
+from fastagi.notify.message import Notification, Outcome, Redactor, body, sms_text, subject
+from fastagi.notify.settings import SmtpSettings
+
+_POLICY = email.policy.SMTP
+
+
+def compose(
+    note: Notification,
+    *,
+    sender: str,
+    recipient: str,
+    zone: tzinfo | None,
+    short: bool = False,
+) -> EmailMessage:
+    """The message to ``recipient``; ``short`` for an e-mail-to-SMS gateway (the SMS text
+    as subject and body, since gateways send one or the other)."""
+    message = EmailMessage(policy=_POLICY)
+    message["From"] = sender
+    message["To"] = recipient
+    message["Date"] = email.utils.format_datetime(note.at)
+    message["Message-ID"] = email.utils.make_msgid(
+        f"alarm-{note.alarm_id}-{note.kind}", domain=sender.rpartition("@")[2]
+    )
+    # RFC 3834: no auto-replies ("out of office") to the alarm address, please.
+    message["Auto-Submitted"] = "auto-generated"
+    if note.kind in ("activated", "escalated"):
+        message["Importance"] = "high"
+        message["X-Priority"] = "1"
+    if short:
+        text = sms_text(note, zone)
+        message["Subject"] = text
+        message.set_content(text + "\n", charset="utf-8", cte="quoted-printable")
+    else:
+        message["Subject"] = subject(note)
+        message.set_content(body(note, zone), charset="utf-8", cte="quoted-printable")
+    return message
+
+
+class SmtpChannel:
+    """Sends one message per call to the configured server."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self._settings = settings
+        password = settings.password.get_secret_value() if settings.password else ""
+        self.redact = Redactor([password])
+        self._tls: ssl.SSLContext | None = None
+
+    @property
+    def attempt_timeout(self) -> float:
+        # aiosmtplib's timeout is per step (connect, TLS, EHLO, AUTH, MAIL, RCPT, DATA);
+        # this bounds the whole conversation against a server that answers drop by drop.
+        return self._settings.timeout * 4
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            cafile = str(self._settings.ca_file) if self._settings.ca_file else None
+            self._tls = ssl.create_default_context(cafile=cafile)
+        return self._tls
+
+    async def send(self, message: EmailMessage, recipient: str) -> Outcome:
+        settings = self._settings
+        secure = settings.security != "none"
+        try:
+            _refused, reply = await aiosmtplib.send(
+                message,
+                sender=settings.from_address,
+                recipients=[recipient],
+                hostname=settings.host,
+                port=settings.effective_port,
+                username=settings.username or None,
+                password=settings.password.get_secret_value() if settings.password else None,
+                use_tls=settings.security == "tls",
+                # False, not None: with None aiosmtplib upgrades when offered, and "none"
+                # would then depend on the server.
+                start_tls=settings.security == "starttls",
+                tls_context=self._tls_context() if secure else None,
+                timeout=settings.timeout,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            answers = "; ".join(f"{item.code} {item.message}" for item in exc.recipients)
+            transient = any(400 <= item.code < 500 for item in exc.recipients)
+            return Outcome(False, self.redact(answers), retry=transient)
+        except aiosmtplib.SMTPResponseException as exc:
+            # 4xx: try again later (greylisting, a full queue); 5xx: it will not work.
+            return Outcome(
+                False, self.redact(f"{exc.code} {exc.message}"), retry=not 500 <= exc.code < 600
+            )
+        except aiosmtplib.SMTPNotSupported as exc:
+            # E.g. security = "starttls" and the server offers no STARTTLS.
+            return Outcome(False, self.redact(f"not supported: {exc}"), retry=False)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            return Outcome(False, self.redact(_describe(exc)), retry=True)
+        # aiosmtplib hands back the text of the reply to DATA, whose code is 250.
+        return Outcome(True, self.redact(f"250 {reply}".strip()))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fastagi.notify.settings import NotifySettings
 from fastagi.tts.settings import TtsSettings
 
 DEFAULT_CONFIG_FILE = Path("/etc/fastagi-panic/config.toml")
@@ -201,6 +202,7 @@ class Settings(BaseSettings):
     tts: TtsSettings = Field(default_factory=TtsSettings)
     alarm: AlarmSettings = Field(default_factory=AlarmSettings)
     flows: FlowSettings = Field(default_factory=FlowSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     log_level: str = "INFO"
 
     @classmethod

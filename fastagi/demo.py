@@ -6,7 +6,9 @@ standing in for real ones, so a newcomer sees the main job without a softphone.
 3. The phones receive two page cycles (the demo sets the department's interval to 10 s
    for the duration of the demo and restores it afterwards).
 4. Deactivator 150 dials *556 and enters the demo PIN.
-5. The alarm's timeline is printed from the history table.
+5. The alarm's timeline is printed from the history table, and two delays measured from
+   the SIPp logs: the confirming DTMF to the first page, the PIN's last key to the end of
+   the page in progress.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from fastagi.admin import DEMO_PIN
 from fastagi.cliutil import CliError
 from fastagi.sandbox.image import default_rootfs
 from fastagi.sandbox.instance import Sandbox
-from fastagi.sandbox.sipp import PagingPhone, call_dtmf
+from fastagi.sandbox.sipp import PagingPhone, SipMessage, SippResult, call_dtmf, parse_messages
 from fastagi.store.alarms import AlarmStore
 
 DEMO_DEPARTMENT = "Emergency Room"
@@ -122,3 +126,54 @@ async def _story(
     for event in await store.timeline(alarm.id):
         details = json.dumps(dict(event.details), ensure_ascii=False) if event.details else ""
         print(f"   {event.occurred_at:%H:%M:%S.%f}"[:-3] + f"  {event.kind:<22} {details}")
+
+    say("measured from the SIPp logs")
+    for line in measurements(trigger, stop, phones):
+        print(f"   {line}")
+
+
+def measurements(trigger: SippResult, stop: SippResult, phones: Sequence[PagingPhone]) -> list[str]:
+    """Two delays, from the SIPp logs (one clock: every SIPp runs on this machine).
+
+    The confirming DTMF is the last INFO phone 101 sent; the last PIN key is the INFO with
+    ``Signal=#`` phone 150 sent. The end of the page is the last BYE a paging phone
+    received after that key (none: no page was in progress at the deactivation).
+    """
+    lines = []
+    confirm = _sent_info(trigger.messages)
+    invites = [t for phone in phones for t in phone.invite_times]
+    if confirm is None or not invites:
+        lines.append("confirming DTMF -> first page INVITE: not found in the SIPp logs")
+    else:
+        lines.append(f"confirming DTMF -> first page INVITE: {_ms(min(invites) - confirm.time)}")
+    last_key = _sent_info(stop.messages, signal="#")
+    if last_key is None:
+        lines.append("last PIN digit (#) -> last page BYE: no '#' in the SIPp log")
+        return lines
+    byes = [
+        m.time
+        for phone in phones
+        for m in parse_messages(phone.messages_log)
+        if m.received and m.first_line.startswith("BYE ") and m.time >= last_key.time
+    ]
+    if byes:
+        lines.append(f"last PIN digit (#) -> last page BYE: {_ms(max(byes) - last_key.time)}")
+    else:
+        lines.append("last PIN digit (#) -> last page BYE: no page was in progress")
+    return lines
+
+
+def _sent_info(messages: Sequence[SipMessage], signal: str | None = None) -> SipMessage | None:
+    """The last SIP INFO sent (DTMF), of ``Signal=<signal>`` when given."""
+    sent = [
+        m
+        for m in messages
+        if not m.received
+        and m.first_line.startswith("INFO ")
+        and (signal is None or f"Signal={signal}" in m.text)
+    ]
+    return sent[-1] if sent else None
+
+
+def _ms(delta: dt.timedelta) -> str:
+    return f"{delta.total_seconds() * 1000:.0f} ms"

@@ -3,7 +3,8 @@
 Theory of operation. The first page goes out right after activation (or, for an alarm
 taken over from another server, one interval after that server's last page). Then a page
 every interval, start to start, never two at once (``model.next_cycle_start``); the
-interval is read from PostgreSQL before each wait, so a change applies from the next cycle.
+interval is read from PostgreSQL after each page, before its wait, so a change applies from
+the next cycle, and the cycle's ``page_cycle`` event records the interval it read.
 
 No page may start once a deactivation is acknowledged. Right before each Originate the
 loop, in this order:
@@ -192,9 +193,8 @@ class AlarmLoop:
             if started is None:
                 break
             failures = 0
-            ended = loop.time()
-            # Fresh before each wait: an administrator may have changed it meanwhile.
-            next_start = next_cycle_start(started, ended, await self._fresh_interval())
+            # The interval _cycle() read fresh after its page, and recorded.
+            next_start = next_cycle_start(started, loop.time(), self._interval)
         logger.info("paging loop of alarm %s ended after cycle %s", self.alarm.id, self.cycle)
 
     async def _sleep_until(self, deadline: float) -> bool:
@@ -259,15 +259,20 @@ class AlarmLoop:
         self.cycle = cycle
         result = await page
         self.results.append(result)
-        await self._record_cycle(cycle, result, gate_checked=active is True)
+        # Fresh after each page: an administrator may have changed it meanwhile. It sets
+        # the wait before the next cycle, and the cycle's event records it.
+        interval = await self._fresh_interval()
+        await self._record_cycle(cycle, result, interval, gate_checked=active is True)
         return started
 
-    async def _record_cycle(self, cycle: int, result: CycleResult, *, gate_checked: bool) -> None:
+    async def _record_cycle(
+        self, cycle: int, result: CycleResult, interval: int, *, gate_checked: bool
+    ) -> None:
         details: dict[str, object] = {
             "cycle": cycle,
             **result.details(),
             "prompts": self._prompts.source,
-            "interval": self._interval,
+            "interval": interval,
         }
         if self._prompts.tts_error:
             details["tts_error"] = self._prompts.tts_error

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -173,13 +173,17 @@ class AlarmService:
             # A re-triggered alarm that nobody leads (its leader died a moment ago) is
             # taken now rather than at the next scan.
             await self._lead(alarm, first_delay=0.0 if created else None)
-        await self._update_lamps()
+        await self._update_lamps(causes=[alarm])
         return Activation(alarm, created)
 
-    async def deactivate(self, alarm_id: int, *, by: str, reason: str) -> bool:
+    async def deactivate(
+        self, alarm_id: int, *, by: str, reason: str, uniqueid: str | None = None
+    ) -> bool:
         """Deactivate an active alarm: no page starts after this returns True.
 
-        False when the alarm is unknown or was no longer active.
+        ``uniqueid``: the deactivating call's, recorded so the alarm's timeline includes
+        that call's events (None from the CLI). False when the alarm is unknown or was no
+        longer active.
         """
         alarm_loop = self._loops.get(alarm_id)
         hold = alarm_loop.hold() if alarm_loop else contextlib.nullcontext()
@@ -187,12 +191,15 @@ class AlarmService:
             alarm = await self._store.get_alarm(alarm_id)
             if alarm is None:
                 return False
+            details = {"by": by, "reason": reason, "instance": self.instance_id}
+            if uniqueid is not None:
+                details["uniqueid"] = uniqueid
             event = HistoryEvent(
                 EventKind.DEACTIVATED,
                 alarm_id,
                 alarm.extension,
                 alarm.department_name,
-                {"by": by, "reason": reason, "instance": self.instance_id},
+                details,
             )
             done = await self._store.deactivate(alarm_id, by, reason, event)
             if done is None:
@@ -200,7 +207,7 @@ class AlarmService:
             if alarm_loop is not None:
                 alarm_loop.stop()
         await self._stop_loop(alarm_id)
-        await self._update_lamps()
+        await self._update_lamps(causes=[done])
         if self._settings.all_clear:
             self._spawn(self._all_clear(done))
         return True
@@ -326,7 +333,7 @@ class AlarmService:
             return
         alarm_loop.stop()
         await self._stop_loop(alarm_id)
-        await self._update_lamps()
+        await self._update_lamps(causes=[alarm_loop.alarm])
 
     async def _maintain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -350,18 +357,26 @@ class AlarmService:
                 await self._stop_loop(alarm_id)
         active = await self._store.active_alarms()
         active_ids = {alarm.id for alarm in active}
-        for alarm_id in [a for a in self._loops if a not in active_ids]:
-            await self._stop_loop(alarm_id)
-        for alarm_id in [a for a, lp in self._loops.items() if lp.done]:
+        # Alarms deactivated elsewhere (or here, a moment ago): their lamps go out now.
+        ended = [lp.alarm for a, lp in self._loops.items() if a not in active_ids]
+        for alarm in ended:
+            await self._stop_loop(alarm.id)
+        for alarm_loop in [lp for lp in self._loops.values() if lp.done]:
             # A loop that ended on its own (its gate saw the alarm inactive).
-            self._loops.pop(alarm_id, None)
-            await self._locks.release(alarm_id)
+            ended.append(alarm_loop.alarm)
+            self._loops.pop(alarm_loop.alarm.id, None)
+            await self._locks.release(alarm_loop.alarm.id)
         for alarm in active:
             if alarm.id not in self._loops:
                 await self._lead(alarm, first_delay=None)
-        await self._update_lamps(active)
+        await self._update_lamps(active, causes=ended)
 
-    async def _update_lamps(self, active: Iterable[Alarm] | None = None) -> None:
+    async def _update_lamps(
+        self, active: Iterable[Alarm] | None = None, *, causes: Sequence[Alarm] = ()
+    ) -> None:
+        """Set the lamps for the active alarms. ``causes``: the alarms whose activation or
+        deactivation this follows; a change of one of their lamps is recorded with that
+        alarm's id. Without a cause (start-up, a take-over) a change has no alarm id."""
         try:
             alarms = list(active) if active is not None else await self._store.active_alarms()
             known = [d.id for d in self._directory.departments] if self._directory else []
@@ -369,16 +384,19 @@ class AlarmService:
         except Exception:
             logger.exception("cannot update the lamps")
             return
-        await self._record_lamps(changes)
+        await self._record_lamps(changes, causes=causes)
 
-    async def _record_lamps(self, changes: list[LampChange]) -> None:
+    async def _record_lamps(
+        self, changes: list[LampChange], *, causes: Sequence[Alarm] = ()
+    ) -> None:
         for change in changes:
+            owner = next((a for a in causes if change.device in self._lamps_of(a)), None)
             await self.record(
                 HistoryEvent(
                     EventKind.LAMP_CHANGED,
-                    None,
-                    None,
-                    None,
+                    owner.id if owner else None,
+                    owner.extension if owner else None,
+                    owner.department_name if owner else None,
                     {
                         "device": change.device,
                         "state": change.state,
@@ -387,6 +405,15 @@ class AlarmService:
                     },
                 )
             )
+
+    def _lamps_of(self, alarm: Alarm) -> set[str]:
+        """The lamps an alarm lights. Only their changes belong to its history: the same
+        apply may also put out another department's lamp, or light one of an alarm that
+        started meanwhile."""
+        lamps = {self._settings.lamp_device}
+        if alarm.department_id is not None:
+            lamps.add(f"{self._settings.department_lamp_prefix}{alarm.department_id}")
+        return lamps
 
     async def _all_clear(self, alarm: Alarm) -> None:
         text = announcement_text(

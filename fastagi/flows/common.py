@@ -24,6 +24,7 @@ __all__ = [
     "STATUS_VARIABLE",
     "Caller",
     "FlowSettings",
+    "call_details",
     "caller_identity",
     "display_text",
     "set_status",
@@ -80,6 +81,13 @@ def _caller(text: str, source: str) -> Caller:
         return Caller(text, known=True, source=source)
     label = display_text(text)[:MAX_CALLER_TEXT].strip()
     return Caller(label or UNKNOWN_CALLER, known=False, source=source)
+
+
+def call_details(session: AgiSession) -> dict[str, str]:
+    """What every history event of a call carries, so the alarm's timeline can find the
+    call's events (``AlarmStore.timeline`` links them by ``uniqueid``)."""
+    env = session.environment
+    return {"uniqueid": env.uniqueid, "channel": display_text(env.channel)}
 
 
 def display_text(text: str) -> str:

@@ -1,6 +1,7 @@
 """Route ``deactivate``: stopping alarms by PIN (*556).
 
-The call, step by step (each outcome recorded in the alarm history):
+The call, step by step (each outcome recorded in the alarm history, with the call's
+uniqueid and channel):
 
 1. Who calls (AMPUSER, else CALLERID(num)). An extension that is not an authorised
    deactivator hears a refusal: ``deactivation_refused`` (reason "not authorised").
@@ -16,8 +17,9 @@ The call, step by step (each outcome recorded in the alarm history):
 4. Which alarm: one active alarm is deactivated without asking; with several, a menu
    names their departments ("Press 1 for Emergency Room, 2 for Pharmacy, 9 for all";
    up to 8 by number, 9 for every active alarm).
-5. ``service.deactivate(alarm_id, by="extension <ext>", reason="PIN")`` for each chosen
-   alarm (the service records ``deactivated``), then an acknowledgement.
+5. ``service.deactivate(alarm_id, by="extension <ext>", reason="PIN", uniqueid=...)`` for
+   each chosen alarm (the service records ``deactivated``, with this call's uniqueid, so
+   the alarm's timeline shows this call's steps), then an acknowledgement.
 
 ``FASTAGI_STATUS``: DEACTIVATED, REFUSED, LOCKED, WRONGPIN, NOALARM, NOCHOICE, HANGUP or
 ERROR.
@@ -40,7 +42,7 @@ from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.alarms.pins import MAX_PIN_LENGTH, verify_pin_async
 from fastagi.config import FlowSettings
 from fastagi.flows import prompts
-from fastagi.flows.common import Caller, caller_identity, set_status
+from fastagi.flows.common import Caller, call_details, caller_identity, set_status
 from fastagi.flows.prompts import Speaker
 
 __all__ = [
@@ -117,7 +119,9 @@ class DeactivationService(Protocol):
 
     async def active_alarms(self) -> Sequence[ActiveAlarm]: ...
 
-    async def deactivate(self, alarm_id: int, *, by: str, reason: str) -> bool: ...
+    async def deactivate(
+        self, alarm_id: int, *, by: str, reason: str, uniqueid: str | None = None
+    ) -> bool: ...
 
     async def record(self, event: HistoryEvent) -> object: ...
 
@@ -323,11 +327,12 @@ class DeactivateFlow:
 
     async def _deactivate(self, call: _Call, chosen: Sequence[ActiveAlarm]) -> list[ActiveAlarm]:
         by = f"extension {call.caller.extension}"
+        uniqueid = call.session.environment.uniqueid
 
         async def deactivate_all() -> list[ActiveAlarm]:
             done = []
             for alarm in chosen:
-                if await self._service.deactivate(alarm.id, by=by, reason="PIN"):
+                if await self._service.deactivate(alarm.id, by=by, reason="PIN", uniqueid=uniqueid):
                     done.append(alarm)
             return done
 
@@ -364,7 +369,7 @@ class DeactivateFlow:
             alarm_id=None,
             extension=call.caller.extension,
             department=None,
-            details={"route": "deactivate", **details},
+            details={"route": "deactivate", **call_details(call.session), **details},
         )
         try:
             await self._service.record(event)

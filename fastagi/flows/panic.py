@@ -1,6 +1,7 @@
 """Route ``panic``: the trigger (*555, or the Custom Destination ``panic-alarm``).
 
-The call, step by step (each recorded in the alarm history):
+The call, step by step (each recorded in the alarm history, with the call's uniqueid
+and channel, by which the alarm's timeline finds it):
 
 1. Who calls: FreePBX's AMPUSER, else CALLERID(num); the department from the directory
    (an unknown extension still raises an alarm, for "unknown department, extension N").
@@ -39,7 +40,13 @@ from fastagi.alarms.directory import UNKNOWN_DEPARTMENT, Department
 from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.config import FlowSettings
 from fastagi.flows import prompts
-from fastagi.flows.common import Caller, caller_identity, display_text, set_status
+from fastagi.flows.common import (
+    Caller,
+    call_details,
+    caller_identity,
+    display_text,
+    set_status,
+)
 from fastagi.flows.prompts import Speaker
 
 __all__ = [
@@ -201,13 +208,10 @@ class PanicFlow:
             raise
 
     async def _run(self, call: _Call) -> None:
-        env = call.session.environment
         await self._record(
             call,
             EventKind.TRIGGERED,
             {
-                "uniqueid": env.uniqueid,
-                "channel": display_text(env.channel),
                 "caller_source": call.caller.source,
                 "known_extension": call.caller.known,
             },
@@ -360,7 +364,7 @@ class PanicFlow:
             alarm_id=None,
             extension=call.caller.extension,
             department=call.department_name,
-            details={"route": "panic", **details},
+            details={"route": "panic", **call_details(call.session), **details},
         )
         try:
             await self._service.record(event)
@@ -374,7 +378,7 @@ class PanicFlow:
             alarm_id=None,
             extension=None,
             department=None,
-            details={"route": "panic", "stage": "identify"},
+            details={"route": "panic", **call_details(session), "stage": "identify"},
         )
         try:
             await self._service.record(event)

@@ -243,8 +243,29 @@ class AlarmStore:
             return sum([await _insert_event(connection, event) for event in events])
 
     async def timeline(self, alarm_id: int) -> list[StoredEvent]:
+        """The alarm's story, oldest first: its own events, and those of its calls.
+
+        A call's steps (triggered, prompt_played, confirmed, a wrong PIN, ...) happen
+        before or outside any alarm and have no alarm id; the call's uniqueid links them.
+        Every call that appears in the alarm's own events (activated, retriggered,
+        deactivated carry it) brings its events without an alarm id along.
+        """
         rows = await self._pool.fetch(
-            "SELECT * FROM alarm_events WHERE alarm_id = $1 ORDER BY occurred_at, id",
+            """
+            WITH own AS (
+                SELECT * FROM alarm_events WHERE alarm_id = $1
+            ), calls AS (
+                SELECT DISTINCT details ->> 'uniqueid' AS uniqueid
+                FROM own
+                WHERE details ->> 'uniqueid' IS NOT NULL
+            )
+            SELECT * FROM own
+            UNION ALL
+            SELECT e.* FROM alarm_events e
+            JOIN calls c ON e.details ->> 'uniqueid' = c.uniqueid
+            WHERE e.alarm_id IS NULL
+            ORDER BY occurred_at, id
+            """,
             alarm_id,
         )
         return [_event(row) for row in rows]

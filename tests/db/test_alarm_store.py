@@ -382,6 +382,59 @@ async def test_history_range_includes_since_and_excludes_until(store: AlarmStore
     assert [e.details["h"] for e in found] == [1, 2]
 
 
+async def test_the_timeline_includes_the_events_of_the_alarms_calls(store: AlarmStore) -> None:
+    # Calls: A triggers, D re-triggers, C deactivates (with a wrong PIN first, and this
+    # alarm and another one); B is someone else's call; the start-up lamp has no call.
+    department_id = await emergency_room(store)
+    base = datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+    def at(second: float, kind: EventKind, uniqueid: str | None = None) -> HistoryEvent:
+        details = {"uniqueid": uniqueid} if uniqueid else {}
+        return HistoryEvent(
+            kind, None, "105", None, details, occurred_at=base + timedelta(seconds=second)
+        )
+
+    key = f"department:{department_id}"
+    await store.append_events(
+        [
+            at(0, EventKind.LAMP_CHANGED),
+            at(1, EventKind.TRIGGERED, "call-A"),
+            at(2, EventKind.PROMPT_PLAYED, "call-A"),
+            at(2.5, EventKind.TRIGGERED, "call-B"),
+            at(4, EventKind.TRIGGERED, "call-D"),
+            at(6, EventKind.DEACTIVATION_FAILED, "call-C"),
+        ]
+    )
+    alarm, _ = await store.activate(
+        key, department_id, "Emergency Room", "105", [at(3, EventKind.ACTIVATED, "call-A")]
+    )
+    await store.activate(
+        key, department_id, "Emergency Room", "110", [at(5, EventKind.RETRIGGERED, "call-D")]
+    )
+    other, _ = await store.activate(
+        "extension:555", None, "unknown department", "555", [at(3.5, EventKind.ACTIVATED, "B2")]
+    )
+    await store.record_cycle(alarm.id, at(3.2, EventKind.PAGE_CYCLE))
+    for done, second in ((alarm, 7), (other, 8)):
+        await store.deactivate(done.id, "150", "PIN", at(second, EventKind.DEACTIVATED, "call-C"))
+
+    timeline = await store.timeline(alarm.id)
+    others = await store.timeline(other.id)
+
+    assert [(e.kind, e.details.get("uniqueid"), e.alarm_id) for e in timeline] == [
+        ("triggered", "call-A", None),
+        ("prompt_played", "call-A", None),
+        ("activated", "call-A", alarm.id),
+        ("page_cycle", None, alarm.id),
+        ("triggered", "call-D", None),
+        ("retriggered", "call-D", alarm.id),
+        ("deactivation_failed", "call-C", None),
+        ("deactivated", "call-C", alarm.id),
+    ]
+    assert [e.kind for e in others] == ["activated", "deactivation_failed", "deactivated"]
+    assert [e.alarm_id for e in others] == [other.id, None, other.id]
+
+
 def far_future() -> datetime:
     return datetime(2100, 1, 1, tzinfo=UTC)
 

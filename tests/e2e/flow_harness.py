@@ -77,8 +77,10 @@ class TimedService:
     async def active_alarms(self) -> Sequence[Alarm]:
         return await self.service.active_alarms()
 
-    async def deactivate(self, alarm_id: int, *, by: str, reason: str) -> bool:
-        done = await self.service.deactivate(alarm_id, by=by, reason=reason)
+    async def deactivate(
+        self, alarm_id: int, *, by: str, reason: str, uniqueid: str | None = None
+    ) -> bool:
+        done = await self.service.deactivate(alarm_id, by=by, reason=reason, uniqueid=uniqueid)
         self.deactivated_at.append(time.time())
         return done
 

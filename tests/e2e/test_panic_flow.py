@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
+from fastagi.alarms.pins import hash_pin_async
 from fastagi.config import FlowSettings
 from fastagi.flows import prompts
 from fastagi.sandbox import Sandbox
@@ -28,6 +29,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 PROMPT_MS = 1500
 ER = "Emergency Room"
+WARD = "Ward 7"
+WARD_INTERVAL = 30  # not the schema's default (60): cycle 1 must record this one
+PIN = "1234"
 
 
 @pytest.fixture
@@ -53,8 +57,8 @@ async def panic_end(ami: SandboxAmi) -> dict[str, str]:
 
 async def test_confirm_activates_the_alarm_and_pages(harness: FlowHarness, ami: SandboxAmi) -> None:
     # The department pages a phone, to measure DTMF -> first INVITE.
-    await harness.department("Ward 7", "107", phones=[231])
-    await harness.prerender("Ward 7")
+    await harness.department(WARD, "107", phones=[231], interval=WARD_INTERVAL)
+    await harness.prerender(WARD)
     phone = await harness.phone(231)
     async with harness.serving() as (panic, _):
         call = await sipp.call_dtmf(
@@ -73,9 +77,9 @@ async def test_confirm_activates_the_alarm_and_pages(harness: FlowHarness, ami: 
 
     assert await harness.kinds() == ["triggered", "prompt_played", "confirmed", "activated"]
     [alarm] = await harness.store.active_alarms()
-    assert (alarm.department_name, alarm.extension, alarm.state) == ("Ward 7", "107", "active")
+    assert (alarm.department_name, alarm.extension, alarm.state) == (WARD, "107", "active")
     [triggered] = await harness.events("triggered")
-    assert (triggered["extension"], triggered["department"]) == ("107", "Ward 7")
+    assert (triggered["extension"], triggered["department"]) == ("107", WARD)
     [played] = await harness.events("prompt_played")
     assert '"tts": true' in played["details"]
 
@@ -89,6 +93,60 @@ async def test_confirm_activates_the_alarm_and_pages(harness: FlowHarness, ami: 
     print(f"DTMF -> first paging INVITE: {to_invite * 1000:.0f} ms")
     assert 0 < to_activate < 1.0
     assert 0 < to_invite < 2.0
+
+    # Deactivator 150 stops it after the first page, a wrong PIN first.
+    await harness.store.set_deactivator("150", await hash_pin_async(PIN))
+    await harness.tts.prerender([prompts.DEACTIVATED_ONE.format(department=WARD)])
+    await wait_cycles(harness, alarm.id, 1)
+    async with harness.serving() as (_, deactivate):
+        stop = await sipp.call_dtmf(
+            harness.sandbox,
+            harness.workdir / "deactivate",
+            service="*556",
+            ext=150,
+            digits=f"9#{PIN}#",
+            prompt_ms=PROMPT_MS,
+            gap_ms=600,
+        )
+    stop.check()
+    assert deactivate.errors == []
+
+    # The timeline: the panic call, the alarm's own life, the deactivating call.
+    timeline = await harness.store.timeline(alarm.id)
+    assert [e.kind for e in timeline] == [
+        "triggered",
+        "prompt_played",
+        "confirmed",
+        "activated",
+        "lamp_changed",  # Custom:PANIC
+        "lamp_changed",  # Custom:PANIC_<ward>
+        "page_cycle",
+        "deactivation_failed",
+        "deactivated",
+        "lamp_changed",
+        "lamp_changed",
+    ]
+    panic_call = timeline[3].details["uniqueid"]  # activated: the service's record
+    stop_call = timeline[8].details["uniqueid"]  # deactivated
+    assert panic_call != stop_call
+    assert [e.details["uniqueid"] for e in timeline[:3]] == [panic_call] * 3
+    assert timeline[7].details["uniqueid"] == stop_call
+    assert [e.alarm_id for e in timeline] == [None] * 3 + [alarm.id] * 4 + [None] + [alarm.id] * 3
+    assert {e.details["state"] for e in timeline[4:6]} == {"BUSY"}
+    assert {e.details["state"] for e in timeline[-2:]} == {"NOT_INUSE"}
+    [cycle] = [e for e in timeline if e.kind == "page_cycle"]
+    assert (cycle.details["cycle"], cycle.details["interval"]) == (1, WARD_INTERVAL)
+
+
+async def wait_cycles(harness: FlowHarness, alarm_id: int, count: int, within: float = 20) -> None:
+    """Until the alarm's ``count``-th page_cycle is written (the store counts it in the
+    same transaction); the database offers nothing to wait on but a poll."""
+    async with asyncio.timeout(within):
+        while True:
+            alarm = await harness.store.get_alarm(alarm_id)
+            if alarm is not None and alarm.cycles >= count:
+                return
+            await asyncio.sleep(0.1)
 
 
 async def test_cancel_raises_no_alarm(harness: FlowHarness, ami: SandboxAmi) -> None:

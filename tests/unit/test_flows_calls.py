@@ -148,6 +148,7 @@ class FakeService:
     events: list[HistoryEvent] = field(default_factory=list)
     activations: list[tuple[str, Department | None, str]] = field(default_factory=list)
     deactivations: list[tuple[int, str, str]] = field(default_factory=list)
+    deactivating_calls: list[str | None] = field(default_factory=list)
     lookups: list[str] = field(default_factory=list)
 
     async def lookup(self, extension: str) -> Department | None:
@@ -166,8 +167,11 @@ class FakeService:
     async def active_alarms(self) -> list[FakeAlarm]:
         return list(self.alarms)
 
-    async def deactivate(self, alarm_id: int, *, by: str, reason: str) -> bool:
+    async def deactivate(
+        self, alarm_id: int, *, by: str, reason: str, uniqueid: str | None = None
+    ) -> bool:
         self.deactivations.append((alarm_id, by, reason))
+        self.deactivating_calls.append(uniqueid)
         before = len(self.alarms)
         self.alarms = [alarm for alarm in self.alarms if alarm.id != alarm_id]
         return len(self.alarms) < before
@@ -248,6 +252,10 @@ async def test_confirm_activates_acknowledges_and_records_each_step():
     assert (triggered.extension, triggered.department) == ("101", "Emergency Room")
     assert triggered.details["caller_source"] == "callerid"
     assert service.events[1].details["tts"] is True
+    # Every step names its call, which links it to the alarm's timeline.
+    assert {(e.details["uniqueid"], e.details["channel"]) for e in service.events} == {
+        (UNIQUEID, "PJSIP/101-00000001")
+    }
 
 
 async def test_ampuser_wins_over_the_caller_id():
@@ -537,6 +545,7 @@ async def test_right_pin_deactivates_the_one_active_alarm(caplog):
         "SET VARIABLE FASTAGI_STATUS DEACTIVATED",
     ]
     assert service.deactivations == [(11, "extension 101", "PIN")]
+    assert service.deactivating_calls == [UNIQUEID]
     assert store.cleared == ["101"]
     assert service.kinds == []  # the service itself records "deactivated"
     logged = " ".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
@@ -552,7 +561,12 @@ async def test_wrong_pin_then_right_pin(caplog):
     assert asterisk.commands[1:3] == [pin_prompt(tts), pin_prompt(tts, prompts.PIN_WRONG)]
     assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS DEACTIVATED"
     assert service.kinds == ["deactivation_failed"]
-    assert service.events[0].details == {"route": "deactivate", "attempt": 1}
+    assert service.events[0].details == {
+        "route": "deactivate",
+        "uniqueid": UNIQUEID,
+        "channel": "PJSIP/101-00000001",
+        "attempt": 1,
+    }
     assert store.cleared == ["101"]
     logged = " ".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
     assert "9999" not in logged

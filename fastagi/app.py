@@ -27,7 +27,9 @@ from typing import Any
 import asyncpg
 
 from fastagi.agi.server import AgiServer, Flow
+from fastagi.alarms.events import HistoryEvent
 from fastagi.alarms.lamps import Lamps
+from fastagi.alarms.notifications import AlarmNotifications
 from fastagi.alarms.paging import Pager
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiAuthError, AmiClient, AmiError
@@ -37,6 +39,7 @@ from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.flows.probe import ProbeFlow
 from fastagi.logs import configure_logging
+from fastagi.notify import Notifier
 from fastagi.store.alarms import AlarmStore
 from fastagi.store.pool import create_pool
 from fastagi.store.probe import ProbeStore
@@ -45,6 +48,8 @@ from fastagi.tts import TextToSpeech
 logger = logging.getLogger(__name__)
 
 AMI_RETRY_MAX_DELAY = 30.0
+# On shutdown, how long deliveries still queued get before they are recorded abandoned.
+NOTIFY_DRAIN_SECONDS = 10.0
 
 
 def register(subparsers: Any) -> None:
@@ -63,6 +68,7 @@ class Services:
     ami: AmiClient
     tts: TextToSpeech
     alarms: AlarmService
+    notifier: Notifier
 
 
 def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
@@ -123,6 +129,12 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     ami = AmiClient.from_settings(settings.ami)
     tts = TextToSpeech(settings.tts)
     store = AlarmStore(pool)
+
+    async def record(event: HistoryEvent) -> None:
+        await alarms.record(event)
+
+    # Each delivery attempt is recorded in the alarm's history through the service.
+    notifier = Notifier(settings.notify, record=record)
     alarms = AlarmService(
         store,
         Pager(ami, settings.alarm),
@@ -131,8 +143,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         settings.alarm,
         instance_id=f"{socket.gethostname()}:{os.getpid()}",
         pool=pool,
+        listeners=[AlarmNotifications(notifier)],
     )
-    services = Services(pool=pool, store=store, ami=ami, tts=tts, alarms=alarms)
+    services = Services(pool=pool, store=store, ami=ami, tts=tts, alarms=alarms, notifier=notifier)
     try:
         spawn(connect_ami(ami), "ami-connect")
         await alarms.start()
@@ -142,6 +155,8 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         for task in list(background):
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        # The notifier first: its last attempts are recorded through the service.
+        await notifier.close(drain_timeout=NOTIFY_DRAIN_SECONDS)
         await alarms.close()
         await ami.close()
         await tts.aclose()

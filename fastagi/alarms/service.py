@@ -23,6 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import asyncpg
 
@@ -50,6 +51,19 @@ class Activation:
     created: bool  # False: a re-trigger of the key's active alarm
 
 
+class AlarmListener(Protocol):
+    """Told when an alarm begins and ends, by the server that leads it (so once per
+    alarm across servers, whoever deactivated it: a call, the CLI, another server).
+
+    Called from a task of its own: a slow or failing listener (an SMTP server that
+    hangs, an emergency call that cannot be placed) never delays paging.
+    """
+
+    async def alarm_started(self, alarm: Alarm) -> None: ...
+
+    async def alarm_ended(self, alarm: Alarm) -> None: ...
+
+
 class AlarmService:
     def __init__(
         self,
@@ -61,9 +75,12 @@ class AlarmService:
         *,
         instance_id: str,
         pool: asyncpg.Pool[asyncpg.Record],
+        listeners: Sequence[AlarmListener] = (),
     ) -> None:
         """``pool`` is the store's pool: the service takes one connection of it for the
         leader locks, and short transactions for the gate before each page."""
+        self._listeners = tuple(listeners)
+        self._ended: set[int] = set()
         self._store = store
         self._pager = pager
         self._lamps = lamps
@@ -174,6 +191,8 @@ class AlarmService:
             # taken now rather than at the next scan.
             await self._lead(alarm, first_delay=0.0 if created else None)
         await self._update_lamps(causes=[alarm])
+        if created:
+            self._tell_listeners("alarm_started", alarm)
         return Activation(alarm, created)
 
     async def deactivate(
@@ -208,6 +227,7 @@ class AlarmService:
                 alarm_loop.stop()
         await self._stop_loop(alarm_id)
         await self._update_lamps(causes=[done])
+        self._tell_listeners("alarm_ended", done)
         if self._settings.all_clear:
             self._spawn(self._all_clear(done))
         return True
@@ -334,6 +354,7 @@ class AlarmService:
         alarm_loop.stop()
         await self._stop_loop(alarm_id)
         await self._update_lamps(causes=[alarm_loop.alarm])
+        await self._tell_listeners_ended(alarm_id)
 
     async def _maintain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -361,6 +382,7 @@ class AlarmService:
         ended = [lp.alarm for a, lp in self._loops.items() if a not in active_ids]
         for alarm in ended:
             await self._stop_loop(alarm.id)
+            await self._tell_listeners_ended(alarm.id)
         for alarm_loop in [lp for lp in self._loops.values() if lp.done]:
             # A loop that ended on its own (its gate saw the alarm inactive).
             ended.append(alarm_loop.alarm)
@@ -446,6 +468,28 @@ class AlarmService:
         while self._backlog:
             await self._store.append_event(self._backlog[0])
             self._backlog.pop(0)
+
+    def _tell_listeners(self, method: str, alarm: Alarm) -> None:
+        if method == "alarm_ended":
+            if alarm.id in self._ended:
+                return  # told already (a local deactivation also arrives as a NOTIFY)
+            self._ended.add(alarm.id)
+        for listener in self._listeners:
+            self._spawn(self._call_listener(listener, method, alarm))
+
+    async def _tell_listeners_ended(self, alarm_id: int) -> None:
+        alarm = await self._store.get_alarm(alarm_id)
+        if alarm is not None and not alarm.is_active:
+            self._tell_listeners("alarm_ended", alarm)
+
+    @staticmethod
+    async def _call_listener(listener: AlarmListener, method: str, alarm: Alarm) -> None:
+        try:
+            await getattr(listener, method)(alarm)
+        except Exception:
+            logger.exception(
+                "alarm listener %r failed on %s of alarm %s", listener, method, alarm.id
+            )
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         async def run() -> None:

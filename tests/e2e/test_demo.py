@@ -1,8 +1,11 @@
 """The production wiring end to end: ``running_server`` (what ``fastagi serve`` runs)
 against the sandbox and a fresh database seeded like ``make run``, driven by the same
-story ``fastagi demo`` plays: trigger and confirm, two page cycles, deactivation by PIN."""
+story ``fastagi demo`` plays: trigger and confirm, two page cycles, deactivation by PIN;
+e-mail and SMS reach a real SMTP server and a real HTTP gateway on loopback."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
@@ -11,15 +14,36 @@ from fastagi.admin import seed_demo
 from fastagi.app import running_server
 from fastagi.config import AgiSettings, AmiSettings, DatabaseSettings, Settings
 from fastagi.demo import DEMO_CYCLES, DEMO_PHONES, run_demo
+from fastagi.notify.settings import NotifySettings, SmtpSettings, WebhookSettings
 from fastagi.sandbox import Sandbox
 from fastagi.store.alarms import AlarmStore
 from fastagi.tts import TtsSettings
+from tests.notify_servers import SmtpServer, WebhookServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
-def settings_for(sandbox: Sandbox, agi_port: int, dsn: str) -> Settings:
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway() -> Iterator[WebhookServer]:
+    server = WebhookServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def settings_for(
+    sandbox: Sandbox, agi_port: int, dsn: str, notify: NotifySettings | None = None
+) -> Settings:
     return Settings(
+        notify=notify or NotifySettings(),
         agi=AgiSettings(port=agi_port),
         database=DatabaseSettings(dsn=SecretStr(dsn)),
         ami=AmiSettings(
@@ -33,11 +57,24 @@ def settings_for(sandbox: Sandbox, agi_port: int, dsn: str) -> Settings:
 
 
 async def test_the_demo_story_through_the_production_wiring(
-    sandbox: Sandbox, agi_port: int, database_dsn: str, db_pool
+    sandbox: Sandbox,
+    agi_port: int,
+    database_dsn: str,
+    db_pool,
+    smtp: SmtpServer,
+    gateway: WebhookServer,
 ) -> None:
     demo = await seed_demo(AlarmStore(db_pool))
+    notify = NotifySettings(
+        smtp=SmtpSettings(host="127.0.0.1", port=smtp.port, security="none", timeout=5),
+        webhook=WebhookSettings(
+            url=SecretStr(gateway.url("/sms")), body='{"to": "$to", "text": "$text"}'
+        ),
+        emails=["security@hospital.example"],
+        sms=["+491701234567"],
+    )
 
-    async with running_server(settings_for(sandbox, agi_port, database_dsn)):
+    async with running_server(settings_for(sandbox, agi_port, database_dsn, notify)):
         await run_demo(sandbox, database_dsn)
 
     store = AlarmStore(db_pool)
@@ -53,3 +90,19 @@ async def test_the_demo_story_through_the_production_wiring(
     assert len(cycles) >= DEMO_CYCLES
     assert cycles[0].details["answered"] == len(DEMO_PHONES)
     assert await store.active_alarms() == []
+
+    # One e-mail and one SMS when the alarm began, one of each when it ended.
+    subjects = [mail.message["Subject"] for mail in smtp.inbox.mails]
+    assert len(subjects) == 2
+    assert all("Emergency Room" in subject for subject in subjects)
+    assert [mail.rcpt_tos for mail in smtp.inbox.mails] == [["security@hospital.example"]] * 2
+    bodies = [request.body.decode() for request in gateway.requests]
+    assert len(bodies) == 2
+    assert all("+491701234567" in body and "Emergency Room" in body for body in bodies)
+    sent = [e for e in await store.timeline(alarm.id) if e.kind == "notification_sent"]
+    assert {(e.details["event"], e.details["channel"]) for e in sent} == {
+        ("activated", "email"),
+        ("activated", "webhook"),
+        ("deactivated", "email"),
+        ("deactivated", "webhook"),
+    }

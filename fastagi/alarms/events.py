@@ -39,6 +39,11 @@ class EventKind(enum.StrEnum):
     LAMP_CHANGED = "lamp_changed"  # a BLF lamp / device state was set
     NOTIFICATION_SENT = "notification_sent"  # e-mail, SMS, emergency call
     NOTIFICATION_FAILED = "notification_failed"
+    # The emergency call (fastagi/alarms/emergency.py, fastagi/flows/acknowledge.py).
+    EMERGENCY_CALL = "emergency_call"  # one attempt to one destination, with its outcome
+    ACKNOWLEDGED = "acknowledged"  # a responder pressed 1 (at most one per alarm)
+    ESCALATED = "escalated"  # no acknowledgement in time: the escalation list is called
+    EMERGENCY_EXHAUSTED = "emergency_exhausted"  # every list and round called, no one acked
     # Deactivation.
     DEACTIVATION_REFUSED = "deactivation_refused"  # the extension is not a deactivator
     DEACTIVATION_FAILED = "deactivation_failed"  # wrong PIN

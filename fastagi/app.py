@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import random
+import resource
 import signal
 import socket
 from collections.abc import AsyncIterator, Coroutine, Mapping
@@ -27,20 +28,24 @@ from typing import Any
 import asyncpg
 
 from fastagi.agi.server import AgiServer, Flow
+from fastagi.alarms.emergency import EmergencyCaller
 from fastagi.alarms.events import HistoryEvent
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.notifications import AlarmNotifications
 from fastagi.alarms.paging import Pager
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiAuthError, AmiClient, AmiError
-from fastagi.config import Settings, load_settings
+from fastagi.cliutil import load_settings_or_fail
+from fastagi.config import Settings
 from fastagi.flows import prompts
+from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.flows.probe import ProbeFlow
 from fastagi.logs import configure_logging
 from fastagi.notify import Notifier
 from fastagi.store.alarms import AlarmStore
+from fastagi.store.emergency import EmergencyStore
 from fastagi.store.pool import create_pool
 from fastagi.store.probe import ProbeStore
 from fastagi.tts import TextToSpeech
@@ -50,6 +55,9 @@ logger = logging.getLogger(__name__)
 AMI_RETRY_MAX_DELAY = 30.0
 # On shutdown, how long deliveries still queued get before they are recorded abandoned.
 NOTIFY_DRAIN_SECONDS = 10.0
+# Open files needed besides the FastAGI sessions: the database pool, AMI, the TTS
+# worker, notifications, logs, with room to spare.
+RESERVED_FILES = 256
 
 
 def register(subparsers: Any) -> None:
@@ -69,6 +77,7 @@ class Services:
     tts: TextToSpeech
     alarms: AlarmService
     notifier: Notifier
+    emergency: EmergencyCaller
 
 
 def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
@@ -76,6 +85,9 @@ def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
         "probe": ProbeFlow(ProbeStore(services.pool)),
         "panic": PanicFlow(services.alarms, services.store, services.tts, settings.flows),
         "deactivate": DeactivateFlow(services.alarms, services.store, services.tts, settings.flows),
+        "acknowledge": AcknowledgeFlow(
+            services.emergency, services.tts, settings.emergency, settings.flows
+        ),
     }
 
 
@@ -135,17 +147,36 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
 
     # Each delivery attempt is recorded in the alarm's history through the service.
     notifier = Notifier(settings.notify, record=record)
+    notifications = AlarmNotifications(notifier, store)
+    instance_id = f"{socket.gethostname()}:{os.getpid()}"
+    emergency = EmergencyCaller(
+        ami,
+        EmergencyStore(pool),
+        settings.emergency,
+        record=record,
+        instance_id=instance_id,
+        on_escalated=notifications.escalated,
+        on_acknowledged=notifications.acknowledged,
+    )
     alarms = AlarmService(
         store,
         Pager(ami, settings.alarm),
         Lamps(ami, settings.alarm),
         tts,
         settings.alarm,
-        instance_id=f"{socket.gethostname()}:{os.getpid()}",
+        instance_id=instance_id,
         pool=pool,
-        listeners=[AlarmNotifications(notifier)],
+        listeners=[notifications, emergency],
     )
-    services = Services(pool=pool, store=store, ami=ami, tts=tts, alarms=alarms, notifier=notifier)
+    services = Services(
+        pool=pool,
+        store=store,
+        ami=ami,
+        tts=tts,
+        alarms=alarms,
+        notifier=notifier,
+        emergency=emergency,
+    )
     try:
         spawn(connect_ami(ami), "ami-connect")
         await alarms.start()
@@ -155,7 +186,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         for task in list(background):
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        # The notifier first: its last attempts are recorded through the service.
+        # Emergency calls and the notifier first: their last events are recorded
+        # through the service.
+        await emergency.close()
         await notifier.close(drain_timeout=NOTIFY_DRAIN_SECONDS)
         await alarms.close()
         await ami.close()
@@ -188,6 +221,27 @@ async def until_signalled() -> None:
             loop.remove_signal_handler(signum)
 
 
+def raise_open_files_limit(settings: Settings) -> int:
+    """Raise the soft RLIMIT_NOFILE to fit ``agi.max_sessions`` sockets (up to the hard
+    limit); a process left at the common 1024 would fail accept() with EMFILE under
+    load, and asyncio then stops accepting for a second: calls fail. Returns the limit."""
+    needed = settings.agi.max_sessions + RESERVED_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "agi.max_sessions is %d but the open-files limit is %d: lower max_sessions"
+            " or raise the limit (systemd LimitNOFILE)",
+            settings.agi.max_sessions,
+            soft,
+        )
+    return soft
+
+
 async def serve(settings: Settings) -> None:
     async with running_server(settings) as server:
         logger.info("FastAGI server listening", extra={"port": server.port})
@@ -207,8 +261,9 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = load_settings_or_fail()
     configure_logging(settings.log_level)
+    raise_open_files_limit(settings)
     run(serve(settings))
     return 0
 
@@ -216,7 +271,7 @@ def _serve_command(args: argparse.Namespace) -> int:
 def _dev_command(args: argparse.Namespace) -> int:
     from fastagi.devenv import run_dev
 
-    settings = load_settings()
+    settings = load_settings_or_fail()
     configure_logging(settings.log_level)
     run(run_dev(settings))
     return 0

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,12 +29,18 @@ DEFAULT_CONFIG_FILE = Path("/etc/fastagi-panic/config.toml")
 class AgiSettings(BaseModel):
     """The FastAGI listener."""
 
+    # A misspelt setting is an error at start-up, not a default silently used.
+    model_config = ConfigDict(extra="forbid")
+
     host: str = "127.0.0.1"
     port: int = Field(default=4573, ge=0, le=65535)
     # Asterisk connects from the PBX itself in the usual FreePBX install; anything else
     # must be allowed explicitly, because a FastAGI client can trigger or silence alarms.
     allowed_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    max_sessions: int = Field(default=2000, ge=1)
+    # Connections served at once (one per call in progress). At the cap a new connection
+    # evicts the oldest one still sending its environment (not a call yet), else it is
+    # refused at once. `fastagi serve` raises the open-files limit to fit.
+    max_sessions: int = Field(default=1000, ge=1, le=100_000)
     # Asterisk sends the environment at once after connecting; a peer that stalls longer
     # than this is not Asterisk.
     environment_timeout: float = Field(default=5.0, gt=0)
@@ -61,6 +67,8 @@ class AgiSettings(BaseModel):
 class DatabaseSettings(BaseModel):
     """PostgreSQL, reached through asyncpg."""
 
+    model_config = ConfigDict(extra="forbid")
+
     dsn: SecretStr = SecretStr("postgresql:///fastagi")
     pool_min_size: int = Field(default=1, ge=0)
     pool_max_size: int = Field(default=10, ge=1)
@@ -69,10 +77,17 @@ class DatabaseSettings(BaseModel):
 class AmiSettings(BaseModel):
     """The Asterisk Manager Interface."""
 
+    model_config = ConfigDict(extra="forbid")
+
     host: str = "127.0.0.1"
     port: int = Field(default=5038, ge=1, le=65535)
     username: str = "fastagi"
     secret: SecretStr = SecretStr("")
+    # A Ping every ping_interval seconds; no answer within ping_timeout means the
+    # connection is half-open (Asterisk's host gone, no RST): it is dropped and reopened.
+    # Worst-case detection time is their sum.
+    ping_interval: float = Field(default=10.0, gt=0, le=300)
+    ping_timeout: float = Field(default=5.0, gt=0, le=60)
 
 
 class AlarmSettings(BaseModel):
@@ -82,6 +97,8 @@ class AlarmSettings(BaseModel):
     together. Intervals are not here: they live in PostgreSQL (``alarm_settings`` and
     ``departments.interval_seconds``) so an administrator can change them while alarms run.
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     # AMI Originate of Local/s@<page_context>/n, connected to <announce_context>,s,1.
     page_context: str = "fastagi-panic-page"
@@ -167,6 +184,8 @@ class FlowSettings(BaseModel):
     ``alarm_settings``, not here.
     """
 
+    model_config = ConfigDict(extra="forbid")
+
     # Play a short "alarm activated" after the caller confirms. Off for discretion: the
     # call then ends without a word, so whoever stands next to the caller hears nothing.
     ack_on_confirm: bool = True
@@ -187,6 +206,114 @@ class FlowSettings(BaseModel):
     # How long a live call waits for a prompt to be rendered before it plays the
     # built-in sounds instead (a cached prompt takes microseconds, a render ~0.1 s).
     render_timeout: float = Field(default=3.0, gt=0, le=30.0)
+    # PIN guessing across extensions (on top of alarm_settings' per-extension lockout):
+    # when this many wrong PINs, from any extensions and any server, fall within
+    # global_pin_window seconds, every deactivation is refused for global_lockout_seconds
+    # after the last of them. Counted from the shared history; 0 turns it off.
+    global_pin_failures: int = Field(default=10, ge=0, le=10_000)
+    global_pin_window: float = Field(default=60.0, gt=0, le=86_400)
+    global_lockout_seconds: float = Field(default=300.0, ge=0, le=86_400)
+
+
+# Characters that would split an AGI() argument or a Dial()-like list in the dialplan.
+_DIAL_FORBIDDEN = frozenset(",&|() \t\r\n\0\"'")
+
+
+class EmergencySettings(BaseModel):
+    """The emergency call (``[emergency]``). Empty ``destinations``: no emergency call."""
+
+    # Dial strings, called in order: "PJSIP/150", a ring group "Local/600@from-internal",
+    # an outbound number "Local/5551234@outbound-trunk-context".
+    destinations: list[str] = Field(default_factory=list)
+    # Called when nobody acknowledged within ack_timeout; empty: only on_escalated runs.
+    escalation_destinations: list[str] = Field(default_factory=list)
+    # Caller id of the emergency calls: "extension" shows the alarm's extension (or, with
+    # emergency_cid_lookup, FreePBX's emergency CID of that extension) with caller_id_name;
+    # "fixed" shows caller_id_fixed, e.g. '"Panic alarm" <5550100>'.
+    caller_id_mode: Literal["extension", "fixed"] = "extension"
+    caller_id_fixed: str = ""
+    caller_id_name: str = "PANIC {department}"
+    # FreePBX keeps each device's emergency CID in astdb at DEVICE/<ext>/emergency_cid;
+    # read it over AMI (DBGet) and use it when set.
+    emergency_cid_lookup: bool = True
+    emergency_cid_family: str = "DEVICE"
+    emergency_cid_key: str = "{extension}/emergency_cid"
+    # Seconds a destination may ring (Originate's Timeout).
+    ring_timeout: int = Field(default=30, ge=1, le=300)
+    # Walks through each list; a pause between rounds (not between destinations).
+    rounds: int = Field(default=3, ge=1, le=20)
+    escalation_rounds: int = Field(default=3, ge=1, le=20)
+    round_pause: float = Field(default=5.0, ge=0.0, le=600.0)
+    # Seconds after start without acknowledgement before escalating.
+    ack_timeout: float = Field(default=180.0, gt=0.0, le=86400.0)
+    # The answered call: its announcement is played at most this many times, each
+    # followed by digit_timeout_ms of waiting for the key.
+    announcement_repeats: int = Field(default=5, ge=1, le=50)
+    digit_timeout_ms: int = Field(default=3000, ge=500, le=60_000)
+    # An answered call lasting longer is hung up (a stuck channel must not block the walk).
+    max_call_seconds: float = Field(default=300.0, gt=0.0, le=3600.0)
+    # How often a running walk reads the acknowledgement (and the alarm's state) from
+    # PostgreSQL: how soon it sees an acknowledgement taken by another server.
+    poll_interval: float = Field(default=1.0, gt=0.0, le=60.0)
+    # Where the answered call goes: the dialplan context [fastagi-panic-emergency].
+    context: str = "fastagi-panic-emergency"
+    # What the responder hears; {department}, {extension} and {time} (activation, local
+    # time in time_format) are filled in.
+    announcement: str = (
+        "Emergency. Panic alarm in department {department}, extension {extension}, "
+        "at {time}. Press 1 to acknowledge."
+    )
+    time_format: str = "%H:%M"
+    acknowledged_text: str = "Acknowledged. Thank you."
+
+    @field_validator("destinations", "escalation_destinations")
+    @classmethod
+    def _dial_strings(cls, value: list[str]) -> list[str]:
+        for dial in value:
+            tech, _, resource = dial.partition("/")
+            if not (tech and resource) or _DIAL_FORBIDDEN.intersection(dial):
+                raise ValueError(
+                    f"not a dial string like PJSIP/150 or Local/5551234@context: {dial!r}"
+                )
+        return value
+
+    @field_validator(
+        "caller_id_fixed",
+        "caller_id_name",
+        "announcement",
+        "acknowledged_text",
+        "emergency_cid_family",
+        "emergency_cid_key",
+        "context",
+    )
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        # These travel in AMI headers or AGI commands: a line break would end them.
+        if any(char in value for char in "\r\n\0"):
+            raise ValueError("must be one line (no CR, LF or NUL)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EmergencySettings:
+        if self.caller_id_mode == "fixed" and not self.caller_id_fixed.strip():
+            raise ValueError("caller_id_mode 'fixed' needs caller_id_fixed")
+        sample = {"department": "x", "extension": "1", "time": "12:00"}
+        for name in ("announcement", "caller_id_name"):
+            try:
+                getattr(self, name).format(**sample)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"{name} may use only {{department}}, {{extension}} and {{time}}: {exc!r}"
+                ) from None
+        try:
+            self.emergency_cid_key.format(extension="1")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"emergency_cid_key may use only {{extension}}: {exc!r}") from None
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.destinations or self.escalation_destinations)
 
 
 class Settings(BaseSettings):
@@ -203,7 +330,15 @@ class Settings(BaseSettings):
     alarm: AlarmSettings = Field(default_factory=AlarmSettings)
     flows: FlowSettings = Field(default_factory=FlowSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    emergency: EmergencySettings = Field(default_factory=EmergencySettings)
     log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -41,12 +41,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field, field_validator, model_validator
-
 from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
 from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.ami import AmiActionError, AmiError, Message, OriginateReason, OriginateResult
 from fastagi.ami.framing import FieldValue
+from fastagi.config import EmergencySettings
 from fastagi.store.emergency import Acknowledgement, AcknowledgeResult, AlarmSummary
 
 __all__ = [
@@ -62,8 +61,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Characters that would split an AGI() argument or a Dial()-like list in the dialplan.
-_DIAL_FORBIDDEN = frozenset(",&|() \t\r\n\0\"'")
 _NUMBER_CHARACTERS = frozenset("0123456789+*#")
 # How long stop() waits for the task to end after hanging up its calls.
 _STOP_GRACE = 5.0
@@ -73,106 +70,6 @@ _HANGUP_TRIES = 5
 _HANGUP_RETRY_DELAY = 0.2
 # After a failed Originate, how long to wait for the channel's Hangup event and its cause.
 _CAUSE_WAIT = 1.0
-
-
-# ---- settings --------------------------------------------------------------------------
-
-
-class EmergencySettings(BaseModel):
-    """The emergency call (``[emergency]``). Empty ``destinations``: no emergency call."""
-
-    # Dial strings, called in order: "PJSIP/150", a ring group "Local/600@from-internal",
-    # an outbound number "Local/5551234@outbound-trunk-context".
-    destinations: list[str] = Field(default_factory=list)
-    # Called when nobody acknowledged within ack_timeout; empty: only on_escalated runs.
-    escalation_destinations: list[str] = Field(default_factory=list)
-    # Caller id of the emergency calls: "extension" shows the alarm's extension (or, with
-    # emergency_cid_lookup, FreePBX's emergency CID of that extension) with caller_id_name;
-    # "fixed" shows caller_id_fixed, e.g. '"Panic alarm" <5550100>'.
-    caller_id_mode: Literal["extension", "fixed"] = "extension"
-    caller_id_fixed: str = ""
-    caller_id_name: str = "PANIC {department}"
-    # FreePBX keeps each device's emergency CID in astdb at DEVICE/<ext>/emergency_cid;
-    # read it over AMI (DBGet) and use it when set.
-    emergency_cid_lookup: bool = True
-    emergency_cid_family: str = "DEVICE"
-    emergency_cid_key: str = "{extension}/emergency_cid"
-    # Seconds a destination may ring (Originate's Timeout).
-    ring_timeout: int = Field(default=30, ge=1, le=300)
-    # Walks through each list; a pause between rounds (not between destinations).
-    rounds: int = Field(default=3, ge=1, le=20)
-    escalation_rounds: int = Field(default=3, ge=1, le=20)
-    round_pause: float = Field(default=5.0, ge=0.0, le=600.0)
-    # Seconds after start without acknowledgement before escalating.
-    ack_timeout: float = Field(default=180.0, gt=0.0, le=86400.0)
-    # The answered call: its announcement is played at most this many times, each
-    # followed by digit_timeout_ms of waiting for the key.
-    announcement_repeats: int = Field(default=5, ge=1, le=50)
-    digit_timeout_ms: int = Field(default=3000, ge=500, le=60_000)
-    # An answered call lasting longer is hung up (a stuck channel must not block the walk).
-    max_call_seconds: float = Field(default=300.0, gt=0.0, le=3600.0)
-    # How often a running walk reads the acknowledgement (and the alarm's state) from
-    # PostgreSQL: how soon it sees an acknowledgement taken by another server.
-    poll_interval: float = Field(default=1.0, gt=0.0, le=60.0)
-    # Where the answered call goes: the dialplan context [fastagi-panic-emergency].
-    context: str = "fastagi-panic-emergency"
-    # What the responder hears; {department}, {extension} and {time} (activation, local
-    # time in time_format) are filled in.
-    announcement: str = (
-        "Emergency. Panic alarm in department {department}, extension {extension}, "
-        "at {time}. Press 1 to acknowledge."
-    )
-    time_format: str = "%H:%M"
-    acknowledged_text: str = "Acknowledged. Thank you."
-
-    @field_validator("destinations", "escalation_destinations")
-    @classmethod
-    def _dial_strings(cls, value: list[str]) -> list[str]:
-        for dial in value:
-            tech, _, resource = dial.partition("/")
-            if not (tech and resource) or _DIAL_FORBIDDEN.intersection(dial):
-                raise ValueError(
-                    f"not a dial string like PJSIP/150 or Local/5551234@context: {dial!r}"
-                )
-        return value
-
-    @field_validator(
-        "caller_id_fixed",
-        "caller_id_name",
-        "announcement",
-        "acknowledged_text",
-        "emergency_cid_family",
-        "emergency_cid_key",
-        "context",
-    )
-    @classmethod
-    def _one_line(cls, value: str) -> str:
-        # These travel in AMI headers or AGI commands: a line break would end them.
-        if any(char in value for char in "\r\n\0"):
-            raise ValueError("must be one line (no CR, LF or NUL)")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> EmergencySettings:
-        if self.caller_id_mode == "fixed" and not self.caller_id_fixed.strip():
-            raise ValueError("caller_id_mode 'fixed' needs caller_id_fixed")
-        sample = {"department": "x", "extension": "1", "time": "12:00"}
-        for name in ("announcement", "caller_id_name"):
-            try:
-                getattr(self, name).format(**sample)
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(
-                    f"{name} may use only {{department}}, {{extension}} and {{time}}: {exc!r}"
-                ) from None
-        try:
-            self.emergency_cid_key.format(extension="1")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"emergency_cid_key may use only {{extension}}: {exc!r}") from None
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.destinations or self.escalation_destinations)
 
 
 # ---- pure rules ------------------------------------------------------------------------
@@ -462,6 +359,14 @@ class EmergencyCaller:
         # cancellation came before its channel existed.
         await self._hang_up_all(run)
         return True
+
+    # -- as an AlarmListener of the alarm service ---------------------------------------
+
+    async def alarm_started(self, alarm: AlarmLike) -> None:
+        self.start(alarm)
+
+    async def alarm_ended(self, alarm: AlarmLike) -> None:
+        await self.stop(alarm.id)
 
     async def close(self) -> None:
         """Shutdown: end every walk and wait for the hooks already running."""

@@ -1,7 +1,8 @@
 """The production wiring end to end: ``running_server`` (what ``fastagi serve`` runs)
 against the sandbox and a fresh database seeded like ``make run``, driven by the same
 story ``fastagi demo`` plays: trigger and confirm, two page cycles, deactivation by PIN;
-e-mail and SMS reach a real SMTP server and a real HTTP gateway on loopback."""
+the emergency call reaches a SIPp security phone that acknowledges with 1; e-mail and SMS
+reach a real SMTP server and a real HTTP gateway on loopback."""
 
 from __future__ import annotations
 
@@ -12,13 +13,22 @@ from pydantic import SecretStr
 
 from fastagi.admin import seed_demo
 from fastagi.app import running_server
-from fastagi.config import AgiSettings, AmiSettings, DatabaseSettings, Settings
+from fastagi.config import (
+    AgiSettings,
+    AmiSettings,
+    DatabaseSettings,
+    EmergencySettings,
+    Settings,
+)
 from fastagi.demo import DEMO_CYCLES, DEMO_PHONES, run_demo
 from fastagi.notify.settings import NotifySettings, SmtpSettings, WebhookSettings
 from fastagi.sandbox import Sandbox
 from fastagi.store.alarms import AlarmStore
 from fastagi.tts import TtsSettings
+from tests.e2e.test_emergency import ScenarioPhone
 from tests.notify_servers import SmtpServer, WebhookServer
+
+SECURITY_DESK = 246
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -40,10 +50,15 @@ def gateway() -> Iterator[WebhookServer]:
 
 
 def settings_for(
-    sandbox: Sandbox, agi_port: int, dsn: str, notify: NotifySettings | None = None
+    sandbox: Sandbox,
+    agi_port: int,
+    dsn: str,
+    notify: NotifySettings | None = None,
+    emergency: EmergencySettings | None = None,
 ) -> Settings:
     return Settings(
         notify=notify or NotifySettings(),
+        emergency=emergency or EmergencySettings(),
         agi=AgiSettings(port=agi_port),
         database=DatabaseSettings(dsn=SecretStr(dsn)),
         ami=AmiSettings(
@@ -63,6 +78,7 @@ async def test_the_demo_story_through_the_production_wiring(
     db_pool,
     smtp: SmtpServer,
     gateway: WebhookServer,
+    tmp_path,
 ) -> None:
     demo = await seed_demo(AlarmStore(db_pool))
     notify = NotifySettings(
@@ -74,7 +90,16 @@ async def test_the_demo_story_through_the_production_wiring(
         sms=["+491701234567"],
     )
 
-    async with running_server(settings_for(sandbox, agi_port, database_dsn, notify)):
+    emergency = EmergencySettings(destinations=[f"PJSIP/{SECURITY_DESK}"], ring_timeout=10)
+    security_desk = ScenarioPhone(
+        sandbox,
+        SECURITY_DESK,
+        tmp_path,
+        "uas_answer_dtmf.xml",
+        {"dtmf_delay_ms": "1500", "digit": "1"},
+    )
+    settings = settings_for(sandbox, agi_port, database_dsn, notify, emergency)
+    async with security_desk, running_server(settings):
         await run_demo(sandbox, database_dsn)
 
     store = AlarmStore(db_pool)
@@ -91,18 +116,25 @@ async def test_the_demo_story_through_the_production_wiring(
     assert cycles[0].details["answered"] == len(DEMO_PHONES)
     assert await store.active_alarms() == []
 
-    # One e-mail and one SMS when the alarm began, one of each when it ended.
+    # The security desk answered the emergency call and pressed 1.
+    timeline = await store.timeline(alarm.id)
+    calls = [e.details for e in timeline if e.kind == "emergency_call"]
+    acknowledgements = [e for e in timeline if e.kind == "acknowledged"]
+    assert len(acknowledgements) == 1, calls
+    [acknowledged] = acknowledgements
+    assert f"PJSIP/{SECURITY_DESK}" in str(acknowledged.details)
+
+    # One e-mail and one SMS when the alarm began, was acknowledged, and ended.
     subjects = [mail.message["Subject"] for mail in smtp.inbox.mails]
-    assert len(subjects) == 2
+    assert len(subjects) == 3
     assert all("Emergency Room" in subject for subject in subjects)
-    assert [mail.rcpt_tos for mail in smtp.inbox.mails] == [["security@hospital.example"]] * 2
+    assert [mail.rcpt_tos for mail in smtp.inbox.mails] == [["security@hospital.example"]] * 3
     bodies = [request.body.decode() for request in gateway.requests]
-    assert len(bodies) == 2
+    assert len(bodies) == 3
     assert all("+491701234567" in body and "Emergency Room" in body for body in bodies)
-    sent = [e for e in await store.timeline(alarm.id) if e.kind == "notification_sent"]
+    sent = [e for e in timeline if e.kind == "notification_sent"]
     assert {(e.details["event"], e.details["channel"]) for e in sent} == {
-        ("activated", "email"),
-        ("activated", "webhook"),
-        ("deactivated", "email"),
-        ("deactivated", "webhook"),
+        (event, channel)
+        for event in ("activated", "acknowledged", "deactivated")
+        for channel in ("email", "webhook")
     }

@@ -4,9 +4,17 @@ A thin shell: each connection is an :class:`asyncio.Protocol` whose ``data_recei
 feeds the sans-IO core directly, first for the environment block, then through
 :class:`~fastagi.agi.session.AgiSession`, which resolves the pending command's reply.
 The allow-list and session cap are checked in ``connection_made``, before anything is
-read or any task exists; an accepted connection gets one task, which waits for the
+read or any task exists (a refused socket is reset at once: no read, no task, no
+TIME_WAIT); an accepted connection gets one task, which waits for the
 environment, runs the flow registered for the script path, and closes the socket the
-moment the flow is done (Asterisk holds the channel until we close).  Whatever a peer
+moment the flow is done (Asterisk holds the channel until we close).
+
+At the session cap, a new connection first evicts the oldest connection still waiting
+for its environment: Asterisk sends the whole block the moment it connects, so a
+connection that has not finished it is either a few microseconds old or not Asterisk
+(an idle socket, a byte-a-minute sender).  A flood of such connections from an allowed
+address therefore cannot lock real calls out; only when every slot holds a running
+flow is the new connection refused.  Whatever a peer
 does (garbage, stalling, vanishing) ends that task and nothing else.  The server uses
 whichever event loop is running; the CLI installs uvloop when it is available.
 """
@@ -79,6 +87,8 @@ class _AgiProtocol(asyncio.Protocol):
         self._environment_timer: asyncio.TimerHandle | None = None
         self._lost = False
         self._lost_waiter: asyncio.Future[None] | None = None
+        # Set when the server evicted this connection to make room at the session cap.
+        self.evicted = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -88,7 +98,9 @@ class _AgiProtocol(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         self.peer = _format_peer(peername)
         if not self._server._admit(self, peername):
-            transport.close()
+            # Reset, not close: nothing was read, and a refused flood must not leave
+            # thousands of sockets in TIME_WAIT or FIN_WAIT behind.
+            self._transport.abort()
             return
         loop = asyncio.get_running_loop()
         self._connection = AgiConnection()
@@ -132,6 +144,7 @@ class _AgiProtocol(asyncio.Protocol):
         assert isinstance(event, Environment), event
         assert self._environment_timer is not None
         self._environment_timer.cancel()
+        self._server._environment_done(self)
         session = AgiSession(
             self._write,
             connection,
@@ -152,10 +165,16 @@ class _AgiProtocol(asyncio.Protocol):
     def _environment_timed_out(self, timeout: float) -> None:
         self._fail(AgiTimeout(f"no complete environment within {timeout} s"))
 
+    def evict(self) -> None:
+        """Give up on this connection's environment: the server needs the slot."""
+        self.evicted = True
+        self._fail(AgiProtocolError("evicted at max_sessions before its environment was read"))
+
     def _fail(self, error: AgiError) -> None:
         assert self.ready is not None
         assert self._environment_timer is not None
         self._environment_timer.cancel()
+        self._server._environment_done(self)
         if not self.ready.done():
             self.ready.set_exception(error)
 
@@ -213,6 +232,10 @@ class AgiServer:
         self._closing = False
         self._closed = asyncio.Event()
         self._allow_cache: dict[str, bool] = {}
+        # Admitted connections still waiting for their environment, oldest first (a dict
+        # keeps insertion order), and how many evicted ones have not finished closing.
+        self._pending: dict[_AgiProtocol, None] = {}
+        self._evicting = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -318,18 +341,26 @@ class AgiServer:
                 "refused connection: %s is not in allowed_networks", protocol.peer
             )
             return False
-        if len(self._tasks) >= self._settings.max_sessions:
-            self._peer_log(protocol.peer).warning(
-                "refused connection: %d sessions running (max_sessions)", len(self._tasks)
-            )
-            return False
+        if len(self._tasks) - self._evicting >= self._settings.max_sessions:
+            if not self._pending:
+                self._peer_log(protocol.peer).warning(
+                    "refused connection: %d sessions running (max_sessions)", len(self._tasks)
+                )
+                return False
+            oldest = next(iter(self._pending))
+            self._evicting += 1
+            oldest.evict()
         task = asyncio.get_running_loop().create_task(
             self._serve_connection(protocol), name=f"fastagi {protocol.peer}"
         )
+        self._pending[protocol] = None
         self._tasks.add(task)
         self._idle.clear()
         task.add_done_callback(self._on_task_done)
         return True
+
+    def _environment_done(self, protocol: _AgiProtocol) -> None:
+        self._pending.pop(protocol, None)
 
     def _allowed(self, peername: Any) -> bool:
         host = peername[0] if isinstance(peername, tuple) and peername else None
@@ -373,7 +404,11 @@ class AgiServer:
         except Exception:
             self._peer_log(protocol.peer).exception("unexpected error serving the connection")
         finally:
-            await protocol.close()
+            try:
+                await protocol.close()
+            finally:
+                if protocol.evicted:
+                    self._evicting -= 1
 
     async def _run_flow(self, flow: Flow, session: AgiSession) -> None:
         log = session.log

@@ -217,7 +217,9 @@ class Pager:
             "__PANIC_DEVICES": device_list,
             "__PANIC_ALERT_INFO": settings.alert_info,
             "__PANIC_CALL_INFO": settings.call_info,
-            "PANIC_CALLER_NAME": caller_name,
+            # A department name is data an administrator typed: a newline in it would be
+            # refused by the AMI encoder and the alarm would page nobody.
+            "PANIC_CALLER_NAME": _one_line(caller_name),
             "PANIC_CALLER_NUMBER": caller_number,
             "PANIC_PROMPTS": prompt_list,
             "PANIC_PAGE_TIMEOUT": str(settings.page_timeout),
@@ -324,3 +326,8 @@ class Pager:
                 logger.warning("cannot hang up %s: %s", channel, exc)
 
         await asyncio.gather(*(one(channel) for channel in page.live_channels))
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters (CR, LF, NUL, tabs, ...) turned into spaces."""
+    return "".join(" " if ord(char) < 32 or ord(char) == 127 else char for char in text)

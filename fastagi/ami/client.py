@@ -251,6 +251,11 @@ class AmiClient:
 
     @classmethod
     def from_settings(cls, settings: AmiSettings, **options: Any) -> Self:
+        options = {
+            "ping_interval": settings.ping_interval,
+            "ping_timeout": settings.ping_timeout,
+            **options,
+        }
         return cls(settings.host, settings.port, settings.username, settings.secret, **options)
 
     def __repr__(self) -> str:

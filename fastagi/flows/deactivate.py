@@ -12,7 +12,12 @@ uniqueid and channel):
    (``deactivation_failed``) and counted by the store across calls; when the count
    reaches ``pin_attempts`` the store locks the extension out for ``lockout_seconds``
    (``deactivation_locked_out``) and the call ends. Within one call the caller may try
-   ``pin_attempts`` times. A right PIN clears the count. The PIN itself is never logged,
+   ``pin_attempts`` times. A right PIN clears the count. On top of that, a system-wide
+   limit (``FlowSettings.global_pin_failures`` wrong PINs from any extensions within
+   ``global_pin_window`` seconds, counted in the shared history) refuses every
+   deactivation for ``global_lockout_seconds`` (``deactivation_locked_out`` with scope
+   "global" when it starts, ``deactivation_refused`` with reason "global lockout" while
+   it runs). The PIN itself is never logged,
    recorded or kept: it lives in a local variable until scrypt has checked it.
 4. Which alarm: one active alarm is deactivated without asking; with several, a menu
    names their departments ("Press 1 for Emergency Room, 2 for Pharmacy, 9 for all";
@@ -101,6 +106,10 @@ class DeactivationStore(Protocol):
     ) -> datetime | None: ...
 
     async def clear_pin_failures(self, extension: str) -> object: ...
+
+    async def global_lockout_until(
+        self, max_failures: int, window_seconds: float, lockout_seconds: float
+    ) -> datetime | None: ...
 
 
 class ActiveAlarm(Protocol):
@@ -225,6 +234,15 @@ class DeactivateFlow:
             )
             await self._say_last(call, prompts.LOCKED_OUT, prompts.FALLBACK_LOCKED_OUT)
             return Status.LOCKED
+        global_until = await self._global_lockout_until()
+        if global_until is not None:
+            await self._record(
+                call,
+                EventKind.DEACTIVATION_REFUSED,
+                {"reason": "global lockout", "locked_until": global_until.isoformat()},
+            )
+            await self._say_last(call, prompts.LOCKED_OUT, prompts.FALLBACK_LOCKED_OUT)
+            return Status.LOCKED
         if not await self._service.active_alarms():
             return await self._no_alarm(call)
         return pin_hash
@@ -286,8 +304,32 @@ class DeactivateFlow:
                     {"locked_until": locked_until.isoformat(), "attempt": attempt},
                 )
                 return _PinOutcome.LOCKED
+            global_until = await self._global_lockout_until()
+            if global_until is not None:
+                logger.warning(
+                    "deactivation locked system-wide after wrong PINs", extra=call.log_extra
+                )
+                await self._record(
+                    call,
+                    EventKind.DEACTIVATION_LOCKED_OUT,
+                    {
+                        "scope": "global",
+                        "locked_until": global_until.isoformat(),
+                        "attempt": attempt,
+                    },
+                )
+                return _PinOutcome.LOCKED
             text, fallback = prompts.PIN_WRONG, prompts.FALLBACK_PIN_WRONG
         return _PinOutcome.WRONG
+
+    async def _global_lockout_until(self) -> datetime | None:
+        settings = self._settings
+        until = await self._store.global_lockout_until(
+            settings.global_pin_failures,
+            settings.global_pin_window,
+            settings.global_lockout_seconds,
+        )
+        return until if until is not None and until > datetime.now(UTC) else None
 
     async def _choose(
         self, call: _Call, alarms: Sequence[ActiveAlarm]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from fastagi.notify.message import KINDS, NotifyKind
 
@@ -78,6 +78,9 @@ def check_template(value: str, what: str) -> str:
 class SmtpSettings(BaseModel):
     """The mail server that takes our messages (a relay or the provider's submission)."""
 
+    # A misspelt setting is an error at start-up, not a default silently used.
+    model_config = ConfigDict(extra="forbid")
+
     # Empty: no e-mail at all (and no e-mail-to-SMS).
     host: str = ""
     # None: the usual port of ``security`` (25, 587 or 465).
@@ -121,6 +124,8 @@ class WebhookSettings(BaseModel):
     ``body = '{"to": "$to", "message": "$text"}'``; Kannel,
     ``method = "GET"``, ``url = "http://kannel:13013/cgi-bin/sendsms?username=u&password=p&to=$to&text=$text"``.
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     # None: no SMS by webhook. Secret, because gateways often take the key in the URL.
     url: SecretStr | None = None
@@ -179,6 +184,8 @@ class RetrySettings(BaseModel):
     ``min(max_backoff, initial_backoff * 2**(n-1))``, randomised down to half of it so that
     many deliveries to one server do not retry in step."""
 
+    model_config = ConfigDict(extra="forbid")
+
     attempts: int = Field(default=8, ge=1, le=100)
     initial_backoff: float = Field(default=2.0, gt=0, le=3600)
     max_backoff: float = Field(default=120.0, gt=0, le=86400)
@@ -193,6 +200,8 @@ class RetrySettings(BaseModel):
 class Recipients(BaseModel):
     """A department's recipients; a list left out (None) falls back to the default one,
     an empty list means nobody."""
+
+    model_config = ConfigDict(extra="forbid")
 
     emails: list[str] | None = None
     sms: list[str] | None = None
@@ -210,6 +219,8 @@ class Recipients(BaseModel):
 
 class NotifySettings(BaseModel):
     """Who is told about alarms, and how (``[notify]``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)

@@ -534,6 +534,37 @@ class AlarmStore:
             )
             return until
 
+    async def global_lockout_until(
+        self, max_failures: int, window_seconds: float, lockout_seconds: float
+    ) -> datetime | None:
+        """When the system-wide PIN lockout ends, while one runs; else None.
+
+        Counted from the ``deactivation_failed`` events of every extension and every
+        server (the history is shared, so the limit holds across instances): whenever
+        ``max_failures`` wrong PINs fell within ``window_seconds``, every deactivation is
+        refused until ``lockout_seconds`` after the last of them. ``max_failures=0``: off.
+        """
+        if max_failures < 1 or lockout_seconds <= 0:
+            return None
+        until: datetime | None = await self._pool.fetchval(
+            """
+            SELECT max(occurred_at) + make_interval(secs => $3::float8)
+            FROM (
+                SELECT occurred_at,
+                       lead(occurred_at, $1::int - 1) OVER (ORDER BY occurred_at DESC) AS nth
+                FROM alarm_events
+                WHERE kind = 'deactivation_failed'
+                  AND occurred_at > now() - make_interval(secs => $2::float8 + $3::float8)
+            ) failures
+            WHERE nth IS NOT NULL AND occurred_at - nth <= make_interval(secs => $2::float8)
+            HAVING max(occurred_at) + make_interval(secs => $3::float8) > now()
+            """,
+            max_failures,
+            float(window_seconds),
+            float(lockout_seconds),
+        )
+        return until
+
     async def clear_pin_failures(self, extension: str) -> None:
         """Forget the extension's wrong PINs and end its lockout (a right PIN, an admin)."""
         await self._pool.execute(

@@ -6,7 +6,7 @@ import posixpath
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # FreePBX's sounds directory is where Asterisk looks for prompts; a subdirectory of our own
 # keeps our files apart from the admin's recordings and makes ``purge`` safe.
@@ -19,6 +19,9 @@ class TtsSettings(BaseModel):
     Every field that changes the audio is part of a prompt's cache key, so changing the
     voice, rate, volume, level or sample rate renders fresh files instead of reusing old ones.
     """
+
+    # A misspelt setting is an error at start-up, not a default silently used.
+    model_config = ConfigDict(extra="forbid")
 
     # The directory as this server sees it (a host path)...
     directory: Path = DEFAULT_DIRECTORY

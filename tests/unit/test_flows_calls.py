@@ -192,6 +192,9 @@ class FakeStore:
     failures: dict[str, int] = field(default_factory=dict)
     cleared: list[str] = field(default_factory=list)
     broken: bool = False
+    # Wrong PINs of every extension, as the shared history counts them.
+    total_failures: int = 0
+    global_until: datetime | None = None
 
     async def load_settings(self) -> FakeSettings:
         if self.broken:
@@ -208,6 +211,7 @@ class FakeStore:
         self, extension: str, max_failures: int, lockout_seconds: int
     ) -> datetime | None:
         self.failures[extension] = self.failures.get(extension, 0) + 1
+        self.total_failures += 1
         if self.failures[extension] < max_failures:
             return None
         self.failures[extension] = 0
@@ -218,6 +222,13 @@ class FakeStore:
     async def clear_pin_failures(self, extension: str) -> None:
         self.cleared.append(extension)
         self.failures.pop(extension, None)
+
+    async def global_lockout_until(
+        self, max_failures: int, window_seconds: float, lockout_seconds: float
+    ) -> datetime | None:
+        if self.global_until is None and 0 < max_failures <= self.total_failures:
+            self.global_until = datetime.now(UTC) + timedelta(seconds=lockout_seconds)
+        return self.global_until
 
 
 def panic(service, store, tts, **settings) -> PanicFlow:
@@ -519,6 +530,50 @@ async def test_locked_out_extension_is_refused_before_the_pin():
         "SET VARIABLE FASTAGI_STATUS LOCKED",
     ]
     assert service.events[0].details["reason"] == "locked out"
+
+
+async def test_global_lockout_refuses_every_deactivator_before_the_pin():
+    service, tts = with_alarms(ER_ALARM), FakeTts()
+    store = FakeStore(global_until=datetime.now(UTC) + timedelta(minutes=5))
+    asterisk = ScriptedAsterisk(UNSET, PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands[1:] == [
+        playback(tts, prompts.LOCKED_OUT),
+        "SET VARIABLE FASTAGI_STATUS LOCKED",
+    ]
+    assert service.kinds == ["deactivation_refused"]
+    assert service.events[0].details["reason"] == "global lockout"
+    assert "locked_until" in service.events[0].details
+
+
+async def test_wrong_pins_across_extensions_start_the_global_lockout(caplog):
+    caplog.set_level(logging.DEBUG)
+    service, tts = with_alarms(ER_ALARM), FakeTts()
+    # Other extensions guessed twice already; the per-extension limit is far away.
+    store = FakeStore(FakeSettings(pin_attempts=5), total_failures=2)
+    asterisk = ScriptedAsterisk(UNSET, digits("9999"), PLAYED, OK)
+    await run(deactivate(service, store, tts, global_pin_failures=3), asterisk)
+
+    assert asterisk.commands[-2:] == [
+        playback(tts, prompts.LOCKED_OUT),
+        "SET VARIABLE FASTAGI_STATUS LOCKED",
+    ]
+    assert service.kinds == ["deactivation_failed", "deactivation_locked_out"]
+    assert service.events[1].details["scope"] == "global"
+    assert "101" not in store.locked
+    assert service.deactivations == []
+    assert any(
+        r.getMessage() == "deactivation locked system-wide after wrong PINs" for r in caplog.records
+    )
+
+
+async def test_global_limit_zero_is_off():
+    service, tts = with_alarms(ER_ALARM), FakeTts()
+    store = FakeStore(total_failures=1000)
+    asterisk = ScriptedAsterisk(UNSET, digits(PIN), PLAYED, OK)
+    await run(deactivate(service, store, tts, global_pin_failures=0), asterisk)
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS DEACTIVATED"
 
 
 async def test_no_active_alarm_is_said_without_asking_for_the_pin():

@@ -1,0 +1,173 @@
+"""``fastagi serve`` as a real process, configured the production way (``FASTAGI_*``
+environment variables), for fault tests that kill it; and what those tests share: seeding
+a department, waiting for cycles, and measuring the gaps between pages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from fastagi.sandbox.instance import Sandbox
+from fastagi.store.alarms import Alarm, AlarmStore, StoredEvent
+
+READY_LINE = "FastAGI server listening"
+
+
+def server_env(
+    sandbox: Sandbox,
+    agi_port: int,
+    dsn: str,
+    *,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a ``fastagi serve`` against ``sandbox``: short test timings,
+    and a list setting, which travels as JSON (pydantic-settings' rule for lists)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("FASTAGI_") and key != "PYTHONASYNCIODEBUG"
+    }
+    env.update(
+        {
+            "FASTAGI_AGI__PORT": str(agi_port),
+            "FASTAGI_AGI__SHUTDOWN_GRACE": "1",
+            "FASTAGI_DATABASE__DSN": dsn,
+            "FASTAGI_AMI__HOST": sandbox.ami_host,
+            "FASTAGI_AMI__PORT": str(sandbox.ami_port),
+            "FASTAGI_AMI__USERNAME": sandbox.ami_username,
+            "FASTAGI_AMI__SECRET": sandbox.ami_secret,
+            "FASTAGI_TTS__DIRECTORY": str(sandbox.tts_dir),
+            "FASTAGI_TTS__ASTERISK_DIRECTORY": sandbox.tts_dir_in_asterisk,
+            "FASTAGI_ALARM__LEAD_IN": "0.3",
+            # Short, so a page (about 2 s) ends well before the next is due.
+            "FASTAGI_ALARM__ANNOUNCEMENT": "Panic {extension}.",
+            "FASTAGI_ALARM__PAGE_TIMEOUT": "5",
+            "FASTAGI_ALARM__TAKEOVER_INTERVAL": "1",
+            "FASTAGI_ALARM__UNKNOWN_DEPARTMENT_DEVICES": json.dumps(["PJSIP/269"]),
+            "FASTAGI_LOG_LEVEL": "INFO",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+class ServerProcess:
+    """One ``python -m fastagi serve``; its output goes to ``log_path``."""
+
+    def __init__(self, name: str, env: Mapping[str, str], log_path: Path) -> None:
+        self.name = name
+        self.env = dict(env)
+        self.log_path = log_path
+        self._process: asyncio.subprocess.Process | None = None
+        self.started_at: float | None = None  # loop time of the spawn
+        self.ready_after: float | None = None  # seconds from spawn to listening
+
+    @property
+    def port(self) -> int:
+        return int(self.env["FASTAGI_AGI__PORT"])
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, f"{self.name} was not started"
+        return self._process.pid
+
+    @property
+    def instance_id(self) -> str:
+        """What the server records as ``instance`` in history events."""
+        return f"{socket.gethostname()}:{self.pid}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    async def start(self, *, within: float = 30.0) -> None:
+        """Spawn the server; return once it listens (its own log line says so)."""
+        assert not self.running, f"{self.name} already runs"
+        offset = len(self.log())
+        loop = asyncio.get_running_loop()
+        with self.log_path.open("ab") as log:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "fastagi",
+                "serve",
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        self.started_at = loop.time()
+        process = self._process
+        async with asyncio.timeout(within):
+            # The log file is the only signal a child process gives of being ready.
+            while READY_LINE not in self.log()[offset:]:
+                if process.returncode is not None:
+                    raise AssertionError(f"{self.name} exited:\n{self.log()[-4000:]}")
+                await asyncio.sleep(0.02)
+        self.ready_after = loop.time() - self.started_at
+
+    async def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind runs in the server."""
+        if self._process is None or self._process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self._process.send_signal(signal.SIGKILL)
+        await self._process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM (the graceful way), SIGKILL when it takes too long."""
+        if self._process is None or self._process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self._process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(20):
+                await self._process.wait()
+        except TimeoutError:
+            await self.kill()
+
+
+async def seed_department(
+    store: AlarmStore, name: str, extension: str, devices: Iterable[str], interval: int
+) -> None:
+    await store.add_paging_group(f"group {name}")
+    for device in devices:
+        await store.add_paging_device(f"group {name}", device)
+    await store.add_department(name, interval_seconds=interval, paging_group=f"group {name}")
+    await store.map_extensions(name, extension)
+
+
+async def wait_alarm(
+    store: AlarmStore, extension: str, *, cycles: int = 0, within: float = 20.0
+) -> Alarm:
+    """The active alarm of ``extension`` once it has recorded ``cycles`` page cycles."""
+    async with asyncio.timeout(within):
+        while True:
+            for alarm in await store.active_alarms():
+                if alarm.extension == extension and alarm.cycles >= cycles:
+                    return alarm
+            await asyncio.sleep(0.05)
+
+
+async def events(store: AlarmStore, alarm_id: int, kind: str) -> list[StoredEvent]:
+    return [e for e in await store.timeline(alarm_id) if e.kind == kind]
+
+
+def gaps(times: Iterable[dt.datetime]) -> list[float]:
+    return [round((b - a).total_seconds(), 3) for a, b in itertools.pairwise(times)]

@@ -1,0 +1,223 @@
+"""Faults of the server process, with ``fastagi serve`` as a real process (configured by
+``FASTAGI_*`` variables, as in production), the sandbox Asterisk, SIPp phones and
+PostgreSQL: SIGKILL during an alarm, and two instances behind one Asterisk.
+
+What is measured, from the paging phones' INVITE times and the alarm's history:
+
+- recovery: the gap between the last page before the kill and the first one after;
+- lost: pages that reached a phone but have no ``page_cycle`` event (INVITEs minus rows);
+- duplicated: pages closer together than 0.9 interval (two cycles where one was due), or
+  a cycle number recorded twice.
+
+Extensions: desk phones 170-179, paging phones 250-259 (apart from other tests).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.sandbox.instance import Sandbox
+from fastagi.sandbox.ports import free_port
+from fastagi.store.alarms import Alarm, AlarmStore
+from tests import sipp
+from tests.e2e.server_process import (
+    ServerProcess,
+    events,
+    gaps,
+    seed_department,
+    server_env,
+    wait_alarm,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+
+INTERVAL = 5
+# A gap shorter than this is a doubled cycle.
+MIN_GAP = INTERVAL * 0.9
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[AsyncExitStack]:
+    async with AsyncExitStack() as exit_stack:
+        yield exit_stack
+
+
+async def start_server(
+    stack: AsyncExitStack, name: str, sandbox: Sandbox, port: int, dsn: str, tmp_path: Path
+) -> ServerProcess:
+    server = ServerProcess(name, server_env(sandbox, port, dsn), tmp_path / f"{name}.log")
+    stack.push_async_callback(server.kill)
+    await server.start()
+    return server
+
+
+async def panic_call(sandbox: Sandbox, workdir: Path, ext: int) -> None:
+    result = await sipp.call_dtmf(
+        sandbox, workdir, service="*555", ext=ext, digits="1", prompt_ms=1500
+    )
+    result.check()
+
+
+async def deactivate(store: AlarmStore, alarm: Alarm) -> None:
+    """As the CLI does: written to the database, the leader hears the NOTIFY."""
+    event = HistoryEvent(EventKind.DEACTIVATED, alarm.id, alarm.extension, alarm.department_name)
+    assert await store.deactivate(alarm.id, "test", "done", event) is not None
+
+
+async def assert_history_matches_pages(
+    store: AlarmStore, alarm_id: int, invites: int
+) -> tuple[int, int]:
+    """page_cycle rows numbered 1..n, one per page the phone received; (lost, doubled)."""
+    numbers = [e.details["cycle"] for e in await events(store, alarm_id, "page_cycle")]
+    lost = invites - len(numbers)
+    doubled = len(numbers) - len(set(numbers))
+    print(f"cycles recorded {numbers}, pages received {invites}: lost {lost}, doubled {doubled}")
+    assert numbers == list(range(1, len(numbers) + 1)), numbers
+    assert (lost, doubled) == (0, 0)
+    return lost, doubled
+
+
+async def test_sigkill_between_pages_restarted_server_resumes_the_loop(
+    sandbox: Sandbox,
+    agi_port: int,
+    database_dsn: str,
+    db_pool: asyncpg.Pool[asyncpg.Record],
+    tmp_path: Path,
+    stack: AsyncExitStack,
+) -> None:
+    store = AlarmStore(db_pool)
+    await seed_department(store, "Fault Ward K", "170", ["PJSIP/250"], INTERVAL)
+    phone = await stack.enter_async_context(sipp.PagingPhone(sandbox, 250, tmp_path))
+    first = await start_server(stack, "first", sandbox, agi_port, database_dsn, tmp_path)
+    print(f"first server listening {first.ready_after:.2f} s after spawn")
+
+    await panic_call(sandbox, tmp_path / "trigger", 170)
+    alarm = await wait_alarm(store, "170", cycles=2, within=20)
+    # Cycle 2 is recorded: the kill falls between two pages.
+    assert len(phone.invite_times) == 2
+    killed_at = time.time()
+    await first.kill()
+
+    second = await start_server(stack, "second", sandbox, agi_port, database_dsn, tmp_path)
+    print(f"second server listening {second.ready_after:.2f} s after spawn")
+    times = await phone.wait_invites(4, within=20)
+    all_gaps = gaps(times)
+    resumed_gap = all_gaps[1]
+    recovery = times[2].timestamp() - killed_at
+    last_duration = (await events(store, alarm.id, "page_cycle"))[-1].details["duration"]
+    print(
+        f"gaps {all_gaps}; kill to next page {recovery:.2f} s; last page before the kill"
+        f" lasted {last_duration} s"
+    )
+    assert min(all_gaps) >= MIN_GAP, all_gaps
+    # One interval after the last page (counted from its end, when it was recorded).
+    assert resumed_gap <= INTERVAL * 1.1 + float(last_duration), (resumed_gap, last_duration)
+
+    resumed = await events(store, alarm.id, "resumed")
+    assert [e.details["instance"] for e in resumed] == [second.instance_id]
+    await deactivate(store, alarm)
+    await second.stop()
+    await assert_history_matches_pages(store, alarm.id, len(phone.invite_times))
+    assert len(await events(store, alarm.id, "activated")) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known bug: a page is counted (alarms.cycles, last_cycle_at) only when it ends, so"
+        " the page a SIGKILL interrupts is never recorded and the next leader pages again"
+        " one interval after the page before it: about one page's length later"
+    ),
+)
+async def test_sigkill_during_a_page_no_cycle_doubled(
+    sandbox: Sandbox,
+    agi_port: int,
+    database_dsn: str,
+    db_pool: asyncpg.Pool[asyncpg.Record],
+    tmp_path: Path,
+    stack: AsyncExitStack,
+) -> None:
+    """The kill falls while a page plays: Asterisk finishes that page on its own, and
+    the next server must not page again before one interval has passed since it began."""
+    store = AlarmStore(db_pool)
+    await seed_department(store, "Fault Ward L", "172", ["PJSIP/252"], INTERVAL)
+    phone = await stack.enter_async_context(sipp.PagingPhone(sandbox, 252, tmp_path))
+    first = await start_server(stack, "first", sandbox, agi_port, database_dsn, tmp_path)
+    await panic_call(sandbox, tmp_path / "trigger", 172)
+    await wait_alarm(store, "172", cycles=1, within=20)
+    await phone.wait_invites(2, within=10)  # cycle 2 is playing
+    killed_at = time.time()
+    await first.kill()
+    second = await start_server(stack, "second", sandbox, agi_port, database_dsn, tmp_path)
+    times = await phone.wait_invites(4, within=25)
+    all_gaps = gaps(times)
+    print(f"gaps {all_gaps}; kill to next page {times[2].timestamp() - killed_at:.2f} s")
+    assert min(all_gaps) >= MIN_GAP, all_gaps
+    [alarm] = await store.active_alarms()
+    await deactivate(store, alarm)
+    await second.stop()
+    numbers = [e.details["cycle"] for e in await events(store, alarm.id, "page_cycle")]
+    assert numbers == list(range(1, len(numbers) + 1)), numbers
+    # The page the kill interrupted is recorded too, its outcome unknown.
+    assert len(numbers) == len(phone.invite_times), (numbers, phone.invite_times)
+
+
+async def test_two_instances_failover_one_leader_and_takeover(
+    sandbox_factory,
+    database_dsn: str,
+    db_pool: asyncpg.Pool[asyncpg.Record],
+    tmp_path: Path,
+    stack: AsyncExitStack,
+) -> None:
+    port_a, port_b = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    while port_b == port_a:
+        port_b = free_port(socket.SOCK_STREAM)
+    box: Sandbox = sandbox_factory(f"agi://127.0.0.1:{port_a}")
+    # FreePBX: a line in globals_custom.conf; here set at run time.
+    await box.acli(f"dialplan set global FASTAGI_PANIC_URL2 agi://127.0.0.1:{port_b}")
+    store = AlarmStore(db_pool)
+    await seed_department(store, "Fault Ward T", "171", ["PJSIP/251"], INTERVAL)
+    phone = await stack.enter_async_context(sipp.PagingPhone(box, 251, tmp_path))
+
+    # A (the first URL) is down: the panic call is served by B, the second URL.
+    b = await start_server(stack, "b", box, port_b, database_dsn, tmp_path)
+    await panic_call(box, tmp_path / "trigger-a-down", 171)
+    alarm = await wait_alarm(store, "171", cycles=1, within=20)
+    [activated] = await events(store, alarm.id, "activated")
+    assert activated.details["instance"] == b.instance_id
+
+    # Both up: exactly one of them pages (one INVITE per cycle, at the interval).
+    a = await start_server(stack, "a", box, port_a, database_dsn, tmp_path)
+    alarm = await wait_alarm(store, "171", cycles=3, within=20)
+    assert len(phone.invite_times) == 3, phone.invite_times
+    assert min(gaps(phone.invite_times)) >= MIN_GAP, gaps(phone.invite_times)
+    assert await events(store, alarm.id, "resumed") == []
+
+    # The leader dies (between pages); A takes the alarm over.
+    killed_at = time.time()
+    await b.kill()
+    # B is down: calls reach A through the first URL (a re-trigger of the alarm).
+    await panic_call(box, tmp_path / "trigger-b-down", 171)
+    times = await phone.wait_invites(5, within=25)
+    all_gaps = gaps(times)
+    takeover_gap = all_gaps[2]
+    recovery = times[3].timestamp() - killed_at
+    print(f"gaps {all_gaps}; leader killed to next page {recovery:.2f} s")
+    assert min(all_gaps) >= MIN_GAP, all_gaps
+    assert takeover_gap <= 2 * INTERVAL, all_gaps
+    resumed = await events(store, alarm.id, "resumed")
+    assert [e.details["instance"] for e in resumed] == [a.instance_id]
+    [retriggered] = await events(store, alarm.id, "retriggered")
+    assert retriggered.details["instance"] == a.instance_id
+
+    await deactivate(store, alarm)
+    await a.stop()
+    await assert_history_matches_pages(store, alarm.id, len(phone.invite_times))

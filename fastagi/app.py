@@ -46,6 +46,7 @@ from fastagi.logs import configure_logging
 from fastagi.notify import Notifier
 from fastagi.store.alarms import AlarmStore
 from fastagi.store.emergency import EmergencyStore
+from fastagi.store.journal import Journal
 from fastagi.store.pool import create_pool
 from fastagi.store.probe import ProbeStore
 from fastagi.tts import TextToSpeech
@@ -167,6 +168,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         instance_id=instance_id,
         pool=pool,
         listeners=[notifications, emergency],
+        # History events wait here, fsync'd, while PostgreSQL is away.
+        journal=Journal(settings.journal),
+        journal_settings=settings.journal,
     )
     services = Services(
         pool=pool,

@@ -316,6 +316,19 @@ class EmergencySettings(BaseModel):
         return bool(self.destinations or self.escalation_destinations)
 
 
+class JournalSettings(BaseModel):
+    """``[journal]``: where history events wait while PostgreSQL is down."""
+
+    # None: no journal on disk, events wait in memory only (tests, a read-only system).
+    directory: Path | None = Path("/var/lib/fastagi-panic/journal")
+    # Events kept in memory when the journal cannot be written (disk full, read-only).
+    memory_limit: int = Field(default=10_000, ge=0)
+    # Events written to PostgreSQL per transaction by a replay.
+    replay_batch: int = Field(default=200, ge=1, le=10_000)
+    # How long recording one event may wait for PostgreSQL before it is journalled.
+    write_timeout: float = Field(default=5.0, gt=0, le=120.0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FASTAGI_",
@@ -331,6 +344,7 @@ class Settings(BaseSettings):
     flows: FlowSettings = Field(default_factory=FlowSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     emergency: EmergencySettings = Field(default_factory=EmergencySettings)
+    journal: JournalSettings = Field(default_factory=JournalSettings)
     log_level: str = "INFO"
 
     @field_validator("log_level")

@@ -107,6 +107,7 @@ async def run_dev(settings: Settings) -> None:
                     "database": DatabaseSettings(dsn=SecretStr(dsn)),
                     # The sandbox's Asterisk runs in a chroot: the same directory has
                     # one name for the server and another for Asterisk.
+                    "journal": settings.journal.model_copy(update={"directory": cache / "journal"}),
                     # Unknown extensions page the demo's Emergency Room phones.
                     "alarm": settings.alarm.model_copy(
                         update={

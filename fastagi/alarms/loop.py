@@ -140,6 +140,12 @@ class AlarmLoop:
         """No new cycle starts from now on; a page in progress is left to the caller."""
         self._stopping.set()
 
+    def rekey(self, alarm: Alarm) -> None:
+        """Go on as ``alarm``: the row a provisional alarm (raised while PostgreSQL was
+        down) became. Same schedule; cycles count on from the higher of the two."""
+        self.cycle = max(self.cycle, alarm.cycles)
+        self.alarm = alarm
+
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()

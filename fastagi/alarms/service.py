@@ -13,17 +13,39 @@ A deactivation is written by whoever receives it (a call flow here, the CLI, ano
 server); the store's ``NOTIFY fastagi_alarms`` reaches every server, and the leader
 stops the loop and hangs up the page in progress. The takeover scan doubles as a
 safety net for a lost notification: it stops every loop whose alarm is no longer active.
+
+PostgreSQL down (see docs/reliability.md). Nothing that pages waits for it:
+
+- History events it refuses go to the local :class:`~fastagi.store.journal.Journal`
+  (fsync'd); once the outage is noticed, events go straight there. The maintenance task
+  replays the journal when PostgreSQL answers again (each event once: its event_id), and
+  only then writes to PostgreSQL directly again. Start-up replays a previous run's.
+- Running loops keep paging: devices and intervals come from the cached directory, the
+  gate says "cannot tell" (page). Losing the lock connection with the database does not
+  stop them: when PostgreSQL is back, each lock is taken again, and a loop whose lock
+  another server took meanwhile stops (that server leads it now).
+- A trigger raises a *provisional* alarm: a negative id, in memory only, keyed by its
+  alarm key (a re-trigger joins it), paging at once from the cached directory, its events
+  journalled. When PostgreSQL is back it is activated for real with the same key (or
+  merged into the key's alarm another server raised meanwhile), a rekey line maps its
+  journalled events to the row, and its loop goes on under the row's id, same schedule.
+  Listeners (e-mail, SMS, emergency call) are told only then: they key on the row.
+- Deactivation needs PostgreSQL (the PIN hash, the lockout count, the row): refused
+  while it is down, so an alarm is never silenced without its record. The alarm pages on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import asyncpg
 
@@ -32,17 +54,18 @@ from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.alarms.lamps import LampChange, Lamps
 from fastagi.alarms.loop import AlarmLoop
 from fastagi.alarms.model import announcement_text
+from fastagi.alarms.outage import CachedLoopStore, DatabaseDown, Outage
 from fastagi.alarms.paging import Pager
-from fastagi.config import AlarmSettings
-from fastagi.store.alarms import Alarm, AlarmStore
+from fastagi.config import AlarmSettings, JournalSettings
+from fastagi.store.alarms import ACTIVE, Alarm, AlarmStore
+from fastagi.store.journal import Journal, Rekey
 from fastagi.tts import TextToSpeech, TtsError, fallback_announcement
 
 logger = logging.getLogger(__name__)
 
 # How long close() lets a page in progress finish before cancelling its loop.
 _CLOSE_GRACE = 5.0
-# Events that PostgreSQL did not take are kept (and retried) up to this many.
-_BACKLOG_LIMIT = 10_000
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -76,9 +99,14 @@ class AlarmService:
         instance_id: str,
         pool: asyncpg.Pool[asyncpg.Record],
         listeners: Sequence[AlarmListener] = (),
+        journal: Journal | None = None,
+        journal_settings: JournalSettings | None = None,
     ) -> None:
         """``pool`` is the store's pool: the service takes one connection of it for the
-        leader locks, and short transactions for the gate before each page."""
+        leader locks, and short transactions for the gate before each page.
+
+        ``journal``: where events wait while PostgreSQL is down (None: in memory only).
+        """
         self._listeners = tuple(listeners)
         self._ended: set[int] = set()
         self._store = store
@@ -95,7 +123,19 @@ class AlarmService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: asyncio.Task[None] | None = None
         self._stop_listening: Callable[[], Awaitable[None]] | None = None
-        self._backlog: list[HistoryEvent] = []
+        self._journal_settings = journal_settings or JournalSettings(directory=None)
+        self._journal = journal or Journal(self._journal_settings)
+        self._outage = Outage()
+        self._timeout = self._journal_settings.write_timeout
+        self._loop_store = CachedLoopStore(
+            store, lambda: self._directory, self._outage, self._timeout
+        )
+        # Alarms raised while PostgreSQL was down, by provisional (negative) id.
+        self._provisional: dict[int, Alarm] = {}
+        # Random start: provisional ids of two runs never meet in one journal.
+        self._provisional_ids = itertools.count(random.randint(1, 2**30))  # noqa: S311
+        self._maintenance_lock = asyncio.Lock()
+        self.last_recovery: float | None = None  # seconds from PG back to journal drained
         self._started = False
         self._closed = False
 
@@ -107,6 +147,8 @@ class AlarmService:
         self._lamps.set_listener(self._record_lamps)
         self._stop_listening = await self._store.listen_changes(self._on_notify)
         await self.refresh_directory()
+        await self._promote_leftovers()
+        await self._journal.replay(self._store, live=frozenset(self._provisional))
         await self._scan()
         self._background = asyncio.create_task(self._maintain(), name="alarm-service")
 
@@ -132,7 +174,10 @@ class AlarmService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._flush_backlog()
+        if not self._outage.down and self._journal.pending:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._replay(), self._timeout)
+        await self._journal.close()
         self._lamps.set_listener(None)
         await self._locks.close()
 
@@ -146,13 +191,14 @@ class AlarmService:
     async def directory(self) -> Directory:
         """Departments and mappings, cached; reloaded every ``directory_refresh`` s."""
         age = asyncio.get_running_loop().time() - self._directory_at
-        if self._directory is None or age > self._settings.directory_refresh:
+        stale = age > self._settings.directory_refresh
+        if self._directory is None or (stale and not self._outage.down):
             try:
-                return await self.refresh_directory()
+                return await self._db("directory", self.refresh_directory)
             except Exception:
                 if self._directory is None:
                     raise
-                logger.warning("cannot reload departments; using the cached ones")
+        # While PostgreSQL is down the maintenance task reloads it once it is back.
         return self._directory
 
     async def lookup(self, extension: str) -> Department | None:
@@ -179,13 +225,16 @@ class AlarmService:
             HistoryEvent(kind, None, extension, name, details)
             for kind in (EventKind.ACTIVATED, EventKind.RETRIGGERED)
         ]
-        alarm, created = await self._store.activate(
-            alarm_key(department, extension),
-            department.id if department else None,
-            name,
-            extension,
-            events,
-        )
+        key = alarm_key(department, extension)
+        try:
+            alarm, created = await self._db(
+                "activate",
+                lambda: self._store.activate(
+                    key, department.id if department else None, name, extension, events
+                ),
+            )
+        except Exception:
+            return await self._activate_offline(key, extension, department, details)
         if created or alarm.id not in self._loops:
             # A re-triggered alarm that nobody leads (its leader died a moment ago) is
             # taken now rather than at the next scan.
@@ -233,16 +282,70 @@ class AlarmService:
         return True
 
     async def record(self, event: HistoryEvent) -> None:
-        """Append a history event; kept and retried when PostgreSQL does not take it."""
-        try:
-            await self._flush_backlog()
-            await self._store.append_event(event)
-        except Exception as exc:
-            logger.warning("cannot record %s event now (%s); kept for later", event.kind, exc)
-            if len(self._backlog) < _BACKLOG_LIMIT:
-                self._backlog.append(event)
+        """Append a history event; journalled when PostgreSQL does not take it. Never
+        raises: a flow or a loop goes on whatever happens to the history."""
+        if event.alarm_id is None or event.alarm_id > 0:
+            try:
+                await self._db(f"record {event.kind}", lambda: self._store.append_event(event))
+            except Exception as exc:
+                logger.debug("%s event journalled: %r", event.kind, exc)
             else:
-                logger.error("event backlog full; lost: %s", event.to_dict())
+                return
+        await self._journal.append(event)
+
+    async def _db(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """A PostgreSQL call with a deadline; not even tried while it is known to be down
+        (the maintenance task finds out when it is back)."""
+        if self._outage.down:
+            raise DatabaseDown(what)
+        try:
+            return await asyncio.wait_for(call(), self._timeout)
+        except Exception as exc:
+            self._outage.failed(what, exc)
+            raise
+
+    async def _activate_offline(
+        self, key: str, extension: str, department: Department | None, details: dict[str, str]
+    ) -> Activation:
+        """PostgreSQL did not answer: raise (or re-trigger) the alarm without it."""
+        name = department_name(department)
+        running = next((lp.alarm for lp in self._loops.values() if lp.alarm.alarm_key == key), None)
+        if running is not None:
+            await self.record(
+                HistoryEvent(EventKind.RETRIGGERED, running.id, extension, name, details)
+            )
+            return Activation(running, created=False)
+        alarm = Alarm(
+            id=-next(self._provisional_ids),
+            alarm_key=key,
+            department_id=department.id if department else None,
+            department_name=name,
+            extension=extension,
+            state=ACTIVE,
+            activated_at=datetime.now(UTC),
+            deactivated_at=None,
+            deactivated_by=None,
+            deactivation_reason=None,
+            cycles=0,
+            last_cycle_at=None,
+        )
+        logger.error(
+            "alarm %s raised without PostgreSQL (provisional id %s); paging from the cache",
+            key,
+            alarm.id,
+        )
+        self._provisional[alarm.id] = alarm
+        # What a start-up needs to raise it for real if this process dies before PG returns.
+        offline = {
+            **details,
+            "alarm_key": key,
+            "department_id": alarm.department_id,
+            "offline": True,
+        }
+        await self.record(HistoryEvent(EventKind.ACTIVATED, alarm.id, extension, name, offline))
+        self._start_loop(alarm, first_delay=0.0)
+        await self._update_lamps(causes=[alarm])
+        return Activation(alarm, created=True)
 
     # -- leading -------------------------------------------------------------------------
 
@@ -271,9 +374,13 @@ class AlarmService:
                     {"instance": self.instance_id, "first_page_in": round(first_delay, 3)},
                 )
             )
+        self._start_loop(fresh, first_delay=first_delay)
+        return True
+
+    def _start_loop(self, alarm: Alarm, *, first_delay: float) -> AlarmLoop:
         alarm_loop = AlarmLoop(
-            fresh,
-            store=self._store,
+            alarm,
+            store=self._loop_store,
             pager=self._pager,
             settings=self._settings,
             tts=self._tts,
@@ -281,9 +388,9 @@ class AlarmService:
             record=self.record,
             first_delay=first_delay,
         )
-        self._loops[fresh.id] = alarm_loop
+        self._loops[alarm.id] = alarm_loop
         alarm_loop.start()
-        return True
+        return alarm_loop
 
     async def _resume_delay(self, alarm: Alarm) -> float:
         """Continue the previous leader's schedule: one interval after its last page."""
@@ -293,7 +400,7 @@ class AlarmService:
         since = (datetime.now(UTC) - alarm.last_cycle_at).total_seconds()
         return max(0.0, interval - since)
 
-    async def _stop_loop(self, alarm_id: int) -> None:
+    async def _stop_loop(self, alarm_id: int, *, release: bool = True) -> None:
         alarm_loop = self._loops.get(alarm_id)
         if alarm_loop is None:
             return
@@ -304,7 +411,8 @@ class AlarmService:
         if not await alarm_loop.wait(self._settings.max_page_seconds + 5):
             await alarm_loop.cancel()
         self._loops.pop(alarm_id, None)
-        await self._locks.release(alarm_id)
+        if release:
+            await self._locks.release(alarm_id)
 
     @contextlib.asynccontextmanager
     async def _gate(self, alarm_id: int) -> AsyncIterator[bool | None]:
@@ -313,6 +421,9 @@ class AlarmService:
         # Originate is written: a concurrent deactivation (UPDATE ... WHERE state =
         # 'active') waits for it, so it is acknowledged only after that page started, and
         # a deactivation that committed first is seen here. None: PostgreSQL cannot say.
+        if alarm_id < 0 or self._outage.down:
+            yield None  # a provisional alarm, or PostgreSQL down: page
+            return
         try:
             connection = await self._pool.acquire(timeout=5.0)
         except Exception as exc:
@@ -357,29 +468,137 @@ class AlarmService:
         await self._tell_listeners_ended(alarm_id)
 
     async def _maintain(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._settings.takeover_interval)
+            await self.maintain()
+
+    async def maintain(self) -> None:
+        """One round of maintenance (the background task runs one per takeover_interval):
+        after an outage, the directory, the provisional alarms and the journal first;
+        then the takeover scan."""
+        async with self._maintenance_lock:
+            loop = asyncio.get_running_loop()
             try:
+                if self._outage.down or self._journal.pending or self._provisional:
+                    await self._recover()
                 if loop.time() - self._directory_at > self._settings.directory_refresh:
                     await self.refresh_directory()
-                await self._flush_backlog()
                 await self._scan()
-            except Exception:
+            except Exception as exc:
+                if self._outage.down:
+                    return  # logged when it began
+                if _is_unavailable(exc):
+                    self._outage.failed("maintenance", exc)
+                    return
                 logger.exception("alarm service maintenance failed; trying again")
+
+    async def _recover(self) -> None:
+        """PostgreSQL may be back: reload the directory, give provisional alarms their
+        rows, replay the journal; only then do events go to PostgreSQL directly again."""
+        was_down = self._outage.down
+        await asyncio.wait_for(self._store.load_settings(), self._timeout)  # answering?
+        back = time.monotonic()
+        if was_down:
+            await self.refresh_directory()
+        for alarm_id in list(self._provisional):
+            await self._promote(alarm_id)
+        await self._replay()
+        self._outage.recovered()
+        if was_down:
+            self.last_recovery = time.monotonic() - back
+
+    async def _replay(self) -> None:
+        started = asyncio.get_running_loop().time()
+        result = await self._journal.replay(self._store, live=frozenset(self._provisional))
+        if result.replayed:
+            logger.warning(
+                "replayed %s journalled events (%s new) in %.2f s",
+                result.replayed,
+                result.written,
+                asyncio.get_running_loop().time() - started,
+            )
+
+    async def _promote(self, provisional: int) -> None:
+        """Give a provisional alarm its row (or merge it into the key's active alarm), then
+        let its loop go on under the row's id."""
+        alarm = self._provisional[provisional]
+        row, created = await self._store.activate(
+            alarm.alarm_key, alarm.department_id, alarm.department_name, alarm.extension
+        )
+        await self._journal.append_rekey(Rekey(provisional, row.id, merged=not created))
+        del self._provisional[provisional]
+        logger.warning(
+            "provisional alarm %s is alarm %s now%s",
+            provisional,
+            row.id,
+            "" if created else " (raised meanwhile by another server: merged)",
+        )
+        alarm_loop = self._loops.pop(provisional, None)
+        if alarm_loop is None:
+            return
+        leads = row.id not in self._loops and await self._locks.acquire(row.id)
+        if leads:
+            alarm_loop.rekey(row)
+            self._loops[row.id] = alarm_loop
+        else:
+            # Another server leads the row already (or this one does, under its own id).
+            alarm_loop.stop()
+            if not await alarm_loop.wait(self._settings.max_page_seconds + 5):
+                await alarm_loop.cancel()
+        if created:
+            self._tell_listeners("alarm_started", row)
+        await self._update_lamps(causes=[row])
+
+    async def _promote_leftovers(self) -> None:
+        """Raise for real the alarms a previous run raised without PostgreSQL and could not
+        promote before it ended (their ``activated`` event is in the journal, unmapped)."""
+        for event in await self._journal.events():
+            if (
+                event.kind is not EventKind.ACTIVATED
+                or event.alarm_id is None
+                or event.alarm_id > 0
+                or self._journal.mapped(event.alarm_id)
+                or not isinstance(event.details.get("alarm_key"), str)
+            ):
+                continue
+            department_id = event.details.get("department_id")
+            row, created = await self._store.activate(
+                event.details["alarm_key"],
+                department_id if isinstance(department_id, int) else None,
+                event.department or "",
+                event.extension or "",
+            )
+            await self._journal.append_rekey(Rekey(event.alarm_id, row.id, merged=not created))
+            logger.warning(
+                "alarm %s, raised without PostgreSQL by a previous run, is alarm %s now",
+                event.alarm_id,
+                row.id,
+            )
+            if created:
+                self._tell_listeners("alarm_started", row)
 
     async def _scan(self) -> None:
         """Lead unled active alarms; stop loops of alarms that ended or were lost."""
         if not await self._locks.healthy():
             # The lock connection died, and with it every lock: another server may lead
-            # our alarms by now. Stop ours; the scan below takes back those still free.
-            for alarm_id in list(self._loops):
-                self._loops[alarm_id].stop()
-                await self._stop_loop(alarm_id)
+            # our alarms by now. Take each lock again at once: a loop whose lock another
+            # server holds stops; while PostgreSQL is down (the acquire fails) the loops
+            # go on unlocked, since nobody can take over from a database that is down.
+            for alarm_id in [a for a in self._loops if a > 0]:
+                if not await self._locks.acquire(alarm_id):
+                    logger.warning("alarm %s is led by another server now", alarm_id)
+                    self._loops[alarm_id].stop()
+                    await self._stop_loop(alarm_id, release=False)
         active = await self._store.active_alarms()
         active_ids = {alarm.id for alarm in active}
+        for alarm_id in [a for a in self._loops if a > 0 and not self._locks.holds(a)]:
+            # Paged unlocked through an outage: lead it still only if nobody else does.
+            if alarm_id in active_ids and not await self._locks.acquire(alarm_id):
+                logger.warning("alarm %s is led by another server now", alarm_id)
+                self._loops[alarm_id].stop()
+                await self._stop_loop(alarm_id, release=False)
         # Alarms deactivated elsewhere (or here, a moment ago): their lamps go out now.
-        ended = [lp.alarm for a, lp in self._loops.items() if a not in active_ids]
+        ended = [lp.alarm for a, lp in self._loops.items() if a > 0 and a not in active_ids]
         for alarm in ended:
             await self._stop_loop(alarm.id)
             await self._tell_listeners_ended(alarm.id)
@@ -400,7 +619,14 @@ class AlarmService:
         deactivation this follows; a change of one of their lamps is recorded with that
         alarm's id. Without a cause (start-up, a take-over) a change has no alarm id."""
         try:
-            alarms = list(active) if active is not None else await self._store.active_alarms()
+            if active is not None:
+                alarms = list(active)
+            else:
+                try:
+                    alarms = await self._db("active alarms", self._store.active_alarms)
+                except Exception:
+                    # PostgreSQL down: the alarms this server pages are what it knows.
+                    alarms = [lp.alarm for lp in self._loops.values() if not lp.stopping]
             known = [d.id for d in self._directory.departments] if self._directory else []
             changes = await self._lamps.apply(alarms, known)
         except Exception:
@@ -464,11 +690,6 @@ class AlarmService:
             )
         )
 
-    async def _flush_backlog(self) -> None:
-        while self._backlog:
-            await self._store.append_event(self._backlog[0])
-            self._backlog.pop(0)
-
     def _tell_listeners(self, method: str, alarm: Alarm) -> None:
         if method == "alarm_ended":
             if alarm.id in self._ended:
@@ -527,6 +748,9 @@ class _LeaderLocks:
             self._connection = await self._pool.acquire()
         return self._connection
 
+    def holds(self, alarm_id: int) -> bool:
+        return alarm_id in self._held
+
     async def acquire(self, alarm_id: int) -> bool:
         async with self._lock:
             if alarm_id in self._held:
@@ -577,3 +801,17 @@ class _LeaderLocks:
                 await self._pool.release(self._connection)
             self._connection = None
             self._held.clear()
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says PostgreSQL cannot be reached (rather than a bug or bad data)."""
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | DatabaseDown
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.PostgresConnectionError
+        | asyncpg.exceptions.InterfaceError,
+    )

@@ -242,6 +242,36 @@ class AlarmStore:
         async with self._pool.acquire() as connection, connection.transaction():
             return sum([await _insert_event(connection, event) for event in events])
 
+    async def replay_events(self, events: Sequence[HistoryEvent]) -> int:
+        """Write journalled events (fastagi/store/journal.py) in one transaction; return
+        how many were new. A new ``page_cycle`` event also counts its cycle on the alarm
+        row, as :meth:`record_cycle` would have (``cycles`` only grows: a replay repeated,
+        or a cycle recorded after it, never counts one twice)."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            new = 0
+            for event in events:
+                if not await _insert_event(connection, event):
+                    continue
+                new += 1
+                cycle = event.details.get("cycle")
+                if (
+                    event.kind is EventKind.PAGE_CYCLE
+                    and event.alarm_id is not None
+                    and isinstance(cycle, int)
+                    and not event.details.get("merged")
+                ):
+                    await connection.execute(
+                        """
+                        UPDATE alarms SET cycles = greatest(cycles, $2),
+                            last_cycle_at = greatest(last_cycle_at, $3)
+                        WHERE id = $1
+                        """,
+                        event.alarm_id,
+                        cycle,
+                        event.occurred_at,
+                    )
+            return new
+
     async def timeline(self, alarm_id: int) -> list[StoredEvent]:
         """The alarm's story, oldest first: its own events, and those of its calls.
 
@@ -338,11 +368,20 @@ class AlarmStore:
         raise RuntimeError(f"could not activate {alarm_key!r}: it keeps changing state")
 
     async def record_cycle(self, alarm_id: int, event: HistoryEvent) -> None:
-        """Count one paging cycle of the alarm and write its event, in one transaction."""
+        """Count one paging cycle of the alarm and write its event, in one transaction.
+
+        ``cycles`` becomes at least the event's ``cycle``: cycles paged while PostgreSQL
+        was down are counted even before their journalled events are replayed.
+        """
+        cycle = event.details.get("cycle")
         async with self._pool.acquire() as connection, connection.transaction():
             status = await connection.execute(
-                "UPDATE alarms SET cycles = cycles + 1, last_cycle_at = now() WHERE id = $1",
+                """
+                UPDATE alarms SET cycles = greatest(cycles + 1, $2), last_cycle_at = now()
+                WHERE id = $1
+                """,
                 alarm_id,
+                cycle if isinstance(cycle, int) else 0,
             )
             if status == "UPDATE 0":
                 raise StoreError(f"unknown alarm {alarm_id}")

@@ -66,6 +66,8 @@ class ServerProcess:
     def __init__(self, name: str, env: Mapping[str, str], log_path: Path) -> None:
         self.name = name
         self.env = dict(env)
+        # Each server its own journal, as in production (one per host).
+        self.env.setdefault("FASTAGI_JOURNAL__DIRECTORY", str(log_path.parent / f"journal-{name}"))
         self.log_path = log_path
         self._process: asyncio.subprocess.Process | None = None
         self.started_at: float | None = None  # loop time of the spawn

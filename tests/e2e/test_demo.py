@@ -18,6 +18,7 @@ from fastagi.config import (
     AmiSettings,
     DatabaseSettings,
     EmergencySettings,
+    JournalSettings,
     Settings,
 )
 from fastagi.demo import DEMO_CYCLES, DEMO_PHONES, run_demo
@@ -59,6 +60,9 @@ def settings_for(
     return Settings(
         notify=notify or NotifySettings(),
         emergency=emergency or EmergencySettings(),
+        # Memory only: a journal directory shared by tests would replay one test's
+        # events into another's database.
+        journal=JournalSettings(directory=None),
         agi=AgiSettings(port=agi_port),
         database=DatabaseSettings(dsn=SecretStr(dsn)),
         ami=AmiSettings(

@@ -1,0 +1,114 @@
+"""What the alarm service needs to go on while PostgreSQL is down.
+
+- :class:`Outage`: whether the database is known to be down, logged once when it goes
+  and once when it comes back (not once per call that fails meanwhile).
+- :class:`CachedLoopStore`: the paging loop's store, answering from the service's cached
+  :class:`~fastagi.alarms.directory.Directory` (departments, paging devices, intervals)
+  when PostgreSQL does not, so paging goes on at the same interval to the same phones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from fastagi.alarms.directory import Directory
+from fastagi.alarms.events import HistoryEvent
+from fastagi.store.alarms import Alarm, AlarmStore
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class DatabaseDown(Exception):
+    """PostgreSQL is known to be down: not even tried (the outage's first failure was)."""
+
+
+class Outage:
+    """PostgreSQL's availability as the alarm service saw it last."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # time.monotonic() of the first failure
+        self.recovered_at: float | None = None  # of the last recovery
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            logger.error(
+                "PostgreSQL unavailable (%s: %r): paging goes on from the cached directory, "
+                "history events go to the journal",
+                what,
+                exc,
+            )
+
+    def recovered(self) -> float | None:
+        """Mark PostgreSQL as back; the outage's length, or None if there was none."""
+        if self.since is None:
+            return None
+        self.recovered_at = time.monotonic()
+        lasted = self.recovered_at - self.since
+        self.since = None
+        logger.warning("PostgreSQL answers again after %.1f s", lasted)
+        return lasted
+
+
+class CachedLoopStore:
+    """``LoopStore`` for the paging loops: PostgreSQL first, the cached directory when it
+    is down. Provisional alarms (negative ids: raised while PostgreSQL was down) have no
+    row yet: their cycles are never written here, the loop journals them instead."""
+
+    def __init__(
+        self,
+        store: AlarmStore,
+        directory: Callable[[], Directory | None],
+        outage: Outage,
+        timeout: float,
+    ) -> None:
+        self._store = store
+        self._directory = directory
+        self._outage = outage
+        self._timeout = timeout
+
+    async def _ask(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        if self._outage.down:
+            raise DatabaseDown(what)
+        try:
+            return await asyncio.wait_for(call(), self._timeout)
+        except Exception as exc:
+            self._outage.failed(what, exc)
+            raise
+
+    async def interval_seconds(self, alarm: Alarm) -> int:
+        directory = self._directory()
+        if alarm.id > 0 or directory is None:
+            try:
+                return await self._ask("interval", lambda: self._store.interval_seconds(alarm))
+            except Exception:
+                if directory is None:
+                    raise
+        department = directory.department(alarm.department_id) if alarm.department_id else None
+        return directory.interval_for(department)
+
+    async def paging_devices(self, alarm: Alarm) -> tuple[str, ...]:
+        directory = self._directory()
+        if alarm.id > 0 or directory is None:
+            try:
+                return await self._ask("paging devices", lambda: self._store.paging_devices(alarm))
+            except Exception:
+                if directory is None:
+                    raise
+        department = directory.department(alarm.department_id) if alarm.department_id else None
+        return department.devices if department is not None else ()
+
+    async def record_cycle(self, alarm_id: int, event: HistoryEvent) -> None:
+        if alarm_id < 0:
+            raise DatabaseDown("a provisional alarm has no row yet")
+        await self._ask("record cycle", lambda: self._store.record_cycle(alarm_id, event))

@@ -1,0 +1,334 @@
+"""PostgreSQL down during an alarm and during a trigger: a cluster of the test's own
+(EmbeddedCluster in ``pg_tmp_dir``, stopped and started by the test), the sandbox
+Asterisk, SIPp paging phones.
+
+What is asserted, per fault: paging goes on at the interval (INVITE times), events made
+meanwhile wait in the journal, and once PostgreSQL is back every one of them is a row,
+exactly once (compared by event_id with what was generated; cycle numbers without gap or
+repeat). The time from PostgreSQL accepting connections again to the journal being
+drained is printed (``recovery``) for docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from uuid import UUID
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.alarms.lamps import Lamps
+from fastagi.alarms.paging import Pager
+from fastagi.alarms.service import AlarmService
+from fastagi.ami import AmiClient
+from fastagi.config import AlarmSettings, JournalSettings
+from fastagi.sandbox.instance import Sandbox
+from fastagi.store.alarms import AlarmStore
+from fastagi.store.cluster import EmbeddedCluster, free_port
+from fastagi.store.journal import JOURNAL_FILE, Journal
+from fastagi.store.migrations import migrate
+from fastagi.tts import TextToSpeech, TtsSettings
+from tests import sipp
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+
+SETTINGS = AlarmSettings(lead_in=0.3, page_timeout=5, takeover_interval=1.0)
+INTERVAL = 5
+TOLERANCE = 0.10
+
+
+@dataclass
+class OwnPg:
+    cluster: EmbeddedCluster
+    dsn: str
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.cluster.stop)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.cluster.start)
+
+
+@pytest.fixture
+def own_pg(pg_tmp_dir: Path) -> Iterator[OwnPg]:
+    # A fixed port: the pool's DSN stays valid across the restarts.
+    cluster = EmbeddedCluster(pg_tmp_dir / "data", port=free_port(), tuned_for_tests=True)
+    cluster.init()
+    cluster.start()
+
+    async def prepare() -> None:
+        admin = await asyncpg.connect(cluster.dsn("postgres"))
+        try:
+            await admin.execute("CREATE DATABASE fastagi")
+        finally:
+            await admin.close()
+        connection = await asyncpg.connect(cluster.dsn("fastagi"))
+        try:
+            await migrate(connection)
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(prepare())
+        yield OwnPg(cluster, cluster.dsn("fastagi"))
+    finally:
+        cluster.stop()
+
+
+@dataclass
+class Server:
+    service: AlarmService
+    store: AlarmStore
+    pool: asyncpg.Pool
+    journal: Journal
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[AsyncExitStack]:
+    async with AsyncExitStack() as stack:
+        yield stack
+
+
+async def server(
+    stack: AsyncExitStack,
+    sandbox: Sandbox,
+    dsn: str,
+    journal_dir: Path,
+    tts_dir: Path | None = None,
+    settings: AlarmSettings = SETTINGS,
+) -> Server:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
+    stack.push_async_callback(pool.close)
+    store = AlarmStore(pool)
+    ami = AmiClient(
+        sandbox.ami_host, sandbox.ami_port, sandbox.ami_username, SecretStr(sandbox.ami_secret)
+    )
+    await ami.connect()
+    stack.push_async_callback(ami.close)
+    tts = TextToSpeech(
+        TtsSettings(
+            directory=tts_dir or sandbox.tts_dir,
+            asterisk_directory=None if tts_dir else sandbox.tts_dir_in_asterisk,
+        )
+    )
+    stack.push_async_callback(tts.aclose)
+    lamps = Lamps(ami, settings)
+    stack.callback(lamps.close)
+    journal_settings = JournalSettings(directory=journal_dir, write_timeout=2.0)
+    journal = Journal(journal_settings)
+    service = AlarmService(
+        store,
+        Pager(ami, settings),
+        lamps,
+        tts,
+        settings,
+        instance_id="outage",
+        pool=pool,
+        journal=journal,
+        journal_settings=journal_settings,
+    )
+    await service.start()
+    stack.push_async_callback(service.close)
+    return Server(service, store, pool, journal)
+
+
+async def department(store: AlarmStore, name: str, extension: str, phone: int) -> None:
+    await store.add_paging_group(f"group {name}")
+    await store.add_paging_device(f"group {name}", f"PJSIP/{phone}")
+    await store.add_department(name, interval_seconds=INTERVAL, paging_group=f"group {name}")
+    await store.map_extensions(name, extension)
+
+
+def gaps(times: list[datetime]) -> list[float]:
+    return [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+
+
+async def drained(server: Server, within: float = 30.0) -> float:
+    """Wait until the journal is empty and the service wrote to PostgreSQL directly
+    again; return when (time.monotonic())."""
+    async with asyncio.timeout(within):
+        while server.journal.pending or server.service.last_recovery is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return time.monotonic()
+
+
+async def event_ids(pool: asyncpg.Pool) -> list[UUID]:
+    return [r["event_id"] for r in await pool.fetch("SELECT event_id FROM alarm_events")]
+
+
+async def test_pg_stopped_mid_alarm_paging_goes_on_and_events_arrive_once(
+    own_pg: OwnPg, sandbox: Sandbox, stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    s = await server(stack, sandbox, own_pg.dsn, tmp_path / "journal")
+    await department(s.store, "Ward P", "101", 241)
+    await s.service.refresh_directory()
+    phone = await stack.enter_async_context(sipp.PagingPhone(sandbox, 241, tmp_path))
+    ward = await s.service.lookup("101")
+    alarm = (await s.service.activate("101", ward, uniqueid="p-1")).alarm
+    await phone.wait_invites(2, within=12)
+    await asyncio.sleep(3)  # cycle 2 recorded in PostgreSQL
+
+    await own_pg.stop()
+    down_at = len(phone.invite_times)
+    # Events made while it is down: a re-trigger (joins the running alarm) and others.
+    again = await s.service.activate("101", ward, uniqueid="p-2")
+    assert (again.created, again.alarm.id) == (False, alarm.id)
+    generated = [
+        HistoryEvent(EventKind.ERROR, alarm.id, "101", "Ward P", {"n": n}) for n in range(5)
+    ]
+    for event in generated:
+        await s.service.record(event)  # never raises
+    times = await phone.wait_invites(down_at + 3, within=3 * INTERVAL + 8)
+    outage_gaps = gaps(times[down_at - 1 :])
+    print(f"gaps while PostgreSQL is down: {[round(g, 2) for g in outage_gaps]}")
+    assert all(abs(g - INTERVAL) <= INTERVAL * TOLERANCE for g in outage_gaps), outage_gaps
+    await asyncio.sleep(3)  # the last cycle is journalled
+    journalled = await s.journal.events()
+    kinds = [e.kind for e in journalled]
+    assert kinds.count(EventKind.PAGE_CYCLE) >= 3
+    assert kinds.count(EventKind.RETRIGGERED) == 1
+    assert {e.event_id for e in generated} <= {e.event_id for e in journalled}
+    assert (s.journal.path).stat().st_size > 0  # on disk, not in memory
+
+    await own_pg.start()
+    back = time.monotonic()
+    recovered = await drained(s)
+    print(f"recovery (PostgreSQL back -> journal drained): {recovered - back:.2f} s")
+    stored = await event_ids(s.pool)
+    lost = {e.event_id for e in journalled} - set(stored)
+    duplicated = len(stored) - len(set(stored))
+    print(f"journalled {len(journalled)}, lost {len(lost)}, duplicated {duplicated}")
+    assert (len(lost), duplicated) == (0, 0)
+
+    assert s.service.leads(alarm.id)  # the lock was taken again, the loop never stopped
+    await phone.wait_invites(len(phone.invite_times) + 1, within=INTERVAL + 4)
+    await asyncio.sleep(3)
+    assert await s.service.deactivate(alarm.id, by="cli", reason="done")
+    paged = len(phone.invite_times)
+    cycles = [
+        r["cycle"]
+        for r in await s.pool.fetch(
+            "SELECT (details ->> 'cycle')::int AS cycle FROM alarm_events"
+            " WHERE alarm_id = $1 AND kind = 'page_cycle' ORDER BY occurred_at",
+            alarm.id,
+        )
+    ]
+    assert cycles == list(range(1, paged + 1))  # each page once: nothing lost or doubled
+    row = await s.store.get_alarm(alarm.id)
+    assert row is not None
+    assert row.cycles == paged
+
+
+async def test_trigger_while_pg_is_down_pages_and_the_alarm_row_appears_later(
+    own_pg: OwnPg, sandbox: Sandbox, stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    s = await server(stack, sandbox, own_pg.dsn, tmp_path / "journal")
+    await department(s.store, "Ward Q", "102", 242)
+    await s.service.refresh_directory()  # the directory, paging devices included, cached
+    phone = await stack.enter_async_context(sipp.PagingPhone(sandbox, 242, tmp_path))
+
+    await own_pg.stop()
+    ward = await s.service.lookup("102")  # from the cache
+    assert ward is not None
+    assert ward.devices == ("PJSIP/242",)
+    started = time.time()
+    activation = await s.service.activate("102", ward, uniqueid="q-1")
+    assert activation.created
+    provisional = activation.alarm.id
+    assert provisional < 0
+    first = (await phone.wait_invites(1, within=10))[0]
+    print(f"activate() with PostgreSQL down -> first INVITE: {first.timestamp() - started:.2f} s")
+    again = await s.service.activate("102", ward, uniqueid="q-2")
+    assert (again.created, again.alarm.id) == (False, provisional)  # not a second alarm
+    await phone.wait_invites(2, within=INTERVAL + 5)
+    await asyncio.sleep(3)  # cycle 2 journalled
+    journalled = await s.journal.events()
+    assert {e.alarm_id for e in journalled} == {provisional}
+
+    await own_pg.start()
+    back = time.monotonic()
+    recovered = await drained(s)
+    print(f"recovery (PostgreSQL back -> alarm row + journal drained): {recovered - back:.2f} s")
+    [row] = await s.store.active_alarms()
+    assert row.alarm_key == activation.alarm.alarm_key
+    assert s.service.leads(row.id)
+    assert not s.service.leads(provisional)
+    stored = await s.pool.fetch(
+        "SELECT event_id, kind, alarm_id, (details ->> 'cycle')::int AS cycle"
+        " FROM alarm_events ORDER BY occurred_at"
+    )
+    by_id = {r["event_id"]: r for r in stored}
+    lost = [e for e in journalled if e.event_id not in by_id]
+    print(f"journalled {len(journalled)}, lost {len(lost)}")
+    assert lost == []
+    assert all(by_id[e.event_id]["alarm_id"] == row.id for e in journalled)  # rekeyed
+    kinds = [r["kind"] for r in stored if r["alarm_id"] == row.id]
+    assert (kinds.count("activated"), kinds.count("retriggered")) == (1, 1)
+
+    # The loop goes on under the row's id, same schedule: no doubled cycle.
+    seen = len(phone.invite_times)
+    times = await phone.wait_invites(seen + 1, within=INTERVAL + 5)
+    assert all(g >= INTERVAL * (1 - TOLERANCE) for g in gaps(times)), gaps(times)
+    await asyncio.sleep(3)
+    assert await s.service.deactivate(row.id, by="cli", reason="done")
+    paged = len(phone.invite_times)
+    cycles = [
+        r["cycle"]
+        for r in await s.pool.fetch(
+            "SELECT (details ->> 'cycle')::int AS cycle FROM alarm_events"
+            " WHERE alarm_id = $1 AND kind = 'page_cycle' ORDER BY occurred_at",
+            row.id,
+        )
+    ]
+    assert cycles == list(range(1, paged + 1))
+    final = await s.store.get_alarm(row.id)
+    assert final is not None
+    assert final.cycles == paged
+
+
+async def test_start_up_replays_a_journal_with_a_torn_last_line(
+    own_pg: OwnPg, sandbox: Sandbox, stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    journal_dir = tmp_path / "journal"
+    journal_dir.mkdir()
+    left = [HistoryEvent(EventKind.ERROR, None, "101", "x", {"n": n}) for n in range(3)]
+    lines = b"".join(json.dumps({"event": e.to_dict()}).encode() + b"\n" for e in left)
+    torn = json.dumps({"event": left[0].to_dict()}).encode()[:30]
+    (journal_dir / JOURNAL_FILE).write_bytes(lines + torn)  # a crash in the last write
+    s = await server(stack, sandbox, own_pg.dsn, journal_dir)
+    stored = await s.pool.fetch("SELECT event_id FROM alarm_events WHERE kind = 'error'")
+    assert sorted(r["event_id"] for r in stored) == sorted(e.event_id for e in left)
+    assert (journal_dir / JOURNAL_FILE).read_bytes() == b""
+
+
+async def test_tts_directory_unwritable_pages_the_fallback(
+    database_dsn: str, sandbox: Sandbox, stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("a file where the prompt directory should be")
+    s = await server(
+        stack, sandbox, database_dsn, tmp_path / "journal", tts_dir=tmp_path / "file" / "tts"
+    )
+    await department(s.store, "Ward R", "103", 243)
+    await s.service.refresh_directory()
+    phone = await stack.enter_async_context(sipp.PagingPhone(sandbox, 243, tmp_path))
+    alarm = (await s.service.activate("103", await s.service.lookup("103"), uniqueid="r")).alarm
+    await phone.wait_invites(1, within=10)
+    await asyncio.sleep(3)
+    assert await s.service.deactivate(alarm.id, by="cli", reason="done")
+    [cycle] = await s.pool.fetch(
+        "SELECT details FROM alarm_events WHERE alarm_id = $1 AND kind = 'page_cycle'", alarm.id
+    )
+    details = json.loads(cycle["details"])
+    assert details["prompts"] == "fallback"
+    assert details["answered"] == 1
+    assert "cannot write prompts" in details["tts_error"]

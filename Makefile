@@ -16,6 +16,11 @@ APT_PACKAGES := postgresql espeak-ng libespeak-ng1 sox sip-tester debootstrap py
 APT_STAMP := $(CACHE)/apt.stamp
 VENV_STAMP := $(VENV)/.installed
 SANDBOX_ROOTFS := $(CACHE)/sandbox/rootfs
+# pytest-xdist workers for make test: the suite mostly waits on page intervals and rings,
+# so it runs well beyond the core count; each worker boots its own sandbox Asterisk and
+# PostgreSQL. Work stealing, because a few e2e tests take 20-30 s: a worker that is done
+# takes tests queued on another. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 4
 
 .PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench demo clean distclean
 
@@ -68,7 +73,7 @@ e2e: deps sandbox-image
 	$(VENV)/bin/pytest tests/e2e
 
 test: deps sandbox-image lint typecheck
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal tests
 	@echo "== the unit tests again on uvloop, the event loop production runs on"
 	FASTAGI_TEST_LOOP=uvloop $(VENV)/bin/pytest -q tests/unit
 

@@ -187,6 +187,11 @@ def serve_main(name: str, host: str, cpu: int | None) -> int:
     raise_fd_limit()
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
+    if name == "ours":
+        # What `fastagi serve` does at start-up (fastagi.app.run): ours as it runs.
+        from fastagi.app import tune_gc
+
+        tune_gc()
     return _run(_child_main(name, host))
 
 

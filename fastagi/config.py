@@ -213,6 +213,9 @@ class FlowSettings(BaseModel):
     global_pin_failures: int = Field(default=10, ge=0, le=10_000)
     global_pin_window: float = Field(default=60.0, gt=0, le=86_400)
     global_lockout_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    # How long a deactivation call waits for PostgreSQL (the PIN hash, a lockout, the
+    # alarms) before the caller hears that alarms cannot be deactivated right now.
+    database_timeout: float = Field(default=5.0, gt=0, le=60.0)
 
 
 # Characters that would split an AGI() argument or a Dial()-like list in the dialplan.

@@ -1,9 +1,14 @@
 """Shared fixtures live in plugin modules: tests/pg.py (PostgreSQL) and
 tests/sandbox_fixtures.py (the sandbox Asterisk and SIPp)."""
 
+import fcntl
 import importlib.util
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 # TEMPORARY while the plugins are being written; becomes a static list.
 pytest_plugins = [
@@ -20,3 +25,36 @@ if os.environ.get("FASTAGI_TEST_LOOP") == "uvloop":
 
     def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
         return {"uvloop": uvloop.new_event_loop}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``exclusive`` go last: then they wait for no queue of other tests, and
+    no worker boots its sandbox (a few seconds of both cores) while they run."""
+    items.sort(key=lambda item: item.get_closest_marker("exclusive") is not None)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Under pytest-xdist a test marked ``exclusive`` (a load test that takes the machine)
+    runs while no other test of the session does: it holds a lock other tests share.
+
+    A gate in front of the lock keeps the exclusive test from waiting forever behind a
+    stream of shared holders (flock favours no one): it holds the gate while it waits and
+    runs; the others pass the gate only on their way in. Outside pytest-timeout's
+    wrapper (tryfirst), so waiting here does not count against a test's timeout.
+    """
+    basetemp = item.config.getoption("basetemp")
+    if "PYTEST_XDIST_WORKER" not in os.environ or not basetemp:
+        return (yield)
+    # The run's directory, above each worker's own (.../pytest-N/popen-gwK).
+    shared = Path(basetemp).parent
+    exclusive = item.get_closest_marker("exclusive") is not None
+    with (
+        (shared / "exclusive.gate").open("a") as gate,
+        (shared / "exclusive.lock").open("a") as lock,
+    ):
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        return (yield)

@@ -33,7 +33,6 @@ from fastagi.store.cluster import OS_USER, ClusterError, EmbeddedCluster, find_b
 from fastagi.store.migrations import migrate
 
 TEST_DSN_ENV = "FASTAGI_TEST_DSN"
-TEMPLATE_DATABASE = "fastagi_template"
 PG_FIXTURES = frozenset(
     {"pg_cluster", "pg_template", "database_dsn", "empty_database_dsn", "db_pool"}
 )
@@ -158,20 +157,23 @@ def pg_cluster() -> Iterator[PgServer]:
 @pytest.fixture(scope="session")
 def pg_template(pg_cluster: PgServer) -> Iterator[str]:
     """The name of a database with every migration applied, to copy from."""
+    # Its own per session: xdist workers (and other sessions) sharing a FASTAGI_TEST_DSN
+    # server would otherwise drop and migrate one another's template.
+    template = f"fastagi_template_{os.getpid()}"
 
     async def migrate_template() -> None:
-        connection = await asyncpg.connect(pg_cluster.dsn(TEMPLATE_DATABASE))
+        connection = await asyncpg.connect(pg_cluster.dsn(template))
         try:
             await migrate(connection)
         finally:
             await connection.close()
 
     # A template left by an earlier session may predate the migrations: start over.
-    pg_cluster.drop_database(TEMPLATE_DATABASE)
-    pg_cluster.create_database(TEMPLATE_DATABASE)
+    pg_cluster.drop_database(template)
+    pg_cluster.create_database(template)
     pg_cluster.run(migrate_template())
-    yield TEMPLATE_DATABASE
-    pg_cluster.drop_database(TEMPLATE_DATABASE)
+    yield template
+    pg_cluster.drop_database(template)
 
 
 _database_numbers = itertools.count(1)

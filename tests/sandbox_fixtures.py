@@ -41,7 +41,7 @@ import pytest
 
 from fastagi.sandbox.image import INSTANCES_DIR_IN_CHROOT, default_rootfs, is_complete
 from fastagi.sandbox.instance import Sandbox, pid_alive, read_state
-from fastagi.sandbox.ports import free_port, pick_sandbox_ports
+from fastagi.sandbox.ports import PortClaim, claim_sandbox_ports, free_port
 
 LOG_TAIL_LINES = 60
 STALE_AFTER_SECONDS = 600
@@ -65,22 +65,28 @@ def _run_coroutine(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         raise errors[0]
 
 
-def start_sandbox(rootfs: Path, name: str, agi_url: str) -> Sandbox:
-    """A booted instance on fresh free ports.
+def start_sandbox(rootfs: Path, name: str, agi_url: str) -> tuple[Sandbox, PortClaim]:
+    """A booted instance on fresh free ports, and the claim that keeps its phone and RTP
+    ports from other instances (pytest-xdist workers): close it after ``stop_sandbox``.
 
     ``launch()`` runs in the calling (main) thread on purpose: the kernel's parent-death
     signal follows the thread that spawned Asterisk, and the main thread lives as long as
     pytest does.
     """
-    sandbox = Sandbox(rootfs, name, pick_sandbox_ports(), agi_url)
-    sandbox.remove()  # leftovers of an earlier run with the same pid
-    sandbox.launch()
+    claim = claim_sandbox_ports()
+    sandbox = Sandbox(rootfs, name, claim.ports, agi_url)
     try:
-        _run_coroutine(sandbox.wait_booted)
+        sandbox.remove()  # leftovers of an earlier run with the same pid
+        sandbox.launch()
+        try:
+            _run_coroutine(sandbox.wait_booted)
+        except BaseException:
+            sandbox.stop_sync()
+            raise
     except BaseException:
-        sandbox.stop_sync()
+        claim.close()
         raise
-    return sandbox
+    return sandbox, claim
 
 
 def sweep_stale_instances(rootfs: Path) -> None:
@@ -96,9 +102,12 @@ def sweep_stale_instances(rootfs: Path) -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def stop_sandbox(sandbox: Sandbox) -> None:
-    sandbox.stop_sync()
-    sandbox.remove()
+def stop_sandbox(sandbox: Sandbox, claim: PortClaim) -> None:
+    try:
+        sandbox.stop_sync()
+        sandbox.remove()
+    finally:
+        claim.close()
 
 
 @pytest.fixture(scope="session")
@@ -121,28 +130,33 @@ def agi_port() -> int:
 
 @pytest.fixture(scope="session")
 def sandbox(sandbox_rootfs: Path, agi_port: int) -> Iterator[Sandbox]:
-    instance = start_sandbox(sandbox_rootfs, f"pytest-{os.getpid()}", f"agi://127.0.0.1:{agi_port}")
+    # The pid keeps the instances of concurrent sessions and xdist workers apart.
+    instance, claim = start_sandbox(
+        sandbox_rootfs, f"pytest-{os.getpid()}", f"agi://127.0.0.1:{agi_port}"
+    )
     try:
         yield instance
     finally:
-        stop_sandbox(instance)
+        stop_sandbox(instance, claim)
 
 
 @pytest.fixture
 def sandbox_factory(sandbox_rootfs: Path, agi_port: int) -> Iterator[Callable[..., Sandbox]]:
-    started: list[Sandbox] = []
+    started: list[tuple[Sandbox, PortClaim]] = []
 
     def start(agi_url: str | None = None) -> Sandbox:
         name = f"pytest-{os.getpid()}-{len(started) + 1}"
-        instance = start_sandbox(sandbox_rootfs, name, agi_url or f"agi://127.0.0.1:{agi_port}")
-        started.append(instance)
+        instance, claim = start_sandbox(
+            sandbox_rootfs, name, agi_url or f"agi://127.0.0.1:{agi_port}"
+        )
+        started.append((instance, claim))
         return instance
 
     try:
         yield start
     finally:
-        for instance in started:
-            stop_sandbox(instance)
+        for instance, claim in started:
+            stop_sandbox(instance, claim)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -69,6 +69,24 @@ def _peer_address(peername: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Addres
     return address
 
 
+def _writer(transport: asyncio.Transport | None) -> Callable[[bytes], None]:
+    """How the session writes: to the transport, refused once it is closing.
+
+    A closure over the transport rather than a method of the protocol, so that the session
+    and the protocol (which holds the session) form no reference cycle: with hundreds of
+    calls a second, each cycle would wait for the garbage collector instead of going the
+    moment the call ends.
+    """
+    assert transport is not None
+
+    def write(data: bytes) -> None:
+        if transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        transport.write(data)
+
+    return write
+
+
 class _AgiProtocol(asyncio.Protocol):
     """One connection: received bytes go straight into the sans-IO core.
 
@@ -102,7 +120,8 @@ class _AgiProtocol(asyncio.Protocol):
             # thousands of sockets in TIME_WAIT or FIN_WAIT behind.
             self._transport.abort()
             return
-        loop = asyncio.get_running_loop()
+        loop = self._server._loop
+        assert loop is not None
         self._connection = AgiConnection()
         self.ready = loop.create_future()
         timeout = self._server._settings.environment_timeout
@@ -146,12 +165,13 @@ class _AgiProtocol(asyncio.Protocol):
         self._environment_timer.cancel()
         self._server._environment_done(self)
         session = AgiSession(
-            self._write,
+            _writer(self._transport),
             connection,
             AgiEnvironment.from_variables(event.variables),
             peer=self.peer,
             reply_timeout=self._server._settings.reply_timeout,
         )
+        session._loop = self._server._loop
         self._session = session
         self.ready.set_result(session)
         session.feed_data(b"")  # whatever arrived behind the blank line (a HANGUP, say)
@@ -178,13 +198,7 @@ class _AgiProtocol(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_exception(error)
 
-    # -- what the session and the server use ---------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        assert self._transport is not None
-        if self._transport.is_closing():
-            raise ConnectionResetError("the connection is closed")
-        self._transport.write(data)
+    # -- what the server uses -----------------------------------------------------------
 
     async def close(self) -> None:
         """Close the socket; wait (boundedly) only if unsent bytes remain."""
@@ -226,6 +240,9 @@ class AgiServer:
             ipaddress.ip_network(network, strict=False) for network in settings.allowed_networks
         ]
         self._server: asyncio.Server | None = None
+        # Kept from start(): asyncio.get_running_loop() costs a getpid() system call per
+        # call in Python 3.11, and connection_made() would call it for every connection.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -245,7 +262,7 @@ class AgiServer:
             raise RuntimeError("AgiServer already started or closed")
         # The default backlog (100) overflows when hundreds of calls arrive at once, and
         # Asterisk gives up on a connect after 2 s, well before the kernel's SYN retries.
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _AgiProtocol(self),
             self._settings.host,
@@ -350,7 +367,8 @@ class AgiServer:
             oldest = next(iter(self._pending))
             self._evicting += 1
             oldest.evict()
-        task = asyncio.get_running_loop().create_task(
+        assert self._loop is not None
+        task = self._loop.create_task(
             self._serve_connection(protocol), name=f"fastagi {protocol.peer}"
         )
         self._pending[protocol] = None
@@ -411,21 +429,26 @@ class AgiServer:
                     self._evicting -= 1
 
     async def _run_flow(self, flow: Flow, session: AgiSession) -> None:
-        log = session.log
         script = session.environment.script
-        log.info("flow %r started for %s", script, session.environment.channel)
+        # Checked once: the records are tagged by a per-session adapter, not worth building
+        # (nor formatting for) when INFO is off, as it is under load.
+        info = session._logs(logging.INFO)
+        if info:
+            session.log.info("flow %r started for %s", script, session.environment.channel)
         try:
             await flow(session)
         except AgiHangup as exc:
-            log.info("flow %r ended by hangup: %s", script, exc)
+            if info:
+                session.log.info("flow %r ended by hangup: %s", script, exc)
         except asyncio.CancelledError:
-            log.warning("flow %r cancelled", script)
+            session.log.warning("flow %r cancelled", script)
             raise
         except Exception:
-            log.exception("flow %r failed", script)
+            session.log.exception("flow %r failed", script)
             await self._best_effort(session, ("SET", "VARIABLE", "FASTAGI_STATUS", "ERROR"))
         else:
-            log.info("flow %r finished", script)
+            if info:
+                session.log.info("flow %r finished", script)
 
     async def _no_route(self, session: AgiSession) -> None:
         script = session.environment.script

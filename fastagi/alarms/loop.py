@@ -1,8 +1,8 @@
 """The paging loop of one alarm.
 
 Theory of operation. The first page goes out right after activation (or, for an alarm
-taken over from another server, one interval after that server's last page). Then a page
-every interval, start to start, never two at once (``model.next_cycle_start``); the
+taken over from another server, one interval after that server's last page began). Then a
+page every interval, start to start, never two at once (``model.next_cycle_start``); the
 interval is read from PostgreSQL after each page, before its wait, so a change applies from
 the next cycle, and the cycle's ``page_cycle`` event records the interval it read.
 
@@ -11,16 +11,26 @@ loop, in this order:
 
 1. takes its ``hold`` lock, which :meth:`AlarmService.deactivate` holds while it writes the
    deactivation, and checks its own stop flag;
-2. opens the service's *gate*: a transaction that reads the alarm row ``FOR SHARE``, so a
-   deactivation committed elsewhere (CLI, another server) either came first, and the gate
-   says "inactive", or waits for the gate to close, which happens only once the Originate
-   has been written to Asterisk, i.e. the page started before the acknowledgement;
-3. starts the page and waits until its Originate is sent; then releases both.
+2. opens the service's *gate*: a transaction that locks the alarm row, so a deactivation
+   committed elsewhere (CLI, another server) either came first, and the gate says
+   "inactive", or waits for the gate to close, which happens only once the Originate has
+   been written to Asterisk, i.e. the page started before the acknowledgement;
+3. starts the page and waits until its Originate is sent; counts the cycle on the alarm
+   row (``cycles``, ``last_cycle_at``: the page's start) in the gate's transaction and
+   commits it; then releases both.
+
+A cycle is counted when it starts, not when it ends: a leader that dies during a page
+(SIGKILL, power loss) leaves it counted, so the next leader neither pages again one page
+length later nor reuses its number; it records that page as ``page_cycle`` with its
+outcome unknown, and keeps the schedule, one interval after that page began. While
+PostgreSQL cannot say (the gate yields ``active`` None), nothing is counted at the start:
+the cycle's event, journalled, counts it when it reaches PostgreSQL (the store's counts
+only grow to the event's cycle number, so a cycle is never counted twice).
 
 A stop wakes the loop at once, whatever it waits for. Every cycle is recorded as a
-``page_cycle`` event; an exception is recorded as an ``error`` event and the loop goes on
-after a backoff: an alarm never stops paging because something failed, only when it is
-deactivated. What is said: the alarm's TTS announcement, rendered once; when TTS fails,
+``page_cycle`` event when it ends; an exception is recorded as an ``error`` event and the
+loop goes on after a backoff: an alarm never stops paging because something failed, only
+when it is deactivated. What is said: the alarm's TTS announcement, rendered once; when TTS fails,
 Asterisk's built-in sounds (``fallback_announcement``), so an alarm is never silent.
 """
 
@@ -31,6 +41,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from fastagi.alarms.events import EventKind, HistoryEvent
@@ -61,9 +73,26 @@ class LoopStore(Protocol):
     async def record_cycle(self, alarm_id: int, event: HistoryEvent) -> None: ...
 
 
-# gate(alarm_id): a context that yields True (active: page now), False (deactivated: stop)
-# or None (PostgreSQL cannot say: page anyway, an alarm is never silenced by a failure).
-Gate = Callable[[int], AbstractAsyncContextManager[bool | None]]
+async def _not_counted(cycle: int) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What the gate says before one page, while it holds the alarm row."""
+
+    # True: active, page now; False: deactivated, stop; None: PostgreSQL cannot say,
+    # page anyway (an alarm is never silenced by a failure).
+    active: bool | None
+    # The alarm row's count of cycles, read under the gate's lock (0 when unknown).
+    cycles: int = 0
+    # count(cycle): once the page's Originate is sent, count it on the row and commit;
+    # False when that failed (the cycle's event counts it later). Never raises.
+    count: Callable[[int], Awaitable[bool]] = _not_counted
+
+
+# gate(alarm_id): a context that yields the Turn of the next page.
+Gate = Callable[[int], AbstractAsyncContextManager[Turn]]
 Recorder = Callable[[HistoryEvent], Awaitable[None]]
 
 
@@ -234,13 +263,15 @@ class AlarmLoop:
         async with self._hold:
             if self._stopping.is_set():
                 return None
-            async with self._gate(alarm.id) as active:
-                if active is False:
+            async with self._gate(alarm.id) as turn:
+                if turn.active is False:
                     self._stopping.set()
                     return None
                 if self._stopping.is_set():
                     return None
-                cycle = self.cycle + 1
+                # Never below the row's count: a journal replayed meanwhile (this
+                # server's, or a dead leader's) may have counted cycles this loop did not.
+                cycle = max(self.cycle, turn.cycles) + 1
                 page = asyncio.create_task(
                     self._pager.page(
                         alarm.id,
@@ -262,21 +293,33 @@ class AlarmLoop:
                 finally:
                     waiter.cancel()
                 started = asyncio.get_running_loop().time()
+                started_at = datetime.now(UTC)
+                # Counted now, before the row lock is released: see the theory above.
+                await turn.count(cycle)
         self.cycle = cycle
         result = await page
         self.results.append(result)
         # Fresh after each page: an administrator may have changed it meanwhile. It sets
         # the wait before the next cycle, and the cycle's event records it.
         interval = await self._fresh_interval()
-        await self._record_cycle(cycle, result, interval, gate_checked=active is True)
+        await self._record_cycle(
+            cycle, result, interval, gate_checked=turn.active is True, started_at=started_at
+        )
         return started
 
     async def _record_cycle(
-        self, cycle: int, result: CycleResult, interval: int, *, gate_checked: bool
+        self,
+        cycle: int,
+        result: CycleResult,
+        interval: int,
+        *,
+        gate_checked: bool,
+        started_at: datetime,
     ) -> None:
         details: dict[str, object] = {
             "cycle": cycle,
             **result.details(),
+            "started_at": started_at.isoformat(),
             "prompts": self._prompts.source,
             "interval": interval,
         }

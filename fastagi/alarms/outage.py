@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import asyncpg
+
 from fastagi.alarms.directory import Directory
 from fastagi.alarms.events import HistoryEvent
 from fastagi.store.alarms import Alarm, AlarmStore
@@ -26,6 +28,20 @@ _T = TypeVar("_T")
 
 class DatabaseDown(Exception):
     """PostgreSQL is known to be down: not even tried (the outage's first failure was)."""
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says PostgreSQL cannot be reached (rather than a bug or bad data)."""
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | DatabaseDown
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.PostgresConnectionError
+        | asyncpg.exceptions.InterfaceError,
+    )
 
 
 class Outage:

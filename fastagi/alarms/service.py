@@ -7,7 +7,9 @@ that pages an alarm, its *leader*, holds ``pg_try_advisory_lock(namespace, alarm
 a connection the service keeps for that alone. Session-level advisory locks end with
 their session, so when a leader dies (or its database connection does), the lock is free
 and another server's takeover scan, every ``takeover_interval`` seconds, takes the lock
-and resumes the loop where the dead leader's schedule left it.
+and resumes the loop where the dead leader's schedule left it: one interval after its
+last page began (cycles are counted when they start, see fastagi/alarms/loop.py), the
+page it died during recorded with its outcome unknown.
 
 A deactivation is written by whoever receives it (a call flow here, the CLI, another
 server); the store's ``NOTIFY fastagi_alarms`` reaches every server, and the leader
@@ -52,9 +54,9 @@ import asyncpg
 from fastagi.alarms.directory import Department, Directory, alarm_key, department_name
 from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.alarms.lamps import LampChange, Lamps
-from fastagi.alarms.loop import AlarmLoop
+from fastagi.alarms.loop import AlarmLoop, Turn
 from fastagi.alarms.model import announcement_text
-from fastagi.alarms.outage import CachedLoopStore, DatabaseDown, Outage
+from fastagi.alarms.outage import CachedLoopStore, DatabaseDown, Outage, is_unavailable
 from fastagi.alarms.paging import Pager
 from fastagi.config import AlarmSettings, JournalSettings
 from fastagi.store.alarms import ACTIVE, Alarm, AlarmStore
@@ -65,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 # How long close() lets a page in progress finish before cancelling its loop.
 _CLOSE_GRACE = 5.0
+# The error of a page whose leader died during it (recorded by the next leader).
+INTERRUPTED_PAGE = "leader lost during the page; outcome unknown"
 _T = TypeVar("_T")
 
 
@@ -251,8 +255,11 @@ class AlarmService:
 
         ``uniqueid``: the deactivating call's, recorded so the alarm's timeline includes
         that call's events (None from the CLI). False when the alarm is unknown or was no
-        longer active.
+        longer active. Raises DatabaseDown (or what asyncpg raises) while PostgreSQL is
+        unavailable: no deactivation without its PIN check and its record.
         """
+        if self._outage.down:
+            raise DatabaseDown("deactivate")
         alarm_loop = self._loops.get(alarm_id)
         hold = alarm_loop.hold() if alarm_loop else contextlib.nullcontext()
         async with hold:
@@ -364,6 +371,7 @@ class AlarmService:
             return False
         fresh = await self._store.get_alarm(alarm.id) or alarm
         if first_delay is None:
+            await self._record_interrupted_page(fresh)
             first_delay = await self._resume_delay(fresh)
             await self.record(
                 HistoryEvent(
@@ -392,8 +400,43 @@ class AlarmService:
         alarm_loop.start()
         return alarm_loop
 
+    async def _record_interrupted_page(self, alarm: Alarm) -> None:
+        """The previous leader counted a cycle (at its start) whose event it never wrote:
+        it died during that page. Record the page, its outcome unknown, so the history has
+        every page the phones received, each once.
+
+        Only the last counted cycle is looked at: a dead leader's earlier events, if any,
+        wait in its own journal and arrive when it runs again.
+        """
+        recorded = await self._store.last_recorded_cycle(alarm.id)
+        if alarm.cycles <= recorded:
+            return
+        logger.warning(
+            "alarm %s: cycle %s was paged by a leader that died during it; outcome unknown",
+            alarm.id,
+            alarm.cycles,
+        )
+        details: dict[str, object] = {
+            "cycle": alarm.cycles,
+            "dialled": None,
+            "answered": None,
+            "duration": None,
+            "error": INTERRUPTED_PAGE,
+            "channel_id": None,
+            "cancelled": False,
+            "instance": self.instance_id,
+        }
+        if alarm.last_cycle_at is not None:
+            details["started_at"] = alarm.last_cycle_at.isoformat()
+        await self.record(
+            HistoryEvent(
+                EventKind.PAGE_CYCLE, alarm.id, alarm.extension, alarm.department_name, details
+            )
+        )
+
     async def _resume_delay(self, alarm: Alarm) -> float:
-        """Continue the previous leader's schedule: one interval after its last page."""
+        """Continue the previous leader's schedule: one interval after its last page
+        began (``last_cycle_at``: cycles are counted when they start), start to start."""
         if alarm.last_cycle_at is None:
             return 0.0
         interval = await self._store.interval_seconds(alarm)
@@ -415,37 +458,66 @@ class AlarmService:
             await self._locks.release(alarm_id)
 
     @contextlib.asynccontextmanager
-    async def _gate(self, alarm_id: int) -> AsyncIterator[bool | None]:
+    async def _gate(self, alarm_id: int) -> AsyncIterator[Turn]:
         # ---- SQL of this module's own (not in AlarmStore, which has no API for it) ----
-        # Reads the alarm row FOR SHARE in a transaction that lasts until the page's
-        # Originate is written: a concurrent deactivation (UPDATE ... WHERE state =
-        # 'active') waits for it, so it is acknowledged only after that page started, and
-        # a deactivation that committed first is seen here. None: PostgreSQL cannot say.
+        # Locks the alarm row (FOR NO KEY UPDATE: the lock its UPDATE takes anyway) in a
+        # transaction that lasts until the page's Originate is written and the cycle is
+        # counted: a concurrent deactivation (UPDATE ... WHERE state = 'active') waits for
+        # it, so it is acknowledged only after that page started, and a deactivation that
+        # committed first is seen here. Turn(None): PostgreSQL cannot say.
         if alarm_id < 0 or self._outage.down:
-            yield None  # a provisional alarm, or PostgreSQL down: page
+            yield Turn(None)  # a provisional alarm, or PostgreSQL down: page
             return
         try:
             connection = await self._pool.acquire(timeout=5.0)
         except Exception as exc:
             logger.warning("active check of alarm %s impossible: %s", alarm_id, exc)
-            yield None
+            yield Turn(None)
             return
         try:
             transaction = connection.transaction()
             try:
                 await transaction.start()
-                state = await connection.fetchval(
-                    "SELECT state FROM alarms WHERE id = $1 FOR SHARE", alarm_id
+                row = await connection.fetchrow(
+                    "SELECT state, cycles FROM alarms WHERE id = $1 FOR NO KEY UPDATE",
+                    alarm_id,
+                    timeout=self._timeout,
                 )
             except Exception as exc:
                 logger.warning("active check of alarm %s failed: %s", alarm_id, exc)
                 with contextlib.suppress(Exception):
                     await transaction.rollback()
-                yield None
+                yield Turn(None)
                 return
+
+            async def count(cycle: int) -> bool:
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await connection.execute(
+                            """
+                            UPDATE alarms SET cycles = greatest(cycles, $2),
+                                last_cycle_at = greatest(last_cycle_at, clock_timestamp())
+                            WHERE id = $1
+                            """,
+                            alarm_id,
+                            cycle,
+                        )
+                        await transaction.commit()
+                except Exception as exc:
+                    # Counted with the cycle's event, when it ends (or is replayed).
+                    logger.warning(
+                        "cycle %s of alarm %s not counted at its start: %r", cycle, alarm_id, exc
+                    )
+                    return False
+                return True
+
             try:
-                yield state == "active"
+                if row is None or row["state"] != ACTIVE:
+                    yield Turn(False)
+                else:
+                    yield Turn(True, row["cycles"], count)
             finally:
+                # Nothing to undo after a commit (rollback() then just raises).
                 with contextlib.suppress(Exception):
                     await transaction.rollback()
         finally:
@@ -487,7 +559,7 @@ class AlarmService:
             except Exception as exc:
                 if self._outage.down:
                     return  # logged when it began
-                if _is_unavailable(exc):
+                if is_unavailable(exc):
                     self._outage.failed("maintenance", exc)
                     return
                 logger.exception("alarm service maintenance failed; trying again")
@@ -801,17 +873,3 @@ class _LeaderLocks:
                 await self._pool.release(self._connection)
             self._connection = None
             self._held.clear()
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says PostgreSQL cannot be reached (rather than a bug or bad data)."""
-    return isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | DatabaseDown
-        | asyncpg.exceptions.ConnectionDoesNotExistError
-        | asyncpg.exceptions.CannotConnectNowError
-        | asyncpg.exceptions.PostgresConnectionError
-        | asyncpg.exceptions.InterfaceError,
-    )

@@ -26,8 +26,15 @@ uniqueid and channel):
    each chosen alarm (the service records ``deactivated``, with this call's uniqueid, so
    the alarm's timeline shows this call's steps), then an acknowledgement.
 
-``FASTAGI_STATUS``: DEACTIVATED, REFUSED, LOCKED, WRONGPIN, NOALARM, NOCHOICE, HANGUP or
-ERROR.
+PostgreSQL unavailable, at any step (it holds the PIN hashes, the lockout counts and the
+alarms; the service refuses a deactivation it could not record): the caller hears that
+the system cannot deactivate right now, that the alarm goes on, and to try again; the
+attempt is recorded (``deactivation_refused``, reason "database unavailable", journalled
+by the service until PostgreSQL takes it). Each database call waits at most
+``FlowSettings.database_timeout`` seconds, so the caller is not left in silence.
+
+``FASTAGI_STATUS``: DEACTIVATED, REFUSED, LOCKED, WRONGPIN, NOALARM, NOCHOICE,
+UNAVAILABLE, HANGUP or ERROR.
 """
 
 from __future__ import annotations
@@ -35,15 +42,16 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fastagi.agi.errors import AgiHangup
 from fastagi.agi.session import AgiSession
 from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
 from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.alarms.outage import is_unavailable
 from fastagi.alarms.pins import MAX_PIN_LENGTH, verify_pin_async
 from fastagi.config import FlowSettings
 from fastagi.flows import prompts
@@ -64,6 +72,7 @@ logger = logging.getLogger(__name__)
 #: Menu keys 1..8 choose one alarm; 9 chooses all of them.
 ALL_KEY = "9"
 MAX_LISTED = 8
+_T = TypeVar("_T")
 
 
 class Status(enum.StrEnum):
@@ -75,6 +84,7 @@ class Status(enum.StrEnum):
     WRONGPIN = "WRONGPIN"
     NOALARM = "NOALARM"
     NOCHOICE = "NOCHOICE"
+    UNAVAILABLE = "UNAVAILABLE"  # PostgreSQL did not answer: nothing deactivated
     HANGUP = "HANGUP"
     ERROR = "ERROR"
 
@@ -138,6 +148,10 @@ class DeactivationService(Protocol):
 # ---- the flow ----------------------------------------------------------------------------
 
 
+class _Unavailable(Exception):
+    """PostgreSQL did not answer a call the deactivation needs (the cause is chained)."""
+
+
 class _PinOutcome(enum.Enum):
     RIGHT = "right"
     WRONG = "wrong"
@@ -150,6 +164,7 @@ class _Call:
     caller: Caller
     stage: str = "start"
     wrong_pins: int = 0
+    deactivated: list[int] = field(default_factory=list)  # alarm ids, as they are
 
     @property
     def log_extra(self) -> dict[str, Any]:
@@ -193,6 +208,8 @@ class DeactivateFlow:
             logger.info("caller hung up", extra={**call.log_extra, "stage": call.stage})
             await self._record(call, EventKind.CALLER_HUNG_UP, {"stage": call.stage})
             status = Status.HANGUP
+        except _Unavailable as exc:
+            status = await self._unavailable(call, exc)
         except Exception as exc:
             await set_status(session, Status.ERROR)
             await self._record(
@@ -206,7 +223,7 @@ class DeactivateFlow:
         if isinstance(admitted, Status):
             return admitted
         call.stage = "pin"
-        policy = await self._store.load_settings()
+        policy = await self._db(self._store.load_settings())
         outcome = await self._pin(call, admitted, policy)
         if outcome is _PinOutcome.LOCKED:
             await self._say_last(call, prompts.LOCKED_OUT, prompts.FALLBACK_LOCKED_OUT)
@@ -220,12 +237,14 @@ class DeactivateFlow:
         """The caller's PIN hash, or the status of a call refused before the PIN."""
         call.stage = "authorise"
         ext = call.caller.extension
-        pin_hash = await self._store.deactivator_pin_hash(ext) if call.caller.known else None
+        pin_hash = (
+            await self._db(self._store.deactivator_pin_hash(ext)) if call.caller.known else None
+        )
         if pin_hash is None:
             await self._record(call, EventKind.DEACTIVATION_REFUSED, {"reason": "not authorised"})
             await self._say_last(call, prompts.NOT_AUTHORISED, prompts.FALLBACK_NOT_AUTHORISED)
             return Status.REFUSED
-        locked_until = await self._store.lockout_until(ext)
+        locked_until = await self._db(self._store.lockout_until(ext))
         if locked_until is not None and locked_until > datetime.now(UTC):
             await self._record(
                 call,
@@ -243,14 +262,14 @@ class DeactivateFlow:
             )
             await self._say_last(call, prompts.LOCKED_OUT, prompts.FALLBACK_LOCKED_OUT)
             return Status.LOCKED
-        if not await self._service.active_alarms():
+        if not await self._db(self._service.active_alarms()):
             return await self._no_alarm(call)
         return pin_hash
 
     async def _choose_and_deactivate(self, call: _Call) -> Status:
         call.stage = "choice"
         # Read again: alarms may have started or stopped while the PIN was typed.
-        alarms = sorted(await self._service.active_alarms(), key=lambda alarm: alarm.id)
+        alarms = sorted(await self._db(self._service.active_alarms()), key=lambda alarm: alarm.id)
         if not alarms:
             return await self._no_alarm(call)
         chosen = alarms if len(alarms) == 1 else await self._choose(call, alarms)
@@ -287,14 +306,14 @@ class DeactivateFlow:
                 text, fallback = prompts.PIN_PROMPT, prompts.FALLBACK_PIN
                 continue
             if await verify_pin_async(entered.digits, pin_hash):
-                await self._store.clear_pin_failures(ext)
+                await self._db(self._store.clear_pin_failures(ext))
                 logger.info("PIN accepted", extra=call.log_extra)
                 return _PinOutcome.RIGHT
             call.wrong_pins += 1
             logger.info("wrong PIN", extra={**call.log_extra, "attempt": attempt})
             await self._record(call, EventKind.DEACTIVATION_FAILED, {"attempt": attempt})
-            locked_until = await self._store.record_pin_failure(
-                ext, policy.pin_attempts, policy.lockout_seconds
+            locked_until = await self._db(
+                self._store.record_pin_failure(ext, policy.pin_attempts, policy.lockout_seconds)
             )
             if locked_until is not None:
                 logger.warning("extension locked out after wrong PINs", extra=call.log_extra)
@@ -324,10 +343,12 @@ class DeactivateFlow:
 
     async def _global_lockout_until(self) -> datetime | None:
         settings = self._settings
-        until = await self._store.global_lockout_until(
-            settings.global_pin_failures,
-            settings.global_pin_window,
-            settings.global_lockout_seconds,
+        until = await self._db(
+            self._store.global_lockout_until(
+                settings.global_pin_failures,
+                settings.global_pin_window,
+                settings.global_lockout_seconds,
+            )
         )
         return until if until is not None and until > datetime.now(UTC) else None
 
@@ -374,18 +395,51 @@ class DeactivateFlow:
         async def deactivate_all() -> list[ActiveAlarm]:
             done = []
             for alarm in chosen:
-                if await self._service.deactivate(alarm.id, by=by, reason="PIN", uniqueid=uniqueid):
+                try:
+                    stopped = await self._service.deactivate(
+                        alarm.id, by=by, reason="PIN", uniqueid=uniqueid
+                    )
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        raise _Unavailable(repr(exc)) from exc
+                    raise
+                if stopped:
                     done.append(alarm)
+                    call.deactivated.append(alarm.id)
             return done
 
         # Shielded: once the PIN is right and the choice made, the deactivation goes
-        # through even if this call's task is cancelled meanwhile.
+        # through even if this call's task is cancelled meanwhile. Not under the database
+        # deadline either: a deactivation cut short could be written all the same.
         done = await asyncio.shield(deactivate_all())
         logger.info(
             "alarms deactivated",
             extra={**call.log_extra, "alarm_ids": ",".join(str(alarm.id) for alarm in done)},
         )
         return done
+
+    async def _db(self, call: Awaitable[_T]) -> _T:
+        """A read or a PIN count in PostgreSQL, with a deadline; _Unavailable when it
+        cannot be reached (a bug or bad data still raises what it raised)."""
+        try:
+            async with asyncio.timeout(self._settings.database_timeout):
+                return await call
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise _Unavailable(repr(exc)) from exc
+            raise
+
+    async def _unavailable(self, call: _Call, exc: _Unavailable) -> Status:
+        logger.error(
+            "deactivation impossible: PostgreSQL unavailable",
+            extra={**call.log_extra, "stage": call.stage, "error": str(exc)},
+        )
+        details: dict[str, Any] = {"reason": "database unavailable", "stage": call.stage}
+        if call.deactivated:
+            details["deactivated"] = list(call.deactivated)
+        await self._record(call, EventKind.DEACTIVATION_REFUSED, details)
+        await self._say_last(call, prompts.UNAVAILABLE, prompts.FALLBACK_UNAVAILABLE)
+        return Status.UNAVAILABLE
 
     async def _no_alarm(self, call: _Call) -> Status:
         await self._record(call, EventKind.DEACTIVATION_REFUSED, {"reason": "no active alarm"})

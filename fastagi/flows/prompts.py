@@ -59,6 +59,10 @@ MENU_ALL = "Press {key} for all alarms."
 DEACTIVATED_ONE = "Alarm deactivated: {department}."
 DEACTIVATED_ALL = "All alarms deactivated."
 NOTHING_CHOSEN = "No alarm was chosen. Goodbye."
+UNAVAILABLE = (
+    "The system cannot deactivate alarms right now. The alarm goes on. "
+    "Please try again in a moment."
+)
 
 
 def panic_question(label: str) -> str:
@@ -79,6 +83,7 @@ def fixed_texts() -> list[str]:
         WRONG_PIN_FINAL,
         DEACTIVATED_ALL,
         NOTHING_CHOSEN,
+        UNAVAILABLE,
     ]
 
 
@@ -103,6 +108,9 @@ FALLBACK_PIN_WRONG = ("auth-incorrect",)
 FALLBACK_WRONG_PIN_FINAL = ("vm-incorrect", "vm-goodbye")
 FALLBACK_DEACTIVATED = ("de-activated",)
 FALLBACK_GOODBYE = ("vm-goodbye",)
+#: "I'm sorry. All circuits are busy now. Please try your call again later." (There is no
+#: "temporary error" sound among the core sounds of the sandbox's Asterisk.)
+FALLBACK_UNAVAILABLE = ("im-sorry", "all-circuits-busy-now", "please-try-call-later")
 
 
 def fallback_menu_item(key: str, extension: str) -> list[str]:

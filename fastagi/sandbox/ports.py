@@ -1,14 +1,24 @@
 """Free ports on 127.0.0.1 for sandbox instances that must not collide.
 
-A port found free can be taken by someone else before Asterisk binds it; the sandbox
-checks again at launch and fails with a clear message, so the race costs a retry, never
-a confusing failure.
+A throwaway instance needs, besides its SIP and AMI sockets, two blocks of UDP ports
+that nothing binds while it boots: the 100 ports its paging phones 200-299 will listen
+on (``phone_base + 2NN``, bound later by each test's SIPp), and its RTP range (bound by
+Asterisk per call). Checking that they are free cannot keep two instances booting at the
+same moment (pytest-xdist workers) from choosing overlapping blocks, so both blocks come
+from one numbered slot, and a slot is claimed by binding an abstract unix socket named
+after it: the kernel lets one process at a time hold the name, and releases it when the
+holder closes it or dies, so a killed session leaves no stale claim behind.
+
+SIP and AMI ports come from the kernel; a port found free can be taken by someone else
+before Asterisk binds it, and the sandbox checks again at launch and fails with a clear
+message, so the race costs a retry, never a confusing failure.
 """
 
 from __future__ import annotations
 
 import secrets
 import socket
+from types import TracebackType
 
 from fastagi.sandbox.instance import PAGING_PHONES, SandboxPorts, port_in_use
 
@@ -17,6 +27,11 @@ from fastagi.sandbox.instance import PAGING_PHONES, SandboxPorts, port_in_use
 _SEARCH_LOW = 20000
 _SEARCH_HIGH = 32000
 RTP_PORTS_PER_INSTANCE = 200
+# One slot: the paging phones' block, then the RTP block (RTCP takes the odd port above
+# the last RTP port), with room to spare.
+SLOT_SIZE = 400
+SLOTS = range(_SEARCH_LOW, _SEARCH_HIGH - SLOT_SIZE + 1, SLOT_SIZE)
+_CLAIM_PREFIX = "fastagi-sandbox-ports-"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -27,36 +42,72 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     return port
 
 
-def _free_block(size: int, kinds: tuple[int, ...], avoid: range | None = None) -> int:
-    """The first port of ``size`` consecutive ports, all free for every socket kind."""
-    for _ in range(200):
-        start = _SEARCH_LOW + secrets.randbelow(_SEARCH_HIGH - _SEARCH_LOW - size)
-        block = range(start, start + size)
-        if avoid is not None and (block.start < avoid.stop and avoid.start < block.stop):
+class PortClaim:
+    """The ports of one instance, its slot held against every other process until
+    ``close()`` (or ``with``): close it once the instance has stopped."""
+
+    def __init__(self, ports: SandboxPorts, holder: socket.socket) -> None:
+        self.ports = ports
+        self._holder = holder
+
+    def close(self) -> None:
+        self._holder.close()
+
+    def __enter__(self) -> PortClaim:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _claim_slot(start: int) -> socket.socket | None:
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # A leading NUL: Linux's abstract namespace, no file to clean up.
+        holder.bind(f"\0{_CLAIM_PREFIX}{start}")
+    except OSError:
+        holder.close()
+        return None
+    return holder
+
+
+def claim_sandbox_ports() -> PortClaim:
+    """Ports for a throwaway instance: SIP and AMI from the kernel, and a slot no other
+    claim holds, whose paging-phone and RTP ports are all free right now."""
+    order = list(SLOTS)
+    # Start at a random slot: sessions that start together rarely try the same one first.
+    first = secrets.randbelow(len(order))
+    for start in order[first:] + order[:first]:
+        holder = _claim_slot(start)
+        if holder is None:
             continue
-        if not any(port_in_use(port, kind) for port in block for kind in kinds):
-            return start
-    raise RuntimeError(f"no block of {size} free ports between {_SEARCH_LOW} and {_SEARCH_HIGH}")
-
-
-def pick_sandbox_ports() -> SandboxPorts:
-    """Ports for a throwaway instance: SIP and AMI from the kernel, a free block of 100
-    ports for paging phones 200-299 (``phone_base + 2NN``), and an RTP block."""
-    base_block = _free_block(len(PAGING_PHONES), (socket.SOCK_DGRAM,))
-    phone_base = base_block - PAGING_PHONES.start
-    phones = range(base_block, base_block + len(PAGING_PHONES))
-    rtp_start = _free_block(RTP_PORTS_PER_INSTANCE + 1, (socket.SOCK_DGRAM,), avoid=phones)
-    # RTP takes even ports (RTCP the odd one above); res_rtp_asterisk rounds an odd start.
-    rtp_start += rtp_start % 2
-    while True:
-        sip = free_port(socket.SOCK_DGRAM)
-        ami = free_port(socket.SOCK_STREAM)
-        if sip not in phones and ami != sip:
-            break
-    return SandboxPorts(
-        sip=sip,
-        ami=ami,
-        rtp_start=rtp_start,
-        rtp_end=rtp_start + RTP_PORTS_PER_INSTANCE - 1,
-        phone_base=phone_base,
+        # Something outside these claims (another program) may use ports of the slot.
+        if any(port_in_use(port, socket.SOCK_DGRAM) for port in range(start, start + SLOT_SIZE)):
+            holder.close()
+            continue
+        # Even, as RTP wants (res_rtp_asterisk rounds an odd start): so are both terms.
+        rtp_start = start + len(PAGING_PHONES)
+        ports = SandboxPorts(
+            sip=_free_outside(socket.SOCK_DGRAM),
+            ami=_free_outside(socket.SOCK_STREAM),
+            rtp_start=rtp_start,
+            rtp_end=rtp_start + RTP_PORTS_PER_INSTANCE - 1,
+            phone_base=start - PAGING_PHONES.start,
+        )
+        return PortClaim(ports, holder)
+    raise RuntimeError(
+        f"no free slot of {SLOT_SIZE} ports between {_SEARCH_LOW} and {_SEARCH_HIGH}"
     )
+
+
+def _free_outside(kind: int) -> int:
+    """A kernel-chosen free port outside every slot (the ephemeral range is above them)."""
+    while True:
+        port = free_port(kind)
+        if not _SEARCH_LOW <= port < _SEARCH_HIGH:
+            return port

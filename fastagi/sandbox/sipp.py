@@ -13,6 +13,9 @@ Paging phones (long-running UAS on ``phone_base + ext``)::
         await phone.wait_invites(1)
     phone.invite_times                   # when each INVITE arrived (datetime)
 
+    busy = sipp.Phone(sandbox, 243, tmp_path, "uas_busy.xml")   # any uas_*.xml scenario
+    await busy.wait("INVITE", 2); busy.received("BYE"); busy.sent("INFO")
+
 Every run writes SIPp's message, error and screen logs into ``workdir`` (use pytest's
 ``tmp_path``), and the result carries them for assertions and failure output.
 """
@@ -25,8 +28,10 @@ import datetime as dt
 import re
 import signal
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from fastagi.sandbox.image import repo_root
 from fastagi.sandbox.instance import Sandbox, port_in_use
@@ -276,43 +281,87 @@ async def subscribe_dialog(
     )
 
 
-class PagingPhone:
-    """Paging phone ``ext``: a SIPp UAS on ``phone_base + ext`` answering every INVITE.
+class Phone:
+    """Paging phone ``ext``: a SIPp UAS on ``phone_base + ext`` (the static contact of PJSIP
+    endpoint 2NN) running ``scenario`` for every INVITE, until stopped.
 
-    ``async with PagingPhone(sandbox, 201, tmp_path) as phone:``; or ``start()`` and
-    ``stop()``. ``invite_times`` lists when each INVITE arrived.
+    ``scenario`` is one of the ``uas_*.xml`` (``uas_answer.xml`` answers, ``uas_busy.xml``
+    answers 486, ``uas_answer_dtmf.xml`` answers and sends a key); ``keys`` are its ``-key``
+    values besides ``ext``. ``async with Phone(sandbox, 241, tmp_path, ...) as phone:``, or
+    ``start()`` and ``stop()``. What the phone saw is in SIPp's message log:
+    ``received("BYE")``, ``sent("INFO")``, ``invite_times``, and ``wait("BYE", 2)``.
     """
 
-    def __init__(self, sandbox: Sandbox, ext: int, workdir: Path) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        ext: int,
+        workdir: Path,
+        scenario: str = "uas_answer.xml",
+        keys: Mapping[str, str] | None = None,
+    ) -> None:
         self.ext = ext
         self.port = sandbox.ports.phone_port(ext)
         self.workdir = workdir / f"phone-{ext}"
+        self.scenario = scenario
+        self.keys = {"ext": str(ext), **(keys or {})}
+        self._stem = Path(scenario).stem
         self._process: asyncio.subprocess.Process | None = None
         self.returncode: int | None = None
 
     @property
     def messages_log(self) -> str:
-        return _read(self.workdir / "uas_answer.messages")
+        return _read(self.workdir / f"{self._stem}.messages")
+
+    @property
+    def messages(self) -> list[SipMessage]:
+        return parse_messages(self.messages_log)
+
+    def received(self, method_or_status: str | tuple[str, ...]) -> list[SipMessage]:
+        """Messages received whose first line starts with ``method_or_status`` (or with
+        one of them, a tuple: ``("BYE", "CANCEL")``)."""
+        return [
+            m for m in self.messages if m.received and m.first_line.startswith(method_or_status)
+        ]
+
+    def sent(self, method_or_status: str | tuple[str, ...]) -> list[SipMessage]:
+        """Messages sent whose first line starts with ``method_or_status``."""
+        return [
+            m for m in self.messages if not m.received and m.first_line.startswith(method_or_status)
+        ]
 
     @property
     def invite_times(self) -> list[dt.datetime]:
-        return [
-            m.time
-            for m in parse_messages(self.messages_log)
-            if m.received and m.first_line.startswith("INVITE ")
-        ]
+        """When each INVITE arrived."""
+        return [m.time for m in self.received("INVITE ")]
+
+    async def wait(
+        self, method_or_status: str | tuple[str, ...], count: int = 1, *, within: float = 15.0
+    ) -> list[dt.datetime]:
+        """Wait until ``count`` such messages have arrived; when each did.
+
+        Reads SIPp's message log, which it flushes per message: there is no other signal
+        from a SIPp process, so an Event cannot replace this poll.
+        """
+        async with asyncio.timeout(within):
+            while len(found := self.received(method_or_status)) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        return [m.time for m in found]
+
+    async def wait_invites(self, count: int, *, within: float = 10.0) -> list[dt.datetime]:
+        """Wait until ``count`` INVITEs have arrived; when each did."""
+        return await self.wait("INVITE ", count, within=within)
 
     async def start(self, *, within: float = 5.0) -> None:
         command = sipp_command(
-            "uas_answer.xml",
+            self.scenario,
             remote=None,
             local_port=self.port,
             workdir=self.workdir,
-            keys={"ext": str(self.ext)},
+            keys=self.keys,
             calls=None,
         )
-        screen = (self.workdir / "uas_answer.screen").open("wb")
-        with screen:
+        with (self.workdir / f"{self._stem}.screen").open("wb") as screen:
             self._process = await asyncio.create_subprocess_exec(
                 *command, stdin=asyncio.subprocess.DEVNULL, stdout=screen, stderr=screen
             )
@@ -323,15 +372,6 @@ class PagingPhone:
                 if self._process.returncode is not None:
                     raise AssertionError(f"SIPp UAS for {self.ext} exited:\n{self.log_tail()}")
                 await asyncio.sleep(0.02)
-
-    async def wait_invites(self, count: int, *, within: float = 10.0) -> list[dt.datetime]:
-        """Wait until ``count`` INVITEs have arrived (reads SIPp's message log, which it
-        flushes per message; there is no other signal from a SIPp process)."""
-        async with asyncio.timeout(within):
-            # A file is all SIPp offers to watch; an Event cannot replace this poll.
-            while len(times := self.invite_times) < count:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-        return times
 
     async def stop(self) -> None:
         if self._process is None:
@@ -349,13 +389,20 @@ class PagingPhone:
         self._process = None
 
     def log_tail(self) -> str:
-        screen = _read(self.workdir / "uas_answer.screen")
-        errors = _read(self.workdir / "uas_answer.errors")
+        screen = _read(self.workdir / f"{self._stem}.screen")
+        errors = _read(self.workdir / f"{self._stem}.errors")
         return f"{errors[-2000:]}\n{screen[-1500:]}"
 
-    async def __aenter__(self) -> PagingPhone:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+class PagingPhone(Phone):
+    """A paging phone that answers every INVITE (``uas_answer.xml``) and waits for the BYE."""
+
+    def __init__(self, sandbox: Sandbox, ext: int, workdir: Path) -> None:
+        super().__init__(sandbox, ext, workdir)

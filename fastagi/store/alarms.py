@@ -14,6 +14,7 @@ travel as query parameters; the only SQL text is the constants below.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -245,8 +246,8 @@ class AlarmStore:
     async def replay_events(self, events: Sequence[HistoryEvent]) -> int:
         """Write journalled events (fastagi/store/journal.py) in one transaction; return
         how many were new. A new ``page_cycle`` event also counts its cycle on the alarm
-        row, as :meth:`record_cycle` would have (``cycles`` only grows: a replay repeated,
-        or a cycle recorded after it, never counts one twice)."""
+        row, as :meth:`record_cycle` does (``cycles`` only grows to the event's number: a
+        replay repeated, or a cycle counted at its start, is never counted twice)."""
         async with self._pool.acquire() as connection, connection.transaction():
             new = 0
             for event in events:
@@ -261,16 +262,21 @@ class AlarmStore:
                     and not event.details.get("merged")
                 ):
                     await connection.execute(
-                        """
-                        UPDATE alarms SET cycles = greatest(cycles, $2),
-                            last_cycle_at = greatest(last_cycle_at, $3)
-                        WHERE id = $1
-                        """,
-                        event.alarm_id,
-                        cycle,
-                        event.occurred_at,
+                        _COUNT_CYCLE, event.alarm_id, cycle, cycle_started_at(event)
                     )
             return new
+
+    async def last_recorded_cycle(self, alarm_id: int) -> int:
+        """The highest cycle number among the alarm's ``page_cycle`` events (0: none)."""
+        cycle: int = await self._pool.fetchval(
+            """
+            SELECT coalesce(max((details ->> 'cycle')::int), 0) FROM alarm_events
+            WHERE alarm_id = $1 AND kind = 'page_cycle'
+              AND jsonb_typeof(details -> 'cycle') = 'number'
+            """,
+            alarm_id,
+        )
+        return cycle
 
     async def timeline(self, alarm_id: int) -> list[StoredEvent]:
         """The alarm's story, oldest first: its own events, and those of its calls.
@@ -368,20 +374,21 @@ class AlarmStore:
         raise RuntimeError(f"could not activate {alarm_key!r}: it keeps changing state")
 
     async def record_cycle(self, alarm_id: int, event: HistoryEvent) -> None:
-        """Count one paging cycle of the alarm and write its event, in one transaction.
+        """Write a paging cycle's event and count it on the alarm, in one transaction.
 
-        ``cycles`` becomes at least the event's ``cycle``: cycles paged while PostgreSQL
-        was down are counted even before their journalled events are replayed.
+        The paging loop counts a cycle when it starts (fastagi/alarms/loop.py), so this
+        usually finds it counted: ``cycles`` becomes at least the event's ``cycle`` (one
+        more, for an event without a number) and ``last_cycle_at`` at least the page's
+        start, never less. A cycle that was not counted at its start (PostgreSQL could not
+        say) is counted here, or when its journalled event is replayed; never twice.
         """
         cycle = event.details.get("cycle")
         async with self._pool.acquire() as connection, connection.transaction():
             status = await connection.execute(
-                """
-                UPDATE alarms SET cycles = greatest(cycles + 1, $2), last_cycle_at = now()
-                WHERE id = $1
-                """,
+                _COUNT_CYCLE,
                 alarm_id,
-                cycle if isinstance(cycle, int) else 0,
+                cycle if isinstance(cycle, int) else None,
+                cycle_started_at(event),
             )
             if status == "UPDATE 0":
                 raise StoreError(f"unknown alarm {alarm_id}")
@@ -822,6 +829,27 @@ class AlarmStore:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+# Counts a cycle on the alarm row, idempotently: both only grow. $2: the cycle's number
+# (NULL: one more than counted), $3: when its page started.
+_COUNT_CYCLE = """
+UPDATE alarms SET cycles = greatest(cycles, coalesce($2::int, cycles + 1)),
+    last_cycle_at = greatest(last_cycle_at, $3::timestamptz)
+WHERE id = $1
+"""
+
+
+def cycle_started_at(event: HistoryEvent) -> datetime:
+    """When a ``page_cycle`` event's page started: its ``started_at`` detail (written
+    since cycles are counted at their start), else when the event was made (its end)."""
+    started = event.details.get("started_at")
+    if isinstance(started, str):
+        with contextlib.suppress(ValueError):
+            parsed = datetime.fromisoformat(started)
+            if parsed.tzinfo is not None:
+                return parsed
+    return event.occurred_at
+
 
 _DEPARTMENTS = """
 SELECT d.id, d.name, d.interval_seconds, g.name AS paging_group,

@@ -179,6 +179,42 @@ async def test_record_cycle_counts_and_writes_the_event(store: AlarmStore) -> No
         await store.record_cycle(424242, event(EventKind.PAGE_CYCLE))
 
 
+async def test_a_cycle_counted_at_its_start_is_never_counted_again(
+    store: AlarmStore, db_pool: Pool
+) -> None:
+    """The paging loop counts a cycle when its page starts (the service's gate); its
+    event, recorded at the end or replayed from the journal after an outage, counts up
+    to its number only, and ``last_cycle_at`` stays the latest page start."""
+    department_id = await emergency_room(store)
+    alarm, _ = await activate(store, department_id)
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def page(cycle: int, second: float) -> HistoryEvent:
+        at = start + timedelta(seconds=second)
+        return event(EventKind.PAGE_CYCLE, alarm.id, cycle=cycle, started_at=at.isoformat())
+
+    # Cycle 1: counted at its start, then recorded when it ends.
+    await db_pool.execute(
+        "UPDATE alarms SET cycles = 1, last_cycle_at = $2 WHERE id = $1", alarm.id, start
+    )
+    first = page(1, 0)
+    await store.record_cycle(alarm.id, first)
+    # Cycle 2: paged while PostgreSQL was down, journalled, replayed (twice, and with the
+    # cycle-1 event once more): counted once.
+    second = page(2, 5)
+    assert await store.replay_events([first, second]) == 1
+    assert await store.replay_events([second]) == 0
+    # An older cycle replayed late (another server's journal) moves nothing back.
+    assert await store.replay_events([page(1, -10)]) == 1
+    row = await store.get_alarm(alarm.id)
+
+    assert row is not None
+    assert (row.cycles, row.last_cycle_at) == (2, start + timedelta(seconds=5))
+    assert await store.last_recorded_cycle(alarm.id) == 2
+    other, _ = await store.activate("extension:555", None, "unknown department", "555")
+    assert await store.last_recorded_cycle(other.id) == 0
+
+
 async def test_deactivate_once_and_notify(store: AlarmStore) -> None:
     department_id = await emergency_room(store)
     alarm, _ = await activate(store, department_id)

@@ -158,11 +158,17 @@ async def seed_department(
 async def wait_alarm(
     store: AlarmStore, extension: str, *, cycles: int = 0, within: float = 20.0
 ) -> Alarm:
-    """The active alarm of ``extension`` once it has recorded ``cycles`` page cycles."""
+    """The active alarm of ``extension`` once it has recorded ``cycles`` page cycles: their
+    ``page_cycle`` events are written, i.e. those pages have ended (``alarm.cycles`` counts
+    a page when it starts)."""
     async with asyncio.timeout(within):
         while True:
             for alarm in await store.active_alarms():
-                if alarm.extension == extension and alarm.cycles >= cycles:
+                if (
+                    alarm.extension == extension
+                    and alarm.cycles >= cycles
+                    and len(await events(store, alarm.id, "page_cycle")) >= cycles
+                ):
                     return alarm
             await asyncio.sleep(0.05)
 

@@ -31,7 +31,9 @@ from fastagi.sandbox import Sandbox
 from fastagi.store.probe import ProbeStore
 from tests import sipp
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+# exclusive: the flood takes a core and the server's sessions; a timing test of another
+# xdist worker running meanwhile would measure the flood, not the product.
+pytestmark = [pytest.mark.e2e, pytest.mark.exclusive, pytest.mark.timeout(120)]
 
 FLOOD_CONNECTIONS = 2000
 FLOOD_SECONDS = 15.0

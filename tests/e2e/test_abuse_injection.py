@@ -66,11 +66,7 @@ async def ami(sandbox: Sandbox) -> AsyncIterator[AmiClient]:
 
 
 def received_invites(phone: sipp.PagingPhone) -> list[str]:
-    return [
-        m.text
-        for m in sipp.parse_messages(phone.messages_log)
-        if m.received and m.first_line.startswith("INVITE ")
-    ]
+    return [m.text for m in phone.received("INVITE ")]
 
 
 def display_name(invite: str) -> str:

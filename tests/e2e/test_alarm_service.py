@@ -154,12 +154,7 @@ async def test_pages_at_the_interval_follows_changes_and_stops_for_good(
     assert not service.leads(alarm.id)
     assert await service.deactivate(alarm.id, by="201", reason="twice") is False
     await asyncio.sleep(0.5)
-    last_bye = max(
-        m.time.timestamp()
-        for p in (phone, other)
-        for m in sipp.parse_messages(p.messages_log)
-        if m.received and m.first_line.startswith("BYE ")
-    )
+    last_bye = max(m.time.timestamp() for p in (phone, other) for m in p.received("BYE "))
     print(f"deactivate() to last BYE: {(last_bye - deactivated_at) * 1000:.0f} ms")
     assert last_bye - deactivated_at < 1.0
     await no_new_invites(phone, 3, 8 * 1.2)
@@ -220,8 +215,8 @@ async def test_restarted_service_resumes_the_loop(harness: Harness) -> None:
     second = await harness.service("second")
     assert second.leads(alarm.id)
     times = await phone.wait_invites(3, within=15)
-    # The new server keeps the schedule: about one interval after the last page (measured
-    # from its end, which is when it was recorded), never a burst.
+    # The new server keeps the schedule: about one interval after the last page began
+    # (cycles are counted when they start), never a burst.
     assert all(gap >= 5 * (1 - TOLERANCE) for gap in gaps(times)), gaps(times)
     assert_interval(gaps(times)[1], 5)
     assert len(await history(store, alarm.id, "resumed")) == 1

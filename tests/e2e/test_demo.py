@@ -24,9 +24,9 @@ from fastagi.config import (
 from fastagi.demo import DEMO_CYCLES, DEMO_PHONES, run_demo
 from fastagi.notify.settings import NotifySettings, SmtpSettings, WebhookSettings
 from fastagi.sandbox import Sandbox
+from fastagi.sandbox.sipp import Phone
 from fastagi.store.alarms import AlarmStore
 from fastagi.tts import TtsSettings
-from tests.e2e.test_emergency import ScenarioPhone
 from tests.notify_servers import SmtpServer, WebhookServer
 
 SECURITY_DESK = 246
@@ -95,7 +95,7 @@ async def test_the_demo_story_through_the_production_wiring(
     )
 
     emergency = EmergencySettings(destinations=[f"PJSIP/{SECURITY_DESK}"], ring_timeout=10)
-    security_desk = ScenarioPhone(
+    security_desk = Phone(
         sandbox,
         SECURITY_DESK,
         tmp_path,

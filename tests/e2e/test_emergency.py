@@ -9,11 +9,7 @@ busy (486); 249 has no phone at all (it rings until the ring timeout).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
 import json
-import signal
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -32,7 +28,7 @@ from fastagi.alarms.paging import Pager
 from fastagi.ami import AmiClient
 from fastagi.config import AgiSettings, AlarmSettings
 from fastagi.flows.acknowledge import AcknowledgeFlow
-from fastagi.sandbox.instance import Sandbox, port_in_use
+from fastagi.sandbox.instance import Sandbox
 from fastagi.store.alarms import Alarm, AlarmStore
 from fastagi.store.emergency import EmergencyStore
 from fastagi.tts import TextToSpeech, TtsSettings
@@ -59,77 +55,6 @@ BASE = EmergencySettings(
 
 def dial(ext: int) -> str:
     return f"PJSIP/{ext}"
-
-
-class ScenarioPhone:
-    """A SIPp UAS on ``phone_base + ext`` running ``scenario`` for every INVITE."""
-
-    def __init__(
-        self, sandbox: Sandbox, ext: int, workdir: Path, scenario: str, keys: dict[str, str]
-    ) -> None:
-        self.ext = ext
-        self.port = sandbox.ports.phone_port(ext)
-        self.workdir = workdir / f"phone-{ext}"
-        self.scenario = scenario
-        self.keys = {"ext": str(ext), **keys}
-        self._process: asyncio.subprocess.Process | None = None
-
-    @property
-    def _stem(self) -> str:
-        return Path(self.scenario).stem
-
-    @property
-    def messages(self) -> list[sipp.SipMessage]:
-        try:
-            log = (self.workdir / f"{self._stem}.messages").read_text(errors="replace")
-        except FileNotFoundError:
-            return []
-        return sipp.parse_messages(log)
-
-    def received(self, method: str) -> list[sipp.SipMessage]:
-        return [m for m in self.messages if m.received and m.first_line.startswith(method)]
-
-    def sent(self, method: str) -> list[sipp.SipMessage]:
-        return [m for m in self.messages if not m.received and m.first_line.startswith(method)]
-
-    async def wait(self, method: str, count: int = 1, within: float = 15.0) -> list[dt.datetime]:
-        async with asyncio.timeout(within):
-            # SIPp's message log is the only signal a SIPp process gives.
-            while len(found := self.received(method)) < count:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-        return [m.time for m in found]
-
-    async def __aenter__(self) -> ScenarioPhone:
-        command = sipp.sipp_command(
-            self.scenario,
-            remote=None,
-            local_port=self.port,
-            workdir=self.workdir,
-            keys=self.keys,
-            calls=None,
-        )
-        with (self.workdir / f"{self._stem}.screen").open("wb") as screen:
-            self._process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=screen, stderr=screen
-            )
-        async with asyncio.timeout(5):
-            while not port_in_use(self.port, socket.SOCK_DGRAM):
-                assert self._process.returncode is None, f"SIPp for {self.ext} exited"
-                await asyncio.sleep(0.02)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        process = self._process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(5):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 @dataclass
@@ -178,12 +103,12 @@ class Harness:
         await self.stack.enter_async_context(server)
         return caller
 
-    async def phone(self, ext: int, scenario: str, **keys: str) -> ScenarioPhone:
+    async def phone(self, ext: int, scenario: str, **keys: str) -> sipp.Phone:
         return await self.stack.enter_async_context(
-            ScenarioPhone(self.sandbox, ext, self.workdir, scenario, keys)
+            sipp.Phone(self.sandbox, ext, self.workdir, scenario, keys)
         )
 
-    async def ack_phone(self, ext: int, delay_ms: int = 1500) -> ScenarioPhone:
+    async def ack_phone(self, ext: int, delay_ms: int = 1500) -> sipp.Phone:
         return await self.phone(ext, "uas_answer_dtmf.xml", dtmf_delay_ms=str(delay_ms), digit="1")
 
     async def events(self, alarm_id: int, kind: EventKind) -> list[asyncpg.Record]:

@@ -19,8 +19,15 @@ import pytest
 from pydantic import SecretStr
 
 from fastagi.app import running_server
-from fastagi.config import AgiSettings, AlarmSettings, AmiSettings, DatabaseSettings, Settings
-from fastagi.sandbox.instance import Sandbox, port_in_use
+from fastagi.config import (
+    AgiSettings,
+    AlarmSettings,
+    AmiSettings,
+    DatabaseSettings,
+    JournalSettings,
+    Settings,
+)
+from fastagi.sandbox.instance import Sandbox
 from fastagi.sandbox.ports import free_port
 from fastagi.store.alarms import AlarmStore, StoredEvent
 from fastagi.tts import TtsSettings
@@ -39,6 +46,10 @@ def settings_for(
     sandbox: Sandbox, agi_port: int, dsn: str, ami_port: int | None = None
 ) -> Settings:
     return Settings(
+        # Memory only: the default directory (/var/lib/fastagi-panic/journal) is shared
+        # by every test and xdist worker, and would replay one's events into another's
+        # database.
+        journal=JournalSettings(directory=None),
         agi=AgiSettings(port=agi_port, shutdown_grace=1),
         database=DatabaseSettings(dsn=SecretStr(dsn)),
         ami=AmiSettings(
@@ -209,7 +220,7 @@ async def test_busy_unreachable_and_answering_phones_recorded_per_cycle(
     # Nobody in this group answers.
     await seed_department(store, "Fault Ward N", "183", ["PJSIP/263", "PJSIP/264"], INTERVAL)
     answering = await stack.enter_async_context(sipp.PagingPhone(sandbox, 262, tmp_path))
-    busy = await stack.enter_async_context(BusyPhone(sandbox, 264, tmp_path))
+    busy = await stack.enter_async_context(sipp.Phone(sandbox, 264, tmp_path, "uas_busy.xml"))
     await stack.enter_async_context(running_server(settings_for(sandbox, agi_port, database_dsn)))
 
     await panic_call(sandbox, tmp_path / "trigger-m", 182)
@@ -225,52 +236,4 @@ async def test_busy_unreachable_and_answering_phones_recorded_per_cycle(
     assert all(c.details["answered"] == 0 for c in n_cycles)
     assert all(c.details["error"] for c in n_cycles)
     assert len(answering.invite_times) >= 3
-    assert len(busy.invites()) >= 6  # both groups, three cycles each
-
-
-class BusyPhone:
-    """A SIPp UAS on ``phone_base + ext`` answering every INVITE with 486 Busy Here."""
-
-    def __init__(self, sandbox: Sandbox, ext: int, workdir: Path) -> None:
-        self.ext = ext
-        self.port = sandbox.ports.phone_port(ext)
-        self.workdir = workdir / f"phone-{ext}"
-        self._process: asyncio.subprocess.Process | None = None
-
-    def invites(self) -> list[sipp.SipMessage]:
-        try:
-            log = (self.workdir / "uas_busy.messages").read_text(errors="replace")
-        except FileNotFoundError:
-            return []
-        return [
-            m for m in sipp.parse_messages(log) if m.received and m.first_line.startswith("INVITE ")
-        ]
-
-    async def __aenter__(self) -> BusyPhone:
-        command = sipp.sipp_command(
-            "uas_busy.xml",
-            remote=None,
-            local_port=self.port,
-            workdir=self.workdir,
-            keys={"ext": str(self.ext)},
-            calls=None,
-        )
-        with (self.workdir / "uas_busy.screen").open("wb") as screen:
-            self._process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=screen, stderr=screen
-            )
-        async with asyncio.timeout(5):
-            while not port_in_use(self.port, socket.SOCK_DGRAM):
-                assert self._process.returncode is None, f"SIPp for {self.ext} exited"
-                await asyncio.sleep(0.02)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.terminate()
-            try:
-                async with asyncio.timeout(5):
-                    await self._process.wait()
-            except TimeoutError:
-                self._process.kill()
-                await self._process.wait()
+    assert len(busy.received("INVITE")) >= 6  # both groups, three cycles each

@@ -139,12 +139,13 @@ async def test_confirm_activates_the_alarm_and_pages(harness: FlowHarness, ami: 
 
 
 async def wait_cycles(harness: FlowHarness, alarm_id: int, count: int, within: float = 20) -> None:
-    """Until the alarm's ``count``-th page_cycle is written (the store counts it in the
-    same transaction); the database offers nothing to wait on but a poll."""
+    """Until the alarm's ``count``-th page_cycle event is written, i.e. that page ended
+    (``alarm.cycles`` counts a page when it starts); the database offers nothing to wait
+    on but a poll."""
     async with asyncio.timeout(within):
         while True:
-            alarm = await harness.store.get_alarm(alarm_id)
-            if alarm is not None and alarm.cycles >= count:
+            timeline = await harness.store.timeline(alarm_id)
+            if sum(e.kind == "page_cycle" for e in timeline) >= count:
                 return
             await asyncio.sleep(0.1)
 

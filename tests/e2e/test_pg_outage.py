@@ -26,12 +26,15 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
+from fastagi.agi.server import AgiServer
 from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.paging import Pager
+from fastagi.alarms.pins import hash_pin_async
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
-from fastagi.config import AlarmSettings, JournalSettings
+from fastagi.config import AgiSettings, AlarmSettings, FlowSettings, JournalSettings
+from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.sandbox.instance import Sandbox
 from fastagi.store.alarms import AlarmStore
 from fastagi.store.cluster import EmbeddedCluster, free_port
@@ -91,6 +94,7 @@ class Server:
     store: AlarmStore
     pool: asyncpg.Pool
     journal: Journal
+    tts: TextToSpeech
 
 
 @pytest.fixture
@@ -139,7 +143,7 @@ async def server(
     )
     await service.start()
     stack.push_async_callback(service.close)
-    return Server(service, store, pool, journal)
+    return Server(service, store, pool, journal, tts)
 
 
 async def department(store: AlarmStore, name: str, extension: str, phone: int) -> None:
@@ -332,3 +336,43 @@ async def test_tts_directory_unwritable_pages_the_fallback(
     assert details["prompts"] == "fallback"
     assert details["answered"] == 1
     assert "cannot write prompts" in details["tts_error"]
+
+
+async def test_deactivation_while_pg_is_down_is_refused_and_the_alarm_goes_on(
+    own_pg: OwnPg, sandbox: Sandbox, agi_port: int, stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    s = await server(stack, sandbox, own_pg.dsn, tmp_path / "journal")
+    await department(s.store, "Ward S", "104", 244)
+    await s.store.set_deactivator("109", await hash_pin_async("1234"))
+    await s.service.refresh_directory()
+    alarm = (await s.service.activate("104", await s.service.lookup("104"), uniqueid="s")).alarm
+    ami = await stack.enter_async_context(await sandbox.ami())
+    flow = DeactivateFlow(s.service, s.store, s.tts, FlowSettings())
+    agi = await stack.enter_async_context(
+        AgiServer(AgiSettings(port=agi_port), {"deactivate": flow})
+    )
+
+    await own_pg.stop()
+    started = time.monotonic()
+    result = await sipp.call_dtmf(
+        sandbox, tmp_path / "deactivate", service="*556", ext=109, digits="1234#", prompt_ms=1500
+    )
+    result.check()
+    end = await ami.wait_event("UserEvent", UserEvent="FastAGIDeactivateEnd", within=20)
+    print(f"deactivation call with PostgreSQL down: {time.monotonic() - started:.2f} s")
+    assert (end["AGISTATUS"], end["FASTAGI_STATUS"]) == ("SUCCESS", "UNAVAILABLE")
+    await asyncio.wait_for(agi.wait_idle(), 10)
+    assert s.service.leads(alarm.id)  # the alarm goes on
+    [refused] = [e for e in await s.journal.events() if e.kind is EventKind.DEACTIVATION_REFUSED]
+    assert (refused.extension, refused.details["reason"]) == ("109", "database unavailable")
+
+    await own_pg.start()
+    await drained(s)
+    row = await s.store.get_alarm(alarm.id)
+    assert row is not None
+    assert row.state == "active"
+    stored = await s.pool.fetchval(
+        "SELECT details ->> 'reason' FROM alarm_events WHERE event_id = $1", refused.event_id
+    )
+    assert stored == "database unavailable"
+    assert await s.service.deactivate(alarm.id, by="cli", reason="done")

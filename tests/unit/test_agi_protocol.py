@@ -603,3 +603,24 @@ def test_a_refused_command_does_not_change_the_state():
 
     assert conn.state is ConnectionState.IDLE
     assert conn.send_command("VERBOSE", "one line") == b'VERBOSE "one line"\n'
+
+
+def test_a_memoised_reply_keeps_its_own_line():
+    # "200 result=1 (x)\r" is a line of its own (sent as "...\r\r\n"): once memoised it must
+    # not answer for "200 result=1 (x)" sent with CRLF.
+    first, second = AgiConnection(), AgiConnection()
+    for conn in (first, second):
+        conn.receive_data(b"agi_network: yes\n\n")
+        assert isinstance(conn.next_event(), Environment)
+        conn.send_command("NOOP")
+    first.receive_data(b"200 result=1 (x)\r\r\n")
+    second.receive_data(b"200 result=1 (x)\r\n")
+    assert first.next_event() == Reply(200, "1", "x", None, False, "200 result=1 (x)\r")
+    assert second.next_event() == Reply(200, "1", "x", None, False, "200 result=1 (x)")
+
+
+def test_the_command_size_limit_holds_for_a_command_seen_before():
+    assert encode_command("VERBOSE", "hello") == b"VERBOSE hello\n"
+    with pytest.raises(LocalProtocolError):
+        encode_command("VERBOSE", "hello", max_size=10)
+    assert encode_command("VERBOSE", "hello", max_size=14) == b"VERBOSE hello\n"

@@ -505,3 +505,39 @@ async def test_cancelled_command_leaves_the_session_unusable():
     assert session.usable is False
     with pytest.raises(AgiProtocolError):
         await session.verbose("after cancel")
+
+
+async def test_a_command_cancelled_while_queued_gives_up_its_turn():
+    asterisk = ScriptedAsterisk(b"200 result=0\n", b"200 result=1\n")
+    session = await accepted(asterisk)
+    first = asyncio.create_task(session.answer())
+    queued = asyncio.create_task(session.verbose("queued"))
+    last = asyncio.create_task(session.set_variable("A", "b"))
+    await asterisk.something_sent.wait()  # ANSWER is on the wire, the other two wait
+    queued.cancel()
+
+    await first
+    await last
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert asterisk.sent == [b"ANSWER\n", b"SET VARIABLE A b\n"]
+    assert session.usable is True
+
+
+async def test_a_command_cancelled_once_handed_its_turn_passes_it_on():
+    asterisk = ScriptedAsterisk(b"200 result=0\n", b"200 result=1\n")
+    session = await accepted(asterisk)
+    first = asyncio.create_task(session.answer())
+    handed = asyncio.create_task(session.verbose("handed"))
+    last = asyncio.create_task(session.set_variable("A", "b"))
+    await asterisk.something_sent.wait()
+    # Polled, not awaited: awaiting `first` would let `handed` run before this task resumes.
+    while not first.done():  # noqa: ASYNC110 (the reply hands the turn to `handed`)
+        await asyncio.sleep(0)
+    handed.cancel()
+
+    await last
+    with pytest.raises(asyncio.CancelledError):
+        await handed
+    assert asterisk.sent == [b"ANSWER\n", b"SET VARIABLE A b\n"]
+    assert session.usable is True

@@ -18,6 +18,7 @@ import pytest
 from fastagi.agi.session import AgiSession
 from fastagi.alarms.directory import UNKNOWN_DEPARTMENT, Department
 from fastagi.alarms.events import HistoryEvent
+from fastagi.alarms.outage import DatabaseDown
 from fastagi.alarms.pins import hash_pin
 from fastagi.config import FlowSettings
 from fastagi.flows import prompts
@@ -752,3 +753,118 @@ async def test_hang_up_during_the_pin_is_recorded():
     assert service.events[0].details["stage"] == "pin"
     assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS HANGUP"
     assert service.deactivations == []
+
+
+# ---- deactivate while PostgreSQL is down ---------------------------------------------
+
+
+class DownStore(FakeStore):
+    """PostgreSQL refuses connections: every call the deactivation makes fails."""
+
+    async def deactivator_pin_hash(self, extension: str) -> str | None:
+        raise ConnectionRefusedError("PostgreSQL is down")
+
+
+class DownService(FakeService):
+    """PIN checked, then PostgreSQL goes away: the service refuses to deactivate."""
+
+    async def deactivate(
+        self, alarm_id: int, *, by: str, reason: str, uniqueid: str | None = None
+    ) -> bool:
+        raise DatabaseDown("deactivate")
+
+
+def assert_refused_unavailable(service: FakeService, stage: str) -> None:
+    assert service.kinds == ["deactivation_refused"]
+    assert service.events[0].details == {
+        "route": "deactivate",
+        "uniqueid": UNIQUEID,
+        "channel": "PJSIP/101-00000001",
+        "reason": "database unavailable",
+        "stage": stage,
+    }
+
+
+async def test_database_down_before_the_pin_says_the_alarm_goes_on():
+    service, store, tts = with_alarms(ER_ALARM), DownStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands == [
+        "GET VARIABLE AMPUSER",
+        playback(tts, prompts.UNAVAILABLE),
+        "SET VARIABLE FASTAGI_STATUS UNAVAILABLE",
+    ]
+    assert_refused_unavailable(service, "authorise")
+    assert service.deactivations == []
+    assert asterisk.unused == 0
+
+
+async def test_database_down_after_the_right_pin_deactivates_nothing():
+    service, store, tts = DownService(alarms=[ER_ALARM]), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, digits(PIN), PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands == [
+        "GET VARIABLE AMPUSER",
+        pin_prompt(tts),
+        playback(tts, prompts.UNAVAILABLE),
+        "SET VARIABLE FASTAGI_STATUS UNAVAILABLE",
+    ]
+    assert_refused_unavailable(service, "deactivate")
+    assert service.alarms == [ER_ALARM]
+
+
+async def test_database_down_and_tts_down_plays_built_in_sounds():
+    service, store, tts = with_alarms(ER_ALARM), DownStore(), FakeTts(fail=True)
+    asterisk = ScriptedAsterisk(UNSET, PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands[1:] == [
+        "EXEC Playback im-sorry&all-circuits-busy-now&please-try-call-later",
+        "SET VARIABLE FASTAGI_STATUS UNAVAILABLE",
+    ]
+    assert_refused_unavailable(service, "authorise")
+
+
+async def test_a_database_that_does_not_answer_is_unavailable_after_the_deadline():
+    class Hanging(FakeStore):
+        async def lockout_until(self, extension: str) -> datetime | None:
+            await asyncio.Event().wait()  # a host that vanished: no reply, no error
+            return None
+
+    service, store, tts = with_alarms(ER_ALARM), Hanging(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, PLAYED, OK)
+    await run(deactivate(service, store, tts, database_timeout=0.05), asterisk)
+
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS UNAVAILABLE"
+    assert_refused_unavailable(service, "authorise")
+
+
+async def test_a_database_bug_is_still_an_error():
+    class Buggy(FakeStore):
+        async def deactivator_pin_hash(self, extension: str) -> str | None:
+            raise KeyError("not an outage")
+
+    service, store, tts = with_alarms(ER_ALARM), Buggy(), FakeTts()
+    asterisk = ScriptedAsterisk(UNSET, OK)
+    with pytest.raises(KeyError):
+        await run(deactivate(service, store, tts), asterisk)
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS ERROR"
+    assert service.kinds == ["error"]
+
+
+def test_every_fallback_prompt_exists_in_the_sandbox_core_sounds():
+    directory = Path(__file__).parents[2] / (
+        ".cache/sandbox/rootfs/usr/share/asterisk/sounds/en_US_f_Allison"
+    )
+    if not directory.is_dir():
+        pytest.skip("no sandbox image here")
+    names = {
+        name
+        for attribute, value in vars(prompts).items()
+        if attribute.startswith("FALLBACK_")
+        for name in value
+    }
+    assert "im-sorry" in names
+    assert [name for name in sorted(names) if not list(directory.glob(f"{name}.*"))] == []

@@ -65,7 +65,10 @@ def live_children() -> set[str]:
     # Compare with a snapshot: session fixtures (PostgreSQL, Asterisk) are children too.
     children: set[str] = set()
     for task in Path("/proc/self/task").iterdir():
-        children |= set((task / "children").read_text().split())
+        try:
+            children |= set((task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended since the listing (the executor's come and go)
     return children
 
 

@@ -14,7 +14,11 @@ for its environment: Asterisk sends the whole block the moment it connects, so a
 connection that has not finished it is either a few microseconds old or not Asterisk
 (an idle socket, a byte-a-minute sender).  A flood of such connections from an allowed
 address therefore cannot lock real calls out; only when every slot holds a running
-flow is the new connection refused.  Whatever a peer
+flow (or every waiting connection examined has bytes the loop has not read yet) is the
+new connection refused.  Those unread bytes protect a real call accepted in the same
+burst as a thousand junk connections: its environment is in the kernel's buffer, but
+the loop reads it an iteration later; an idle socket has nothing there, and a slow
+sender's bytes were read as they came.  Whatever a peer
 does (garbage, stalling, vanishing) ends that task and nothing else.  The server uses
 whichever event loop is running; the CLI installs uvloop when it is available.
 """
@@ -24,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, cast
@@ -45,6 +51,9 @@ _CLOSE_TIMEOUT = 1.0
 # Allow-list decisions remembered per peer host: Asterisk connects from a handful of
 # addresses, and the bound only matters when something scans us.
 _ALLOW_CACHE_SIZE = 1024
+# At the session cap, how many of the oldest waiting connections are examined for one
+# that can be evicted (a peek per connection: a bound on the system calls per refusal).
+_EVICTION_SCAN = 32
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -107,6 +116,20 @@ class _AgiProtocol(asyncio.Protocol):
         self._lost_waiter: asyncio.Future[None] | None = None
         # Set when the server evicted this connection to make room at the session cap.
         self.evicted = False
+
+    def has_unread_bytes(self) -> bool:
+        """Whether the kernel holds bytes from the peer that the loop has not read yet
+        (a peek: nothing is consumed)."""
+        sock = self._transport.get_extra_info("socket") if self._transport else None
+        if sock is None:
+            return False
+        # A socket object of our own on a duplicate of the descriptor: uvloop's socket
+        # stand-in has no recv().
+        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+            try:
+                return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            except OSError:  # nothing to read (EAGAIN), or the connection is gone
+                return False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -358,16 +381,16 @@ class AgiServer:
                 "refused connection: %s is not in allowed_networks", protocol.peer
             )
             return False
+        assert self._loop is not None
         if len(self._tasks) - self._evicting >= self._settings.max_sessions:
-            if not self._pending:
+            victim = self._eviction_victim()
+            if victim is None:
                 self._peer_log(protocol.peer).warning(
                     "refused connection: %d sessions running (max_sessions)", len(self._tasks)
                 )
                 return False
-            oldest = next(iter(self._pending))
             self._evicting += 1
-            oldest.evict()
-        assert self._loop is not None
+            victim.evict()
         task = self._loop.create_task(
             self._serve_connection(protocol), name=f"fastagi {protocol.peer}"
         )
@@ -376,6 +399,15 @@ class AgiServer:
         self._idle.clear()
         task.add_done_callback(self._on_task_done)
         return True
+
+    def _eviction_victim(self) -> _AgiProtocol | None:
+        """The oldest waiting connection with no unread bytes, among the first few."""
+        for scanned, protocol in enumerate(self._pending):
+            if scanned >= _EVICTION_SCAN:
+                return None
+            if not protocol.has_unread_bytes():
+                return protocol
+        return None
 
     def _environment_done(self, protocol: _AgiProtocol) -> None:
         self._pending.pop(protocol, None)

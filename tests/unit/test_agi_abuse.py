@@ -61,6 +61,39 @@ async def test_at_the_cap_a_call_evicts_the_oldest_idle_connection(agi_logs, loo
     assert loop_errors == []
 
 
+async def test_at_the_cap_a_call_whose_environment_is_unread_is_not_evicted(agi_logs, loop_errors):
+    """A waiting connection with bytes the loop has not read yet may be a real call
+    accepted in a burst: at the cap, a newcomer is refused rather than evicting it."""
+    served: list[str] = []
+
+    async def probe(session: AgiSession) -> None:
+        served.append(session.environment.uniqueid)
+
+    settings = agi_settings(max_sessions=2, environment_timeout=60)
+    async with (
+        AgiServer(settings, {"probe": probe}) as server,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        waiting = [await stack.enter_async_context(asterisk_connection(server)) for _ in range(2)]
+        for _ in range(500):
+            if server.active_sessions == 2:
+                break
+            await asyncio.sleep(0.01)
+        # Bytes the server's loop cannot read yet: pause its reading of both.
+        for protocol in list(server._pending):
+            assert protocol._transport is not None
+            protocol._transport.pause_reading()
+        for connection in waiting:
+            await connection.send(b"agi_network: yes\n")
+        await asyncio.sleep(0.1)  # the bytes reach the server's kernel buffer
+        async with asterisk_connection(server) as newcomer:
+            assert await newcomer.closed_by_server()
+        assert server.active_sessions == 2
+
+    assert not [r for r in agi_logs.records if "evicted at max_sessions" in r.getMessage()]
+    assert loop_errors == []
+
+
 async def test_at_the_cap_with_every_slot_in_a_flow_the_new_connection_is_refused(agi_logs):
     entered = asyncio.Event()
     release = asyncio.Event()

@@ -2,7 +2,6 @@
 tests/sandbox_fixtures.py (the sandbox Asterisk and SIPp)."""
 
 import fcntl
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,12 +9,7 @@ from typing import Any
 
 import pytest
 
-# TEMPORARY while the plugins are being written; becomes a static list.
-pytest_plugins = [
-    name
-    for name in ("tests.pg", "tests.sandbox_fixtures")
-    if importlib.util.find_spec(name) is not None
-]
+pytest_plugins = ["tests.pg", "tests.sandbox_fixtures"]
 
 
 if os.environ.get("FASTAGI_TEST_LOOP") == "uvloop":

@@ -4,8 +4,10 @@ escalation) to the notifier, which queues and returns at once."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastagi.alarms.emergency import AlarmLike
-from fastagi.notify import Notifier
+from fastagi.notify import Notifier, NotifyKind
 from fastagi.store.alarms import Alarm, AlarmStore
 
 
@@ -15,47 +17,46 @@ class AlarmNotifications:
         self._store = store
 
     async def alarm_started(self, alarm: Alarm) -> None:
-        await self._notifier.notify(
-            "activated",
-            alarm_id=alarm.id,
-            department=alarm.department_name,
-            extension=alarm.extension,
-            activated_at=alarm.activated_at,
-        )
-
-    async def acknowledged(self, emergency: AlarmLike, by: str) -> None:
-        alarm = await self._store.get_alarm(emergency.id)
-        if alarm is None:
-            return
-        await self._notifier.notify(
-            "acknowledged",
-            alarm_id=alarm.id,
-            department=alarm.department_name,
-            extension=alarm.extension,
-            activated_at=alarm.activated_at,
-            by=by,
-        )
-
-    async def escalated(self, emergency: AlarmLike) -> None:
-        alarm = await self._store.get_alarm(emergency.id)
-        if alarm is None:
-            return
-        await self._notifier.notify(
-            "escalated",
-            alarm_id=alarm.id,
-            department=alarm.department_name,
-            extension=alarm.extension,
-            activated_at=alarm.activated_at,
-        )
+        await self._send("activated", alarm)
 
     async def alarm_ended(self, alarm: Alarm) -> None:
-        await self._notifier.notify(
+        await self._send(
             "deactivated",
-            alarm_id=alarm.id,
-            department=alarm.department_name,
-            extension=alarm.extension,
-            activated_at=alarm.activated_at,
+            alarm,
             at=alarm.deactivated_at,
             by=alarm.deactivated_by,
             reason=alarm.deactivation_reason,
+        )
+
+    # The emergency caller's hooks: it knows the alarm by id, department and extension;
+    # the message also gives the activation time, read from the row.
+
+    async def acknowledged(self, emergency: AlarmLike, by: str) -> None:
+        alarm = await self._store.get_alarm(emergency.id)
+        if alarm is not None:
+            await self._send("acknowledged", alarm, by=by)
+
+    async def escalated(self, emergency: AlarmLike) -> None:
+        alarm = await self._store.get_alarm(emergency.id)
+        if alarm is not None:
+            await self._send("escalated", alarm)
+
+    async def _send(
+        self,
+        kind: NotifyKind,
+        alarm: Alarm,
+        *,
+        at: datetime | None = None,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        await self._notifier.notify(
+            kind,
+            alarm_id=alarm.id,
+            department=alarm.department_name,
+            extension=alarm.extension,
+            activated_at=alarm.activated_at,
+            at=at,
+            by=by,
+            reason=reason,
         )

@@ -3,8 +3,6 @@ what it asks of the emergency caller."""
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +14,7 @@ from fastagi.alarms.emergency import EmergencySettings, emergency_announcement
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.store.emergency import Acknowledgement, AcknowledgeResult, AlarmSummary
 from fastagi.tts import Prompt, TtsError
+from tests.scripted_asterisk import ScriptedAsterisk as _Scripted
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -46,26 +45,11 @@ def environment(args: tuple[str, ...]) -> bytes:
     return "".join(f"{k}: {v}\n" for k, v in lines.items()).encode() + b"\n"
 
 
-class ScriptedAsterisk:
+class ScriptedAsterisk(_Scripted):
+    """Asterisk for an emergency leg whose AGI() arguments are ``args``."""
+
     def __init__(self, *replies: str, args: tuple[str, ...]) -> None:
-        self.commands: list[str] = []
-        self._replies = deque(replies)
-        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self._pending = b""
-        self._inbox.put_nowait(environment(args))
-
-    async def receive(self, max_bytes: int) -> bytes:
-        if not self._pending:
-            self._pending = await self._inbox.get()
-            if not self._pending:
-                return b""
-        data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
-        return data
-
-    async def send(self, data: bytes) -> None:
-        self.commands.append(data.decode().rstrip("\n"))
-        reply = self._replies.popleft().encode() if self._replies else b""
-        asyncio.get_running_loop().call_soon(self._inbox.put_nowait, reply)
+        super().__init__(*replies, greeting=environment(args))
 
 
 class FakeTts:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ from fastagi.flows import prompts
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.tts import Prompt, TtsError
+from tests.scripted_asterisk import ScriptedAsterisk as _Scripted
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -69,34 +69,11 @@ def environment(callerid: str) -> bytes:
     return "".join(f"{key}: {value}\n" for key, value in lines.items()).encode() + b"\n"
 
 
-class ScriptedAsterisk:
-    """A Transport: every command sent gets the next scripted reply; ``commands`` keeps
-    what was sent, one decoded line each."""
+class ScriptedAsterisk(_Scripted):
+    """Asterisk for a call from ``callerid``."""
 
     def __init__(self, *replies: str, callerid: str = "101") -> None:
-        self.commands: list[str] = []
-        self._replies = deque(replies)
-        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self._pending = b""
-        self._inbox.put_nowait(environment(callerid))
-
-    async def receive(self, max_bytes: int) -> bytes:
-        if not self._pending:
-            self._pending = await self._inbox.get()
-            if not self._pending:
-                return b""
-        data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
-        return data
-
-    async def send(self, data: bytes) -> None:
-        self.commands.append(data.decode().rstrip("\n"))
-        # Out of replies: Asterisk closes the connection (as after a hang-up).
-        reply = self._replies.popleft().encode() if self._replies else b""
-        asyncio.get_running_loop().call_soon(self._inbox.put_nowait, reply)
-
-    @property
-    def unused(self) -> int:
-        return len(self._replies)
+        super().__init__(*replies, greeting=environment(callerid))
 
 
 async def run(flow, asterisk: ScriptedAsterisk) -> None:

@@ -10,6 +10,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The development tools (sandbox, embedded PostgreSQL, demo): beside the package, not in its wheel.
+DEV := $(PY) -m fastagi_dev
 CACHE := .cache
 APT_PACKAGES := postgresql espeak-ng libespeak-ng1 sox sip-tester debootstrap python3-venv ca-certificates
 # The packages are checked by their commands, so a warm machine skips apt entirely.
@@ -57,11 +59,11 @@ $(VENV_STAMP): setup.cfg pyproject.toml | $(APT_STAMP)
 venv: $(VENV_STAMP)
 
 sandbox-image: deps
-	$(VENV)/bin/fastagi sandbox image
+	$(DEV) sandbox image
 
 lint: venv
-	$(VENV)/bin/ruff check fastagi tests bench
-	$(VENV)/bin/ruff format --check fastagi tests bench
+	$(VENV)/bin/ruff check fastagi fastagi_dev tests bench
+	$(VENV)/bin/ruff format --check fastagi fastagi_dev tests bench
 
 typecheck: venv
 	$(VENV)/bin/mypy
@@ -81,11 +83,11 @@ bench: deps
 	$(PY) -m bench.agi_load
 
 run: deps sandbox-image
-	$(VENV)/bin/fastagi dev
+	$(DEV) run
 
 # Plays the whole alarm story against a running `make run` (start that first).
 demo: venv
-	$(VENV)/bin/fastagi demo
+	$(DEV) demo
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis $(CACHE)/instances $(CACHE)/pg

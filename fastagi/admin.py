@@ -43,8 +43,6 @@ from fastagi.store.alarms import (
 from fastagi.store.commands import redact
 
 CONNECT_TIMEOUT = 10.0
-DEMO_PIN = "2580"  # the keypad's middle column; for `make run` only
-DEMO_DEACTIVATOR = "150"
 
 Work = Callable[[AlarmStore, argparse.Namespace], Awaitable[int]]
 _SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -724,47 +722,3 @@ def _text(value: object) -> str:
 
 def _details(details: dict[str, Any]) -> str:
     return " ".join(f"{key}={json.dumps(value)}" for key, value in details.items()) or "-"
-
-
-# -- the demo --------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoInfo:
-    departments: tuple[str, ...]
-    deactivator: str
-    pin: str
-
-
-_DEMO = (
-    # department, mapping, paging group, devices
-    ("Emergency Room", "101-119", "ER", tuple(f"PJSIP/{n}" for n in range(201, 205))),
-    ("Pharmacy", "120-139", "Pharmacy", ("PJSIP/205", "PJSIP/206")),
-    ("Reception", "_14X", "Reception", ("PJSIP/207", "PJSIP/208")),
-)
-
-
-async def seed_demo(store: AlarmStore) -> DemoInfo:
-    """Demo departments, paging groups and a deactivator, for ``make run``. Idempotent:
-    what exists is left as it is, except that the demo deactivator's PIN is reset to
-    :data:`DEMO_PIN` when it differs."""
-    groups = {group.name: group for group in await store.list_paging_groups()}
-    departments = {department.name: department for department in await store.list_departments()}
-    for name, pattern, group_name, devices in _DEMO:
-        group = groups.get(group_name) or await store.add_paging_group(group_name)
-        for device in devices:
-            if device not in group.devices:
-                await store.add_paging_device(group_name, device)
-        department = departments.get(name) or await store.add_department(
-            name, paging_group=group_name
-        )
-        if pattern not in department.patterns:
-            await store.map_extensions(name, pattern)
-    stored = await store.deactivator_pin_hash(DEMO_DEACTIVATOR)
-    if stored is None or not await pins.verify_pin_async(DEMO_PIN, stored):
-        await store.set_deactivator(DEMO_DEACTIVATOR, await pins.hash_pin_async(DEMO_PIN))
-    return DemoInfo(
-        departments=tuple(name for name, *_ in _DEMO),
-        deactivator=DEMO_DEACTIVATOR,
-        pin=DEMO_PIN,
-    )

@@ -1,8 +1,7 @@
 """Wiring: build the services from the settings and run the FastAGI server.
 
-``fastagi serve`` is the production entry point. ``fastagi dev`` (``make run``) also
-brings up the sandbox Asterisk and an embedded PostgreSQL cluster, for a newcomer's
-machine; everything it starts stops on Ctrl-C.
+``fastagi serve`` is the production entry point; ``make run`` (fastagi_dev/devenv.py)
+runs the same ``running_server`` beside a sandbox Asterisk and an embedded PostgreSQL.
 
 Start-up order follows what a panic call needs: the database pool and the alarm service
 first (it resumes the loops of active alarms), the AMI connection in the background (a
@@ -67,10 +66,6 @@ GC_YOUNG_THRESHOLD = 10_000
 def register(subparsers: Any) -> None:
     serve = subparsers.add_parser("serve", help="run the FastAGI server (production)")
     serve.set_defaults(handler=_serve_command)
-    dev = subparsers.add_parser(
-        "dev", help="sandbox Asterisk + embedded PostgreSQL + the server (make run)"
-    )
-    dev.set_defaults(handler=_dev_command)
 
 
 @dataclass(frozen=True)
@@ -283,13 +278,4 @@ def _serve_command(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     raise_open_files_limit(settings)
     run(serve(settings))
-    return 0
-
-
-def _dev_command(args: argparse.Namespace) -> int:
-    from fastagi.devenv import run_dev
-
-    settings = load_settings_or_fail()
-    configure_logging(settings.log_level)
-    run(run_dev(settings))
     return 0

@@ -14,8 +14,7 @@ from fastagi.cliutil import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastagi import admin, app, demo
-    from fastagi.sandbox import commands as sandbox_commands
+    from fastagi import admin, app
     from fastagi.store import commands as store_commands
 
     parser = argparse.ArgumentParser(
@@ -24,9 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     app.register(subparsers)
     store_commands.register(subparsers)
-    sandbox_commands.register(subparsers)
     admin.register(subparsers)
-    demo.register(subparsers)
     return parser
 
 

@@ -29,8 +29,8 @@ from urllib.parse import quote, urlsplit
 import asyncpg
 import pytest
 
-from fastagi.store.cluster import OS_USER, ClusterError, EmbeddedCluster, find_bin_dir
 from fastagi.store.migrations import migrate
+from fastagi_dev.cluster import OS_USER, ClusterError, EmbeddedCluster, find_bin_dir
 
 TEST_DSN_ENV = "FASTAGI_TEST_DSN"
 PG_FIXTURES = frozenset(

@@ -8,7 +8,7 @@ Listed in tests/conftest.py ``pytest_plugins``. Fixtures:
 ``agi_port`` (session) -> int
     A free TCP port on 127.0.0.1 for the FastAGI server under test. The sandbox's
     ``FASTAGI_PANIC_URL`` is ``agi://127.0.0.1:<agi_port>``: start your server there.
-``sandbox`` (session) -> fastagi.sandbox.Sandbox
+``sandbox`` (session) -> fastagi_dev.sandbox.Sandbox
     One booted instance for the whole session, named after the pytest pid, on free
     ports (``sandbox.sip_port``, ``sandbox.ami_port``, ``sandbox.phone_base`` ...). It is
     stopped and its directory deleted at the end.
@@ -39,9 +39,9 @@ from typing import Any
 
 import pytest
 
-from fastagi.sandbox.image import INSTANCES_DIR_IN_CHROOT, default_rootfs, is_complete
-from fastagi.sandbox.instance import Sandbox, pid_alive, read_state
-from fastagi.sandbox.ports import PortClaim, claim_sandbox_ports, free_port
+from fastagi_dev.sandbox.image import INSTANCES_DIR_IN_CHROOT, default_rootfs, is_complete
+from fastagi_dev.sandbox.instance import Sandbox, pid_alive, read_state
+from fastagi_dev.sandbox.ports import PortClaim, claim_sandbox_ports, free_port
 
 LOG_TAIL_LINES = 60
 STALE_AFTER_SECONDS = 600

@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 
 from fastagi import cli
-from fastagi.admin import DEMO_PIN, seed_demo
 from fastagi.alarms import pins
 from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.store.alarms import AlarmStore
+from fastagi_dev.seed import DEMO_PIN, seed_demo
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
 

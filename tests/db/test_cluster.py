@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from fastagi.store.cluster import ClusterError, EmbeddedCluster, find_bin_dir, free_port
+from fastagi_dev.cluster import ClusterError, EmbeddedCluster, find_bin_dir, free_port
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(120)]
 

@@ -30,9 +30,9 @@ from fastagi.config import AgiSettings, AlarmSettings, FlowSettings
 from fastagi.flows import prompts
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
-from fastagi.sandbox.instance import Sandbox
 from fastagi.store.alarms import Alarm, AlarmStore
 from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 
 ALARM_SETTINGS = AlarmSettings(lead_in=0.2, page_timeout=5, max_page_seconds=20)

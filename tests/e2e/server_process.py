@@ -16,8 +16,8 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from fastagi.sandbox.instance import Sandbox
 from fastagi.store.alarms import Alarm, AlarmStore, StoredEvent
+from fastagi_dev.sandbox.instance import Sandbox
 
 READY_LINE = "FastAGI server listening"
 

@@ -27,8 +27,8 @@ from fastagi.agi.server import AgiServer
 from fastagi.agi.session import AgiSession
 from fastagi.config import AgiSettings
 from fastagi.flows.probe import ProbeFlow
-from fastagi.sandbox import Sandbox
 from fastagi.store.probe import ProbeStore
+from fastagi_dev.sandbox import Sandbox
 from tests import sipp
 
 # exclusive: the flood takes a core and the server's sessions; a timing test of another

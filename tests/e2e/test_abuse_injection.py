@@ -18,8 +18,8 @@ from fastagi.alarms.paging import Pager
 from fastagi.ami import AmiClient
 from fastagi.config import AlarmSettings
 from fastagi.flows import prompts
-from fastagi.sandbox.instance import Sandbox
 from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

@@ -23,9 +23,9 @@ from fastagi.alarms.paging import Pager
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
 from fastagi.config import AlarmSettings
-from fastagi.sandbox.instance import Sandbox
 from fastagi.store.alarms import AlarmStore, StoredEvent
 from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

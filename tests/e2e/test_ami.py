@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from fastagi.ami import AmiClient, ConnectionState, EventStream, Message, OriginateReason
-from fastagi.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 
 pytestmark = pytest.mark.e2e

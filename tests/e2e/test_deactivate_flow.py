@@ -17,9 +17,9 @@ import pytest
 
 from fastagi.alarms.pins import hash_pin_async
 from fastagi.flows import prompts
-from fastagi.sandbox import Sandbox
-from fastagi.sandbox.ami import AmiClient as SandboxAmi
 from fastagi.store.alarms import Alarm
+from fastagi_dev.sandbox import Sandbox
+from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from tests import sipp
 from tests.e2e.flow_harness import FlowHarness, flow_harness
 

@@ -1,6 +1,6 @@
 """The production wiring end to end: ``running_server`` (what ``fastagi serve`` runs)
 against the sandbox and a fresh database seeded like ``make run``, driven by the same
-story ``fastagi demo`` plays: trigger and confirm, two page cycles, deactivation by PIN;
+story ``make demo`` plays: trigger and confirm, two page cycles, deactivation by PIN;
 the emergency call reaches a SIPp security phone that acknowledges with 1; e-mail and SMS
 reach a real SMTP server and a real HTTP gateway on loopback."""
 
@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr
 
-from fastagi.admin import seed_demo
 from fastagi.app import running_server
 from fastagi.config import (
     AgiSettings,
@@ -21,12 +20,13 @@ from fastagi.config import (
     JournalSettings,
     Settings,
 )
-from fastagi.demo import DEMO_CYCLES, DEMO_PHONES, run_demo
 from fastagi.notify.settings import NotifySettings, SmtpSettings, WebhookSettings
-from fastagi.sandbox import Sandbox
-from fastagi.sandbox.sipp import Phone
 from fastagi.store.alarms import AlarmStore
 from fastagi.tts import TtsSettings
+from fastagi_dev.demo import DEMO_CYCLES, DEMO_PHONES, run_demo
+from fastagi_dev.sandbox import Sandbox
+from fastagi_dev.sandbox.sipp import Phone
+from fastagi_dev.seed import seed_demo
 from tests.notify_servers import SmtpServer, WebhookServer
 
 SECURITY_DESK = 246

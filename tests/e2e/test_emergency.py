@@ -28,10 +28,10 @@ from fastagi.alarms.paging import Pager
 from fastagi.ami import AmiClient
 from fastagi.config import AgiSettings, AlarmSettings
 from fastagi.flows.acknowledge import AcknowledgeFlow
-from fastagi.sandbox.instance import Sandbox
 from fastagi.store.alarms import Alarm, AlarmStore
 from fastagi.store.emergency import EmergencyStore
 from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

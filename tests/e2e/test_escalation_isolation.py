@@ -20,9 +20,9 @@ from fastagi.notify.settings import (
     SmtpSettings,
     WebhookSettings,
 )
-from fastagi.sandbox import Sandbox
-from fastagi.sandbox.sipp import PagingPhone
 from fastagi.store.alarms import AlarmStore
+from fastagi_dev.sandbox import Sandbox
+from fastagi_dev.sandbox.sipp import PagingPhone
 from tests.e2e.test_demo import settings_for
 from tests.notify_servers import free_port
 

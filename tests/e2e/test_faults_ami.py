@@ -27,10 +27,10 @@ from fastagi.config import (
     JournalSettings,
     Settings,
 )
-from fastagi.sandbox.instance import Sandbox
-from fastagi.sandbox.ports import free_port
 from fastagi.store.alarms import AlarmStore, StoredEvent
 from fastagi.tts import TtsSettings
+from fastagi_dev.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.ports import free_port
 from tests import sipp
 from tests.e2e.server_process import events, gaps, seed_department, wait_alarm
 from tests.tcp_proxy import StallingProxy

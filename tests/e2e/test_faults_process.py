@@ -24,9 +24,9 @@ import asyncpg
 import pytest
 
 from fastagi.alarms.events import EventKind, HistoryEvent
-from fastagi.sandbox.instance import Sandbox
-from fastagi.sandbox.ports import free_port
 from fastagi.store.alarms import Alarm, AlarmStore
+from fastagi_dev.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.ports import free_port
 from tests import sipp
 from tests.e2e.server_process import (
     ServerProcess,

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from fastagi.alarms.lamps import LampChange, Lamps
 from fastagi.ami import AmiClient
 from fastagi.config import AlarmSettings
-from fastagi.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 from tests.e2e.test_alarm_service import Harness, department
 

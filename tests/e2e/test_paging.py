@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from fastagi.alarms.paging import CycleResult, Pager
 from fastagi.ami import AmiClient
 from fastagi.config import AlarmSettings
-from fastagi.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]

@@ -19,9 +19,9 @@ from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
 from fastagi.alarms.pins import hash_pin_async
 from fastagi.config import FlowSettings
 from fastagi.flows import prompts
-from fastagi.sandbox import Sandbox
-from fastagi.sandbox.ami import AmiClient as SandboxAmi
 from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi_dev.sandbox import Sandbox
+from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from tests import sipp
 from tests.e2e.flow_harness import FlowHarness, flow_harness
 

@@ -35,12 +35,12 @@ from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
 from fastagi.config import AgiSettings, AlarmSettings, FlowSettings, JournalSettings
 from fastagi.flows.deactivate import DeactivateFlow
-from fastagi.sandbox.instance import Sandbox
 from fastagi.store.alarms import AlarmStore
-from fastagi.store.cluster import EmbeddedCluster, free_port
 from fastagi.store.journal import JOURNAL_FILE, Journal
 from fastagi.store.migrations import migrate
 from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi_dev.cluster import EmbeddedCluster, free_port
+from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]

@@ -17,9 +17,9 @@ from fastagi.agi.server import AgiServer
 from fastagi.agi.session import AgiSession
 from fastagi.config import AgiSettings
 from fastagi.flows.probe import ProbeFlow
-from fastagi.sandbox import Sandbox
-from fastagi.sandbox.ami import AmiClient
 from fastagi.store.probe import ProbeStore
+from fastagi_dev.sandbox import Sandbox
+from fastagi_dev.sandbox.ami import AmiClient
 from tests import sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]

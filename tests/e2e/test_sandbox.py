@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from fastagi.sandbox import Sandbox
+from fastagi_dev.sandbox import Sandbox
 from tests import sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]

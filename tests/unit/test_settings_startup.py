@@ -1,5 +1,6 @@
-"""``fastagi serve`` and ``fastagi dev`` with bad settings: one line naming the setting and
-the problem on stderr, no traceback, exit code 2, and never the value of a setting."""
+"""``fastagi serve`` and ``python -m fastagi_dev run`` with bad settings: one line naming
+the setting and the problem on stderr, no traceback, exit code 2, and never the value of a
+setting."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fastagi.cli import main
+from fastagi_dev.cli import main as dev_main
 
 SECRET = "s3cr3t-Value-never-printed"
 
@@ -35,12 +37,21 @@ def run_failing(capsys: pytest.CaptureFixture[str], command: str = "serve") -> s
     return lines[0]
 
 
-@pytest.mark.parametrize("command", ["serve", "dev"])
-def test_port_out_of_range(command, monkeypatch, capsys):
+def test_port_out_of_range(monkeypatch, capsys):
     monkeypatch.setenv("FASTAGI_AGI__PORT", "70000")
-    line = run_failing(capsys, command)
+    line = run_failing(capsys)
     assert line == (
         "fastagi: error: invalid settings: agi.port: Input should be less than or equal to 65535"
+    )
+
+
+def test_port_out_of_range_in_the_dev_environment(monkeypatch, capsys):
+    monkeypatch.setenv("FASTAGI_AGI__PORT", "70000")
+    assert dev_main(["run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "fastagi_dev: error: invalid settings: agi.port: "
+        "Input should be less than or equal to 65535\n"
     )
 
 

@@ -1,5 +1,5 @@
 """Run SIPp scenarios (tests/sipp_scenarios/*.xml) against the sandbox: from async tests,
-and from ``fastagi demo``.
+and from ``python -m fastagi_dev demo``.
 
 One-shot scenarios (a desk phone calling, subscribing)::
 
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from fastagi.sandbox.image import repo_root
-from fastagi.sandbox.instance import Sandbox, port_in_use
-from fastagi.sandbox.ports import free_port
+from fastagi_dev.sandbox.image import repo_root
+from fastagi_dev.sandbox.instance import Sandbox, port_in_use
+from fastagi_dev.sandbox.ports import free_port
 
 # The scenarios live with the tests, where integrators look for them; the demo runs from
 # a clone of the repository.

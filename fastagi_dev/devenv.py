@@ -1,4 +1,4 @@
-"""``fastagi dev`` (``make run``): the whole system on one machine, for a newcomer.
+"""``python -m fastagi_dev run`` (``make run``): the whole system on one machine, for a newcomer.
 
 Starts an embedded PostgreSQL cluster kept in ``.cache/pg`` (so data survives restarts),
 migrates it, boots the sandbox Asterisk instance ``dev`` and runs the FastAGI server in
@@ -17,15 +17,15 @@ from pathlib import Path
 import asyncpg
 from pydantic import SecretStr
 
-from fastagi.admin import DemoInfo, seed_demo
 from fastagi.app import running_server, until_signalled
 from fastagi.config import AmiSettings, DatabaseSettings, Settings
-from fastagi.demo import dev_state_path
-from fastagi.sandbox.image import repo_root
-from fastagi.sandbox.instance import Sandbox, running_sandbox
 from fastagi.store.alarms import AlarmStore
-from fastagi.store.cluster import EmbeddedCluster
 from fastagi.store.migrations import migrate
+from fastagi_dev.cluster import EmbeddedCluster
+from fastagi_dev.demo import dev_state_path
+from fastagi_dev.sandbox.image import repo_root
+from fastagi_dev.sandbox.instance import Sandbox, running_sandbox
+from fastagi_dev.seed import DemoInfo, seed_demo
 
 DEV_DATABASE = "fastagi"
 DEMO_PAGING_PHONES = range(201, 205)
@@ -82,7 +82,7 @@ Place a test call: desk phone 101 dials the connectivity probe *599 and types 4 
        -d 2000 -key ext 101 -key gap_ms 250 -key hangup server -key linger_ms 1000 \\
        -key d1 4 -key d2 2 {empty_digits}
 Then: psql '{dsn}' -c 'select * from probe_calls'
-Asterisk console: .venv/bin/fastagi sandbox cli 'core show channels'
+Asterisk console: .venv/bin/python -m fastagi_dev sandbox cli 'core show channels'
 
 The demo: departments {", ".join(demo.departments)}; phones 101-119 belong to the
 Emergency Room, paged on phones 201-204. Panic key *555, deactivation *556 by

@@ -1,14 +1,13 @@
-"""``fastagi sandbox ...``: the sandbox Asterisk from the command line.
+"""``python -m fastagi_dev sandbox ACTION``: the sandbox Asterisk from the command line.
 
-    fastagi sandbox image [--force]     build the image if it is missing (idempotent)
-    fastagi sandbox up [--detach]       start an instance (default name "dev": SIP 5060,
-                                        AMI 5038, AGI agi://127.0.0.1:4573, paging phones
-                                        at 5000 + extension); in the foreground until
-                                        Ctrl-C, or in the background with --detach
-    fastagi sandbox down                stop it
-    fastagi sandbox status              pid, ports, AMI login and uptime
-    fastagi sandbox cli <command...>    run an Asterisk CLI command, e.g.
-                                        `fastagi sandbox cli pjsip show endpoints`
+    image [--force]     build the image if it is missing (idempotent)
+    up [--detach]       start an instance (default name "dev": SIP 5060, AMI 5038,
+                        AGI agi://127.0.0.1:4573, paging phones at 5000 + extension);
+                        in the foreground until Ctrl-C, or in the background with --detach
+    down                stop it
+    status              pid, ports, AMI login and uptime
+    cli <command...>    run an Asterisk CLI command, e.g.
+                        `python -m fastagi_dev sandbox cli pjsip show endpoints`
 
 Every action takes ``--name`` (default ``dev``) and ``--rootfs`` (default
 ``$FASTAGI_SANDBOX_ROOTFS`` or ``<repo>/.cache/sandbox/rootfs``).
@@ -23,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fastagi.cliutil import CliError
-from fastagi.sandbox.image import ImageError, build_image, default_rootfs
-from fastagi.sandbox.instance import DEFAULT_AGI_URL, Sandbox, SandboxError, SandboxPorts
+from fastagi_dev.sandbox.image import ImageError, build_image, default_rootfs
+from fastagi_dev.sandbox.instance import DEFAULT_AGI_URL, Sandbox, SandboxError, SandboxPorts
 
 
 def register(subparsers: Any) -> None:

@@ -66,7 +66,7 @@ def require_image(rootfs: Path) -> None:
     if not is_complete(rootfs):
         raise ImageError(
             f"no complete sandbox image at {rootfs}: run `make sandbox-image` "
-            "(or `fastagi sandbox image`)"
+            "(or `python -m fastagi_dev sandbox image`)"
         )
 
 

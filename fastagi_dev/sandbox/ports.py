@@ -20,7 +20,7 @@ import secrets
 import socket
 from types import TracebackType
 
-from fastagi.sandbox.instance import PAGING_PHONES, SandboxPorts, port_in_use
+from fastagi_dev.sandbox.instance import PAGING_PHONES, SandboxPorts, port_in_use
 
 # Above the usual ephemeral range start (32768) ports come and go with every outgoing
 # connection, so search below it.

@@ -39,8 +39,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
-from fastagi.sandbox.ami import AmiClient, AmiError, wait_fully_booted
-from fastagi.sandbox.image import INSTANCES_DIR_IN_CHROOT, default_rootfs, repo_root, require_image
+from fastagi_dev.sandbox.ami import AmiClient, AmiError, wait_fully_booted
+from fastagi_dev.sandbox.image import (
+    INSTANCES_DIR_IN_CHROOT,
+    default_rootfs,
+    repo_root,
+    require_image,
+)
 
 AMI_USERNAME = "fastagi"
 DEFAULT_AGI_URL = "agi://127.0.0.1:4573"
@@ -88,12 +93,12 @@ def render(template: str, values: Mapping[str, object]) -> str:
 
 
 def template_names() -> list[str]:
-    folder = resources.files("fastagi.sandbox") / "templates"
+    folder = resources.files("fastagi_dev.sandbox") / "templates"
     return sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".conf"))
 
 
 def read_template(name: str) -> str:
-    return (resources.files("fastagi.sandbox") / "templates" / name).read_text()
+    return (resources.files("fastagi_dev.sandbox") / "templates" / name).read_text()
 
 
 def phones_config(phone_base: int) -> str:
@@ -304,7 +309,7 @@ class Sandbox:
         if other is not None and pid_alive(int(other["pid"])):
             raise SandboxError(
                 f"sandbox {self.name} already runs (pid {other['pid']}); "
-                f"`fastagi sandbox down --name {self.name}` stops it"
+                f"`python -m fastagi_dev sandbox down --name {self.name}` stops it"
             )
         busy = [
             f"{kind} {port}"
@@ -487,8 +492,8 @@ class Sandbox:
     @classmethod
     def attach(cls, rootfs: Path | None, name: str) -> Self:
         """The instance ``name`` as recorded in its state file by the process that started
-        it (for ``fastagi sandbox status|cli|down``). Raises SandboxError when it does not
-        run."""
+        it (for ``python -m fastagi_dev sandbox status|cli|down``). Raises SandboxError when
+        it does not run."""
         rootfs = (rootfs or default_rootfs()).resolve()
         state = read_state(rootfs, name)
         if state is None or not pid_alive(int(state["pid"])):
@@ -522,7 +527,7 @@ async def running_sandbox(
     agi_url: str = DEFAULT_AGI_URL,
     **options: Any,
 ) -> AsyncIterator[Sandbox]:
-    """``async with running_sandbox(agi_url=...) as sandbox:`` for ``fastagi dev``: a
+    """``async with running_sandbox(agi_url=...) as sandbox:`` for ``python -m fastagi_dev run``: a
     booted instance for the duration of the block, stopped afterwards (also on error)."""
     sandbox = Sandbox(rootfs, name, ports, agi_url, **options)
     await sandbox.start()

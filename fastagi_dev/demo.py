@@ -1,5 +1,5 @@
-"""``fastagi demo`` (``make demo``): the whole story against ``make run``, with SIPp phones
-standing in for real ones, so a newcomer sees the main job without a softphone.
+"""``make demo`` (``python -m fastagi_dev demo``): the whole story against ``make run``,
+with SIPp phones standing in for real ones, so a newcomer sees the main job without a softphone.
 
 1. Phones 201-204 (the Emergency Room paging group) come up as SIPp phones that answer.
 2. Desk phone 101 presses the panic key (*555) and confirms with 1.
@@ -25,12 +25,12 @@ from typing import Any
 
 import asyncpg
 
-from fastagi.admin import DEMO_PIN
 from fastagi.cliutil import CliError
-from fastagi.sandbox.image import default_rootfs
-from fastagi.sandbox.instance import Sandbox
-from fastagi.sandbox.sipp import PagingPhone, SipMessage, SippResult, call_dtmf, parse_messages
 from fastagi.store.alarms import AlarmStore
+from fastagi_dev.sandbox.image import default_rootfs
+from fastagi_dev.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.sipp import PagingPhone, SipMessage, SippResult, call_dtmf, parse_messages
+from fastagi_dev.seed import DEMO_PIN
 
 DEMO_DEPARTMENT = "Emergency Room"
 DEMO_CALLER = 101
@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
 
 
 def dev_state_path() -> Path:
-    from fastagi.sandbox.image import repo_root
+    from fastagi_dev.sandbox.image import repo_root
 
     return repo_root() / ".cache" / "dev.json"
 

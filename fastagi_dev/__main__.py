@@ -1,0 +1,5 @@
+import sys
+
+from fastagi_dev.cli import main
+
+sys.exit(main())

@@ -29,10 +29,10 @@ from uuid import UUID
 
 import asyncpg
 
-from fastagi.alarms import pins
-from fastagi.alarms.directory import UNKNOWN_DEPARTMENT, alarm_key, is_extension
-from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.cliutil import database_dsn, fail
+from fastagi.domain import pins
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT, alarm_key, is_extension
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store.alarms import (
     NO_ANSWER_POLICIES,
     Alarm,

@@ -29,7 +29,6 @@ import asyncpg
 
 from fastagi.agi.server import AgiServer, Flow
 from fastagi.alarms.emergency import EmergencyCaller
-from fastagi.alarms.events import HistoryEvent
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.notifications import AlarmNotifications
 from fastagi.alarms.paging import Pager
@@ -37,6 +36,7 @@ from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiAuthError, AmiClient, AmiError
 from fastagi.cliutil import load_settings_or_fail
 from fastagi.config import Settings
+from fastagi.domain.events import HistoryEvent
 from fastagi.flows import prompts
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.flows.deactivate import DeactivateFlow

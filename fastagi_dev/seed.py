@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fastagi.alarms import pins
+from fastagi.domain import pins
 from fastagi.store.alarms import AlarmStore
 
 DEMO_PIN = "2580"  # the keypad's middle column; for `make run` only

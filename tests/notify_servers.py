@@ -25,7 +25,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-from fastagi.alarms.events import HistoryEvent
+from fastagi.domain.events import HistoryEvent
 
 ACCEPTED = "250 Message accepted for delivery"
 

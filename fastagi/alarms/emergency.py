@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
-from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.ami import AmiActionError, AmiError, Message, OriginateReason, OriginateResult
 from fastagi.ami.framing import FieldValue
 from fastagi.config import EmergencySettings
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store.emergency import Acknowledgement, AcknowledgeResult, AlarmSummary
 
 __all__ = [

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from fastagi.alarms.model import lamp_states
 from fastagi.ami import AmiClient, AmiError
 from fastagi.config import AlarmSettings
+from fastagi.domain.rules import lamp_states
 
 logger = logging.getLogger(__name__)
 

@@ -45,15 +45,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from fastagi.alarms.events import EventKind, HistoryEvent
-from fastagi.alarms.model import (
+from fastagi.alarms.paging import CycleResult, Pager
+from fastagi.config import AlarmSettings
+from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.rules import (
     announcement_text,
     error_backoff,
     next_cycle_start,
     wait_before,
 )
-from fastagi.alarms.paging import CycleResult, Pager
-from fastagi.config import AlarmSettings
 from fastagi.store.alarms import Alarm
 from fastagi.tts import TextToSpeech, TtsError, fallback_announcement
 

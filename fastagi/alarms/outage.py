@@ -3,7 +3,7 @@
 - :class:`Outage`: whether the database is known to be down, logged once when it goes
   and once when it comes back (not once per call that fails meanwhile).
 - :class:`CachedLoopStore`: the paging loop's store, answering from the service's cached
-  :class:`~fastagi.alarms.directory.Directory` (departments, paging devices, intervals)
+  :class:`~fastagi.domain.directory.Directory` (departments, paging devices, intervals)
   when PostgreSQL does not, so paging goes on at the same interval to the same phones.
 """
 
@@ -17,8 +17,8 @@ from typing import TypeVar
 
 import asyncpg
 
-from fastagi.alarms.directory import Directory
-from fastagi.alarms.events import HistoryEvent
+from fastagi.domain.directory import Directory
+from fastagi.domain.events import HistoryEvent
 from fastagi.store.alarms import Alarm, AlarmStore
 
 logger = logging.getLogger(__name__)

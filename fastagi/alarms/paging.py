@@ -33,9 +33,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fastagi.alarms.model import join_items
 from fastagi.ami import AmiClient, AmiError, EventStream, Message
 from fastagi.config import AlarmSettings
+from fastagi.domain.rules import join_items
 
 logger = logging.getLogger(__name__)
 

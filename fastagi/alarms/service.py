@@ -51,14 +51,14 @@ from typing import Protocol, TypeVar
 
 import asyncpg
 
-from fastagi.alarms.directory import Department, Directory, alarm_key, department_name
-from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.alarms.lamps import LampChange, Lamps
 from fastagi.alarms.loop import AlarmLoop, Turn
-from fastagi.alarms.model import announcement_text
 from fastagi.alarms.outage import CachedLoopStore, DatabaseDown, Outage, is_unavailable
 from fastagi.alarms.paging import Pager
 from fastagi.config import AlarmSettings, JournalSettings
+from fastagi.domain.directory import Department, Directory, alarm_key, department_name
+from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.rules import announcement_text
 from fastagi.store.alarms import ACTIVE, Alarm, AlarmStore
 from fastagi.store.journal import Journal, Rekey
 from fastagi.tts import TextToSpeech, TtsError, fallback_announcement

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from fastagi.agi.errors import AgiError
 from fastagi.agi.session import AgiSession
-from fastagi.alarms.directory import is_extension
 from fastagi.config import FlowSettings
+from fastagi.domain.directory import is_extension
 
 __all__ = [
     "STATUS_VARIABLE",

@@ -49,11 +49,11 @@ from typing import Any, Protocol, TypeVar
 
 from fastagi.agi.errors import AgiHangup
 from fastagi.agi.session import AgiSession
-from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
-from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.alarms.outage import is_unavailable
-from fastagi.alarms.pins import MAX_PIN_LENGTH, verify_pin_async
 from fastagi.config import FlowSettings
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT
+from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.pins import MAX_PIN_LENGTH, verify_pin_async
 from fastagi.flows import prompts
 from fastagi.flows.common import Caller, call_details, caller_identity, set_status
 from fastagi.flows.prompts import Speaker

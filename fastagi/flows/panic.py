@@ -36,9 +36,9 @@ from typing import Any, Protocol
 
 from fastagi.agi.errors import AgiCommandFailure, AgiHangup
 from fastagi.agi.session import AgiSession
-from fastagi.alarms.directory import UNKNOWN_DEPARTMENT, Department
-from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.config import FlowSettings
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT, Department
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.flows import prompts
 from fastagi.flows.common import (
     Caller,

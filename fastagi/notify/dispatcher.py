@@ -38,7 +38,7 @@ from datetime import UTC, datetime, tzinfo
 from email.message import EmailMessage
 from typing import Any, Literal
 
-from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.notify.email import SmtpChannel, compose
 from fastagi.notify.message import Notification, NotifyKind, Outcome, template_values
 from fastagi.notify.settings import NotifySettings

@@ -26,14 +26,14 @@ from uuid import UUID
 
 import asyncpg
 
-from fastagi.alarms.directory import (
+from fastagi.domain.directory import (
     Department,
     Directory,
     ExtensionPattern,
     is_extension,
 )
-from fastagi.alarms.events import EventKind, HistoryEvent
-from fastagi.alarms.pins import is_pin_hash
+from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.pins import is_pin_hash
 
 logger = logging.getLogger(__name__)
 
@@ -491,7 +491,7 @@ class AlarmStore:
         """Allow ``extension`` to deactivate with the PIN of ``pin_hash``; True if new."""
         _check_extension(extension)
         if not is_pin_hash(pin_hash):
-            raise StoreError("not a PIN hash: make one with fastagi.alarms.pins.hash_pin")
+            raise StoreError("not a PIN hash: make one with fastagi.domain.pins.hash_pin")
         created: bool = await self._pool.fetchval(
             """
             INSERT INTO deactivators (extension, pin_hash) VALUES ($1, $2)

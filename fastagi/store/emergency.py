@@ -16,7 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
-from fastagi.alarms.events import HistoryEvent
+from fastagi.domain.events import HistoryEvent
 
 ACTIVE = "active"
 

@@ -41,8 +41,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.config import JournalSettings
+from fastagi.domain.events import EventKind, HistoryEvent
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from fastagi import cli
-from fastagi.alarms import pins
-from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.domain import pins
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store.alarms import AlarmStore
 from fastagi_dev.seed import DEMO_PIN, seed_demo
 

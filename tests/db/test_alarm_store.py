@@ -9,8 +9,8 @@ from typing import TypeAlias
 import asyncpg
 import pytest
 
-from fastagi.alarms import pins
-from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.domain import pins
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store.alarms import CHANNEL, AlarmStore, StoreError
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]

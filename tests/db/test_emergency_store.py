@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store.alarms import AlarmStore
 from fastagi.store.emergency import EmergencyStore
 

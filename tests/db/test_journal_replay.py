@@ -9,8 +9,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.config import JournalSettings
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store.alarms import AlarmStore
 from fastagi.store.journal import Journal
 

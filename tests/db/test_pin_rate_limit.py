@@ -8,7 +8,7 @@ from typing import TypeAlias
 import asyncpg
 import pytest
 
-from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store.alarms import AlarmStore
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"

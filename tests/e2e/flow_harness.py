@@ -20,13 +20,13 @@ from pydantic import SecretStr
 
 from fastagi.agi.server import AgiServer
 from fastagi.agi.session import AgiSession
-from fastagi.alarms.directory import Department
-from fastagi.alarms.events import HistoryEvent
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.paging import Pager
 from fastagi.alarms.service import Activation, AlarmService
 from fastagi.ami import AmiClient
 from fastagi.config import AgiSettings, AlarmSettings, FlowSettings
+from fastagi.domain.directory import Department
+from fastagi.domain.events import HistoryEvent
 from fastagi.flows import prompts
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow

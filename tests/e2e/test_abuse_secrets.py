@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fastagi.alarms.pins import hash_pin_async
+from fastagi.domain.pins import hash_pin_async
 from fastagi_dev.sandbox import Sandbox
 from tests.e2e.flow_harness import flow_harness
 from tests.e2e.test_deactivate_flow import call, raise_alarm

@@ -17,12 +17,12 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.paging import Pager
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
 from fastagi.config import AlarmSettings
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store.alarms import AlarmStore, StoredEvent
 from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox

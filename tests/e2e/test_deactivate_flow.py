@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fastagi.alarms.pins import hash_pin_async
+from fastagi.domain.pins import hash_pin_async
 from fastagi.flows import prompts
 from fastagi.store.alarms import Alarm
 from fastagi_dev.sandbox import Sandbox

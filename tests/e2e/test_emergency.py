@@ -23,10 +23,10 @@ from pydantic import SecretStr
 
 from fastagi.agi.server import AgiServer
 from fastagi.alarms.emergency import EmergencyCaller, EmergencySettings
-from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.alarms.paging import Pager
 from fastagi.ami import AmiClient
 from fastagi.config import AgiSettings, AlarmSettings
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.store.alarms import Alarm, AlarmStore
 from fastagi.store.emergency import EmergencyStore

@@ -23,7 +23,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store.alarms import Alarm, AlarmStore
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.ports import free_port

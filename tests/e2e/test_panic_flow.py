@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
-from fastagi.alarms.pins import hash_pin_async
 from fastagi.config import FlowSettings
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT
+from fastagi.domain.pins import hash_pin_async
 from fastagi.flows import prompts
 from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox import Sandbox

@@ -27,13 +27,13 @@ import pytest
 from pydantic import SecretStr
 
 from fastagi.agi.server import AgiServer
-from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.paging import Pager
-from fastagi.alarms.pins import hash_pin_async
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
 from fastagi.config import AgiSettings, AlarmSettings, FlowSettings, JournalSettings
+from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.pins import hash_pin_async
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.store.alarms import AlarmStore
 from fastagi.store.journal import JOURNAL_FILE, Journal

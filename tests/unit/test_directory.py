@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from fastagi.alarms.directory import (
+from fastagi.domain.directory import (
     UNKNOWN_DEPARTMENT,
     Department,
     Directory,

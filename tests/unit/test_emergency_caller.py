@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from fastagi.alarms.emergency import EmergencyCaller, EmergencySettings
-from fastagi.alarms.events import HistoryEvent
 from fastagi.ami import AmiActionError, AmiConnectionLost, Message, OriginateResult
+from fastagi.domain.events import HistoryEvent
 from fastagi.store.emergency import Acknowledgement, AcknowledgeResult, AlarmSummary
 
 pytestmark = pytest.mark.timeout(10)

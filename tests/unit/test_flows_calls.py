@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from fastagi.agi.session import AgiSession
-from fastagi.alarms.directory import UNKNOWN_DEPARTMENT, Department
-from fastagi.alarms.events import HistoryEvent
 from fastagi.alarms.outage import DatabaseDown
-from fastagi.alarms.pins import hash_pin
 from fastagi.config import FlowSettings
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT, Department
+from fastagi.domain.events import HistoryEvent
+from fastagi.domain.pins import hash_pin
 from fastagi.flows import prompts
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow

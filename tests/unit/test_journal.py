@@ -12,8 +12,8 @@ from uuid import UUID
 
 import pytest
 
-from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.config import JournalSettings
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store.journal import JOURNAL_FILE, Journal, Rekey
 
 

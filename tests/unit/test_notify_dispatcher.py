@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from fastagi.alarms.events import HistoryEvent
+from fastagi.domain.events import HistoryEvent
 from fastagi.notify import (
     Notifier,
     NotifySettings,

@@ -8,8 +8,8 @@ from uuid import UUID
 
 import pytest
 
-from fastagi.alarms import pins
-from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.domain import pins
+from fastagi.domain.events import EventKind, HistoryEvent
 
 
 @pytest.fixture(scope="module")

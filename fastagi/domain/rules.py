@@ -1,7 +1,7 @@
 """Pure rules of a running alarm: when its next page starts, what it says, what it pages.
 
 No I/O and no clock of its own: callers pass monotonic times (``loop.time()``), so the
-rules are tested with plain numbers (tests/unit/test_alarm_model.py).
+rules are tested with plain numbers (tests/unit/test_domain_rules.py).
 
 Theory of operation. An alarm pages its department every ``interval`` seconds, measured
 start to start, and never overlaps two pages of itself: a page that runs longer than the
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fastagi.alarms.directory import UNKNOWN_DEPARTMENT
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT
 
 # Page()'s first argument joins devices with '&' (app_page.c, page_exec splits on '&'),
 # Playback's first argument joins files with '&' (app_playback.c): neither may appear

@@ -1,4 +1,4 @@
-"""The pure timing and formatting rules of a running alarm (fastagi/alarms/model.py)."""
+"""The pure timing and formatting rules of a running alarm (fastagi/domain/rules.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastagi.alarms.model import (
+from fastagi.domain.rules import (
     announcement_text,
     error_backoff,
     join_items,

@@ -2,7 +2,7 @@
 policy, deactivators, alarms and their history.
 
 Every command connects with ``--dsn`` or ``database.dsn`` from the settings, does its work
-through :class:`~fastagi.store.alarms.AlarmStore`, and prints an aligned table (or JSON
+through :class:`~fastagi.store.alarms.Stores`, and prints an aligned table (or JSON
 with ``--json`` on list and show commands). A user error is one line on stderr and exit
 code 2. Each change is recorded in the history as a ``config_changed`` event naming the
 OS user, so an audit shows who changed what.
@@ -31,20 +31,17 @@ import asyncpg
 
 from fastagi.cliutil import database_dsn, fail
 from fastagi.domain import pins
+from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT, alarm_key, is_extension
 from fastagi.domain.events import EventKind, HistoryEvent
-from fastagi.store.alarms import (
-    NO_ANSWER_POLICIES,
-    Alarm,
-    AlarmStore,
-    StoredEvent,
-    StoreError,
-)
+from fastagi.domain.policy import NO_ANSWER_POLICIES
+from fastagi.store import StoreError, Stores
 from fastagi.store.commands import redact
+from fastagi.store.history import StoredEvent
 
 CONNECT_TIMEOUT = 10.0
 
-Work = Callable[[AlarmStore, argparse.Namespace], Awaitable[int]]
+Work = Callable[[Stores, argparse.Namespace], Awaitable[int]]
 _SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
@@ -217,7 +214,7 @@ async def _with_store(dsn: str, work: Work, args: argparse.Namespace) -> int:
         reason = str(exc) or exc.__class__.__name__
         fail(f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}")
     try:
-        return await work(AlarmStore(pool), args)
+        return await work(Stores.over(pool), args)
     except StoreError as exc:
         fail(str(exc))
     except asyncpg.UndefinedTableError:
@@ -233,8 +230,8 @@ def _operator() -> str:
         return "cli:unknown"
 
 
-async def _audit(store: AlarmStore, action: str, **details: Any) -> None:
-    await store.append_event(
+async def _audit(store: Stores, action: str, **details: Any) -> None:
+    await store.history.append_event(
         HistoryEvent(
             kind=EventKind.CONFIG_CHANGED,
             alarm_id=None,
@@ -248,8 +245,8 @@ async def _audit(store: AlarmStore, action: str, **details: Any) -> None:
 # -- departments and extensions -----------------------------------------------------------
 
 
-async def _department_add(store: AlarmStore, args: argparse.Namespace) -> int:
-    department = await store.add_department(args.name, args.interval, args.paging_group)
+async def _department_add(store: Stores, args: argparse.Namespace) -> int:
+    department = await store.directory.add_department(args.name, args.interval, args.paging_group)
     await _audit(
         store,
         "department add",
@@ -261,9 +258,9 @@ async def _department_add(store: AlarmStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _department_list(store: AlarmStore, args: argparse.Namespace) -> int:
-    departments = await store.list_departments()
-    settings = await store.load_settings()
+async def _department_list(store: Stores, args: argparse.Namespace) -> int:
+    departments = await store.directory.list_departments()
+    settings = await store.policy.load_settings()
     if args.json:
         _print_json([dataclasses.asdict(d) for d in departments])
         return 0
@@ -285,49 +282,49 @@ async def _department_list(store: AlarmStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _department_rm(store: AlarmStore, args: argparse.Namespace) -> int:
-    await store.remove_department(args.name)
+async def _department_rm(store: Stores, args: argparse.Namespace) -> int:
+    await store.directory.remove_department(args.name)
     await _audit(store, "department remove", name=args.name.strip())
     print(f"removed department '{args.name.strip()}'")
     return 0
 
 
-async def _department_set(store: AlarmStore, args: argparse.Namespace) -> int:
+async def _department_set(store: Stores, args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {}
     if args.interval is not None or args.default_interval:
-        await store.set_department_interval(args.name, args.interval)
+        await store.directory.set_department_interval(args.name, args.interval)
         changes["interval_seconds"] = args.interval
     if args.paging_group is not None or args.no_paging_group:
-        await store.set_department_paging_group(args.name, args.paging_group)
+        await store.directory.set_department_paging_group(args.name, args.paging_group)
         changes["paging_group"] = args.paging_group
     if not changes:
         fail("nothing to change: give --interval, --default-interval or --paging-group")
-    department = await store.get_department(args.name)
+    department = await store.directory.get_department(args.name)
     await _audit(store, "department set", name=department.name, **changes)
     print(f"changed department '{department.name}'")
     return 0
 
 
-async def _extension_map(store: AlarmStore, args: argparse.Namespace) -> int:
-    pattern = await store.map_extensions(args.department, args.pattern)
-    department = await store.get_department(args.department)
+async def _extension_map(store: Stores, args: argparse.Namespace) -> int:
+    pattern = await store.directory.map_extensions(args.department, args.pattern)
+    department = await store.directory.get_department(args.department)
     await _audit(store, "extension map", department=department.name, pattern=pattern.text)
     print(f"mapped {pattern.kind.name.lower()} '{pattern.text}' to '{department.name}'")
     return 0
 
 
-async def _extension_unmap(store: AlarmStore, args: argparse.Namespace) -> int:
-    await store.unmap_extensions(args.pattern)
+async def _extension_unmap(store: Stores, args: argparse.Namespace) -> int:
+    await store.directory.unmap_extensions(args.pattern)
     await _audit(store, "extension unmap", pattern=args.pattern.strip())
     print(f"unmapped '{args.pattern.strip()}'")
     return 0
 
 
-async def _extension_lookup(store: AlarmStore, args: argparse.Namespace) -> int:
+async def _extension_lookup(store: Stores, args: argparse.Namespace) -> int:
     extension = args.extension.strip()
     if not is_extension(extension):
         fail(f"malformed extension '{extension}': expected 1 to 20 digits")
-    directory = await store.load_directory()
+    directory = await store.directory.load_directory()
     match = directory.lookup(extension)
     department = match.department if match else None
     result = {
@@ -365,22 +362,22 @@ async def _extension_lookup(store: AlarmStore, args: argparse.Namespace) -> int:
 # -- paging groups, interval, policy -------------------------------------------------------
 
 
-async def _group_add(store: AlarmStore, args: argparse.Namespace) -> int:
-    group = await store.add_paging_group(args.name)
+async def _group_add(store: Stores, args: argparse.Namespace) -> int:
+    group = await store.directory.add_paging_group(args.name)
     await _audit(store, "paging-group add", name=group.name)
     print(f"added paging group '{group.name}'")
     return 0
 
 
-async def _group_remove(store: AlarmStore, args: argparse.Namespace) -> int:
-    await store.remove_paging_group(args.name)
+async def _group_remove(store: Stores, args: argparse.Namespace) -> int:
+    await store.directory.remove_paging_group(args.name)
     await _audit(store, "paging-group remove", name=args.name.strip())
     print(f"removed paging group '{args.name.strip()}'")
     return 0
 
 
-async def _group_list(store: AlarmStore, args: argparse.Namespace) -> int:
-    groups = await store.list_paging_groups()
+async def _group_list(store: Stores, args: argparse.Namespace) -> int:
+    groups = await store.directory.list_paging_groups()
     if args.json:
         _print_json([dataclasses.asdict(g) for g in groups])
         return 0
@@ -392,29 +389,29 @@ async def _group_list(store: AlarmStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _device_add(store: AlarmStore, args: argparse.Namespace) -> int:
-    await store.add_paging_device(args.group, args.device)
+async def _device_add(store: Stores, args: argparse.Namespace) -> int:
+    await store.directory.add_paging_device(args.group, args.device)
     await _audit(store, "paging-group device add", group=args.group, device=args.device)
     print(f"added {args.device.strip()} to '{args.group.strip()}'")
     return 0
 
 
-async def _device_remove(store: AlarmStore, args: argparse.Namespace) -> int:
-    await store.remove_paging_device(args.group, args.device)
+async def _device_remove(store: Stores, args: argparse.Namespace) -> int:
+    await store.directory.remove_paging_device(args.group, args.device)
     await _audit(store, "paging-group device remove", group=args.group, device=args.device)
     print(f"removed {args.device.strip()} from '{args.group.strip()}'")
     return 0
 
 
-async def _interval_set(store: AlarmStore, args: argparse.Namespace) -> int:
-    await store.set_default_interval(args.seconds)
+async def _interval_set(store: Stores, args: argparse.Namespace) -> int:
+    await store.policy.set_default_interval(args.seconds)
     await _audit(store, "interval set", seconds=args.seconds)
     print(f"default interval: {args.seconds}s")
     return 0
 
 
-async def _interval_show(store: AlarmStore, args: argparse.Namespace) -> int:
-    seconds = (await store.load_settings()).default_interval_seconds
+async def _interval_show(store: Stores, args: argparse.Namespace) -> int:
+    seconds = (await store.policy.load_settings()).default_interval_seconds
     if args.json:
         _print_json({"default_interval_seconds": seconds})
     else:
@@ -422,8 +419,8 @@ async def _interval_show(store: AlarmStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _policy_show(store: AlarmStore, args: argparse.Namespace) -> int:
-    settings = await store.load_settings()
+async def _policy_show(store: Stores, args: argparse.Namespace) -> int:
+    settings = await store.policy.load_settings()
     if args.json:
         _print_json(dataclasses.asdict(settings))
         return 0
@@ -440,7 +437,7 @@ async def _policy_show(store: AlarmStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _policy_set(store: AlarmStore, args: argparse.Namespace) -> int:
+async def _policy_set(store: Stores, args: argparse.Namespace) -> int:
     given = {
         "no-answer": args.no_answer,
         "confirmation-attempts": args.confirmation_attempts,
@@ -453,7 +450,7 @@ async def _policy_set(store: AlarmStore, args: argparse.Namespace) -> int:
             "nothing to change: give --no-answer, --confirmation-attempts, --pin-attempts "
             "or --lockout-seconds"
         )
-    await store.set_policy(
+    await store.policy.set_policy(
         no_answer_policy=args.no_answer,
         confirmation_attempts=args.confirmation_attempts,
         pin_attempts=args.pin_attempts,
@@ -468,7 +465,7 @@ async def _policy_set(store: AlarmStore, args: argparse.Namespace) -> int:
 # -- deactivators ----------------------------------------------------------------------------
 
 
-async def _deactivator_add(store: AlarmStore, args: argparse.Namespace) -> int:
+async def _deactivator_add(store: Stores, args: argparse.Namespace) -> int:
     extension = args.extension.strip()
     if not is_extension(extension):
         fail(f"malformed extension '{extension}': expected 1 to 20 digits")
@@ -477,8 +474,8 @@ async def _deactivator_add(store: AlarmStore, args: argparse.Namespace) -> int:
         pin_hash = await pins.hash_pin_async(pin)
     except ValueError as exc:
         fail(str(exc))
-    created = await store.set_deactivator(extension, pin_hash)
-    await store.clear_pin_failures(extension)
+    created = await store.deactivators.set_deactivator(extension, pin_hash)
+    await store.deactivators.clear_pin_failures(extension)
     await _audit(store, "deactivator add" if created else "deactivator change", extension=extension)
     print(f"{'added' if created else 'changed the PIN of'} deactivator {extension}")
     return 0
@@ -502,15 +499,15 @@ def _read_pin(from_stdin: bool) -> str:
     return pin
 
 
-async def _deactivator_remove(store: AlarmStore, args: argparse.Namespace) -> int:
-    await store.remove_deactivator(args.extension.strip())
+async def _deactivator_remove(store: Stores, args: argparse.Namespace) -> int:
+    await store.deactivators.remove_deactivator(args.extension.strip())
     await _audit(store, "deactivator remove", extension=args.extension.strip())
     print(f"removed deactivator {args.extension.strip()}")
     return 0
 
 
-async def _deactivator_list(store: AlarmStore, args: argparse.Namespace) -> int:
-    deactivators = await store.list_deactivators()
+async def _deactivator_list(store: Stores, args: argparse.Namespace) -> int:
+    deactivators = await store.deactivators.list_deactivators()
     if args.json:
         _print_json([dataclasses.asdict(d) for d in deactivators])
         return 0
@@ -525,9 +522,9 @@ async def _deactivator_list(store: AlarmStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _deactivator_unlock(store: AlarmStore, args: argparse.Namespace) -> int:
+async def _deactivator_unlock(store: Stores, args: argparse.Namespace) -> int:
     extension = args.extension.strip()
-    await store.clear_pin_failures(extension)
+    await store.deactivators.clear_pin_failures(extension)
     await _audit(store, "deactivator unlock", extension=extension)
     print(f"cleared the wrong PINs and lockout of {extension}")
     return 0
@@ -536,8 +533,8 @@ async def _deactivator_unlock(store: AlarmStore, args: argparse.Namespace) -> in
 # -- alarms and history ------------------------------------------------------------------------
 
 
-async def _alarm_list(store: AlarmStore, args: argparse.Namespace) -> int:
-    alarms = await store.recent_alarms() if args.all else await store.active_alarms()
+async def _alarm_list(store: Stores, args: argparse.Namespace) -> int:
+    alarms = await store.alarms.recent_alarms() if args.all else await store.alarms.active_alarms()
     if args.json:
         _print_json([dataclasses.asdict(a) for a in alarms])
         return 0
@@ -560,9 +557,9 @@ async def _alarm_list(store: AlarmStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _alarm_show(store: AlarmStore, args: argparse.Namespace) -> int:
+async def _alarm_show(store: Stores, args: argparse.Namespace) -> int:
     alarm = await _get_alarm(store, args.id)
-    events = await store.timeline(alarm.id)
+    events = await store.history.timeline(alarm.id)
     if args.json:
         _print_json(
             {"alarm": dataclasses.asdict(alarm), "timeline": [_event_dict(e) for e in events]}
@@ -581,7 +578,7 @@ async def _alarm_show(store: AlarmStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _alarm_deactivate(store: AlarmStore, args: argparse.Namespace) -> int:
+async def _alarm_deactivate(store: Stores, args: argparse.Namespace) -> int:
     alarm = await _get_alarm(store, args.id)
     reason = args.reason.strip()
     if not reason:
@@ -594,15 +591,15 @@ async def _alarm_deactivate(store: AlarmStore, args: argparse.Namespace) -> int:
         department=alarm.department_name,
         details={"by": by, "reason": reason, "source": "cli"},
     )
-    done = await store.deactivate(alarm.id, by, reason, event)
+    done = await store.alarms.deactivate(alarm.id, by, reason, event)
     if done is None:
         fail(f"alarm {alarm.id} is not active")
     print(f"deactivated alarm {done.id} ({done.department_name})")
     return 0
 
 
-async def _get_alarm(store: AlarmStore, alarm_id: int) -> Alarm:
-    alarm = await store.get_alarm(alarm_id)
+async def _get_alarm(store: Stores, alarm_id: int) -> Alarm:
+    alarm = await store.alarms.get_alarm(alarm_id)
     if alarm is None:
         fail(f"unknown alarm {alarm_id}")
     return alarm
@@ -620,10 +617,10 @@ CSV_COLUMNS = (
 )
 
 
-async def _history_export(store: AlarmStore, args: argparse.Namespace) -> int:
+async def _history_export(store: Stores, args: argparse.Namespace) -> int:
     if args.since >= args.until:
         fail("--since must be before --until")
-    events = await store.history(args.since, args.until)
+    events = await store.history.history(args.since, args.until)
     if args.format == "json":
         text = json.dumps([_event_dict(e) for e in events], indent=2, default=_json_default) + "\n"
     else:

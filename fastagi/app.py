@@ -44,7 +44,7 @@ from fastagi.flows.panic import PanicFlow
 from fastagi.flows.probe import ProbeFlow
 from fastagi.logs import configure_logging
 from fastagi.notify import Notifier
-from fastagi.store.alarms import AlarmStore
+from fastagi.store import Stores
 from fastagi.store.emergency import EmergencyStore
 from fastagi.store.journal import Journal
 from fastagi.store.pool import create_pool
@@ -71,7 +71,7 @@ def register(subparsers: Any) -> None:
 @dataclass(frozen=True)
 class Services:
     pool: asyncpg.Pool[asyncpg.Record]
-    store: AlarmStore
+    store: Stores
     ami: AmiClient
     tts: TextToSpeech
     alarms: AlarmService
@@ -82,8 +82,14 @@ class Services:
 def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
     return {
         "probe": ProbeFlow(ProbeStore(services.pool)),
-        "panic": PanicFlow(services.alarms, services.store, services.tts, settings.flows),
-        "deactivate": DeactivateFlow(services.alarms, services.store, services.tts, settings.flows),
+        "panic": PanicFlow(services.alarms, services.store.policy, services.tts, settings.flows),
+        "deactivate": DeactivateFlow(
+            services.alarms,
+            services.store.policy,
+            services.store.deactivators,
+            services.tts,
+            settings.flows,
+        ),
         "acknowledge": AcknowledgeFlow(
             services.emergency, services.tts, settings.emergency, settings.flows
         ),
@@ -139,7 +145,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     pool = await create_pool(settings.database)
     ami = AmiClient.from_settings(settings.ami)
     tts = TextToSpeech(settings.tts)
-    store = AlarmStore(pool)
+    store = Stores.over(pool)
 
     async def record(event: HistoryEvent) -> None:
         await alarms.record(event)

@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from fastagi.cliutil import CliError
-from fastagi.store.alarms import AlarmStore
+from fastagi.store import Stores
 from fastagi_dev.sandbox.image import default_rootfs
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.sipp import PagingPhone, SipMessage, SippResult, call_dtmf, parse_messages
@@ -71,11 +71,11 @@ def say(step: str) -> None:
 
 async def run_demo(sandbox: Sandbox, dsn: str) -> None:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    store = AlarmStore(pool)
-    department = await store.get_department(DEMO_DEPARTMENT)
+    store = Stores.over(pool)
+    department = await store.directory.get_department(DEMO_DEPARTMENT)
     workdir = Path(tempfile.mkdtemp(prefix="fastagi-demo-"))
     try:
-        await store.set_department_interval(DEMO_DEPARTMENT, DEMO_INTERVAL_SECONDS)
+        await store.directory.set_department_interval(DEMO_DEPARTMENT, DEMO_INTERVAL_SECONDS)
         async with contextlib.AsyncExitStack() as stack:
             phones = [
                 await stack.enter_async_context(PagingPhone(sandbox, ext, workdir / f"phone-{ext}"))
@@ -83,21 +83,19 @@ async def run_demo(sandbox: Sandbox, dsn: str) -> None:
             ]
             await _story(sandbox, store, phones, workdir)
     finally:
-        await store.set_department_interval(DEMO_DEPARTMENT, department.interval_seconds)
+        await store.directory.set_department_interval(DEMO_DEPARTMENT, department.interval_seconds)
         await pool.close()
     print(f"\nSIPp logs: {workdir}")
 
 
-async def _story(
-    sandbox: Sandbox, store: AlarmStore, phones: list[PagingPhone], workdir: Path
-) -> None:
+async def _story(sandbox: Sandbox, store: Stores, phones: list[PagingPhone], workdir: Path) -> None:
     say(f"phones {', '.join(map(str, DEMO_PHONES))} are up (SIPp, answering every call)")
     say(f"desk phone {DEMO_CALLER} presses the panic key (*555) and confirms with 1")
     trigger = await call_dtmf(
         sandbox, workdir / "trigger", service="*555", ext=DEMO_CALLER, digits="1", prompt_ms=1500
     )
     trigger.check()
-    [alarm] = [a for a in await store.active_alarms() if a.extension == str(DEMO_CALLER)]
+    [alarm] = [a for a in await store.alarms.active_alarms() if a.extension == str(DEMO_CALLER)]
     print(f"   alarm {alarm.id} is active: {alarm.department_name}, extension {alarm.extension}")
 
     say(f"the paging group hears {DEMO_CYCLES} cycles, {DEMO_INTERVAL_SECONDS} s apart")
@@ -118,12 +116,12 @@ async def _story(
         prompt_ms=1500,
     )
     stop.check()
-    stopped = await store.get_alarm(alarm.id)
+    stopped = await store.alarms.get_alarm(alarm.id)
     assert stopped is not None
     print(f"   alarm {alarm.id}: {stopped.state}, by {stopped.deactivated_by}")
 
     say(f"timeline of alarm {alarm.id} (fastagi alarm show {alarm.id})")
-    for event in await store.timeline(alarm.id):
+    for event in await store.history.timeline(alarm.id):
         details = json.dumps(dict(event.details), ensure_ascii=False) if event.details else ""
         print(f"   {event.occurred_at:%H:%M:%S.%f}"[:-3] + f"  {event.kind:<22} {details}")
 

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from fastagi.app import running_server, until_signalled
 from fastagi.config import AmiSettings, DatabaseSettings, Settings
-from fastagi.store.alarms import AlarmStore
+from fastagi.store import Stores
 from fastagi.store.migrations import migrate
 from fastagi_dev.cluster import EmbeddedCluster
 from fastagi_dev.demo import dev_state_path
@@ -60,7 +60,7 @@ async def prepare_database(cluster: EmbeddedCluster) -> str:
 async def seed(dsn: str) -> DemoInfo:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
-        return await seed_demo(AlarmStore(pool))
+        return await seed_demo(Stores.over(pool))
     finally:
         await pool.close()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from fastagi.domain import pins
-from fastagi.store.alarms import AlarmStore
+from fastagi.store import Stores
 
 DEMO_PIN = "2580"  # the keypad's middle column; for `make run` only
 DEMO_DEACTIVATOR = "150"
@@ -28,25 +28,29 @@ _DEMO = (
 )
 
 
-async def seed_demo(store: AlarmStore) -> DemoInfo:
+async def seed_demo(store: Stores) -> DemoInfo:
     """Demo departments, paging groups and a deactivator, for ``make run``. Idempotent:
     what exists is left as it is, except that the demo deactivator's PIN is reset to
     :data:`DEMO_PIN` when it differs."""
-    groups = {group.name: group for group in await store.list_paging_groups()}
-    departments = {department.name: department for department in await store.list_departments()}
+    groups = {group.name: group for group in await store.directory.list_paging_groups()}
+    departments = {
+        department.name: department for department in await store.directory.list_departments()
+    }
     for name, pattern, group_name, devices in _DEMO:
-        group = groups.get(group_name) or await store.add_paging_group(group_name)
+        group = groups.get(group_name) or await store.directory.add_paging_group(group_name)
         for device in devices:
             if device not in group.devices:
-                await store.add_paging_device(group_name, device)
-        department = departments.get(name) or await store.add_department(
+                await store.directory.add_paging_device(group_name, device)
+        department = departments.get(name) or await store.directory.add_department(
             name, paging_group=group_name
         )
         if pattern not in department.patterns:
-            await store.map_extensions(name, pattern)
-    stored = await store.deactivator_pin_hash(DEMO_DEACTIVATOR)
+            await store.directory.map_extensions(name, pattern)
+    stored = await store.deactivators.deactivator_pin_hash(DEMO_DEACTIVATOR)
     if stored is None or not await pins.verify_pin_async(DEMO_PIN, stored):
-        await store.set_deactivator(DEMO_DEACTIVATOR, await pins.hash_pin_async(DEMO_PIN))
+        await store.deactivators.set_deactivator(
+            DEMO_DEACTIVATOR, await pins.hash_pin_async(DEMO_PIN)
+        )
     return DemoInfo(
         departments=tuple(name for name, *_ in _DEMO),
         deactivator=DEMO_DEACTIVATOR,

@@ -47,6 +47,7 @@ from typing import Protocol
 
 from fastagi.alarms.paging import CycleResult, Pager
 from fastagi.config import AlarmSettings
+from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.rules import (
     announcement_text,
@@ -54,7 +55,6 @@ from fastagi.domain.rules import (
     next_cycle_start,
     wait_before,
 )
-from fastagi.store.alarms import Alarm
 from fastagi.tts import TextToSpeech, TtsError, fallback_announcement
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ _DEFAULT_INTERVAL = 60
 
 
 class LoopStore(Protocol):
-    """The part of ``AlarmStore`` a loop uses."""
+    """What a loop reads and writes (the service gives it a cached view of the stores)."""
 
     async def interval_seconds(self, alarm: Alarm) -> int: ...
     async def paging_devices(self, alarm: Alarm) -> tuple[str, ...]: ...

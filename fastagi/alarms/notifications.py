@@ -7,12 +7,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastagi.alarms.emergency import AlarmLike
+from fastagi.domain.alarm import Alarm
 from fastagi.notify import Notifier, NotifyKind
-from fastagi.store.alarms import Alarm, AlarmStore
+from fastagi.store import Stores
 
 
 class AlarmNotifications:
-    def __init__(self, notifier: Notifier, store: AlarmStore) -> None:
+    def __init__(self, notifier: Notifier, store: Stores) -> None:
         self._notifier = notifier
         self._store = store
 
@@ -32,12 +33,12 @@ class AlarmNotifications:
     # the message also gives the activation time, read from the row.
 
     async def acknowledged(self, emergency: AlarmLike, by: str) -> None:
-        alarm = await self._store.get_alarm(emergency.id)
+        alarm = await self._store.alarms.get_alarm(emergency.id)
         if alarm is not None:
             await self._send("acknowledged", alarm, by=by)
 
     async def escalated(self, emergency: AlarmLike) -> None:
-        alarm = await self._store.get_alarm(emergency.id)
+        alarm = await self._store.alarms.get_alarm(emergency.id)
         if alarm is not None:
             await self._send("escalated", alarm)
 

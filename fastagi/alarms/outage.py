@@ -17,9 +17,10 @@ from typing import TypeVar
 
 import asyncpg
 
+from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import Directory
 from fastagi.domain.events import HistoryEvent
-from fastagi.store.alarms import Alarm, AlarmStore
+from fastagi.store import Stores
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class CachedLoopStore:
 
     def __init__(
         self,
-        store: AlarmStore,
+        store: Stores,
         directory: Callable[[], Directory | None],
         outage: Outage,
         timeout: float,
@@ -106,7 +107,9 @@ class CachedLoopStore:
         directory = self._directory()
         if alarm.id > 0 or directory is None:
             try:
-                return await self._ask("interval", lambda: self._store.interval_seconds(alarm))
+                return await self._ask(
+                    "interval", lambda: self._store.directory.interval_seconds(alarm)
+                )
             except Exception:
                 if directory is None:
                     raise
@@ -117,7 +120,9 @@ class CachedLoopStore:
         directory = self._directory()
         if alarm.id > 0 or directory is None:
             try:
-                return await self._ask("paging devices", lambda: self._store.paging_devices(alarm))
+                return await self._ask(
+                    "paging devices", lambda: self._store.directory.paging_devices(alarm)
+                )
             except Exception:
                 if directory is None:
                     raise
@@ -127,4 +132,4 @@ class CachedLoopStore:
     async def record_cycle(self, alarm_id: int, event: HistoryEvent) -> None:
         if alarm_id < 0:
             raise DatabaseDown("a provisional alarm has no row yet")
-        await self._ask("record cycle", lambda: self._store.record_cycle(alarm_id, event))
+        await self._ask("record cycle", lambda: self._store.alarms.record_cycle(alarm_id, event))

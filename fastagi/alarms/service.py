@@ -1,6 +1,6 @@
 """The alarm service: activates, deactivates, and runs the paging loops this server leads.
 
-Theory of operation. Alarm state lives in PostgreSQL (``AlarmStore``); this service is
+Theory of operation. Alarm state lives in PostgreSQL (``Stores``); this service is
 the only writer of it in a server. Several servers may share one database (FreePBX with
 ``hagi://`` fail-over); each active alarm must be paged by exactly one of them. The one
 that pages an alarm, its *leader*, holds ``pg_try_advisory_lock(namespace, alarm_id)`` on
@@ -56,10 +56,11 @@ from fastagi.alarms.loop import AlarmLoop, Turn
 from fastagi.alarms.outage import CachedLoopStore, DatabaseDown, Outage, is_unavailable
 from fastagi.alarms.paging import Pager
 from fastagi.config import AlarmSettings, JournalSettings
+from fastagi.domain.alarm import ACTIVE, Alarm
 from fastagi.domain.directory import Department, Directory, alarm_key, department_name
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.rules import announcement_text
-from fastagi.store.alarms import ACTIVE, Alarm, AlarmStore
+from fastagi.store import Stores
 from fastagi.store.journal import Journal, Rekey
 from fastagi.tts import TextToSpeech, TtsError, fallback_announcement
 
@@ -94,7 +95,7 @@ class AlarmListener(Protocol):
 class AlarmService:
     def __init__(
         self,
-        store: AlarmStore,
+        store: Stores,
         pager: Pager,
         lamps: Lamps,
         tts: TextToSpeech | None,
@@ -149,10 +150,10 @@ class AlarmService:
         """Listen for deactivations, set the lamps, and lead every alarm nobody leads."""
         self._started = True
         self._lamps.set_listener(self._record_lamps)
-        self._stop_listening = await self._store.listen_changes(self._on_notify)
+        self._stop_listening = await self._store.alarms.listen_changes(self._on_notify)
         await self.refresh_directory()
         await self._promote_leftovers()
-        await self._journal.replay(self._store, live=frozenset(self._provisional))
+        await self._journal.replay(self._store.history, live=frozenset(self._provisional))
         await self._scan()
         self._background = asyncio.create_task(self._maintain(), name="alarm-service")
 
@@ -188,7 +189,7 @@ class AlarmService:
     # -- queries -------------------------------------------------------------------------
 
     async def refresh_directory(self) -> Directory:
-        self._directory = await self._store.load_directory()
+        self._directory = await self._store.directory.load_directory()
         self._directory_at = asyncio.get_running_loop().time()
         return self._directory
 
@@ -209,7 +210,7 @@ class AlarmService:
         return (await self.directory()).department_for(extension)
 
     async def active_alarms(self) -> list[Alarm]:
-        return await self._store.active_alarms()
+        return await self._store.alarms.active_alarms()
 
     def leads(self, alarm_id: int) -> bool:
         """Whether this server runs the alarm's paging loop."""
@@ -233,7 +234,7 @@ class AlarmService:
         try:
             alarm, created = await self._db(
                 "activate",
-                lambda: self._store.activate(
+                lambda: self._store.alarms.activate(
                     key, department.id if department else None, name, extension, events
                 ),
             )
@@ -263,7 +264,7 @@ class AlarmService:
         alarm_loop = self._loops.get(alarm_id)
         hold = alarm_loop.hold() if alarm_loop else contextlib.nullcontext()
         async with hold:
-            alarm = await self._store.get_alarm(alarm_id)
+            alarm = await self._store.alarms.get_alarm(alarm_id)
             if alarm is None:
                 return False
             details = {"by": by, "reason": reason, "instance": self.instance_id}
@@ -276,7 +277,7 @@ class AlarmService:
                 alarm.department_name,
                 details,
             )
-            done = await self._store.deactivate(alarm_id, by, reason, event)
+            done = await self._store.alarms.deactivate(alarm_id, by, reason, event)
             if done is None:
                 return False
             if alarm_loop is not None:
@@ -293,7 +294,9 @@ class AlarmService:
         raises: a flow or a loop goes on whatever happens to the history."""
         if event.alarm_id is None or event.alarm_id > 0:
             try:
-                await self._db(f"record {event.kind}", lambda: self._store.append_event(event))
+                await self._db(
+                    f"record {event.kind}", lambda: self._store.history.append_event(event)
+                )
             except Exception as exc:
                 logger.debug("%s event journalled: %r", event.kind, exc)
             else:
@@ -366,10 +369,10 @@ class AlarmService:
         if not await self._locks.acquire(alarm.id):
             return False
         # The lock may have been free because the alarm just ended: check under the lock.
-        if not await self._store.is_active(alarm.id):
+        if not await self._store.alarms.is_active(alarm.id):
             await self._locks.release(alarm.id)
             return False
-        fresh = await self._store.get_alarm(alarm.id) or alarm
+        fresh = await self._store.alarms.get_alarm(alarm.id) or alarm
         if first_delay is None:
             await self._record_interrupted_page(fresh)
             first_delay = await self._resume_delay(fresh)
@@ -408,7 +411,7 @@ class AlarmService:
         Only the last counted cycle is looked at: a dead leader's earlier events, if any,
         wait in its own journal and arrive when it runs again.
         """
-        recorded = await self._store.last_recorded_cycle(alarm.id)
+        recorded = await self._store.history.last_recorded_cycle(alarm.id)
         if alarm.cycles <= recorded:
             return
         logger.warning(
@@ -439,7 +442,7 @@ class AlarmService:
         began (``last_cycle_at``: cycles are counted when they start), start to start."""
         if alarm.last_cycle_at is None:
             return 0.0
-        interval = await self._store.interval_seconds(alarm)
+        interval = await self._store.directory.interval_seconds(alarm)
         since = (datetime.now(UTC) - alarm.last_cycle_at).total_seconds()
         return max(0.0, interval - since)
 
@@ -459,7 +462,7 @@ class AlarmService:
 
     @contextlib.asynccontextmanager
     async def _gate(self, alarm_id: int) -> AsyncIterator[Turn]:
-        # ---- SQL of this module's own (not in AlarmStore, which has no API for it) ----
+        # ---- SQL of this module's own (not in Stores, which has no API for it) ----
         # Locks the alarm row (FOR NO KEY UPDATE: the lock its UPDATE takes anyway) in a
         # transaction that lasts until the page's Originate is written and the cycle is
         # counted: a concurrent deactivation (UPDATE ... WHERE state = 'active') waits for
@@ -532,7 +535,7 @@ class AlarmService:
 
     async def _check_stopped(self, alarm_id: int) -> None:
         alarm_loop = self._loops.get(alarm_id)
-        if alarm_loop is None or await self._store.is_active(alarm_id):
+        if alarm_loop is None or await self._store.alarms.is_active(alarm_id):
             return
         alarm_loop.stop()
         await self._stop_loop(alarm_id)
@@ -568,7 +571,7 @@ class AlarmService:
         """PostgreSQL may be back: reload the directory, give provisional alarms their
         rows, replay the journal; only then do events go to PostgreSQL directly again."""
         was_down = self._outage.down
-        await asyncio.wait_for(self._store.load_settings(), self._timeout)  # answering?
+        await asyncio.wait_for(self._store.policy.load_settings(), self._timeout)  # answering?
         back = time.monotonic()
         if was_down:
             await self.refresh_directory()
@@ -581,7 +584,7 @@ class AlarmService:
 
     async def _replay(self) -> None:
         started = asyncio.get_running_loop().time()
-        result = await self._journal.replay(self._store, live=frozenset(self._provisional))
+        result = await self._journal.replay(self._store.history, live=frozenset(self._provisional))
         if result.replayed:
             logger.warning(
                 "replayed %s journalled events (%s new) in %.2f s",
@@ -594,7 +597,7 @@ class AlarmService:
         """Give a provisional alarm its row (or merge it into the key's active alarm), then
         let its loop go on under the row's id."""
         alarm = self._provisional[provisional]
-        row, created = await self._store.activate(
+        row, created = await self._store.alarms.activate(
             alarm.alarm_key, alarm.department_id, alarm.department_name, alarm.extension
         )
         await self._journal.append_rekey(Rekey(provisional, row.id, merged=not created))
@@ -634,7 +637,7 @@ class AlarmService:
             ):
                 continue
             department_id = event.details.get("department_id")
-            row, created = await self._store.activate(
+            row, created = await self._store.alarms.activate(
                 event.details["alarm_key"],
                 department_id if isinstance(department_id, int) else None,
                 event.department or "",
@@ -661,7 +664,7 @@ class AlarmService:
                     logger.warning("alarm %s is led by another server now", alarm_id)
                     self._loops[alarm_id].stop()
                     await self._stop_loop(alarm_id, release=False)
-        active = await self._store.active_alarms()
+        active = await self._store.alarms.active_alarms()
         active_ids = {alarm.id for alarm in active}
         for alarm_id in [a for a in self._loops if a > 0 and not self._locks.holds(a)]:
             # Paged unlocked through an outage: lead it still only if nobody else does.
@@ -695,7 +698,7 @@ class AlarmService:
                 alarms = list(active)
             else:
                 try:
-                    alarms = await self._db("active alarms", self._store.active_alarms)
+                    alarms = await self._db("active alarms", self._store.alarms.active_alarms)
                 except Exception:
                     # PostgreSQL down: the alarms this server pages are what it knows.
                     alarms = [lp.alarm for lp in self._loops.values() if not lp.stopping]
@@ -747,7 +750,7 @@ class AlarmService:
         except TtsError:
             prompts = ["beep", *fallback_announcement(alarm.extension)[2:]]
         devices = (
-            await self._store.paging_devices(alarm)
+            await self._store.directory.paging_devices(alarm)
             if alarm.department_id is not None
             else tuple(self._settings.unknown_department_devices)
         )
@@ -771,7 +774,7 @@ class AlarmService:
             self._spawn(self._call_listener(listener, method, alarm))
 
     async def _tell_listeners_ended(self, alarm_id: int) -> None:
-        alarm = await self._store.get_alarm(alarm_id)
+        alarm = await self._store.alarms.get_alarm(alarm_id)
         if alarm is not None and not alarm.is_active:
             self._tell_listeners("alarm_ended", alarm)
 
@@ -799,7 +802,7 @@ class AlarmService:
 class _LeaderLocks:
     """Session-level advisory locks on one dedicated connection of the pool.
 
-    ---- SQL of this module's own: AlarmStore has no API for leader locks. ----
+    ---- SQL of this module's own: Stores has no API for leader locks. ----
     A session lock is re-entrant (a second pg_try_advisory_lock of the same key in the
     same session succeeds and must be unlocked twice), so we keep the set we hold.
     """

@@ -1,7 +1,7 @@
 """Who is where: departments, their paging groups, and which extensions belong to them.
 
 Pure: no I/O. The store builds a :class:`Directory` from the database
-(``AlarmStore.load_directory``); the call flows ask it for a caller's department.
+(``DirectoryStore.load_directory``); the call flows ask it for a caller's department.
 
 Theory of operation: a department owns extensions through mappings, each written as
 

@@ -85,7 +85,7 @@ def _caller(text: str, source: str) -> Caller:
 
 def call_details(session: AgiSession) -> dict[str, str]:
     """What every history event of a call carries, so the alarm's timeline can find the
-    call's events (``AlarmStore.timeline`` links them by ``uniqueid``)."""
+    call's events (``HistoryStore.timeline`` links them by ``uniqueid``)."""
     env = session.environment
     return {"uniqueid": env.uniqueid, "channel": display_text(env.channel)}
 

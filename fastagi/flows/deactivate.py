@@ -62,8 +62,9 @@ __all__ = [
     "ActiveAlarm",
     "DeactivateFlow",
     "DeactivationService",
-    "DeactivationStore",
+    "Deactivators",
     "PinPolicy",
+    "PinPolicySource",
     "Status",
 ]
 
@@ -102,10 +103,14 @@ class PinPolicy(Protocol):
     def lockout_seconds(self) -> int: ...
 
 
-class DeactivationStore(Protocol):
-    """The part of :class:`fastagi.store.alarms.AlarmStore` the deactivation uses."""
+class PinPolicySource(Protocol):
+    """:class:`fastagi.store.policy.PolicyStore`, as the deactivation uses it."""
 
     async def load_settings(self) -> PinPolicy: ...
+
+
+class Deactivators(Protocol):
+    """:class:`fastagi.store.deactivators.DeactivatorStore`, as the deactivation uses it."""
 
     async def deactivator_pin_hash(self, extension: str) -> str | None: ...
 
@@ -178,20 +183,22 @@ class _Call:
 class DeactivateFlow:
     """The ``deactivate`` route. ``DeactivateFlow(service, store, tts, FlowSettings())``.
 
-    ``service`` lists and deactivates alarms and records history; ``store`` (the
-    AlarmStore) knows deactivators' PIN hashes, lockouts and the PIN policy; ``tts``
+    ``service`` lists and deactivates alarms and records history; ``policy`` gives
+    the PIN policy; ``deactivators`` knows their PIN hashes and lockouts; ``tts``
     renders prompts.
     """
 
     def __init__(
         self,
         service: DeactivationService,
-        store: DeactivationStore,
+        policy: PinPolicySource,
+        deactivators: Deactivators,
         tts: Speaker,
         settings: FlowSettings | None = None,
     ) -> None:
         self._service = service
-        self._store = store
+        self._policy = policy
+        self._deactivators = deactivators
         self._tts = tts
         self._settings = settings or FlowSettings()
 
@@ -223,7 +230,7 @@ class DeactivateFlow:
         if isinstance(admitted, Status):
             return admitted
         call.stage = "pin"
-        policy = await self._db(self._store.load_settings())
+        policy = await self._db(self._policy.load_settings())
         outcome = await self._pin(call, admitted, policy)
         if outcome is _PinOutcome.LOCKED:
             await self._say_last(call, prompts.LOCKED_OUT, prompts.FALLBACK_LOCKED_OUT)
@@ -238,13 +245,15 @@ class DeactivateFlow:
         call.stage = "authorise"
         ext = call.caller.extension
         pin_hash = (
-            await self._db(self._store.deactivator_pin_hash(ext)) if call.caller.known else None
+            await self._db(self._deactivators.deactivator_pin_hash(ext))
+            if call.caller.known
+            else None
         )
         if pin_hash is None:
             await self._record(call, EventKind.DEACTIVATION_REFUSED, {"reason": "not authorised"})
             await self._say_last(call, prompts.NOT_AUTHORISED, prompts.FALLBACK_NOT_AUTHORISED)
             return Status.REFUSED
-        locked_until = await self._db(self._store.lockout_until(ext))
+        locked_until = await self._db(self._deactivators.lockout_until(ext))
         if locked_until is not None and locked_until > datetime.now(UTC):
             await self._record(
                 call,
@@ -306,14 +315,16 @@ class DeactivateFlow:
                 text, fallback = prompts.PIN_PROMPT, prompts.FALLBACK_PIN
                 continue
             if await verify_pin_async(entered.digits, pin_hash):
-                await self._db(self._store.clear_pin_failures(ext))
+                await self._db(self._deactivators.clear_pin_failures(ext))
                 logger.info("PIN accepted", extra=call.log_extra)
                 return _PinOutcome.RIGHT
             call.wrong_pins += 1
             logger.info("wrong PIN", extra={**call.log_extra, "attempt": attempt})
             await self._record(call, EventKind.DEACTIVATION_FAILED, {"attempt": attempt})
             locked_until = await self._db(
-                self._store.record_pin_failure(ext, policy.pin_attempts, policy.lockout_seconds)
+                self._deactivators.record_pin_failure(
+                    ext, policy.pin_attempts, policy.lockout_seconds
+                )
             )
             if locked_until is not None:
                 logger.warning("extension locked out after wrong PINs", extra=call.log_extra)
@@ -344,7 +355,7 @@ class DeactivateFlow:
     async def _global_lockout_until(self) -> datetime | None:
         settings = self._settings
         until = await self._db(
-            self._store.global_lockout_until(
+            self._deactivators.global_lockout_until(
                 settings.global_pin_failures,
                 settings.global_pin_window,
                 settings.global_lockout_seconds,

@@ -161,7 +161,7 @@ class PanicFlow:
     """The ``panic`` route. ``PanicFlow(service, policy_source, tts, FlowSettings())``.
 
     ``service`` looks up departments, activates alarms and records history;
-    ``policy_source`` (the AlarmStore) gives the current confirmation policy; ``tts``
+    ``policy_source`` (the PolicyStore) gives the current confirmation policy; ``tts``
     renders prompts (a :class:`fastagi.tts.TextToSpeech`).
     """
 

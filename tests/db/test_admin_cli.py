@@ -16,7 +16,7 @@ import pytest
 from fastagi import cli
 from fastagi.domain import pins
 from fastagi.domain.events import EventKind, HistoryEvent
-from fastagi.store.alarms import AlarmStore
+from fastagi.store import Stores
 from fastagi_dev.seed import DEMO_PIN, seed_demo
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
@@ -58,11 +58,11 @@ def fastagi(database_dsn: str, capsys: pytest.CaptureFixture[str]) -> Cli:
     return Cli(database_dsn, capsys)
 
 
-def with_store(dsn: str, work: Callable[[AlarmStore], Awaitable[T]]) -> T:
+def with_store(dsn: str, work: Callable[[Stores], Awaitable[T]]) -> T:
     async def run() -> T:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         try:
-            return await work(AlarmStore(pool))
+            return await work(Stores.over(pool))
         finally:
             await pool.close()
 
@@ -221,8 +221,8 @@ def test_deactivator_remove_and_unlock(fastagi: Cli, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr("sys.stdin", io.StringIO("2580\n"))
     fastagi.ok("deactivator", "add", "150", "--pin-stdin")
 
-    async def lock(store: AlarmStore) -> None:
-        await store.record_pin_failure("150", 1, 300)
+    async def lock(store: Stores) -> None:
+        await store.deactivators.record_pin_failure("150", 1, 300)
 
     with_store(fastagi.dsn, lock)
     locked = json.loads(fastagi.ok("deactivator", "list", "--json"))
@@ -242,8 +242,8 @@ def test_alarm_list_show_and_deactivate(fastagi: Cli, monkeypatch: pytest.Monkey
     monkeypatch.setattr("getpass.getuser", lambda: "alice")
     fastagi.ok("department", "add", "Emergency Room")
 
-    async def trigger(store: AlarmStore) -> int:
-        alarm, _ = await store.activate(
+    async def trigger(store: Stores) -> int:
+        alarm, _ = await store.alarms.activate(
             "department:1",
             1,
             "Emergency Room",
@@ -287,13 +287,13 @@ def test_alarm_list_show_and_deactivate(fastagi: Cli, monkeypatch: pytest.Monkey
 def test_history_export_csv_and_json(fastagi: Cli, tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    async def write(store: AlarmStore) -> None:
+    async def write(store: Stores) -> None:
         for day, kind in (
             (1, EventKind.ACTIVATED),
             (2, EventKind.PAGE_CYCLE),
             (3, EventKind.DEACTIVATED),
         ):
-            await store.append_event(
+            await store.history.append_event(
                 HistoryEvent(
                     kind,
                     None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from fastagi.domain.events import EventKind, HistoryEvent
-from fastagi.store.alarms import AlarmStore
+from fastagi.store import Stores
 from fastagi.store.emergency import EmergencyStore
 
 
@@ -16,7 +16,7 @@ def ack_event(alarm_id: int, by: str) -> HistoryEvent:
 async def test_first_acknowledgement_wins_and_is_recorded_once(
     db_pool: asyncpg.Pool[asyncpg.Record],
 ) -> None:
-    alarm, _ = await AlarmStore(db_pool).activate("extension:101", None, "Ward E", "101")
+    alarm, _ = await Stores.over(db_pool).alarms.activate("extension:101", None, "Ward E", "101")
     store = EmergencyStore(db_pool)
     summary = await store.alarm_summary(alarm.id)
     assert summary is not None

@@ -25,12 +25,13 @@ from fastagi.alarms.paging import Pager
 from fastagi.alarms.service import Activation, AlarmService
 from fastagi.ami import AmiClient
 from fastagi.config import AgiSettings, AlarmSettings, FlowSettings
+from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import Department
 from fastagi.domain.events import HistoryEvent
 from fastagi.flows import prompts
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
-from fastagi.store.alarms import Alarm, AlarmStore
+from fastagi.store import Stores
 from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
@@ -112,7 +113,7 @@ class Observed:
 class FlowHarness:
     sandbox: Sandbox
     agi_port: int
-    store: AlarmStore
+    store: Stores
     pool: asyncpg.Pool[asyncpg.Record]
     service: TimedService
     tts: TextToSpeech
@@ -123,11 +124,13 @@ class FlowHarness:
         self, name: str, extensions: str, phones: Sequence[int] = (), interval: int = 60
     ) -> None:
         group = f"group {name}"
-        await self.store.add_paging_group(group)
+        await self.store.directory.add_paging_group(group)
         for ext in phones:
-            await self.store.add_paging_device(group, f"PJSIP/{ext}")
-        await self.store.add_department(name, interval_seconds=interval, paging_group=group)
-        await self.store.map_extensions(name, extensions)
+            await self.store.directory.add_paging_device(group, f"PJSIP/{ext}")
+        await self.store.directory.add_department(
+            name, interval_seconds=interval, paging_group=group
+        )
+        await self.store.directory.map_extensions(name, extensions)
         await self.service.service.refresh_directory()
 
     async def prerender(self, *labels: str) -> None:
@@ -146,8 +149,10 @@ class FlowHarness:
         text-to-speech service for the flows than the alarm service's)."""
         settings = settings or FlowSettings()
         tts = tts or self.tts
-        panic = Observed(PanicFlow(self.service, self.store, tts, settings))
-        deactivate = Observed(DeactivateFlow(self.service, self.store, tts, settings))
+        panic = Observed(PanicFlow(self.service, self.store.policy, tts, settings))
+        deactivate = Observed(
+            DeactivateFlow(self.service, self.store.policy, self.store.deactivators, tts, settings)
+        )
         routes = {"panic": panic, "deactivate": deactivate}
         async with AgiServer(AgiSettings(port=self.agi_port), routes) as server:
             yield panic, deactivate
@@ -174,7 +179,7 @@ async def flow_harness(
     async with AsyncExitStack() as stack:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
         stack.push_async_callback(pool.close)
-        store = AlarmStore(pool)
+        store = Stores.over(pool)
         ami = AmiClient(
             sandbox.ami_host,
             sandbox.ami_port,

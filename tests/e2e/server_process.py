@@ -16,7 +16,9 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from fastagi.store.alarms import Alarm, AlarmStore, StoredEvent
+from fastagi.domain.alarm import Alarm
+from fastagi.store import Stores
+from fastagi.store.history import StoredEvent
 from fastagi_dev.sandbox.instance import Sandbox
 
 READY_LINE = "FastAGI server listening"
@@ -146,24 +148,26 @@ class ServerProcess:
 
 
 async def seed_department(
-    store: AlarmStore, name: str, extension: str, devices: Iterable[str], interval: int
+    store: Stores, name: str, extension: str, devices: Iterable[str], interval: int
 ) -> None:
-    await store.add_paging_group(f"group {name}")
+    await store.directory.add_paging_group(f"group {name}")
     for device in devices:
-        await store.add_paging_device(f"group {name}", device)
-    await store.add_department(name, interval_seconds=interval, paging_group=f"group {name}")
-    await store.map_extensions(name, extension)
+        await store.directory.add_paging_device(f"group {name}", device)
+    await store.directory.add_department(
+        name, interval_seconds=interval, paging_group=f"group {name}"
+    )
+    await store.directory.map_extensions(name, extension)
 
 
 async def wait_alarm(
-    store: AlarmStore, extension: str, *, cycles: int = 0, within: float = 20.0
+    store: Stores, extension: str, *, cycles: int = 0, within: float = 20.0
 ) -> Alarm:
     """The active alarm of ``extension`` once it has recorded ``cycles`` page cycles: their
     ``page_cycle`` events are written, i.e. those pages have ended (``alarm.cycles`` counts
     a page when it starts)."""
     async with asyncio.timeout(within):
         while True:
-            for alarm in await store.active_alarms():
+            for alarm in await store.alarms.active_alarms():
                 if (
                     alarm.extension == extension
                     and alarm.cycles >= cycles
@@ -173,8 +177,8 @@ async def wait_alarm(
             await asyncio.sleep(0.05)
 
 
-async def events(store: AlarmStore, alarm_id: int, kind: str) -> list[StoredEvent]:
-    return [e for e in await store.timeline(alarm_id) if e.kind == kind]
+async def events(store: Stores, alarm_id: int, kind: str) -> list[StoredEvent]:
+    return [e for e in await store.history.timeline(alarm_id) if e.kind == kind]
 
 
 def gaps(times: Iterable[dt.datetime]) -> list[float]:

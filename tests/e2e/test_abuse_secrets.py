@@ -51,8 +51,8 @@ async def test_no_pin_and_no_ami_secret_in_logs_history_or_errors(
     assert len(secret) >= 8
     async with flow_harness(sandbox, agi_port, database_dsn, tmp_path) as harness:
         await harness.department("Ward 7", "120-129", interval=30)
-        await harness.store.set_deactivator("101", await hash_pin_async(PIN))
-        await harness.store.set_policy(pin_attempts=1, lockout_seconds=0)
+        await harness.store.deactivators.set_deactivator("101", await hash_pin_async(PIN))
+        await harness.store.policy.set_policy(pin_attempts=1, lockout_seconds=0)
         await harness.prerender()
         alarm = await raise_alarm(harness, "121")
         async with harness.serving() as (_, deactivate):
@@ -61,7 +61,7 @@ async def test_no_pin_and_no_ami_secret_in_logs_history_or_errors(
             await call(harness, 101, digits=f"{WRONG_PIN}#")
             await call(harness, 101, digits=f"{PIN}#")
         errors = [repr(exc) for exc in deactivate.errors]
-        stopped = await harness.store.get_alarm(alarm.id)
+        stopped = await harness.store.alarms.get_alarm(alarm.id)
         rows = await harness.pool.fetch("SELECT * FROM alarm_events ORDER BY id")
         lockouts = await harness.pool.fetch("SELECT * FROM deactivation_lockouts")
         deactivators = await harness.pool.fetch("SELECT * FROM deactivators")

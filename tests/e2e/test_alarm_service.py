@@ -23,7 +23,8 @@ from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
 from fastagi.config import AlarmSettings
 from fastagi.domain.events import EventKind, HistoryEvent
-from fastagi.store.alarms import AlarmStore, StoredEvent
+from fastagi.store import Stores
+from fastagi.store.history import StoredEvent
 from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
@@ -52,10 +53,10 @@ class Harness:
         self.stack = stack
         self.services: list[AlarmService] = []
 
-    async def store(self) -> tuple[AlarmStore, asyncpg.Pool]:
+    async def store(self) -> tuple[Stores, asyncpg.Pool]:
         pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=10)
         self.stack.push_async_callback(pool.close)
-        return AlarmStore(pool), pool
+        return Stores.over(pool), pool
 
     async def service(self, name: str, settings: AlarmSettings = SETTINGS) -> AlarmService:
         store, pool = await self.store()
@@ -96,16 +97,18 @@ async def harness(sandbox: Sandbox, database_dsn: str, tmp_path: Path) -> AsyncI
         yield Harness(sandbox, database_dsn, tmp_path, stack)
 
 
-async def department(store: AlarmStore, name: str, extension: str, phones, interval: int):
-    await store.add_paging_group(f"group {name}")
+async def department(store: Stores, name: str, extension: str, phones, interval: int):
+    await store.directory.add_paging_group(f"group {name}")
     for ext in phones:
-        await store.add_paging_device(f"group {name}", f"PJSIP/{ext}")
-    await store.add_department(name, interval_seconds=interval, paging_group=f"group {name}")
-    await store.map_extensions(name, extension)
+        await store.directory.add_paging_device(f"group {name}", f"PJSIP/{ext}")
+    await store.directory.add_department(
+        name, interval_seconds=interval, paging_group=f"group {name}"
+    )
+    await store.directory.map_extensions(name, extension)
 
 
-async def history(store: AlarmStore, alarm_id: int, kind: str) -> list[StoredEvent]:
-    return [e for e in await store.timeline(alarm_id) if e.kind == kind]
+async def history(store: Stores, alarm_id: int, kind: str) -> list[StoredEvent]:
+    return [e for e in await store.history.timeline(alarm_id) if e.kind == kind]
 
 
 async def no_new_invites(phone: sipp.PagingPhone, seen: int, seconds: float) -> None:
@@ -140,7 +143,7 @@ async def test_pages_at_the_interval_follows_changes_and_stops_for_good(
 
     await phone.wait_invites(2, within=10)
     # Changed while cycle 2 plays: the wait after it uses the new interval.
-    await store.set_department_interval("Ward A", 8)
+    await store.directory.set_department_interval("Ward A", 8)
     times = await phone.wait_invites(3, within=15)
     first_gap, second_gap = gaps(times)
     print(f"gaps: {first_gap:.3f} s (interval 5), {second_gap:.3f} s (interval 8)")
@@ -165,10 +168,10 @@ async def test_pages_at_the_interval_follows_changes_and_stops_for_good(
     assert all(c.details["answered"] == 2 and c.details["dialled"] == 2 for c in cycles)
     assert cycles[0].details["prompts"] == "tts"
     assert cycles[2].details["cancelled"] is True
-    final = await store.get_alarm(alarm.id)
+    final = await store.alarms.get_alarm(alarm.id)
     assert final is not None
     assert (final.state, final.cycles, final.deactivated_by) == ("deactivated", 3, "201")
-    kinds = [e.kind for e in await store.timeline(alarm.id)]
+    kinds = [e.kind for e in await store.history.timeline(alarm.id)]
     assert kinds.count("activated") == 1
     assert kinds.count("retriggered") == 1
     assert kinds.count("deactivated") == 1
@@ -209,7 +212,7 @@ async def test_restarted_service_resumes_the_loop(harness: Harness) -> None:
     await phone.wait_invites(1)
     await asyncio.sleep(3.5)  # the first cycle has been recorded
     await first.close()
-    still = await store.get_alarm(alarm.id)
+    still = await store.alarms.get_alarm(alarm.id)
     assert still is not None
     assert still.state == "active"  # close() never deactivates
     second = await harness.service("second")
@@ -248,9 +251,9 @@ async def test_one_leader_among_two_servers_and_takeover(harness: Harness) -> No
     assert_interval(gaps(times)[-1], 5)
 
     # Deactivated elsewhere (as the CLI does): the NOTIFY stops the leader's loop.
-    row = await store.get_alarm(alarm.id)
+    row = await store.alarms.get_alarm(alarm.id)
     assert row is not None
-    done = await store.deactivate(
+    done = await store.alarms.deactivate(
         alarm.id,
         "cli",
         "remote",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from fastagi.domain.alarm import Alarm
 from fastagi.domain.pins import hash_pin_async
 from fastagi.flows import prompts
-from fastagi.store.alarms import Alarm
 from fastagi_dev.sandbox import Sandbox
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from tests import sipp
@@ -38,7 +38,7 @@ async def harness(
     async with flow_harness(sandbox, agi_port, database_dsn, tmp_path) as harness:
         await harness.department(ER, "120-129", phones=[241], interval=5)
         await harness.department(PHARMACY, "130-139")
-        await harness.store.set_deactivator("101", await hash_pin_async(PIN))
+        await harness.store.deactivators.set_deactivator("101", await hash_pin_async(PIN))
         await harness.prerender()
         await harness.tts.prerender(
             [
@@ -92,7 +92,7 @@ async def test_an_extension_that_is_no_deactivator_is_refused(
     [refused] = await harness.events("deactivation_refused")
     assert refused["extension"] == "102"
     assert '"reason": "not authorised"' in refused["details"]
-    assert [a.id for a in await harness.store.active_alarms()] == [alarm.id]
+    assert [a.id for a in await harness.store.alarms.active_alarms()] == [alarm.id]
 
 
 async def test_wrong_pin_then_right_pin_stops_the_alarm_and_its_paging(
@@ -108,7 +108,7 @@ async def test_wrong_pin_then_right_pin_stops_the_alarm_and_its_paging(
     [deactivated_at] = harness.service.deactivated_at
 
     assert await harness.kinds() == ["activated", "deactivation_failed", "deactivated"]
-    stopped = await harness.store.get_alarm(alarm.id)
+    stopped = await harness.store.alarms.get_alarm(alarm.id)
     assert stopped is not None
     assert stopped.state == "deactivated"
     assert stopped.deactivated_by == "extension 101"
@@ -130,7 +130,7 @@ async def test_wrong_pin_then_right_pin_stops_the_alarm_and_its_paging(
 async def test_wrong_pins_lock_the_extension_out_across_calls(
     harness: FlowHarness, ami: SandboxAmi
 ) -> None:
-    await harness.store.set_policy(pin_attempts=2, lockout_seconds=300)
+    await harness.store.policy.set_policy(pin_attempts=2, lockout_seconds=300)
     alarm = await raise_alarm(harness, "131")
     async with harness.serving() as (_, deactivate):
         await call(harness, 101, digits="11#22#")
@@ -148,8 +148,8 @@ async def test_wrong_pins_lock_the_extension_out_across_calls(
     ]
     [refused] = await harness.events("deactivation_refused")
     assert '"reason": "locked out"' in refused["details"]
-    assert await harness.store.lockout_until("101") is not None
-    assert [a.id for a in await harness.store.active_alarms()] == [alarm.id]
+    assert await harness.store.deactivators.lockout_until("101") is not None
+    assert [a.id for a in await harness.store.alarms.active_alarms()] == [alarm.id]
 
 
 async def test_with_two_alarms_the_caller_chooses_one(
@@ -169,8 +169,8 @@ async def test_with_two_alarms_the_caller_chooses_one(
         await call(harness, 101, digits=f"{PIN}#1")
     assert deactivate.errors == []
     assert (await deactivate_end(ami))["FASTAGI_STATUS"] == "DEACTIVATED"
-    assert [a.id for a in await harness.store.active_alarms()] == [pharmacy.id]
-    stopped = await harness.store.get_alarm(er.id)
+    assert [a.id for a in await harness.store.alarms.active_alarms()] == [pharmacy.id]
+    stopped = await harness.store.alarms.get_alarm(er.id)
     assert stopped is not None
     assert (stopped.state, stopped.deactivated_by) == ("deactivated", "extension 101")
 

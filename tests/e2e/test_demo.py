@@ -21,7 +21,7 @@ from fastagi.config import (
     Settings,
 )
 from fastagi.notify.settings import NotifySettings, SmtpSettings, WebhookSettings
-from fastagi.store.alarms import AlarmStore
+from fastagi.store import Stores
 from fastagi.tts import TtsSettings
 from fastagi_dev.demo import DEMO_CYCLES, DEMO_PHONES, run_demo
 from fastagi_dev.sandbox import Sandbox
@@ -84,7 +84,7 @@ async def test_the_demo_story_through_the_production_wiring(
     gateway: WebhookServer,
     tmp_path,
 ) -> None:
-    demo = await seed_demo(AlarmStore(db_pool))
+    demo = await seed_demo(Stores.over(db_pool))
     notify = NotifySettings(
         smtp=SmtpSettings(host="127.0.0.1", port=smtp.port, security="none", timeout=5),
         webhook=WebhookSettings(
@@ -106,22 +106,24 @@ async def test_the_demo_story_through_the_production_wiring(
     async with security_desk, running_server(settings):
         await run_demo(sandbox, database_dsn)
 
-    store = AlarmStore(db_pool)
-    [alarm] = await store.recent_alarms()
+    store = Stores.over(db_pool)
+    [alarm] = await store.alarms.recent_alarms()
     assert alarm.state == "deactivated"
     assert alarm.department_name == "Emergency Room"
     assert alarm.extension == "101"
     assert alarm.deactivated_by == f"extension {demo.deactivator}"
-    kinds = [event.kind for event in await store.timeline(alarm.id)]
+    kinds = [event.kind for event in await store.history.timeline(alarm.id)]
     assert kinds.count("activated") == 1
     assert kinds.count("deactivated") == 1
-    cycles = [event for event in await store.timeline(alarm.id) if event.kind == "page_cycle"]
+    cycles = [
+        event for event in await store.history.timeline(alarm.id) if event.kind == "page_cycle"
+    ]
     assert len(cycles) >= DEMO_CYCLES
     assert cycles[0].details["answered"] == len(DEMO_PHONES)
-    assert await store.active_alarms() == []
+    assert await store.alarms.active_alarms() == []
 
     # The security desk answered the emergency call and pressed 1.
-    timeline = await store.timeline(alarm.id)
+    timeline = await store.history.timeline(alarm.id)
     calls = [e.details for e in timeline if e.kind == "emergency_call"]
     acknowledgements = [e for e in timeline if e.kind == "acknowledged"]
     assert len(acknowledgements) == 1, calls

@@ -26,9 +26,10 @@ from fastagi.alarms.emergency import EmergencyCaller, EmergencySettings
 from fastagi.alarms.paging import Pager
 from fastagi.ami import AmiClient
 from fastagi.config import AgiSettings, AlarmSettings
+from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.flows.acknowledge import AcknowledgeFlow
-from fastagi.store.alarms import Alarm, AlarmStore
+from fastagi.store import Stores
 from fastagi.store.emergency import EmergencyStore
 from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
@@ -63,7 +64,7 @@ class Harness:
     pool: asyncpg.Pool[asyncpg.Record]
     ami: AmiClient
     tts: TextToSpeech
-    store: AlarmStore
+    store: Stores
     workdir: Path
     stack: AsyncExitStack
     agi_port: int
@@ -72,7 +73,9 @@ class Harness:
     hook_called: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def alarm(self, name: str = "Ward E", extension: str = "101") -> Alarm:
-        alarm, created = await self.store.activate(f"extension:{extension}", None, name, extension)
+        alarm, created = await self.store.alarms.activate(
+            f"extension:{extension}", None, name, extension
+        )
         assert created
         return alarm
 
@@ -86,7 +89,7 @@ class Harness:
             self.hook_called.set()
 
         async def record(event: HistoryEvent) -> None:
-            await self.store.append_event(event)
+            await self.store.history.append_event(event)
 
         caller = EmergencyCaller(
             self.ami,
@@ -142,7 +145,7 @@ async def harness(
             TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk)
         )
         stack.push_async_callback(tts.aclose)
-        yield Harness(sandbox, pool, ami, tts, AlarmStore(pool), tmp_path, stack, agi_port)
+        yield Harness(sandbox, pool, ami, tts, Stores.over(pool), tmp_path, stack, agi_port)
 
 
 async def test_answer_and_key_1_acknowledges(harness: Harness) -> None:

@@ -20,7 +20,7 @@ from fastagi.notify.settings import (
     SmtpSettings,
     WebhookSettings,
 )
-from fastagi.store.alarms import AlarmStore
+from fastagi.store import Stores
 from fastagi_dev.sandbox import Sandbox
 from fastagi_dev.sandbox.sipp import PagingPhone
 from tests.e2e.test_demo import settings_for
@@ -59,14 +59,14 @@ async def test_cycles_keep_their_interval_while_smtp_and_sms_are_down(
     wedged_smtp_port: int,
     tmp_path: Path,
 ) -> None:
-    store = AlarmStore(db_pool)
-    await store.add_paging_group("Isolation")
+    store = Stores.over(db_pool)
+    await store.directory.add_paging_group("Isolation")
     for ext in PHONES:
-        await store.add_paging_device("Isolation", f"PJSIP/{ext}")
-    await store.add_department(
+        await store.directory.add_paging_device("Isolation", f"PJSIP/{ext}")
+    await store.directory.add_department(
         "Isolation Ward", interval_seconds=INTERVAL, paging_group="Isolation"
     )
-    await store.map_extensions("Isolation Ward", "171")
+    await store.directory.map_extensions("Isolation Ward", "171")
     notify = NotifySettings(
         smtp=SmtpSettings(host="127.0.0.1", port=wedged_smtp_port, security="none", timeout=30),
         webhook=WebhookSettings(url=SecretStr(f"http://127.0.0.1:{free_port()}/sms")),

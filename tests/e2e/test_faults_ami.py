@@ -27,7 +27,8 @@ from fastagi.config import (
     JournalSettings,
     Settings,
 )
-from fastagi.store.alarms import AlarmStore, StoredEvent
+from fastagi.store import Stores
+from fastagi.store.history import StoredEvent
 from fastagi.tts import TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.ports import free_port
@@ -109,7 +110,7 @@ async def test_asterisk_restart_reconnects_relights_lamps_and_records_missed_cyc
 ) -> None:
     agi_port = free_port(socket.SOCK_STREAM)
     box: Sandbox = sandbox_factory(f"agi://127.0.0.1:{agi_port}")
-    store = AlarmStore(db_pool)
+    store = Stores.over(db_pool)
     await seed_department(store, "Fault Ward R", "180", ["PJSIP/260"], INTERVAL)
     phone = await stack.enter_async_context(sipp.PagingPhone(box, 260, tmp_path))
     await stack.enter_async_context(running_server(settings_for(box, agi_port, database_dsn)))
@@ -175,7 +176,7 @@ async def test_half_open_ami_connection_is_detected_and_replaced(
     proxy = StallingProxy(sandbox.ami_host, sandbox.ami_port)
     await proxy.start()
     stack.push_async_callback(proxy.close)
-    store = AlarmStore(db_pool)
+    store = Stores.over(db_pool)
     await seed_department(store, "Fault Ward H", "181", ["PJSIP/261"], INTERVAL)
     phone = await stack.enter_async_context(sipp.PagingPhone(sandbox, 261, tmp_path))
     settings = settings_for(sandbox, agi_port, database_dsn, ami_port=proxy.port)
@@ -212,7 +213,7 @@ async def test_busy_unreachable_and_answering_phones_recorded_per_cycle(
     tmp_path: Path,
     stack: AsyncExitStack,
 ) -> None:
-    store = AlarmStore(db_pool)
+    store = Stores.over(db_pool)
     # 262 answers, 263 has no phone at all (unreachable), 264 answers 486 Busy Here.
     await seed_department(
         store, "Fault Ward M", "182", ["PJSIP/262", "PJSIP/263", "PJSIP/264"], INTERVAL

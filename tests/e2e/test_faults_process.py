@@ -23,8 +23,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
-from fastagi.store.alarms import Alarm, AlarmStore
+from fastagi.store import Stores
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.ports import free_port
 from tests import sipp
@@ -66,14 +67,14 @@ async def panic_call(sandbox: Sandbox, workdir: Path, ext: int) -> None:
     result.check()
 
 
-async def deactivate(store: AlarmStore, alarm: Alarm) -> None:
+async def deactivate(store: Stores, alarm: Alarm) -> None:
     """As the CLI does: written to the database, the leader hears the NOTIFY."""
     event = HistoryEvent(EventKind.DEACTIVATED, alarm.id, alarm.extension, alarm.department_name)
-    assert await store.deactivate(alarm.id, "test", "done", event) is not None
+    assert await store.alarms.deactivate(alarm.id, "test", "done", event) is not None
 
 
 async def assert_history_matches_pages(
-    store: AlarmStore, alarm_id: int, invites: int
+    store: Stores, alarm_id: int, invites: int
 ) -> tuple[int, int]:
     """page_cycle rows numbered 1..n, one per page the phone received; (lost, doubled)."""
     numbers = [e.details["cycle"] for e in await events(store, alarm_id, "page_cycle")]
@@ -93,7 +94,7 @@ async def test_sigkill_between_pages_restarted_server_resumes_the_loop(
     tmp_path: Path,
     stack: AsyncExitStack,
 ) -> None:
-    store = AlarmStore(db_pool)
+    store = Stores.over(db_pool)
     await seed_department(store, "Fault Ward K", "170", ["PJSIP/250"], INTERVAL)
     phone = await stack.enter_async_context(sipp.PagingPhone(sandbox, 250, tmp_path))
     first = await start_server(stack, "first", sandbox, agi_port, database_dsn, tmp_path)
@@ -140,7 +141,7 @@ async def test_sigkill_during_a_page_no_cycle_doubled(
 ) -> None:
     """The kill falls while a page plays: Asterisk finishes that page on its own, and
     the next server must not page again before one interval has passed since it began."""
-    store = AlarmStore(db_pool)
+    store = Stores.over(db_pool)
     await seed_department(store, "Fault Ward L", "172", ["PJSIP/252"], INTERVAL)
     phone = await stack.enter_async_context(sipp.PagingPhone(sandbox, 252, tmp_path))
     first = await start_server(stack, "first", sandbox, agi_port, database_dsn, tmp_path)
@@ -157,7 +158,7 @@ async def test_sigkill_during_a_page_no_cycle_doubled(
         f" {INTERVAL} s); kill to next page {times[2].timestamp() - killed_at:.2f} s"
     )
     assert min(all_gaps) >= MIN_GAP, all_gaps
-    [alarm] = await store.active_alarms()
+    [alarm] = await store.alarms.active_alarms()
     await deactivate(store, alarm)
     await second.stop()
     cycles = await events(store, alarm.id, "page_cycle")
@@ -185,7 +186,7 @@ async def test_two_instances_failover_one_leader_and_takeover(
     box: Sandbox = sandbox_factory(f"agi://127.0.0.1:{port_a}")
     # FreePBX: a line in globals_custom.conf; here set at run time.
     await box.acli(f"dialplan set global FASTAGI_PANIC_URL2 agi://127.0.0.1:{port_b}")
-    store = AlarmStore(db_pool)
+    store = Stores.over(db_pool)
     await seed_department(store, "Fault Ward T", "171", ["PJSIP/251"], INTERVAL)
     phone = await stack.enter_async_context(sipp.PagingPhone(box, 251, tmp_path))
 

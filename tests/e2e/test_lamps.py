@@ -151,7 +151,7 @@ async def test_service_lights_the_lamp_while_an_alarm_runs(
         ]
         lamp_events = [
             (e.details["device"], e.details["state"])
-            for e in await store.history(
+            for e in await store.history.history(
                 dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
                 dt.datetime(2100, 1, 1, tzinfo=dt.UTC),
             )

@@ -76,7 +76,7 @@ async def test_confirm_activates_the_alarm_and_pages(harness: FlowHarness, ami: 
     assert call.received("BYE")
 
     assert await harness.kinds() == ["triggered", "prompt_played", "confirmed", "activated"]
-    [alarm] = await harness.store.active_alarms()
+    [alarm] = await harness.store.alarms.active_alarms()
     assert (alarm.department_name, alarm.extension, alarm.state) == (WARD, "107", "active")
     [triggered] = await harness.events("triggered")
     assert (triggered["extension"], triggered["department"]) == ("107", WARD)
@@ -95,7 +95,7 @@ async def test_confirm_activates_the_alarm_and_pages(harness: FlowHarness, ami: 
     assert 0 < to_invite < 2.0
 
     # Deactivator 150 stops it after the first page, a wrong PIN first.
-    await harness.store.set_deactivator("150", await hash_pin_async(PIN))
+    await harness.store.deactivators.set_deactivator("150", await hash_pin_async(PIN))
     await harness.tts.prerender([prompts.DEACTIVATED_ONE.format(department=WARD)])
     await wait_cycles(harness, alarm.id, 1)
     async with harness.serving() as (_, deactivate):
@@ -112,7 +112,7 @@ async def test_confirm_activates_the_alarm_and_pages(harness: FlowHarness, ami: 
     assert deactivate.errors == []
 
     # The timeline: the panic call, the alarm's own life, the deactivating call.
-    timeline = await harness.store.timeline(alarm.id)
+    timeline = await harness.store.history.timeline(alarm.id)
     assert [e.kind for e in timeline] == [
         "triggered",
         "prompt_played",
@@ -144,7 +144,7 @@ async def wait_cycles(harness: FlowHarness, alarm_id: int, count: int, within: f
     on but a poll."""
     async with asyncio.timeout(within):
         while True:
-            timeline = await harness.store.timeline(alarm_id)
+            timeline = await harness.store.history.timeline(alarm_id)
             if sum(e.kind == "page_cycle" for e in timeline) >= count:
                 return
             await asyncio.sleep(0.1)
@@ -164,14 +164,14 @@ async def test_cancel_raises_no_alarm(harness: FlowHarness, ami: SandboxAmi) -> 
     assert panic.errors == []
     assert (await panic_end(ami))["FASTAGI_STATUS"] == "CANCELLED"
     assert await harness.kinds() == ["triggered", "prompt_played", "cancelled"]
-    assert await harness.store.active_alarms() == []
+    assert await harness.store.alarms.active_alarms() == []
 
 
 @pytest.mark.parametrize(("policy", "alarms"), [("cancel", 0), ("activate", 1)])
 async def test_no_answer_applies_the_policy(
     harness: FlowHarness, ami: SandboxAmi, policy: str, alarms: int
 ) -> None:
-    await harness.store.set_policy(no_answer_policy=policy, confirmation_attempts=2)
+    await harness.store.policy.set_policy(no_answer_policy=policy, confirmation_attempts=2)
     settings = FlowSettings(confirm_timeout_ms=800)
     async with harness.serving(settings) as (panic, _):
         call = await sipp.call_dtmf(
@@ -189,7 +189,7 @@ async def test_no_answer_applies_the_policy(
     assert await harness.kinds() == expected + ["activated"] * alarms
     [no_answer] = await harness.events("no_answer")
     assert f'"policy": "{policy}"' in no_answer["details"]
-    assert len(await harness.store.active_alarms()) == alarms
+    assert len(await harness.store.alarms.active_alarms()) == alarms
 
 
 async def test_invalid_key_prompts_again_then_confirm(
@@ -215,7 +215,7 @@ async def test_invalid_key_prompts_again_then_confirm(
         "confirmed",
         "activated",
     ]
-    [alarm] = await harness.store.active_alarms()
+    [alarm] = await harness.store.alarms.active_alarms()
     assert alarm.department_name == ER
 
 
@@ -231,7 +231,7 @@ async def test_hang_up_mid_prompt_raises_no_alarm(harness: FlowHarness, ami: San
     assert end["AGISTATUS"] == "HANGUP"
     assert end["FASTAGI_STATUS"] == "HANGUP"
     assert await harness.kinds() == ["triggered", "prompt_played", "caller_hung_up"]
-    assert await harness.store.active_alarms() == []
+    assert await harness.store.alarms.active_alarms() == []
 
 
 async def test_unknown_extension_raises_an_alarm_of_unknown_department(
@@ -249,7 +249,7 @@ async def test_unknown_extension_raises_an_alarm_of_unknown_department(
     call.check()
     assert panic.errors == []
     assert (await panic_end(ami))["FASTAGI_STATUS"] == "CONFIRMED"
-    [alarm] = await harness.store.active_alarms()
+    [alarm] = await harness.store.alarms.active_alarms()
     assert (alarm.department_name, alarm.extension) == (UNKNOWN_DEPARTMENT, "150")
     assert alarm.alarm_key == "extension:150"
     [triggered] = await harness.events("triggered")
@@ -275,7 +275,7 @@ async def test_without_tts_the_built_in_sounds_ask_and_the_alarm_works(
     assert (await panic_end(ami))["FASTAGI_STATUS"] == "CONFIRMED"
     [played] = await harness.events("prompt_played")
     assert '"tts": false' in played["details"]
-    [alarm] = await harness.store.active_alarms()
+    [alarm] = await harness.store.alarms.active_alarms()
     assert alarm.department_name == ER
 
 
@@ -298,7 +298,7 @@ async def test_custom_destination_raises_the_alarm_hands_free(
 ) -> None:
     # A FreePBX Custom Destination jumps to panic-alarm,s,1; here a Local channel does,
     # with the caller id of a hands-free device that cannot press anything.
-    await harness.store.set_policy(no_answer_policy="activate", confirmation_attempts=1)
+    await harness.store.policy.set_policy(no_answer_policy="activate", confirmation_attempts=1)
     async with harness.serving(FlowSettings(confirm_timeout_ms=500)) as (panic, _):
         response = await ami.action(
             {
@@ -314,6 +314,6 @@ async def test_custom_destination_raises_the_alarm_hands_free(
         end = await panic_end(ami)
     assert panic.errors == []
     assert end == {"AGISTATUS": "SUCCESS", "FASTAGI_STATUS": "NOANSWER"}
-    [alarm] = await harness.store.active_alarms()
+    [alarm] = await harness.store.alarms.active_alarms()
     assert (alarm.department_name, alarm.extension) == (ER, "101")
     assert await harness.kinds() == ["triggered", "prompt_played", "no_answer", "activated"]

@@ -35,7 +35,7 @@ from fastagi.config import AgiSettings, AlarmSettings, FlowSettings, JournalSett
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.pins import hash_pin_async
 from fastagi.flows.deactivate import DeactivateFlow
-from fastagi.store.alarms import AlarmStore
+from fastagi.store import Stores
 from fastagi.store.journal import JOURNAL_FILE, Journal
 from fastagi.store.migrations import migrate
 from fastagi.tts import TextToSpeech, TtsSettings
@@ -91,7 +91,7 @@ def own_pg(pg_tmp_dir: Path) -> Iterator[OwnPg]:
 @dataclass
 class Server:
     service: AlarmService
-    store: AlarmStore
+    store: Stores
     pool: asyncpg.Pool
     journal: Journal
     tts: TextToSpeech
@@ -113,7 +113,7 @@ async def server(
 ) -> Server:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
     stack.push_async_callback(pool.close)
-    store = AlarmStore(pool)
+    store = Stores.over(pool)
     ami = AmiClient(
         sandbox.ami_host, sandbox.ami_port, sandbox.ami_username, SecretStr(sandbox.ami_secret)
     )
@@ -146,11 +146,13 @@ async def server(
     return Server(service, store, pool, journal, tts)
 
 
-async def department(store: AlarmStore, name: str, extension: str, phone: int) -> None:
-    await store.add_paging_group(f"group {name}")
-    await store.add_paging_device(f"group {name}", f"PJSIP/{phone}")
-    await store.add_department(name, interval_seconds=INTERVAL, paging_group=f"group {name}")
-    await store.map_extensions(name, extension)
+async def department(store: Stores, name: str, extension: str, phone: int) -> None:
+    await store.directory.add_paging_group(f"group {name}")
+    await store.directory.add_paging_device(f"group {name}", f"PJSIP/{phone}")
+    await store.directory.add_department(
+        name, interval_seconds=INTERVAL, paging_group=f"group {name}"
+    )
+    await store.directory.map_extensions(name, extension)
 
 
 def gaps(times: list[datetime]) -> list[float]:
@@ -228,7 +230,7 @@ async def test_pg_stopped_mid_alarm_paging_goes_on_and_events_arrive_once(
         )
     ]
     assert cycles == list(range(1, paged + 1))  # each page once: nothing lost or doubled
-    row = await s.store.get_alarm(alarm.id)
+    row = await s.store.alarms.get_alarm(alarm.id)
     assert row is not None
     assert row.cycles == paged
 
@@ -263,7 +265,7 @@ async def test_trigger_while_pg_is_down_pages_and_the_alarm_row_appears_later(
     back = time.monotonic()
     recovered = await drained(s)
     print(f"recovery (PostgreSQL back -> alarm row + journal drained): {recovered - back:.2f} s")
-    [row] = await s.store.active_alarms()
+    [row] = await s.store.alarms.active_alarms()
     assert row.alarm_key == activation.alarm.alarm_key
     assert s.service.leads(row.id)
     assert not s.service.leads(provisional)
@@ -295,7 +297,7 @@ async def test_trigger_while_pg_is_down_pages_and_the_alarm_row_appears_later(
         )
     ]
     assert cycles == list(range(1, paged + 1))
-    final = await s.store.get_alarm(row.id)
+    final = await s.store.alarms.get_alarm(row.id)
     assert final is not None
     assert final.cycles == paged
 
@@ -343,11 +345,11 @@ async def test_deactivation_while_pg_is_down_is_refused_and_the_alarm_goes_on(
 ) -> None:
     s = await server(stack, sandbox, own_pg.dsn, tmp_path / "journal")
     await department(s.store, "Ward S", "104", 244)
-    await s.store.set_deactivator("109", await hash_pin_async("1234"))
+    await s.store.deactivators.set_deactivator("109", await hash_pin_async("1234"))
     await s.service.refresh_directory()
     alarm = (await s.service.activate("104", await s.service.lookup("104"), uniqueid="s")).alarm
     ami = await stack.enter_async_context(await sandbox.ami())
-    flow = DeactivateFlow(s.service, s.store, s.tts, FlowSettings())
+    flow = DeactivateFlow(s.service, s.store.policy, s.store.deactivators, s.tts, FlowSettings())
     agi = await stack.enter_async_context(
         AgiServer(AgiSettings(port=agi_port), {"deactivate": flow})
     )
@@ -368,7 +370,7 @@ async def test_deactivation_while_pg_is_down_is_refused_and_the_alarm_goes_on(
 
     await own_pg.start()
     await drained(s)
-    row = await s.store.get_alarm(alarm.id)
+    row = await s.store.alarms.get_alarm(alarm.id)
     assert row is not None
     assert row.state == "active"
     stored = await s.pool.fetchval(

@@ -466,7 +466,7 @@ async def test_a_failing_activation_sets_error_and_propagates():
 
 
 def deactivate(service, store, tts, **settings) -> DeactivateFlow:
-    return DeactivateFlow(service, store, tts, FlowSettings(**settings))
+    return DeactivateFlow(service, store, store, tts, FlowSettings(**settings))
 
 
 def pin_prompt(tts: FakeTts, text: str = prompts.PIN_PROMPT) -> str:

@@ -1,0 +1,179 @@
+"""The history table ``alarm_events``: every event, from trigger to deactivation, once.
+
+Each event carries a UUID ``event_id`` made where it happened; writing is
+``ON CONFLICT (event_id) DO NOTHING``, so an event replayed from the journal
+(fastagi/store/journal.py) after an outage, or twice, is written once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.store._common import Connection
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int
+    event_id: UUID
+    occurred_at: datetime
+    alarm_id: int | None
+    kind: str  # an EventKind value; str so rows of a newer version still load
+    extension: str | None
+    department: str | None
+    details: dict[str, Any]
+
+
+class HistoryStore:
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self._pool = pool
+
+    async def append_event(self, event: HistoryEvent) -> bool:
+        """Write one event; False when its event_id was already written (a replay)."""
+        async with self._pool.acquire() as connection:
+            return await insert_event(connection, event)
+
+    async def append_events(self, events: Iterable[HistoryEvent]) -> int:
+        """Write events in one transaction; return how many were new."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            return sum([await insert_event(connection, event) for event in events])
+
+    async def replay_events(self, events: Sequence[HistoryEvent]) -> int:
+        """Write journalled events (fastagi/store/journal.py) in one transaction; return
+        how many were new. A new ``page_cycle`` event also counts its cycle on the alarm
+        row, as :meth:`record_cycle` does (``cycles`` only grows to the event's number: a
+        replay repeated, or a cycle counted at its start, is never counted twice)."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            new = 0
+            for event in events:
+                if not await insert_event(connection, event):
+                    continue
+                new += 1
+                cycle = event.details.get("cycle")
+                if (
+                    event.kind is EventKind.PAGE_CYCLE
+                    and event.alarm_id is not None
+                    and isinstance(cycle, int)
+                    and not event.details.get("merged")
+                ):
+                    await connection.execute(
+                        COUNT_CYCLE, event.alarm_id, cycle, cycle_started_at(event)
+                    )
+            return new
+
+    async def last_recorded_cycle(self, alarm_id: int) -> int:
+        """The highest cycle number among the alarm's ``page_cycle`` events (0: none)."""
+        cycle: int = await self._pool.fetchval(
+            """
+            SELECT coalesce(max((details ->> 'cycle')::int), 0) FROM alarm_events
+            WHERE alarm_id = $1 AND kind = 'page_cycle'
+              AND jsonb_typeof(details -> 'cycle') = 'number'
+            """,
+            alarm_id,
+        )
+        return cycle
+
+    async def timeline(self, alarm_id: int) -> list[StoredEvent]:
+        """The alarm's story, oldest first: its own events, and those of its calls.
+
+        A call's steps (triggered, prompt_played, confirmed, a wrong PIN, ...) happen
+        before or outside any alarm and have no alarm id; the call's uniqueid links them.
+        Every call that appears in the alarm's own events (activated, retriggered,
+        deactivated carry it) brings its events without an alarm id along.
+        """
+        rows = await self._pool.fetch(
+            """
+            WITH own AS (
+                SELECT * FROM alarm_events WHERE alarm_id = $1
+            ), calls AS (
+                SELECT DISTINCT details ->> 'uniqueid' AS uniqueid
+                FROM own
+                WHERE details ->> 'uniqueid' IS NOT NULL
+            )
+            SELECT * FROM own
+            UNION ALL
+            SELECT e.* FROM alarm_events e
+            JOIN calls c ON e.details ->> 'uniqueid' = c.uniqueid
+            WHERE e.alarm_id IS NULL
+            ORDER BY occurred_at, id
+            """,
+            alarm_id,
+        )
+        return [_event(row) for row in rows]
+
+    async def history(self, since: datetime, until: datetime) -> list[StoredEvent]:
+        """Every event with ``since <= occurred_at < until``, oldest first."""
+        rows = await self._pool.fetch(
+            """
+            SELECT * FROM alarm_events
+            WHERE occurred_at >= $1 AND occurred_at < $2
+            ORDER BY occurred_at, id
+            """,
+            since,
+            until,
+        )
+        return [_event(row) for row in rows]
+
+
+COUNT_CYCLE = """
+UPDATE alarms SET cycles = greatest(cycles, coalesce($2::int, cycles + 1)),
+    last_cycle_at = greatest(last_cycle_at, $3::timestamptz)
+WHERE id = $1
+"""
+
+
+def cycle_started_at(event: HistoryEvent) -> datetime:
+    """When a ``page_cycle`` event's page started: its ``started_at`` detail (written
+    since cycles are counted at their start), else when the event was made (its end)."""
+    started = event.details.get("started_at")
+    if isinstance(started, str):
+        with contextlib.suppress(ValueError):
+            parsed = datetime.fromisoformat(started)
+            if parsed.tzinfo is not None:
+                return parsed
+    return event.occurred_at
+
+
+async def insert_event(connection: Connection, event: HistoryEvent) -> bool:
+    status = await connection.execute(
+        """
+        INSERT INTO alarm_events
+            (event_id, occurred_at, alarm_id, kind, extension, department, details)
+        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+        ON CONFLICT (event_id) DO NOTHING
+        """,
+        event.event_id,
+        event.occurred_at,
+        event.alarm_id,
+        str(event.kind),
+        event.extension,
+        event.department,
+        json.dumps(dict(event.details)),
+    )
+    return status == "INSERT 0 1"
+
+
+def for_alarm(event: HistoryEvent, alarm_id: int) -> HistoryEvent:
+    return event.with_alarm(alarm_id) if event.alarm_id is None else event
+
+
+def _event(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        id=row["id"],
+        event_id=row["event_id"],
+        occurred_at=row["occurred_at"],
+        alarm_id=row["alarm_id"],
+        kind=row["kind"],
+        extension=row["extension"],
+        department=row["department"],
+        details=json.loads(row["details"]),
+    )

@@ -32,11 +32,11 @@ from fastagi.alarms.emergency import EmergencyCaller
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.notifications import AlarmNotifications
 from fastagi.alarms.paging import Pager
+from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiAuthError, AmiClient, AmiError
 from fastagi.cliutil import load_settings_or_fail
 from fastagi.config import Settings
-from fastagi.domain.events import HistoryEvent
 from fastagi.flows import prompts
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.flows.deactivate import DeactivateFlow
@@ -72,6 +72,7 @@ def register(subparsers: Any) -> None:
 class Services:
     pool: asyncpg.Pool[asyncpg.Record]
     store: Stores
+    recorder: HistoryRecorder
     ami: AmiClient
     tts: TextToSpeech
     alarms: AlarmService
@@ -82,13 +83,20 @@ class Services:
 def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
     return {
         "probe": ProbeFlow(ProbeStore(services.pool)),
-        "panic": PanicFlow(services.alarms, services.store.policy, services.tts, settings.flows),
+        "panic": PanicFlow(
+            services.alarms,
+            services.store.policy,
+            record=services.recorder.record,
+            tts=services.tts,
+            settings=settings.flows,
+        ),
         "deactivate": DeactivateFlow(
             services.alarms,
             services.store.policy,
             services.store.deactivators,
-            services.tts,
-            settings.flows,
+            record=services.recorder.record,
+            tts=services.tts,
+            settings=settings.flows,
         ),
         "acknowledge": AcknowledgeFlow(
             services.emergency, services.tts, settings.emergency, settings.flows
@@ -146,19 +154,19 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     ami = AmiClient.from_settings(settings.ami)
     tts = TextToSpeech(settings.tts)
     store = Stores.over(pool)
-
-    async def record(event: HistoryEvent) -> None:
-        await alarms.record(event)
-
-    # Each delivery attempt is recorded in the alarm's history through the service.
-    notifier = Notifier(settings.notify, record=record)
-    notifications = AlarmNotifications(notifier, store)
+    # The one way history is written, by whoever acts; events wait in the journal,
+    # fsync'd, while PostgreSQL is away.
+    recorder = HistoryRecorder(
+        store.history, Journal(settings.journal), timeout=settings.journal.write_timeout
+    )
+    notifier = Notifier(settings.notify, record=recorder.record)
+    notifications = AlarmNotifications(notifier, store.alarms)
     instance_id = f"{socket.gethostname()}:{os.getpid()}"
     emergency = EmergencyCaller(
         ami,
         EmergencyStore(pool),
         settings.emergency,
-        record=record,
+        record=recorder.record,
         instance_id=instance_id,
         on_escalated=notifications.escalated,
         on_acknowledged=notifications.acknowledged,
@@ -166,19 +174,18 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     alarms = AlarmService(
         store,
         Pager(ami, settings.alarm),
-        Lamps(ami, settings.alarm),
+        Lamps(ami, settings.alarm, record=recorder.record, instance_id=instance_id),
         tts,
         settings.alarm,
+        recorder=recorder,
         instance_id=instance_id,
         pool=pool,
         listeners=[notifications, emergency],
-        # History events wait here, fsync'd, while PostgreSQL is away.
-        journal=Journal(settings.journal),
-        journal_settings=settings.journal,
     )
     services = Services(
         pool=pool,
         store=store,
+        recorder=recorder,
         ami=ami,
         tts=tts,
         alarms=alarms,
@@ -194,11 +201,11 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         for task in list(background):
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        # Emergency calls and the notifier first: their last events are recorded
-        # through the service.
+        # Whoever records first, the recorder (and its journal) last.
         await emergency.close()
         await notifier.close(drain_timeout=NOTIFY_DRAIN_SECONDS)
         await alarms.close()
+        await recorder.close()
         await ami.close()
         await tts.aclose()
         await pool.close()

@@ -280,7 +280,7 @@ class _Run:
 class EmergencyCaller:
     """Emergency calls for alarms: ``start(alarm)`` on activation, ``stop(id)`` on its end.
 
-    ``record`` appends history events (``AlarmService.record``: kept and retried when
+    ``record`` appends history events (``HistoryRecorder.record``: kept and retried when
     PostgreSQL is away). ``on_escalated(alarm)`` and ``on_acknowledged(alarm, by)`` are
     the notifiers' hooks; their exceptions are logged, never raised into a walk.
     """

@@ -7,6 +7,9 @@ Asterisk restart, and a lamp left lit by a server that died stays lit: the first
 ``apply`` of a server therefore sets every lamp it knows, on or off. After an AMI
 reconnection (Asterisk restarted, or the network dropped while an alarm started or ended)
 every lamp is set again.
+
+Each change is recorded in the history (``lamp_changed``) by the lamps themselves, with the
+id of the alarm whose activation or deactivation caused it when there is one.
 """
 
 from __future__ import annotations
@@ -19,16 +22,30 @@ from typing import Protocol
 
 from fastagi.ami import AmiClient, AmiError
 from fastagi.config import AlarmSettings
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.rules import lamp_states
 
 logger = logging.getLogger(__name__)
 
 
 class HasDepartment(Protocol):
-    """What lamps need of an alarm (``fastagi.store.alarms.Alarm`` has it)."""
+    """What lamps need of an alarm (``fastagi.domain.alarm.Alarm`` has it)."""
 
     @property
     def department_id(self) -> int | None: ...
+
+
+class Cause(HasDepartment, Protocol):
+    """An alarm whose activation or deactivation a lamp change follows."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def extension(self) -> str: ...
+
+    @property
+    def department_name(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -38,7 +55,7 @@ class LampChange:
     previous: str | None  # None: not set by this server before
 
 
-ChangeListener = Callable[[list[LampChange]], Awaitable[None]]
+Recorder = Callable[[HistoryEvent], Awaitable[None]]
 
 
 class Lamps:
@@ -49,34 +66,41 @@ class Lamps:
         ami: AmiClient,
         settings: AlarmSettings,
         *,
-        on_reapplied: ChangeListener | None = None,
+        record: Recorder,
+        instance_id: str,
     ) -> None:
         self._ami = ami
         self._settings = settings
-        self._on_reapplied = on_reapplied
+        self._record = record
+        self._instance_id = instance_id
         self._applied: dict[str, str] = {}  # what Asterisk has, as far as we know
         self._active: tuple[int | None, ...] | None = None  # None: never applied
         self._known: frozenset[int] = frozenset()
         self._lock = asyncio.Lock()  # applies never interleave
         self._remove_hook = ami.on_reconnect(self._reapply_hook)
 
-    def set_listener(self, listener: ChangeListener | None) -> None:
-        """Who hears of the changes made by :meth:`reapply` (the service records them)."""
-        self._on_reapplied = listener
-
     async def apply(
-        self, active: Collection[HasDepartment], known_departments: Iterable[int] = ()
+        self,
+        active: Collection[HasDepartment],
+        known_departments: Iterable[int] = (),
+        *,
+        causes: Collection[Cause] = (),
     ) -> list[LampChange]:
-        """Light the lamps of ``active`` alarms and put out the others; return what was set.
+        """Light the lamps of ``active`` alarms and put out the others; record and return
+        what was set.
 
         ``known_departments`` are department ids whose lamps are put out when no alarm of
         theirs is active (once known, a department stays known). A lamp that AMI failed to
-        set is left out of the result and tried again at the next apply.
+        set is left out of the result and tried again at the next apply. ``causes``: the
+        alarms whose activation or deactivation this follows; a change of one of their
+        lamps is recorded with that alarm's id (without a cause, with none).
         """
         async with self._lock:
             self._active = tuple(alarm.department_id for alarm in active)
             self._known |= frozenset(known_departments)
-            return await self._apply_locked()
+            changes = await self._apply_locked()
+        await self._record_changes(changes, causes)
+        return changes
 
     async def reapply(self) -> list[LampChange]:
         """Set every lamp again, whatever we think Asterisk has (after a reconnection)."""
@@ -85,8 +109,7 @@ class Lamps:
                 return []
             self._applied.clear()
             changes = await self._apply_locked()
-        if changes and self._on_reapplied is not None:
-            await self._on_reapplied(changes)
+        await self._record_changes(changes, ())
         return changes
 
     async def _reapply_hook(self) -> None:
@@ -125,3 +148,30 @@ class Lamps:
             self._applied[device] = state
             changes.append(LampChange(device, state, previous))
         return changes
+
+    async def _record_changes(self, changes: list[LampChange], causes: Collection[Cause]) -> None:
+        for change in changes:
+            owner = next((a for a in causes if change.device in self._lamps_of(a)), None)
+            await self._record(
+                HistoryEvent(
+                    EventKind.LAMP_CHANGED,
+                    owner.id if owner else None,
+                    owner.extension if owner else None,
+                    owner.department_name if owner else None,
+                    {
+                        "device": change.device,
+                        "state": change.state,
+                        "previous": change.previous,
+                        "instance": self._instance_id,
+                    },
+                )
+            )
+
+    def _lamps_of(self, alarm: HasDepartment) -> set[str]:
+        """The lamps an alarm lights. Only their changes belong to its history: the same
+        apply may also put out another department's lamp, or light one of an alarm that
+        started meanwhile."""
+        lamps = {self._settings.lamp_device}
+        if alarm.department_id is not None:
+            lamps.add(f"{self._settings.department_lamp_prefix}{alarm.department_id}")
+        return lamps

@@ -1,4 +1,4 @@
-"""The alarm's e-mails and SMS: an :class:`~fastagi.alarms.service.AlarmListener` that
+"""The alarm's e-mails and SMS: an :class:`~fastagi.alarms.listeners.AlarmListener` that
 hands the alarm's beginning and end (and the emergency call's acknowledgement and
 escalation) to the notifier, which queues and returns at once."""
 
@@ -9,13 +9,13 @@ from datetime import datetime
 from fastagi.alarms.emergency import AlarmLike
 from fastagi.domain.alarm import Alarm
 from fastagi.notify import Notifier, NotifyKind
-from fastagi.store import Stores
+from fastagi.store.alarms import AlarmStore
 
 
 class AlarmNotifications:
-    def __init__(self, notifier: Notifier, store: Stores) -> None:
+    def __init__(self, notifier: Notifier, alarms: AlarmStore) -> None:
         self._notifier = notifier
-        self._store = store
+        self._alarms = alarms
 
     async def alarm_started(self, alarm: Alarm) -> None:
         await self._send("activated", alarm)
@@ -33,12 +33,12 @@ class AlarmNotifications:
     # the message also gives the activation time, read from the row.
 
     async def acknowledged(self, emergency: AlarmLike, by: str) -> None:
-        alarm = await self._store.alarms.get_alarm(emergency.id)
+        alarm = await self._alarms.get_alarm(emergency.id)
         if alarm is not None:
             await self._send("acknowledged", alarm, by=by)
 
     async def escalated(self, emergency: AlarmLike) -> None:
-        alarm = await self._store.alarms.get_alarm(emergency.id)
+        alarm = await self._alarms.get_alarm(emergency.id)
         if alarm is not None:
             await self._send("escalated", alarm)
 

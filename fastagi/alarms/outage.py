@@ -66,6 +66,17 @@ class Outage:
                 exc,
             )
 
+    async def call(self, what: str, call: Callable[[], Awaitable[_T]], deadline: float) -> _T:
+        """A PostgreSQL call with a deadline; not even tried while PostgreSQL is known to
+        be down (the service's maintenance finds out when it is back)."""
+        if self.down:
+            raise DatabaseDown(what)
+        try:
+            return await asyncio.wait_for(call(), deadline)
+        except Exception as exc:
+            self.failed(what, exc)
+            raise
+
     def recovered(self) -> float | None:
         """Mark PostgreSQL as back; the outage's length, or None if there was none."""
         if self.since is None:
@@ -95,13 +106,7 @@ class CachedLoopStore:
         self._timeout = timeout
 
     async def _ask(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
-        if self._outage.down:
-            raise DatabaseDown(what)
-        try:
-            return await asyncio.wait_for(call(), self._timeout)
-        except Exception as exc:
-            self._outage.failed(what, exc)
-            raise
+        return await self._outage.call(what, call, self._timeout)
 
     async def interval_seconds(self, alarm: Alarm) -> int:
         directory = self._directory()

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastagi.agi.errors import AgiError
 from fastagi.agi.session import AgiSession
 from fastagi.config import FlowSettings
 from fastagi.domain.directory import is_extension
+from fastagi.domain.events import HistoryEvent
+
+# Writes a history event and never raises (fastagi.alarms.recorder.HistoryRecorder.record).
+Recorder = Callable[[HistoryEvent], Awaitable[object]]
 
 __all__ = [
     "STATUS_VARIABLE",

@@ -55,7 +55,7 @@ from fastagi.domain.directory import UNKNOWN_DEPARTMENT
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.pins import MAX_PIN_LENGTH, verify_pin_async
 from fastagi.flows import prompts
-from fastagi.flows.common import Caller, call_details, caller_identity, set_status
+from fastagi.flows.common import Caller, Recorder, call_details, caller_identity, set_status
 from fastagi.flows.prompts import Speaker
 
 __all__ = [
@@ -147,8 +147,6 @@ class DeactivationService(Protocol):
         self, alarm_id: int, *, by: str, reason: str, uniqueid: str | None = None
     ) -> bool: ...
 
-    async def record(self, event: HistoryEvent) -> object: ...
-
 
 # ---- the flow ----------------------------------------------------------------------------
 
@@ -183,9 +181,9 @@ class _Call:
 class DeactivateFlow:
     """The ``deactivate`` route. ``DeactivateFlow(service, store, tts, FlowSettings())``.
 
-    ``service`` lists and deactivates alarms and records history; ``policy`` gives
-    the PIN policy; ``deactivators`` knows their PIN hashes and lockouts; ``tts``
-    renders prompts.
+    ``service`` lists and deactivates alarms; ``policy`` gives the PIN policy;
+    ``deactivators`` knows their PIN hashes and lockouts; ``record`` writes the call's
+    history (the HistoryRecorder); ``tts`` renders prompts.
     """
 
     def __init__(
@@ -193,10 +191,13 @@ class DeactivateFlow:
         service: DeactivationService,
         policy: PinPolicySource,
         deactivators: Deactivators,
+        *,
+        record: Recorder,
         tts: Speaker,
         settings: FlowSettings | None = None,
     ) -> None:
         self._service = service
+        self._write = record
         self._policy = policy
         self._deactivators = deactivators
         self._tts = tts
@@ -479,7 +480,7 @@ class DeactivateFlow:
             details={"route": "deactivate", **call_details(call.session), **details},
         )
         try:
-            await self._service.record(event)
+            await self._write(event)
         except Exception as exc:
             logger.error("cannot record %s", kind, extra={**call.log_extra, "error": repr(exc)})
 

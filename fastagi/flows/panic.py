@@ -42,6 +42,7 @@ from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.flows import prompts
 from fastagi.flows.common import (
     Caller,
+    Recorder,
     call_details,
     caller_identity,
     display_text,
@@ -113,8 +114,6 @@ class PanicService(Protocol):
         self, extension: str, department: Department | None, *, uniqueid: str
     ) -> Activation: ...
 
-    async def record(self, event: HistoryEvent) -> object: ...
-
 
 @dataclass(frozen=True)
 class DefaultPolicy:
@@ -158,21 +157,24 @@ class _Call:
 
 
 class PanicFlow:
-    """The ``panic`` route. ``PanicFlow(service, policy_source, tts, FlowSettings())``.
+    """The ``panic`` route. ``PanicFlow(service, policy_source, record=, tts=, settings=)``.
 
-    ``service`` looks up departments, activates alarms and records history;
-    ``policy_source`` (the PolicyStore) gives the current confirmation policy; ``tts``
-    renders prompts (a :class:`fastagi.tts.TextToSpeech`).
+    ``service`` looks up departments and activates alarms; ``policy_source`` (the
+    PolicyStore) gives the current confirmation policy; ``record`` writes the call's
+    history (the HistoryRecorder); ``tts`` renders prompts (a TextToSpeech).
     """
 
     def __init__(
         self,
         service: PanicService,
         policy_source: PolicySource,
+        *,
+        record: Recorder,
         tts: Speaker,
         settings: FlowSettings | None = None,
     ) -> None:
         self._service = service
+        self._write = record
         self._policy_source = policy_source
         self._tts = tts
         self._settings = settings or FlowSettings()
@@ -367,7 +369,7 @@ class PanicFlow:
             details={"route": "panic", **call_details(call.session), **details},
         )
         try:
-            await self._service.record(event)
+            await self._write(event)
         except Exception as exc:
             # The alarm matters more than its history; the service journals what it can.
             logger.error("cannot record %s", kind, extra={**call.log_extra, "error": repr(exc)})
@@ -381,6 +383,6 @@ class PanicFlow:
             details={"route": "panic", **call_details(session), "stage": "identify"},
         )
         try:
-            await self._service.record(event)
+            await self._write(event)
         except Exception as exc:
             logger.error("cannot record caller_hung_up", extra={"error": repr(exc)})

@@ -22,16 +22,17 @@ from fastagi.agi.server import AgiServer
 from fastagi.agi.session import AgiSession
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.paging import Pager
+from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import Activation, AlarmService
 from fastagi.ami import AmiClient
-from fastagi.config import AgiSettings, AlarmSettings, FlowSettings
+from fastagi.config import AgiSettings, AlarmSettings, FlowSettings, JournalSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import Department
-from fastagi.domain.events import HistoryEvent
 from fastagi.flows import prompts
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.store import Stores
+from fastagi.store.journal import Journal
 from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
@@ -85,9 +86,6 @@ class TimedService:
         self.deactivated_at.append(time.time())
         return done
 
-    async def record(self, event: HistoryEvent) -> None:
-        await self.service.record(event)
-
 
 @dataclass
 class Observed:
@@ -116,6 +114,7 @@ class FlowHarness:
     store: Stores
     pool: asyncpg.Pool[asyncpg.Record]
     service: TimedService
+    recorder: HistoryRecorder
     tts: TextToSpeech
     workdir: Path
     stack: AsyncExitStack
@@ -149,9 +148,19 @@ class FlowHarness:
         text-to-speech service for the flows than the alarm service's)."""
         settings = settings or FlowSettings()
         tts = tts or self.tts
-        panic = Observed(PanicFlow(self.service, self.store.policy, tts, settings))
+        record = self.recorder.record
+        panic = Observed(
+            PanicFlow(self.service, self.store.policy, record=record, tts=tts, settings=settings)
+        )
         deactivate = Observed(
-            DeactivateFlow(self.service, self.store.policy, self.store.deactivators, tts, settings)
+            DeactivateFlow(
+                self.service,
+                self.store.policy,
+                self.store.deactivators,
+                record=record,
+                tts=tts,
+                settings=settings,
+            )
         )
         routes = {"panic": panic, "deactivate": deactivate}
         async with AgiServer(AgiSettings(port=self.agi_port), routes) as server:
@@ -192,7 +201,11 @@ async def flow_harness(
             TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk)
         )
         stack.push_async_callback(tts.aclose)
-        lamps = Lamps(ami, ALARM_SETTINGS)
+        recorder = HistoryRecorder(
+            store.history, Journal(JournalSettings(directory=None)), timeout=5.0
+        )
+        stack.push_async_callback(recorder.close)
+        lamps = Lamps(ami, ALARM_SETTINGS, record=recorder.record, instance_id="flow-tests")
         stack.callback(lamps.close)
         service = AlarmService(
             store,
@@ -200,11 +213,12 @@ async def flow_harness(
             lamps,
             tts,
             ALARM_SETTINGS,
+            recorder=recorder,
             instance_id="flow-tests",
             pool=pool,
         )
         await service.start()
         stack.push_async_callback(service.close)
         yield FlowHarness(
-            sandbox, agi_port, store, pool, TimedService(service), tts, workdir, stack
+            sandbox, agi_port, store, pool, TimedService(service), recorder, tts, workdir, stack
         )

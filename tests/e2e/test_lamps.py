@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from fastagi.alarms.lamps import LampChange, Lamps
 from fastagi.ami import AmiClient
 from fastagi.config import AlarmSettings
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 from tests.e2e.test_alarm_service import Harness, department
@@ -59,10 +60,18 @@ async def watch(sandbox: Sandbox, workdir: Path, service: str, action) -> list[s
     return dialog_states(result)[:2]
 
 
+def _append_to(events: list[HistoryEvent]) -> Callable[[HistoryEvent], Awaitable[None]]:
+    async def record(event: HistoryEvent) -> None:
+        events.append(event)
+
+    return record
+
+
 async def test_main_and_department_lamps_follow_alarms(
     sandbox: Sandbox, ami: AmiClient, tmp_path: Path
 ) -> None:
-    lamps = Lamps(ami, AlarmSettings())
+    recorded: list[HistoryEvent] = []
+    lamps = Lamps(ami, AlarmSettings(), record=_append_to(recorded), instance_id="lamp-test")
     try:
         assert await lamps.apply([], [7]) == [
             LampChange("Custom:PANIC", "NOT_INUSE", None),
@@ -101,6 +110,19 @@ async def test_main_and_department_lamps_follow_alarms(
         ]
         # After an AMI reconnection everything is set again, changed or not.
         assert {c.device for c in await lamps.reapply()} == {"Custom:PANIC", "Custom:PANIC_7"}
+        # Each change was recorded by the lamps themselves, once, without a cause.
+        assert {e.kind for e in recorded} == {EventKind.LAMP_CHANGED}
+        assert [(e.details["device"], e.details["state"]) for e in recorded] == [
+            ("Custom:PANIC", "NOT_INUSE"),
+            ("Custom:PANIC_7", "NOT_INUSE"),
+            ("Custom:PANIC", "BUSY"),
+            ("Custom:PANIC_7", "BUSY"),
+            ("Custom:PANIC_7", "NOT_INUSE"),
+            ("Custom:PANIC", "NOT_INUSE"),
+            ("Custom:PANIC", "NOT_INUSE"),
+            ("Custom:PANIC_7", "NOT_INUSE"),
+        ]
+        assert {e.alarm_id for e in recorded} == {None}
     finally:
         lamps.close()
 
@@ -108,7 +130,9 @@ async def test_main_and_department_lamps_follow_alarms(
 async def test_ringing_lamp_state_is_early(
     sandbox: Sandbox, ami: AmiClient, tmp_path: Path
 ) -> None:
-    lamps = Lamps(ami, AlarmSettings(lamp_state="RINGING"))
+    lamps = Lamps(
+        ami, AlarmSettings(lamp_state="RINGING"), record=_append_to([]), instance_id="lamp-test"
+    )
     try:
         await lamps.apply([])
 

@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from fastagi.agi.server import AgiServer
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.paging import Pager
+from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
 from fastagi.config import AgiSettings, AlarmSettings, FlowSettings, JournalSettings
@@ -95,6 +96,7 @@ class Server:
     pool: asyncpg.Pool
     journal: Journal
     tts: TextToSpeech
+    recorder: HistoryRecorder
 
 
 @pytest.fixture
@@ -126,24 +128,25 @@ async def server(
         )
     )
     stack.push_async_callback(tts.aclose)
-    lamps = Lamps(ami, settings)
-    stack.callback(lamps.close)
     journal_settings = JournalSettings(directory=journal_dir, write_timeout=2.0)
     journal = Journal(journal_settings)
+    recorder = HistoryRecorder(store.history, journal, timeout=journal_settings.write_timeout)
+    stack.push_async_callback(recorder.close)
+    lamps = Lamps(ami, settings, record=recorder.record, instance_id="outage")
+    stack.callback(lamps.close)
     service = AlarmService(
         store,
         Pager(ami, settings),
         lamps,
         tts,
         settings,
+        recorder=recorder,
         instance_id="outage",
         pool=pool,
-        journal=journal,
-        journal_settings=journal_settings,
     )
     await service.start()
     stack.push_async_callback(service.close)
-    return Server(service, store, pool, journal, tts)
+    return Server(service, store, pool, journal, tts, recorder)
 
 
 async def department(store: Stores, name: str, extension: str, phone: int) -> None:
@@ -193,7 +196,7 @@ async def test_pg_stopped_mid_alarm_paging_goes_on_and_events_arrive_once(
         HistoryEvent(EventKind.ERROR, alarm.id, "101", "Ward P", {"n": n}) for n in range(5)
     ]
     for event in generated:
-        await s.service.record(event)  # never raises
+        await s.recorder.record(event)  # never raises
     times = await phone.wait_invites(down_at + 3, within=3 * INTERVAL + 8)
     outage_gaps = gaps(times[down_at - 1 :])
     print(f"gaps while PostgreSQL is down: {[round(g, 2) for g in outage_gaps]}")
@@ -349,7 +352,14 @@ async def test_deactivation_while_pg_is_down_is_refused_and_the_alarm_goes_on(
     await s.service.refresh_directory()
     alarm = (await s.service.activate("104", await s.service.lookup("104"), uniqueid="s")).alarm
     ami = await stack.enter_async_context(await sandbox.ami())
-    flow = DeactivateFlow(s.service, s.store.policy, s.store.deactivators, s.tts, FlowSettings())
+    flow = DeactivateFlow(
+        s.service,
+        s.store.policy,
+        s.store.deactivators,
+        record=s.recorder.record,
+        tts=s.tts,
+        settings=FlowSettings(),
+    )
     agi = await stack.enter_async_context(
         AgiServer(AgiSettings(port=agi_port), {"deactivate": flow})
     )

@@ -210,7 +210,9 @@ class FakeStore:
 
 
 def panic(service, store, tts, **settings) -> PanicFlow:
-    return PanicFlow(service, store, tts, FlowSettings(**settings))
+    return PanicFlow(
+        service, store, record=service.record, tts=tts, settings=FlowSettings(**settings)
+    )
 
 
 def question(tts: FakeTts, label: str = "Emergency Room") -> str:
@@ -466,7 +468,14 @@ async def test_a_failing_activation_sets_error_and_propagates():
 
 
 def deactivate(service, store, tts, **settings) -> DeactivateFlow:
-    return DeactivateFlow(service, store, store, tts, FlowSettings(**settings))
+    return DeactivateFlow(
+        service,
+        store,
+        store,
+        record=service.record,
+        tts=tts,
+        settings=FlowSettings(**settings),
+    )
 
 
 def pin_prompt(tts: FakeTts, text: str = prompts.PIN_PROMPT) -> str:

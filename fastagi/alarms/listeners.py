@@ -1,0 +1,60 @@
+"""Who is told when an alarm begins and ends (e-mail and SMS, the emergency caller), by
+the server that leads it: so once per alarm across servers, whoever deactivated it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Sequence
+from typing import Protocol
+
+from fastagi.domain.alarm import Alarm
+
+logger = logging.getLogger(__name__)
+
+
+class AlarmListener(Protocol):
+    """Called from a task of its own: a slow or failing listener (an SMTP server that
+    hangs, an emergency call that cannot be placed) never delays paging."""
+
+    async def alarm_started(self, alarm: Alarm) -> None: ...
+
+    async def alarm_ended(self, alarm: Alarm) -> None: ...
+
+
+class Listeners:
+    def __init__(self, listeners: Sequence[AlarmListener]) -> None:
+        self._listeners = tuple(listeners)
+        self._ended: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def started(self, alarm: Alarm) -> None:
+        for listener in self._listeners:
+            self._spawn(listener.alarm_started(alarm), listener, "start", alarm)
+
+    def ended(self, alarm: Alarm) -> None:
+        if alarm.id in self._ended:
+            return  # told already (a local deactivation also arrives as a NOTIFY)
+        self._ended.add(alarm.id)
+        for listener in self._listeners:
+            self._spawn(listener.alarm_ended(alarm), listener, "end", alarm)
+
+    def _spawn(
+        self, call: Awaitable[None], listener: AlarmListener, what: str, alarm: Alarm
+    ) -> None:
+        async def run() -> None:
+            try:
+                await call
+            except Exception:
+                logger.exception(
+                    "alarm listener %r failed on the %s of alarm %s", listener, what, alarm.id
+                )
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

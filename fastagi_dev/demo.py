@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,19 +47,26 @@ def register(subparsers: Any) -> None:
     demo.set_defaults(handler=_demo_command)
 
 
-def dev_state_path() -> Path:
+def dev_cache_dir() -> Path:
+    """Where ``make run`` keeps its state: ``$FASTAGI_DEV_DIR``, else ``<repo>/.cache``."""
     from fastagi_dev.sandbox.image import repo_root
 
-    return repo_root() / ".cache" / "dev.json"
+    return Path(os.environ.get("FASTAGI_DEV_DIR", repo_root() / ".cache"))
+
+
+def dev_state_path() -> Path:
+    """What a running ``make run`` tells ``make demo``: its DSN and sandbox instance."""
+    return dev_cache_dir() / "dev.json"
 
 
 def _demo_command(args: argparse.Namespace) -> int:
     state_file = dev_state_path()
     if args.dsn is None and not state_file.is_file():
         raise CliError("`make run` is not running (start it in another terminal first)")
-    dsn = args.dsn or json.loads(state_file.read_text())["dsn"]
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    dsn = args.dsn or state["dsn"]
     try:
-        sandbox = Sandbox.attach(default_rootfs(), "dev")
+        sandbox = Sandbox.attach(default_rootfs(), state.get("instance", "dev"))
     except Exception as exc:
         raise CliError(f"{exc}: start `make run` in another terminal first") from None
     asyncio.run(run_demo(sandbox, dsn))

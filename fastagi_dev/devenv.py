@@ -3,6 +3,17 @@
 Starts an embedded PostgreSQL cluster kept in ``.cache/pg`` (so data survives restarts),
 migrates it, boots the sandbox Asterisk instance ``dev`` and runs the FastAGI server in
 the foreground. Ctrl-C (or SIGTERM) stops all three, newest first.
+
+Starting again right away must just work, also after a crash (``DevOptions`` lets a
+test run a second one beside ``make run``). What a previous run can leave behind:
+- its TCP connections in TIME_WAIT on the AMI and AGI ports, for a minute: Asterisk, our
+  server (asyncio's ``create_server``) and PostgreSQL all bind with SO_REUSEADDR, and so
+  does the sandbox's free-port check;
+- after a crash (no clean-up ran): its Asterisk, which the kernel sends SIGTERM but may
+  still be shutting down, is stopped by the sandbox at launch (its state file names the
+  owner that is gone); its PostgreSQL, which runs in a session of its own and outlives
+  us, is adopted by the cluster as it runs (or, if it was killed too, its lock file is
+  cleared); ``dev.json`` is rewritten.
 """
 
 from __future__ import annotations
@@ -12,24 +23,67 @@ import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 from pydantic import SecretStr
 
 from fastagi.app import running_server, until_signalled
+from fastagi.cliutil import CliError
 from fastagi.config import AmiSettings, DatabaseSettings, Settings
 from fastagi.store import Stores
 from fastagi.store.migrations import migrate
 from fastagi_dev.cluster import EmbeddedCluster
-from fastagi_dev.demo import dev_state_path
+from fastagi_dev.demo import dev_cache_dir, dev_state_path
 from fastagi_dev.sandbox.image import repo_root
-from fastagi_dev.sandbox.instance import Sandbox, running_sandbox
+from fastagi_dev.sandbox.instance import Sandbox, SandboxPorts, running_sandbox
 from fastagi_dev.seed import DemoInfo, seed_demo
 
 DEV_DATABASE = "fastagi"
 DEMO_PAGING_PHONES = range(201, 205)
 DEFAULT_DEV_PG_PORT = 5439
+DEFAULT_DEV_INSTANCE = "dev"
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    """Where ``make run`` keeps its state and which ports it takes, from ``FASTAGI_DEV_*``
+    environment variables (the FastAGI port is the server's own ``FASTAGI_AGI__PORT``):
+
+    ``FASTAGI_DEV_DIR`` the state directory (``.cache``: ``pg/``, ``journal/``, ``dev.json``),
+    ``FASTAGI_DEV_PG_PORT`` PostgreSQL (5439), ``FASTAGI_DEV_INSTANCE`` the sandbox instance
+    (``dev``), ``FASTAGI_DEV_SIP_PORT`` (5060), ``FASTAGI_DEV_AMI_PORT`` (5038),
+    ``FASTAGI_DEV_RTP_START``/``_END`` (10000-10999), ``FASTAGI_DEV_PHONE_BASE`` (5000).
+    """
+
+    cache: Path
+    pg_port: int = DEFAULT_DEV_PG_PORT
+    instance: str = DEFAULT_DEV_INSTANCE
+    ports: SandboxPorts = field(default_factory=SandboxPorts)
+
+    @classmethod
+    def from_env(cls) -> DevOptions:
+        def number(name: str, default: int) -> int:
+            value = os.environ.get(f"FASTAGI_DEV_{name}")
+            try:
+                return default if value is None else int(value)
+            except ValueError:
+                raise CliError(f"FASTAGI_DEV_{name}={value!r} is not a port number") from None
+
+        defaults = SandboxPorts()
+        return cls(
+            cache=dev_cache_dir(),
+            pg_port=number("PG_PORT", DEFAULT_DEV_PG_PORT),
+            instance=os.environ.get("FASTAGI_DEV_INSTANCE", DEFAULT_DEV_INSTANCE),
+            ports=SandboxPorts(
+                sip=number("SIP_PORT", defaults.sip),
+                ami=number("AMI_PORT", defaults.ami),
+                rtp_start=number("RTP_START", defaults.rtp_start),
+                rtp_end=number("RTP_END", defaults.rtp_end),
+                phone_base=number("PHONE_BASE", defaults.phone_base),
+            ),
+        )
 
 
 @contextlib.asynccontextmanager
@@ -92,16 +146,18 @@ extension {demo.deactivator} with PIN {demo.pin}.
 """  # noqa: S608
 
 
-async def run_dev(settings: Settings) -> None:
-    cache = Path(os.environ.get("FASTAGI_DEV_DIR", repo_root() / ".cache"))
-    pg_port = int(os.environ.get("FASTAGI_DEV_PG_PORT", DEFAULT_DEV_PG_PORT))
+async def run_dev(settings: Settings, options: DevOptions | None = None) -> None:
+    options = options or DevOptions.from_env()
+    cache = options.cache
     print("starting PostgreSQL ...", flush=True)
-    async with running_cluster(cache / "pg" / "data", pg_port) as cluster:
+    async with running_cluster(cache / "pg" / "data", options.pg_port) as cluster:
         dsn = await prepare_database(cluster)
         demo = await seed(dsn)
         print("starting the sandbox Asterisk ...", flush=True)
         agi_url = f"agi://127.0.0.1:{settings.agi.port}"
-        async with running_sandbox(name="dev", agi_url=agi_url) as sandbox:
+        async with running_sandbox(
+            name=options.instance, ports=options.ports, agi_url=agi_url
+        ) as sandbox:
             settings = settings.model_copy(
                 update={
                     "database": DatabaseSettings(dsn=SecretStr(dsn)),
@@ -130,7 +186,7 @@ async def run_dev(settings: Settings) -> None:
             )
             async with running_server(settings):
                 state_file = dev_state_path()
-                state_file.write_text(json.dumps({"dsn": dsn}))
+                state_file.write_text(json.dumps({"dsn": dsn, "instance": sandbox.name}))
                 try:
                     print(banner(sandbox, settings, dsn, demo), flush=True)
                     await until_signalled()

@@ -23,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -47,11 +49,15 @@ from fastagi_dev.sandbox.image import (
     require_image,
 )
 
+logger = logging.getLogger(__name__)
+
 AMI_USERNAME = "fastagi"
 DEFAULT_AGI_URL = "agi://127.0.0.1:4573"
 DESK_PHONES = range(100, 200)
 PAGING_PHONES = range(200, 300)
 STATE_FILE = "state.json"
+# How long an orphaned Asterisk gets to shut down on SIGTERM before SIGKILL.
+ORPHAN_GRACE_SECONDS = 5.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # Placeholders look like @{name}: neither ${...} (dialplan variables) nor {...} (pjsip.conf
 # and dialplan use braces) may be touched, so string.Template and str.format do not fit.
@@ -133,6 +139,18 @@ def pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None when it does not run: with
+    the pid it names one process for good, as a pid alone does not (pids are reused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the parenthesised command name: state is field 3, starttime field 22.
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[19]) if fields[0] != "Z" else None
+
+
 def _wait_pid_exit(pid: int, timeout: float | None) -> bool:
     """Wait until ``pid`` exits (also for processes that are not our children)."""
     try:
@@ -148,8 +166,18 @@ def _wait_pid_exit(pid: int, timeout: float | None) -> bool:
 
 
 def port_in_use(port: int, kind: int) -> bool:
-    """True when ``port`` on 127.0.0.1 cannot be bound (``kind``: SOCK_STREAM/SOCK_DGRAM)."""
+    """True when ``port`` on 127.0.0.1 cannot be bound (``kind``: SOCK_STREAM/SOCK_DGRAM)
+    the way Asterisk binds it.
+
+    TCP: with SO_REUSEADDR, as Asterisk's AMI (and nearly every server) binds, so the
+    TIME_WAIT connections a previous run left on the port (for a minute on Linux) do not
+    count, while a listener still does: Linux refuses the bind whenever a socket listens
+    there. UDP has no TIME_WAIT, and SO_REUSEADDR on UDP would let the probe share the
+    port with another socket that set it too, so the UDP probe binds plainly.
+    """
     with socket.socket(socket.AF_INET, kind) as probe:
+        if kind == socket.SOCK_STREAM:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -305,12 +333,9 @@ class Sandbox:
         require_image(self.rootfs)
         if self.running():
             raise SandboxError(f"sandbox {self.name} already runs (pid {self._pid})")
-        other = read_state(self.rootfs, self.name)
-        if other is not None and pid_alive(int(other["pid"])):
-            raise SandboxError(
-                f"sandbox {self.name} already runs (pid {other['pid']}); "
-                f"`python -m fastagi_dev sandbox down --name {self.name}` stops it"
-            )
+        previous = read_state(self.rootfs, self.name)
+        if previous is not None:
+            self._take_over(previous)
         busy = [
             f"{kind} {port}"
             for kind, port, sock_type in (
@@ -345,9 +370,69 @@ class Sandbox:
         self._started_at = time.time()
         self._write_state()
 
+    def _is_instance_process(self, pid: int) -> bool:
+        """Whether ``pid`` is an Asterisk of this instance: chrooted into this image, with
+        this instance's asterisk.conf (not some process that got the pid later)."""
+        if not pid_alive(pid):
+            return False
+        try:
+            root = Path(os.readlink(f"/proc/{pid}/root"))
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return True  # not ours to inspect: take the state file's word for it
+        return root == self.rootfs and self.asterisk_conf_in_chroot.encode() in argv
+
+    def _take_over(self, state: Mapping[str, Any]) -> None:
+        """Deal with what a previous process recorded under this instance's name.
+
+        Its Asterisk gone: the state file is stale, and is replaced at launch. Still
+        running for a live owner (another ``make run``, or ``sandbox up --detach``, which
+        has no owner): an error. Running for an owner that is gone without cleaning up (a
+        ``make run`` that was killed or crashed): an orphan, stopped here. The kernel
+        sends it SIGTERM when its owner dies (``die_with_parent``), but Asterisk may
+        still be shutting down when the next run starts, or hang doing so.
+        """
+        pid = int(state["pid"])
+        if not self._is_instance_process(pid):
+            return
+        owner: Mapping[str, Any] = state.get("owner") or {}
+        owner_pid = int(owner.get("pid", 0))
+        orphan = (
+            bool(state.get("die_with_parent"))
+            and owner_pid > 0
+            # Its start time tells a dead owner from a new process that got its pid.
+            and process_start_time(owner_pid) != owner.get("started")
+        )
+        if not orphan:
+            raise SandboxError(
+                f"sandbox {self.name} already runs (pid {pid}); "
+                f"`fastagi sandbox down --name {self.name}` stops it"
+            )
+        logger.warning(
+            "sandbox %s: stopping Asterisk (pid %d) left running by process %d, which is gone",
+            self.name,
+            pid,
+            owner_pid,
+        )
+        # Signals only: an orphan that has not exited on the kernel's SIGTERM may not
+        # answer the CLI either. SIGCONT too: a stopped process keeps SIGTERM pending.
+        for signum in (signal.SIGTERM, signal.SIGCONT):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        if not _wait_pid_exit(pid, ORPHAN_GRACE_SECONDS):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not _wait_pid_exit(pid, 5.0):
+                raise SandboxError(f"sandbox {self.name}: could not stop the orphaned pid {pid}")
+
     def _write_state(self) -> None:
+        owner = os.getpid()
         state = {
             "pid": self._pid,
+            # Who started it, and whether it dies with them: a later launch stops an
+            # instance whose owner is gone (see _take_over).
+            "owner": {"pid": owner, "started": process_start_time(owner)},
+            "die_with_parent": self.die_with_parent,
             "name": self.name,
             "started_at": self._started_at,
             "agi_url": self.agi_url,
@@ -390,7 +475,9 @@ class Sandbox:
         pid = self._pid
         try:
             if pid is not None and self.running():
-                self.cli("core stop now", check=False, timeout=min(timeout, 5.0))
+                # A hung Asterisk accepts the CLI connection and never answers.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.cli("core stop now", check=False, timeout=min(timeout, 5.0))
                 if not self._wait_exit(timeout):
                     self._signal(15)
                     if not self._wait_exit(3.0):

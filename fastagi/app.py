@@ -11,7 +11,6 @@ prompts rendered ahead of time, then the listener.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
@@ -35,14 +34,12 @@ from fastagi.alarms.paging import Pager
 from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiAuthError, AmiClient, AmiError
-from fastagi.cliutil import load_settings_or_fail
 from fastagi.config import Settings
 from fastagi.flows import prompts
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.flows.probe import ProbeFlow
-from fastagi.logs import configure_logging
 from fastagi.notify import Notifier
 from fastagi.store import Stores
 from fastagi.store.emergency import EmergencyStore
@@ -61,11 +58,6 @@ NOTIFY_DRAIN_SECONDS = 10.0
 RESERVED_FILES = 256
 # Young-generation collection threshold for the serving process (CPython's default: 700).
 GC_YOUNG_THRESHOLD = 10_000
-
-
-def register(subparsers: Any) -> None:
-    serve = subparsers.add_parser("serve", help="run the FastAGI server (production)")
-    serve.set_defaults(handler=_serve_command)
 
 
 @dataclass(frozen=True)
@@ -284,11 +276,3 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
     else:
         uvloop.run(main)
-
-
-def _serve_command(args: argparse.Namespace) -> int:
-    settings = load_settings_or_fail()
-    configure_logging(settings.log_level)
-    raise_open_files_limit(settings)
-    run(serve(settings))
-    return 0

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fastagi.cliutil import CliError, load_settings_or_fail
+from fastagi.cli.common import CliError, load_settings_or_fail
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from fastagi.cliutil import CliError
+from fastagi.cli.common import CliError
 from fastagi.store import Stores
 from fastagi_dev.sandbox.image import default_rootfs
 from fastagi_dev.sandbox.instance import Sandbox

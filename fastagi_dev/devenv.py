@@ -30,7 +30,7 @@ import asyncpg
 from pydantic import SecretStr
 
 from fastagi.app import running_server, until_signalled
-from fastagi.cliutil import CliError
+from fastagi.cli.common import CliError
 from fastagi.config import AmiSettings, DatabaseSettings, Settings
 from fastagi.store import Stores
 from fastagi.store.migrations import migrate

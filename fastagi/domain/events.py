@@ -18,8 +18,12 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID, uuid4
+
+# The moments of an alarm that people are told about by e-mail and SMS.
+NotifyKind = Literal["activated", "acknowledged", "deactivated", "escalated"]
+NOTIFY_KINDS: tuple[NotifyKind, ...] = ("activated", "acknowledged", "deactivated", "escalated")
 
 
 class EventKind(enum.StrEnum):

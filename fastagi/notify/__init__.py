@@ -3,16 +3,18 @@
 :class:`Notifier` is the entry point; the rest is exported for tests and the CLI.
 """
 
-from fastagi.notify.dispatcher import Notifier
-from fastagi.notify.email import SmtpChannel, compose
-from fastagi.notify.message import KINDS, Notification, NotifyKind, Outcome, Redactor
-from fastagi.notify.settings import (
+from fastagi.config.notify import (
     NotifySettings,
     Recipients,
     RetrySettings,
     SmtpSettings,
     WebhookSettings,
 )
+from fastagi.domain.events import NOTIFY_KINDS as KINDS
+from fastagi.domain.events import NotifyKind
+from fastagi.notify.dispatcher import Notifier
+from fastagi.notify.email import SmtpChannel, compose
+from fastagi.notify.message import Notification, Outcome, Redactor
 from fastagi.notify.webhook import WebhookChannel
 
 __all__ = [

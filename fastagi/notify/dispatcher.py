@@ -38,10 +38,10 @@ from datetime import UTC, datetime, tzinfo
 from email.message import EmailMessage
 from typing import Any, Literal
 
-from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.config.notify import NotifySettings
+from fastagi.domain.events import EventKind, HistoryEvent, NotifyKind
 from fastagi.notify.email import SmtpChannel, compose
-from fastagi.notify.message import Notification, NotifyKind, Outcome, template_values
-from fastagi.notify.settings import NotifySettings
+from fastagi.notify.message import Notification, Outcome, template_values
 from fastagi.notify.webhook import WebhookChannel
 
 logger = logging.getLogger(__name__)

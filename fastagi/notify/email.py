@@ -20,8 +20,8 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
+from fastagi.config.notify import SmtpSettings
 from fastagi.notify.message import Notification, Outcome, Redactor, body, sms_text, subject
-from fastagi.notify.settings import SmtpSettings
 
 _POLICY = email.policy.SMTP
 

@@ -15,10 +15,9 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from typing import Literal
 
-NotifyKind = Literal["activated", "acknowledged", "deactivated", "escalated"]
-KINDS: tuple[NotifyKind, ...] = ("activated", "acknowledged", "deactivated", "escalated")
+from fastagi.domain.events import NOTIFY_KINDS as KINDS
+from fastagi.domain.events import NotifyKind
 
 _HEADLINES: dict[NotifyKind, str] = {
     "activated": "PANIC ALARM",

@@ -17,8 +17,8 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 import httpx
 
+from fastagi.config.notify import WebhookSettings
 from fastagi.notify.message import Outcome, Redactor
-from fastagi.notify.settings import WebhookSettings
 
 # Of the remote's answer we keep the status and the start of the body (the gateway's
 # message id or error); reading stops here, whatever the gateway sends.

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from fastagi.config.tts import TtsSettings
 from fastagi.tts.render import (
     FORMAT_VERSION,
     SCRATCH_PREFIX,
@@ -32,7 +33,6 @@ from fastagi.tts.render import (
     render_file,
     spoken_text,
 )
-from fastagi.tts.settings import TtsSettings
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-from fastagi.tts.settings import TtsSettings
+from fastagi.config.tts import TtsSettings
 
 # Bump when anything below changes how a given text sounds (sox effects, worker flags), so
 # cached files of the old pipeline are not reused: the version is part of the cache key.

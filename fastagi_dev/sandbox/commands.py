@@ -21,13 +21,13 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from fastagi.cliutil import CliError
+from fastagi.cli.common import CliError
 from fastagi_dev.sandbox.image import ImageError, build_image, default_rootfs
 from fastagi_dev.sandbox.instance import DEFAULT_AGI_URL, Sandbox, SandboxError, SandboxPorts
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``sandbox`` command to the ``fastagi`` parser (see fastagi/cli.py)."""
+    """Add the ``sandbox`` command to the ``python -m fastagi_dev`` parser."""
     parser = subparsers.add_parser(
         "sandbox", help="the sandbox Asterisk (chroot) for development and tests"
     )

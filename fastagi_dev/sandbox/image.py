@@ -44,7 +44,7 @@ class ImageResult:
 
 
 def repo_root() -> Path:
-    """The checkout this package runs from (``fastagi/sandbox/image.py`` -> two levels up)."""
+    """The checkout this package runs from (``fastagi_dev/sandbox/image.py`` -> two levels up)."""
     return Path(__file__).resolve().parents[2]
 
 

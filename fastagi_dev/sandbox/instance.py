@@ -3,7 +3,7 @@
 Layout: an instance named ``N`` lives in ``<rootfs>/fastagi/instances/N/`` (Asterisk sees
 ``/fastagi/instances/N/``), so any number of instances share one image::
 
-    etc/          asterisk.conf and friends, rendered from fastagi/sandbox/templates/,
+    etc/          asterisk.conf and friends, rendered from fastagi_dev/sandbox/templates/,
                   plus a copy of the repository's extensions_custom.conf
     run/ lib/ spool/ log/ cache/   Asterisk's writable directories
     sounds/       text-to-speech prompts (``tts_dir`` on the host, ``tts_dir_in_asterisk``)

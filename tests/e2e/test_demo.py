@@ -20,7 +20,7 @@ from fastagi.config import (
     JournalSettings,
     Settings,
 )
-from fastagi.notify.settings import NotifySettings, SmtpSettings, WebhookSettings
+from fastagi.config.notify import NotifySettings, SmtpSettings, WebhookSettings
 from fastagi.store import Stores
 from fastagi.tts import TtsSettings
 from fastagi_dev.demo import DEMO_CYCLES, DEMO_PHONES, run_demo

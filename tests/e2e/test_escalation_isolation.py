@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from fastagi.app import running_services
-from fastagi.notify.settings import (
+from fastagi.config.notify import (
     NotifySettings,
     RetrySettings,
     SmtpSettings,

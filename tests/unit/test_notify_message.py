@@ -12,9 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from fastagi.config.notify import Recipients
 from fastagi.notify import Notification, NotifySettings, Redactor, WebhookSettings, compose
 from fastagi.notify.message import body, one_line, sms_text, subject, template_values
-from fastagi.notify.settings import Recipients
 from fastagi.notify.webhook import WebhookChannel, render_body, render_url
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")

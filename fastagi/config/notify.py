@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from fastagi.notify.message import KINDS, NotifyKind
+from fastagi.domain.events import NOTIFY_KINDS as KINDS
+from fastagi.domain.events import NotifyKind
 
 # What a webhook body, its URL, and the e-mail-to-SMS address may refer to.
 TEMPLATE_VARIABLES = frozenset(

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from fastagi.cliutil import database_dsn, fail
+from fastagi.cli.common import database_dsn, fail, redact
 from fastagi.store import migrations
 
 CONNECT_TIMEOUT = 10.0
@@ -96,16 +95,3 @@ async def _connect(dsn: str) -> asyncpg.Connection[asyncpg.Record]:
     ) as exc:
         reason = str(exc) or exc.__class__.__name__
         fail(f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}")
-
-
-def redact(dsn: str) -> str:
-    """The DSN with its password, if any, replaced by ``***``."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparsable DSN>"
-    if parts.password is None:
-        return dsn
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

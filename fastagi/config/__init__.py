@@ -20,8 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from fastagi.notify.settings import NotifySettings
-from fastagi.tts.settings import TtsSettings
+from fastagi.config.notify import NotifySettings
+from fastagi.config.tts import TtsSettings
 
 DEFAULT_CONFIG_FILE = Path("/etc/fastagi-panic/config.toml")
 

@@ -1,7 +1,9 @@
 """The ``fastagi`` command. ``main(argv)`` returns an exit code, so tests call it directly.
 
-Each subsystem owns its sub-commands: it exposes ``register(subparsers)``, which adds a
-parser whose ``handler`` default is a function ``(args) -> int``.
+One module per resource (departments, paging, policy, deactivators, alarms) plus ``serve``
+and ``db``; each exposes ``register``, which adds parsers whose ``handler`` default is a
+function ``(args) -> int``. Administrative changes go through fastagi.admin, the same
+functions the web console calls.
 """
 
 from __future__ import annotations
@@ -10,20 +12,22 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fastagi.cliutil import CliError
+from fastagi.cli.common import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastagi import admin, app
-    from fastagi.store import commands as store_commands
+    from fastagi.cli import alarms, db, deactivators, departments, paging, policy, serve
+    from fastagi.cli.common import Builder
 
     parser = argparse.ArgumentParser(
         prog="fastagi", description="Panic-alarm FastAGI server for Asterisk and FreePBX."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    app.register(subparsers)
-    store_commands.register(subparsers)
-    admin.register(subparsers)
+    serve.register(subparsers)
+    db.register(subparsers)
+    builder = Builder(subparsers)
+    for resource in (departments, paging, policy, deactivators, alarms):
+        resource.register(builder)
     return parser
 
 

@@ -1,0 +1,82 @@
+"""Departments and which extensions belong to them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastagi.admin.audit import record_change
+from fastagi.domain.directory import ExtensionPattern
+from fastagi.store import StoreError, Stores
+from fastagi.store.directory import DepartmentInfo
+
+# What set_department leaves as it is.
+UNCHANGED: Any = object()
+
+
+async def add_department(
+    stores: Stores,
+    name: str,
+    *,
+    interval_seconds: int | None = None,
+    paging_group: str | None = None,
+    by: str,
+) -> DepartmentInfo:
+    department = await stores.directory.add_department(name, interval_seconds, paging_group)
+    await record_change(
+        stores.history,
+        "department add",
+        by=by,
+        name=department.name,
+        interval_seconds=interval_seconds,
+        paging_group=department.paging_group,
+    )
+    return department
+
+
+async def remove_department(stores: Stores, name: str, *, by: str) -> None:
+    """Remove a department and its mappings; its alarms keep their department name."""
+    await stores.directory.remove_department(name)
+    await record_change(stores.history, "department remove", by=by, name=name.strip())
+
+
+async def set_department(
+    stores: Stores,
+    name: str,
+    *,
+    interval_seconds: int | None = UNCHANGED,
+    paging_group: str | None = UNCHANGED,
+    by: str,
+) -> DepartmentInfo:
+    """Change a department's interval (None: the global default) and/or paging group
+    (None: none); what is not given stays."""
+    changes: dict[str, Any] = {}
+    if interval_seconds is not UNCHANGED:
+        changes["interval_seconds"] = interval_seconds
+    if paging_group is not UNCHANGED:
+        changes["paging_group"] = paging_group
+    if not changes:
+        raise StoreError("nothing to change: give an interval or a paging group")
+    if "interval_seconds" in changes:
+        await stores.directory.set_department_interval(name, interval_seconds)
+    if "paging_group" in changes:
+        await stores.directory.set_department_paging_group(name, paging_group)
+    department = await stores.directory.get_department(name)
+    await record_change(stores.history, "department set", by=by, name=department.name, **changes)
+    return department
+
+
+async def map_extensions(
+    stores: Stores, department: str, pattern: str, *, by: str
+) -> tuple[ExtensionPattern, DepartmentInfo]:
+    """Map an extension, a range (100-149) or a pattern (_1XX) to a department."""
+    mapped = await stores.directory.map_extensions(department, pattern)
+    info = await stores.directory.get_department(department)
+    await record_change(
+        stores.history, "extension map", by=by, department=info.name, pattern=mapped.text
+    )
+    return mapped, info
+
+
+async def unmap_extensions(stores: Stores, pattern: str, *, by: str) -> None:
+    await stores.directory.unmap_extensions(pattern)
+    await record_change(stores.history, "extension unmap", by=by, pattern=pattern.strip())

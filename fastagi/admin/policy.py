@@ -1,0 +1,47 @@
+"""The default interval and the confirmation and PIN policy."""
+
+from __future__ import annotations
+
+from fastagi.admin.audit import record_change
+from fastagi.domain.policy import Policy
+from fastagi.store import StoreError, Stores
+
+
+async def set_default_interval(stores: Stores, seconds: int, *, by: str) -> None:
+    await stores.policy.set_default_interval(seconds)
+    await record_change(stores.history, "interval set", by=by, seconds=seconds)
+
+
+async def set_policy(
+    stores: Stores,
+    *,
+    no_answer_policy: str | None = None,
+    confirmation_attempts: int | None = None,
+    pin_attempts: int | None = None,
+    lockout_seconds: int | None = None,
+    by: str,
+) -> Policy:
+    """Change the given settings, leave the others; return them all."""
+    given = {
+        "no-answer": no_answer_policy,
+        "confirmation-attempts": confirmation_attempts,
+        "pin-attempts": pin_attempts,
+        "lockout-seconds": lockout_seconds,
+    }
+    changes = {name: value for name, value in given.items() if value is not None}
+    if not changes:
+        raise StoreError(
+            "nothing to change: give --no-answer, --confirmation-attempts, --pin-attempts "
+            "or --lockout-seconds"
+        )
+    policy = await stores.policy.set_policy(
+        no_answer_policy=no_answer_policy,
+        confirmation_attempts=confirmation_attempts,
+        pin_attempts=pin_attempts,
+        lockout_seconds=lockout_seconds,
+    )
+    # As "name=value" strings: a details key may not contain "pin".
+    await record_change(
+        stores.history, "policy set", by=by, changes=[f"{k}={v}" for k, v in changes.items()]
+    )
+    return policy

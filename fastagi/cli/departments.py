@@ -1,0 +1,159 @@
+"""``fastagi department ...`` and ``fastagi extension ...``: departments and which
+extensions belong to them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from fastagi.admin import departments as admin
+from fastagi.cli.common import Builder, fail, operator
+from fastagi.cli.output import print_json, print_table
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT, alarm_key, is_extension
+from fastagi.store import Stores
+
+
+def register(builder: Builder) -> None:
+    actions = builder.group("department", "departments: add, list, set, remove")
+    add = builder.command(actions, "add", "add a department", _department_add)
+    add.add_argument("name")
+    add.add_argument("--interval", type=int, metavar="SECONDS", help="its own paging interval")
+    add.add_argument("--paging-group", metavar="GROUP")
+    builder.command(actions, "list", "list the departments", _department_list, listing=True)
+    builder.command(
+        actions, "remove", "remove a department and its mappings", _department_rm
+    ).add_argument("name")
+    change = builder.command(actions, "set", "change a department", _department_set)
+    change.add_argument("name")
+    interval = change.add_mutually_exclusive_group()
+    interval.add_argument("--interval", type=int, metavar="SECONDS")
+    interval.add_argument(
+        "--default-interval", action="store_true", help="use the global default interval"
+    )
+    paging = change.add_mutually_exclusive_group()
+    paging.add_argument("--paging-group", metavar="GROUP")
+    paging.add_argument("--no-paging-group", action="store_true")
+
+    actions = builder.group("extension", "which extensions belong to which department")
+    mapping = builder.command(
+        actions, "map", "map an extension, a range (100-149) or a pattern (_1XX)", _extension_map
+    )
+    mapping.add_argument("department")
+    mapping.add_argument("pattern")
+    builder.command(actions, "unmap", "remove a mapping", _extension_unmap).add_argument("pattern")
+    builder.command(
+        actions,
+        "lookup",
+        "which department an extension is in, and why",
+        _extension_lookup,
+        listing=True,
+    ).add_argument("extension")
+
+
+async def _department_add(stores: Stores, args: argparse.Namespace) -> int:
+    department = await admin.add_department(
+        stores,
+        args.name,
+        interval_seconds=args.interval,
+        paging_group=args.paging_group,
+        by=operator(),
+    )
+    print(f"added department '{department.name}'")
+    return 0
+
+
+async def _department_list(stores: Stores, args: argparse.Namespace) -> int:
+    departments = await stores.directory.list_departments()
+    policy = await stores.policy.load_settings()
+    if args.json:
+        print_json([dataclasses.asdict(d) for d in departments])
+        return 0
+    print_table(
+        ["DEPARTMENT", "INTERVAL", "PAGING GROUP", "EXTENSIONS"],
+        [
+            [
+                d.name,
+                f"{d.interval_seconds}s"
+                if d.interval_seconds is not None
+                else f"default ({policy.default_interval_seconds}s)",
+                d.paging_group or "-",
+                " ".join(d.patterns) or "-",
+            ]
+            for d in departments
+        ],
+        empty="no departments",
+    )
+    return 0
+
+
+async def _department_rm(stores: Stores, args: argparse.Namespace) -> int:
+    await admin.remove_department(stores, args.name, by=operator())
+    print(f"removed department '{args.name.strip()}'")
+    return 0
+
+
+async def _department_set(stores: Stores, args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    if args.interval is not None or args.default_interval:
+        changes["interval_seconds"] = args.interval
+    if args.paging_group is not None or args.no_paging_group:
+        changes["paging_group"] = args.paging_group
+    if not changes:
+        fail("nothing to change: give --interval, --default-interval or --paging-group")
+    department = await admin.set_department(stores, args.name, **changes, by=operator())
+    print(f"changed department '{department.name}'")
+    return 0
+
+
+async def _extension_map(stores: Stores, args: argparse.Namespace) -> int:
+    pattern, department = await admin.map_extensions(
+        stores, args.department, args.pattern, by=operator()
+    )
+    print(f"mapped {pattern.kind.name.lower()} '{pattern.text}' to '{department.name}'")
+    return 0
+
+
+async def _extension_unmap(stores: Stores, args: argparse.Namespace) -> int:
+    await admin.unmap_extensions(stores, args.pattern, by=operator())
+    print(f"unmapped '{args.pattern.strip()}'")
+    return 0
+
+
+async def _extension_lookup(stores: Stores, args: argparse.Namespace) -> int:
+    extension = args.extension.strip()
+    if not is_extension(extension):
+        fail(f"malformed extension '{extension}': expected 1 to 20 digits")
+    directory = await stores.directory.load_directory()
+    match = directory.lookup(extension)
+    department = match.department if match else None
+    result = {
+        "extension": extension,
+        "department": department.name if department else UNKNOWN_DEPARTMENT,
+        "pattern": match.pattern.text if match else None,
+        "kind": match.pattern.kind.name.lower() if match else None,
+        "candidates": [
+            m.pattern.text
+            for m in sorted(
+                (m for m in directory.mappings if m.pattern.matches(extension)),
+                key=lambda m: m.pattern.specificity(len(extension)),
+            )
+        ],
+        "alarm_key": alarm_key(department, extension),
+        "interval_seconds": directory.interval_for(department),
+        "devices": list(department.devices) if department else [],
+    }
+    if args.json:
+        print_json(result)
+    elif match is None:
+        print(f"{extension}: {UNKNOWN_DEPARTMENT} (no mapping matches)")
+        print(f"an alarm from it is keyed {result['alarm_key']}")
+    else:
+        others = [text for text in result["candidates"] if text != match.pattern.text]
+        why = f"by {result['kind']} '{match.pattern.text}'"
+        if others:
+            why += f", the most specific of {', '.join([match.pattern.text, *others])}"
+        print(f"{extension}: {match.department.name} ({why})")
+        devices = " ".join(result["devices"]) or "no devices"
+        print(f"pages {devices} every {result['interval_seconds']}s")
+    return 0

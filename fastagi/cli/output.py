@@ -1,0 +1,60 @@
+"""How the administration commands print: aligned tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from fastagi.store.history import StoredEvent
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], empty: str = "") -> None:
+    if not rows:
+        if empty:
+            print(empty)
+        return
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    for line in [headers, *rows]:
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)
+            ).rstrip()
+        )
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=json_default))
+
+
+def json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def event_dict(event: StoredEvent) -> dict[str, Any]:
+    return dataclasses.asdict(event)
+
+
+def when(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return moment.astimezone().isoformat(sep=" ", timespec="seconds")
+
+
+def text(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def details(values: dict[str, Any]) -> str:
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items()) or "-"

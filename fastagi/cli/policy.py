@@ -1,0 +1,81 @@
+"""``fastagi interval ...`` and ``fastagi policy ...``: the default paging interval, and
+the confirmation and PIN policy."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from fastagi.admin import policy as admin
+from fastagi.cli.common import Builder, operator
+from fastagi.cli.output import print_json, print_table
+from fastagi.domain.policy import NO_ANSWER_POLICIES
+from fastagi.store import Stores
+
+
+def register(builder: Builder) -> None:
+    actions = builder.group("interval", "the global default paging interval")
+    builder.command(actions, "set", "set the default interval", _interval_set).add_argument(
+        "seconds", type=int
+    )
+    builder.command(actions, "show", "show the default interval", _interval_show, listing=True)
+
+    actions = builder.group("policy", "confirmation and PIN policy")
+    builder.command(actions, "show", "show the policy", _policy_show, listing=True)
+    policy = builder.command(actions, "set", "change the policy", _policy_set)
+    policy.add_argument("--no-answer", choices=NO_ANSWER_POLICIES, help="when nobody confirms")
+    policy.add_argument("--confirmation-attempts", type=int, metavar="N")
+    policy.add_argument("--pin-attempts", type=int, metavar="N")
+    policy.add_argument("--lockout-seconds", type=int, metavar="S")
+
+
+async def _interval_set(stores: Stores, args: argparse.Namespace) -> int:
+    await admin.set_default_interval(stores, args.seconds, by=operator())
+    print(f"default interval: {args.seconds}s")
+    return 0
+
+
+async def _interval_show(stores: Stores, args: argparse.Namespace) -> int:
+    seconds = (await stores.policy.load_settings()).default_interval_seconds
+    if args.json:
+        print_json({"default_interval_seconds": seconds})
+    else:
+        print(f"default interval: {seconds}s")
+    return 0
+
+
+async def _policy_show(stores: Stores, args: argparse.Namespace) -> int:
+    policy = await stores.policy.load_settings()
+    if args.json:
+        print_json(dataclasses.asdict(policy))
+        return 0
+    print_table(
+        ["SETTING", "VALUE"],
+        [
+            ["no-answer", policy.no_answer_policy],
+            ["confirmation-attempts", str(policy.confirmation_attempts)],
+            ["pin-attempts", str(policy.pin_attempts)],
+            ["lockout-seconds", str(policy.lockout_seconds)],
+            ["default-interval", f"{policy.default_interval_seconds}s"],
+        ],
+    )
+    return 0
+
+
+async def _policy_set(stores: Stores, args: argparse.Namespace) -> int:
+    await admin.set_policy(
+        stores,
+        no_answer_policy=args.no_answer,
+        confirmation_attempts=args.confirmation_attempts,
+        pin_attempts=args.pin_attempts,
+        lockout_seconds=args.lockout_seconds,
+        by=operator(),
+    )
+    given = {
+        "no-answer": args.no_answer,
+        "confirmation-attempts": args.confirmation_attempts,
+        "pin-attempts": args.pin_attempts,
+        "lockout-seconds": args.lockout_seconds,
+    }
+    print("policy changed: " + ", ".join(f"{k}={v}" for k, v in given.items() if v is not None))
+    return 0

@@ -1,0 +1,22 @@
+"""``fastagi serve``: the production server (fastagi/app.py wires it)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fastagi.app import raise_open_files_limit, run, serve
+from fastagi.cli.common import SubParsers, load_settings_or_fail
+from fastagi.logs import configure_logging
+
+
+def register(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser("serve", help="run the FastAGI server (production)")
+    parser.set_defaults(handler=_serve_command)
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    settings = load_settings_or_fail()
+    configure_logging(settings.log_level)
+    raise_open_files_limit(settings)
+    run(serve(settings))
+    return 0

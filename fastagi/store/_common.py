@@ -16,6 +16,17 @@ Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 _T = TypeVar("_T")
 
 
+# Counts a cycle on the alarm row, idempotently: both only grow, so a cycle counted at its
+# start (fastagi/store/leadership.py), again with its event, or by a replay of it is
+# counted once. $2: the cycle's number (NULL: one more than counted); $3: when its page
+# started (NULL: now, the statement's own clock).
+COUNT_CYCLE = """
+UPDATE alarms SET cycles = greatest(cycles, coalesce($2::int, cycles + 1)),
+    last_cycle_at = greatest(last_cycle_at, coalesce($3::timestamptz, clock_timestamp()))
+WHERE id = $1
+"""
+
+
 class StoreError(ValueError):
     """A request the data refuses (unknown name, duplicate, out of range): the message is
     for the administrator, as it is."""

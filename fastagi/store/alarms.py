@@ -18,8 +18,8 @@ import asyncpg
 
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
-from fastagi.store._common import StoreError, row_to
-from fastagi.store.history import COUNT_CYCLE, cycle_started_at, for_alarm, insert_event
+from fastagi.store._common import COUNT_CYCLE, StoreError, row_to
+from fastagi.store.history import cycle_started_at, for_alarm, insert_event
 
 logger = logging.getLogger(__name__)
 

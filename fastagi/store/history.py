@@ -18,7 +18,7 @@ from uuid import UUID
 import asyncpg
 
 from fastagi.domain.events import EventKind, HistoryEvent
-from fastagi.store._common import Connection
+from fastagi.store._common import COUNT_CYCLE, Connection
 
 
 @dataclass(frozen=True)
@@ -122,13 +122,6 @@ class HistoryStore:
             until,
         )
         return [_event(row) for row in rows]
-
-
-COUNT_CYCLE = """
-UPDATE alarms SET cycles = greatest(cycles, coalesce($2::int, cycles + 1)),
-    last_cycle_at = greatest(last_cycle_at, $3::timestamptz)
-WHERE id = $1
-"""
 
 
 def cycle_started_at(event: HistoryEvent) -> datetime:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from fastagi.domain.alarm import ACTIVE
-from fastagi.store._common import Connection
+from fastagi.store._common import COUNT_CYCLE, Connection
 
 logger = logging.getLogger(__name__)
 
@@ -151,15 +151,7 @@ async def locked_alarm_row(
         async def count(cycle: int) -> bool:
             try:
                 async with asyncio.timeout(deadline):
-                    await connection.execute(
-                        """
-                        UPDATE alarms SET cycles = greatest(cycles, $2),
-                            last_cycle_at = greatest(last_cycle_at, clock_timestamp())
-                        WHERE id = $1
-                        """,
-                        alarm_id,
-                        cycle,
-                    )
+                    await connection.execute(COUNT_CYCLE, alarm_id, cycle, None)
                     await transaction.commit()
             except Exception as exc:
                 # Counted with the cycle's event, when it ends (or is replayed).

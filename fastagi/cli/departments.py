@@ -5,29 +5,43 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import Any
 
 from fastagi.admin import departments as admin
-from fastagi.cli.common import Builder, fail, operator
+from fastagi.admin.announcement import AnnouncementMeter
+from fastagi.cli.common import Builder, fail, load_settings_or_fail, operator
 from fastagi.cli.output import print_json, print_table
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT, alarm_key, is_extension
 from fastagi.store import Stores
+
+INTERVAL_HELP = (
+    "its own paging interval: seconds from the start of one page to the start of the next"
+    " (pages never overlap: with an interval shorter than the announcement they run back"
+    " to back)"
+)
 
 
 def register(builder: Builder) -> None:
     actions = builder.group("department", "departments: add, list, set, remove")
     add = builder.command(actions, "add", "add a department", _department_add)
     add.add_argument("name")
-    add.add_argument("--interval", type=int, metavar="SECONDS", help="its own paging interval")
+    add.add_argument("--interval", type=int, metavar="SECONDS", help=INTERVAL_HELP)
     add.add_argument("--paging-group", metavar="GROUP")
-    builder.command(actions, "list", "list the departments", _department_list, listing=True)
+    builder.command(
+        actions,
+        "list",
+        "list the departments, their announcement's length and real paging cycle",
+        _department_list,
+        listing=True,
+    )
     builder.command(
         actions, "remove", "remove a department and its mappings", _department_rm
     ).add_argument("name")
     change = builder.command(actions, "set", "change a department", _department_set)
     change.add_argument("name")
     interval = change.add_mutually_exclusive_group()
-    interval.add_argument("--interval", type=int, metavar="SECONDS")
+    interval.add_argument("--interval", type=int, metavar="SECONDS", help=INTERVAL_HELP)
     interval.add_argument(
         "--default-interval", action="store_true", help="use the global default interval"
     )
@@ -60,31 +74,72 @@ async def _department_add(stores: Stores, args: argparse.Namespace) -> int:
         by=operator(),
     )
     print(f"added department '{department.name}'")
+    if args.interval is not None:
+        await warn_if_shorter_than_announcement(department.name, department.patterns, args.interval)
     return 0
 
 
 async def _department_list(stores: Stores, args: argparse.Namespace) -> int:
     departments = await stores.directory.list_departments()
     policy = await stores.policy.load_settings()
+    meter = AnnouncementMeter(load_settings_or_fail())
+    try:
+        announcements = [await meter.measure(d.name, d.patterns) for d in departments]
+    finally:
+        await meter.close()
+    rows: list[dict[str, Any]] = []
+    for department, announcement in zip(departments, announcements, strict=True):
+        interval = department.interval_seconds or policy.default_interval_seconds
+        rows.append(
+            {
+                **dataclasses.asdict(department),
+                "announcement_seconds": round(announcement.seconds, 1) if announcement else None,
+                "cycle_seconds": round(announcement.cycle(interval), 1)
+                if announcement
+                else interval,
+            }
+        )
     if args.json:
-        print_json([dataclasses.asdict(d) for d in departments])
+        print_json(rows)
         return 0
     print_table(
-        ["DEPARTMENT", "INTERVAL", "PAGING GROUP", "EXTENSIONS"],
+        ["DEPARTMENT", "INTERVAL", "ANNOUNCEMENT", "CYCLE", "PAGING GROUP", "EXTENSIONS"],
         [
             [
-                d.name,
-                f"{d.interval_seconds}s"
-                if d.interval_seconds is not None
+                row["name"],
+                f"{row['interval_seconds']}s"
+                if row["interval_seconds"] is not None
                 else f"default ({policy.default_interval_seconds}s)",
-                d.paging_group or "-",
-                " ".join(d.patterns) or "-",
+                "?" if row["announcement_seconds"] is None else f"{row['announcement_seconds']}s",
+                f"{row['cycle_seconds']}s",
+                row["paging_group"] or "-",
+                " ".join(row["patterns"]) or "-",
             ]
-            for d in departments
+            for row in rows
         ],
         empty="no departments",
     )
+    if None in announcements:
+        print("?: the announcement could not be rendered (is espeak-ng installed?)")
     return 0
+
+
+async def warn_if_shorter_than_announcement(
+    name: str, patterns: tuple[str, ...], interval_seconds: int
+) -> None:
+    """On stderr, when pages would run back to back rather than ``interval_seconds`` apart."""
+    meter = AnnouncementMeter(load_settings_or_fail())
+    try:
+        announcement = await meter.measure(name, patterns)
+    finally:
+        await meter.close()
+    if announcement is not None and interval_seconds < announcement.seconds:
+        print(
+            f"warning: the interval of '{name}' ({interval_seconds}s) is shorter than its"
+            f" announcement ({announcement.seconds:.1f}s with the lead-in): pages will run"
+            f" back to back, one every {announcement.seconds:.1f}s",
+            file=sys.stderr,
+        )
 
 
 async def _department_rm(stores: Stores, args: argparse.Namespace) -> int:
@@ -103,6 +158,8 @@ async def _department_set(stores: Stores, args: argparse.Namespace) -> int:
         fail("nothing to change: give --interval, --default-interval or --paging-group")
     department = await admin.set_department(stores, args.name, **changes, by=operator())
     print(f"changed department '{department.name}'")
+    if args.interval is not None:
+        await warn_if_shorter_than_announcement(department.name, department.patterns, args.interval)
     return 0
 
 

@@ -8,6 +8,7 @@ import dataclasses
 
 from fastagi.admin import policy as admin
 from fastagi.cli.common import Builder, operator
+from fastagi.cli.departments import warn_if_shorter_than_announcement
 from fastagi.cli.output import print_json, print_table
 from fastagi.domain.policy import NO_ANSWER_POLICIES
 from fastagi.store import Stores
@@ -15,8 +16,12 @@ from fastagi.store import Stores
 
 def register(builder: Builder) -> None:
     actions = builder.group("interval", "the global default paging interval")
-    builder.command(actions, "set", "set the default interval", _interval_set).add_argument(
-        "seconds", type=int
+    builder.command(
+        actions, "set", "set the default interval (departments without their own)", _interval_set
+    ).add_argument(
+        "seconds",
+        type=int,
+        help="from the start of one page to the start of the next; pages never overlap",
     )
     builder.command(actions, "show", "show the default interval", _interval_show, listing=True)
 
@@ -32,6 +37,11 @@ def register(builder: Builder) -> None:
 async def _interval_set(stores: Stores, args: argparse.Namespace) -> int:
     await admin.set_default_interval(stores, args.seconds, by=operator())
     print(f"default interval: {args.seconds}s")
+    for department in await stores.directory.list_departments():
+        if department.interval_seconds is None:
+            await warn_if_shorter_than_announcement(
+                department.name, department.patterns, args.seconds
+            )
     return 0
 
 

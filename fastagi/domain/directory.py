@@ -61,6 +61,15 @@ class ExtensionPattern:
     first: int = 0  # a range's bounds; an exact extension's value twice
     last: int = 0
 
+    def example(self) -> str:
+        """An extension this mapping matches (the lowest), e.g. for the announcement an
+        alarm of it would make: ``101`` for ``101``, ``100`` for ``100-149``, ``100`` for
+        ``_1XX``, ``10`` for ``_1.``."""
+        if self.kind is not PatternKind.PATTERN:
+            return str(self.first).zfill(len(self.positions))
+        digits = "".join(min(position) for position in self.positions)
+        return digits + ("0" if self.tail == "." else "")
+
     @classmethod
     def parse(cls, text: str) -> ExtensionPattern:
         """Parse an exact extension, a range or an Asterisk pattern; ValueError says why."""

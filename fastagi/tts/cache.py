@@ -51,6 +51,12 @@ class Prompt:
     host_path: Path
     asterisk_name: str
 
+    def seconds(self) -> float:
+        """How long the rendered prompt plays: signed linear 16-bit mono, 8 kHz (``.sln``)
+        or 16 kHz (``.sln16``) (Asterisk's format_sln.c)."""
+        rate = 16000 if self.host_path.suffix == ".sln16" else 8000
+        return self.host_path.stat().st_size / (2 * rate)
+
 
 class TextToSpeech:
     """Renders texts to prompts Asterisk can play, caching them on disk.

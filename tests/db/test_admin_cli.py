@@ -83,9 +83,24 @@ def test_departments_add_list_set_remove(fastagi: Cli) -> None:
     groups = json.loads(fastagi.ok("paging-group", "list", "--json"))
 
     assert added == "added department 'Emergency Room'\n"
-    assert table[0].split() == ["DEPARTMENT", "INTERVAL", "PAGING", "GROUP", "EXTENSIONS"]
-    assert table[1].split() == ["Emergency", "Room", "default", "(60s)", "ER", "101-119"]
-    assert table[2].split() == ["Pharmacy", "45s", "-", "_12X"]
+    header = ["DEPARTMENT", "INTERVAL", "ANNOUNCEMENT", "CYCLE", "PAGING", "GROUP", "EXTENSIONS"]
+    assert table[0].split() == header
+    er_announcement = listed[0]["announcement_seconds"]
+    pharmacy_announcement = listed[1]["announcement_seconds"]
+    # "Panic alarm. Department ... Extension 1 0 1.", spoken, plus the 1 s lead-in
+    assert 3.0 < er_announcement < 15.0
+    assert 3.0 < pharmacy_announcement < 15.0
+    assert table[1].split() == [
+        "Emergency", "Room", "default", "(60s)", f"{er_announcement}s", "60.0s", "ER", "101-119"
+    ]  # fmt: skip
+    assert table[2].split() == [
+        "Pharmacy",
+        "45s",
+        f"{pharmacy_announcement}s",
+        "45.0s",
+        "-",
+        "_12X",
+    ]
     # aligned: every column starts at the same offset on each line
     assert len({line.index("ER") for line in table[1:2]} | {table[0].index("PAGING")}) == 1
     assert [(d["name"], d["interval_seconds"], d["paging_group"]) for d in listed] == [
@@ -354,8 +369,36 @@ def test_history_export_refuses_a_bad_date(fastagi: Cli) -> None:
     assert caught.value.code == 2
 
 
+def test_an_interval_shorter_than_the_announcement_is_named_with_both_lengths(
+    fastagi: Cli,
+) -> None:
+    fastagi.ok("department", "add", "Emergency Room", "--interval", "30")
+    fastagi.ok("extension", "map", "Emergency Room", "101-119")
+    (announcement,) = [
+        d["announcement_seconds"] for d in json.loads(fastagi.ok("department", "list", "--json"))
+    ]
+
+    code, out, err = fastagi("department", "set", "Emergency Room", "--interval", "5")
+    listed = json.loads(fastagi.ok("department", "list", "--json"))
+    fastagi.ok("department", "add", "Pharmacy")  # default interval, 60 s
+    _, _, default_err = fastagi("interval", "set", "5")
+
+    assert (code, out) == (0, "changed department 'Emergency Room'\n")
+    assert err == (
+        "warning: the interval of 'Emergency Room' (5s) is shorter than its announcement"
+        f" ({announcement:.1f}s with the lead-in): pages will run back to back, one every"
+        f" {announcement:.1f}s\n"
+    )
+    assert listed[0]["interval_seconds"] == 5
+    assert listed[0]["cycle_seconds"] == announcement > 5
+    assert "warning: the interval of 'Pharmacy' (5s) is shorter" in default_err
+    assert "'Emergency Room'" not in default_err  # it has an interval of its own
+    # a long enough interval: no warning
+    assert fastagi("department", "set", "Emergency Room", "--interval", "30")[2] == ""
+
+
 def test_interval_and_policy(fastagi: Cli) -> None:
-    fastagi.ok("interval", "set", "30")
+    fastagi.ok("interval", "set", "30")  # no department: nothing to warn about
     fastagi.ok("policy", "set", "--no-answer", "cancel", "--pin-attempts", "5")
 
     shown = json.loads(fastagi.ok("policy", "show", "--json"))

@@ -244,3 +244,15 @@ def test_intervals_fall_back_to_the_default() -> None:
 def test_a_mapping_to_a_missing_department_is_refused() -> None:
     with pytest.raises(ValueError, match=r"unknown department ids \[9\]"):
         Directory.build(departments=[ER], mappings=[(9, "101")])
+
+
+@pytest.mark.parametrize(
+    ("text", "example"),
+    [("101", "101"), ("100-149", "100"), ("007-009", "007"), ("_1XX", "100"), ("_[2-4]NX", "220"),
+     ("_1.", "10"), ("_1!", "1")],
+)  # fmt: skip
+def test_a_mapping_gives_an_example_it_matches(text: str, example: str) -> None:
+    pattern = ExtensionPattern.parse(text)
+
+    assert pattern.example() == example
+    assert pattern.matches(example)

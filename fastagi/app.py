@@ -137,10 +137,10 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         background.add(task)
         task.add_done_callback(background.discard)
 
-    if not settings.alarm.unknown_department_devices:
-        logger.warning(
-            "alarm.unknown_department_devices is empty: an alarm from an extension that"
-            " belongs to no department will be recorded but page no phone"
+    if settings.alarm.unknown_department_devices == []:
+        logger.error(
+            "alarm.unknown_department_devices is empty and allowed to be: an alarm from an"
+            " extension that belongs to no department will be recorded but page no phone"
         )
     pool = await create_pool(settings.database)
     ami = AmiClient.from_settings(settings.ami)

@@ -33,9 +33,9 @@ async def page_all_clear(
     except TtsError:
         prompts = ["beep", *fallback_announcement(alarm.extension)[2:]]
     devices = (
-        await directory.paging_devices(alarm)
-        if alarm.department_id is not None
-        else tuple(settings.unknown_department_devices)
+        tuple(settings.unknown_department_devices)
+        if alarm.department_id is None and settings.unknown_department_devices
+        else await directory.paging_devices(alarm)
     )
     result = await pager.page(alarm.id, alarm.cycles + _ALL_CLEAR_CYCLE_OFFSET, devices, prompts)
     await recorder.record(

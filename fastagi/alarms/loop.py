@@ -248,8 +248,9 @@ class AlarmLoop:
         return self._interval
 
     async def _devices(self) -> Sequence[str]:
-        if self.alarm.department_id is None:
+        if self.alarm.department_id is None and self._settings.unknown_department_devices:
             return tuple(self._settings.unknown_department_devices)
+        # Of no department and no devices set: every paging group's.
         return await self._store.paging_devices(self.alarm)
 
     async def _cycle(self) -> float | None:

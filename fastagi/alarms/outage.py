@@ -131,7 +131,9 @@ class CachedLoopStore:
             except Exception:
                 if directory is None:
                     raise
-        department = directory.department(alarm.department_id) if alarm.department_id else None
+        if alarm.department_id is None:
+            return directory.all_devices
+        department = directory.department(alarm.department_id)
         return department.devices if department is not None else ()
 
     async def record_cycle(self, alarm_id: int, event: HistoryEvent) -> None:

@@ -129,8 +129,12 @@ class AlarmSettings(BaseModel):
     all_clear: bool = False
     all_clear_text: str = "All clear. The alarm of department {department} has ended."
     announcement: str = "Panic alarm. Department {department}. Extension {extension}."
-    # Devices paged for an alarm from an extension that belongs to no department.
-    unknown_department_devices: list[str] = Field(default_factory=list)
+    # Devices paged for an alarm from an extension that belongs to no department. Unset:
+    # every device of every paging group (an alarm must never page nobody). An empty list
+    # pages nobody, and the server refuses to start with it unless
+    # allow_unknown_department_to_page_nobody is true.
+    unknown_department_devices: list[str] | None = None
+    allow_unknown_department_to_page_nobody: bool = False
     # After a cycle raised an unexpected error, wait this long before the next attempt.
     error_backoff: float = Field(default=2.0, gt=0.0, le=60.0)
     # How often a server looks for active alarms that no server leads (one died), and
@@ -151,14 +155,26 @@ class AlarmSettings(BaseModel):
 
     @field_validator("unknown_department_devices")
     @classmethod
-    def _devices(cls, value: list[str]) -> list[str]:
+    def _devices(cls, value: list[str] | None) -> list[str] | None:
         # The same rule as paging_group_devices.device (sql/002_alarms.sql); '&' or ','
         # would split Page()'s device list.
-        for device in value:
+        for device in value or ():
             tech, _, resource = device.partition("/")
             if not (tech and resource) or any(char in device for char in "&,|() \t"):
                 raise ValueError(f"not an Asterisk device like PJSIP/201: {device!r}")
         return value
+
+    @model_validator(mode="after")
+    def _never_silent(self) -> AlarmSettings:
+        if self.unknown_department_devices == [] and not (
+            self.allow_unknown_department_to_page_nobody
+        ):
+            raise ValueError(
+                "unknown_department_devices is empty: an alarm from an extension in no"
+                " department would page nobody; name devices, leave it unset to page every"
+                " paging group, or set allow_unknown_department_to_page_nobody = true"
+            )
+        return self
 
     @model_validator(mode="after")
     def _templates(self) -> AlarmSettings:

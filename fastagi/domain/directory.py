@@ -290,6 +290,9 @@ class Directory:
     departments: tuple[Department, ...] = ()
     mappings: tuple[ExtensionMapping, ...] = ()
     default_interval_seconds: int = 60
+    # Every device of every paging group: who an alarm from no department pages, unless
+    # the settings name others.
+    all_devices: tuple[str, ...] = ()
     _by_id: Mapping[int, Department] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -305,6 +308,7 @@ class Directory:
         departments: Iterable[Department],
         mappings: Iterable[tuple[int, str]],
         default_interval_seconds: int = 60,
+        all_devices: Iterable[str] = (),
     ) -> Directory:
         """A directory from departments and ``(department_id, pattern_text)`` pairs."""
         return cls(
@@ -314,7 +318,12 @@ class Directory:
                 for department_id, text in mappings
             ),
             default_interval_seconds=default_interval_seconds,
+            all_devices=tuple(all_devices),
         )
+
+    def devices_for(self, department: Department | None) -> tuple[str, ...]:
+        """Who an alarm of ``department`` pages; of no department: every paging group."""
+        return self.all_devices if department is None else department.devices
 
     def lookup(self, extension: str) -> DirectoryMatch | None:
         """The department of ``extension`` and the mapping that decided it, or None."""

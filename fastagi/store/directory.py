@@ -25,6 +25,7 @@ from fastagi.store._common import (
 )
 
 DEVICE = re.compile(r"[A-Za-z0-9_]+/[A-Za-z0-9_.@:+-]+")
+_ALL_DEVICES = "SELECT DISTINCT device FROM paging_group_devices ORDER BY device"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class DirectoryStore:
             mappings = await connection.fetch(
                 "SELECT department_id, pattern FROM department_extensions ORDER BY id"
             )
+            all_devices = await connection.fetch(_ALL_DEVICES)
         return Directory.build(
             departments=(
                 Department(
@@ -86,6 +88,7 @@ class DirectoryStore:
             ),
             mappings=((row["department_id"], row["pattern"]) for row in mappings),
             default_interval_seconds=default,
+            all_devices=(row["device"] for row in all_devices),
         )
 
     async def interval_seconds(self, alarm: Alarm) -> int:
@@ -102,7 +105,11 @@ class DirectoryStore:
         return seconds
 
     async def paging_devices(self, alarm: Alarm) -> tuple[str, ...]:
-        """The devices of the alarm's department's paging group now (may be empty)."""
+        """The devices of the alarm's department's paging group now (may be empty); for
+        an alarm of no department, every paging group's."""
+        if alarm.department_id is None:
+            rows = await self._pool.fetch(_ALL_DEVICES)
+            return tuple(row["device"] for row in rows)
         rows = await self._pool.fetch(
             """
             SELECT pd.device

@@ -298,3 +298,24 @@ async def test_tts_failure_pages_built_in_sounds(harness: Harness, sandbox: Sand
     assert cycle.details["prompts"] == "fallback"
     assert cycle.details["answered"] == 1
     assert "too long" in cycle.details["tts_error"]
+
+
+async def test_an_alarm_of_no_department_pages_every_paging_group(harness: Harness) -> None:
+    store, _ = await harness.store()
+    await department(store, "Ward N", "121", [231], interval=60)
+    await department(store, "Ward M", "122", [232, 233], interval=60)
+    await store.directory.add_paging_group("spare")  # a group of no department
+    await store.directory.add_paging_device("spare", "PJSIP/234")
+    phones = [await harness.phone(ext) for ext in (231, 232, 233, 234)]
+    service = await harness.service("a")
+    assert await service.lookup("199") is None
+
+    alarm = (await service.activate("199", None, uniqueid="nobody's")).alarm
+    for phone in phones:
+        await phone.wait("BYE ", within=20)  # the whole announcement, heard by each
+    # Stopping waits for the loop, which records the cycle once its page has ended.
+    assert await service.deactivate(alarm.id, by="test", reason="done")
+
+    (cycle,) = await history(store, alarm.id, "page_cycle")
+    assert (cycle.details["dialled"], cycle.details["answered"]) == (4, 4)
+    assert alarm.department_id is None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fastagi.cli import main
+from fastagi.config import load_settings
 from fastagi_dev.cli import main as dev_main
 
 SECRET = "s3cr3t-Value-never-printed"
@@ -117,3 +118,20 @@ def test_config_file_that_does_not_parse(clean_environment, capsys):
     clean_environment.write_text("[agi\nport = 1\n")
     line = run_failing(capsys)
     assert line.startswith("fastagi: error: cannot parse the settings file: ")
+
+
+def test_an_unknown_department_that_would_page_nobody_stops_the_start(monkeypatch, capsys):
+    monkeypatch.setenv("FASTAGI_ALARM__UNKNOWN_DEPARTMENT_DEVICES", "[]")
+    line = run_failing(capsys)
+    assert line == (
+        "fastagi: error: invalid settings: alarm: Value error, unknown_department_devices is"
+        " empty: an alarm from an extension in no department would page nobody; name"
+        " devices, leave it unset to page every paging group, or set"
+        " allow_unknown_department_to_page_nobody = true"
+    )
+
+
+def test_paging_nobody_is_allowed_when_said_so(monkeypatch):
+    monkeypatch.setenv("FASTAGI_ALARM__UNKNOWN_DEPARTMENT_DEVICES", "[]")
+    monkeypatch.setenv("FASTAGI_ALARM__ALLOW_UNKNOWN_DEPARTMENT_TO_PAGE_NOBODY", "true")
+    assert load_settings().alarm.unknown_department_devices == []

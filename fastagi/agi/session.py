@@ -435,7 +435,9 @@ class AgiSession:
         except BaseException:
             if turn.done() and not turn.cancelled():
                 self._next_turn()  # handed the turn, then cancelled: pass it on
-            else:
+            elif turn in turns:
+                # Cancelled while queued.  Not in the queue any more when the command in
+                # flight finished between the cancel and now: _next_turn skipped it.
                 turns.remove(turn)
             raise
 

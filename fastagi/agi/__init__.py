@@ -30,8 +30,6 @@ from fastagi.agi.session import (
     AgiEnvironment,
     AgiSession,
     DigitsResult,
-    StreamTransport,
-    Transport,
 )
 
 __all__ = [
@@ -59,8 +57,6 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "Reply",
-    "StreamTransport",
-    "Transport",
     "UsageReply",
     "encode_command",
 ]

@@ -378,10 +378,6 @@ class AgiConnection:
         return self._state
 
     @property
-    def awaiting_reply(self) -> bool:
-        return self._state is _AWAITING_REPLY
-
-    @property
     def trailing_data(self) -> bytes:
         """Bytes received but not consumed by any event yet."""
         return bytes(self._buffer)

@@ -1,8 +1,10 @@
 """The typed API a call flow uses: one :class:`AgiSession` per FastAGI connection.
 
-The session pumps bytes between a :class:`Transport` and the sans-IO
-:class:`~fastagi.agi.protocol.AgiConnection`, and turns replies into Python values or
-the exceptions of :mod:`fastagi.agi.errors`.  Result codes follow res_agi.c: STREAM FILE,
+The I/O shell (:class:`~fastagi.agi.server.AgiServer`) pushes every byte it receives into
+:meth:`AgiSession.feed_data`, which drives the sans-IO
+:class:`~fastagi.agi.protocol.AgiConnection`; the session writes commands through a plain
+function and turns replies into Python values or the exceptions of
+:mod:`fastagi.agi.errors`.  Result codes follow res_agi.c: STREAM FILE,
 WAIT FOR DIGIT and SAY DIGITS return the ASCII code of the digit pressed, 0 for none,
 -1 on failure or hangup; GET DATA returns the digits, ``-1`` on failure or hangup.
 """
@@ -15,7 +17,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
 from urllib.parse import parse_qsl
 
 from fastagi.agi.errors import (
@@ -32,8 +33,6 @@ from fastagi.agi.protocol import (
     NEED_DATA,
     AgiConnection,
     ConnectionClosed,
-    Environment,
-    Event,
     HangupNotice,
     ProtocolError,
     Reply,
@@ -45,37 +44,11 @@ __all__ = [
     "AgiSession",
     "DigitsResult",
     "Logger",
-    "StreamTransport",
-    "Transport",
 ]
 
 _LOG = logging.getLogger("fastagi.agi.session")
-RECEIVE_SIZE = 64 * 1024
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
-
-
-class Transport(Protocol):
-    """A byte stream to Asterisk.  ``receive`` returns b"" at EOF."""
-
-    async def receive(self, max_bytes: int) -> bytes: ...
-
-    async def send(self, data: bytes) -> None: ...
-
-
-class StreamTransport:
-    """A :class:`Transport` over an asyncio stream pair."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    async def receive(self, max_bytes: int) -> bytes:
-        return await self._reader.read(max_bytes)
-
-    async def send(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
 
 
 def _unknown_is_none(value: str | None) -> str | None:
@@ -155,22 +128,6 @@ class DigitsResult:
     timed_out: bool
 
 
-async def _next_event(connection: AgiConnection, transport: Transport) -> Event:
-    while True:
-        event = connection.next_event()
-        if event is not NEED_DATA:
-            return event
-        connection.receive_data(await _receive(transport))
-
-
-async def _receive(transport: Transport) -> bytes:
-    try:
-        return await transport.receive(RECEIVE_SIZE)
-    except (ConnectionError, OSError):
-        # A reset is Asterisk going away as surely as an orderly EOF.
-        return b""
-
-
 class AgiSession:
     """One FastAGI conversation, as typed async methods.
 
@@ -179,28 +136,22 @@ class AgiSession:
     timeout, a cancellation or a protocol error mid-command the conversation is out of
     step, and every later command raises at once.
 
-    ``transport`` is either a :class:`Transport`, which the session reads while a command
-    waits for its reply, or a plain function that writes bytes to Asterisk; then the I/O
-    shell hands every byte it receives to :meth:`feed_data` (what :class:`AgiServer` does, so
-    a HANGUP or EOF is noticed even between commands).
+    ``write`` sends bytes to Asterisk; the I/O shell hands every byte it receives to
+    :meth:`feed_data` (and EOF to :meth:`feed_eof`), so a HANGUP or EOF is noticed even
+    between commands.  :class:`~fastagi.agi.server.AgiServer` builds one per connection
+    once the environment block is read.
     """
 
     def __init__(
         self,
-        transport: Transport | Callable[[bytes], object],
+        write: Callable[[bytes], object],
         connection: AgiConnection,
         environment: AgiEnvironment,
         *,
         peer: str = "",
         reply_timeout: float | None = None,
-        logger: Logger | None = None,
     ) -> None:
-        self._source: Transport | None = None
-        self._write: Callable[[bytes], object] | None = None
-        if callable(transport):
-            self._write = transport
-        else:
-            self._source = transport
+        self._write = write
         self._connection = connection
         self.environment = environment
         self.peer = peer
@@ -212,7 +163,7 @@ class AgiSession:
         self._turns: deque[asyncio.Future[None]] | None = None
         self._unusable: AgiError | None = None
         # The adapter that tags records with the call is built when first used (see log).
-        self._log: Logger | None = logger
+        self._log: Logger | None = None
         # The loop, taken from the first command (asyncio.get_running_loop() costs a
         # getpid() system call on every call in Python 3.11).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -224,41 +175,6 @@ class AgiSession:
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
-    @classmethod
-    async def accept(
-        cls,
-        transport: Transport,
-        *,
-        peer: str = "",
-        environment_timeout: float | None = None,
-        reply_timeout: float | None = None,
-        logger: Logger | None = None,
-        connection: AgiConnection | None = None,
-    ) -> AgiSession:
-        """Read the environment block from a new connection and return its session.
-
-        Raises AgiTimeout when the block is not complete within ``environment_timeout``
-        and AgiProtocolError when it is malformed or the peer closes before its end.
-        """
-        connection = connection or AgiConnection()
-        try:
-            async with asyncio.timeout(environment_timeout):
-                event = await _next_event(connection, transport)
-        except TimeoutError:
-            raise AgiTimeout(f"no complete environment within {environment_timeout} s") from None
-        except ProtocolError as exc:
-            raise AgiProtocolError(f"bad environment: {exc}", error=exc) from exc
-        # In the ENVIRONMENT state the core yields nothing but the environment or an error.
-        assert isinstance(event, Environment), event
-        return cls(
-            transport,
-            connection,
-            AgiEnvironment.from_variables(event.variables),
-            peer=peer,
-            reply_timeout=reply_timeout,
-            logger=logger,
-        )
-
     @property
     def log(self) -> Logger:
         """The session's logger: records carry ``agi_uniqueid`` and ``peer``."""
@@ -268,10 +184,6 @@ class AgiSession:
                 _LOG, {"agi_uniqueid": self.environment.uniqueid, "peer": self.peer}
             )
         return log
-
-    @log.setter
-    def log(self, logger: Logger) -> None:
-        self._log = logger
 
     def _logs(self, level: int) -> bool:
         """Whether ``self.log`` would emit at ``level``, without building the adapter."""
@@ -371,22 +283,16 @@ class AgiSession:
                 loop = self._loop = asyncio.get_running_loop()
             reply = self._reply = loop.create_future()
             try:
-                write = self._write
-                if write is not None:
-                    # Pushed: the I/O shell feeds every byte to feed_data(), which resolves
-                    # the reply.  One timer per session, pushed lazily (see _on_deadline).
-                    if self._reply_timeout is not None:
-                        self._deadline = loop.time() + self._reply_timeout
-                        if self._timer is None:
-                            self._timer = loop.call_at(self._deadline, self._on_deadline)
-                    # No drain(): with one command in flight, the write buffer never holds
-                    # more than one command line, whether or not Asterisk reads.
-                    write(data)
-                    event = await reply
-                else:
-                    assert self._source is not None
-                    async with asyncio.timeout(self._reply_timeout):
-                        event = await self._pulled_reply(data, reply, self._source)
+                # The I/O shell feeds every byte to feed_data(), which resolves the reply.
+                # One timer per session, pushed lazily (see _on_deadline).
+                if self._reply_timeout is not None:
+                    self._deadline = loop.time() + self._reply_timeout
+                    if self._timer is None:
+                        self._timer = loop.call_at(self._deadline, self._on_deadline)
+                # No drain(): with one command in flight, the write buffer never holds
+                # more than one command line, whether or not Asterisk reads.
+                self._write(data)
+                event = await reply
             except BaseException as exc:
                 error = self._failed(exc, " ".join(words))
                 if error is exc:
@@ -410,9 +316,6 @@ class AgiSession:
         if isinstance(exc, ProtocolError):
             self._unusable = AgiProtocolError(str(exc), error=exc)
             return AgiProtocolError(str(exc), error=exc, command=text)
-        if isinstance(exc, AgiError):
-            self._unusable = exc
-            return exc
         # Cancelled (or the write failed) while Asterisk still owes a reply: out of step
         # for good.
         self._unusable = AgiProtocolError("a command was cancelled mid-reply")
@@ -435,7 +338,9 @@ class AgiSession:
         except BaseException:
             if turn.done() and not turn.cancelled():
                 self._next_turn()  # handed the turn, then cancelled: pass it on
-            else:
+            elif turn in turns:
+                # Cancelled while queued.  Not in the queue any more when the command in
+                # flight finished between the cancel and now: _next_turn skipped it.
                 turns.remove(turn)
             raise
 
@@ -448,22 +353,6 @@ class AgiSession:
                 turn.set_result(None)
                 return
         self._busy = False
-
-    async def _pulled_reply(
-        self, data: bytes, reply: asyncio.Future[Reply | UsageReply], source: Transport
-    ) -> Reply | UsageReply:
-        try:
-            await source.send(data)
-        except (ConnectionError, OSError) as exc:
-            self.hung_up = True
-            raise AgiHangup(f"connection lost while sending: {exc}") from exc
-        while not reply.done():
-            data = await _receive(source)
-            if data:
-                self.feed_data(data)
-            else:
-                self.feed_eof()
-        return reply.result()
 
     def _refusal(self, text: str) -> AgiError:
         reason = self._unusable

@@ -166,7 +166,6 @@ class _Call:
     session: AgiSession
     caller: Caller
     stage: str = "start"
-    wrong_pins: int = 0
     deactivated: list[int] = field(default_factory=list)  # alarm ids, as they are
 
     @property
@@ -319,7 +318,6 @@ class DeactivateFlow:
                 await self._db(self._deactivators.clear_pin_failures(ext))
                 logger.info("PIN accepted", extra=call.log_extra)
                 return _PinOutcome.RIGHT
-            call.wrong_pins += 1
             logger.info("wrong PIN", extra={**call.log_extra, "attempt": attempt})
             await self._record(call, EventKind.DEACTIVATION_FAILED, {"attempt": attempt})
             locked_until = await self._db(

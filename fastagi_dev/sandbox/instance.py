@@ -272,10 +272,6 @@ class Sandbox:
         return AMI_USERNAME
 
     @property
-    def sip_host(self) -> str:
-        return "127.0.0.1"
-
-    @property
     def sip_port(self) -> int:
         return self.ports.sip
 

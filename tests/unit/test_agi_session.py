@@ -1,10 +1,16 @@
-"""AgiSession driven through an in-memory transport that plays scripted Asterisk replies."""
+"""AgiSession as AgiServer serves it, against a scripted Asterisk on loopback TCP.
+
+The session a test drives is the one the server built for the connection: replies reach
+it through the server's ``data_received`` (the push path production uses).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections import deque
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -18,6 +24,8 @@ from fastagi.agi.errors import (
     AgiUsageError,
 )
 from fastagi.agi.session import AgiEnvironment, AgiSession, DigitsResult
+from tests.scripted_asterisk import STALL
+from tests.scripted_asterisk import ScriptedAsterisk as _Scripted
 
 ENV_BYTES = (
     b"agi_network: yes\n"
@@ -47,61 +55,64 @@ ENV_BYTES = (
     b"\n"
 )
 
-STALL = None  # a scripted "reply" that never comes
 
-
-class ScriptedAsterisk:
-    """A Transport: each command sent pops the next scripted reply into the inbox."""
+class ScriptedAsterisk(_Scripted):
+    """Asterisk calling the probe route; when the script runs out, it closes its side."""
 
     def __init__(self, *replies: bytes | None, greeting: bytes = ENV_BYTES) -> None:
-        self.sent: list[bytes] = []
-        self.something_sent = asyncio.Event()
-        self._replies = deque(replies)
-        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self._pending = b""
-        if greeting:
-            self._inbox.put_nowait(greeting)
-
-    def feed(self, data: bytes) -> None:
-        self._inbox.put_nowait(data)
-
-    async def receive(self, max_bytes: int) -> bytes:
-        if not self._pending:
-            self._pending = await self._inbox.get()
-            if not self._pending:
-                return b""
-        data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
-        return data
-
-    async def send(self, data: bytes) -> None:
-        self.sent.append(data)
-        self.something_sent.set()
-        reply = self._replies.popleft() if self._replies else STALL
-        if reply is not STALL:
-            # Delivered on a later loop iteration, as from a socket: the session must
-            # really wait for it (and concurrent commands really contend).
-            asyncio.get_running_loop().call_soon(self.feed, reply)
+        super().__init__(*replies, greeting=greeting)
 
 
-async def accepted(
-    asterisk: ScriptedAsterisk,
-    *,
-    environment_timeout: float | None = None,
-    reply_timeout: float | None = None,
-) -> AgiSession:
-    return await AgiSession.accept(
-        asterisk,
-        peer="127.0.0.1:40000",
-        environment_timeout=environment_timeout,
-        reply_timeout=reply_timeout,
-    )
+@pytest.fixture
+async def accepted() -> AsyncIterator[Callable[..., Awaitable[AgiSession]]]:
+    """``await accepted(asterisk)``: the session AgiServer built for the scripted call,
+    handed to the test body; the call ends (the server closes it) after the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def accept(
+            asterisk: ScriptedAsterisk,
+            *,
+            environment_timeout: float | None = None,
+            reply_timeout: float | None = None,
+        ) -> AgiSession:
+            settings = {
+                name: value
+                for name, value in [
+                    ("environment_timeout", environment_timeout),
+                    ("reply_timeout", reply_timeout),
+                ]
+                if value is not None
+            }
+            return await stack.enter_async_context(asterisk.session(**settings))
+
+        yield accept
+
+
+@pytest.fixture
+def agi_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="fastagi")
+    return caplog
+
+
+async def never_called(session: AgiSession) -> None:
+    raise AssertionError("the flow ran without a complete environment")
+
+
+def closing_error(caplog: pytest.LogCaptureFixture) -> BaseException:
+    """The error the server closed a connection with before its flow could run."""
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("closing connection:")]
+    assert record.levelno == logging.WARNING
+    (error,) = record.args  # type: ignore[misc]
+    assert isinstance(error, BaseException)
+    return error
 
 
 # -- the environment ----------------------------------------------------------------
 
 
-async def test_environment_of_a_real_call():
-    session = await accepted(ScriptedAsterisk())
+async def test_environment_of_a_real_call(accepted):
+    asterisk = ScriptedAsterisk()
+    session = await accepted(asterisk)
     env = session.environment
 
     assert env.script == "probe"
@@ -115,7 +126,8 @@ async def test_environment_of_a_real_call():
     assert env.extension == "s"
     assert env.language == "de"
     assert env.variables["agi_accountcode"] == ""
-    assert session.peer == "127.0.0.1:40000"
+    assert session.peer == asterisk.address  # the client's host:port, as the server saw it
+    assert asterisk.address.startswith("127.0.0.1:")
     assert session.hung_up is False
 
 
@@ -168,7 +180,7 @@ def test_environment_is_immutable():
         env.variables["agi_network_script"] = "other"  # type: ignore[index]
 
 
-async def test_accept_keeps_bytes_that_follow_the_environment():
+async def test_accept_keeps_bytes_that_follow_the_environment(accepted):
     asterisk = ScriptedAsterisk(b"200 result=1\n", greeting=ENV_BYTES + b"HANGUP\n")
     session = await accepted(asterisk)
 
@@ -178,26 +190,31 @@ async def test_accept_keeps_bytes_that_follow_the_environment():
     assert asterisk.sent == [b"SET VARIABLE A b\n"]
 
 
-async def test_accept_eof_mid_environment_is_a_protocol_error():
+async def test_accept_eof_mid_environment_is_a_protocol_error(agi_logs):
     asterisk = ScriptedAsterisk(greeting=ENV_BYTES[:100])
     asterisk.feed(b"")
 
-    with pytest.raises(AgiProtocolError) as info:
-        await accepted(asterisk)
-    assert info.value.local is False
+    await asterisk.run(never_called)  # returns once the server has closed the connection
+
+    error = closing_error(agi_logs)
+    assert isinstance(error, AgiProtocolError)
+    assert error.local is False
+    assert asterisk.sent == []
 
 
-async def test_accept_times_out_on_a_staller():
+async def test_accept_times_out_on_a_staller(agi_logs):
     asterisk = ScriptedAsterisk(greeting=b"agi_network: yes\n")
 
-    with pytest.raises(AgiTimeout):
-        await accepted(asterisk, environment_timeout=0.05)
+    await asterisk.run(never_called, environment_timeout=0.05)
+
+    assert isinstance(closing_error(agi_logs), AgiTimeout)
+    assert asterisk.sent == []
 
 
 # -- typed commands -------------------------------------------------------------------
 
 
-async def test_answer():
+async def test_answer(accepted):
     asterisk = ScriptedAsterisk(b"200 result=0\n")
     session = await accepted(asterisk)
 
@@ -206,7 +223,7 @@ async def test_answer():
     assert asterisk.sent == [b"ANSWER\n"]
 
 
-async def test_answer_failure_is_a_hangup():
+async def test_answer_failure_is_a_hangup(accepted):
     session = await accepted(ScriptedAsterisk(b"200 result=-1\n"))
 
     with pytest.raises(AgiHangup):
@@ -218,7 +235,7 @@ async def test_answer_failure_is_a_hangup():
     ("reply", "expected"),
     [(b"200 result=0 endpos=16000\n", None), (b"200 result=50 endpos=4000\n", "2")],
 )
-async def test_stream_file(reply, expected):
+async def test_stream_file(reply, expected, accepted):
     asterisk = ScriptedAsterisk(reply)
     session = await accepted(asterisk)
 
@@ -228,7 +245,7 @@ async def test_stream_file(reply, expected):
     assert asterisk.sent == [b"STREAM FILE custom/panic-menu 123\n"]
 
 
-async def test_stream_file_without_escape_digits_sends_an_empty_argument():
+async def test_stream_file_without_escape_digits_sends_an_empty_argument(accepted):
     asterisk = ScriptedAsterisk(b"200 result=0 endpos=100\n")
     session = await accepted(asterisk)
 
@@ -237,7 +254,7 @@ async def test_stream_file_without_escape_digits_sends_an_empty_argument():
     assert asterisk.sent == [b'STREAM FILE beep ""\n']
 
 
-async def test_stream_file_minus_one_is_a_hangup():
+async def test_stream_file_minus_one_is_a_hangup(accepted):
     session = await accepted(ScriptedAsterisk(b"200 result=-1 endpos=0\n"))
 
     with pytest.raises(AgiHangup):
@@ -254,7 +271,7 @@ async def test_stream_file_minus_one_is_a_hangup():
         (b"200 result=*#\n", DigitsResult("*#", False)),
     ],
 )
-async def test_get_data(reply, expected):
+async def test_get_data(reply, expected, accepted):
     asterisk = ScriptedAsterisk(reply)
     session = await accepted(asterisk)
 
@@ -264,7 +281,7 @@ async def test_get_data(reply, expected):
     assert asterisk.sent == [b"GET DATA custom/enter-pin 5000 4\n"]
 
 
-async def test_get_data_optional_arguments():
+async def test_get_data_optional_arguments(accepted):
     asterisk = ScriptedAsterisk(b"200 result=1\n", b"200 result=1\n", b"200 result=1\n")
     session = await accepted(asterisk)
 
@@ -275,7 +292,7 @@ async def test_get_data_optional_arguments():
     assert asterisk.sent == [b"GET DATA p\n", b"GET DATA p 0 4\n", b"GET DATA p 3000\n"]
 
 
-async def test_get_data_minus_one_is_a_hangup():
+async def test_get_data_minus_one_is_a_hangup(accepted):
     session = await accepted(ScriptedAsterisk(b"200 result=-1\n"))
 
     with pytest.raises(AgiHangup):
@@ -285,7 +302,7 @@ async def test_get_data_minus_one_is_a_hangup():
 @pytest.mark.parametrize(
     ("reply", "expected"), [(b"200 result=0\n", None), (b"200 result=35\n", "#")]
 )
-async def test_wait_for_digit(reply, expected):
+async def test_wait_for_digit(reply, expected, accepted):
     asterisk = ScriptedAsterisk(reply)
     session = await accepted(asterisk)
 
@@ -293,14 +310,14 @@ async def test_wait_for_digit(reply, expected):
     assert asterisk.sent == [b"WAIT FOR DIGIT 3000\n"]
 
 
-async def test_wait_for_digit_minus_one_is_a_hangup():
+async def test_wait_for_digit_minus_one_is_a_hangup(accepted):
     session = await accepted(ScriptedAsterisk(b"200 result=-1\n"))
 
     with pytest.raises(AgiHangup):
         await session.wait_for_digit(-1)
 
 
-async def test_say_digits():
+async def test_say_digits(accepted):
     asterisk = ScriptedAsterisk(b"200 result=0\n", b"200 result=57\n")
     session = await accepted(asterisk)
 
@@ -309,7 +326,7 @@ async def test_say_digits():
     assert asterisk.sent == [b'SAY DIGITS 1234 ""\n', b"SAY DIGITS 5678 9\n"]
 
 
-async def test_exec_joins_application_arguments_into_one_word():
+async def test_exec_joins_application_arguments_into_one_word(accepted):
     asterisk = ScriptedAsterisk(b"200 result=0\n", b"200 result=0\n")
     session = await accepted(asterisk)
 
@@ -318,7 +335,7 @@ async def test_exec_joins_application_arguments_into_one_word():
     assert asterisk.sent == [b"EXEC Dial PJSIP/201,30,tT\n", b"EXEC Wait 1\n"]
 
 
-async def test_exec_of_a_missing_application_fails():
+async def test_exec_of_a_missing_application_fails(accepted):
     session = await accepted(ScriptedAsterisk(b"200 result=-2\n"))
 
     with pytest.raises(AgiCommandFailure) as info:
@@ -335,7 +352,7 @@ async def test_exec_of_a_missing_application_fails():
         (b"200 result=0\n", None),
     ],
 )
-async def test_get_variable(reply, expected):
+async def test_get_variable(reply, expected, accepted):
     asterisk = ScriptedAsterisk(reply)
     session = await accepted(asterisk)
 
@@ -343,7 +360,7 @@ async def test_get_variable(reply, expected):
     assert asterisk.sent == [b"GET VARIABLE CHANNEL(name)\n"]
 
 
-async def test_set_variable_verbose_hangup():
+async def test_set_variable_verbose_hangup(accepted):
     asterisk = ScriptedAsterisk(b"200 result=1\n", b"200 result=1\n", b"200 result=1\n")
     session = await accepted(asterisk)
 
@@ -362,7 +379,7 @@ async def test_set_variable_verbose_hangup():
 # -- out-of-band HANGUP, dead channels, errors ---------------------------------------
 
 
-async def test_hangup_notice_before_the_reply_is_not_taken_for_the_reply():
+async def test_hangup_notice_before_the_reply_is_not_taken_for_the_reply(accepted):
     asterisk = ScriptedAsterisk(b"HANGUP\n200 result=1 (yes)\n")
     session = await accepted(asterisk)
 
@@ -372,7 +389,7 @@ async def test_hangup_notice_before_the_reply_is_not_taken_for_the_reply():
     assert session.hung_up is True
 
 
-async def test_511_after_hangup_then_dead_channel_commands_still_work():
+async def test_511_after_hangup_then_dead_channel_commands_still_work(accepted):
     asterisk = ScriptedAsterisk(
         b"HANGUP\n511 Command Not Permitted on a dead channel or intercept routine\n",
         b"200 result=1\n",
@@ -391,14 +408,14 @@ async def test_511_after_hangup_then_dead_channel_commands_still_work():
     ]
 
 
-async def test_510_is_an_invalid_command():
+async def test_510_is_an_invalid_command(accepted):
     session = await accepted(ScriptedAsterisk(b"510 Invalid or unknown command\n"))
 
     with pytest.raises(AgiInvalidCommand):
         await session.command("FROB")
 
 
-async def test_520_is_a_usage_error_with_the_usage_text():
+async def test_520_is_a_usage_error_with_the_usage_text(accepted):
     session = await accepted(
         ScriptedAsterisk(
             b"520-Invalid command syntax.  Proper usage follows:\n"
@@ -414,7 +431,7 @@ async def test_520_is_a_usage_error_with_the_usage_text():
     )
 
 
-async def test_trying_then_reply():
+async def test_trying_then_reply(accepted):
     session = await accepted(
         ScriptedAsterisk(b"100 result=0 Trying...\n200 result=0 Gosub complete\n")
     )
@@ -424,7 +441,7 @@ async def test_trying_then_reply():
     assert (reply.code, reply.result) == (200, "0")
 
 
-async def test_other_codes_are_command_failures():
+async def test_other_codes_are_command_failures(accepted):
     session = await accepted(ScriptedAsterisk(b"503 result=-2 Memory allocation failure\n"))
 
     with pytest.raises(AgiCommandFailure) as info:
@@ -432,7 +449,7 @@ async def test_other_codes_are_command_failures():
     assert info.value.reply.code == 503
 
 
-async def test_eof_while_waiting_is_a_hangup_and_the_session_is_over():
+async def test_eof_while_waiting_is_a_hangup_and_the_session_is_over(accepted):
     asterisk = ScriptedAsterisk(b"")
     session = await accepted(asterisk)
 
@@ -446,7 +463,7 @@ async def test_eof_while_waiting_is_a_hangup_and_the_session_is_over():
     assert session.usable is False
 
 
-async def test_reply_timeout_leaves_the_session_unusable():
+async def test_reply_timeout_leaves_the_session_unusable(accepted):
     asterisk = ScriptedAsterisk(STALL, b"200 result=1\n")
     session = await accepted(asterisk, reply_timeout=0.05)
 
@@ -459,7 +476,7 @@ async def test_reply_timeout_leaves_the_session_unusable():
     assert session.usable is False
 
 
-async def test_garbage_reply_is_a_remote_protocol_error():
+async def test_garbage_reply_is_a_remote_protocol_error(accepted):
     session = await accepted(ScriptedAsterisk(b"HTTP/1.1 400 Bad Request\n"))
 
     with pytest.raises(AgiProtocolError) as info:
@@ -468,7 +485,7 @@ async def test_garbage_reply_is_a_remote_protocol_error():
     assert session.usable is False
 
 
-async def test_unsendable_argument_is_a_local_error_and_the_session_stays_usable():
+async def test_unsendable_argument_is_a_local_error_and_the_session_stays_usable(accepted):
     asterisk = ScriptedAsterisk(b"200 result=1\n")
     session = await accepted(asterisk)
 
@@ -480,7 +497,7 @@ async def test_unsendable_argument_is_a_local_error_and_the_session_stays_usable
     assert asterisk.sent == [b'SET VARIABLE X "one line"\n']
 
 
-async def test_concurrent_commands_run_one_at_a_time():
+async def test_concurrent_commands_run_one_at_a_time(accepted):
     asterisk = ScriptedAsterisk(b"200 result=0\n", b"200 result=1 (v)\n", b"200 result=1\n")
     session = await accepted(asterisk)
 
@@ -492,7 +509,7 @@ async def test_concurrent_commands_run_one_at_a_time():
     assert asterisk.sent == [b"ANSWER\n", b"GET VARIABLE A\n", b"SET VARIABLE B c\n"]
 
 
-async def test_cancelled_command_leaves_the_session_unusable():
+async def test_cancelled_command_leaves_the_session_unusable(accepted):
     asterisk = ScriptedAsterisk(STALL)
     session = await accepted(asterisk)
     task = asyncio.create_task(session.answer())
@@ -507,7 +524,7 @@ async def test_cancelled_command_leaves_the_session_unusable():
         await session.verbose("after cancel")
 
 
-async def test_a_command_cancelled_while_queued_gives_up_its_turn():
+async def test_a_command_cancelled_while_queued_gives_up_its_turn(accepted):
     asterisk = ScriptedAsterisk(b"200 result=0\n", b"200 result=1\n")
     session = await accepted(asterisk)
     first = asyncio.create_task(session.answer())
@@ -524,7 +541,7 @@ async def test_a_command_cancelled_while_queued_gives_up_its_turn():
     assert session.usable is True
 
 
-async def test_a_command_cancelled_once_handed_its_turn_passes_it_on():
+async def test_a_command_cancelled_once_handed_its_turn_passes_it_on(accepted):
     asterisk = ScriptedAsterisk(b"200 result=0\n", b"200 result=1\n")
     session = await accepted(asterisk)
     first = asyncio.create_task(session.answer())

@@ -1,5 +1,6 @@
 """The ``acknowledge`` route against a scripted Asterisk: the exact commands it sends and
-what it asks of the emergency caller."""
+what it asks of the emergency caller.  The flow runs in the real AgiServer; the scripted
+Asterisk is its TCP client on loopback."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from fastagi.agi.session import AgiSession
 from fastagi.alarms.emergency import EmergencySettings, emergency_announcement
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.store.emergency import Acknowledgement, AcknowledgeResult, AlarmSummary
@@ -91,8 +91,7 @@ class FakeCaller:
 
 
 async def run(asterisk: ScriptedAsterisk, caller: FakeCaller, tts: FakeTts) -> None:
-    session = await AgiSession.accept(asterisk, peer="127.0.0.1:40000")
-    await AcknowledgeFlow(caller, tts, SETTINGS)(session)
+    await asterisk.run(AcknowledgeFlow(caller, tts, SETTINGS))
 
 
 ARGS = ("7", "emergency-7-abc", "PJSIP/241")

@@ -229,6 +229,13 @@ class FlowSettings(BaseModel):
     global_pin_failures: int = Field(default=10, ge=0, le=10_000)
     global_pin_window: float = Field(default=60.0, gt=0, le=86_400)
     global_lockout_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    # Who a caller is comes from what an outside caller cannot set: FreePBX's AMPUSER, or
+    # the PJSIP endpoint the call arrived on (an extension's endpoint is named by its
+    # number). A call from any other endpoint (a trunk: an IVR's Custom Destination
+    # reached from outside) or channel type is refused and recorded ("refuse"), or
+    # trusted by its CALLERID(num), which the far end of a trunk can set to anything
+    # ("callerid"; only for a trusted panic-button gateway on a trunk).
+    untrusted_caller: Literal["refuse", "callerid"] = "refuse"
     # How long a deactivation call waits for PostgreSQL (the PIN hash, a lockout, the
     # alarms) before the caller hears that alarms cannot be deactivated right now.
     database_timeout: float = Field(default=5.0, gt=0, le=60.0)

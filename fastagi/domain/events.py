@@ -34,6 +34,7 @@ class EventKind(enum.StrEnum):
     CANCELLED = "cancelled"  # the caller cancelled
     NO_ANSWER = "no_answer"  # no valid answer after the allowed attempts
     CALLER_HUNG_UP = "caller_hung_up"
+    TRIGGER_REFUSED = "trigger_refused"  # from a trunk or a non-extension endpoint
     # The alarm's life.
     ACTIVATED = "activated"  # a new alarm
     RETRIGGERED = "retriggered"  # a trigger while the key's alarm was already active

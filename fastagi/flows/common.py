@@ -56,12 +56,16 @@ class Caller:
 
     ``extension`` is the text to record (digits, or a bounded copy of whatever the caller
     id said); ``known`` is True only when it is a plain extension number, the only form
-    that is looked up in the directory or compared with deactivators.
+    that is looked up in the directory or compared with deactivators. ``trusted`` is False
+    for a call the flow must refuse (``FlowSettings.untrusted_caller``); ``seen`` is what
+    the channel showed, for the history.
     """
 
     extension: str
     known: bool
-    source: str  # "AMPUSER", "callerid" or "none"
+    source: str  # "AMPUSER", "endpoint", "callerid" or "none"
+    trusted: bool = True
+    seen: tuple[tuple[str, str], ...] = ()
 
     @property
     def spoken(self) -> str:
@@ -69,23 +73,52 @@ class Caller:
         return " ".join(self.extension) if self.known else self.extension
 
 
-async def caller_identity(session: AgiSession) -> Caller:
-    """The caller's extension: FreePBX's AMPUSER when set, else CALLERID(num)."""
+async def caller_identity(session: AgiSession, settings: FlowSettings) -> Caller:
+    """The caller's extension, from what an outside caller cannot set.
+
+    1. FreePBX's AMPUSER, set from the device on internal calls (``sub-user-callerid``).
+    2. The PJSIP endpoint the call came in on, when it is named like an extension (as
+       FreePBX names an extension's endpoint): chan_pjsip names its channels
+       ``PJSIP/<endpoint>-<8 hex digits>`` (chan_pjsip.c, chan_pjsip_new), the value of
+       ``CHANNEL(endpoint)``, so ``agi_channel`` tells it without a command.
+    3. Anything else (a trunk's endpoint, another channel type) is untrusted: CALLERID(num)
+       arrives from the far end. Refused unless ``settings.untrusted_caller`` is
+       "callerid".
+    """
+    env = session.environment
+    seen = [("channel", display_text(env.channel)[: MAX_CALLER_TEXT * 2])]
+    if env.callerid:
+        seen.append(("callerid", display_text(env.callerid)[:MAX_CALLER_TEXT]))
     ampuser = await session.get_variable(AMPUSER_VARIABLE)
     if ampuser:
-        return _caller(ampuser, "AMPUSER")
-    callerid = session.environment.callerid
-    if callerid:
-        return _caller(callerid, "callerid")
-    return Caller(UNKNOWN_CALLER, known=False, source="none")
+        return _caller(ampuser, "AMPUSER", seen=tuple(seen))
+    endpoint = pjsip_endpoint(env.channel)
+    if endpoint is not None and is_extension(endpoint):
+        return Caller(endpoint, known=True, source="endpoint", seen=tuple(seen))
+    trusted = settings.untrusted_caller == "callerid"
+    if env.callerid:
+        return _caller(env.callerid, "callerid", trusted=trusted, seen=tuple(seen))
+    return Caller(UNKNOWN_CALLER, known=False, source="none", trusted=trusted, seen=tuple(seen))
 
 
-def _caller(text: str, source: str) -> Caller:
+def pjsip_endpoint(channel: str) -> str | None:
+    """The endpoint of a PJSIP channel name (``PJSIP/101-0000002a`` -> ``101``); None for
+    another technology. An endpoint name may itself hold '-': the last one splits."""
+    technology, _, rest = channel.partition("/")
+    if technology != "PJSIP" or "-" not in rest:
+        return None
+    endpoint, _, sequence = rest.rpartition("-")
+    return endpoint or None if sequence else None
+
+
+def _caller(
+    text: str, source: str, *, trusted: bool = True, seen: tuple[tuple[str, str], ...] = ()
+) -> Caller:
     text = text.strip()
     if is_extension(text):
-        return Caller(text, known=True, source=source)
+        return Caller(text, known=True, source=source, trusted=trusted, seen=seen)
     label = display_text(text)[:MAX_CALLER_TEXT].strip()
-    return Caller(label or UNKNOWN_CALLER, known=False, source=source)
+    return Caller(label or UNKNOWN_CALLER, known=False, source=source, trusted=trusted, seen=seen)
 
 
 def call_details(session: AgiSession) -> dict[str, str]:

@@ -204,7 +204,7 @@ class DeactivateFlow:
 
     async def __call__(self, session: AgiSession) -> None:
         try:
-            caller = await caller_identity(session)
+            caller = await caller_identity(session, self._settings)
         except AgiHangup:
             await set_status(session, Status.HANGUP)
             return
@@ -246,11 +246,15 @@ class DeactivateFlow:
         ext = call.caller.extension
         pin_hash = (
             await self._db(self._deactivators.deactivator_pin_hash(ext))
-            if call.caller.known
+            if call.caller.known and call.caller.trusted
             else None
         )
         if pin_hash is None:
-            await self._record(call, EventKind.DEACTIVATION_REFUSED, {"reason": "not authorised"})
+            reason = "not authorised" if call.caller.trusted else "untrusted caller"
+            details: dict[str, Any] = {"reason": reason}
+            if not call.caller.trusted:
+                details.update(call.caller.seen)
+            await self._record(call, EventKind.DEACTIVATION_REFUSED, details)
             await self._say_last(call, prompts.NOT_AUTHORISED, prompts.FALLBACK_NOT_AUTHORISED)
             return Status.REFUSED
         locked_until = await self._db(self._deactivators.lockout_until(ext))

@@ -72,6 +72,7 @@ class Status(enum.StrEnum):
     CANCELLED = "CANCELLED"
     NOANSWER = "NOANSWER"
     HANGUP = "HANGUP"
+    REFUSED = "REFUSED"  # an untrusted caller (a trunk): nothing asked, no alarm
     ERROR = "ERROR"
 
 
@@ -181,10 +182,13 @@ class PanicFlow:
 
     async def __call__(self, session: AgiSession) -> None:
         try:
-            caller = await caller_identity(session)
+            caller = await caller_identity(session, self._settings)
         except AgiHangup:
             await self._record_early_hangup(session)
             await set_status(session, Status.HANGUP)
+            return
+        if not caller.trusted:
+            await self._refuse(session, caller)
             return
         department = await self._lookup(session, caller)
         if department is None:
@@ -373,6 +377,32 @@ class PanicFlow:
         except Exception as exc:
             # The alarm matters more than its history; the service journals what it can.
             logger.error("cannot record %s", kind, extra={**call.log_extra, "error": repr(exc)})
+
+    async def _refuse(self, session: AgiSession, caller: Caller) -> None:
+        """A trigger from a trunk or an endpoint that is no extension: recorded with what
+        was seen, and refused without a word (FlowSettings.untrusted_caller)."""
+        logger.warning(
+            "panic trigger refused: untrusted caller",
+            extra={"agi_uniqueid": session.environment.uniqueid, "peer": session.peer},
+        )
+        event = HistoryEvent(
+            kind=EventKind.TRIGGER_REFUSED,
+            alarm_id=None,
+            extension=None,
+            department=None,
+            details={
+                "route": "panic",
+                **call_details(session),
+                "reason": "untrusted caller",
+                "caller_source": caller.source,
+                **dict(caller.seen),
+            },
+        )
+        try:
+            await self._write(event)
+        except Exception as exc:
+            logger.error("cannot record trigger_refused", extra={"error": repr(exc)})
+        await set_status(session, Status.REFUSED)
 
     async def _record_early_hangup(self, session: AgiSession) -> None:
         event = HistoryEvent(

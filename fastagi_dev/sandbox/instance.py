@@ -107,9 +107,20 @@ def read_template(name: str) -> str:
     return (resources.files("fastagi_dev.sandbox") / "templates" / name).read_text()
 
 
+# A trunk: calls from its endpoint come "from outside", through an IVR-like context that
+# reaches the panic route (a FreePBX Custom Destination), with a caller id that claims to
+# be desk phone 101.
+TRUNK_ENDPOINT = "trunk"
+
+
 def phones_config(phone_base: int) -> str:
-    """The pjsip.conf sections of desk phones 100-199 and paging phones 200-299."""
-    sections = []
+    """The pjsip.conf sections of desk phones 100-199, paging phones 200-299 and the
+    trunk."""
+    sections = [
+        f"[{TRUNK_ENDPOINT}](desk-endpoint)\naors = {TRUNK_ENDPOINT}\n"
+        "context = sandbox-from-trunk\ncallerid = Forged <101>\n",
+        f"[{TRUNK_ENDPOINT}](desk-aor)\n",
+    ]
     for ext in DESK_PHONES:
         sections.append(f"[{ext}](desk-endpoint)\naors = {ext}\ncallerid = Desk {ext} <{ext}>\n")
         sections.append(f"[{ext}](desk-aor)\n")

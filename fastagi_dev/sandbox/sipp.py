@@ -223,7 +223,7 @@ async def call_dtmf(
     workdir: Path,
     *,
     service: str,
-    ext: int = 101,
+    ext: int | str = 101,
     digits: str = "",
     prompt_ms: int = 1000,
     gap_ms: int = 250,
@@ -231,9 +231,9 @@ async def call_dtmf(
     linger_ms: int = 1000,
     within: float = 30.0,
 ) -> SippResult:
-    """Desk phone ``ext`` calls ``service``, waits ``prompt_ms``, sends ``digits`` as SIP
-    INFO, then waits for Asterisk's BYE (``hangup="server"``) or hangs up after
-    ``linger_ms`` (``hangup="client"``)."""
+    """Desk phone ``ext`` (or the endpoint "trunk") calls ``service``, waits
+    ``prompt_ms``, sends ``digits`` as SIP INFO, then waits for Asterisk's BYE
+    (``hangup="server"``) or hangs up after ``linger_ms`` (``hangup="client"``)."""
     if len(digits) > MAX_DIGITS:
         raise ValueError(f"uac_call_dtmf.xml sends at most {MAX_DIGITS} digits")
     if hangup not in {"server", "client"}:

@@ -9,6 +9,7 @@ answer, while it plays (a key during GET DATA's prompt interrupts it and counts)
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from fastagi.flows import prompts
 from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox import Sandbox
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
+from fastagi_dev.sandbox.instance import TRUNK_ENDPOINT
 from tests import sipp
 from tests.e2e.flow_harness import FlowHarness, flow_harness
 
@@ -297,7 +299,9 @@ async def test_custom_destination_raises_the_alarm_hands_free(
     harness: FlowHarness, ami: SandboxAmi
 ) -> None:
     # A FreePBX Custom Destination jumps to panic-alarm,s,1; here a Local channel does,
-    # with the caller id of a hands-free device that cannot press anything.
+    # for a hands-free device that cannot press anything. On an internal call FreePBX has
+    # set AMPUSER (sub-user-callerid): a Local channel is no extension's endpoint, so
+    # that is what identifies the caller.
     await harness.store.policy.set_policy(no_answer_policy="activate", confirmation_attempts=1)
     async with harness.serving(FlowSettings(confirm_timeout_ms=500)) as (panic, _):
         response = await ami.action(
@@ -307,6 +311,7 @@ async def test_custom_destination_raises_the_alarm_hands_free(
                 "Application": "Wait",
                 "Data": "30",
                 "CallerID": "Hotline <101>",
+                "Variable": "AMPUSER=101",
                 "Async": "true",
             }
         )
@@ -317,3 +322,25 @@ async def test_custom_destination_raises_the_alarm_hands_free(
     [alarm] = await harness.store.alarms.active_alarms()
     assert (alarm.department_name, alarm.extension) == (ER, "101")
     assert await harness.kinds() == ["triggered", "prompt_played", "no_answer", "activated"]
+
+
+async def test_a_trigger_from_a_trunk_is_refused_and_recorded(
+    harness: FlowHarness, ami: SandboxAmi
+) -> None:
+    # An outside caller reaches the panic route (an IVR option) with a caller id that
+    # claims to be desk phone 101, in the Emergency Room. Refused without a word, so the
+    # BYE comes at once: no pause before it (prompt_ms=0), or SIPp calls it unexpected.
+    async with harness.serving() as (panic, _):
+        call = await sipp.call_dtmf(
+            harness.sandbox, harness.workdir, service="*555", ext=TRUNK_ENDPOINT, prompt_ms=0
+        )
+    call.check()
+    assert panic.errors == []
+    assert await panic_end(ami) == {"AGISTATUS": "SUCCESS", "FASTAGI_STATUS": "REFUSED"}
+    assert await harness.store.alarms.active_alarms() == []
+    [refused] = await harness.events("trigger_refused")
+    details = json.loads(refused["details"])
+    assert details["reason"] == "untrusted caller"
+    assert details["channel"].startswith(f"PJSIP/{TRUNK_ENDPOINT}-")
+    assert details["callerid"] == "101"
+    assert await harness.events("triggered") == []

@@ -22,6 +22,7 @@ from fastagi.domain.directory import UNKNOWN_DEPARTMENT, Department
 from fastagi.domain.events import HistoryEvent
 from fastagi.domain.pins import hash_pin
 from fastagi.flows import prompts
+from fastagi.flows.common import pjsip_endpoint
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.tts import Prompt, TtsError
@@ -51,12 +52,17 @@ def variable(value: str) -> str:
     return f"200 result=1 ({value})\n"
 
 
-def environment(callerid: str) -> bytes:
+TRUNK = "PJSIP/provider-0000002a"  # a call that came in on a trunk's endpoint
+
+
+def environment(callerid: str, channel: str | None) -> bytes:
+    if channel is None:  # a desk phone: its endpoint is named by its extension
+        channel = f"PJSIP/{callerid if callerid.isdigit() else '101'}-00000001"
     lines = {
         "agi_network": "yes",
         "agi_network_script": "panic",
         "agi_request": "agi://127.0.0.1:4573/panic",
-        "agi_channel": "PJSIP/101-00000001",
+        "agi_channel": channel,
         "agi_language": "en",
         "agi_type": "PJSIP",
         "agi_uniqueid": UNIQUEID,
@@ -71,10 +77,11 @@ def environment(callerid: str) -> bytes:
 
 
 class ScriptedAsterisk(_Scripted):
-    """Asterisk for a call from ``callerid``."""
+    """Asterisk for a call from ``callerid``, on ``channel`` (default: the desk phone
+    of that extension)."""
 
-    def __init__(self, *replies: str, callerid: str = "101") -> None:
-        super().__init__(*replies, greeting=environment(callerid))
+    def __init__(self, *replies: str, callerid: str = "101", channel: str | None = None) -> None:
+        super().__init__(*replies, greeting=environment(callerid, channel))
 
 
 async def run(flow, asterisk: ScriptedAsterisk) -> None:
@@ -261,7 +268,7 @@ async def test_confirm_activates_acknowledges_and_records_each_step():
     assert service.kinds == ["triggered", "prompt_played", "confirmed"]
     triggered = service.events[0]
     assert (triggered.extension, triggered.department) == ("101", "Emergency Room")
-    assert triggered.details["caller_source"] == "callerid"
+    assert triggered.details["caller_source"] == "endpoint"
     assert service.events[1].details["tts"] is True
     # Every step names its call, which links it to the alarm's timeline.
     assert {(e.details["uniqueid"], e.details["channel"]) for e in service.events} == {
@@ -283,8 +290,9 @@ async def test_ampuser_wins_over_the_caller_id():
 async def test_hostile_caller_id_is_an_unknown_extension_and_reaches_no_command():
     hostile = 'x"1 ${SHELL(reboot)}\\ EXEC System'
     service, store, tts = FakeService(), FakeStore(), FakeTts()
-    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK, PLAYED, callerid=hostile)
-    await run(panic(service, store, tts), asterisk)
+    # Caller ids count only from a trunk a site chose to trust.
+    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK, PLAYED, callerid=hostile, channel=TRUNK)
+    await run(panic(service, store, tts, untrusted_caller="callerid"), asterisk)
 
     assert service.lookups == []  # only plain extension numbers are looked up
     assert service.activations == [(hostile, None, UNIQUEID)]
@@ -305,11 +313,39 @@ async def test_unknown_extension_is_announced_digit_by_digit():
 
 async def test_no_caller_id_at_all_still_raises_the_alarm():
     service, store, tts = FakeService(), FakeStore(), FakeTts()
-    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK, PLAYED, callerid="unknown")
-    await run(panic(service, store, tts), asterisk)
+    asterisk = ScriptedAsterisk(UNSET, digits("1"), OK, PLAYED, callerid="unknown", channel=TRUNK)
+    await run(panic(service, store, tts, untrusted_caller="callerid"), asterisk)
 
     assert service.activations == [("unknown", None, UNIQUEID)]
     assert service.events[0].details["caller_source"] == "none"
+
+
+async def test_a_trigger_from_a_trunk_is_refused_whatever_its_caller_id():
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    # The far end of a trunk claims to be desk phone 101.
+    asterisk = ScriptedAsterisk(UNSET, callerid="101", channel=TRUNK)
+    await run(panic(service, store, tts), asterisk)
+
+    assert asterisk.commands == ["GET VARIABLE AMPUSER", "SET VARIABLE FASTAGI_STATUS REFUSED"]
+    assert service.lookups == []
+    assert service.activations == []
+    (refused,) = service.events
+    assert refused.kind == "trigger_refused"
+    assert refused.details["reason"] == "untrusted caller"
+    assert (refused.details["channel"], refused.details["callerid"]) == (TRUNK, "101")
+    assert refused.details["caller_source"] == "callerid"
+
+
+async def test_the_endpoint_wins_over_a_forged_caller_id():
+    service, store, tts = FakeService(), FakeStore(), FakeTts()
+    asterisk = ScriptedAsterisk(
+        UNSET, digits("1"), OK, PLAYED, callerid="205", channel="PJSIP/101-00000001"
+    )
+    await run(panic(service, store, tts), asterisk)
+
+    assert service.lookups == ["101"]
+    assert service.activations == [("101", ER, UNIQUEID)]
+    assert service.events[0].details["caller_source"] == "endpoint"
 
 
 async def test_cancel_records_and_raises_no_alarm():
@@ -528,6 +564,24 @@ async def test_not_a_deactivator_is_refused():
     ]
     assert service.kinds == ["deactivation_refused"]
     assert service.events[0].details["reason"] == "not authorised"
+    assert service.deactivations == []
+
+
+async def test_a_deactivation_from_a_trunk_is_refused_before_the_pin():
+    service, store, tts = with_alarms(ER_ALARM), FakeStore(), FakeTts()
+    # 101 is a deactivator (FakeStore); the trunk's far end claims to be it.
+    asterisk = ScriptedAsterisk(UNSET, PLAYED, OK, callerid="101", channel=TRUNK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    assert asterisk.commands == [
+        "GET VARIABLE AMPUSER",
+        playback(tts, prompts.NOT_AUTHORISED),
+        "SET VARIABLE FASTAGI_STATUS REFUSED",
+    ]
+    (refused,) = service.events
+    assert refused.kind == "deactivation_refused"
+    assert refused.details["reason"] == "untrusted caller"
+    assert refused.details["channel"] == TRUNK
     assert service.deactivations == []
 
 
@@ -879,3 +933,19 @@ def test_every_fallback_prompt_exists_in_the_sandbox_core_sounds():
     }
     assert "im-sorry" in names
     assert [name for name in sorted(names) if not list(directory.glob(f"{name}.*"))] == []
+
+
+@pytest.mark.parametrize(
+    ("channel", "endpoint"),
+    [
+        ("PJSIP/101-0000002a", "101"),
+        ("PJSIP/my-trunk-0000002a", "my-trunk"),
+        ("PJSIP/-0000002a", None),
+        ("PJSIP/101", None),
+        ("SIP/101-0000002a", None),
+        ("Local/s@panic-alarm-00000001;2", None),
+        ("", None),
+    ],
+)
+def test_the_endpoint_of_a_channel_name(channel: str, endpoint: str | None) -> None:
+    assert pjsip_endpoint(channel) == endpoint

@@ -186,10 +186,13 @@ async def _serve_floor(host: str, stats: FlowStats) -> Any:
 
 
 def _stats_line(stats: FlowStats) -> str:
-    cpu = time.process_time()  # user + system, finer than os.times() and its 10 ms ticks
-    # ru_maxrss is in KiB on Linux: the process's peak resident set so far.
-    peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return f"STATS {json.dumps({**stats.__dict__, 'cpu_s': cpu, 'peak_rss_kib': peak_rss_kib})}"
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    figures = {
+        **stats.__dict__,
+        "cpu_s": time.process_time(),  # user + system, finer than os.times() and its ticks
+        "peak_rss_kib": usage.ru_maxrss,  # KiB on Linux
+    }
+    return f"STATS {json.dumps(figures)}"
 
 
 _SERVE = {CANDIDATE: _serve_ours, BASELINE: _serve_panoramisk, FLOOR: _serve_floor}
@@ -414,8 +417,9 @@ def _cpus(pin: bool) -> tuple[int | None, int | None]:
 def run_plan(plan: Plan, host: str = "127.0.0.1") -> Report:
     """Every server at every level, ``plan.repeats`` times over.
 
-    Each repetition starts every server afresh, in a rotated order, so that a slow patch
-    of a shared machine falls on all of them rather than on whichever ran last.
+    Each repetition starts every server afresh and runs each level on every server in
+    turn, in an order rotated each time, so that a slow patch of a shared machine falls on
+    all of them rather than on whichever ran last.
     """
     import uvloop
 
@@ -448,31 +452,45 @@ def run_plan(plan: Plan, host: str = "127.0.0.1") -> Report:
 
         for repeat in range(plan.repeats):
             shift = repeat % len(plan.servers)
-            for spec in plan.servers[shift:] + plan.servers[:shift]:
-                name, _ = parse_server(spec)
-                try:
-                    child = ChildServer(name, host, server_cpu, plan.gc, trees.get(spec))
-                except (RuntimeError, OSError) as exc:
-                    report.failures.append(f"{spec}: {exc}")
-                    continue
-                try:
-                    if plan.warmup_sessions:
-                        warm = drive(
-                            child.port, min(10, plan.warmup_sessions), plan.warmup_sessions, 5
+            order = plan.servers[shift:] + plan.servers[:shift]
+            children: dict[str, ChildServer] = {}
+            try:
+                for spec in order:
+                    name, _ = parse_server(spec)
+                    try:
+                        children[spec] = ChildServer(
+                            name, host, server_cpu, plan.gc, trees.get(spec)
                         )
-                        if warm.errors:
-                            samples = warm.summary()["error_samples"]
-                            report.failures.append(f"{spec} warm-up: {samples}")
-                    for concurrency in plan.concurrencies:
-                        before = child.stats()
-                        result = drive(
-                            child.port, concurrency, plan.max_sessions(concurrency), plan.duration
-                        )
-                        after = child.stats()
+                        if plan.warmup_sessions:
+                            port, warmup = children[spec].port, plan.warmup_sessions
+                            warm = drive(port, min(10, warmup), warmup, 5)
+                            if warm.errors:
+                                samples = warm.summary()["error_samples"]
+                                report.failures.append(f"{spec} warm-up: {samples}")
+                    except (RuntimeError, OSError) as exc:
+                        report.failures.append(f"{spec}: {exc}")
+                        children.pop(spec, None)
+                for concurrency in plan.concurrencies:
+                    # The servers one after the other at each level, so that the rows a
+                    # ratio pairs ran seconds apart.
+                    for spec, child in list(children.items()):
+                        try:
+                            before = child.stats()
+                            result = drive(
+                                child.port,
+                                concurrency,
+                                plan.max_sessions(concurrency),
+                                plan.duration,
+                            )
+                            after = child.stats()
+                        except (RuntimeError, OSError) as exc:
+                            report.failures.append(f"{spec}: {exc}")
+                            del children[spec]
+                            child.stop()
+                            continue
                         report.rows.append(_row(spec, repeat, result, before, after))
-                except (RuntimeError, OSError) as exc:
-                    report.failures.append(f"{spec}: {exc}")
-                finally:
+            finally:
+                for child in children.values():
                     child.stop()
     _summarise(plan, report)
     return report
@@ -552,6 +570,14 @@ def _cell(spread: Spread | None, spec: str) -> str:
     return "n/a" if spread is None else spread.format(spec)
 
 
+def _ratio_cell(spread: Spread | None) -> str:
+    # Marked when every repetition falls on the same side of 1: a difference beyond the
+    # spread of the run.
+    if spread is None:
+        return "n/a"
+    return spread.format(".2f") + (" *" if spread.excludes(1.0) else "  ")
+
+
 def format_report(plan: Plan, report: Report) -> str:
     lines: list[str] = []
     if report.summary:
@@ -567,13 +593,17 @@ def format_report(plan: Plan, report: Report) -> str:
         ]
         lines += _table(header, body)
     if report.ratios:
-        lines += ["", f"ratios to {plan.baseline}, repetition by repetition (below 1: less):"]
+        lines += [
+            "",
+            f"ratios to {plan.baseline}, repetition by repetition (below 1: less; * every "
+            "repetition on the same side of 1):",
+        ]
         header = ["server", "conc", *(title for _, title, _ in METRICS)]
         body = [
             [
                 f"{r['server']}/{plan.baseline}",
                 str(r["concurrency"]),
-                *(_cell(r[key], ".2f") for key, _, _ in METRICS),
+                *(_ratio_cell(r[key]) for key, _, _ in METRICS),
             ]
             for r in report.ratios
         ]

@@ -217,7 +217,6 @@ def _reply(  # noqa: PLR0917 (Reply's own fields, in order)
 _CACHE_SIZE = 1024
 _CACHE_LINE = 128
 _ENCODED: dict[tuple[str, ...], bytes] = {}
-_REPLIES: dict[str, Reply] = {}
 
 
 def encode_command(*words: str, max_size: int = DEFAULT_MAX_COMMAND_SIZE) -> bytes:
@@ -438,12 +437,6 @@ class AgiConnection:
             line = self._next_line()
             if line is None:
                 break
-            if state is _AWAITING_REPLY and self._usage is None:
-                # A reply seen before (never HANGUP, a 100 or a 520: those are not memoised).
-                reply = _REPLIES.get(line)
-                if reply is not None:
-                    self._state = _IDLE
-                    return reply
             event = self._on_line(line)
             if event is not None:
                 return event
@@ -575,10 +568,6 @@ class AgiConnection:
         if reply.code == 520:
             # "520 Invalid command syntax.  Proper usage not available." (no usage text)
             return UsageReply((line[4:],))
-        if len(line) <= _CACHE_LINE:
-            if len(_REPLIES) >= _CACHE_SIZE:
-                _REPLIES.clear()
-            _REPLIES[line] = reply
         return reply
 
     def _on_usage_line(self, line: str) -> Event | None:

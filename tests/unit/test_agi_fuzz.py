@@ -215,14 +215,3 @@ def test_common_reply_shortcut_matches_the_general_parser(line: str) -> None:
     except ProtocolError as exc:
         fast = type(exc).__name__
     assert fast == general
-
-
-@FUZZ
-@given(line_soup, line_soup)
-def test_memoised_replies_change_nothing(first: bytes, second: bytes) -> None:
-    from fastagi.agi import protocol
-
-    protocol._REPLIES.clear()
-    cold = run([ENV + second])
-    run([ENV + first])  # fills the memo with whatever replies it holds
-    assert run([ENV + second]) == cold

@@ -94,9 +94,6 @@ _FORBIDDEN_IN_WORD = re.compile(r"[\r\n\x00]")
 _BARE_LINE = re.compile(r"[!#-\[\]-~]+(?: [!#-\[\]-~]+)*")
 # An environment name holds no whitespace (\s matches exactly what str.isspace() does).
 _SPACE = re.compile(r"\s")
-# The common 200 replies in one match: a result, then optionally data without parentheses
-# and an endpos (what the general path below makes of the same line).
-_COMMON_REPLY = re.compile(r"200 result=(\S*)(?: \(([^()]*)\))?(?: endpos=(-?\d+))?")
 
 
 class ProtocolError(Exception):
@@ -301,17 +298,6 @@ def _environment_item(line: str) -> tuple[str, str]:
 
 def _parse_reply_line(line: str) -> Reply | None:
     """A single reply line, or None for the 520- opener (the caller handles it)."""
-    common = _COMMON_REPLY.fullmatch(line)
-    if common is not None:
-        result, data, endpos = common.groups()
-        return _reply(
-            200, result, data, None if endpos is None else int(endpos), data == "timeout", line
-        )
-    return _parse_any_reply_line(line)
-
-
-def _parse_any_reply_line(line: str) -> Reply | None:
-    """_parse_reply_line() without its shortcut for the common shapes."""
     match = _REPLY_LINE.fullmatch(line)
     if match is None:
         raise RemoteProtocolError(f"not a FastAGI reply: {line[:80]!r}")

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -177,36 +176,6 @@ class ConnectionClosed:
 
 Event = Environment | Reply | UsageReply | HangupNotice | ConnectionClosed
 
-_new_object = object.__new__
-
-
-def _slot_setter(name: str) -> Callable[[Reply, object], None]:
-    setter: Callable[[Reply, object], None] = vars(Reply)[name].__set__
-    return setter
-
-
-_set_code = _slot_setter("code")
-_set_result = _slot_setter("result")
-_set_data = _slot_setter("data")
-_set_endpos = _slot_setter("endpos")
-_set_timed_out = _slot_setter("timed_out")
-_set_raw = _slot_setter("raw")
-
-
-def _reply(  # noqa: PLR0917 (Reply's own fields, in order)
-    code: int, result: str, data: str | None, endpos: int | None, timed_out: bool, raw: str
-) -> Reply:
-    """``Reply(...)`` at half the cost: the frozen dataclass's ``__init__`` goes through
-    ``object.__setattr__`` by name for each field; this sets the slots directly."""
-    reply: Reply = _new_object(Reply)
-    _set_code(reply, code)
-    _set_result(reply, result)
-    _set_data(reply, data)
-    _set_endpos(reply, endpos)
-    _set_timed_out(reply, timed_out)
-    _set_raw(reply, raw)
-    return reply
-
 
 # Memos of two pure functions, for the lines every call repeats ("ANSWER", "200 result=0").
 # Both are bounded (cleared when full) and keep only short lines, so a peer that never
@@ -314,7 +283,7 @@ def _parse_reply_line(line: str) -> Reply | None:
         if code == 200:
             raise RemoteProtocolError(f"200 reply without result=: {line[:80]!r}")
         # 510/511 and friends: the text varies between versions, the code decides.
-        return _reply(code, "", None, None, False, line)
+        return Reply(code, "", None, None, False, line)
     result, tail = result_match.group(1), result_match.group(2) or ""
     data: str | None = None
     if tail.startswith("("):
@@ -328,7 +297,7 @@ def _parse_reply_line(line: str) -> Reply | None:
     endpos = int(endpos_match.group(1)) if endpos_match else None
     # GET DATA: "200 result=<digits> (timeout)"; RECORD FILE: "(timeout) endpos=N".
     timed_out = data == "timeout"
-    return _reply(code, result, data, endpos, timed_out, line)
+    return Reply(code, result, data, endpos, timed_out, line)
 
 
 class AgiConnection:

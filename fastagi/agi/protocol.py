@@ -177,14 +177,6 @@ class ConnectionClosed:
 Event = Environment | Reply | UsageReply | HangupNotice | ConnectionClosed
 
 
-# Memos of two pure functions, for the lines every call repeats ("ANSWER", "200 result=0").
-# Both are bounded (cleared when full) and keep only short lines, so a peer that never
-# repeats itself costs a dictionary miss per line and nothing more.
-_CACHE_SIZE = 1024
-_CACHE_LINE = 128
-_ENCODED: dict[tuple[str, ...], bytes] = {}
-
-
 def encode_command(*words: str, max_size: int = DEFAULT_MAX_COMMAND_SIZE) -> bytes:
     """One command line for Asterisk, each word quoted where parse_args() needs it.
 
@@ -192,16 +184,7 @@ def encode_command(*words: str, max_size: int = DEFAULT_MAX_COMMAND_SIZE) -> byt
     newline would end the command early and smuggle in a second one), more than
     MAX_COMMAND_WORDS words, a line over ``max_size`` bytes, or text that is not UTF-8.
     """
-    try:
-        data = _ENCODED.get(words)
-    except TypeError:
-        data = None  # an unhashable word: _encode() names it
-    if data is None:
-        data = _encode(words)
-        if len(data) <= _CACHE_LINE:
-            if len(_ENCODED) >= _CACHE_SIZE:
-                _ENCODED.clear()
-            _ENCODED[words] = data
+    data = _encode(words)
     if len(data) > max_size:
         raise LocalProtocolError(f"command line of {len(data)} bytes; the limit is {max_size}")
     return data

@@ -618,7 +618,7 @@ def test_only_the_cr_of_a_crlf_is_taken_off_a_reply_line():
     assert second.next_event() == Reply(200, "1", "x", None, False, "200 result=1 (x)")
 
 
-def test_the_command_size_limit_holds_for_a_command_seen_before():
+def test_the_command_size_limit_counts_the_newline():
     assert encode_command("VERBOSE", "hello") == b"VERBOSE hello\n"
     with pytest.raises(LocalProtocolError):
         encode_command("VERBOSE", "hello", max_size=10)

@@ -89,8 +89,6 @@ _ENDPOS = re.compile(r"(?:^|\s)endpos=(-?\d+)(?:\s|$)")
 # without space, '"' and '\\' (the three characters parse_args treats specially).
 _BARE_WORD = re.compile(r"[!#-\[\]-~]+")
 _FORBIDDEN_IN_WORD = re.compile(r"[\r\n\x00]")
-# A command made of bare words only, the common case: checked in one match.
-_BARE_LINE = re.compile(r"[!#-\[\]-~]+(?: [!#-\[\]-~]+)*")
 # An environment name holds no whitespace (\s matches exactly what str.isspace() does).
 _SPACE = re.compile(r"\s")
 
@@ -184,28 +182,12 @@ def encode_command(*words: str, max_size: int = DEFAULT_MAX_COMMAND_SIZE) -> byt
     newline would end the command early and smuggle in a second one), more than
     MAX_COMMAND_WORDS words, a line over ``max_size`` bytes, or text that is not UTF-8.
     """
-    data = _encode(words)
-    if len(data) > max_size:
-        raise LocalProtocolError(f"command line of {len(data)} bytes; the limit is {max_size}")
-    return data
-
-
-def _encode(words: tuple[str, ...]) -> bytes:
-    """encode_command() without the size limit, which its caller checks."""
     if not words:
         raise LocalProtocolError("a command needs at least one word")
     if len(words) > MAX_COMMAND_WORDS:
         raise LocalProtocolError(
             f"{len(words)} words in one command; res_agi.c reads at most {MAX_COMMAND_WORDS}"
         )
-    try:
-        text = " ".join(words)
-    except TypeError:
-        text = ""  # a word that is not a str: the loop below names it
-    if text.count(" ") == len(words) - 1 and _BARE_LINE.fullmatch(text):
-        # Printable ASCII words without spaces (one space per gap between words): nothing
-        # to quote, nothing the wire cannot carry.
-        return (text + "\n").encode("ascii")
     parts: list[str] = []
     for word in words:
         if not isinstance(word, str):
@@ -214,9 +196,12 @@ def _encode(words: tuple[str, ...]) -> bytes:
             raise LocalProtocolError(f"CR, LF or NUL in a command word: {word!r}")
         parts.append(_quote(word))
     try:
-        return (" ".join(parts) + "\n").encode("utf-8")
+        line = (" ".join(parts) + "\n").encode("utf-8")
     except UnicodeEncodeError as exc:
         raise LocalProtocolError(f"command is not encodable as UTF-8: {exc}") from None
+    if len(line) > max_size:
+        raise LocalProtocolError(f"command line of {len(line)} bytes; the limit is {max_size}")
+    return line
 
 
 def _quote(word: str) -> str:

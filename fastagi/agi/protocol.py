@@ -404,18 +404,6 @@ class AgiConnection:
         lines = text.split("\n")
         del lines[-2:]  # the blank line and what follows its newline (nothing)
         self._state = _IDLE
-        if "\r" not in text:
-            # The usual block, in bulk: every line splits on ": ", no name is blank or
-            # holds a space.  Anything else takes the line-by-line path, which says why.
-            try:
-                variables = dict([line.split(": ", 1) for line in lines])
-            except ValueError:
-                pass
-            else:
-                names = "".join(variables)
-                # isidentifier(): a quick yes for the usual agi_* names, none with a space.
-                if "" not in variables and (names.isidentifier() or not _SPACE.search(names)):
-                    return Environment(variables)
         return Environment(dict(map(_environment_item, lines)))
 
     def _environment_end(self) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -206,10 +205,7 @@ class AgiSession:
         self.peer = peer
         self.hung_up = False
         self._reply_timeout = reply_timeout
-        # One command at a time: _busy while one is in flight, and the commands waiting for
-        # their turn, in order (created on the first contention; see _wait_turn).
-        self._busy = False
-        self._turns: deque[asyncio.Future[None]] | None = None
+        self._lock = asyncio.Lock()
         self._unusable: AgiError | None = None
         # The adapter that tags records with the call is built when first used (see log).
         self._log: Logger | None = logger
@@ -355,10 +351,7 @@ class AgiSession:
         AgiTimeout (no reply within ``reply_timeout``) or AgiProtocolError.
         """
         # The command's text (" ".join(words)) is only built for an error message.
-        if self._busy:
-            await self._wait_turn()  # returns with the turn handed over (_busy still set)
-        self._busy = True
-        try:
+        async with self._lock:
             if self._unusable is not None:
                 raise self._refusal(" ".join(words))
             try:
@@ -392,8 +385,6 @@ class AgiSession:
                 if error is exc:
                     raise
                 raise error from exc if isinstance(exc, ProtocolError) else None
-        finally:
-            self._next_turn()
         if type(event) is Reply and event.code == 200:
             return event
         return self._check(event, " ".join(words))
@@ -417,37 +408,6 @@ class AgiSession:
         # for good.
         self._unusable = AgiProtocolError("a command was cancelled mid-reply")
         return exc
-
-    async def _wait_turn(self) -> None:
-        """Wait until the command in flight (and those queued before) are done.
-
-        The turn is handed over, not released and re-taken: _busy stays set, so a command
-        that arrives meanwhile queues behind this one.
-        """
-        turns = self._turns
-        if turns is None:
-            turns = self._turns = deque()
-        loop = self._loop or asyncio.get_running_loop()
-        turn: asyncio.Future[None] = loop.create_future()
-        turns.append(turn)
-        try:
-            await turn
-        except BaseException:
-            if turn.done() and not turn.cancelled():
-                self._next_turn()  # handed the turn, then cancelled: pass it on
-            else:
-                turns.remove(turn)
-            raise
-
-    def _next_turn(self) -> None:
-        """The command in flight is done: hand the turn to the next one waiting."""
-        turns = self._turns
-        while turns:
-            turn = turns.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                return
-        self._busy = False
 
     async def _pulled_reply(
         self, data: bytes, reply: asyncio.Future[Reply | UsageReply], source: Transport

@@ -209,9 +209,6 @@ class AgiSession:
         self._unusable: AgiError | None = None
         # The adapter that tags records with the call is built when first used (see log).
         self._log: Logger | None = logger
-        # The loop, taken from the first command (asyncio.get_running_loop() costs a
-        # getpid() system call on every call in Python 3.11).
-        self._loop: asyncio.AbstractEventLoop | None = None
         # The pending command's reply, resolved by _handle_events().  It fails with EOFError when
         # Asterisk closes, ProtocolError on garbage, TimeoutError past the deadline.
         self._reply: asyncio.Future[Reply | UsageReply] | None = None
@@ -334,7 +331,7 @@ class AgiSession:
         reply = self._reply
         if reply is None or reply.done():
             return  # nothing pending: the next command arms a new timer
-        loop = self._loop or asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         if loop.time() < self._deadline:
             # A later command pushed the deadline since this timer was armed.
             self._timer = loop.call_at(self._deadline, self._on_deadline)
@@ -359,9 +356,7 @@ class AgiSession:
             except ProtocolError as exc:
                 # Nothing was sent: the conversation is still in step.
                 raise AgiProtocolError(str(exc), error=exc, command=" ".join(words)) from exc
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
             reply = self._reply = loop.create_future()
             try:
                 write = self._write

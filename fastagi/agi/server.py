@@ -456,25 +456,20 @@ class AgiServer:
 
     async def _run_flow(self, flow: Flow, session: AgiSession) -> None:
         script = session.environment.script
-        # Checked once: the records are tagged by a per-session adapter, not worth building
-        # (nor formatting for) when INFO is off, as it is under load.
-        info = session._logs(logging.INFO)
-        if info:
-            session.log.info("flow %r started for %s", script, session.environment.channel)
+        log = session.log
+        log.info("flow %r started for %s", script, session.environment.channel)
         try:
             await flow(session)
         except AgiHangup as exc:
-            if info:
-                session.log.info("flow %r ended by hangup: %s", script, exc)
+            log.info("flow %r ended by hangup: %s", script, exc)
         except asyncio.CancelledError:
-            session.log.warning("flow %r cancelled", script)
+            log.warning("flow %r cancelled", script)
             raise
         except Exception:
-            session.log.exception("flow %r failed", script)
+            log.exception("flow %r failed", script)
             await self._best_effort(session, ("SET", "VARIABLE", "FASTAGI_STATUS", "ERROR"))
         else:
-            if info:
-                session.log.info("flow %r finished", script)
+            log.info("flow %r finished", script)
 
     async def _no_route(self, session: AgiSession) -> None:
         script = session.environment.script

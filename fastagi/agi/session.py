@@ -207,8 +207,9 @@ class AgiSession:
         self._reply_timeout = reply_timeout
         self._lock = asyncio.Lock()
         self._unusable: AgiError | None = None
-        # The adapter that tags records with the call is built when first used (see log).
-        self._log: Logger | None = logger
+        self.log: Logger = logger or logging.LoggerAdapter(
+            _LOG, {"agi_uniqueid": environment.uniqueid, "peer": peer}
+        )
         # The pending command's reply, resolved by _handle_events().  It fails with EOFError when
         # Asterisk closes, ProtocolError on garbage, TimeoutError past the deadline.
         self._reply: asyncio.Future[Reply | UsageReply] | None = None
@@ -253,25 +254,6 @@ class AgiSession:
         )
 
     @property
-    def log(self) -> Logger:
-        """The session's logger: records carry ``agi_uniqueid`` and ``peer``."""
-        log = self._log
-        if log is None:
-            log = self._log = logging.LoggerAdapter(
-                _LOG, {"agi_uniqueid": self.environment.uniqueid, "peer": self.peer}
-            )
-        return log
-
-    @log.setter
-    def log(self, logger: Logger) -> None:
-        self._log = logger
-
-    def _logs(self, level: int) -> bool:
-        """Whether ``self.log`` would emit at ``level``, without building the adapter."""
-        log = self._log
-        return (_LOG if log is None else log).isEnabledFor(level)
-
-    @property
     def usable(self) -> bool:
         """False once the conversation is closed or out of step."""
         return self._unusable is None
@@ -309,7 +291,7 @@ class AgiSession:
 
     def _on_hangup_notice(self) -> None:
         # Sent by run_agi() when the channel hangs up; the reply still follows.
-        if not self.hung_up and self._logs(logging.INFO):
+        if not self.hung_up:
             self.log.info("HANGUP notice from Asterisk")
         self.hung_up = True
 

@@ -455,8 +455,8 @@ class AgiServer:
                     self._evicting -= 1
 
     async def _run_flow(self, flow: Flow, session: AgiSession) -> None:
-        script = session.environment.script
         log = session.log
+        script = session.environment.script
         log.info("flow %r started for %s", script, session.environment.channel)
         try:
             await flow(session)

@@ -102,19 +102,19 @@ class AgiEnvironment:
         # string included (res_agi.c launch_netscript); it is absent when empty.
         network_script = variables.get("agi_network_script", "")
         path, _, query_string = network_script.partition("?")
-        query = dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {}
+        query = dict(parse_qsl(query_string, keep_blank_values=True))
         numbered: list[tuple[int, str]] = []
-        for name in [name for name in variables if name.startswith("agi_arg_")]:
-            suffix = name[8:]
+        for name, value in variables.items():
+            suffix = name.removeprefix("agi_arg_")
             # isdecimal(), not isdigit(): int() refuses digits such as "²".
-            if suffix.isdecimal():
-                numbered.append((int(suffix), variables[name]))
+            if suffix != name and suffix.isdecimal():
+                numbered.append((int(suffix), value))
         numbered.sort()
         return cls(
             variables=MappingProxyType(dict(variables)),
             script=path.lstrip("/"),
             query=MappingProxyType(query),
-            args=tuple([value for _, value in numbered]),
+            args=tuple(value for _, value in numbered),
         )
 
     @property
@@ -329,62 +329,56 @@ class AgiSession:
         AgiCommandFailure (another code), AgiHangup (Asterisk closed the connection),
         AgiTimeout (no reply within ``reply_timeout``) or AgiProtocolError.
         """
-        # The command's text (" ".join(words)) is only built for an error message.
+        text = " ".join(words)
         async with self._lock:
             if self._unusable is not None:
-                raise self._refusal(" ".join(words))
+                raise self._refusal(text)
             try:
                 data = self._connection.send_command(*words)
             except ProtocolError as exc:
                 # Nothing was sent: the conversation is still in step.
-                raise AgiProtocolError(str(exc), error=exc, command=" ".join(words)) from exc
-            loop = asyncio.get_running_loop()
-            reply = self._reply = loop.create_future()
+                raise AgiProtocolError(str(exc), error=exc, command=text) from exc
+            reply = self._reply = asyncio.get_running_loop().create_future()
             try:
-                write = self._write
-                if write is not None:
-                    # Pushed: the I/O shell feeds every byte to feed_data(), which resolves
-                    # the reply.  One timer per session, pushed lazily (see _on_deadline).
-                    if self._reply_timeout is not None:
-                        self._deadline = loop.time() + self._reply_timeout
-                        if self._timer is None:
-                            self._timer = loop.call_at(self._deadline, self._on_deadline)
-                    # No drain(): with one command in flight, the write buffer never holds
-                    # more than one command line, whether or not Asterisk reads.
-                    write(data)
-                    event = await reply
+                if self._source is None:
+                    event = await self._pushed_reply(data, reply)
                 else:
-                    assert self._source is not None
                     async with asyncio.timeout(self._reply_timeout):
                         event = await self._pulled_reply(data, reply, self._source)
-            except BaseException as exc:
-                error = self._failed(exc, " ".join(words))
-                if error is exc:
-                    raise
-                raise error from exc if isinstance(exc, ProtocolError) else None
-        if type(event) is Reply and event.code == 200:
-            return event
-        return self._check(event, " ".join(words))
+            except TimeoutError:
+                self._unusable = AgiTimeout(f"no reply within {self._reply_timeout} s")
+                raise AgiTimeout(
+                    f"no reply to {text!r} within {self._reply_timeout} s", command=text
+                ) from None
+            except EOFError:
+                self.hung_up = True
+                self._unusable = AgiHangup("Asterisk closed the connection")
+                raise AgiHangup("Asterisk closed the connection", command=text) from None
+            except ProtocolError as exc:
+                self._unusable = AgiProtocolError(str(exc), error=exc)
+                raise AgiProtocolError(str(exc), error=exc, command=text) from exc
+            except AgiError as exc:
+                self._unusable = exc
+                raise
+            except BaseException:
+                # Cancelled while Asterisk still owes a reply: out of step for good.
+                self._unusable = AgiProtocolError("a command was cancelled mid-reply")
+                raise
+        return self._check(event, text)
 
-    def _failed(self, exc: BaseException, text: str) -> BaseException:
-        """What a command raises when its round trip failed; the session is then unusable."""
-        if isinstance(exc, TimeoutError):
-            self._unusable = AgiTimeout(f"no reply within {self._reply_timeout} s")
-            return AgiTimeout(f"no reply to {text!r} within {self._reply_timeout} s", command=text)
-        if isinstance(exc, EOFError):
-            self.hung_up = True
-            self._unusable = AgiHangup("Asterisk closed the connection")
-            return AgiHangup("Asterisk closed the connection", command=text)
-        if isinstance(exc, ProtocolError):
-            self._unusable = AgiProtocolError(str(exc), error=exc)
-            return AgiProtocolError(str(exc), error=exc, command=text)
-        if isinstance(exc, AgiError):
-            self._unusable = exc
-            return exc
-        # Cancelled (or the write failed) while Asterisk still owes a reply: out of step
-        # for good.
-        self._unusable = AgiProtocolError("a command was cancelled mid-reply")
-        return exc
+    async def _pushed_reply(
+        self, data: bytes, reply: asyncio.Future[Reply | UsageReply]
+    ) -> Reply | UsageReply:
+        assert self._write is not None
+        if self._reply_timeout is not None:
+            loop = reply.get_loop()
+            self._deadline = loop.time() + self._reply_timeout
+            if self._timer is None:
+                self._timer = loop.call_at(self._deadline, self._on_deadline)
+        # No drain(): with one command in flight, the write buffer never holds more than
+        # one command line, whether or not Asterisk reads.
+        self._write(data)
+        return await reply
 
     async def _pulled_reply(
         self, data: bytes, reply: asyncio.Future[Reply | UsageReply], source: Transport
@@ -423,39 +417,34 @@ class AgiSession:
         raise AgiCommandFailure(f"unexpected reply {event.raw!r}", reply=event, command=text)
 
     @staticmethod
-    def _int_result(reply: Reply, words: tuple[str, ...]) -> int:
+    def _int_result(reply: Reply, text: str) -> int:
         try:
             return int(reply.result)
         except ValueError:
-            raise AgiProtocolError(
-                f"non-numeric result in {reply.raw!r}", command=" ".join(words)
-            ) from None
+            raise AgiProtocolError(f"non-numeric result in {reply.raw!r}", command=text) from None
 
     async def _digit_command(self, *words: str) -> str | None:
         # STREAM FILE / WAIT FOR DIGIT / SAY DIGITS: the ASCII code of the digit that
         # stopped it, 0 for none, -1 "on error or if the channel was disconnected"
         # (handle_streamfile also answers -1 for a file it cannot open; either way the
         # flow cannot go on with this prompt, so both surface as AgiHangup).
+        text = " ".join(words)
         reply = await self.command(*words)
-        value = self._int_result(reply, words)
-        if value == 0:
-            return None
+        value = self._int_result(reply, text)
         if value < 0:
             self.hung_up = True
-            raise AgiHangup(
-                f"{words[0]} returned {value} (hangup or failure)", command=" ".join(words)
-            )
+            raise AgiHangup(f"{words[0]} returned {value} (hangup or failure)", command=text)
+        if value == 0:
+            return None
         if value > 0x10FFFF:
-            raise AgiProtocolError(
-                f"not a character code in {reply.raw!r}", command=" ".join(words)
-            )
+            raise AgiProtocolError(f"not a character code in {reply.raw!r}", command=text)
         return chr(value)
 
     # -- typed commands -------------------------------------------------------------
 
     async def answer(self) -> None:
         reply = await self.command("ANSWER")
-        if self._int_result(reply, ("ANSWER",)) < 0:
+        if self._int_result(reply, "ANSWER") < 0:
             self.hung_up = True
             raise AgiHangup("ANSWER returned -1 (channel failure)", command="ANSWER")
 
@@ -500,10 +489,11 @@ class AgiSession:
         if args:
             words.append(",".join(args))
         reply = await self.command(*words)
-        value = self._int_result(reply, tuple(words))
+        text = " ".join(words)
+        value = self._int_result(reply, text)
         if value == -2:
             raise AgiCommandFailure(
-                f"no dialplan application {application!r}", reply=reply, command=" ".join(words)
+                f"no dialplan application {application!r}", reply=reply, command=text
             )
         return value
 

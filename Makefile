@@ -30,7 +30,7 @@ help:
 	@echo "make run     start the sandbox Asterisk, PostgreSQL and the FastAGI server"
 	@echo "make test    lint, type-check and run every test"
 	@echo "make demo    with make run going: trigger, two page cycles, deactivation, timeline"
-	@echo "make bench   FastAGI load benchmark (ours vs panoramisk)"
+	@echo "make bench   FastAGI load benchmark: ours/panoramisk ratios over 5 repetitions"
 	@echo "make clean   remove caches of tests; make distclean also removes the sandbox image"
 
 $(APT_STAMP):
@@ -79,8 +79,10 @@ test: deps sandbox-image lint typecheck
 	@echo "== the unit tests again on uvloop, the event loop production runs on"
 	FASTAGI_TEST_LOOP=uvloop $(VENV)/bin/pytest -q tests/unit
 
+# BENCH_ARGS: e.g. --servers ours,ours@HEAD~1 --baseline ours, the A/B of the last commit.
+BENCH_ARGS ?=
 bench: deps
-	$(PY) -m bench.agi_load
+	$(PY) -m bench.agi_load $(BENCH_ARGS)
 
 run: deps sandbox-image
 	$(DEV) run

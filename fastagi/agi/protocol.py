@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -90,13 +89,8 @@ _ENDPOS = re.compile(r"(?:^|\s)endpos=(-?\d+)(?:\s|$)")
 # without space, '"' and '\\' (the three characters parse_args treats specially).
 _BARE_WORD = re.compile(r"[!#-\[\]-~]+")
 _FORBIDDEN_IN_WORD = re.compile(r"[\r\n\x00]")
-# A command made of bare words only, the common case: checked in one match.
-_BARE_LINE = re.compile(r"[!#-\[\]-~]+(?: [!#-\[\]-~]+)*")
 # An environment name holds no whitespace (\s matches exactly what str.isspace() does).
 _SPACE = re.compile(r"\s")
-# The common 200 replies in one match: a result, then optionally data without parentheses
-# and an endpos (what the general path below makes of the same line).
-_COMMON_REPLY = re.compile(r"200 result=(\S*)(?: \(([^()]*)\))?(?: endpos=(-?\d+))?")
 
 
 class ProtocolError(Exception):
@@ -126,16 +120,6 @@ class ConnectionState(enum.Enum):
     AWAITING_REPLY = "AWAITING_REPLY"
     CLOSED = "CLOSED"
     ERROR = "ERROR"
-
-
-# The states as module constants: ``ConnectionState.IDLE`` is a descriptor lookup on the
-# enum class (about 0.1 us in 3.11), and the hot path compares states a dozen times a
-# command.
-_ENVIRONMENT = ConnectionState.ENVIRONMENT
-_IDLE = ConnectionState.IDLE
-_AWAITING_REPLY = ConnectionState.AWAITING_REPLY
-_CLOSED = ConnectionState.CLOSED
-_ERROR = ConnectionState.ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,45 +164,6 @@ class ConnectionClosed:
 
 Event = Environment | Reply | UsageReply | HangupNotice | ConnectionClosed
 
-_new_object = object.__new__
-
-
-def _slot_setter(name: str) -> Callable[[Reply, object], None]:
-    setter: Callable[[Reply, object], None] = vars(Reply)[name].__set__
-    return setter
-
-
-_set_code = _slot_setter("code")
-_set_result = _slot_setter("result")
-_set_data = _slot_setter("data")
-_set_endpos = _slot_setter("endpos")
-_set_timed_out = _slot_setter("timed_out")
-_set_raw = _slot_setter("raw")
-
-
-def _reply(  # noqa: PLR0917 (Reply's own fields, in order)
-    code: int, result: str, data: str | None, endpos: int | None, timed_out: bool, raw: str
-) -> Reply:
-    """``Reply(...)`` at half the cost: the frozen dataclass's ``__init__`` goes through
-    ``object.__setattr__`` by name for each field; this sets the slots directly."""
-    reply: Reply = _new_object(Reply)
-    _set_code(reply, code)
-    _set_result(reply, result)
-    _set_data(reply, data)
-    _set_endpos(reply, endpos)
-    _set_timed_out(reply, timed_out)
-    _set_raw(reply, raw)
-    return reply
-
-
-# Memos of two pure functions, for the lines every call repeats ("ANSWER", "200 result=0").
-# Both are bounded (cleared when full) and keep only short lines, so a peer that never
-# repeats itself costs a dictionary miss per line and nothing more.
-_CACHE_SIZE = 1024
-_CACHE_LINE = 128
-_ENCODED: dict[tuple[str, ...], bytes] = {}
-_REPLIES: dict[str, Reply] = {}
-
 
 def encode_command(*words: str, max_size: int = DEFAULT_MAX_COMMAND_SIZE) -> bytes:
     """One command line for Asterisk, each word quoted where parse_args() needs it.
@@ -227,37 +172,12 @@ def encode_command(*words: str, max_size: int = DEFAULT_MAX_COMMAND_SIZE) -> byt
     newline would end the command early and smuggle in a second one), more than
     MAX_COMMAND_WORDS words, a line over ``max_size`` bytes, or text that is not UTF-8.
     """
-    try:
-        data = _ENCODED.get(words)
-    except TypeError:
-        data = None  # an unhashable word: _encode() names it
-    if data is None:
-        data = _encode(words)
-        if len(data) <= _CACHE_LINE:
-            if len(_ENCODED) >= _CACHE_SIZE:
-                _ENCODED.clear()
-            _ENCODED[words] = data
-    if len(data) > max_size:
-        raise LocalProtocolError(f"command line of {len(data)} bytes; the limit is {max_size}")
-    return data
-
-
-def _encode(words: tuple[str, ...]) -> bytes:
-    """encode_command() without the size limit, which its caller checks."""
     if not words:
         raise LocalProtocolError("a command needs at least one word")
     if len(words) > MAX_COMMAND_WORDS:
         raise LocalProtocolError(
             f"{len(words)} words in one command; res_agi.c reads at most {MAX_COMMAND_WORDS}"
         )
-    try:
-        text = " ".join(words)
-    except TypeError:
-        text = ""  # a word that is not a str: the loop below names it
-    if text.count(" ") == len(words) - 1 and _BARE_LINE.fullmatch(text):
-        # Printable ASCII words without spaces (one space per gap between words): nothing
-        # to quote, nothing the wire cannot carry.
-        return (text + "\n").encode("ascii")
     parts: list[str] = []
     for word in words:
         if not isinstance(word, str):
@@ -266,9 +186,12 @@ def _encode(words: tuple[str, ...]) -> bytes:
             raise LocalProtocolError(f"CR, LF or NUL in a command word: {word!r}")
         parts.append(_quote(word))
     try:
-        return (" ".join(parts) + "\n").encode("utf-8")
+        line = (" ".join(parts) + "\n").encode("utf-8")
     except UnicodeEncodeError as exc:
         raise LocalProtocolError(f"command is not encodable as UTF-8: {exc}") from None
+    if len(line) > max_size:
+        raise LocalProtocolError(f"command line of {len(line)} bytes; the limit is {max_size}")
+    return line
 
 
 def _quote(word: str) -> str:
@@ -302,17 +225,6 @@ def _environment_item(line: str) -> tuple[str, str]:
 
 def _parse_reply_line(line: str) -> Reply | None:
     """A single reply line, or None for the 520- opener (the caller handles it)."""
-    common = _COMMON_REPLY.fullmatch(line)
-    if common is not None:
-        result, data, endpos = common.groups()
-        return _reply(
-            200, result, data, None if endpos is None else int(endpos), data == "timeout", line
-        )
-    return _parse_any_reply_line(line)
-
-
-def _parse_any_reply_line(line: str) -> Reply | None:
-    """_parse_reply_line() without its shortcut for the common shapes."""
     match = _REPLY_LINE.fullmatch(line)
     if match is None:
         raise RemoteProtocolError(f"not a FastAGI reply: {line[:80]!r}")
@@ -329,7 +241,7 @@ def _parse_any_reply_line(line: str) -> Reply | None:
         if code == 200:
             raise RemoteProtocolError(f"200 reply without result=: {line[:80]!r}")
         # 510/511 and friends: the text varies between versions, the code decides.
-        return _reply(code, "", None, None, False, line)
+        return Reply(code, "", None, None, False, line)
     result, tail = result_match.group(1), result_match.group(2) or ""
     data: str | None = None
     if tail.startswith("("):
@@ -343,7 +255,7 @@ def _parse_any_reply_line(line: str) -> Reply | None:
     endpos = int(endpos_match.group(1)) if endpos_match else None
     # GET DATA: "200 result=<digits> (timeout)"; RECORD FILE: "(timeout) endpos=N".
     timed_out = data == "timeout"
-    return _reply(code, result, data, endpos, timed_out, line)
+    return Reply(code, result, data, endpos, timed_out, line)
 
 
 class AgiConnection:
@@ -367,7 +279,7 @@ class AgiConnection:
         # Where to resume the newline search, so byte-by-byte feeding stays linear.
         self._scan_from = 0
         self._eof = False
-        self._state = _ENVIRONMENT
+        self._state = ConnectionState.ENVIRONMENT
         # Newlines seen so far in an incomplete environment, and where its last line starts.
         self._environment_lines = 0
         self._line_start = 0
@@ -395,38 +307,31 @@ class AgiConnection:
 
     def send_command(self, *words: str) -> bytes:
         """The bytes of one command.  Only one command may wait for its reply."""
-        state = self._state
-        if state is not _IDLE:
-            if state is _ENVIRONMENT:
-                raise LocalProtocolError("cannot send a command before the environment is read")
-            if state is _AWAITING_REPLY:
-                raise LocalProtocolError("a command is already waiting for its reply")
-            raise LocalProtocolError(f"cannot send a command in state {state.name}")
+        if self._state is ConnectionState.ENVIRONMENT:
+            raise LocalProtocolError("cannot send a command before the environment is read")
+        if self._state is ConnectionState.AWAITING_REPLY:
+            raise LocalProtocolError("a command is already waiting for its reply")
+        if self._state is not ConnectionState.IDLE:
+            raise LocalProtocolError(f"cannot send a command in state {self._state.name}")
         data = encode_command(*words, max_size=self._max_command_size)
-        self._state = _AWAITING_REPLY
+        self._state = ConnectionState.AWAITING_REPLY
         return data
 
     def next_event(self) -> Event | NeedData:
         """The next event, or NEED_DATA.  Raises RemoteProtocolError on bad input."""
-        state = self._state
-        if not self._buffer and not self._eof and state is not _CLOSED:
-            if state is _ERROR:
-                raise RemoteProtocolError("the connection already failed")
-            return NEED_DATA  # what every state answers to an empty buffer
-        if state is _ERROR:
+        if self._state is ConnectionState.ERROR:
             raise RemoteProtocolError("the connection already failed")
         try:
             return self._next_event()
         except ProtocolError:
-            self._state = _ERROR
+            self._state = ConnectionState.ERROR
             raise
 
     def _next_event(self) -> Event | NeedData:
         while True:
-            state = self._state
-            if state is _CLOSED:
+            if self._state is ConnectionState.CLOSED:
                 return ConnectionClosed()
-            if state is _ENVIRONMENT:
+            if self._state is ConnectionState.ENVIRONMENT:
                 environment = self._next_environment()
                 if environment is None:
                     break
@@ -434,12 +339,6 @@ class AgiConnection:
             line = self._next_line()
             if line is None:
                 break
-            if state is _AWAITING_REPLY and self._usage is None:
-                # A reply seen before (never HANGUP, a 100 or a 520: those are not memoised).
-                reply = _REPLIES.get(line)
-                if reply is not None:
-                    self._state = _IDLE
-                    return reply
             event = self._on_line(line)
             if event is not None:
                 return event
@@ -466,12 +365,8 @@ class AgiConnection:
                 raise RemoteProtocolError(f"line longer than {self._max_line_size} bytes")
             self._check_environment_size(len(buffer), self._environment_lines)
             return None
-        if end == len(buffer):
-            block = bytes(buffer)  # the usual case: the block arrived alone
-            buffer.clear()
-        else:
-            block = bytes(buffer[:end])
-            del buffer[:end]
+        block = bytes(buffer[:end])
+        del buffer[:end]
         self._scan_from = 0
         self._check_environment_size(end, block.count(b"\n"))
         if end > self._max_line_size:
@@ -483,19 +378,7 @@ class AgiConnection:
         text = _decode_line(block)
         lines = text.split("\n")
         del lines[-2:]  # the blank line and what follows its newline (nothing)
-        self._state = _IDLE
-        if "\r" not in text:
-            # The usual block, in bulk: every line splits on ": ", no name is blank or
-            # holds a space.  Anything else takes the line-by-line path, which says why.
-            try:
-                variables = dict([line.split(": ", 1) for line in lines])
-            except ValueError:
-                pass
-            else:
-                names = "".join(variables)
-                # isidentifier(): a quick yes for the usual agi_* names, none with a space.
-                if "" not in variables and (names.isidentifier() or not _SPACE.search(names)):
-                    return Environment(variables)
+        self._state = ConnectionState.IDLE
         return Environment(dict(map(_environment_item, lines)))
 
     def _environment_end(self) -> int:
@@ -540,13 +423,15 @@ class AgiConnection:
 
     def _on_eof(self) -> Event:
         # An incomplete environment stays buffered whole, so only its last line counts.
-        if self._buffer and not (self._state is _ENVIRONMENT and self._buffer.endswith(b"\n")):
+        if self._buffer and not (
+            self._state is ConnectionState.ENVIRONMENT and self._buffer.endswith(b"\n")
+        ):
             raise RemoteProtocolError("connection closed in the middle of a line")
-        if self._state is _ENVIRONMENT:
+        if self._state is ConnectionState.ENVIRONMENT:
             raise RemoteProtocolError("connection closed before the end of the environment")
         if self._usage is not None:
             raise RemoteProtocolError("connection closed in the middle of a 520 usage reply")
-        self._state = _CLOSED
+        self._state = ConnectionState.CLOSED
         return ConnectionClosed()
 
     def _on_line(self, line: str) -> Event | None:
@@ -554,7 +439,7 @@ class AgiConnection:
             return self._on_usage_line(line)
         if line == "HANGUP":
             return HangupNotice()
-        if self._state is not _AWAITING_REPLY:
+        if self._state is not ConnectionState.AWAITING_REPLY:
             raise RemoteProtocolError(f"unsolicited line with no command pending: {line[:80]!r}")
         return self._on_reply_line(line)
 
@@ -567,14 +452,10 @@ class AgiConnection:
             # GOSUB answers "100 result=0 Trying..." before it runs the subroutine; the
             # real reply follows when it returns (res_agi.c handle_gosub).
             return None
-        self._state = _IDLE
+        self._state = ConnectionState.IDLE
         if reply.code == 520:
             # "520 Invalid command syntax.  Proper usage not available." (no usage text)
             return UsageReply((line[4:],))
-        if len(line) <= _CACHE_LINE:
-            if len(_REPLIES) >= _CACHE_SIZE:
-                _REPLIES.clear()
-            _REPLIES[line] = reply
         return reply
 
     def _on_usage_line(self, line: str) -> Event | None:
@@ -586,7 +467,7 @@ class AgiConnection:
             if head:
                 self._usage.append(head)
             lines, self._usage = tuple(self._usage), None
-            self._state = _IDLE
+            self._state = ConnectionState.IDLE
             return UsageReply(lines)
         self._usage.append(line)
         if len(self._usage) > self._max_usage_lines:

@@ -143,8 +143,7 @@ class _AgiProtocol(asyncio.Protocol):
             # thousands of sockets in TIME_WAIT or FIN_WAIT behind.
             self._transport.abort()
             return
-        loop = self._server._loop
-        assert loop is not None
+        loop = asyncio.get_running_loop()
         self._connection = AgiConnection()
         self.ready = loop.create_future()
         timeout = self._server._settings.environment_timeout
@@ -194,7 +193,6 @@ class _AgiProtocol(asyncio.Protocol):
             peer=self.peer,
             reply_timeout=self._server._settings.reply_timeout,
         )
-        session._loop = self._server._loop
         self._session = session
         self.ready.set_result(session)
         session.feed_data(b"")  # whatever arrived behind the blank line (a HANGUP, say)
@@ -263,9 +261,6 @@ class AgiServer:
             ipaddress.ip_network(network, strict=False) for network in settings.allowed_networks
         ]
         self._server: asyncio.Server | None = None
-        # Kept from start(): asyncio.get_running_loop() costs a getpid() system call per
-        # call in Python 3.11, and connection_made() would call it for every connection.
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -285,7 +280,7 @@ class AgiServer:
             raise RuntimeError("AgiServer already started or closed")
         # The default backlog (100) overflows when hundreds of calls arrive at once, and
         # Asterisk gives up on a connect after 2 s, well before the kernel's SYN retries.
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _AgiProtocol(self),
             self._settings.host,
@@ -381,7 +376,6 @@ class AgiServer:
                 "refused connection: %s is not in allowed_networks", protocol.peer
             )
             return False
-        assert self._loop is not None
         if len(self._tasks) - self._evicting >= self._settings.max_sessions:
             victim = self._eviction_victim()
             if victim is None:
@@ -391,7 +385,7 @@ class AgiServer:
                 return False
             self._evicting += 1
             victim.evict()
-        task = self._loop.create_task(
+        task = asyncio.get_running_loop().create_task(
             self._serve_connection(protocol), name=f"fastagi {protocol.peer}"
         )
         self._pending[protocol] = None
@@ -461,26 +455,21 @@ class AgiServer:
                     self._evicting -= 1
 
     async def _run_flow(self, flow: Flow, session: AgiSession) -> None:
+        log = session.log
         script = session.environment.script
-        # Checked once: the records are tagged by a per-session adapter, not worth building
-        # (nor formatting for) when INFO is off, as it is under load.
-        info = session._logs(logging.INFO)
-        if info:
-            session.log.info("flow %r started for %s", script, session.environment.channel)
+        log.info("flow %r started for %s", script, session.environment.channel)
         try:
             await flow(session)
         except AgiHangup as exc:
-            if info:
-                session.log.info("flow %r ended by hangup: %s", script, exc)
+            log.info("flow %r ended by hangup: %s", script, exc)
         except asyncio.CancelledError:
-            session.log.warning("flow %r cancelled", script)
+            log.warning("flow %r cancelled", script)
             raise
         except Exception:
-            session.log.exception("flow %r failed", script)
+            log.exception("flow %r failed", script)
             await self._best_effort(session, ("SET", "VARIABLE", "FASTAGI_STATUS", "ERROR"))
         else:
-            if info:
-                session.log.info("flow %r finished", script)
+            log.info("flow %r finished", script)
 
     async def _no_route(self, session: AgiSession) -> None:
         script = session.environment.script

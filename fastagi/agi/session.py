@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -76,19 +75,19 @@ class AgiEnvironment:
         # string included (res_agi.c launch_netscript); it is absent when empty.
         network_script = variables.get("agi_network_script", "")
         path, _, query_string = network_script.partition("?")
-        query = dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {}
+        query = dict(parse_qsl(query_string, keep_blank_values=True))
         numbered: list[tuple[int, str]] = []
-        for name in [name for name in variables if name.startswith("agi_arg_")]:
-            suffix = name[8:]
+        for name, value in variables.items():
+            suffix = name.removeprefix("agi_arg_")
             # isdecimal(), not isdigit(): int() refuses digits such as "²".
-            if suffix.isdecimal():
-                numbered.append((int(suffix), variables[name]))
+            if suffix != name and suffix.isdecimal():
+                numbered.append((int(suffix), value))
         numbered.sort()
         return cls(
             variables=MappingProxyType(dict(variables)),
             script=path.lstrip("/"),
             query=MappingProxyType(query),
-            args=tuple([value for _, value in numbered]),
+            args=tuple(value for _, value in numbered),
         )
 
     @property
@@ -136,10 +135,8 @@ class AgiSession:
     timeout, a cancellation or a protocol error mid-command the conversation is out of
     step, and every later command raises at once.
 
-    ``write`` sends bytes to Asterisk; the I/O shell hands every byte it receives to
-    :meth:`feed_data` (and EOF to :meth:`feed_eof`), so a HANGUP or EOF is noticed even
-    between commands.  :class:`~fastagi.agi.server.AgiServer` builds one per connection
-    once the environment block is read.
+    ``write`` sends bytes to Asterisk; the I/O shell (:class:`AgiServer`) hands every byte
+    it receives to :meth:`feed_data`, so a HANGUP or EOF is noticed even between commands.
     """
 
     def __init__(
@@ -157,16 +154,11 @@ class AgiSession:
         self.peer = peer
         self.hung_up = False
         self._reply_timeout = reply_timeout
-        # One command at a time: _busy while one is in flight, and the commands waiting for
-        # their turn, in order (created on the first contention; see _wait_turn).
-        self._busy = False
-        self._turns: deque[asyncio.Future[None]] | None = None
+        self._lock = asyncio.Lock()
         self._unusable: AgiError | None = None
-        # The adapter that tags records with the call is built when first used (see log).
-        self._log: Logger | None = None
-        # The loop, taken from the first command (asyncio.get_running_loop() costs a
-        # getpid() system call on every call in Python 3.11).
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.log: Logger = logging.LoggerAdapter(
+            _LOG, {"agi_uniqueid": environment.uniqueid, "peer": peer}
+        )
         # The pending command's reply, resolved by _handle_events().  It fails with EOFError when
         # Asterisk closes, ProtocolError on garbage, TimeoutError past the deadline.
         self._reply: asyncio.Future[Reply | UsageReply] | None = None
@@ -174,21 +166,6 @@ class AgiSession:
         # the timer re-arms itself when it fires early (see _on_deadline).
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-
-    @property
-    def log(self) -> Logger:
-        """The session's logger: records carry ``agi_uniqueid`` and ``peer``."""
-        log = self._log
-        if log is None:
-            log = self._log = logging.LoggerAdapter(
-                _LOG, {"agi_uniqueid": self.environment.uniqueid, "peer": self.peer}
-            )
-        return log
-
-    def _logs(self, level: int) -> bool:
-        """Whether ``self.log`` would emit at ``level``, without building the adapter."""
-        log = self._log
-        return (_LOG if log is None else log).isEnabledFor(level)
 
     @property
     def usable(self) -> bool:
@@ -228,7 +205,7 @@ class AgiSession:
 
     def _on_hangup_notice(self) -> None:
         # Sent by run_agi() when the channel hangs up; the reply still follows.
-        if not self.hung_up and self._logs(logging.INFO):
+        if not self.hung_up:
             self.log.info("HANGUP notice from Asterisk")
         self.hung_up = True
 
@@ -250,7 +227,7 @@ class AgiSession:
         reply = self._reply
         if reply is None or reply.done():
             return  # nothing pending: the next command arms a new timer
-        loop = self._loop or asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         if loop.time() < self._deadline:
             # A later command pushed the deadline since this timer was armed.
             self._timer = loop.call_at(self._deadline, self._on_deadline)
@@ -266,93 +243,49 @@ class AgiSession:
         AgiCommandFailure (another code), AgiHangup (Asterisk closed the connection),
         AgiTimeout (no reply within ``reply_timeout``) or AgiProtocolError.
         """
-        # The command's text (" ".join(words)) is only built for an error message.
-        if self._busy:
-            await self._wait_turn()  # returns with the turn handed over (_busy still set)
-        self._busy = True
-        try:
+        text = " ".join(words)
+        async with self._lock:
             if self._unusable is not None:
-                raise self._refusal(" ".join(words))
+                raise self._refusal(text)
             try:
                 data = self._connection.send_command(*words)
             except ProtocolError as exc:
                 # Nothing was sent: the conversation is still in step.
-                raise AgiProtocolError(str(exc), error=exc, command=" ".join(words)) from exc
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
-            reply = self._reply = loop.create_future()
+                raise AgiProtocolError(str(exc), error=exc, command=text) from exc
+            reply = self._reply = asyncio.get_running_loop().create_future()
             try:
-                # The I/O shell feeds every byte to feed_data(), which resolves the reply.
-                # One timer per session, pushed lazily (see _on_deadline).
-                if self._reply_timeout is not None:
-                    self._deadline = loop.time() + self._reply_timeout
-                    if self._timer is None:
-                        self._timer = loop.call_at(self._deadline, self._on_deadline)
-                # No drain(): with one command in flight, the write buffer never holds
-                # more than one command line, whether or not Asterisk reads.
-                self._write(data)
-                event = await reply
-            except BaseException as exc:
-                error = self._failed(exc, " ".join(words))
-                if error is exc:
-                    raise
-                raise error from exc if isinstance(exc, ProtocolError) else None
-        finally:
-            self._next_turn()
-        if type(event) is Reply and event.code == 200:
-            return event
-        return self._check(event, " ".join(words))
+                event = await self._pushed_reply(data, reply)
+            except TimeoutError:
+                self._unusable = AgiTimeout(f"no reply within {self._reply_timeout} s")
+                raise AgiTimeout(
+                    f"no reply to {text!r} within {self._reply_timeout} s", command=text
+                ) from None
+            except EOFError:
+                self.hung_up = True
+                self._unusable = AgiHangup("Asterisk closed the connection")
+                raise AgiHangup("Asterisk closed the connection", command=text) from None
+            except ProtocolError as exc:
+                self._unusable = AgiProtocolError(str(exc), error=exc)
+                raise AgiProtocolError(str(exc), error=exc, command=text) from exc
+            except BaseException:
+                # Cancelled (or the write failed) while Asterisk still owes a reply: out of
+                # step for good.
+                self._unusable = AgiProtocolError("a command was cancelled mid-reply")
+                raise
+        return self._check(event, text)
 
-    def _failed(self, exc: BaseException, text: str) -> BaseException:
-        """What a command raises when its round trip failed; the session is then unusable."""
-        if isinstance(exc, TimeoutError):
-            self._unusable = AgiTimeout(f"no reply within {self._reply_timeout} s")
-            return AgiTimeout(f"no reply to {text!r} within {self._reply_timeout} s", command=text)
-        if isinstance(exc, EOFError):
-            self.hung_up = True
-            self._unusable = AgiHangup("Asterisk closed the connection")
-            return AgiHangup("Asterisk closed the connection", command=text)
-        if isinstance(exc, ProtocolError):
-            self._unusable = AgiProtocolError(str(exc), error=exc)
-            return AgiProtocolError(str(exc), error=exc, command=text)
-        # Cancelled (or the write failed) while Asterisk still owes a reply: out of step
-        # for good.
-        self._unusable = AgiProtocolError("a command was cancelled mid-reply")
-        return exc
-
-    async def _wait_turn(self) -> None:
-        """Wait until the command in flight (and those queued before) are done.
-
-        The turn is handed over, not released and re-taken: _busy stays set, so a command
-        that arrives meanwhile queues behind this one.
-        """
-        turns = self._turns
-        if turns is None:
-            turns = self._turns = deque()
-        loop = self._loop or asyncio.get_running_loop()
-        turn: asyncio.Future[None] = loop.create_future()
-        turns.append(turn)
-        try:
-            await turn
-        except BaseException:
-            if turn.done() and not turn.cancelled():
-                self._next_turn()  # handed the turn, then cancelled: pass it on
-            elif turn in turns:
-                # Cancelled while queued.  Not in the queue any more when the command in
-                # flight finished between the cancel and now: _next_turn skipped it.
-                turns.remove(turn)
-            raise
-
-    def _next_turn(self) -> None:
-        """The command in flight is done: hand the turn to the next one waiting."""
-        turns = self._turns
-        while turns:
-            turn = turns.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                return
-        self._busy = False
+    async def _pushed_reply(
+        self, data: bytes, reply: asyncio.Future[Reply | UsageReply]
+    ) -> Reply | UsageReply:
+        if self._reply_timeout is not None:
+            loop = reply.get_loop()
+            self._deadline = loop.time() + self._reply_timeout
+            if self._timer is None:
+                self._timer = loop.call_at(self._deadline, self._on_deadline)
+        # No drain(): with one command in flight, the write buffer never holds more than
+        # one command line, whether or not Asterisk reads.
+        self._write(data)
+        return await reply
 
     def _refusal(self, text: str) -> AgiError:
         reason = self._unusable
@@ -375,39 +308,34 @@ class AgiSession:
         raise AgiCommandFailure(f"unexpected reply {event.raw!r}", reply=event, command=text)
 
     @staticmethod
-    def _int_result(reply: Reply, words: tuple[str, ...]) -> int:
+    def _int_result(reply: Reply, text: str) -> int:
         try:
             return int(reply.result)
         except ValueError:
-            raise AgiProtocolError(
-                f"non-numeric result in {reply.raw!r}", command=" ".join(words)
-            ) from None
+            raise AgiProtocolError(f"non-numeric result in {reply.raw!r}", command=text) from None
 
     async def _digit_command(self, *words: str) -> str | None:
         # STREAM FILE / WAIT FOR DIGIT / SAY DIGITS: the ASCII code of the digit that
         # stopped it, 0 for none, -1 "on error or if the channel was disconnected"
         # (handle_streamfile also answers -1 for a file it cannot open; either way the
         # flow cannot go on with this prompt, so both surface as AgiHangup).
+        text = " ".join(words)
         reply = await self.command(*words)
-        value = self._int_result(reply, words)
-        if value == 0:
-            return None
+        value = self._int_result(reply, text)
         if value < 0:
             self.hung_up = True
-            raise AgiHangup(
-                f"{words[0]} returned {value} (hangup or failure)", command=" ".join(words)
-            )
+            raise AgiHangup(f"{words[0]} returned {value} (hangup or failure)", command=text)
+        if value == 0:
+            return None
         if value > 0x10FFFF:
-            raise AgiProtocolError(
-                f"not a character code in {reply.raw!r}", command=" ".join(words)
-            )
+            raise AgiProtocolError(f"not a character code in {reply.raw!r}", command=text)
         return chr(value)
 
     # -- typed commands -------------------------------------------------------------
 
     async def answer(self) -> None:
         reply = await self.command("ANSWER")
-        if self._int_result(reply, ("ANSWER",)) < 0:
+        if self._int_result(reply, "ANSWER") < 0:
             self.hung_up = True
             raise AgiHangup("ANSWER returned -1 (channel failure)", command="ANSWER")
 
@@ -452,10 +380,11 @@ class AgiSession:
         if args:
             words.append(",".join(args))
         reply = await self.command(*words)
-        value = self._int_result(reply, tuple(words))
+        text = " ".join(words)
+        value = self._int_result(reply, text)
         if value == -2:
             raise AgiCommandFailure(
-                f"no dialplan application {application!r}", reply=reply, command=" ".join(words)
+                f"no dialplan application {application!r}", reply=reply, command=text
             )
         return value
 

@@ -192,37 +192,3 @@ def test_parse_args_port_matches_known_asterisk_behaviour():
     assert parse_args(b'STREAM FILE hello ""') == [b"STREAM", b"FILE", b"hello", b""]
     assert parse_args(b'VERBOSE "a \\"b\\" c" 1') == [b"VERBOSE", b'a "b" c', b"1"]
     assert len(parse_args(b" ".join([b"w"] * MAX_COMMAND_WORDS))) == MAX_COMMAND_WORDS
-
-
-# -- the shortcuts of the hot path agree with the general code ---------------------------
-
-reply_piece = st.sampled_from(
-    ["200", "511", " ", "result=", "(", ")", "timeout", "endpos=", "-", "1", "49", "x", "\t"]
-)
-
-
-@FUZZ
-@given(st.lists(reply_piece, max_size=12).map("".join))
-def test_common_reply_shortcut_matches_the_general_parser(line: str) -> None:
-    from fastagi.agi.protocol import _parse_any_reply_line, _parse_reply_line
-
-    try:
-        general: Reply | str | None = _parse_any_reply_line(line)
-    except ProtocolError as exc:
-        general = type(exc).__name__
-    try:
-        fast: Reply | str | None = _parse_reply_line(line)
-    except ProtocolError as exc:
-        fast = type(exc).__name__
-    assert fast == general
-
-
-@FUZZ
-@given(line_soup, line_soup)
-def test_memoised_replies_change_nothing(first: bytes, second: bytes) -> None:
-    from fastagi.agi import protocol
-
-    protocol._REPLIES.clear()
-    cold = run([ENV + second])
-    run([ENV + first])  # fills the memo with whatever replies it holds
-    assert run([ENV + second]) == cold

@@ -605,9 +605,8 @@ def test_a_refused_command_does_not_change_the_state():
     assert conn.send_command("VERBOSE", "one line") == b'VERBOSE "one line"\n'
 
 
-def test_a_memoised_reply_keeps_its_own_line():
-    # "200 result=1 (x)\r" is a line of its own (sent as "...\r\r\n"): once memoised it must
-    # not answer for "200 result=1 (x)" sent with CRLF.
+def test_only_the_cr_of_a_crlf_is_taken_off_a_reply_line():
+    # "200 result=1 (x)\r" sent as "...\r\r\n" keeps one CR: it is not the CRLF reply.
     first, second = AgiConnection(), AgiConnection()
     for conn in (first, second):
         conn.receive_data(b"agi_network: yes\n\n")
@@ -619,7 +618,7 @@ def test_a_memoised_reply_keeps_its_own_line():
     assert second.next_event() == Reply(200, "1", "x", None, False, "200 result=1 (x)")
 
 
-def test_the_command_size_limit_holds_for_a_command_seen_before():
+def test_the_command_size_limit_counts_the_newline():
     assert encode_command("VERBOSE", "hello") == b"VERBOSE hello\n"
     with pytest.raises(LocalProtocolError):
         encode_command("VERBOSE", "hello", max_size=10)

@@ -12,6 +12,7 @@ import pytest
 
 from bench import agi_load, panoramisk_app
 from bench.fake_asterisk import bench_script, environment, run_load, split_command
+from bench.stats import Spread, paired_ratios
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,16 +150,103 @@ async def test_panoramisk_baseline_serves_the_script():
     assert (stats.completed, stats.failed) == (20, 0)
 
 
+def test_spread_is_the_median_and_the_range():
+    assert Spread.of([3.0, 1.0, 2.0, 10.0, 2.5]) == Spread(2.5, 1.0, 10.0, 5)
+    assert Spread.of([4.0, 2.0]) == Spread(3.0, 2.0, 4.0, 2)
+    assert Spread.of([]) is None
+    assert Spread(0.9, 0.85, 0.97, 5).format(".2f") == "0.90 (0.85-0.97)"
+    assert Spread(0.9, 0.9, 0.9, 1).format(".2f") == "0.90"
+
+
+def test_spread_excludes_a_value_only_outside_its_whole_range():
+    spread = Spread(0.9, 0.85, 0.97, 5)
+    assert spread.excludes(1.0)
+    assert not spread.excludes(0.97)
+    assert not Spread(0.9, 0.85, 1.02, 5).excludes(1.0)
+
+
+def test_ratios_pair_repetitions_and_skip_the_missing():
+    assert paired_ratios([2.0, 3.0, 4.0], [1.0, 2.0, 8.0]) == [2.0, 1.5, 0.5]
+    # Repetition 2: the candidate failed; repetition 3: the baseline did; 4: zero baseline.
+    assert paired_ratios([1.0, None, 3.0, 5.0], [2.0, 2.0, None, 0.0]) == [0.5]
+    with pytest.raises(ValueError, match="than argument"):
+        paired_ratios([1.0], [1.0, 2.0])
+
+
+def test_report_summarises_repetitions_and_divides_by_the_baseline():
+    plan = agi_load.Plan(
+        servers=("panoramisk", "ours"),
+        baseline="panoramisk",
+        concurrencies=(50,),
+        repeats=3,
+        duration=1.0,
+        min_sessions=10,
+        warmup_sessions=0,
+        pin=False,
+        gc="default",
+    )
+    report = agi_load.Report()
+    cpu = {"panoramisk": [100.0, 200.0, 120.0], "ours": [50.0, 150.0, 60.0]}
+    for server, values in cpu.items():
+        for repeat, value in enumerate(values):
+            report.rows.append(
+                {
+                    "server": server,
+                    "repeat": repeat,
+                    "concurrency": 50,
+                    "errors": 0,
+                    "server_failures": 0,
+                    "error_samples": [],
+                    "server_cpu_us_per_session": value,
+                    "command_p50_ms": 1.0,
+                    "command_p99_ms": 2.0,
+                    "peak_rss_mib": 30.0,
+                    "sessions_per_s": 1000.0,
+                }
+            )
+    agi_load._summarise(plan, report)
+
+    ours = next(s for s in report.summary if s["server"] == "ours")
+    assert ours["server_cpu_us_per_session"] == Spread(60.0, 50.0, 150.0, 3)
+    (ratio,) = report.ratios
+    assert ratio["server"] == "ours"
+    # Paired 0.5, 0.75, 0.5; not the ratio of the medians (60/120).
+    assert ratio["server_cpu_us_per_session"] == Spread(0.5, 0.5, 0.75, 3)
+    assert ratio["sessions_per_s"] == Spread(1.0, 1.0, 1.0, 3)
+    table = agi_load.format_report(plan, report)
+    assert "ours/panoramisk" in table
+    assert "0.50 (0.50-0.75)" in table
+
+
+def test_server_names_and_git_refs():
+    assert agi_load.parse_server("ours") == ("ours", None)
+    assert agi_load.parse_server("ours@HEAD~1") == ("ours", "HEAD~1")
+    for bad in ("theirs", "panoramisk@HEAD", "ours@"):
+        with pytest.raises(ValueError, match="unknown server"):
+            agi_load.parse_server(bad)
+
+
+def test_tuned_gc_is_what_production_runs():
+    from fastagi import app
+
+    assert agi_load.GC_YOUNG_THRESHOLD == app.GC_YOUNG_THRESHOLD
+
+
 def test_quick_benchmark_runs_every_server_in_child_processes(tmp_path: Path):
     out = tmp_path / "bench.json"
     with (tmp_path / "table.txt").open("w") as table_file:
         code = agi_load.main(["--quick", "--json", str(out)], out=table_file)
     document = json.loads(out.read_text())
     assert document["failures"] == []
-    assert {(r["server"], r["concurrency"]) for r in document["results"]} == {
-        (server, c) for server in agi_load.SERVERS for c in (1, 5)
-    }
+    runs = [(r["server"], r["concurrency"], r["repeat"]) for r in document["results"]]
+    assert sorted(runs) == sorted(
+        (server, c, repeat) for server in agi_load.SERVERS for c in (1, 5) for repeat in (0, 1)
+    )
     assert all(r["errors"] == 0 and r["sessions"] > 0 for r in document["results"])
+    assert all(r["peak_rss_mib"] > 0 for r in document["results"])
+    assert {(r["server"], r["concurrency"]) for r in document["ratios"]} == {
+        (server, c) for server in ("ours", "floor") for c in (1, 5)
+    }
     assert code == 0
     table = (tmp_path / "table.txt").read_text()
-    assert "ours/panoramisk sessions/s" in table
+    assert "ours/panoramisk" in table

@@ -415,7 +415,9 @@ class AlarmService:
             await self._reload_wanted.wait()
             self._reload_wanted.clear()
             try:
-                await self._outage.call("directory", self.refresh_directory, self._timeout)
+                # Not through the outage: after a re-arming PostgreSQL answers again
+                # before the maintenance has marked it so.
+                await asyncio.wait_for(self.refresh_directory(), self._timeout)
             except Exception as exc:
                 # Down: the maintenance reloads it once PostgreSQL is back.
                 logger.warning("cannot reload the directory after a change: %r", exc)

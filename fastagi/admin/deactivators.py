@@ -21,16 +21,16 @@ async def set_deactivator(stores: Stores, extension: str, pin: str, *, by: str) 
     created = await stores.deactivators.set_deactivator(extension, pin_hash)
     await stores.deactivators.clear_pin_failures(extension)
     action = "deactivator add" if created else "deactivator change"
-    await record_change(stores.history, action, by=by, extension=extension)
+    await record_change(stores, action, by=by, extension=extension)
     return created
 
 
 async def remove_deactivator(stores: Stores, extension: str, *, by: str) -> None:
     await stores.deactivators.remove_deactivator(extension.strip())
-    await record_change(stores.history, "deactivator remove", by=by, extension=extension.strip())
+    await record_change(stores, "deactivator remove", by=by, extension=extension.strip())
 
 
 async def unlock_deactivator(stores: Stores, extension: str, *, by: str) -> None:
     """Forget the extension's wrong PINs and end its lockout."""
     await stores.deactivators.clear_pin_failures(extension.strip())
-    await record_change(stores.history, "deactivator unlock", by=by, extension=extension.strip())
+    await record_change(stores, "deactivator unlock", by=by, extension=extension.strip())

@@ -23,7 +23,7 @@ async def add_department(
 ) -> DepartmentInfo:
     department = await stores.directory.add_department(name, interval_seconds, paging_group)
     await record_change(
-        stores.history,
+        stores,
         "department add",
         by=by,
         name=department.name,
@@ -36,7 +36,7 @@ async def add_department(
 async def remove_department(stores: Stores, name: str, *, by: str) -> None:
     """Remove a department and its mappings; its alarms keep their department name."""
     await stores.directory.remove_department(name)
-    await record_change(stores.history, "department remove", by=by, name=name.strip())
+    await record_change(stores, "department remove", by=by, name=name.strip())
 
 
 async def set_department(
@@ -61,7 +61,7 @@ async def set_department(
     if "paging_group" in changes:
         await stores.directory.set_department_paging_group(name, paging_group)
     department = await stores.directory.get_department(name)
-    await record_change(stores.history, "department set", by=by, name=department.name, **changes)
+    await record_change(stores, "department set", by=by, name=department.name, **changes)
     return department
 
 
@@ -71,12 +71,10 @@ async def map_extensions(
     """Map an extension, a range (100-149) or a pattern (_1XX) to a department."""
     mapped = await stores.directory.map_extensions(department, pattern)
     info = await stores.directory.get_department(department)
-    await record_change(
-        stores.history, "extension map", by=by, department=info.name, pattern=mapped.text
-    )
+    await record_change(stores, "extension map", by=by, department=info.name, pattern=mapped.text)
     return mapped, info
 
 
 async def unmap_extensions(stores: Stores, pattern: str, *, by: str) -> None:
     await stores.directory.unmap_extensions(pattern)
-    await record_change(stores.history, "extension unmap", by=by, pattern=pattern.strip())
+    await record_change(stores, "extension unmap", by=by, pattern=pattern.strip())

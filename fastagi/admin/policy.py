@@ -9,7 +9,7 @@ from fastagi.store import StoreError, Stores
 
 async def set_default_interval(stores: Stores, seconds: int, *, by: str) -> None:
     await stores.policy.set_default_interval(seconds)
-    await record_change(stores.history, "interval set", by=by, seconds=seconds)
+    await record_change(stores, "interval set", by=by, seconds=seconds)
 
 
 async def set_policy(
@@ -42,6 +42,6 @@ async def set_policy(
     )
     # As "name=value" strings: a details key may not contain "pin".
     await record_change(
-        stores.history, "policy set", by=by, changes=[f"{k}={v}" for k, v in changes.items()]
+        stores, "policy set", by=by, changes=[f"{k}={v}" for k, v in changes.items()]
     )
     return policy

@@ -13,11 +13,19 @@ loop, in this order:
    deactivation, and checks its own stop flag;
 2. opens the service's *gate*: a transaction that locks the alarm row, so a deactivation
    committed elsewhere (CLI, another server) either came first, and the gate says
-   "inactive", or waits for the gate to close, which happens only once the Originate has
-   been written to Asterisk, i.e. the page started before the acknowledgement;
-3. starts the page and waits until its Originate is sent; counts the cycle on the alarm
-   row (``cycles``, ``last_cycle_at``: the page's start) in the gate's transaction and
-   commits it; then releases both.
+   "inactive", or waits for the gate to close, which happens only once the page's
+   devices were dialled, i.e. the page reached the phones before the acknowledgement
+   (and the leader hangs it up when it hears of it);
+3. starts the page and waits until its Originate is sent (the schedule counts from
+   then), then until Asterisk reports every device dialled (``DialBegin``, published
+   after the INVITE left: fastagi/alarms/paging.py), for at most
+   ``dial_confirm_timeout`` seconds, so a device that cannot be dialled never holds a
+   deactivation long; counts the cycle on the alarm row (``cycles``, ``last_cycle_at``:
+   the page's start) in the gate's transaction and commits it; then releases both.
+
+Holding the row only until the Originate was written is not enough: Page() dials its
+devices a few milliseconds to tens of milliseconds later (more on a loaded host), so a
+deactivation committed in between was acknowledged before INVITEs that then rang.
 
 A cycle is counted when it starts, not when it ends: a leader that dies during a page
 (SIGKILL, power loss) leaves it counted, so the next leader neither pages again one page
@@ -73,7 +81,7 @@ class LoopStore(Protocol):
     async def record_cycle(self, alarm_id: int, event: HistoryEvent) -> None: ...
 
 
-async def _not_counted(cycle: int) -> bool:
+async def _not_counted(cycle: int, started_at: datetime) -> bool:
     return False
 
 
@@ -86,14 +94,25 @@ class Turn:
     active: bool | None
     # The alarm row's count of cycles, read under the gate's lock (0 when unknown).
     cycles: int = 0
-    # count(cycle): once the page's Originate is sent, count it on the row and commit;
-    # False when that failed (the cycle's event counts it later). Never raises.
-    count: Callable[[int], Awaitable[bool]] = _not_counted
+    # count(cycle, started_at): once the page's devices were dialled, count it on the row
+    # and commit; False when that failed (the cycle's event counts it later). Never raises.
+    count: Callable[[int, datetime], Awaitable[bool]] = _not_counted
 
 
 # gate(alarm_id): a context that yields the Turn of the next page.
 Gate = Callable[[int], AbstractAsyncContextManager[Turn]]
 Recorder = Callable[[HistoryEvent], Awaitable[None]]
+
+
+async def _first(
+    page: asyncio.Task[CycleResult], event: asyncio.Event, limit: float | None = None
+) -> None:
+    """Wait until ``event`` is set, the page ended, or ``limit`` seconds passed."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({page, waiter}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
 
 
 class AnnouncementPrompts:
@@ -261,6 +280,7 @@ class AlarmLoop:
         devices = await self._devices()
         alarm = self.alarm
         sent = asyncio.Event()
+        dialled = asyncio.Event()
         async with self._hold:
             if self._stopping.is_set():
                 return None
@@ -284,19 +304,18 @@ class AlarmLoop:
                         ),
                         caller_number=alarm.extension,
                         sent=sent,
+                        dialled=dialled,
                     )
                 )
                 # Hold the gate until the Originate is on its way (page() sets ``sent``
-                # on every path, failures included).
-                waiter = asyncio.ensure_future(sent.wait())
-                try:
-                    await asyncio.wait({page, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
+                # on every path, failures included) ...
+                await _first(page, sent)
                 started = asyncio.get_running_loop().time()
                 started_at = datetime.now(UTC)
-                # Counted now, before the row lock is released: see the theory above.
-                await turn.count(cycle)
+                # ... and until its INVITEs are out (or the cap): see the theory above.
+                await _first(page, dialled, self._settings.dial_confirm_timeout)
+                # Counted now, before the row lock is released.
+                await turn.count(cycle, started_at)
         self.cycle = cycle
         result = await page
         self.results.append(result)

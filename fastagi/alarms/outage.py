@@ -2,8 +2,9 @@
 
 - :class:`Outage`: whether the database is known to be down, logged once when it goes
   and once when it comes back (not once per call that fails meanwhile).
-- :class:`CachedLoopStore`: the paging loop's store, answering from the service's cached
-  :class:`~fastagi.domain.directory.Directory` (departments, paging devices, intervals)
+- :class:`CachedLoopStore`: the paging loop's store, answering with what PostgreSQL said
+  last for the alarm, or from the service's cached
+  :class:`~fastagi.domain.directory.Directory` (departments, paging devices, intervals),
   when PostgreSQL does not, so paging goes on at the same interval to the same phones.
 """
 
@@ -89,9 +90,12 @@ class Outage:
 
 
 class CachedLoopStore:
-    """``LoopStore`` for the paging loops: PostgreSQL first, the cached directory when it
-    is down. Provisional alarms (negative ids: raised while PostgreSQL was down) have no
-    row yet: their cycles are never written here, the loop journals them instead."""
+    """``LoopStore`` for the paging loops: PostgreSQL first; when it does not answer, what
+    it answered last for the same alarm, else the cached directory. So a running alarm
+    keeps the interval and the devices it had (an administrator's change included) while
+    PostgreSQL is down, however old the directory is. Provisional alarms (negative ids:
+    raised while PostgreSQL was down) have no row yet: they page from the directory and
+    their cycles are never written here, the loop journals them instead."""
 
     def __init__(
         self,
@@ -104,6 +108,14 @@ class CachedLoopStore:
         self._directory = directory
         self._outage = outage
         self._timeout = timeout
+        # The last answers PostgreSQL gave, per alarm id.
+        self._intervals: dict[int, int] = {}
+        self._devices: dict[int, tuple[str, ...]] = {}
+
+    def forget(self, alarm_id: int) -> None:
+        """The alarm's loop ended: its remembered answers go."""
+        self._intervals.pop(alarm_id, None)
+        self._devices.pop(alarm_id, None)
 
     async def _ask(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
         return await self._outage.call(what, call, self._timeout)
@@ -112,12 +124,18 @@ class CachedLoopStore:
         directory = self._directory()
         if alarm.id > 0 or directory is None:
             try:
-                return await self._ask(
+                seconds = await self._ask(
                     "interval", lambda: self._store.directory.interval_seconds(alarm)
                 )
             except Exception:
+                if alarm.id in self._intervals:
+                    return self._intervals[alarm.id]
                 if directory is None:
                     raise
+            else:
+                if alarm.id > 0:
+                    self._intervals[alarm.id] = seconds
+                return seconds
         department = directory.department(alarm.department_id) if alarm.department_id else None
         return directory.interval_for(department)
 
@@ -125,12 +143,18 @@ class CachedLoopStore:
         directory = self._directory()
         if alarm.id > 0 or directory is None:
             try:
-                return await self._ask(
+                devices = await self._ask(
                     "paging devices", lambda: self._store.directory.paging_devices(alarm)
                 )
             except Exception:
+                if alarm.id in self._devices:
+                    return self._devices[alarm.id]
                 if directory is None:
                     raise
+            else:
+                if alarm.id > 0:
+                    self._devices[alarm.id] = devices
+                return devices
         if alarm.department_id is None:
             return directory.all_devices
         department = directory.department(alarm.department_id)

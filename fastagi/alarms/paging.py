@@ -16,6 +16,17 @@ What the AMI event stream shows of it, per channel (Asterisk 22):
 - ``Newstate`` ChannelState 6 (Up) when a device answers, then ``ConfbridgeJoin``;
 - ``Hangup`` of each. A device that does not answer rings until Page()'s timeout or until
   the page ends, and never goes Up.
+- ``DialBegin`` of each device, once its INVITE is out. Page() dials its devices one
+  after the other on the ``;2`` half, each with ``ast_dial_run(dial, chan, 1)``
+  (apps/app_page.c page_exec); main/dial.c begin_dial_channel publishes ``DialBegin``
+  only after ``ast_call`` returned, and chan_pjsip's ``chan_pjsip_call`` creates and sends
+  the INVITE in a task it waits for (``ast_sip_push_task_wait_serializer``), so the
+  INVITE left before the event. Dialled asynchronously, the event has no caller
+  (``ast_channel_publish_dial(async ? NULL : chan, ...)``): only ``Dest*`` fields, so it is
+  matched on ``DestLinkedid``. A device that cannot be dialled has no ``DialBegin``; the
+  ``;2`` half's ``ConfbridgeJoin`` (Page() is past its dial loop, about 0.5 s later) or
+  its ``Hangup`` says that every device was tried. :meth:`Pager.page` sets ``dialled``
+  then, so the loop keeps the row lock until the page's INVITEs are out.
 
 Subscribe before originating, or the first events can be missed. Originate's own reply
 (``OriginateResponse``) goes to :meth:`AmiClient.originate`, not to the stream.
@@ -39,7 +50,7 @@ from fastagi.domain.rules import join_items
 
 logger = logging.getLogger(__name__)
 
-_EVENTS = ("Newchannel", "Newstate", "ConfbridgeJoin", "Hangup")
+_EVENTS = ("Newchannel", "Newstate", "ConfbridgeJoin", "Hangup", "DialBegin")
 _UP = "6"  # ChannelState of ast_channel_state AST_STATE_UP (include/asterisk/channelstate.h)
 # Time to wait for the Hangup events of a page that failed or was hung up.
 _SETTLE_SECONDS = 5.0
@@ -80,20 +91,35 @@ class _Page:
     """One page in flight: what the event stream told us so far."""
 
     channel_id: str
+    devices: int = 0  # how many devices Page() dials
     channel: str | None = None  # the ;1 half's name, from its Newchannel
     legs: dict[str, str] = field(default_factory=dict)  # uniqueid -> device channel name
     answered: set[str] = field(default_factory=set)
     hung_up: set[str] = field(default_factory=set)  # uniqueids
+    dial_begun: set[str] = field(default_factory=set)  # uniqueids of the legs
     cancelled: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # Every device was dialled (its INVITE is out) or could not be: see the theory above.
+    dialled: asyncio.Event = field(default_factory=asyncio.Event)
 
     def feed(self, event: Message) -> None:
+        kind = event.event
+        if kind == "DialBegin":
+            # Page()'s dials are asynchronous: no caller fields, only Dest* ones. The
+            # Originate's own dial of ;1 has our id as its DestUniqueid.
+            destination = event.get("DestUniqueid", "")
+            if event.get("DestLinkedid") == self.channel_id and destination != self.channel_id:
+                self.dial_begun.add(destination)
+                if len(self.dial_begun) >= self.devices:
+                    self.dialled.set()
+            return
         if event.get("Linkedid") != self.channel_id:
             return
         uniqueid = event.get("Uniqueid", "")
         name = event.get("Channel", "")
         is_leg = not name.startswith("Local/")
-        kind = event.event
+        if not is_leg and uniqueid != self.channel_id and kind in ("ConfbridgeJoin", "Hangup"):
+            self.dialled.set()  # the ;2 half is past Page()'s dial loop (or gone)
         if kind == "Newchannel":
             if uniqueid == self.channel_id:
                 self.channel = name
@@ -145,17 +171,25 @@ class Pager:
         caller_name: str = "",
         caller_number: str = "",
         sent: asyncio.Event | None = None,
+        dialled: asyncio.Event | None = None,
     ) -> CycleResult:
         """Page ``devices`` with ``prompts`` once and wait until the page has ended.
 
         ``sent`` is set as soon as the Originate has been written to Asterisk (or the
-        page failed before that): the loop holds its "still active?" check until then.
+        page failed before that); ``dialled`` once every device was dialled, i.e. its
+        INVITE is out, or could not be (or the page failed or ended). The loop holds
+        the alarm row from before ``sent`` until ``dialled``.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        page = _Page(f"panic-{alarm_id}-{cycle}-{uuid.uuid4().hex[:8]}")
+        page = _Page(
+            f"panic-{alarm_id}-{cycle}-{uuid.uuid4().hex[:8]}",
+            devices=len(devices),
+            dialled=dialled or asyncio.Event(),
+        )
 
         def result(error: str | None, placed: bool = True) -> CycleResult:
+            page.dialled.set()
             if sent is not None:
                 sent.set()
             return CycleResult(

@@ -8,8 +8,16 @@ leader died) and stops the loops of alarms that ended.
 
 A deactivation is written by whoever receives it (a call flow here, the CLI, another
 server); the store's ``NOTIFY fastagi_alarms`` reaches every server, and the leader
-stops the loop and hangs up the page in progress. The scan doubles as a safety net for a
-lost notification.
+stops the loop and hangs up the page in progress. A deactivation from a call is finished
+by the server that took the call (lamps, listeners, the all-clear); one from the CLI by
+the alarm's leader, on the NOTIFY: the same steps either way. The scan doubles as a
+safety net for a lost notification.
+
+Administrative changes (fastagi/admin) send ``NOTIFY fastagi_config``: the directory is
+reloaded at once, a burst of changes coalesced into one reload after the one under way.
+The periodic reload (``directory_refresh``) stays as a safety net. The listening
+connection is re-armed when it is lost (fastagi/store/changes.py); notifications sent
+meanwhile are lost, so a scan and a reload follow the re-arming.
 
 PostgreSQL down (see docs/reliability.md). Nothing that pages waits for it: history goes
 to the journal (fastagi/alarms/recorder.py), running loops page from the cached directory
@@ -45,7 +53,7 @@ from fastagi.config import AlarmSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import Department, Directory, alarm_key, department_name
 from fastagi.domain.events import EventKind, HistoryEvent
-from fastagi.store import Stores
+from fastagi.store import AlarmChange, Stores
 from fastagi.tts import TextToSpeech
 
 logger = logging.getLogger(__name__)
@@ -101,12 +109,19 @@ class AlarmService:
         self._loops: dict[int, AlarmLoop] = {}
         self._directory: Directory | None = None
         self._directory_at = 0.0
+        self._directory_loaded = asyncio.Condition()
+        self._reload_wanted = asyncio.Event()
+        self._reloader: asyncio.Task[None] | None = None
+        self._changes = stores.changes.listener(
+            on_alarm=self._on_alarm_change,
+            on_config=self._on_config_change,
+            on_rearmed=self._on_rearmed,
+        )
         self._loop_store = CachedLoopStore(
             stores, lambda: self._directory, self._outage, self._timeout
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: asyncio.Task[None] | None = None
-        self._stop_listening: Callable[[], Awaitable[None]] | None = None
         self._maintenance_lock = asyncio.Lock()
         self.last_recovery: float | None = None  # seconds from PG back to journal drained
         self._closed = False
@@ -114,9 +129,11 @@ class AlarmService:
     # -- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen for deactivations, set the lamps, and lead every alarm nobody leads."""
-        self._stop_listening = await self._stores.alarms.listen_changes(self._on_notify)
+        """Listen for deactivations and changes, set the lamps, and lead every alarm
+        nobody leads."""
+        await self._changes.start()
         await self.refresh_directory()
+        self._reloader = asyncio.create_task(self._reload_on_change(), name="directory-reload")
         for row in await self._provisional.promote_leftovers():
             self._listeners.started(row)
         await self._recorder.replay(live=self._provisional.ids)
@@ -129,13 +146,13 @@ class AlarmService:
         if self._closed:
             return
         self._closed = True
-        if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
-        if self._stop_listening is not None:
-            with contextlib.suppress(Exception):
-                await self._stop_listening()
+        for task in (self._background, self._reloader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        with contextlib.suppress(Exception):
+            await self._changes.close()
         loops = list(self._loops.values())
         for alarm_loop in loops:
             alarm_loop.stop()
@@ -152,9 +169,26 @@ class AlarmService:
     # -- queries -------------------------------------------------------------------------
 
     async def refresh_directory(self) -> Directory:
-        self._directory = await self._stores.directory.load_directory()
-        self._directory_at = asyncio.get_running_loop().time()
-        return self._directory
+        directory = await self._stores.directory.load_directory()
+        async with self._directory_loaded:
+            self._directory = directory
+            self._directory_at = asyncio.get_running_loop().time()
+            self._directory_loaded.notify_all()
+        return directory
+
+    async def wait_directory(self, live: Callable[[Directory], bool]) -> Directory:
+        """Wait until the cached directory satisfies ``live`` (an edit is live here)."""
+        async with self._directory_loaded:
+            await self._directory_loaded.wait_for(
+                lambda: self._directory is not None and live(self._directory)
+            )
+            assert self._directory is not None
+            return self._directory
+
+    @property
+    def listening(self) -> asyncio.Event:
+        """Set while this server listens for deactivations and changes."""
+        return self._changes.armed
 
     async def directory(self) -> Directory:
         """Departments and mappings, cached; reloaded every ``directory_refresh`` s."""
@@ -241,12 +275,21 @@ class AlarmService:
                 alarm.department_name,
                 details,
             )
-            done = await self._stores.alarms.deactivate(alarm_id, by, reason, event)
+            done = await self._stores.alarms.deactivate(
+                alarm_id, by, reason, event, finished_by=self.instance_id
+            )
             if done is None:
                 return False
             if alarm_loop is not None:
                 alarm_loop.stop()
-        await self._stop_loop(alarm_id)
+        await self._finish_deactivation(done)
+        return True
+
+    async def _finish_deactivation(self, done: Alarm) -> None:
+        """What follows a deactivation, by whoever finishes it (the server that took the
+        call; for the CLI's, the leader): the page in progress hung up and the loop
+        stopped, the lamps, the listeners told, the all-clear."""
+        await self._stop_loop(done.id)
         await self._update_lamps(causes=[done])
         self._listeners.ended(done)
         if self._settings.all_clear:
@@ -260,7 +303,6 @@ class AlarmService:
                     recorder=self._recorder,
                 )
             )
-        return True
 
     async def _activate_offline(
         self, key: str, extension: str, department: Department | None, details: dict[str, str]
@@ -330,24 +372,55 @@ class AlarmService:
         if not await alarm_loop.wait(self._settings.max_page_seconds + 5):
             await alarm_loop.cancel()
         self._loops.pop(alarm_id, None)
+        self._loop_store.forget(alarm_id)
         if release:
             await self._locks.release(alarm_id)
 
     # -- notifications and maintenance ---------------------------------------------------
 
-    def _on_notify(self, alarm_id: int) -> None:
+    def _on_alarm_change(self, change: AlarmChange) -> None:
         # A deactivation somewhere (this server included, then the loop is gone already).
-        if alarm_id in self._loops:
-            self._spawn(self._check_stopped(alarm_id))
+        if change.alarm_id in self._loops:
+            self._spawn(self._check_stopped(change))
 
-    async def _check_stopped(self, alarm_id: int) -> None:
-        alarm_loop = self._loops.get(alarm_id)
-        if alarm_loop is None or await self._stores.alarms.is_active(alarm_id):
+    async def _check_stopped(self, change: AlarmChange) -> None:
+        alarm_loop = self._loops.get(change.alarm_id)
+        if alarm_loop is None:
+            return
+        done = await self._stores.alarms.get_alarm(change.alarm_id)
+        if done is None or done.is_active:
             return
         alarm_loop.stop()
-        await self._stop_loop(alarm_id)
-        await self._update_lamps(causes=[alarm_loop.alarm])
-        await self._tell_ended(alarm_id)
+        if change.finished_by is None:
+            # From the CLI: nobody else finishes it; this server leads it.
+            await self._finish_deactivation(done)
+            return
+        # The server that took the call finishes it; the leader stops paging.
+        await self._stop_loop(change.alarm_id)
+        await self._update_lamps(causes=[done])
+
+    def _on_config_change(self, action: str) -> None:
+        logger.debug("configuration changed (%s): reloading the directory", action)
+        self._reload_wanted.set()
+
+    def _on_rearmed(self) -> None:
+        # Notifications sent while nobody listened are lost: do what they would have.
+        self._reload_wanted.set()
+        self._spawn(self.maintain())
+
+    async def _reload_on_change(self) -> None:
+        """Reload the directory after each change; changes that arrive during a reload
+        make one more reload, not one each."""
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            try:
+                # Not through the outage: after a re-arming PostgreSQL answers again
+                # before the maintenance has marked it so.
+                await asyncio.wait_for(self.refresh_directory(), self._timeout)
+            except Exception as exc:
+                # Down: the maintenance reloads it once PostgreSQL is back.
+                logger.warning("cannot reload the directory after a change: %r", exc)
 
     async def _maintain(self) -> None:
         while True:
@@ -362,6 +435,7 @@ class AlarmService:
             loop = asyncio.get_running_loop()
             try:
                 journal = self._recorder.journal
+                await self._changes.check()
                 if self._outage.down or journal.pending or self._provisional.ids:
                     await self._recover()
                 if loop.time() - self._directory_at > self._settings.directory_refresh:

@@ -110,6 +110,11 @@ class AlarmSettings(BaseModel):
     lead_in: float = Field(default=1.0, ge=0.0, le=10.0)
     # A page (ringing, lead-in and announcement) that lasts longer is hung up.
     max_page_seconds: float = Field(default=120.0, gt=0.0, le=3600.0)
+    # Before each page the alarm row stays locked until Asterisk reports every device
+    # dialled (its INVITE out), at most this long: a deactivation meanwhile waits, then
+    # hangs the page up, so no phone rings after a deactivation was acknowledged. A
+    # device that cannot be dialled holds a deactivation no longer than this.
+    dial_confirm_timeout: float = Field(default=2.0, ge=0.0, le=10.0)
     # Auto-answer headers added to each paged device's INVITE (PJSIP_HEADER(add,...)); an
     # empty value adds no header. These are FreePBX Paging's own values, which Yealink,
     # Polycom, Grandstream, Snom and Cisco SPA phones honour (one or the other).

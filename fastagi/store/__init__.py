@@ -2,7 +2,8 @@
 
 One module per concern, each a small class over the pool: ``alarms`` (alarm rows),
 ``history`` (the event table), ``directory`` (departments, mappings, paging groups),
-``deactivators`` (PINs and lockouts), ``policy`` (the settings row), ``leadership``
+``deactivators`` (PINs and lockouts), ``policy`` (the settings row), ``changes``
+(``NOTIFY`` to every server, and the connection listening for it), ``leadership``
 (advisory locks and the page gate), ``emergency`` (acknowledgements), ``probe``, and
 ``journal`` (where history waits while PostgreSQL is down). :class:`Stores` holds one of
 each over one pool. The store depends on fastagi.domain only.
@@ -16,6 +17,7 @@ import asyncpg
 
 from fastagi.store._common import StoreError
 from fastagi.store.alarms import AlarmStore
+from fastagi.store.changes import AlarmChange, ChangeListener, ChangeStore
 from fastagi.store.deactivators import DeactivatorStore
 from fastagi.store.directory import DirectoryStore
 from fastagi.store.history import HistoryStore
@@ -34,6 +36,7 @@ class Stores:
     directory: DirectoryStore
     deactivators: DeactivatorStore
     policy: PolicyStore
+    changes: ChangeStore
 
     @classmethod
     def over(cls, pool: asyncpg.Pool[asyncpg.Record]) -> Stores:
@@ -43,11 +46,15 @@ class Stores:
             directory=DirectoryStore(pool),
             deactivators=DeactivatorStore(pool),
             policy=PolicyStore(pool),
+            changes=ChangeStore(pool),
         )
 
 
 __all__ = [
+    "AlarmChange",
     "AlarmStore",
+    "ChangeListener",
+    "ChangeStore",
     "DeactivatorStore",
     "DirectoryStore",
     "HistoryStore",

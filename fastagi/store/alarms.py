@@ -4,8 +4,8 @@ Theory of operation: alarm state is rows of ``alarms``; the partial unique index
 ``alarms_one_active_per_key`` lets at most one alarm per key be active, so two servers (or
 two calls) activating the same department at once end with one alarm, the second being a
 re-trigger. Each state change writes its history events in the same transaction, and a
-deactivation also sends ``NOTIFY fastagi_alarms, '<id>'``, delivered at commit, so every
-server running that alarm's paging loop stops it at once (:meth:`AlarmStore.listen_changes`).
+deactivation also sends ``NOTIFY fastagi_alarms`` (fastagi/store/changes.py), delivered at
+commit, so the server running that alarm's paging loop stops it at once.
 Values always travel as query parameters; the only SQL text is in this module.
 """
 
@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 import asyncpg
 
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store._common import COUNT_CYCLE, StoreError, row_to
+from fastagi.store.changes import ALARMS_CHANNEL, AlarmChange, notify_alarm_change
 from fastagi.store.history import cycle_started_at, for_alarm, insert_event
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "fastagi_alarms"
+CHANNEL = ALARMS_CHANNEL
 _ACTIVATE_ATTEMPTS = 5
 
 
@@ -105,17 +107,31 @@ class AlarmStore:
             await insert_event(connection, for_alarm(event, alarm_id))
 
     async def deactivate(
-        self, alarm_id: int, by: str, reason: str, event: HistoryEvent
+        self,
+        alarm_id: int,
+        by: str,
+        reason: str,
+        event: HistoryEvent,
+        *,
+        finished_by: str | None = None,
     ) -> Alarm | None:
         """Deactivate an active alarm, write ``event`` and notify the running servers.
 
         None, writing nothing, when the alarm is unknown or no longer active.
+
+        The row lock comes first: a page being started holds it until its devices were
+        dialled (fastagi/store/leadership.py), so a deactivation waits for that page and
+        its leader hangs it up. Then ``deactivated_at`` (and the event's ``occurred_at``)
+        is the moment the row changes, after that wait: no page starts after it.
+        ``finished_by``: the server that stops paging, puts out the lamps and tells the
+        listeners itself (None: the CLI; the alarm's leader does it on the NOTIFY).
         """
         async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT FROM alarms WHERE id = $1 FOR NO KEY UPDATE", alarm_id)
             row = await connection.fetchrow(
                 """
                 UPDATE alarms
-                SET state = 'deactivated', deactivated_at = now(),
+                SET state = 'deactivated', deactivated_at = clock_timestamp(),
                     deactivated_by = $2, deactivation_reason = $3
                 WHERE id = $1 AND state = 'active'
                 RETURNING *
@@ -126,8 +142,9 @@ class AlarmStore:
             )
             if row is None:
                 return None
-            await insert_event(connection, for_alarm(event, alarm_id))
-            await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, str(alarm_id))
+            stamped = replace(for_alarm(event, alarm_id), occurred_at=row["deactivated_at"])
+            await insert_event(connection, stamped)
+            await notify_alarm_change(connection, AlarmChange(alarm_id, finished_by))
             return row_to(Alarm, row)
 
     async def active_alarms(self) -> list[Alarm]:
@@ -160,19 +177,19 @@ class AlarmStore:
     ) -> Callable[[], Awaitable[None]]:
         """Call ``callback(alarm_id)`` on each ``NOTIFY fastagi_alarms`` (a deactivation).
 
-        Holds one pool connection until the returned closer is awaited. The callback
-        runs on the event loop and must not block; a payload that is not an alarm id is
-        logged and ignored.
+        Holds one pool connection until the returned closer is awaited, and is not
+        re-armed when that connection is lost: the servers use
+        :class:`~fastagi.store.changes.ChangeListener`. The callback runs on the event
+        loop and must not block; a payload that is not ours is logged and ignored.
         """
         connection = await self._pool.acquire()
 
         def on_notify(_connection: object, _pid: int, _channel: str, payload: object) -> None:
-            try:
-                alarm_id = int(str(payload))
-            except ValueError:
+            change = AlarmChange.parse(payload)
+            if change is None:
                 logger.warning("ignored a %s notification: %r", CHANNEL, payload)
                 return
-            callback(alarm_id)
+            callback(change.alarm_id)
 
         try:
             await connection.add_listener(CHANNEL, on_notify)

@@ -7,10 +7,11 @@ their session, so when a leader dies (or its connection does) the lock is free f
 another server's takeover scan (fastagi/alarms/leadership.py).
 
 Before each page the leader locks the alarm row (:func:`locked_alarm_row`) in a
-transaction that lasts until the page's Originate is written and the cycle is counted:
-a concurrent deactivation (``UPDATE ... WHERE state = 'active'``) waits for it, so it is
-acknowledged only after that page started, and a deactivation that committed first is
-seen here.
+transaction that lasts until the page's devices were dialled (their INVITEs are out; at
+most ``[alarm] dial_confirm_timeout`` seconds, fastagi/alarms/loop.py) and the cycle is
+counted: a concurrent deactivation (it locks the row first, fastagi/store/alarms.py)
+waits for it, so it is acknowledged only after that page reached the phones, and the
+leader hangs that page up; a deactivation that committed first is seen here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -115,9 +117,10 @@ class LockedRow:
 
     active: bool
     cycles: int
-    # count(cycle): once the page started, count it on the row and commit (ending the
-    # lock); False when that failed (the cycle's event counts it later). Never raises.
-    count: Callable[[int], Awaitable[bool]]
+    # count(cycle, started_at): once the page started, count it on the row and commit
+    # (ending the lock); False when that failed (the cycle's event counts it later).
+    # Never raises.
+    count: Callable[[int, datetime], Awaitable[bool]]
 
 
 @contextlib.asynccontextmanager
@@ -148,10 +151,10 @@ async def locked_alarm_row(
             yield None
             return
 
-        async def count(cycle: int) -> bool:
+        async def count(cycle: int, started_at: datetime) -> bool:
             try:
                 async with asyncio.timeout(deadline):
-                    await connection.execute(COUNT_CYCLE, alarm_id, cycle, None)
+                    await connection.execute(COUNT_CYCLE, alarm_id, cycle, started_at)
                     await transaction.commit()
             except Exception as exc:
                 # Counted with the cycle's event, when it ends (or is replayed).

@@ -93,6 +93,67 @@ def check_login(username: str, password: str) -> Callable[..., AuthResult]:
     return authenticator
 
 
+class _SmtpConnection(SMTP):
+    """aiosmtpd's protocol for one connection, which knows when the connection is lost."""
+
+    def __init__(self, handler: Any, live: set[_SmtpConnection], **options: Any) -> None:
+        super().__init__(handler, **options)
+        self._live = live
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called a second time after STARTTLS, with the TLS transport.
+        super().connection_made(transport)
+        self._live.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self._live.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class _Controller(Controller):
+    """aiosmtpd's Controller, whose stop() first closes the connections still open.
+
+    Controller.stop() (aiosmtpd 1.4.6, controller.py) stops the server's loop and cancels
+    its tasks; ``_run`` then closes the listening socket and the loop at once. A
+    connection that is still open, or still closing, is not waited for: a plain one needs
+    a loop iteration or two to reach connection_lost, a STARTTLS one waits for the
+    client's close_notify (asyncio's sslproto ``_start_shutdown``), and one whose client
+    has just closed (after a failed AUTH, say) is halfway through that TLS shutdown. Such
+    a transport is never closed; its socket leaks, and is reported ("unclosed transport")
+    in whichever later test the garbage collector happens to run in.
+    """
+
+    def __init__(self, handler: Any, **options: Any) -> None:
+        super().__init__(handler, **options)
+        self._live: set[_SmtpConnection] = set()  # touched on the server's loop only
+
+    def factory(self) -> SMTP:
+        return _SmtpConnection(self.handler, self._live, **self.SMTP_kwargs)
+
+    async def _close_connections(self) -> None:
+        assert self.server is not None
+        self.server.close()  # accept no more
+        live = list(self._live)
+        for connection in live:
+            transport = connection.transport
+            assert isinstance(transport, asyncio.Transport)
+            # abort(), not close(): a TLS close would wait for the client's close_notify,
+            # and the client's loop, in the test's thread, is blocked in stop().
+            transport.abort()
+        await asyncio.gather(*(connection.lost for connection in live))
+
+    def stop(self, no_assert: bool = False) -> None:
+        try:
+            if self.loop.is_running():  # not when start() failed
+                closing = asyncio.run_coroutine_threadsafe(self._close_connections(), self.loop)
+                closing.result(timeout=5.0)
+        finally:
+            super().stop(no_assert)
+
+
 class SmtpServer:
     """An aiosmtpd server on 127.0.0.1:``port``; start() and stop() may be repeated."""
 
@@ -100,10 +161,10 @@ class SmtpServer:
         self.port = port or free_port()
         self.inbox = Inbox()
         self._options = smtp_options
-        self._controller: Controller | None = None
+        self._controller: _Controller | None = None
 
     def start(self) -> None:
-        self._controller = Controller(
+        self._controller = _Controller(
             self.inbox,
             hostname="127.0.0.1",
             port=self.port,

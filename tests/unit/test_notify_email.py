@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import smtplib
+import ssl
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,6 +232,36 @@ async def test_wrong_password_fails_without_retry_and_without_the_password(
     assert server.inbox.mails == []
     assert PASSWORD not in caplog.text
     assert PASSWORD not in json.dumps([event.to_dict() for event in history.events])
+
+
+def test_the_test_server_closes_a_connection_still_open_when_stopped(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    # The wrong-password test above, with the race it can lose made certain: the server
+    # stops while the connection of the failed AUTH after STARTTLS is still open on its
+    # side. A transport left open would be reported by whichever later test the garbage
+    # collector runs in, so collect here, where the warning names the culprit.
+    context, ca_file = server_tls(ca, tmp_path)
+    server = SmtpServer(
+        tls_context=context,
+        auth_required=True,
+        authenticator=check_login("pbx", "another password"),
+    )
+    server.start()
+    gc.collect()
+    client = smtplib.SMTP("127.0.0.1", server.port, timeout=5)
+    try:
+        client.starttls(context=ssl.create_default_context(cafile=ca_file))
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("pbx", PASSWORD)
+        server.stop()  # with the connection still open
+    finally:
+        client.close()
+        server.stop()  # in case the test failed before; does nothing the second time
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 async def test_smtp_down_then_up_loses_nothing() -> None:

@@ -28,7 +28,7 @@ import pytest
 from fastagi.alarms.events import EventKind, HistoryEvent
 from fastagi.sandbox.instance import Sandbox
 from fastagi.sandbox.ports import free_port
-from fastagi.store.alarms import Alarm, AlarmStore
+from fastagi.store.alarms import Alarm, AlarmStore, StoredEvent
 from tests import sipp
 from tests.e2e.server_process import (
     ServerProcess,
@@ -45,6 +45,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 INTERVAL = 5
 # A gap shorter than this is a doubled cycle.
 MIN_GAP = INTERVAL * 0.9
+# How far a page may stray from its schedule (start to start, as the phone sees the
+# INVITEs). Measured on 2026-11-27 on the 2-core machine shared with other test runs: the
+# gaps of these tests deviated from the interval by at most 0.03 s (a resumed gap
+# included). Ten times that; the bug this guards (a cycle counted when its page ends, so a
+# resumed page comes one interval after the page ENDED, commit 300a135) adds a page's
+# length, about 2.5 s here, which each test checks is well above this tolerance.
+SCHEDULE_TOLERANCE = 0.3
 
 
 @pytest.fixture
@@ -98,6 +105,21 @@ async def assert_history_matches_pages(
     assert sorted(numbers) == list(range(1, len(invites) + 1)), numbers
 
 
+def assert_resumed_on_schedule(
+    resumed_gap: float, page_started: dt.datetime, resumed: StoredEvent
+) -> None:
+    """The page after a takeover comes one interval after the interrupted (or last) page
+    BEGAN, start to start, within the tolerance; or at once, if the new leader took the
+    alarm only after that moment (then it cannot be on time, and must not wait more)."""
+    taken_after = resumed.occurred_at.timestamp() - page_started.timestamp()
+    due = max(INTERVAL, taken_after)
+    print(
+        f"resumed gap {resumed_gap:.3f} s; taken over {taken_after:.2f} s after that page"
+        f" began (first page in {resumed.details['first_page_in']} s); due {due:.2f} s"
+    )
+    assert abs(resumed_gap - due) <= SCHEDULE_TOLERANCE, (resumed_gap, due)
+
+
 async def test_sigkill_between_pages_restarted_server_resumes_the_loop(
     sandbox: Sandbox,
     agi_port: int,
@@ -131,12 +153,12 @@ async def test_sigkill_between_pages_restarted_server_resumes_the_loop(
         f" lasted {last_duration} s"
     )
     assert min(all_gaps) >= MIN_GAP, all_gaps
-    # One interval after the last page began (start to start), unless the new server took
-    # longer than that to start: never later than one interval after that page ended.
-    assert resumed_gap <= INTERVAL * 1.1 + float(last_duration), (resumed_gap, last_duration)
-
+    # The test can tell the bug (a page's length late) from jitter.
+    assert float(last_duration) > 2 * SCHEDULE_TOLERANCE, last_duration
     resumed = await events(store, alarm.id, "resumed")
     assert [e.details["instance"] for e in resumed] == [second.instance_id]
+    # One interval after the last page began (start to start), not after it ended.
+    assert_resumed_on_schedule(resumed_gap, times[1], resumed[0])
     await deactivate(store, alarm)
     await second.stop()
     await assert_history_matches_pages(store, alarm.id, phone.invite_times)
@@ -171,6 +193,12 @@ async def test_sigkill_during_a_page_no_cycle_doubled(
     )
     assert min(all_gaps) >= MIN_GAP, all_gaps
     [alarm] = await store.active_alarms()
+    resumed = await events(store, alarm.id, "resumed")
+    assert [e.details["instance"] for e in resumed] == [second.instance_id]
+    first_duration = (await events(store, alarm.id, "page_cycle"))[0].details["duration"]
+    assert float(first_duration) > 2 * SCHEDULE_TOLERANCE, first_duration
+    # One interval after the interrupted page began.
+    assert_resumed_on_schedule(all_gaps[1], times[1], resumed[0])
     await deactivate(store, alarm)
     await second.stop()
     # The page the kill interrupted is recorded too (once), its outcome unknown.
@@ -179,8 +207,6 @@ async def test_sigkill_during_a_page_no_cycle_doubled(
     interrupted = cycles[1].details
     assert interrupted["error"] == "leader lost during the page; outcome unknown", interrupted
     assert interrupted["instance"] == second.instance_id
-    resumed = await events(store, alarm.id, "resumed")
-    assert [e.details["instance"] for e in resumed] == [second.instance_id]
 
 
 async def test_two_instances_failover_one_leader_and_takeover(

@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 
 from fastagi.alarms.events import EventKind, HistoryEvent
+from fastagi.config import AlarmSettings
 from fastagi.sandbox.instance import Sandbox
 from fastagi.sandbox.ports import free_port
 from fastagi.store.alarms import Alarm, AlarmStore, StoredEvent
@@ -61,9 +62,16 @@ async def stack() -> AsyncIterator[AsyncExitStack]:
 
 
 async def start_server(
-    stack: AsyncExitStack, name: str, sandbox: Sandbox, port: int, dsn: str, tmp_path: Path
+    stack: AsyncExitStack,
+    name: str,
+    sandbox: Sandbox,
+    port: int,
+    dsn: str,
+    tmp_path: Path,
+    extra: dict[str, str] | None = None,
 ) -> ServerProcess:
-    server = ServerProcess(name, server_env(sandbox, port, dsn), tmp_path / f"{name}.log")
+    env = server_env(sandbox, port, dsn, extra=extra)
+    server = ServerProcess(name, env, tmp_path / f"{name}.log")
     stack.push_async_callback(server.kill)
     await server.start()
     return server
@@ -209,13 +217,33 @@ async def test_sigkill_during_a_page_no_cycle_doubled(
     assert interrupted["instance"] == second.instance_id
 
 
+# The takeover scan's period: the process tests' 1 s, and the default (3 s).
+TAKEOVER_INTERVALS = [1.0, AlarmSettings().takeover_interval]
+# What a scan round adds to its period: the sleep is takeover_interval, then the round
+# runs (a few queries). Measured on 2026-11-27: the kill to the alarm taken over took at
+# most takeover_interval + 0.1 s; five times that margin.
+SCAN_MARGIN = 0.5
+
+
+@pytest.mark.parametrize(
+    "takeover_interval", TAKEOVER_INTERVALS, ids=lambda t: f"takeover-every-{t:g}s"
+)
 async def test_two_instances_failover_one_leader_and_takeover(
     sandbox_factory,
     database_dsn: str,
     db_pool: asyncpg.Pool[asyncpg.Record],
     tmp_path: Path,
     stack: AsyncExitStack,
+    takeover_interval: float,
 ) -> None:
+    """The takeover is the scan's alone: after the leader dies nothing triggers the alarm
+    again, yet the survivor takes it over within ``takeover_interval`` (+ a scan's
+    margin) and pages one interval after the last page began, or at once if it took the
+    alarm later than that. So the gap at a takeover is at most
+    ``max(interval, kill_offset + takeover_interval + margin)`` (``kill_offset``: the
+    kill's distance from the last page's start), and never more than
+    ``interval + takeover_interval + margin``."""
+    timing = {"FASTAGI_ALARM__TAKEOVER_INTERVAL": f"{takeover_interval:g}"}
     port_a, port_b = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     while port_b == port_a:
         port_b = free_port(socket.SOCK_STREAM)
@@ -227,35 +255,55 @@ async def test_two_instances_failover_one_leader_and_takeover(
     phone = await stack.enter_async_context(sipp.PagingPhone(box, 251, tmp_path))
 
     # A (the first URL) is down: the panic call is served by B, the second URL.
-    b = await start_server(stack, "b", box, port_b, database_dsn, tmp_path)
+    b = await start_server(stack, "b", box, port_b, database_dsn, tmp_path, timing)
     await panic_call(box, tmp_path / "trigger-a-down", 171)
     alarm = await wait_alarm(store, "171", cycles=1, within=20)
     [activated] = await events(store, alarm.id, "activated")
     assert activated.details["instance"] == b.instance_id
 
     # Both up: exactly one of them pages (one INVITE per cycle, at the interval).
-    a = await start_server(stack, "a", box, port_a, database_dsn, tmp_path)
+    a = await start_server(stack, "a", box, port_a, database_dsn, tmp_path, timing)
     alarm = await wait_alarm(store, "171", cycles=3, within=20)
     assert len(phone.invite_times) == 3, phone.invite_times
     assert min(gaps(phone.invite_times)) >= MIN_GAP, gaps(phone.invite_times)
     assert await events(store, alarm.id, "resumed") == []
 
-    # The leader dies (between pages); A takes the alarm over.
+    # The leader dies between pages (page 3 has ended: its event is written). Nothing
+    # else happens: no call, no CLI; only A's takeover scan can page again.
     killed_at = time.time()
     await b.kill()
-    # B is down: calls reach A through the first URL (a re-trigger of the alarm).
-    await panic_call(box, tmp_path / "trigger-b-down", 171)
-    times = await phone.wait_invites(5, within=25)
+    within = INTERVAL + takeover_interval + 10
+    try:
+        times = await phone.wait_invites(4, within=within)
+    except TimeoutError:
+        pytest.fail(f"no page within {within:g} s of the leader's death: no takeover")
     all_gaps = gaps(times)
     takeover_gap = all_gaps[2]
-    recovery = times[3].timestamp() - killed_at
-    print(f"gaps {all_gaps}; leader killed to next page {recovery:.2f} s")
+    [resumed] = await events(store, alarm.id, "resumed")
+    assert resumed.details["instance"] == a.instance_id
+    taken_in = resumed.occurred_at.timestamp() - killed_at
+    kill_offset = killed_at - times[2].timestamp()
+    limit = max(INTERVAL, kill_offset + takeover_interval + SCAN_MARGIN) + SCHEDULE_TOLERANCE
+    print(
+        f"takeover every {takeover_interval:g} s: gaps {all_gaps}; killed {kill_offset:.2f} s"
+        f" after page 3 began; taken over {taken_in:.2f} s after the kill; takeover gap"
+        f" {takeover_gap:.3f} s (limit {limit:.2f} s); kill to next page"
+        f" {times[3].timestamp() - killed_at:.2f} s"
+    )
+    # Taken over by the scan, within one scan period of the kill.
+    assert 0 < taken_in <= takeover_interval + SCAN_MARGIN, taken_in
+    assert await events(store, alarm.id, "retriggered") == []
     assert min(all_gaps) >= MIN_GAP, all_gaps
-    assert takeover_gap <= 2 * INTERVAL, all_gaps
-    resumed = await events(store, alarm.id, "resumed")
-    assert [e.details["instance"] for e in resumed] == [a.instance_id]
+    assert takeover_gap <= limit, (takeover_gap, limit)
+    assert_resumed_on_schedule(takeover_gap, times[2], resumed)
+
+    # B is down: calls reach A through the first URL; a trigger joins A's alarm, and A
+    # still pages it alone.
+    await panic_call(box, tmp_path / "trigger-b-down", 171)
     [retriggered] = await events(store, alarm.id, "retriggered")
     assert retriggered.details["instance"] == a.instance_id
+    times = await phone.wait_invites(5, within=INTERVAL + 5)
+    assert min(gaps(times)) >= MIN_GAP, gaps(times)
 
     await deactivate(store, alarm)
     await a.stop()

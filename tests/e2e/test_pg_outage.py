@@ -176,6 +176,32 @@ async def drained(server: Server, within: float = 30.0) -> float:
     return time.monotonic()
 
 
+async def cycle_recorded(pool: asyncpg.Pool, alarm_id: int, cycle: int, within: float) -> None:
+    """Wait until the page_cycle event of ``cycle`` is a row: that page has ended and is
+    recorded in PostgreSQL. (The row is the event; nothing else announces it.)"""
+    query = (
+        "SELECT count(*) FROM alarm_events WHERE alarm_id = $1 AND kind = 'page_cycle'"
+        " AND (details ->> 'cycle')::int = $2"
+    )
+    async with asyncio.timeout(within):
+        while not await pool.fetchval(query, alarm_id, cycle):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def cycle_journalled(journal: Journal, alarm_id: int, cycle: int, within: float) -> None:
+    """Wait until the page_cycle event of ``cycle`` is a line of the journal (fsync'd)."""
+
+    async def journalled() -> bool:
+        return any(
+            e.kind is EventKind.PAGE_CYCLE and (e.alarm_id, e.details["cycle"]) == (alarm_id, cycle)
+            for e in await journal.events()
+        )
+
+    async with asyncio.timeout(within):
+        while not await journalled():  # noqa: ASYNC110 (the line is the event)
+            await asyncio.sleep(0.05)
+
+
 async def assert_cycles_match_pages(
     pool: asyncpg.Pool, alarm_id: int, invites: list[datetime]
 ) -> None:
@@ -204,7 +230,7 @@ async def test_pg_stopped_mid_alarm_paging_goes_on_and_events_arrive_once(
     ward = await s.service.lookup("101")
     alarm = (await s.service.activate("101", ward, uniqueid="p-1")).alarm
     await phone.wait_invites(2, within=12)
-    await asyncio.sleep(3)  # cycle 2 recorded in PostgreSQL
+    await cycle_recorded(s.pool, alarm.id, 2, within=INTERVAL + 5)
 
     await own_pg.stop()
     down_at = len(phone.invite_times)
@@ -220,7 +246,8 @@ async def test_pg_stopped_mid_alarm_paging_goes_on_and_events_arrive_once(
     outage_gaps = gaps(times[down_at - 1 :])
     print(f"gaps while PostgreSQL is down: {[round(g, 2) for g in outage_gaps]}")
     assert all(abs(g - INTERVAL) <= INTERVAL * TOLERANCE for g in outage_gaps), outage_gaps
-    await asyncio.sleep(3)  # the last cycle is journalled
+    # The page of the last INVITE has ended and its cycle is journalled.
+    await cycle_journalled(s.journal, alarm.id, len(times), within=INTERVAL + 5)
     journalled = await s.journal.events()
     kinds = [e.kind for e in journalled]
     assert kinds.count(EventKind.PAGE_CYCLE) >= 3
@@ -239,8 +266,8 @@ async def test_pg_stopped_mid_alarm_paging_goes_on_and_events_arrive_once(
     assert missing == [], missing
 
     assert s.service.leads(alarm.id)  # the lock was taken again, the loop never stopped
-    await phone.wait_invites(len(phone.invite_times) + 1, within=INTERVAL + 4)
-    await asyncio.sleep(3)
+    after = await phone.wait_invites(len(phone.invite_times) + 1, within=INTERVAL + 4)
+    await cycle_recorded(s.pool, alarm.id, len(after), within=INTERVAL + 5)
     assert await s.service.deactivate(alarm.id, by="cli", reason="done")
     paged = phone.invite_times
     await assert_cycles_match_pages(s.pool, alarm.id, paged)
@@ -272,7 +299,7 @@ async def test_trigger_while_pg_is_down_pages_and_the_alarm_row_appears_later(
     again = await s.service.activate("102", ward, uniqueid="q-2")
     assert (again.created, again.alarm.id) == (False, provisional)  # not a second alarm
     await phone.wait_invites(2, within=INTERVAL + 5)
-    await asyncio.sleep(3)  # cycle 2 journalled
+    await cycle_journalled(s.journal, provisional, 2, within=INTERVAL + 5)
     journalled = await s.journal.events()
     assert {e.alarm_id for e in journalled} == {provisional}
 
@@ -300,7 +327,7 @@ async def test_trigger_while_pg_is_down_pages_and_the_alarm_row_appears_later(
     seen = len(phone.invite_times)
     times = await phone.wait_invites(seen + 1, within=INTERVAL + 5)
     assert all(g >= INTERVAL * (1 - TOLERANCE) for g in gaps(times)), gaps(times)
-    await asyncio.sleep(3)
+    await cycle_recorded(s.pool, row.id, len(times), within=INTERVAL + 5)
     assert await s.service.deactivate(row.id, by="cli", reason="done")
     paged = phone.invite_times
     await assert_cycles_match_pages(s.pool, row.id, paged)
@@ -337,10 +364,13 @@ async def test_tts_directory_unwritable_pages_the_fallback(
     phone = await stack.enter_async_context(sipp.PagingPhone(sandbox, 243, tmp_path))
     alarm = (await s.service.activate("103", await s.service.lookup("103"), uniqueid="r")).alarm
     await phone.wait_invites(1, within=10)
-    await asyncio.sleep(3)
+    await cycle_recorded(s.pool, alarm.id, 1, within=INTERVAL + 5)
     assert await s.service.deactivate(alarm.id, by="cli", reason="done")
+    # Cycle 1, whole (the next one may have begun when the deactivation hung it up).
     [cycle] = await s.pool.fetch(
-        "SELECT details FROM alarm_events WHERE alarm_id = $1 AND kind = 'page_cycle'", alarm.id
+        "SELECT details FROM alarm_events WHERE alarm_id = $1 AND kind = 'page_cycle'"
+        " AND (details ->> 'cycle')::int = 1",
+        alarm.id,
     )
     details = json.loads(cycle["details"])
     assert details["prompts"] == "fallback"

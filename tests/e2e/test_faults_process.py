@@ -38,6 +38,7 @@ from tests.e2e.server_process import (
     seed_department,
     server_env,
     wait_alarm,
+    wait_counted,
 )
 from tests.history import doubled_cycles, doubled_pages
 
@@ -188,8 +189,15 @@ async def test_sigkill_during_a_page_no_cycle_doubled(
     phone = await stack.enter_async_context(sipp.PagingPhone(sandbox, 252, tmp_path))
     first = await start_server(stack, "first", sandbox, agi_port, database_dsn, tmp_path)
     await panic_call(sandbox, tmp_path / "trigger", 172)
-    await wait_alarm(store, "172", cycles=1, within=20)
+    alarm = await wait_alarm(store, "172", cycles=1, within=20)
     await phone.wait_invites(2, within=10)  # cycle 2 is playing
+    # ... and is counted on the alarm row: the leader commits that right after sending
+    # the page's Originate, while the INVITE is on its way. A kill before that commit is
+    # another case, a known limit (docs/reliability.md): under load, the INVITE reached
+    # the phone first in 1 run of 5 on 2026-11-27, and the next leader paged again 1.3 s
+    # later.
+    await wait_counted(store, alarm.id, 2, within=5)
+    assert len(phone.received("BYE")) < 2, "page 2 ended before the kill"
     killed_at = time.time()
     await first.kill()
     second = await start_server(stack, "second", sandbox, agi_port, database_dsn, tmp_path)

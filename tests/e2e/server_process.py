@@ -177,6 +177,17 @@ async def wait_alarm(
             await asyncio.sleep(0.05)
 
 
+async def wait_counted(store: Stores, alarm_id: int, cycles: int, within: float) -> Alarm:
+    """The alarm once its row counts ``cycles`` cycles: the leader counts a cycle (and
+    commits it) when the page's Originate has been sent, before the page ends."""
+    async with asyncio.timeout(within):
+        while True:
+            alarm = await store.alarms.get_alarm(alarm_id)
+            if alarm is not None and alarm.cycles >= cycles:
+                return alarm
+            await asyncio.sleep(0.02)
+
+
 async def events(store: Stores, alarm_id: int, kind: str) -> list[StoredEvent]:
     return [e for e in await store.history.timeline(alarm_id) if e.kind == kind]
 

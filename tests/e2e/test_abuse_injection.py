@@ -1,26 +1,31 @@
 """Hostile department names and caller ids are data, never commands: stored literally by
 the admin CLI (SQL), paged literally through AMI and the dialplan (no forged variable,
-no re-evaluated ``${...}``, no extra channel), spoken literally by the TTS (no shell)."""
+no re-evaluated ``${...}``, no extra channel), spoken literally by the TTS (no shell).
+
+The page test takes the whole hostile path: the name typed into the admin CLI, looked up
+by a real panic call through the sandbox, paged by the production services; it checks
+what the paging phone displays, what espeak-ng was given and what Asterisk played."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
 from pathlib import Path
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 
 from fastagi import cli
 from fastagi.agi.protocol import LocalProtocolError, encode_command
-from fastagi.alarms.paging import Pager
-from fastagi.ami import AmiClient
-from fastagi.config import AlarmSettings
+from fastagi.app import running_server
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.flows import prompts
+from fastagi.store import Stores
 from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi.tts import render as tts_render
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
+from tests.e2e.test_demo import settings_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -32,7 +37,6 @@ HOSTILE_NAMES = [
     "${SHELL(id)}",
     "Action: Originate\r\n",
 ]
-SETTINGS = AlarmSettings(lead_in=0.2, page_timeout=5, max_page_seconds=20)
 
 
 def test_admin_cli_stores_hostile_department_names_literally(database_dsn: str, capsys) -> None:
@@ -56,15 +60,6 @@ def test_admin_cli_stores_hostile_department_names_literally(database_dsn: str, 
     assert (alarms, table) == (0, True)
 
 
-@pytest.fixture
-async def ami(sandbox: Sandbox) -> AsyncIterator[AmiClient]:
-    client = AmiClient(
-        sandbox.ami_host, sandbox.ami_port, sandbox.ami_username, SecretStr(sandbox.ami_secret)
-    )
-    async with client:
-        yield client
-
-
 def received_invites(phone: sipp.PagingPhone) -> list[str]:
     return [m.text for m in phone.received("INVITE ")]
 
@@ -74,38 +69,124 @@ def display_name(invite: str) -> str:
     return from_line.split(":", 1)[1].strip()
 
 
+def spoken(text: str) -> str:
+    """What the TTS is documented to make of a text (fastagi/tts/render.py spoken_text):
+    control characters become spaces, runs of whitespace one space; nothing else."""
+    return " ".join(text.split())
+
+
+@pytest.fixture
+def espeak_inputs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text handed to the espeak-ng worker, as it is handed over (a spy: the real
+    worker still renders it)."""
+    texts: list[str] = []
+    real = tts_render._run_worker
+
+    async def spy(text: str, settings: TtsSettings, wav: Path) -> None:
+        texts.append(text)
+        await real(text, settings, wav)
+
+    monkeypatch.setattr(tts_render, "_run_worker", spy)
+    return texts
+
+
+def cli_ok(*argv: str) -> None:
+    assert cli.main(list(argv)) == 0, argv
+
+
 @pytest.mark.parametrize(
     ("department", "shown"),
     [
         # A comma and a quote: neither splits the Originate variables nor Set()'s value.
         ('Ward "7", ALARM_ID=7', r'"PANIC Ward \"7\", ALARM_ID=7"'),
-        ("${SHELL(id)}", '"PANIC ${SHELL(id)}"'),
-        ("Notaufnahme S\u00fcd", '"PANIC Notaufnahme S\u00fcd"'),
+        # Not evaluated by the dialplan, not run by a shell behind the TTS.
+        ("${SHELL(id)} $(touch /tmp/pwned)", '"PANIC ${SHELL(id)} $(touch /tmp/pwned)"'),
+        # A newline: no second line in any protocol; shown and spoken as a space.
         ("x\nEXEC Dial PJSIP/999", '"PANIC x EXEC Dial PJSIP/999"'),
-        ("Sales) & PJSIP/202 (", '"PANIC Sales) & PJSIP/202 ("'),
+        # Page()'s device separator and parentheses, and SQL.
+        (
+            "Sales) & PJSIP/202 (; DROP TABLE alarms;--",
+            '"PANIC Sales) & PJSIP/202 (; DROP TABLE alarms;--"',
+        ),
     ],
+    ids=["comma-quote", "dialplan-shell", "newline", "separators-sql"],
 )
-async def test_a_page_carries_a_hostile_department_name_literally(
-    sandbox: Sandbox, ami: AmiClient, tmp_path: Path, department: str, shown: str
+async def test_a_hostile_department_name_goes_from_the_cli_to_the_phones_and_tts_literally(
+    sandbox: Sandbox,
+    agi_port: int,
+    database_dsn: str,
+    db_pool: asyncpg.Pool[asyncpg.Record],
+    tmp_path: Path,
+    espeak_inputs: list[str],
+    department: str,
+    shown: str,
 ) -> None:
-    pager = Pager(ami, SETTINGS)
-    async with sipp.PagingPhone(sandbox, 206, tmp_path) as phone:
-        result = await pager.page(
-            70,
-            1,
-            ["PJSIP/206"],
-            ["beep"],
-            caller_name=SETTINGS.caller_name.format(department=department, extension="101"),
-            caller_number="101",
+    """The whole hostile path: the name is typed into the admin CLI, stored, looked up by
+    a real panic call (SIPp desk phone 108 dials *555 through the sandbox, confirms with
+    1), asked back by TTS, paged by the alarm over AMI and the dialplan, and arrives on
+    the paging phone as its caller name; the TTS speaks it as written."""
+    ext, phone_ext = "108", 207
+    dsn = ["--dsn", database_dsn]
+    # The admin CLI is synchronous (it runs its own event loop): in a thread.
+    await asyncio.to_thread(cli_ok, "paging-group", "add", "Hostile", *dsn)
+    await asyncio.to_thread(
+        cli_ok, "paging-group", "device", "add", "Hostile", f"PJSIP/{phone_ext}", *dsn
+    )
+    await asyncio.to_thread(
+        cli_ok, "department", "add", department, "--paging-group", "Hostile", *dsn
+    )
+    await asyncio.to_thread(cli_ok, "extension", "map", department, ext, *dsn)
+
+    settings = settings_for(sandbox, agi_port, database_dsn)
+    # A directory of this test's own, so every prompt is rendered here (and seen by the
+    # spy), and Asterisk can still read it (it is inside the sandbox's sounds).
+    sounds = f"inj-{uuid.uuid4().hex[:12]}"
+    settings.tts = TtsSettings(
+        directory=sandbox.tts_dir / sounds,
+        asterisk_directory=f"{sandbox.tts_dir_in_asterisk}/{sounds}",
+    )
+    settings.alarm.lead_in = 0.2
+    question = prompts.panic_question(department)
+    announcement = settings.alarm.announcement.format(department=department, extension=ext)
+    console_from = sandbox.log_path.stat().st_size
+
+    store = Stores.over(db_pool)
+    async with (
+        sipp.PagingPhone(sandbox, phone_ext, tmp_path) as phone,
+        running_server(settings),
+    ):
+        call = await sipp.call_dtmf(
+            sandbox, tmp_path / "panic", service="*555", ext=int(ext), digits="1",
+            prompt_ms=1500,
+        )  # fmt: skip
+        call.check()
+        await phone.wait_invites(1, within=15)
+        [alarm] = await store.alarms.active_alarms()
+        await store.alarms.deactivate(
+            alarm.id,
+            "test",
+            "done",
+            HistoryEvent(EventKind.DEACTIVATED, alarm.id, ext, alarm.department_name),
         )
-        async with asyncio.timeout(10):
-            while not received_invites(phone):  # noqa: ASYNC110 (SIPp's log is all there is)
-                await asyncio.sleep(0.05)
-    # One device dialled and answered: no forged device, no extra channel.
-    assert (result.dialled, result.answered, result.error) == (1, 1, None)
+
+    # Stored and looked up literally (the CLI strips only the ends).
+    assert alarm.department_name == department.strip()
+    # Paged: one device dialled, and its caller name is the name as written.
     [invite] = received_invites(phone)
-    assert display_name(invite).startswith(shown + " <sip:101@")
+    assert display_name(invite).startswith(shown + " <sip:108@"), display_name(invite)
     assert "uid=" not in invite
+    # Spoken as written: the texts reached espeak-ng literally ...
+    assert spoken(question) in espeak_inputs, espeak_inputs
+    assert spoken(announcement) in espeak_inputs, espeak_inputs
+    # ... and Asterisk played those very prompts: the question to the caller, the
+    # announcement on the page.
+    with sandbox.log_path.open("rb") as log:
+        log.seek(console_from)
+        console = log.read().decode(errors="replace")
+    tts = TextToSpeech(settings.tts)
+    for text in (question, announcement):
+        played = f"Playing '{tts.prompt_for(text).asterisk_name}."
+        assert played in console, (text, played)
 
 
 async def test_tts_speaks_hostile_text_literally_and_runs_no_shell(

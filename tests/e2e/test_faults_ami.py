@@ -41,6 +41,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 INTERVAL = 5
 MIN_GAP = INTERVAL * 0.9
 PING = 1.0  # ping_interval and ping_timeout of the server under test
+# AmiClient's reconnect backoff (its defaults): the n-th wait is drawn from [d/2, d],
+# d = min(30, 0.5 * 2**n).
+RECONNECT_INITIAL, RECONNECT_MAX = 0.5, 30.0
+
+
+def longest_reconnect_wait(down_for: float) -> float:
+    """The longest the first reconnect attempt after Asterisk is back can take, when it
+    came back ``down_for`` seconds after the connection was lost: the longest backoff
+    step that may be under way at that moment (the last step that can have begun by
+    then, every earlier one at its shortest)."""
+    step, earliest_start = 0, 0.0
+    while True:
+        longest = min(RECONNECT_MAX, RECONNECT_INITIAL * 2.0**step)
+        if earliest_start + longest / 2 > down_for:
+            return longest
+        earliest_start += longest / 2
+        step += 1
 
 
 def settings_for(
@@ -133,11 +150,18 @@ async def test_asterisk_restart_reconnects_relights_lamps_and_records_missed_cyc
     relit_after = time.time() - up_at
     times = await phone.wait_invites(before + 2, within=25)
     paging_after = times[before].timestamp() - up_at
+    reconnect_within = longest_reconnect_wait(up_at - down_at) + 1.0
     print(
         f"Asterisk down {up_at - down_at:.1f} s; lamp relit {relit_after:.2f} s and paging"
-        f" resumed {paging_after:.2f} s after it booted; gaps {gaps(times)}"
+        f" resumed {paging_after:.2f} s after it booted (reconnect within"
+        f" {reconnect_within:g} s by the backoff); gaps {gaps(times)}"
     )
     assert min(gaps(times)) >= MIN_GAP, gaps(times)
+    # Reconnected within the backoff step under way when Asterisk came back (+1 s for
+    # the login, FullyBooted and the lamp's SetVar); the lamp set again at once, and
+    # paging at the next cycle of the loop, which went on failing meanwhile.
+    assert relit_after <= reconnect_within, (relit_after, reconnect_within)
+    assert paging_after <= relit_after + INTERVAL + 1.0, (paging_after, relit_after)
 
     # Every page the phone received is recorded once (the last one when it has ended);
     # the cycles Asterisk could not take while it was down are recorded with their error.

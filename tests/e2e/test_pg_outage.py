@@ -4,9 +4,12 @@ Asterisk, SIPp paging phones.
 
 What is asserted, per fault: paging goes on at the interval (INVITE times), events made
 meanwhile wait in the journal, and once PostgreSQL is back every one of them is a row,
-exactly once (compared by event_id with what was generated; cycle numbers without gap or
-repeat). The time from PostgreSQL accepting connections again to the journal being
-drained is printed (``recovery``) for docs/reliability.md.
+exactly once. "Once" is counted by what the events say (tests/history.py: a page cycle by
+its alarm and number, any other event by kind, time and details), not by event_id, which
+the schema keeps unique anyway; and the page cycles recorded are compared with the
+INVITEs the paging phone received (none lost, none doubled). The time from PostgreSQL
+accepting connections again to the journal being drained is printed (``recovery``) for
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from uuid import UUID
 
 import asyncpg
 import pytest
@@ -43,12 +45,37 @@ from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.cluster import EmbeddedCluster, free_port
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
+from tests.history import (
+    cycle_numbers,
+    doubled_cycles,
+    doubled_pages,
+    duplicated,
+    lost,
+    stored_rows,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
-SETTINGS = AlarmSettings(lead_in=0.3, page_timeout=5, takeover_interval=1.0)
+# A short announcement: a page (about 2.5 s) ends well before the next is due. With the
+# default text a page lasts about 5.2 s, longer than the interval, and the gaps measured
+# the page's length (5.25 s), not the schedule.
+SETTINGS = AlarmSettings(
+    lead_in=0.3, page_timeout=5, takeover_interval=1.0, announcement="Panic {extension}."
+)
 INTERVAL = 5
-TOLERANCE = 0.10
+TOLERANCE = 0.10  # a gap shorter than (1 - TOLERANCE) * INTERVAL is a doubled page
+# How far a gap may stray from the interval. Measured on 2026-11-27 (2 shared cores): at
+# most 0.03 s, outage or not (tests/e2e/test_faults_process.py uses the same bound).
+SCHEDULE_TOLERANCE = 0.3
+# PostgreSQL back -> journal replayed: the maintenance round that finds it back comes
+# within one takeover_interval, then the replay (a few events in one transaction). The
+# margin covers PostgreSQL's first connections after its restart on a loaded machine;
+# measured on 2026-11-27: 0.3-0.9 s in all, at a 1 s takeover_interval.
+DRAIN_WITHIN = SETTINGS.takeover_interval + 1.0
+# activate() with PostgreSQL down -> the first INVITE: the directory is cached, nothing
+# waits for the database. Measured 0.09-0.16 s; the same bound as a first page with
+# notifications down (tests/e2e/test_escalation_isolation.py).
+FIRST_PAGE_WITHIN = 2.0
 
 
 @dataclass
@@ -171,8 +198,56 @@ async def drained(server: Server, within: float = 30.0) -> float:
     return time.monotonic()
 
 
-async def event_ids(pool: asyncpg.Pool) -> list[UUID]:
-    return [r["event_id"] for r in await pool.fetch("SELECT event_id FROM alarm_events")]
+async def cycle_recorded(pool: asyncpg.Pool, alarm_id: int, cycle: int, within: float) -> None:
+    """Wait until the page_cycle event of ``cycle`` is a row: that page has ended and is
+    recorded in PostgreSQL. (The row is the event; nothing else announces it.)"""
+    query = (
+        "SELECT count(*) FROM alarm_events WHERE alarm_id = $1 AND kind = 'page_cycle'"
+        " AND (details ->> 'cycle')::int = $2"
+    )
+    async with asyncio.timeout(within):
+        while not await pool.fetchval(query, alarm_id, cycle):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def cycle_journalled(journal: Journal, alarm_id: int, cycle: int, within: float) -> None:
+    """Wait until the page_cycle event of ``cycle`` is a line of the journal (fsync'd)."""
+
+    async def journalled() -> bool:
+        return any(
+            e.kind is EventKind.PAGE_CYCLE and (e.alarm_id, e.details["cycle"]) == (alarm_id, cycle)
+            for e in await journal.events()
+        )
+
+    async with asyncio.timeout(within):
+        while not await journalled():  # noqa: ASYNC110 (the line is the event)
+            await asyncio.sleep(0.05)
+
+
+async def assert_cycles_match_pages(
+    pool: asyncpg.Pool, alarm_id: int, invites: list[datetime]
+) -> None:
+    """One page_cycle row per page the phone received: none lost, none doubled (a cycle
+    number written twice, or two pages inside one cycle's window), numbered 1..n."""
+    rows = await stored_rows(pool)
+    numbers = cycle_numbers(rows, alarm_id)
+    # The premise of every gap measured here: a page ends before the next is due.
+    durations = [
+        r.details["duration"]
+        for r in rows
+        if r.kind == "page_cycle" and r.alarm_id == alarm_id and r.details["duration"] is not None
+    ]
+    assert max(durations) < INTERVAL - SCHEDULE_TOLERANCE, durations
+    twice = doubled_cycles(numbers)
+    close = doubled_pages(invites, INTERVAL * (1 - TOLERANCE))
+    missing = len(invites) - len(set(numbers))
+    print(
+        f"pages received {len(invites)}, cycles recorded {numbers}: lost {missing},"
+        f" doubled {twice} (numbers) {close} (gaps)"
+    )
+    assert (twice, close) == ([], []), (numbers, gaps(invites))
+    assert missing == 0, (numbers, len(invites))
+    assert sorted(numbers) == list(range(1, len(invites) + 1)), numbers
 
 
 async def test_pg_stopped_mid_alarm_paging_goes_on_and_events_arrive_once(
@@ -185,7 +260,7 @@ async def test_pg_stopped_mid_alarm_paging_goes_on_and_events_arrive_once(
     ward = await s.service.lookup("101")
     alarm = (await s.service.activate("101", ward, uniqueid="p-1")).alarm
     await phone.wait_invites(2, within=12)
-    await asyncio.sleep(3)  # cycle 2 recorded in PostgreSQL
+    await cycle_recorded(s.pool, alarm.id, 2, within=INTERVAL + 5)
 
     await own_pg.stop()
     down_at = len(phone.invite_times)
@@ -200,8 +275,9 @@ async def test_pg_stopped_mid_alarm_paging_goes_on_and_events_arrive_once(
     times = await phone.wait_invites(down_at + 3, within=3 * INTERVAL + 8)
     outage_gaps = gaps(times[down_at - 1 :])
     print(f"gaps while PostgreSQL is down: {[round(g, 2) for g in outage_gaps]}")
-    assert all(abs(g - INTERVAL) <= INTERVAL * TOLERANCE for g in outage_gaps), outage_gaps
-    await asyncio.sleep(3)  # the last cycle is journalled
+    assert all(abs(g - INTERVAL) <= SCHEDULE_TOLERANCE for g in outage_gaps), outage_gaps
+    # The page of the last INVITE has ended and its cycle is journalled.
+    await cycle_journalled(s.journal, alarm.id, len(times), within=INTERVAL + 5)
     journalled = await s.journal.events()
     kinds = [e.kind for e in journalled]
     assert kinds.count(EventKind.PAGE_CYCLE) >= 3
@@ -213,29 +289,23 @@ async def test_pg_stopped_mid_alarm_paging_goes_on_and_events_arrive_once(
     back = time.monotonic()
     recovered = await drained(s)
     print(f"recovery (PostgreSQL back -> journal drained): {recovered - back:.2f} s")
-    stored = await event_ids(s.pool)
-    lost = {e.event_id for e in journalled} - set(stored)
-    duplicated = len(stored) - len(set(stored))
-    print(f"journalled {len(journalled)}, lost {len(lost)}, duplicated {duplicated}")
-    assert (len(lost), duplicated) == (0, 0)
+    assert recovered - back <= DRAIN_WITHIN, recovered - back
+    rows = await stored_rows(s.pool)
+    missing, twice = lost(journalled, rows), duplicated(rows)
+    print(f"journalled {len(journalled)}, lost {len(missing)}, duplicated {len(twice)}")
+    assert twice == {}, twice
+    assert missing == [], missing
 
     assert s.service.leads(alarm.id)  # the lock was taken again, the loop never stopped
-    await phone.wait_invites(len(phone.invite_times) + 1, within=INTERVAL + 4)
-    await asyncio.sleep(3)
+    after = await phone.wait_invites(len(phone.invite_times) + 1, within=INTERVAL + 4)
+    await cycle_recorded(s.pool, alarm.id, len(after), within=INTERVAL + 5)
     assert await s.service.deactivate(alarm.id, by="cli", reason="done")
-    paged = len(phone.invite_times)
-    cycles = [
-        r["cycle"]
-        for r in await s.pool.fetch(
-            "SELECT (details ->> 'cycle')::int AS cycle FROM alarm_events"
-            " WHERE alarm_id = $1 AND kind = 'page_cycle' ORDER BY occurred_at",
-            alarm.id,
-        )
-    ]
-    assert cycles == list(range(1, paged + 1))  # each page once: nothing lost or doubled
+    paged = phone.invite_times
+    await assert_cycles_match_pages(s.pool, alarm.id, paged)
+    assert duplicated(await stored_rows(s.pool)) == {}
     row = await s.store.alarms.get_alarm(alarm.id)
     assert row is not None
-    assert row.cycles == paged
+    assert row.cycles == len(paged)
 
 
 async def test_trigger_while_pg_is_down_pages_and_the_alarm_row_appears_later(
@@ -257,10 +327,11 @@ async def test_trigger_while_pg_is_down_pages_and_the_alarm_row_appears_later(
     assert provisional < 0
     first = (await phone.wait_invites(1, within=10))[0]
     print(f"activate() with PostgreSQL down -> first INVITE: {first.timestamp() - started:.2f} s")
+    assert first.timestamp() - started <= FIRST_PAGE_WITHIN, first.timestamp() - started
     again = await s.service.activate("102", ward, uniqueid="q-2")
     assert (again.created, again.alarm.id) == (False, provisional)  # not a second alarm
     await phone.wait_invites(2, within=INTERVAL + 5)
-    await asyncio.sleep(3)  # cycle 2 journalled
+    await cycle_journalled(s.journal, provisional, 2, within=INTERVAL + 5)
     journalled = await s.journal.events()
     assert {e.alarm_id for e in journalled} == {provisional}
 
@@ -268,41 +339,35 @@ async def test_trigger_while_pg_is_down_pages_and_the_alarm_row_appears_later(
     back = time.monotonic()
     recovered = await drained(s)
     print(f"recovery (PostgreSQL back -> alarm row + journal drained): {recovered - back:.2f} s")
+    assert recovered - back <= DRAIN_WITHIN, recovered - back
     [row] = await s.store.alarms.active_alarms()
     assert row.alarm_key == activation.alarm.alarm_key
     assert s.service.leads(row.id)
     assert not s.service.leads(provisional)
-    stored = await s.pool.fetch(
-        "SELECT event_id, kind, alarm_id, (details ->> 'cycle')::int AS cycle"
-        " FROM alarm_events ORDER BY occurred_at"
-    )
-    by_id = {r["event_id"]: r for r in stored}
-    lost = [e for e in journalled if e.event_id not in by_id]
-    print(f"journalled {len(journalled)}, lost {len(lost)}")
-    assert lost == []
-    assert all(by_id[e.event_id]["alarm_id"] == row.id for e in journalled)  # rekeyed
-    kinds = [r["kind"] for r in stored if r["alarm_id"] == row.id]
+    rows = await stored_rows(s.pool)
+    # Each journalled event, rekeyed to the row (its page cycles are the row's now).
+    rekeyed = [e.with_alarm(row.id) if e.alarm_id == provisional else e for e in journalled]
+    missing, twice = lost(rekeyed, rows), duplicated(rows)
+    print(f"journalled {len(journalled)}, lost {len(missing)}, duplicated {len(twice)}")
+    assert twice == {}, twice
+    assert missing == [], missing
+    by_id = {r.event_id: r for r in rows}
+    assert all(by_id[e.event_id].alarm_id == row.id for e in journalled)  # rekeyed
+    kinds = [r.kind for r in rows if r.alarm_id == row.id]
     assert (kinds.count("activated"), kinds.count("retriggered")) == (1, 1)
 
     # The loop goes on under the row's id, same schedule: no doubled cycle.
     seen = len(phone.invite_times)
     times = await phone.wait_invites(seen + 1, within=INTERVAL + 5)
-    assert all(g >= INTERVAL * (1 - TOLERANCE) for g in gaps(times)), gaps(times)
-    await asyncio.sleep(3)
+    assert all(abs(g - INTERVAL) <= SCHEDULE_TOLERANCE for g in gaps(times)), gaps(times)
+    await cycle_recorded(s.pool, row.id, len(times), within=INTERVAL + 5)
     assert await s.service.deactivate(row.id, by="cli", reason="done")
-    paged = len(phone.invite_times)
-    cycles = [
-        r["cycle"]
-        for r in await s.pool.fetch(
-            "SELECT (details ->> 'cycle')::int AS cycle FROM alarm_events"
-            " WHERE alarm_id = $1 AND kind = 'page_cycle' ORDER BY occurred_at",
-            row.id,
-        )
-    ]
-    assert cycles == list(range(1, paged + 1))
+    paged = phone.invite_times
+    await assert_cycles_match_pages(s.pool, row.id, paged)
+    assert duplicated(await stored_rows(s.pool)) == {}
     final = await s.store.alarms.get_alarm(row.id)
     assert final is not None
-    assert final.cycles == paged
+    assert final.cycles == len(paged)
 
 
 async def test_start_up_replays_a_journal_with_a_torn_last_line(
@@ -332,10 +397,13 @@ async def test_tts_directory_unwritable_pages_the_fallback(
     phone = await stack.enter_async_context(sipp.PagingPhone(sandbox, 243, tmp_path))
     alarm = (await s.service.activate("103", await s.service.lookup("103"), uniqueid="r")).alarm
     await phone.wait_invites(1, within=10)
-    await asyncio.sleep(3)
+    await cycle_recorded(s.pool, alarm.id, 1, within=INTERVAL + 5)
     assert await s.service.deactivate(alarm.id, by="cli", reason="done")
+    # Cycle 1, whole (the next one may have begun when the deactivation hung it up).
     [cycle] = await s.pool.fetch(
-        "SELECT details FROM alarm_events WHERE alarm_id = $1 AND kind = 'page_cycle'", alarm.id
+        "SELECT details FROM alarm_events WHERE alarm_id = $1 AND kind = 'page_cycle'"
+        " AND (details ->> 'cycle')::int = 1",
+        alarm.id,
     )
     details = json.loads(cycle["details"])
     assert details["prompts"] == "fallback"

@@ -193,10 +193,13 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         for task in list(background):
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        # Whoever records first, the recorder (and its journal) last.
+        # The alarm service first: its last listener calls (an alarm that ended a moment
+        # ago: the e-mail, the SMS, the emergency call's end) reach the emergency caller
+        # and the notifier while they still take them. The recorder (and its journal)
+        # last: everyone before it records.
+        await alarms.close()
         await emergency.close()
         await notifier.close(drain_timeout=NOTIFY_DRAIN_SECONDS)
-        await alarms.close()
         await recorder.close()
         await ami.close()
         await tts.aclose()

@@ -12,6 +12,10 @@ from fastagi.domain.alarm import Alarm
 
 logger = logging.getLogger(__name__)
 
+# How long close() waits for the listeners told last. They only queue (the notifier) or
+# start and stop tasks (the emergency caller): milliseconds, unless one misbehaves.
+_CLOSE_GRACE = 5.0
+
 
 class AlarmListener(Protocol):
     """Called from a task of its own: a slow or failing listener (an SMTP server that
@@ -54,7 +58,11 @@ class Listeners:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = _CLOSE_GRACE) -> None:
+        """Let the listeners told last finish (an alarm that ended a moment before the
+        shutdown still gets its e-mail queued), for at most ``grace`` seconds."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -95,7 +95,9 @@ async def test_render_writes_audible_signed_linear(tmp_path: Path, sample_rate, 
 
 
 async def test_cache_hit_does_not_render_again(settings: TtsSettings, tts: TextToSpeech):
+    started = time.perf_counter()
     first = await tts.render(ANNOUNCEMENT)
+    render_seconds = time.perf_counter() - started
     mtime = first.host_path.stat().st_mtime_ns
     started = time.perf_counter()
     second = await tts.render(ANNOUNCEMENT)
@@ -104,7 +106,8 @@ async def test_cache_hit_does_not_render_again(settings: TtsSettings, tts: TextT
     assert second == first
     assert tts.renders_started == 1
     assert first.host_path.stat().st_mtime_ns == mtime
-    assert hit_seconds < 0.05
+    # A hit is a stat, no child process: far below the render it saves (hundreds of ms).
+    assert hit_seconds < render_seconds / 4, (hit_seconds, render_seconds)
 
     # After a restart the file on disk is the cache.
     async with TextToSpeech(settings) as restarted:
@@ -257,10 +260,13 @@ async def test_event_loop_keeps_running_during_renders(tmp_path: Path):
     stop.set()
     await ticker
 
-    # Three renders take a few hundred milliseconds; the loop never stalled for more than a
-    # few ticks of that (the 10 ms sleep itself plus scheduling noise).
+    # Three renders take a few hundred milliseconds (more on a busy machine: espeak-ng's
+    # CPU time is shared with everything else). A render that blocked the loop would stall
+    # it for about a third of that; running in a child process, the loop only waits for
+    # the scheduler: a bound on the stall that scales with the renders measured in this
+    # very run holds on a loaded machine and fails a blocking render.
     assert render_seconds > 0.15
-    assert max(gaps) < 0.06, (max(gaps), render_seconds)
+    assert max(gaps) < max(0.06, render_seconds / 6), (max(gaps), render_seconds)
 
 
 async def test_prerender_reports_each_text(tmp_path: Path):

@@ -36,34 +36,37 @@ class Line:
 
 
 def code_lines(text: str) -> list[Line]:
-    """Every line with comments removed (block comments included), blank ones dropped."""
+    """Every line with comments removed, blank ones dropped. As main/config.c reads them:
+    ``;`` starts a comment to the end of the line unless escaped (``\\;``); ``;--`` not
+    followed by another ``-`` opens a block comment (they nest), ``--;`` closes one; so a
+    ruler like ``;-------;`` is a line comment."""
     lines: list[Line] = []
-    in_block = False
+    depth = 0
     for number, raw in enumerate(text.splitlines(), start=1):
-        out = []
+        out: list[str] = []
         index = 0
         while index < len(raw):
-            if in_block:
-                end = raw.find("--;", index)
-                if end < 0:
-                    index = len(raw)
-                    break
-                in_block = False
-                index = end + 3
-                continue
             char = raw[index]
-            if char == "\\" and index + 1 < len(raw):
-                out.append(raw[index : index + 2])
+            if char == "\\" and raw.startswith(";", index + 1):
+                if depth == 0:
+                    out.append(";")
                 index += 2
                 continue
-            if char == ";":
-                if raw.startswith(";--", index):
-                    in_block = True
-                    index += 3
-                    continue
-                break
-            out.append(char)
-            index += 1
+            if char != ";":
+                if depth == 0:
+                    out.append(char)
+                index += 1
+                continue
+            if raw.startswith(";--", index) and not raw.startswith(";---", index):
+                depth += 1
+                index += 3
+                continue
+            if depth > 0:
+                if index >= 2 and raw[index - 2 : index] == "--":
+                    depth -= 1
+                index += 1
+                continue
+            break  # a line comment
         stripped = "".join(out).strip()
         if stripped:
             lines.append(Line(number, stripped))

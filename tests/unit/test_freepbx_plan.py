@@ -44,6 +44,11 @@ FREEPBX = {
         "#include extensions_additional.conf\n"
         "#include extensions_custom.conf\n"
         "\n"
+        ";-------------------------------------------------------------------------------\n"
+        "; from-internal:\n"
+        ";\n"
+        "; Internal dialplan that most internal phones have access to\n"
+        ";\n"
         "[from-internal]\n"
         "include => from-internal-noxfer\n"
         "include => from-internal-xfer\n"
@@ -181,10 +186,12 @@ def test_broken_markers_are_left_to_a_human(text: str) -> None:
 
 def test_conffile_reads_includes_sections_and_values() -> None:
     text = (
+        ";--------------------------------------------------------------------------------;\n"
         "; a comment [not-a-section]\n"
+        ";-------------------------------------------------------------------------------\n"
         "#include extensions_custom.conf\n"
         '#tryinclude "globals_custom.conf" \n'
-        ";-- a block comment\n#include hidden.conf\n--;\n"
+        ";-- a block comment\n#include hidden.conf\n;-- nested --;\n[hidden]\n--;\n"
         "[general](+)\n"
         "port = 5039 ; inline comment\n"
         "bindaddr=127.0.0.1\n"
@@ -196,7 +203,8 @@ def test_conffile_reads_includes_sections_and_values() -> None:
     assert [s.text for s in conffile.sections(text)] == ["general", "from-internal-xfer"]
     assert conffile.section_values(text, "general") == {"port": ["5039"], "bindaddr": ["127.0.0.1"]}
     assert conffile.context_includes(text, "from-internal-xfer") == ["from-internal-custom"]
-    assert conffile.section_values(text, "from-internal-xfer")["exten"] == ["1,1,Set(X=a\\;b)"]
+    # As config.c reads it: the escape is gone, the semicolon stays.
+    assert conffile.section_values(text, "from-internal-xfer")["exten"] == ["1,1,Set(X=a;b)"]
 
 
 def test_a_freepbx_tree_has_the_shape_and_others_do_not() -> None:

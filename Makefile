@@ -24,13 +24,14 @@ SANDBOX_ROOTFS := $(CACHE)/sandbox/rootfs
 # takes tests queued on another. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 4
 
-.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench demo clean distclean
+.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench demo dist clean distclean
 
 help:
 	@echo "make run     start the sandbox Asterisk, PostgreSQL and the FastAGI server"
 	@echo "make test    lint, type-check and run every test"
 	@echo "make demo    with make run going: trigger, two page cycles, deactivation, timeline"
 	@echo "make bench   FastAGI load benchmark (ours vs panoramisk)"
+	@echo "make dist    build the wheel into dist/ (what production installs)"
 	@echo "make clean   remove caches of tests; make distclean also removes the sandbox image"
 
 $(APT_STAMP):
@@ -81,6 +82,27 @@ test: deps sandbox-image lint typecheck
 
 bench: deps
 	$(PY) -m bench.agi_load
+
+# The wheel production installs (README, "Production install"). Built with pinned build
+# tools in a venv of their own, without build isolation: no download of whatever
+# setuptools PyPI offers today, and the same tools every time. SOURCE_DATE_EPOCH (the last
+# commit's time) makes the archive's timestamps, and so the wheel, reproducible.
+DIST ?= dist
+BUILD_VENV := $(CACHE)/build-venv
+BUILD_TOOLS := setuptools==80.9.0 wheel==0.45.1
+BUILD_STAMP := $(BUILD_VENV)/.installed
+
+$(BUILD_STAMP): Makefile
+	@test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/python -m pip install -q $(BUILD_TOOLS)
+	@touch $@
+
+dist: $(BUILD_STAMP)
+	rm -rf build
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 315532800) \
+	  $(BUILD_VENV)/bin/python -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) .
+	rm -rf build
+	@ls $(DIST)/fastagi_panic-*.whl
 
 run: deps sandbox-image
 	$(DEV) run

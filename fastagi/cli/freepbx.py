@@ -87,6 +87,13 @@ def register(subparsers: SubParsers) -> None:
         "--watchdog-sec", type=int, default=10, help="the unit's WatchdogSec (default 10)"
     )
     install.add_argument(
+        "--feature-codes",
+        choices=("dialplan", "freepbx"),
+        default="dialplan",
+        help="who answers *555/*556/*599: our [from-internal-custom] (dialplan, default) or "
+        "FreePBX's Misc Applications (freepbx; README)",
+    )
+    install.add_argument(
         "--force", action="store_true", help="install into a tree that does not look like FreePBX's"
     )
     install.set_defaults(handler=run_install)
@@ -194,6 +201,7 @@ def run_install(args: argparse.Namespace) -> int:
         exec_start=_exec_start(),
         watchdog_sec=args.watchdog_sec,
         force=args.force,
+        feature_codes=args.feature_codes == "dialplan",
     )
     try:
         plan = plan_install(request, snapshot)

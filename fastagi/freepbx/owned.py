@@ -28,7 +28,29 @@ _CONFIG_HEADER = re.compile(re.escape(CONFIG_HEADER_START) + r"([0-9a-f]{64})\n"
 _PLACEHOLDER = re.compile(r"@\{([a-z_]+)\}")
 
 
-def dialplan(package_text: str) -> str:
+# The one line of the dialplan that makes our feature codes answer in from-internal.
+FEATURES_INCLUDE = "include => fastagi-panic-features\n"
+FEATURES_OFF = (
+    "; include => fastagi-panic-features  ; off (install --feature-codes freepbx): FreePBX's\n"
+    "; Misc Applications answer the codes, through (macro|sub)-user-callerid (AMPUSER).\n"
+)
+
+
+class DialplanError(ValueError):
+    """The package's dialplan is not as this code expects it."""
+
+
+def dialplan(package_text: str, *, feature_codes: bool = True) -> str:
+    """The installed copy. Without ``feature_codes``, ``[from-internal-custom]`` no longer
+    includes ``[fastagi-panic-features]``: FreePBX's Misc Applications answer the codes
+    and go to the Custom Destinations (README, "Feature codes FreePBX can see")."""
+    if not feature_codes:
+        if package_text.count(FEATURES_INCLUDE) != 1:
+            raise DialplanError(
+                f"the dialplan has {package_text.count(FEATURES_INCLUDE)} lines "
+                f"{FEATURES_INCLUDE.strip()!r}, expected one"
+            )
+        package_text = package_text.replace(FEATURES_INCLUDE, FEATURES_OFF)
     return DIALPLAN_HEADER + package_text
 
 

@@ -114,6 +114,8 @@ class InstallRequest:
     exec_start: str = "/opt/fastagi-panic/bin/fastagi serve"
     watchdog_sec: int = 10
     force: bool = False  # install into a tree that does not look like FreePBX's
+    # False: FreePBX's Misc Applications answer *555/*556/*599 (owned.dialplan).
+    feature_codes: bool = True
 
 
 @dataclass(frozen=True)
@@ -314,7 +316,7 @@ def plan_install(request: InstallRequest, snapshot: Snapshot) -> Plan:
         FileChange(
             request.asterisk_dir / DIALPLAN,
             dialplan_before,
-            owned.dialplan(snapshot.dialplan),
+            _dialplan(snapshot.dialplan, request.feature_codes),
             owner=request.asterisk_user,
             group=request.asterisk_group,
         )
@@ -386,6 +388,13 @@ def _dir_changes(request: InstallRequest, snapshot: Snapshot) -> list[DirChange]
     if request.config.parent not in snapshot.existing_dirs:
         dirs.append(DirChange(request.config.parent, 0o700, None, None))
     return dirs
+
+
+def _dialplan(package_text: str, feature_codes: bool) -> str:
+    try:
+        return owned.dialplan(package_text, feature_codes=feature_codes)
+    except owned.DialplanError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def _dsn_password(dsn: str) -> list[str]:

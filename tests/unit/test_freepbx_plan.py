@@ -490,3 +490,27 @@ def test_the_user_gets_what_the_table_needs_and_nothing_dangerous() -> None:
     assert ami_user._classes(ami_user.READ) == read == {"system", "call"}
     assert ami_user._classes(ami_user.WRITE) == write == {"call", "originate", "reporting"}
     assert write & ami_user.FORBIDDEN_WRITE == set()
+
+
+def test_feature_codes_left_to_freepbx_misc_applications() -> None:
+    plan = plan_install(replace(REQUEST, feature_codes=False), snapshot(FREEPBX))
+    dialplan = plan.changes[0].after or ""
+    custom = conffile.section_values(dialplan, "from-internal-custom")
+    # Only the hints stay reachable from from-internal; the codes are the Misc
+    # Applications' (app-miscapps, in from-internal-additional).
+    assert custom == {"include": ["fastagi-panic-hints"]}
+    assert "[fastagi-panic-features]" in dialplan  # still there, just not included
+    assert "[panic-alarm]" in dialplan  # the Custom Destination
+    # Back to the default: the file is updated, nothing else.
+    installed = carried_out(snapshot(FREEPBX), plan)
+    back = plan_install(REQUEST, installed)
+    assert [c.path.name for c in back.changes] == ["fastagi-panic.conf"]
+    assert conffile.section_values(back.changes[0].after or "", "from-internal-custom") == {
+        "include": ["fastagi-panic-features", "fastagi-panic-hints"]
+    }
+
+
+def test_feature_codes_off_needs_the_one_include_line() -> None:
+    broken = replace(snapshot(FREEPBX), dialplan="[from-internal-custom]\n")
+    with pytest.raises(PlanError, match="expected one"):
+        plan_install(replace(REQUEST, feature_codes=False), broken)

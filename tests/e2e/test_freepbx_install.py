@@ -256,6 +256,16 @@ async def test_install_page_least_privilege_uninstall(
         for action, fields in refused.items():
             with pytest.raises(AmiError, match="Permission denied"):
                 await client.action({"Action": action, **fields})
+        # DB() over AMI is refused whatever the rights (func_db registers it escalating and
+        # AMI sessions inhibit escalation, main/tcptls.c): a Getvar reads it as empty,
+        # silently. DBGet (reporting) is the way to read astdb.
+        await pbx.acli("database put fastagi probe 42")
+        assert (await client.action({"Action": "Getvar", "Variable": "DB(fastagi/probe)"}))[
+            "Value"
+        ] == ""
+        with pytest.raises(AmiError, match="Variable not set"):
+            await client.action({"Action": "Setvar", "Variable": "DB(fastagi/probe)", "Value": "1"})
+        await client.action({"Action": "DBGet", "Family": "fastagi", "Key": "probe"})
         with pytest.raises(AmiError, match="GetVar Access Forbidden"):
             await client.action({"Action": "Getvar", "Variable": "SHELL(id)"})
         with pytest.raises(AmiError, match="Originate Access Forbidden"):

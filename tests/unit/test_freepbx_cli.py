@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import stat
 import tomllib
 from pathlib import Path
@@ -23,7 +24,10 @@ def tree(tmp_path: Path) -> Path:
     etc.mkdir()
     for name, text in FREEPBX.items():
         (etc / name).write_text(text)
-    (etc / "manager_custom.conf").chmod(0o640)
+    # Modes and an owner install must keep (a new manager_custom.conf would get 0640).
+    (etc / "manager_custom.conf").chmod(0o600)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(etc / "extensions_custom.conf", nobody.pw_uid, nobody.pw_gid)
     # A fake `asterisk` for the reloads: it records how it was called.
     fake = tmp_path / "fake-asterisk"
     fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "reloads.log"}\n')
@@ -87,8 +91,13 @@ def test_install_is_idempotent_and_uninstall_restores_every_byte(
     config = tree / "etc-fastagi" / "config.toml"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert stat.S_IMODE((tree / "etc-fastagi").stat().st_mode) == 0o700
-    # An existing file keeps its mode (and owner).
-    assert stat.S_IMODE((tree / "asterisk" / "manager_custom.conf").stat().st_mode) == 0o640
+    # An existing file keeps its mode and owner.
+    assert stat.S_IMODE((tree / "asterisk" / "manager_custom.conf").stat().st_mode) == 0o600
+    custom = (tree / "asterisk" / "extensions_custom.conf").stat()
+    assert (custom.st_uid, custom.st_gid) == (
+        pwd.getpwnam("nobody").pw_uid,
+        pwd.getpwnam("nobody").pw_gid,
+    )
     for directory in (tree / "sounds" / "fastagi-panic", tree / "journal"):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o2770
     secret = tomllib.loads(config.read_text())["ami"]["secret"]

@@ -297,6 +297,13 @@ def test_a_second_install_changes_nothing_and_keeps_the_secret() -> None:
     assert again.secrets[0] == SECRET
 
 
+def test_a_deleted_config_is_written_again_with_the_same_secret() -> None:
+    installed = carried_out(snapshot(FREEPBX), plan_install(REQUEST, snapshot(FREEPBX)))
+    plan = plan_install(replace(REQUEST, new_secret=OTHER_SECRET), replace(installed, config=None))
+    assert [(c.path, c.action) for c in plan.changes] == [(CONFIG, "create")]
+    assert tomllib.loads(plan.changes[0].after or "")["ami"]["secret"] == SECRET
+
+
 def test_the_secret_of_an_existing_config_is_reused() -> None:
     installed = carried_out(snapshot(FREEPBX), plan_install(REQUEST, snapshot(FREEPBX)))
     # manager_custom.conf was restored from a backup without our block.

@@ -83,14 +83,16 @@ test: deps sandbox-image lint typecheck
 bench: deps
 	$(PY) -m bench.agi_load
 
-# The wheel production installs (README, "Production install"). Built with pinned build
-# tools in a venv of their own, without build isolation: no download of whatever
-# setuptools PyPI offers today, and the same tools every time. SOURCE_DATE_EPOCH (the last
-# commit's time) makes the archive's timestamps, and so the wheel, reproducible.
+# The wheel production installs (README, "Production install"). Built from a fresh copy
+# of the files git tracks (a stale build/ or *.egg-info of the working tree cannot slip
+# files in), with pinned build tools in a venv of their own and no build isolation (no
+# download of whatever setuptools PyPI offers today), and with SOURCE_DATE_EPOCH (the
+# last commit's time) for the archive's timestamps: two builds are byte-identical.
 DIST ?= dist
 BUILD_VENV := $(CACHE)/build-venv
 BUILD_TOOLS := setuptools==80.9.0 wheel==0.45.1
 BUILD_STAMP := $(BUILD_VENV)/.installed
+BUILD_SRC := $(CACHE)/dist-src
 
 $(BUILD_STAMP): Makefile
 	@test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)
@@ -98,10 +100,12 @@ $(BUILD_STAMP): Makefile
 	@touch $@
 
 dist: $(BUILD_STAMP)
-	rm -rf build
-	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 315532800) \
-	  $(BUILD_VENV)/bin/python -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) .
-	rm -rf build
+	rm -rf $(BUILD_SRC) && mkdir -p $(BUILD_SRC) $(DIST)
+	git ls-files -z | tar --null -cf - -T - | tar -xf - -C $(BUILD_SRC)
+	cd $(BUILD_SRC) && SOURCE_DATE_EPOCH=$$(git -C $(CURDIR) log -1 --format=%ct) \
+	  $(CURDIR)/$(BUILD_VENV)/bin/python -m pip wheel -q --no-deps --no-build-isolation \
+	  -w $(abspath $(DIST)) .
+	rm -rf $(BUILD_SRC)
 	@ls $(DIST)/fastagi_panic-*.whl
 
 run: deps sandbox-image

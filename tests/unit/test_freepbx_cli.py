@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import shutil
 import stat
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -220,3 +222,29 @@ def test_reload_commands() -> None:
     ]
     nothing: dict[str, str] = {}
     assert reload_commands(None, nothing.get) == []
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_the_unit_is_one_systemd_accepts(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(install_args(tree)) == 0
+    unit = tree / "fastagi-panic.service"
+    # Offline: reads the file, checks every section, key and value (and ExecStart's
+    # program); an unknown or misspelt directive is a line on stderr, not an exit code.
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    text = unit.read_text()
+    for line in (
+        "Type=notify",
+        "WatchdogSec=10",
+        "Restart=always",
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        f"ReadWritePaths={tree}/sounds/fastagi-panic {tree}/journal",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    ):
+        assert f"\n{line}\n" in text, line

@@ -92,7 +92,7 @@ DIST ?= dist
 BUILD_VENV := $(CACHE)/build-venv
 BUILD_TOOLS := setuptools==80.9.0 wheel==0.45.1
 BUILD_STAMP := $(BUILD_VENV)/.installed
-BUILD_SRC := $(CACHE)/dist-src
+BUILD_SRC ?= $(CACHE)/dist-src
 
 $(BUILD_STAMP): Makefile
 	@test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)

@@ -24,13 +24,14 @@ SANDBOX_ROOTFS := $(CACHE)/sandbox/rootfs
 # takes tests queued on another. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 4
 
-.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench demo clean distclean
+.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench demo dist clean distclean
 
 help:
 	@echo "make run     start the sandbox Asterisk, PostgreSQL and the FastAGI server"
 	@echo "make test    lint, type-check and run every test"
 	@echo "make demo    with make run going: trigger, two page cycles, deactivation, timeline"
 	@echo "make bench   FastAGI load benchmark: ours/panoramisk ratios over 5 repetitions"
+	@echo "make dist    build the wheel into dist/ (what production installs)"
 	@echo "make clean   remove caches of tests; make distclean also removes the sandbox image"
 
 $(APT_STAMP):
@@ -83,6 +84,31 @@ test: deps sandbox-image lint typecheck
 BENCH_ARGS ?=
 bench: deps
 	$(PY) -m bench.agi_load $(BENCH_ARGS)
+
+# The wheel production installs (README, "Production install"). Built from a fresh copy
+# of the files git tracks (a stale build/ or *.egg-info of the working tree cannot slip
+# files in), with pinned build tools in a venv of their own and no build isolation (no
+# download of whatever setuptools PyPI offers today), and with SOURCE_DATE_EPOCH (the
+# last commit's time) for the archive's timestamps: two builds are byte-identical.
+DIST ?= dist
+BUILD_VENV := $(CACHE)/build-venv
+BUILD_TOOLS := setuptools==80.9.0 wheel==0.45.1
+BUILD_STAMP := $(BUILD_VENV)/.installed
+BUILD_SRC ?= $(CACHE)/dist-src
+
+$(BUILD_STAMP): Makefile
+	@test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/python -m pip install -q $(BUILD_TOOLS)
+	@touch $@
+
+dist: $(BUILD_STAMP)
+	rm -rf $(BUILD_SRC) && mkdir -p $(BUILD_SRC) $(DIST)
+	git ls-files -z | tar --null -cf - -T - | tar -xf - -C $(BUILD_SRC)
+	cd $(BUILD_SRC) && SOURCE_DATE_EPOCH=$$(git -C $(CURDIR) log -1 --format=%ct) \
+	  $(CURDIR)/$(BUILD_VENV)/bin/python -m pip wheel -q --no-deps --no-build-isolation \
+	  -w $(abspath $(DIST)) .
+	rm -rf $(BUILD_SRC)
+	@ls $(DIST)/fastagi_panic-*.whl
 
 run: deps sandbox-image
 	$(DEV) run

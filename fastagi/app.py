@@ -41,6 +41,7 @@ from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.flows.probe import ProbeFlow
 from fastagi.notify import Notifier
+from fastagi.sdnotify import SystemdNotifier, watchdog_fed
 from fastagi.store import Stores
 from fastagi.store.emergency import EmergencyStore
 from fastagi.store.journal import Journal
@@ -253,10 +254,20 @@ def raise_open_files_limit(settings: Settings) -> int:
 
 
 async def serve(settings: Settings) -> None:
-    async with running_server(settings) as server:
-        logger.info("FastAGI server listening", extra={"port": server.port})
-        await until_signalled()
-        logger.info("stopping: letting calls finish")
+    """The production server. Under systemd (``Type=notify``, fastagi/sdnotify.py) it
+    says READY=1 once the listener accepts calls and STOPPING=1 when a signal arrives,
+    and feeds the watchdog from the event loop throughout, so a blocked loop is killed
+    and restarted."""
+    notifier = SystemdNotifier.from_environment()
+    try:
+        async with watchdog_fed(notifier), running_server(settings) as server:
+            logger.info("FastAGI server listening", extra={"port": server.port})
+            notifier.notify("READY=1", f"STATUS=listening on port {server.port}")
+            await until_signalled()
+            notifier.notify("STOPPING=1", "STATUS=stopping: letting calls finish")
+            logger.info("stopping: letting calls finish")
+    finally:
+        notifier.close()
 
 
 def tune_gc() -> None:

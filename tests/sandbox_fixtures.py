@@ -12,8 +12,9 @@ Listed in tests/conftest.py ``pytest_plugins``. Fixtures:
     One booted instance for the whole session, named after the pytest pid, on free
     ports (``sandbox.sip_port``, ``sandbox.ami_port``, ``sandbox.phone_base`` ...). It is
     stopped and its directory deleted at the end.
-``sandbox_factory`` (function) -> ``start(agi_url=None) -> Sandbox``
-    Extra instances on fresh ports, stopped and deleted after the test.
+``sandbox_factory`` (function) -> ``start(agi_url=None, **options) -> Sandbox``
+    Extra instances on fresh ports, stopped and deleted after the test; ``options`` go to
+    ``Sandbox`` (``freepbx=True``: a FreePBX-shaped etc/ without our dialplan).
 
 The fixtures are synchronous on purpose: a sync session fixture works with async tests
 on any loop scope (pytest-asyncio's default per-function loop included), so tests need
@@ -65,7 +66,9 @@ def _run_coroutine(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         raise errors[0]
 
 
-def start_sandbox(rootfs: Path, name: str, agi_url: str) -> tuple[Sandbox, PortClaim]:
+def start_sandbox(
+    rootfs: Path, name: str, agi_url: str, **options: Any
+) -> tuple[Sandbox, PortClaim]:
     """A booted instance on fresh free ports, and the claim that keeps its phone and RTP
     ports from other instances (pytest-xdist workers): close it after ``stop_sandbox``.
 
@@ -74,7 +77,7 @@ def start_sandbox(rootfs: Path, name: str, agi_url: str) -> tuple[Sandbox, PortC
     pytest does.
     """
     claim = claim_sandbox_ports()
-    sandbox = Sandbox(rootfs, name, claim.ports, agi_url)
+    sandbox = Sandbox(rootfs, name, claim.ports, agi_url, **options)
     try:
         sandbox.remove()  # leftovers of an earlier run with the same pid
         sandbox.launch()
@@ -144,10 +147,10 @@ def sandbox(sandbox_rootfs: Path, agi_port: int) -> Iterator[Sandbox]:
 def sandbox_factory(sandbox_rootfs: Path, agi_port: int) -> Iterator[Callable[..., Sandbox]]:
     started: list[tuple[Sandbox, PortClaim]] = []
 
-    def start(agi_url: str | None = None) -> Sandbox:
+    def start(agi_url: str | None = None, **options: Any) -> Sandbox:
         name = f"pytest-{os.getpid()}-{len(started) + 1}"
         instance, claim = start_sandbox(
-            sandbox_rootfs, name, agi_url or f"agi://127.0.0.1:{agi_port}"
+            sandbox_rootfs, name, agi_url or f"agi://127.0.0.1:{agi_port}", **options
         )
         started.append((instance, claim))
         return instance

@@ -1,9 +1,9 @@
 """The ``fastagi`` command. ``main(argv)`` returns an exit code, so tests call it directly.
 
-One module per resource (departments, paging, policy, deactivators, alarms) plus ``serve``
-and ``db``; each exposes ``register``, which adds parsers whose ``handler`` default is a
-function ``(args) -> int``. Administrative changes go through fastagi.admin, the same
-functions the web console calls.
+One module per resource (departments, paging, policy, deactivators, alarms) plus ``serve``,
+``db`` and ``freepbx`` (install into FreePBX); each exposes ``register``, which adds
+parsers whose ``handler`` default is a function ``(args) -> int``. Administrative
+changes go through fastagi.admin, the same functions the web console calls.
 """
 
 from __future__ import annotations
@@ -16,7 +16,16 @@ from fastagi.cli.common import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastagi.cli import alarms, db, deactivators, departments, paging, policy, serve
+    from fastagi.cli import (
+        alarms,
+        db,
+        deactivators,
+        departments,
+        freepbx,
+        paging,
+        policy,
+        serve,
+    )
     from fastagi.cli.common import Builder
 
     parser = argparse.ArgumentParser(
@@ -25,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve.register(subparsers)
     db.register(subparsers)
+    freepbx.register(subparsers)
     builder = Builder(subparsers)
     for resource in (departments, paging, policy, deactivators, alarms):
         resource.register(builder)

@@ -98,13 +98,25 @@ def render(template: str, values: Mapping[str, object]) -> str:
     return _PLACEHOLDER.sub(substitute, template)
 
 
-def template_names() -> list[str]:
+# The FreePBX flavour's files, rendered over the default ones: the shape of FreePBX's
+# /etc/asterisk (extensions.conf including extensions_custom.conf, globals_custom.conf
+# inside [globals], manager.conf including manager_custom.conf), without our dialplan,
+# which `fastagi freepbx install` adds.
+FREEPBX_FLAVOUR = "freepbx"
+
+
+def template_names(flavour: str | None = None) -> list[str]:
     folder = resources.files("fastagi_dev.sandbox") / "templates"
+    if flavour is not None:
+        folder = folder / flavour
     return sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".conf"))
 
 
-def read_template(name: str) -> str:
-    return (resources.files("fastagi_dev.sandbox") / "templates" / name).read_text()
+def read_template(name: str, flavour: str | None = None) -> str:
+    folder = resources.files("fastagi_dev.sandbox") / "templates"
+    if flavour is not None:
+        folder = folder / flavour
+    return (folder / name).read_text()
 
 
 # A trunk: calls from its endpoint come "from outside", through an IVR-like context that
@@ -217,6 +229,7 @@ class Sandbox:
         boot_timeout: float = 30.0,
         die_with_parent: bool = True,
         verbose: int = 3,
+        freepbx: bool = False,
     ) -> None:
         if not _NAME.match(name):
             raise SandboxError(f"bad instance name {name!r}: letters, digits, '_', '.', '-'")
@@ -229,6 +242,8 @@ class Sandbox:
         self.boot_timeout = boot_timeout
         self.die_with_parent = die_with_parent
         self.verbose = verbose
+        # FreePBX-shaped etc/ without our dialplan (FREEPBX_FLAVOUR), for install tests.
+        self.freepbx = freepbx
         self._process: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
         self._log_file: IO[bytes] | None = None
@@ -312,7 +327,8 @@ class Sandbox:
 
     def write_config(self) -> None:
         """Render every template into ``etc/`` (replacing what was there) and copy the
-        repository's extensions_custom.conf next to them."""
+        repository's extensions_custom.conf next to them; the FreePBX flavour renders its
+        own files over the default ones instead of copying our dialplan."""
         if not self.extensions_custom.is_file():
             raise SandboxError(f"{self.extensions_custom} does not exist")
         shutil.rmtree(self.config_dir, ignore_errors=True)
@@ -321,8 +337,13 @@ class Sandbox:
         values = self.template_values()
         for name in template_names():
             (self.config_dir / name).write_text(render(read_template(name), values))
-        # The very file FreePBX administrators paste, so it is what the tests exercise.
-        shutil.copyfile(self.extensions_custom, self.config_dir / "extensions_custom.conf")
+        if self.freepbx:
+            for name in template_names(FREEPBX_FLAVOUR):
+                text = render(read_template(name, FREEPBX_FLAVOUR), values)
+                (self.config_dir / name).write_text(text)
+        else:
+            # The very dialplan FreePBX gets, so it is what the tests exercise.
+            shutil.copyfile(self.extensions_custom, self.config_dir / "extensions_custom.conf")
         # manager.conf holds the secret.
         (self.config_dir / "manager.conf").chmod(0o600)
 

@@ -21,7 +21,7 @@ PACKAGE = ROOT / "fastagi"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"domain"}),  # pure types and rules
     frozenset({"config", "logs"}),  # the one settings class
-    frozenset({"store", "agi", "ami", "tts", "notify"}),  # adapters to the outside
+    frozenset({"store", "agi", "ami", "tts", "notify", "sdnotify", "freepbx"}),  # adapters
     frozenset({"alarms", "admin"}),  # services
     frozenset({"flows"}),  # one module per dialplan route
     frozenset({"app"}),  # wiring

@@ -191,8 +191,8 @@ class FallbackAdopter:
             except AmiActionError as exc:
                 self._report_once(
                     "dbgettree",
-                    "cannot list astdb family %s: %s (Asterisk 16.28, 18.14, 20 or later has"
-                    " DBGetTree; the AMI user needs the `reporting` class)",
+                    "cannot list astdb family %s: %s (Asterisk 16.28, 18.14, 19.6, 20 or later"
+                    " has DBGetTree; the AMI user needs the `reporting` class)",
                     FAMILY,
                     exc,
                 )

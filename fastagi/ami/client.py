@@ -24,6 +24,15 @@ the connection's life conflicts with what ``Manager`` does on its own:
 Two panoramisk behaviours we keep on purpose: the events that answer an action (list
 events, an Originate's ``OriginateResponse``) go to that action's caller and not to
 :meth:`AmiClient.events`; and every action carries an ActionID that we choose.
+
+The actions the application sends, and the AMI write class each needs (main/manager.c
+``ast_manager_register_xml_core``, main/db.c; "a or b" means either will do): Login,
+Logoff, Ping (none); Originate of a context/exten (``originate``; an application such as
+System would need ``system``); Hangup (``system`` or ``call``); SetVar (``call``); Getvar
+(``call`` or ``reporting``); DBGet, DBGetTree (``system`` or ``reporting``). So the AMI
+user needs write ``call,originate,reporting`` and no ``system`` or ``command``; read
+``call,originate`` (the calls' events), ``user`` (UserEvent) and ``system`` (only for
+FullyBooted, see ``_wait_fully_booted``).
 """
 
 from __future__ import annotations
@@ -534,7 +543,7 @@ class AmiClient:
     async def db_tree(self, family: str) -> dict[str, str]:
         """Every astdb entry under ``family``, keys relative to it (``"k"``, ``"k/sub"``).
 
-        ``DBGetTree`` (class `reporting`; Asterisk 16.28, 18.14, 20 and later): one
+        ``DBGetTree`` (class `reporting`; Asterisk 16.28, 18.14, 19.6, 20 and later): one
         ``DBGetTreeResponse`` event per entry, with the full key (``/family/k``).
         """
         _check_db_path("family", family)

@@ -357,3 +357,23 @@ async def test_the_user_event_wakes_the_adopter_at_once() -> None:
         await asyncio.gather(task, return_exceptions=True)
     assert ami.callbacks == []
     assert ami.hooks == []
+
+
+async def test_an_ami_reconnection_makes_the_adopter_scan_again() -> None:
+    # Asterisk restarted (or the network came back) while the dialplan raised an alarm:
+    # its UserEvent went to nobody, the scan after the reconnection finds the entry.
+    world = World()
+    fallback, _, ami = adopter(world)
+    task = asyncio.create_task(fallback.run())
+    try:
+        await ami.scanned.wait()
+        raised(world)
+        [hook] = ami.hooks
+        await hook()
+        async with asyncio.timeout(2):  # the scan interval is 60 s
+            await ami.deleted.wait()
+        event = next(e for e in world.history.values() if e.kind is EventKind.TRIGGERED_FALLBACK)
+        assert event.details["adopted_via"] == "AMI reconnection"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -27,6 +27,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from fastagi.agi.server import AgiServer
+from fastagi.agi.session import AgiSession
+from fastagi.config import AgiSettings
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.fallback import FAMILY
 from fastagi.store import Stores
@@ -391,3 +394,26 @@ async def test_deactivation_without_a_server_says_it_cannot_be_done_now(
     assert lasted > 3.0
     assert call.received("BYE")
     assert await astdb(box) == {}
+
+
+async def test_a_server_that_fails_mid_call_leaves_the_caller_to_the_dialplan(
+    sandbox: Sandbox, agi_port: int, tmp_path: Path, stack: AsyncExitStack
+) -> None:
+    """The server took the call and failed (FASTAGI_STATUS ERROR): the alarm may not be
+    raised, so the dialplan asks again by itself (2 cancels here: nothing left behind in
+    the session's sandbox)."""
+    ami = await stack.enter_async_context(await sandbox.ami())
+
+    async def failing(session: AgiSession) -> None:
+        await session.set_variable("FASTAGI_STATUS", "ERROR")
+
+    await stack.enter_async_context(AgiServer(AgiSettings(port=agi_port), {"panic": failing}))
+    call = await sipp.call_dtmf(sandbox, tmp_path, service="*555", ext=199, digits="2")
+    call.check()
+    end = await ami.wait_event("UserEvent", UserEvent="FastAGIPanicEnd", within=20)
+    assert (end["AGISTATUS"], end["FASTAGI_STATUS"], end["FALLBACK"]) == (
+        "SUCCESS",
+        "ERROR",
+        "CANCELLED",
+    )
+    assert await astdb(sandbox) == {}

@@ -34,7 +34,7 @@ from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.fallback import FAMILY
 from fastagi.store import Stores
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
-from fastagi_dev.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.instance import TRUNK_ENDPOINT, Sandbox
 from fastagi_dev.sandbox.ports import free_port
 from tests import sipp
 from tests.e2e.server_process import (
@@ -416,4 +416,19 @@ async def test_a_server_that_fails_mid_call_leaves_the_caller_to_the_dialplan(
         "ERROR",
         "CANCELLED",
     )
+    assert await astdb(sandbox) == {}
+
+
+async def test_no_server_a_trunk_caller_is_refused_by_the_dialplan_too(
+    sandbox: Sandbox, tmp_path: Path, stack: AsyncExitStack
+) -> None:
+    """An outside caller (the sandbox's trunk, caller id "101") reaches *555 while no server
+    answers: refused without a word, as the server would (README "Who may raise an
+    alarm"); nothing in astdb, no page. Desk phones are trusted by their endpoint."""
+    ami = await stack.enter_async_context(await sandbox.ami())
+    # No pause before the BYE (prompt_ms=0), or SIPp calls it unexpected.
+    call = await sipp.call_dtmf(sandbox, tmp_path, service="*555", ext=TRUNK_ENDPOINT, prompt_ms=0)
+    call.check()
+    end = await ami.wait_event("UserEvent", UserEvent="FastAGIPanicEnd", within=20)
+    assert (end["AGISTATUS"], end["FALLBACK"]) == ("FAILURE", "REFUSED")
     assert await astdb(sandbox) == {}

@@ -6,7 +6,9 @@ runs the same ``running_server`` beside a sandbox Asterisk and an embedded Postg
 Start-up order follows what a panic call needs: the database pool and the alarm service
 first (it resumes the loops of active alarms), the AMI connection in the background (a
 trigger must be answered even while Asterisk's manager is unreachable: paging retries),
-prompts rendered ahead of time, then the listener.
+then, once AMI answers, the adoption of alarms the dialplan raised while no server took
+panic calls (fastagi/alarms/fallback.py), prompts rendered ahead of time, then the
+listener.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import asyncpg
 
 from fastagi.agi.server import AgiServer, Flow
 from fastagi.alarms.emergency import EmergencyCaller
+from fastagi.alarms.fallback import FallbackAdopter
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.notifications import AlarmNotifications
 from fastagi.alarms.paging import Pager
@@ -71,6 +74,7 @@ class Services:
     alarms: AlarmService
     notifier: Notifier
     emergency: EmergencyCaller
+    fallback: FallbackAdopter
 
 
 def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
@@ -118,6 +122,13 @@ async def connect_ami(ami: AmiClient) -> None:
         delay = min(delay * 2, AMI_RETRY_MAX_DELAY)
 
 
+async def adopt_fallback_alarms(connecting: asyncio.Task[None], fallback: FallbackAdopter) -> None:
+    """Once AMI is connected, adopt the alarms the dialplan raised while no server took
+    panic calls, and keep doing so (at each reconnection, UserEvent, interval)."""
+    await connecting
+    await fallback.run()
+
+
 async def prerender_prompts(services: Services) -> None:
     """Render what callers will hear before they call: a prompt rendered during a call
     costs them a tenth of a second; one rendered now costs nothing."""
@@ -133,10 +144,11 @@ async def prerender_prompts(services: Services) -> None:
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
     background: set[asyncio.Task[None]] = set()
 
-    def spawn(coroutine: Coroutine[Any, Any, None], name: str) -> None:
+    def spawn(coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine, name=name)
         background.add(task)
         task.add_done_callback(background.discard)
+        return task
 
     if settings.alarm.unknown_department_devices == []:
         logger.error(
@@ -175,6 +187,14 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         pool=pool,
         listeners=[notifications, emergency],
     )
+    fallback = FallbackAdopter(
+        ami,
+        alarms,
+        store.history,
+        recorder,
+        instance_id=instance_id,
+        scan_interval=settings.alarm.fallback_scan_interval,
+    )
     services = Services(
         pool=pool,
         store=store,
@@ -184,10 +204,12 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         alarms=alarms,
         notifier=notifier,
         emergency=emergency,
+        fallback=fallback,
     )
     try:
-        spawn(connect_ami(ami), "ami-connect")
+        connecting = spawn(connect_ami(ami), "ami-connect")
         await alarms.start()
+        spawn(adopt_fallback_alarms(connecting, fallback), "fallback-adopter")
         spawn(prerender_prompts(services), "prerender")
         yield services
     finally:

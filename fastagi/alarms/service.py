@@ -37,6 +37,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -217,14 +218,25 @@ class AlarmService:
     # -- commands ------------------------------------------------------------------------
 
     async def activate(
-        self, extension: str, department: Department | None, *, uniqueid: str
+        self,
+        extension: str,
+        department: Department | None,
+        *,
+        uniqueid: str,
+        event_id: UUID | None = None,
     ) -> Activation:
         """Create the alarm of ``department`` (or of ``extension`` when unknown), or
-        re-trigger it when it is already active. A new alarm pages at once."""
+        re-trigger it when it is already active. A new alarm pages at once.
+
+        ``event_id``: the id of the ``activated`` or ``retriggered`` event, for a caller
+        that may activate the same trigger twice (fastagi/alarms/fallback.py): the second
+        time joins the alarm and writes no second event (one id for both kinds, since only
+        one of them is written). Honoured while PostgreSQL answers.
+        """
         name = department_name(department)
         details = {"uniqueid": uniqueid, "instance": self.instance_id}
         events = [
-            HistoryEvent(kind, None, extension, name, details)
+            HistoryEvent(kind, None, extension, name, details, event_id=event_id or uuid4())
             for kind in (EventKind.ACTIVATED, EventKind.RETRIGGERED)
         ]
         key = alarm_key(department, extension)

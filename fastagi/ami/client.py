@@ -24,6 +24,16 @@ the connection's life conflicts with what ``Manager`` does on its own:
 Two panoramisk behaviours we keep on purpose: the events that answer an action (list
 events, an Originate's ``OriginateResponse``) go to that action's caller and not to
 :meth:`AmiClient.events`; and every action carries an ActionID that we choose.
+
+The actions the application sends, and the AMI write class each needs (main/manager.c
+``ast_manager_register_xml_core``, main/db.c; "a or b" means either will do): Login,
+Logoff, Ping (none); Originate of a context/exten (``originate``; an application such as
+System would need ``system``); Hangup (``system`` or ``call``); SetVar (``call``); Getvar
+(``call`` or ``reporting``); DBGet, DBGetTree (``system`` or ``reporting``). So the AMI
+user needs write ``call,originate,reporting`` and no ``system`` or ``command``; read
+``call`` (the calls' events, OriginateResponse included), ``user`` (UserEvent) and
+``system`` (only for FullyBooted, see ``_wait_fully_booted``). The full table, with the
+source of each: fastagi/freepbx/ami_user.py.
 """
 
 from __future__ import annotations
@@ -521,6 +531,46 @@ class AmiClient:
         check_value("device", device)
         return await self.get_variable(f"DEVICE_STATE({device})") or "UNKNOWN"
 
+    # -- astdb, with the least privilege ----------------------------------------------------
+    # Checked against Asterisk 22 (main/db.c, main/manager.c, funcs/func_db.c) and the
+    # sandbox. DBGet/DBGetTree need `system` OR `reporting`; DBPut, DBDel, DBDelTree need
+    # `system`. Getvar (`call` or `reporting`) reads DB_KEYS() and DB_EXISTS(), but DB()
+    # and DB_DELETE() are dangerous functions (ast_custom_function_register_escalating):
+    # over AMI, with live_dangerously = no (the default), a read of either answers an
+    # empty Value ("Dangerous function DB read blocked" in the log) and SetVar on DB() is
+    # refused. A *write* to DB_DELETE() is allowed (function_db_delete_write, "allows
+    # execution even if live_dangerously is disabled"), through SetVar (`call`).
+
+    async def db_tree(self, family: str) -> dict[str, str]:
+        """Every astdb entry under ``family``, keys relative to it (``"k"``, ``"k/sub"``).
+
+        ``DBGetTree`` (class `reporting`; Asterisk 16.28, 18.14, 19.6, 20 and later): one
+        ``DBGetTreeResponse`` event per entry, with the full key (``/family/k``).
+        """
+        _check_db_path("family", family)
+        messages = await self._send([("Action", "DBGetTree"), ("Family", family)], None)
+        prefix = f"/{family}/"
+        tree: dict[str, str] = {}
+        for message in messages:
+            key = message.get("Key")
+            if message.event == "DBGetTreeResponse" and key and key.startswith(prefix):
+                tree[key.removeprefix(prefix)] = message.get("Val", "")
+        return tree
+
+    async def db_delete(self, family: str, key: str) -> None:
+        """Delete one astdb entry (nothing happens when it is absent) with ``SetVar`` on
+        ``DB_DELETE(family/key)`` (class `call`), not ``DBDel`` (class `system`).
+
+        func_db.c then sets the global variable ``DB_RESULT`` to the deleted value (the
+        read it wraps stores it on the channel, and a SetVar without Channel has none).
+        """
+        _check_db_path("family", family)
+        _check_db_path("key", key)
+        await self._send(
+            [("Action", "SetVar"), ("Variable", f"DB_DELETE({family}/{key})"), ("Value", "")],
+            None,
+        )
+
     # -- internals ----------------------------------------------------------------------
 
     def _next_id(self) -> str:
@@ -715,6 +765,14 @@ def _check_custom_device(device: str) -> None:
     check_value("device", device)
     if not device.startswith("Custom:") or any(c in device for c in "()"):
         raise AmiValueError(f"only Custom: devices can be set (func_devstate), not {device!r}")
+
+
+def _check_db_path(field: str, value: str) -> None:
+    # Inside DB_DELETE(...) a parenthesis would end the argument early (pbx_functions.c
+    # func_args), and an empty part or "//" addresses another key (func_db.c warns).
+    check_value(field, value)
+    if not value or any(c in value for c in "()") or value.startswith("/") or "//" in value:
+        raise AmiValueError(f"not an astdb {field}: {value!r}")
 
 
 def _refuse_raw_originate(name: str) -> None:

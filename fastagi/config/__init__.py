@@ -146,6 +146,11 @@ class AlarmSettings(BaseModel):
     # reloads departments and paging groups.
     takeover_interval: float = Field(default=3.0, gt=0.0, le=300.0)
     directory_refresh: float = Field(default=60.0, gt=0.0, le=3600.0)
+    # How often a server looks in astdb for alarms the dialplan raised while no server
+    # took panic calls (fastagi/alarms/fallback.py), besides at start-up, after each AMI
+    # reconnection and at once on the dialplan's UserEvent: the safety net for an event
+    # missed while AMI was away. One DBGetTree action each time.
+    fallback_scan_interval: float = Field(default=10.0, gt=0.0, le=300.0)
     # First key of pg_try_advisory_lock(namespace, alarm_id): the lock that makes one
     # server the leader of an alarm. Change it only if another application uses it.
     lock_namespace: int = Field(default=0x50414E, ge=-(2**31), le=2**31 - 1)

@@ -35,6 +35,10 @@ class EventKind(enum.StrEnum):
     NO_ANSWER = "no_answer"  # no valid answer after the allowed attempts
     CALLER_HUNG_UP = "caller_hung_up"
     TRIGGER_REFUSED = "trigger_refused"  # from a trunk or a non-extension endpoint
+    # No server took the panic call: the dialplan asked, raised and paged by itself, and
+    # a server adopted the alarm later (fastagi/domain/fallback.py). Its occurred_at is
+    # when the dialplan raised it.
+    TRIGGERED_FALLBACK = "triggered_fallback"
     # The alarm's life.
     ACTIVATED = "activated"  # a new alarm
     RETRIGGERED = "retriggered"  # a trigger while the key's alarm was already active

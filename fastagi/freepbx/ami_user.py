@@ -50,8 +50,9 @@ RIGHTS: tuple[Right, ...] = (
         "action",
         "call",
         "call",
-        "main/manager.c:9798 (DEVICE_STATE() is not an escalating function)",
-        "Lamps: DEVICE_STATE(Custom:PANIC)",
+        "main/manager.c:9798 (DEVICE_STATE() and DB_DELETE() are not escalating; DB() is"
+        " dangerous and refused over AMI whatever the rights, funcs/func_db.c)",
+        "Lamps: DEVICE_STATE(Custom:PANIC); FallbackAdopter: DB_DELETE() of an adopted entry",
     ),
     Right(
         "Getvar",
@@ -60,7 +61,15 @@ RIGHTS: tuple[Right, ...] = (
         "call",
         "main/manager.c:9799; a name containing SHELL or EVAL needs system too "
         "(manager.c:728-738, 3643)",
-        "AmiClient.get_device_state",
+        "AmiClient.get_device_state; the fallback devices global",
+    ),
+    Right(
+        "DBGetTree",
+        "action",
+        "system or reporting",
+        "reporting",
+        "main/db.c (manager_dbgettree, registered like DBGet; Asterisk 16.28, 18.14, 19.6, 20+)",
+        "FallbackAdopter: the alarms the dialplan raised without a server",
     ),
     Right(
         "DBGet",
@@ -112,6 +121,22 @@ RIGHTS: tuple[Right, ...] = (
         "Pager: a paged phone joined the page",
     ),
     Right(
+        "UserEvent",
+        "event",
+        "user",
+        "user",
+        'apps/app_userevent.c (manager_event(EVENT_FLAG_USER, "UserEvent", ...))',
+        "FallbackAdopter: FastAGIPanicFallback, adopt at once",
+    ),
+    Right(
+        "DBGetTreeResponse",
+        "event",
+        "none (part of DBGetTree's answer)",
+        "",
+        "main/db.c (astman_append to the asking session)",
+        "FallbackAdopter",
+    ),
+    Right(
         "DBGetResponse",
         "event",
         "none (part of DBGet's answer)",
@@ -121,7 +146,7 @@ RIGHTS: tuple[Right, ...] = (
     ),
 )
 
-READ = "system,call"
+READ = "system,call,user"
 WRITE = "call,originate,reporting"
 # What the user must never get: "system" and "command" write run shell commands (SHELL(),
 # System(), the Command action's "!"), reload modules or write astdb (DBPut); "config"

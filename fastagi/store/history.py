@@ -70,6 +70,11 @@ class HistoryStore:
                     )
             return new
 
+    async def find_event(self, event_id: UUID) -> StoredEvent | None:
+        """The event with this ``event_id``, if it was written."""
+        row = await self._pool.fetchrow("SELECT * FROM alarm_events WHERE event_id = $1", event_id)
+        return None if row is None else _event(row)
+
     async def last_recorded_cycle(self, alarm_id: int) -> int:
         """The highest cycle number among the alarm's ``page_cycle`` events (0: none)."""
         cycle: int = await self._pool.fetchval(

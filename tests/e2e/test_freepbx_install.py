@@ -185,7 +185,7 @@ async def test_install_page_least_privilege_uninstall(
     assert "Custom:PANIC" in features  # the BLF hint
     assert "Playback(beep)" in await pbx.acli("dialplan show 1234@from-internal")
     user = await pbx.acli("manager show user fastagi-panic")
-    assert "read perm: system,call\n" in user
+    assert "read perm: system,call,user\n" in user
     assert "write perm: call,reporting,originate\n" in user
     assert "allow - 127.0.0.1/255.255.255.255" in user
 

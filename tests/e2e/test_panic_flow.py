@@ -281,18 +281,28 @@ async def test_without_tts_the_built_in_sounds_ask_and_the_alarm_works(
     assert alarm.department_name == ER
 
 
-async def test_server_down_tells_the_caller_something_is_wrong(
+async def test_server_down_the_dialplan_asks_itself_and_2_cancels(
     sandbox: Sandbox, ami: SandboxAmi, tmp_path: Path
 ) -> None:
-    # No AgiServer on agi_port: AGI() fails, FASTAGI_STATUS stays empty, and the
-    # dialplan plays "something-terribly-wrong" before hanging up.
+    # No AgiServer on agi_port: AGI() fails, and the dialplan asks by itself
+    # ([fastagi-panic-fallback], tests/e2e/test_fallback.py has the rest). 2 cancels:
+    # no alarm is left in astdb for a server to adopt, and the caller never hears
+    # "something is terribly wrong" on a speakerphone.
     started = time.monotonic()
-    call = await sipp.call_dtmf(sandbox, tmp_path, service="*555", ext=101, prompt_ms=100)
+    call = await sipp.call_dtmf(sandbox, tmp_path, service="*555", ext=101, digits="2")
     call.check()
-    end = await panic_end(ami)
-    assert end == {"AGISTATUS": "FAILURE", "FASTAGI_STATUS": ""}
-    # The sound lasts about a second and a half; without it the BYE would come at once.
+    event = await ami.wait_event("UserEvent", UserEvent="FastAGIPanicEnd", within=20)
+    assert (event["AGISTATUS"], event["FASTAGI_STATUS"], event["FALLBACK"]) == (
+        "FAILURE",
+        "",
+        "CANCELLED",
+    )
+    # "Cancelled." lasts about a second: the BYE comes after it.
     assert time.monotonic() - started > 1.0
+    assert "fastagi-panic-fallback/" not in await sandbox.acli(
+        "database show fastagi-panic-fallback"
+    )
+    assert "something-terribly-wrong" not in sandbox.log_path.read_text(errors="replace")
 
 
 async def test_custom_destination_raises_the_alarm_hands_free(

@@ -258,7 +258,7 @@ def test_install_plan_on_freepbx() -> None:
         "secret": [SECRET],
         "deny": ["0.0.0.0/0.0.0.0", "::/0"],
         "permit": ["127.0.0.1/255.255.255.255", "::1/128"],
-        "read": ["system,call"],
+        "read": ["system,call,user"],
         "write": ["call,originate,reporting"],
         "writetimeout": ["5000"],
     }
@@ -494,7 +494,7 @@ def test_every_action_sent_and_event_read_is_in_the_rights_table() -> None:
 
 def test_the_user_gets_what_the_table_needs_and_nothing_dangerous() -> None:
     read, write = ami_user.needed_classes()
-    assert ami_user._classes(ami_user.READ) == read == {"system", "call"}
+    assert ami_user._classes(ami_user.READ) == read == {"system", "call", "user"}
     assert ami_user._classes(ami_user.WRITE) == write == {"call", "originate", "reporting"}
     assert write & ami_user.FORBIDDEN_WRITE == set()
 

@@ -59,6 +59,40 @@ class SipMessage:
     def first_line(self) -> str:
         return self.text.split("\n", 1)[0].strip()
 
+    def header(self, *names: str) -> str:
+        """The first header with one of ``names`` (case-insensitive; give the compact form
+        too, e.g. ``"Call-ID", "i"``), or ""."""
+        wanted = {name.lower() for name in names}
+        for line in self.text.split("\n")[1:]:
+            if not line.strip():
+                break  # the body begins
+            name, _, value = line.partition(":")
+            if name.strip().lower() in wanted:
+                return value.strip()
+        return ""
+
+    @property
+    def transaction(self) -> tuple[str, str, str, str]:
+        """What a retransmission repeats exactly (RFC 3261 17.1.1.2, 17.2.1): the start
+        line, Call-ID, CSeq and the top Via's branch."""
+        via = self.header("Via", "v")
+        branch = via.partition("branch=")[2].split(";", 1)[0]
+        return (self.first_line, self.header("Call-ID", "i"), self.header("CSeq"), branch)
+
+
+def first_arrivals(messages: list[SipMessage]) -> list[SipMessage]:
+    """``messages`` without retransmissions: over UDP, Asterisk sends a request (or a final
+    response) again when the answer to it comes late (Timer A/G, 500 ms doubling), and
+    SIPp logs every copy. One page is one INVITE transaction, however often it was sent."""
+    seen: set[tuple[bool, tuple[str, str, str, str]]] = set()
+    firsts = []
+    for message in messages:
+        key = (message.received, message.transaction)
+        if key not in seen:
+            seen.add(key)
+            firsts.append(message)
+    return firsts
+
 
 def parse_messages(log: str) -> list[SipMessage]:
     """The SIP messages of a SIPp ``-message_file`` log, in order."""
@@ -93,9 +127,11 @@ class SippResult:
 
     def received(self, method_or_status: str) -> list[SipMessage]:
         """Received messages whose first line starts with ``method_or_status``
-        (``"BYE"``, ``"NOTIFY"``, ``"SIP/2.0 200"``)."""
+        (``"BYE"``, ``"NOTIFY"``, ``"SIP/2.0 200"``), retransmissions left out."""
         return [
-            m for m in self.messages if m.received and m.first_line.startswith(method_or_status)
+            m
+            for m in first_arrivals(self.messages)
+            if m.received and m.first_line.startswith(method_or_status)
         ]
 
     def check(self) -> None:
@@ -319,9 +355,11 @@ class Phone:
 
     def received(self, method_or_status: str | tuple[str, ...]) -> list[SipMessage]:
         """Messages received whose first line starts with ``method_or_status`` (or with
-        one of them, a tuple: ``("BYE", "CANCEL")``)."""
+        one of them, a tuple: ``("BYE", "CANCEL")``), retransmissions left out."""
         return [
-            m for m in self.messages if m.received and m.first_line.startswith(method_or_status)
+            m
+            for m in first_arrivals(self.messages)
+            if m.received and m.first_line.startswith(method_or_status)
         ]
 
     def sent(self, method_or_status: str | tuple[str, ...]) -> list[SipMessage]:

@@ -184,16 +184,30 @@ async def _run_worker(text: str, settings: TtsSettings, wav: Path) -> None:
 
 
 async def _run(argv: list[str], *, what: str, stdin: bytes | None = None) -> None:
-    try:
-        process = await asyncio.create_subprocess_exec(
+    spawn = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             # pyttsx3 prints "Audio saved to ..." on stdout; nothing there is of use.
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
+    )
+    try:
+        # Shielded: a render cancelled (timed out) while its child is being started must
+        # still get the child's handle, to kill and reap it; unshielded, the cancellation
+        # dropped the handle and left the worker running (seen once in 18 runs of the
+        # unit suite on uvloop, a 1 ms render limit).
+        process = await asyncio.shield(spawn)
     except OSError as exc:
         raise TtsError(f"cannot start {what} ({argv[0]}): {exc}") from exc
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            orphan = await spawn
+            with contextlib.suppress(ProcessLookupError):
+                orphan.kill()
+            await orphan.wait()
+        raise
     try:
         _, stderr = await process.communicate(stdin)
     finally:

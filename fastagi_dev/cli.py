@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fastagi.cli.common import CliError, load_settings_or_fail
+from fastagi.cli.common import load_settings_or_fail, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,13 +40,4 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        result: int = args.handler(args)
-    except CliError as exc:
-        print(f"fastagi_dev: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return result
+    return run_command(build_parser(), sys.argv[1:] if argv is None else argv, name="fastagi_dev")

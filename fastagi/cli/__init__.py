@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fastagi.cli.common import CliError
+from fastagi.cli.common import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +42,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        result: int = args.handler(args)
-    except CliError as exc:
-        print(f"fastagi: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return result
+    return run_command(build_parser(), sys.argv[1:] if argv is None else argv, name="fastagi")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +25,20 @@ from fastagi.store import StoreError, Stores
 
 class CliError(Exception):
     """A user-facing error: printed as one line on stderr, exit code 2."""
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str], *, name: str) -> int:
+    """Parse ``argv`` and run the chosen handler: its exit code, 2 with one line on stderr
+    for a CliError, 130 on Ctrl-C. Shared by ``fastagi`` and ``python -m fastagi_dev``."""
+    args = parser.parse_args(list(argv))
+    try:
+        result: int = args.handler(args)
+    except CliError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
 
 
 def fail(message: str) -> NoReturn:

@@ -20,22 +20,20 @@ from pydantic import SecretStr
 
 from fastagi.agi.server import AgiServer
 from fastagi.agi.session import AgiSession
-from fastagi.alarms.lamps import Lamps
-from fastagi.alarms.paging import Pager
 from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import Activation, AlarmService
 from fastagi.ami import AmiClient
-from fastagi.config import AgiSettings, AlarmSettings, FlowSettings, JournalSettings
+from fastagi.config import AgiSettings, AlarmSettings, FlowSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import Department
 from fastagi.flows import prompts
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.store import Stores
-from fastagi.store.journal import Journal
 from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
+from tests.alarm_stack import start_alarm_service
 
 ALARM_SETTINGS = AlarmSettings(lead_in=0.2, page_timeout=5, max_page_seconds=20)
 #: The kinds a call's own steps record (the service adds lamp and page events around).
@@ -201,24 +199,15 @@ async def flow_harness(
             TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk)
         )
         stack.push_async_callback(tts.aclose)
-        recorder = HistoryRecorder(
-            store.history, Journal(JournalSettings(directory=None)), timeout=5.0
-        )
-        stack.push_async_callback(recorder.close)
-        lamps = Lamps(ami, ALARM_SETTINGS, record=recorder.record, instance_id="flow-tests")
-        stack.callback(lamps.close)
-        service = AlarmService(
-            store,
-            Pager(ami, ALARM_SETTINGS),
-            lamps,
-            tts,
-            ALARM_SETTINGS,
-            recorder=recorder,
-            instance_id="flow-tests",
+        service, recorder = await start_alarm_service(
+            stack,
+            store=store,
             pool=pool,
+            ami=ami,
+            tts=tts,
+            settings=ALARM_SETTINGS,
+            name="flow-tests",
         )
-        await service.start()
-        stack.push_async_callback(service.close)
         yield FlowHarness(
             sandbox, agi_port, store, pool, TimedService(service), recorder, tts, workdir, stack
         )

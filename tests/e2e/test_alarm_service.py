@@ -17,19 +17,16 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from fastagi.alarms.lamps import Lamps
-from fastagi.alarms.paging import Pager
-from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
-from fastagi.config import AlarmSettings, JournalSettings
+from fastagi.config import AlarmSettings
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store import Stores
 from fastagi.store.history import StoredEvent
-from fastagi.store.journal import Journal
 from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
+from tests.alarm_stack import start_alarm_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -77,24 +74,9 @@ class Harness:
             )
         )
         self.stack.push_async_callback(tts.aclose)
-        recorder = HistoryRecorder(
-            store.history, Journal(JournalSettings(directory=None)), timeout=5.0
+        service, _ = await start_alarm_service(
+            self.stack, store=store, pool=pool, ami=ami, tts=tts, settings=settings, name=name
         )
-        self.stack.push_async_callback(recorder.close)
-        lamps = Lamps(ami, settings, record=recorder.record, instance_id=name)
-        self.stack.callback(lamps.close)
-        service = AlarmService(
-            store,
-            Pager(ami, settings),
-            lamps,
-            tts,
-            settings,
-            recorder=recorder,
-            instance_id=name,
-            pool=pool,
-        )
-        await service.start()
-        self.stack.push_async_callback(service.close)
         self.services.append(service)
         return service
 

@@ -35,19 +35,16 @@ from pydantic import SecretStr
 
 from fastagi import cli
 from fastagi.admin.alarms import deactivate_alarm
-from fastagi.alarms.lamps import Lamps
-from fastagi.alarms.paging import Pager
-from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
-from fastagi.config import AlarmSettings, JournalSettings
+from fastagi.config import AlarmSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import Directory
 from fastagi.store import Stores
-from fastagi.store.journal import Journal
 from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
+from tests.alarm_stack import start_alarm_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -107,25 +104,16 @@ class Servers:
             )
         )
         self.stack.push_async_callback(tts.aclose)
-        recorder = HistoryRecorder(
-            store.history, Journal(JournalSettings(directory=None)), timeout=5.0
-        )
-        self.stack.push_async_callback(recorder.close)
-        lamps = Lamps(ami, settings, record=recorder.record, instance_id=name)
-        self.stack.callback(lamps.close)
-        service = AlarmService(
-            store,
-            Pager(ami, settings),
-            lamps,
-            tts,
-            settings,
-            recorder=recorder,
-            instance_id=name,
+        service, _ = await start_alarm_service(
+            self.stack,
+            store=store,
             pool=pool,
+            ami=ami,
+            tts=tts,
+            settings=settings,
+            name=name,
             listeners=[listener] if listener else [],
         )
-        await service.start()
-        self.stack.push_async_callback(service.close)
         return service
 
     async def phone(self, ext: int) -> sipp.PagingPhone:

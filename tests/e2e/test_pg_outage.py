@@ -29,8 +29,6 @@ import pytest
 from pydantic import SecretStr
 
 from fastagi.agi.server import AgiServer
-from fastagi.alarms.lamps import Lamps
-from fastagi.alarms.paging import Pager
 from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
@@ -45,6 +43,7 @@ from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.cluster import EmbeddedCluster, free_port
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
+from tests.alarm_stack import start_alarm_service
 from tests.history import (
     cycle_numbers,
     doubled_cycles,
@@ -155,25 +154,17 @@ async def server(
         )
     )
     stack.push_async_callback(tts.aclose)
-    journal_settings = JournalSettings(directory=journal_dir, write_timeout=2.0)
-    journal = Journal(journal_settings)
-    recorder = HistoryRecorder(store.history, journal, timeout=journal_settings.write_timeout)
-    stack.push_async_callback(recorder.close)
-    lamps = Lamps(ami, settings, record=recorder.record, instance_id="outage")
-    stack.callback(lamps.close)
-    service = AlarmService(
-        store,
-        Pager(ami, settings),
-        lamps,
-        tts,
-        settings,
-        recorder=recorder,
-        instance_id="outage",
+    service, recorder = await start_alarm_service(
+        stack,
+        store=store,
         pool=pool,
+        ami=ami,
+        tts=tts,
+        settings=settings,
+        name="outage",
+        journal_settings=JournalSettings(directory=journal_dir, write_timeout=2.0),
     )
-    await service.start()
-    stack.push_async_callback(service.close)
-    return Server(service, store, pool, journal, tts, recorder)
+    return Server(service, store, pool, recorder.journal, tts, recorder)
 
 
 async def department(store: Stores, name: str, extension: str, phone: int) -> None:

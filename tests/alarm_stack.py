@@ -1,0 +1,57 @@
+"""The alarm service as app.py wires it (recorder, lamps, pager, service), for tests that
+run one against the sandbox: started, and closed by ``stack`` in the right order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+
+import asyncpg
+
+from fastagi.alarms.lamps import Lamps
+from fastagi.alarms.listeners import AlarmListener
+from fastagi.alarms.paging import Pager
+from fastagi.alarms.recorder import HistoryRecorder
+from fastagi.alarms.service import AlarmService
+from fastagi.ami import AmiClient
+from fastagi.config import AlarmSettings, JournalSettings
+from fastagi.store import Stores
+from fastagi.store.journal import Journal
+from fastagi.tts import TextToSpeech
+
+
+async def start_alarm_service(
+    stack: AsyncExitStack,
+    *,
+    store: Stores,
+    pool: asyncpg.Pool[asyncpg.Record],
+    ami: AmiClient,
+    tts: TextToSpeech,
+    settings: AlarmSettings,
+    name: str,
+    journal_settings: JournalSettings | None = None,
+    listeners: Sequence[AlarmListener] = (),
+) -> tuple[AlarmService, HistoryRecorder]:
+    """``journal_settings``: where history waits while PostgreSQL is down (default: in
+    memory, the write timeout's default)."""
+    journal_settings = journal_settings or JournalSettings(directory=None)
+    recorder = HistoryRecorder(
+        store.history, Journal(journal_settings), timeout=journal_settings.write_timeout
+    )
+    stack.push_async_callback(recorder.close)
+    lamps = Lamps(ami, settings, record=recorder.record, instance_id=name)
+    stack.callback(lamps.close)
+    service = AlarmService(
+        store,
+        Pager(ami, settings),
+        lamps,
+        tts,
+        settings,
+        recorder=recorder,
+        instance_id=name,
+        pool=pool,
+        listeners=listeners,
+    )
+    await service.start()
+    stack.push_async_callback(service.close)
+    return service, recorder

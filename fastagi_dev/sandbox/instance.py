@@ -33,7 +33,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -125,9 +125,17 @@ def read_template(name: str, flavour: str | None = None) -> str:
 TRUNK_ENDPOINT = "trunk"
 
 
-def phones_config(phone_base: int) -> str:
+# OPTIONS pings of a qualified paging phone: every second, unreachable after half a
+# second without an answer, so a test sees a phone that went away within about 1.5 s.
+QUALIFY_FREQUENCY = 1
+QUALIFY_TIMEOUT = 0.5
+
+
+def phones_config(phone_base: int, qualified: Collection[int] = ()) -> str:
     """The pjsip.conf sections of desk phones 100-199, paging phones 200-299 and the
-    trunk."""
+    trunk. The paging phones in ``qualified`` are sent OPTIONS pings (a SIPp UAS must
+    answer them: ``Phone(..., answer_options=True)``), so Asterisk knows when one is gone;
+    the others are never pinged, as SIPp scenarios answer only what they expect."""
     sections = [
         f"[{TRUNK_ENDPOINT}](desk-endpoint)\naors = {TRUNK_ENDPOINT}\n"
         "context = sandbox-from-trunk\ncallerid = Forged <101>\n",
@@ -140,7 +148,14 @@ def phones_config(phone_base: int) -> str:
         sections.append(
             f"[{ext}](paging-endpoint)\naors = {ext}\ncallerid = Paging {ext} <{ext}>\n"
         )
-        sections.append(f"[{ext}](paging-aor)\ncontact = sip:{ext}@127.0.0.1:{phone_base + ext}\n")
+        qualify = (
+            f"qualify_frequency = {QUALIFY_FREQUENCY}\nqualify_timeout = {QUALIFY_TIMEOUT}\n"
+            if ext in qualified
+            else ""
+        )
+        sections.append(
+            f"[{ext}](paging-aor)\ncontact = sip:{ext}@127.0.0.1:{phone_base + ext}\n{qualify}"
+        )
     return "\n".join(sections)
 
 
@@ -230,6 +245,8 @@ class Sandbox:
         die_with_parent: bool = True,
         verbose: int = 3,
         freepbx: bool = False,
+        bypass_file_permissions: bool = True,
+        qualified_phones: Collection[int] = (),
     ) -> None:
         if not _NAME.match(name):
             raise SandboxError(f"bad instance name {name!r}: letters, digits, '_', '.', '-'")
@@ -244,6 +261,12 @@ class Sandbox:
         self.verbose = verbose
         # FreePBX-shaped etc/ without our dialplan (FREEPBX_FLAVOUR), for install tests.
         self.freepbx = freepbx
+        # False: Asterisk keeps root but not CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so
+        # file modes bind it as they bind the asterisk user of a real PBX: a directory of
+        # another owner with mode 0700 is closed to it. (A real run user is not possible:
+        # debootstrap leaves the image's / at 0700, which only root may enter.)
+        self.bypass_file_permissions = bypass_file_permissions
+        self.qualified_phones = frozenset(qualified_phones)
         self._process: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
         self._log_file: IO[bytes] | None = None
@@ -322,7 +345,7 @@ class Sandbox:
             "rtp_start": self.ports.rtp_start,
             "rtp_end": self.ports.rtp_end,
             "agi_url": self.agi_url,
-            "phones": phones_config(self.ports.phone_base),
+            "phones": phones_config(self.ports.phone_base, self.qualified_phones),
         }
 
     def write_config(self) -> None:
@@ -378,6 +401,8 @@ class Sandbox:
         # -f: stay in the foreground, as our child; -n: no ANSI colours in the log.
         flags = ["-f", "-n"] + (["-" + "v" * self.verbose] if self.verbose else [])
         command = self._asterisk(*flags)
+        if not self.bypass_file_permissions:
+            command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
         if self.die_with_parent:
             command = ["setpriv", "--pdeathsig", "TERM", *command]
         self._log_file = self.log_path.open("wb")

@@ -323,8 +323,10 @@ class Phone:
 
     ``scenario`` is one of the ``uas_*.xml`` (``uas_answer.xml`` answers, ``uas_busy.xml``
     answers 486, ``uas_answer_dtmf.xml`` answers and sends a key); ``keys`` are its ``-key``
-    values besides ``ext``. ``async with Phone(sandbox, 241, tmp_path, ...) as phone:``, or
-    ``start()`` and ``stop()``. What the phone saw is in SIPp's message log:
+    values besides ``ext``. ``answer_options``: answer Asterisk's OPTIONS pings with 200
+    (SIPp's ``-aa``), for a phone the sandbox qualifies (``qualified_phones``).
+    ``async with Phone(sandbox, 241, tmp_path, ...) as phone:``, or ``start()`` and
+    ``stop()``. What the phone saw is in SIPp's message log:
     ``received("BYE")``, ``sent("INFO")``, ``invite_times``, and ``wait("BYE", 2)``.
     """
 
@@ -335,6 +337,8 @@ class Phone:
         workdir: Path,
         scenario: str = "uas_answer.xml",
         keys: Mapping[str, str] | None = None,
+        *,
+        answer_options: bool = False,
     ) -> None:
         self.ext = ext
         self.port = sandbox.ports.phone_port(ext)
@@ -342,6 +346,7 @@ class Phone:
         self.scenario = scenario
         self.keys = {"ext": str(ext), **(keys or {})}
         self._stem = Path(scenario).stem
+        self._extra = ("-aa",) if answer_options else ()
         self._process: asyncio.subprocess.Process | None = None
         self.returncode: int | None = None
 
@@ -398,6 +403,7 @@ class Phone:
             workdir=self.workdir,
             keys=self.keys,
             calls=None,
+            extra=self._extra,
         )
         with (self.workdir / f"{self._stem}.screen").open("wb") as screen:
             self._process = await asyncio.create_subprocess_exec(

@@ -9,11 +9,11 @@ import sys
 from typing import Any
 
 from fastagi.admin import departments as admin
-from fastagi.admin.announcement import AnnouncementMeter
 from fastagi.cli.common import Builder, fail, load_settings_or_fail, operator
 from fastagi.cli.output import print_json, print_table
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT, alarm_key, is_extension
 from fastagi.store import Stores
+from fastagi.tts.announcement import AnnouncementMeter
 
 INTERVAL_HELP = (
     "its own paging interval: seconds from the start of one page to the start of the next"

@@ -16,7 +16,8 @@ from pathlib import Path
 from fastagi.config import Settings
 from fastagi.domain.directory import ExtensionPattern
 from fastagi.domain.rules import announcement_text
-from fastagi.tts import TextToSpeech, TtsError
+from fastagi.tts.cache import TextToSpeech
+from fastagi.tts.render import TtsError
 
 # The extension an announcement is measured with when a department has no mapping.
 _SAMPLE_EXTENSION = "100"

@@ -14,13 +14,13 @@ import getpass
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, TypeAlias
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from pydantic import ValidationError
 
 from fastagi.config import Settings, load_settings
 from fastagi.store import StoreError, Stores
+from fastagi.store.pool import redact_dsn
 
 
 class CliError(Exception):
@@ -128,7 +128,7 @@ async def _with_stores(dsn: str, work: Work, args: argparse.Namespace) -> int:
         asyncpg.InterfaceError,
     ) as exc:
         reason = str(exc) or exc.__class__.__name__
-        fail(f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}")
+        fail(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {reason}")
     try:
         return await work(Stores.over(pool), args)
     except StoreError as exc:
@@ -145,16 +145,3 @@ def operator() -> str:
         return f"cli:{getpass.getuser()}"
     except (OSError, KeyError):
         return "cli:unknown"
-
-
-def redact(dsn: str) -> str:
-    """The DSN with its password, if any, replaced by ``***``."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparsable DSN>"
-    if parts.password is None:
-        return dsn
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import asyncpg
 
-from fastagi.cli.common import database_dsn, fail, redact
+from fastagi.cli.common import database_dsn, fail
 from fastagi.store import migrations
+from fastagi.store.pool import redact_dsn
 
 CONNECT_TIMEOUT = 10.0
 
@@ -94,4 +95,4 @@ async def _connect(dsn: str) -> asyncpg.Connection[asyncpg.Record]:
         asyncpg.InterfaceError,
     ) as exc:
         reason = str(exc) or exc.__class__.__name__
-        fail(f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}")
+        fail(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {reason}")

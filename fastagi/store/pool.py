@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 import asyncpg
 
 from fastagi.config import DatabaseSettings
@@ -14,3 +16,16 @@ async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool[asyncpg.Record
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
     )
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password, if any, replaced by ``***``."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparsable DSN>"
+    if parts.password is None:
+        return dsn
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

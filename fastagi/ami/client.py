@@ -284,6 +284,12 @@ class AmiClient:
         return self._state is ConnectionState.CONNECTED
 
     @property
+    def fully_booted(self) -> bool:
+        """Whether Asterisk said ``FullyBooted`` on this connection: it does so at login
+        only to a user that reads ``system`` events (main/manager.c)."""
+        return self._conn is not None and self._conn.fully_booted.is_set()
+
+    @property
     def asterisk_version(self) -> str | None:
         """The AMI protocol version from the banner (``Asterisk Call Manager/<it>``)."""
         return self._conn.version if self._conn is not None else None
@@ -426,6 +432,7 @@ class AmiClient:
         caller_id: str | None = None,
         timeout_ms: int = 30000,
         channel_id: str | None = None,
+        other_channel_id: str | None = None,
     ) -> OriginateResult:
         """Call ``channel`` and, once it answers, run ``context,exten,priority`` on it.
 
@@ -434,6 +441,9 @@ class AmiClient:
         fails. Returns when ``OriginateResponse`` arrives: answered, or failed with a
         reason (a failure is a result, not an exception). Raises AmiActionError when
         Asterisk refuses the action itself ("Extension does not exist.").
+
+        ``channel_id`` and ``other_channel_id`` fix the uniqueids of the new channel and,
+        for a ``Local/`` channel, of its ;2 half (main/manager.c ``OtherChannelId``).
 
         ``variables`` are set on the new channel; their values may contain anything but
         CR, LF and NUL (commas, quotes and brackets are escaped, see
@@ -456,6 +466,8 @@ class AmiClient:
             fields.append(("CallerID", caller_id))
         if channel_id is not None:
             fields.append(("ChannelId", channel_id))
+        if other_channel_id is not None:
+            fields.append(("OtherChannelId", other_channel_id))
         if variables:
             fields.append(
                 ("Variable", [encode_variable(key, value) for key, value in variables.items()])

@@ -365,6 +365,32 @@ class JournalSettings(BaseModel):
     write_timeout: float = Field(default=5.0, gt=0, le=120.0)
 
 
+class CheckSettings(BaseModel):
+    """``fastagi check`` (fastagi/assurance/): what it looks for in the dialplan."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The context the phones dial from, where the feature codes must be found (FreePBX:
+    # from-internal, which includes our [from-internal-custom] or Misc Applications').
+    phone_context: str = "from-internal"
+    # The feature codes of extensions_custom.conf: trigger, deactivate, probe. Change
+    # them here when you changed them there.
+    feature_codes: list[str] = Field(default_factory=lambda: ["*555", "*556", "*599"])
+    # How long one check may take before it counts as failed (the FastAGI probe call
+    # takes about 7 s: a prompt and GET DATA's 5 s for digits that never come).
+    timeout: float = Field(default=30.0, gt=0, le=300)
+
+    @field_validator("phone_context", "feature_codes")
+    @classmethod
+    def _dialplan_words(cls, value: str | list[str]) -> str | list[str]:
+        # They go into DIALPLAN_EXISTS(context,exten,1) over AMI: a ',' or a ')' would
+        # end the argument early, a line break the AMI header.
+        for word in [value] if isinstance(value, str) else value:
+            if not word or any(char in word for char in ",()\r\n\0 "):
+                raise ValueError(f"not a dialplan context or extension: {word!r}")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FASTAGI_",
@@ -381,6 +407,7 @@ class Settings(BaseSettings):
     notify: NotifySettings = Field(default_factory=NotifySettings)
     emergency: EmergencySettings = Field(default_factory=EmergencySettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)
+    check: CheckSettings = Field(default_factory=CheckSettings)
     log_level: str = "INFO"
 
     @field_validator("log_level")

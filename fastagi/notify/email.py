@@ -15,7 +15,8 @@ from __future__ import annotations
 import email.policy
 import email.utils
 import ssl
-from datetime import tzinfo
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
 from email.message import EmailMessage
 
 import aiosmtplib
@@ -58,6 +59,40 @@ def compose(
     return message
 
 
+TEST_SUBJECT = "fastagi-panic test message (no alarm)"
+TEST_TEXT = (
+    "This is a test message from fastagi check --send-test: the alarm's e-mail reaches"
+    " you. There is no alarm."
+)
+
+
+def compose_test(*, sender: str, recipient: str, at: datetime, short: bool = False) -> EmailMessage:
+    """A message that says it is a test and that there is no alarm; ``short`` for an
+    e-mail-to-SMS gateway (the text as subject and body, as :func:`compose` does)."""
+    message = EmailMessage(policy=_POLICY)
+    message["From"] = sender
+    message["To"] = recipient
+    message["Date"] = email.utils.format_datetime(at)
+    message["Message-ID"] = email.utils.make_msgid("check", domain=sender.rpartition("@")[2])
+    message["Auto-Submitted"] = "auto-generated"
+    message["Subject"] = TEST_TEXT if short else TEST_SUBJECT
+    message.set_content(TEST_TEXT + "\n", charset="utf-8", cte="quoted-printable")
+    return message
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How far a conversation with the mail server got, sending nothing.
+
+    ``step`` is the last step tried: ``connect`` (TCP, and TLS with security "tls"),
+    ``starttls``, ``login``, or ``done`` when every step passed. ``detail`` has no secret.
+    """
+
+    ok: bool
+    step: str
+    detail: str
+
+
 class SmtpChannel:
     """Sends one message per call to the configured server."""
 
@@ -78,6 +113,54 @@ class SmtpChannel:
             cafile = str(self._settings.ca_file) if self._settings.ca_file else None
             self._tls = ssl.create_default_context(cafile=cafile)
         return self._tls
+
+    async def verify(self) -> Verification:
+        """Connect, EHLO, STARTTLS when the settings ask for it, and log in when they
+        name a user; then QUIT. No message is sent: what an alarm's e-mail would meet
+        before its MAIL FROM."""
+        settings = self._settings
+        where = f"{settings.host}:{settings.effective_port}"
+        secure = settings.security != "none"
+        client = aiosmtplib.SMTP(
+            hostname=settings.host,
+            port=settings.effective_port,
+            use_tls=settings.security == "tls",
+            # Never on its own: "none" must stay plain, "starttls" is done below.
+            start_tls=False,
+            tls_context=self._tls_context() if secure else None,
+            timeout=settings.timeout,
+        )
+        step = "connect"
+        done: list[str] = []
+        try:
+            await client.connect()
+            done.append("TLS" if settings.security == "tls" else "connected")
+            if settings.security == "starttls":
+                step = "starttls"
+                await client.ehlo()
+                if not client.supports_extension("starttls"):
+                    return Verification(
+                        False, step, f"{where} does not offer STARTTLS (security = starttls)"
+                    )
+                await client.starttls()
+                done.append("STARTTLS")
+            if settings.username:
+                step = "login"
+                await client.login(settings.username, self._password())
+                done.append(f"logged in as {settings.username}")
+            step = "done"
+            await client.quit()
+        except aiosmtplib.SMTPResponseException as exc:
+            return Verification(False, step, self.redact(f"{where}: {exc.code} {exc.message}"))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
+            return Verification(False, step, self.redact(f"{where}: {_describe(exc)}"))
+        finally:
+            client.close()
+        return Verification(True, step, f"{where}: {', '.join(done)}")
+
+    def _password(self) -> str:
+        password = self._settings.password
+        return password.get_secret_value() if password else ""
 
     async def send(self, message: EmailMessage, recipient: str) -> Outcome:
         settings = self._settings

@@ -13,7 +13,7 @@ import json
 import logging
 import string
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit, urlunsplit
 
 import httpx
 
@@ -131,6 +131,25 @@ class WebhookChannel:
             return Outcome(True, answer)
         status = response.status_code
         return Outcome(False, answer, retry=status >= 500 or status in _TRANSIENT)
+
+    async def probe(self) -> Outcome:
+        """A ``HEAD`` request to the webhook's URL without its query (where GET gateways
+        take the number and the text) and without a templated path: whether the gateway
+        answers, sending nothing. Any HTTP answer below 500 counts (a 405 too: HEAD is
+        not what it takes, but it is there)."""
+        parts = urlsplit(self._url)
+        path = parts.path if "$" not in parts.path else "/"
+        url = urlunsplit(parts._replace(path=path or "/", query="", fragment=""))
+        try:
+            response = await self._http().head(url, headers=self._auth_headers())
+        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            return Outcome(False, self.redact(_describe(exc)), retry=True)
+        answer = self.redact(f"HTTP {response.status_code} {response.reason_phrase}".strip())
+        return Outcome(response.status_code < 500, answer)
+
+    def _auth_headers(self) -> dict[str, str]:
+        # The configured headers (an API key) without the body's Content-Type.
+        return {k: v for k, v in self._headers.items() if k != "Content-Type"}
 
     async def aclose(self) -> None:
         if self._client is not None and self._own_client:

@@ -9,12 +9,20 @@ import asyncpg
 from fastagi.config import DatabaseSettings
 
 
-async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool[asyncpg.Record]:
-    """Open a pool of ``pool_min_size`` .. ``pool_max_size`` connections to ``dsn``."""
+async def create_pool(
+    settings: DatabaseSettings,
+    *,
+    max_size: int | None = None,
+    connect_timeout: float = 60.0,
+) -> asyncpg.Pool[asyncpg.Record]:
+    """Open a pool of ``pool_min_size`` .. ``pool_max_size`` (or ``max_size``)
+    connections to ``dsn``; each connection attempt gives up after ``connect_timeout``."""
+    largest = settings.pool_max_size if max_size is None else max_size
     return await asyncpg.create_pool(
         dsn=settings.dsn.get_secret_value(),
-        min_size=settings.pool_min_size,
-        max_size=settings.pool_max_size,
+        min_size=min(settings.pool_min_size, largest),
+        max_size=largest,
+        timeout=connect_timeout,
     )
 
 

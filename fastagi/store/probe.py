@@ -50,6 +50,21 @@ class ProbeStore:
         )
         return probe_id
 
+    async def find(self, uniqueid: str) -> ProbeCall | None:
+        """The probe call of the channel ``uniqueid`` (the ;2 half of a Local channel
+        whose uniqueid the caller chose), or None when the server recorded none."""
+        row = await self._pool.fetchrow(
+            """
+            SELECT id, uniqueid, channel, callerid, calleridname, digits, route, created_at
+            FROM probe_calls
+            WHERE uniqueid = $1
+            ORDER BY id DESC
+            LIMIT 1
+            """,
+            uniqueid,
+        )
+        return None if row is None else ProbeCall(**dict(row.items()))
+
     async def list_recent(self, limit: int = 20) -> list[ProbeCall]:
         """The latest ``limit`` probe calls, newest first."""
         rows = await self._pool.fetch(

@@ -1,8 +1,9 @@
 """The ``fastagi`` command. ``main(argv)`` returns an exit code, so tests call it directly.
 
 One module per resource (departments, paging, policy, deactivators, alarms) plus ``serve``,
-``db`` and ``freepbx`` (install into FreePBX); each exposes ``register``, which adds
-parsers whose ``handler`` default is a function ``(args) -> int``. Administrative
+``db``, ``freepbx`` (install into FreePBX) and ``check`` (would an alarm get through?);
+each exposes ``register``, which adds parsers whose ``handler`` default is a function
+``(args) -> int``. Administrative
 changes go through fastagi.admin, the same functions the web console calls.
 """
 
@@ -18,6 +19,7 @@ from fastagi.cli.common import run_command
 def build_parser() -> argparse.ArgumentParser:
     from fastagi.cli import (
         alarms,
+        check,
         db,
         deactivators,
         departments,
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(subparsers)
     db.register(subparsers)
     freepbx.register(subparsers)
+    check.register(subparsers)
     builder = Builder(subparsers)
     for resource in (departments, paging, policy, deactivators, alarms):
         resource.register(builder)

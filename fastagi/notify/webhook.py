@@ -13,6 +13,7 @@ import json
 import logging
 import string
 from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit, urlunsplit
 
 import httpx
@@ -64,6 +65,14 @@ def _url_secrets(url: str) -> list[str]:
     # Some gateways put the key in the path (https://hooks.example/T0/B0/XXXX).
     found += [segment for segment in parts.path.split("/") if len(segment) >= 16]
     return found
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the gateway answered to HEAD: its status, or None when nothing answered."""
+
+    status: int | None
+    answer: str  # no secret in it
 
 
 class WebhookChannel:
@@ -132,20 +141,20 @@ class WebhookChannel:
         status = response.status_code
         return Outcome(False, answer, retry=status >= 500 or status in _TRANSIENT)
 
-    async def probe(self) -> Outcome:
+    async def probe(self) -> Probe:
         """A ``HEAD`` request to the webhook's URL without its query (where GET gateways
         take the number and the text) and without a templated path: whether the gateway
-        answers, sending nothing. Any HTTP answer below 500 counts (a 405 too: HEAD is
-        not what it takes, but it is there)."""
+        answers, sending nothing (a 405 answers too: HEAD is not what it takes, but it is
+        there)."""
         parts = urlsplit(self._url)
         path = parts.path if "$" not in parts.path else "/"
         url = urlunsplit(parts._replace(path=path or "/", query="", fragment=""))
         try:
             response = await self._http().head(url, headers=self._auth_headers())
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
-            return Outcome(False, self.redact(_describe(exc)), retry=True)
+            return Probe(None, self.redact(_describe(exc)))
         answer = self.redact(f"HTTP {response.status_code} {response.reason_phrase}".strip())
-        return Outcome(response.status_code < 500, answer)
+        return Probe(response.status_code, answer)
 
     def _auth_headers(self) -> dict[str, str]:
         # The configured headers (an API key) without the body's Content-Type.

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Any
 
 import asyncpg
+
+from fastagi.store.migrations import MigrationStatus, status
 
 # A channel of its own: no server listens on it, so a check never wakes one.
 CHECK_CHANNEL = "fastagi_check"
@@ -23,6 +24,11 @@ class HealthStore:
         version: str = await self._pool.fetchval("SHOW server_version")
         return version
 
+    async def migrations(self) -> MigrationStatus:
+        """The migrations applied and pending (:func:`fastagi.store.migrations.status`)."""
+        async with self._pool.acquire() as connection:
+            return await status(connection)
+
     async def notify_round_trip(self, timeout: float) -> float:  # noqa: ASYNC109
         """Seconds from a ``NOTIFY`` sent on one connection to its arrival on another that
         ``LISTEN``s; TimeoutError when it does not arrive within ``timeout``.
@@ -34,7 +40,7 @@ class HealthStore:
         loop = asyncio.get_running_loop()
         arrived = loop.create_future()
 
-        def on_notify(_connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        def on_notify(_connection: object, _pid: int, _channel: str, payload: object) -> None:
             if payload == token and not arrived.done():
                 arrived.set_result(loop.time())
 

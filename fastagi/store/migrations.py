@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 # pg_advisory_lock key: the bytes "fastagi\x00" as a bigint; any constant would do as long
 # as every runner uses the same one.
@@ -147,7 +148,8 @@ async def migrate(
 
 
 async def status(
-    connection: asyncpg.Connection[asyncpg.Record], directory: Path | None = None
+    connection: asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record],
+    directory: Path | None = None,
 ) -> MigrationStatus:
     """What is applied, what is pending, what disagrees with the files. Changes nothing."""
     migrations = load_migrations(directory)
@@ -174,7 +176,9 @@ async def _apply(connection: asyncpg.Connection[asyncpg.Record], migration: Migr
         ) from exc
 
 
-async def _applied(connection: asyncpg.Connection[asyncpg.Record]) -> dict[str, AppliedMigration]:
+async def _applied(
+    connection: asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record],
+) -> dict[str, AppliedMigration]:
     rows = await connection.fetch(
         "SELECT name, checksum, applied_at FROM schema_migrations ORDER BY name"
     )

@@ -22,7 +22,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"domain"}),  # pure types and rules
     frozenset({"config", "logs"}),  # the one settings class
     frozenset({"store", "agi", "ami", "tts", "notify", "sdnotify", "freepbx"}),  # adapters
-    frozenset({"alarms", "admin"}),  # services
+    frozenset({"alarms", "admin", "assurance"}),  # services
     frozenset({"flows"}),  # one module per dialplan route
     frozenset({"app"}),  # wiring
     frozenset({"cli"}),  # interfaces

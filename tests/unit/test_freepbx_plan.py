@@ -439,7 +439,11 @@ def test_diffs_never_show_the_secrets() -> None:
 
 # Where the runtime talks to AMI: the client, and the services that use it.
 _PACKAGE = Path(__file__).resolve().parents[2] / "fastagi"
-SOURCES = sorted([*(_PACKAGE / "ami").rglob("*.py"), *(_PACKAGE / "alarms").rglob("*.py")])
+SOURCES = sorted(
+    path
+    for package in ("ami", "alarms", "assurance")
+    for path in (_PACKAGE / package).rglob("*.py")
+)
 
 
 def _sent_and_read() -> tuple[set[str], set[str]]:
@@ -483,6 +487,7 @@ def _sent_and_read() -> tuple[set[str], set[str]]:
 def test_every_action_sent_and_event_read_is_in_the_rights_table() -> None:
     actions, events = _sent_and_read()
     assert {"Originate", "Hangup", "SetVar", "Getvar", "Ping", "DBGet", "Login"} <= actions
+    assert {"CoreSettings", "ExtensionState", "Command", "ModuleCheck"} <= actions
     assert {"Hangup", "Newchannel", "ConfbridgeJoin", "FullyBooted", "OriginateResponse"} <= events
     table_actions = {r.what.lower() for r in ami_user.RIGHTS if r.kind == "action"}
     table_events = {

@@ -118,7 +118,8 @@ async def _probe_and_send(
             f"the SMS gateway {channel.target} does not answer: {probe.answer}",
             "is notify.webhook.url right, and may this host reach it?",
         )
-    if probe.status >= 500:
+    # 501: HEAD is not implemented there, which says nothing about the gateway's health.
+    if probe.status >= 500 and probe.status != 501:
         return Finding.warn(
             f"the SMS gateway {channel.target} answers HEAD with {probe.answer}",
             "is the gateway healthy? (--send-test sends a real test SMS)",

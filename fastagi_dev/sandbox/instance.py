@@ -125,10 +125,11 @@ def read_template(name: str, flavour: str | None = None) -> str:
 TRUNK_ENDPOINT = "trunk"
 
 
-# OPTIONS pings of a qualified paging phone: every second, unreachable after half a
-# second without an answer, so a test sees a phone that went away within about 1.5 s.
-QUALIFY_FREQUENCY = 1
-QUALIFY_TIMEOUT = 0.5
+# OPTIONS pings of a qualified paging phone: every 2 s, unreachable after 1.5 s without
+# an answer (a SIPp phone on a loaded machine answers within milliseconds), so a test
+# sees a phone that went away within about 3.5 s.
+QUALIFY_FREQUENCY = 2
+QUALIFY_TIMEOUT = 1.5
 
 
 def phones_config(phone_base: int, qualified: Collection[int] = ()) -> str:

@@ -28,7 +28,7 @@ from fastagi.assurance.result import Finding
 from fastagi.assurance.runner import Check, Context
 from fastagi.tts import Prompt, TextToSpeech, TtsError
 
-CHECK_TEXT = "This is the panic alarm check. Asterisk can play the alarm's prompts."
+CHECK_TEXT = "This is the panic alarm check."
 # A prompt that played lasted its length (Playback streams in real time); one that could
 # not be opened hangs up within milliseconds. Half the length is a wide margin either way.
 PLAYED_FRACTION = 0.5

@@ -84,7 +84,7 @@ async def tts(context: Context) -> Finding:
         return Finding.ok(message)
     others = await asyncio.to_thread(_unreadable_prompts, settings.directory, who)
     if others:
-        listed = ", ".join(f"{path.name} ({describe(refusal)})" for path, refusal in others[:5])
+        listed = ", ".join(others[:5])
         return Finding.warn(
             f"{message}; but {len(others)} other prompt(s) {who.name} cannot read: {listed}",
             _REMEDY + "; then `chmod g+r` the files",
@@ -142,9 +142,10 @@ def _why_unreadable(prompt: Prompt, who: Identity | None, asterisk_directory: st
     return f"; here it is {prompt.host_path}, in {directory} ({describe(directory)})"
 
 
-def _unreadable_prompts(directory: Path, who: Identity) -> list[tuple[Path, Path]]:
+def _unreadable_prompts(directory: Path, who: Identity) -> list[str]:
+    """``tts-....sln (0600 fastagi:fastagi)`` for each prompt ``who`` cannot read."""
     files = sorted(directory.glob("tts-*.sln*"))
-    return unreadable(files, who)
+    return [f"{path.name} ({describe(refusal)})" for path, refusal in unreadable(files, who)]
 
 
 CHECKS = (Check("tts", "a prompt renders and Asterisk plays it", tts, ("ami",)),)

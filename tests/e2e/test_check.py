@@ -48,8 +48,10 @@ EMERGENCY_PHONE = 204
 PHONES = (*ER_PHONES, ICU_PHONE, EMERGENCY_PHONE)
 SMTP_PASSWORD = "correct-horse-battery-staple"
 # The lines that stand on AMI: SKIP when its login fails.
-ON_AMI = ("ami-rights", "dialplan", "fastagi-url", "paging-devices", "tts")
-ON_AMI += ("unknown-extension", "emergency")
+ON_AMI = (
+    *("ami-rights", "dialplan", "fastagi-url", "paging-devices", "tts"),
+    *("unknown-extension", "emergency"),
+)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         paging,
         policy,
         serve,
+        users,
     )
     from fastagi.cli.common import Builder
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.register(subparsers)
     freepbx.register(subparsers)
     builder = Builder(subparsers)
-    for resource in (departments, paging, policy, deactivators, alarms):
+    for resource in (departments, paging, policy, deactivators, alarms, users):
         resource.register(builder)
     return parser
 

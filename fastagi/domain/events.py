@@ -59,6 +59,13 @@ class EventKind(enum.StrEnum):
     DEACTIVATION_LOCKED_OUT = "deactivation_locked_out"  # too many wrong PINs
     DEACTIVATED = "deactivated"
     ALL_CLEAR = "all_clear"  # the all-clear announcement after a deactivation
+    # Someone asked the alarm's leader to page the announcement now (the web console).
+    PAGE_REQUESTED = "page_requested"
+    # The web console's logins (fastagi/admin/users.py): who, from which address.
+    LOGIN = "login"
+    LOGIN_FAILED = "login_failed"  # wrong name or password
+    LOGIN_REFUSED = "login_refused"  # too many failures: rate-limited, not even checked
+    LOGOUT = "logout"
     # Everything else.
     CONFIG_CHANGED = "config_changed"  # an administrator changed departments, PINs, ...
     ERROR = "error"

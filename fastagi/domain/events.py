@@ -49,6 +49,7 @@ class EventKind(enum.StrEnum):
     NOTIFICATION_SENT = "notification_sent"  # e-mail, SMS, emergency call
     NOTIFICATION_FAILED = "notification_failed"
     # The emergency call (fastagi/alarms/emergency.py, fastagi/flows/acknowledge.py).
+    EMERGENCY_DIALLING = "emergency_dialling"  # an attempt begins: who is called now
     EMERGENCY_CALL = "emergency_call"  # one attempt to one destination, with its outcome
     ACKNOWLEDGED = "acknowledged"  # a responder pressed 1 (at most one per alarm)
     ESCALATED = "escalated"  # no acknowledgement in time: the escalation list is called

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
+from fastagi.web import timeline
 from fastagi.web.keys import FEED, STORES
 from fastagi.web.security import template_context
 
@@ -19,9 +20,16 @@ async def alarm_page(request: web.Request) -> dict[str, Any]:
     alarm = await stores.alarms.get_alarm(alarm_id)
     if alarm is None:
         raise web.HTTPNotFound(text=f"No alarm {alarm_id}.")
-    timeline = await stores.history.timeline(alarm_id)
+    events = await stores.history.timeline(alarm_id)
     board = await request.app[FEED].board()
     live = next((a for a in board.alarms if a.id == alarm_id), None)
+    end = alarm.deactivated_at or board.now
     return template_context(
-        request, alarm=alarm, timeline=timeline, live=live, board=board, now=board.now
+        request,
+        alarm=alarm,
+        entries=timeline.entries(events),
+        chart=timeline.cycle_chart(events, alarm.activated_at, end),
+        live=live,
+        board=board,
+        now=board.now,
     )

@@ -9,6 +9,7 @@ never disagree.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -55,8 +56,6 @@ def _render_update(request: web.Request, snapshot: Snapshot) -> str:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    feed = request.app[FEED]
-    users = request.app[STORES].users
     token = request.cookies.get(SESSION_COOKIE, "")
     response = web.StreamResponse(
         headers={
@@ -68,6 +67,15 @@ async def events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
+    # The browser may leave at any time (a new page, a closed tab): nothing to tell it.
+    with contextlib.suppress(ConnectionResetError):
+        await _stream(request, response, token)
+    return response
+
+
+async def _stream(request: web.Request, response: web.StreamResponse, token: str) -> None:
+    feed = request.app[FEED]
+    users = request.app[STORES].users
     await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
     version = 0
     while not feed.closed:
@@ -85,10 +93,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             await response.write(b"event: ping\ndata: {}\n\n")
             continue
         version = snapshot.version
-        await response.write(
-            f"event: board\ndata: {_render_update(request, snapshot)}\n\n".encode()
-        )
-    return response
+        update = _render_update(request, snapshot)
+        await response.write(f"event: board\ndata: {update}\n\n".encode())
 
 
 async def stop_streams(app: web.Application) -> None:

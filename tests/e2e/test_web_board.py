@@ -157,3 +157,87 @@ async def test_a_new_alarm_on_the_board_within_a_second_deactivated_from_it(
     assert deactivated.details["source"] == "web"
     await operator.goto(f"/alarms/{alarm.id}")
     assert "web:otto: drill over" in await operator.locator(".timeline").inner_text()
+
+
+async def test_interval_and_resend_from_the_board_with_two_alarms(
+    sandbox: Sandbox, agi_port, database_dsn, db_pool, browser, tmp_path, stack
+) -> None:
+    stores = Stores.over(db_pool)
+    await add_users(stores)
+    old_interval, new_interval = 12, 5
+    await department(stores, WARD, WARD_DESK, WARD_PHONES, interval=old_interval)
+    await department(stores, LAB, LAB_DESK, LAB_PHONES, interval=60)
+    phones = {
+        ext: await stack.enter_async_context(PagingPhone(sandbox, ext, tmp_path / f"p{ext}"))
+        for ext in (*WARD_PHONES, *LAB_PHONES)
+    }
+    ward_phone, lab_phone = phones[WARD_PHONES[0]], phones[LAB_PHONES[0]]
+    settings = server_settings(sandbox, agi_port, database_dsn)
+    await stack.enter_async_context(running_server(settings, [running_console]))
+    page = await open_page(browser, url_of(settings))
+    await login(page, "otto", USERS["otto"][1])
+    await page.locator('#feed-state[data-state="live"]').wait_for(state="attached")
+
+    calls = await asyncio.gather(
+        *(
+            call_dtmf(
+                sandbox,
+                tmp_path / f"call{desk}",
+                service="*555",
+                ext=desk,
+                digits="1",
+                prompt_ms=PROMPT_MS,
+            )
+            for desk in (WARD_DESK, LAB_DESK)
+        )
+    )
+    for call in calls:
+        call.check()
+    await board_count(page, 2)
+    ward, lab = sorted(await stores.alarms.active_alarms(), key=lambda a: a.extension)
+    assert (ward.department_name, lab.department_name) == (WARD, LAB)
+    await ward_phone.wait_invites(1, within=10)
+    await lab_phone.wait_invites(1, within=10)
+    await lab_phone.wait(("BYE ", "CANCEL "), 1, within=10)  # the Lab's first page ended
+    for alarm in (ward, lab):
+        await page.locator(f"#alarm-{alarm.id} .next-page .countdown").wait_for()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=SCREENSHOTS / "board.png", full_page=True)
+
+    # The Ward's interval, changed on the board: the gap after the next page is the new one.
+    card = page.locator(f"#alarm-{ward.id}")
+    await card.get_by_label(f"Interval of {WARD} (seconds)").fill(str(new_interval))
+    changed = time.time()
+    async with page.expect_navigation():
+        await card.get_by_role("button", name="Set interval").click()
+    before = len([t for t in ward_phone.invite_times if t.timestamp() <= changed])
+    times = await ward_phone.wait_invites(before + 2, within=old_interval + new_interval + 10)
+    gap = (times[before + 1] - times[before]).total_seconds()
+    print(f"interval {old_interval} -> {new_interval} s on the board: next gap {gap:.2f} s")
+    assert abs(gap - new_interval) < 0.5
+    department_now = await stores.directory.get_department(WARD)
+    assert department_now.interval_seconds == new_interval
+
+    # The Lab pages every 60 s: re-sent from the board, it pages at once.
+    lab_card = page.locator(f"#alarm-{lab.id}")
+    asked = time.time()
+    async with page.expect_navigation():
+        await lab_card.get_by_role("button", name="Page the announcement now").click()
+    [_, again] = await lab_phone.wait_invites(2, within=5)
+    print(f"re-send -> INVITE at the Lab's phone: {(again.timestamp() - asked) * 1000:.0f} ms")
+    assert again.timestamp() - asked < 2.0
+    timeline = await stores.history.timeline(lab.id)
+    [requested] = [e for e in timeline if e.kind == "page_requested"]
+    assert requested.details["by"] == "web:otto"
+    changes = await stores.history.history(
+        datetime.fromtimestamp(changed - 5).astimezone(),
+        datetime.fromtimestamp(time.time() + 5).astimezone(),
+    )
+    [interval_set] = [e for e in changes if e.details.get("action") == "department set"]
+    assert interval_set.details["by"] == "web:otto"
+
+    cycles = [e for e in await stores.history.timeline(ward.id) if e.kind == "page_cycle"]
+    assert len(cycles) >= 2
+    await page.goto(f"/alarms/{ward.id}")
+    assert await page.locator("svg.chart rect").count() >= len(cycles)
+    await page.screenshot(path=SCREENSHOTS / "alarm.png", full_page=True)

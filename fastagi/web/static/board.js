@@ -181,6 +181,15 @@
       "; notifications " + (notifications === "granted" ? "on" : notifications) + ".";
   }
 
+  // A browser started for a wall screen may allow sound without a click (Chromium's
+  // --autoplay-policy=no-user-gesture-required); others need the button once.
+  try {
+    audio = new AudioContext();
+    audio.addEventListener("statechange", alertsReady);
+  } catch (error) {
+    audio = null;
+  }
+
   enableButton.addEventListener("click", async () => {
     audio = audio || new AudioContext();
     await audio.resume();

@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
 LIMITS = WebSettings(login_failures_per_name=3, login_failures_per_address=5, login_window=900)
 
 
-async def events_of(stores: Stores, kind: str) -> list[dict]:
+async def events_of(stores: Stores, kind: str) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
     found = await stores.history.history(now - timedelta(hours=1), now + timedelta(hours=1))
     return [dict(e.details) for e in found if e.kind == kind]

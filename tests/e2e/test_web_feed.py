@@ -44,7 +44,10 @@ async def test_changes_reach_every_board_within_a_second(browser, database_dsn, 
         alarm_id = await raise_alarm(stores)
         shown = [await count_shown(page, 1) - raised for page in pages]
         await deactivate_alarm(stores, alarm_id, reason="test", by="cli:test")
-        ended = (await stores.alarms.get_alarm(alarm_id)).deactivated_at.timestamp()
+        row = await stores.alarms.get_alarm(alarm_id)
+        assert row is not None
+        assert row.deactivated_at is not None
+        ended = row.deactivated_at.timestamp()
         gone = [await count_shown(page, 0) - ended for page in pages]
         print(
             "raised -> on 3 boards: " + ", ".join(f"{s * 1000:.0f}" for s in shown) + " ms; "

@@ -6,6 +6,7 @@ without JavaScript."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -31,7 +32,7 @@ async def raise_alarm(stores: Stores, extension: str = "155") -> int:
 
 def csrf_of(html: str) -> str:
     [token] = set(re.findall(r'name="csrf_token" value="([^"]+)"', html))
-    return token
+    return str(token)
 
 
 async def test_a_viewer_sees_no_action_and_its_post_is_refused(browser, database_dsn, db_pool):
@@ -48,14 +49,15 @@ async def test_a_viewer_sees_no_action_and_its_post_is_refused(browser, database
         assert await page.get_by_role("button", name="Set interval").count() == 0
         # The same POST an operator's form makes, with the viewer's valid token: refused.
         token = csrf_of(await page.content())
-        for path, form in [
+        forms: list[tuple[str, dict[str, str | float | bool]]] = [
             (f"/alarms/{alarm_id}/deactivate", {"reason": "no", "csrf_token": token}),
             (f"/alarms/{alarm_id}/page", {"csrf_token": token}),
             (
                 "/departments/interval",
                 {"department": "Ward", "interval_seconds": "5", "csrf_token": token},
             ),
-        ]:
+        ]
+        for path, form in forms:
             answer = await page.request.post(path, form=form, max_redirects=0)
             assert answer.status == 403, path
             assert "operator" in await answer.text()
@@ -82,7 +84,11 @@ async def test_a_post_without_the_csrf_token_is_refused(browser, database_dsn, d
         await login(page, "otto", USERS["otto"][1])
         token = csrf_of(await page.content())
         path = f"/alarms/{alarm_id}/deactivate"
-        for form in ({"reason": "forged"}, {"reason": "forged", "csrf_token": "x" * 43}):
+        forged: list[dict[str, str | float | bool]] = [
+            {"reason": "forged"},
+            {"reason": "forged", "csrf_token": "x" * 43},
+        ]
+        for form in forged:
             answer = await page.request.post(path, form=form, max_redirects=0)
             assert answer.status == 403
         assert await stores.alarms.is_active(alarm_id)
@@ -144,9 +150,7 @@ async def test_wrong_passwords_are_rate_limited_and_recorded(browser, database_d
     assert not [e for e in events if e.kind == "login"]
 
 
-def _today():
-    from datetime import UTC, datetime, timedelta
-
+def _today() -> tuple[datetime, datetime]:
     now = datetime.now(UTC)
     return now - timedelta(hours=1), now + timedelta(hours=1)
 

@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 # The development tools (sandbox, embedded PostgreSQL, demo): beside the package, not in its wheel.
 DEV := $(PY) -m fastagi_dev
 CACHE := .cache
-APT_PACKAGES := postgresql espeak-ng libespeak-ng1 sox sip-tester debootstrap python3-venv ca-certificates
+APT_PACKAGES := postgresql espeak-ng libespeak-ng1 sox sip-tester debootstrap python3-venv ca-certificates chromium fonts-dejavu-core
 # The packages are checked by their commands, so a warm machine skips apt entirely.
 APT_STAMP := $(CACHE)/apt.stamp
 VENV_STAMP := $(VENV)/.installed
@@ -37,7 +37,7 @@ help:
 $(APT_STAMP):
 	@mkdir -p $(CACHE)
 	@missing=""; \
-	for cmd in initdb:postgresql espeak-ng:espeak-ng sox:sox sipp:sip-tester debootstrap:debootstrap; do \
+	for cmd in initdb:postgresql espeak-ng:espeak-ng sox:sox sipp:sip-tester debootstrap:debootstrap chromium:chromium; do \
 	  c=$${cmd%%:*}; \
 	  if ! command -v $$c >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/$$c >/dev/null 2>&1; then missing=1; fi; \
 	done; \

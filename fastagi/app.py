@@ -22,7 +22,7 @@ import random
 import resource
 import signal
 import socket
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,15 +229,26 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         await pool.close()
 
 
+# An interface served beside the FastAGI listener, over the same services (the web
+# console, fastagi/web): started after the listener, stopped before it. Passed in by the
+# layer above (cli/serve.py, the dev environment), which this module does not import.
+Interface = Callable[[Services, Settings], contextlib.AbstractAsyncContextManager[object]]
+
+
 @contextlib.asynccontextmanager
-async def running_server(settings: Settings) -> AsyncIterator[AgiServer]:
-    """The services and the listener, closed gracefully on exit: calls in progress get
-    ``agi.shutdown_grace`` seconds to finish."""
+async def running_server(
+    settings: Settings, interfaces: Sequence[Interface] = ()
+) -> AsyncIterator[AgiServer]:
+    """The services, the listener and ``interfaces``, closed gracefully on exit: calls
+    in progress get ``agi.shutdown_grace`` seconds to finish."""
     async with running_services(settings) as services:
         server = AgiServer(settings.agi, build_routes(services, settings))
         await server.start()
         try:
-            yield server
+            async with contextlib.AsyncExitStack() as stack:
+                for interface in interfaces:
+                    await stack.enter_async_context(interface(services, settings))
+                yield server
         finally:
             await server.close(settings.agi.shutdown_grace)
 
@@ -275,14 +286,14 @@ def raise_open_files_limit(settings: Settings) -> int:
     return soft
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, interfaces: Sequence[Interface] = ()) -> None:
     """The production server. Under systemd (``Type=notify``, fastagi/sdnotify.py) it
     says READY=1 once the listener accepts calls and STOPPING=1 when a signal arrives,
     and feeds the watchdog from the event loop throughout, so a blocked loop is killed
     and restarted."""
     notifier = SystemdNotifier.from_environment()
     try:
-        async with watchdog_fed(notifier), running_server(settings) as server:
+        async with watchdog_fed(notifier), running_server(settings, interfaces) as server:
             logger.info("FastAGI server listening", extra={"port": server.port})
             notifier.notify("READY=1", f"STATUS=listening on port {server.port}")
             await until_signalled()

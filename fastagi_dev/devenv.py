@@ -23,17 +23,20 @@ import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from pydantic import SecretStr
 
-from fastagi.app import running_server, until_signalled
+from fastagi.app import Services, running_server, until_signalled
 from fastagi.cli.common import CliError
 from fastagi.config import AmiSettings, DatabaseSettings, Settings
 from fastagi.store import Stores
 from fastagi.store.migrations import migrate
+from fastagi.web.server import Console, running_console
 from fastagi_dev.cluster import EmbeddedCluster
 from fastagi_dev.demo import dev_cache_dir, dev_state_path
 from fastagi_dev.sandbox.image import repo_root
@@ -119,7 +122,7 @@ async def seed(dsn: str) -> DemoInfo:
         await pool.close()
 
 
-def banner(sandbox: Sandbox, settings: Settings, dsn: str, demo: DemoInfo) -> str:
+def banner(sandbox: Sandbox, settings: Settings, dsn: str, demo: DemoInfo, console_url: str) -> str:
     repo = repo_root()
     scenario = repo / "tests" / "sipp_scenarios" / "uac_call_dtmf.xml"
     empty_digits = " ".join(f"-key d{n} ''" for n in range(3, 9))
@@ -129,6 +132,7 @@ fastagi-panic is running (Ctrl-C stops everything).
   Asterisk   SIP 127.0.0.1:{sandbox.sip_port}  AMI 127.0.0.1:{sandbox.ami_port}
              console log {sandbox.log_path}
   FastAGI    agi://{settings.agi.host}:{settings.agi.port}
+  Console    {console_url}  (log in as {demo.web_user} / {demo.web_password})
   PostgreSQL {dsn}
 
 Place a test call: desk phone 101 dials the connectivity probe *599 and types 4 2:
@@ -164,6 +168,8 @@ async def run_dev(settings: Settings, options: DevOptions | None = None) -> None
                     # The sandbox's Asterisk runs in a chroot: the same directory has
                     # one name for the server and another for Asterisk.
                     "journal": settings.journal.model_copy(update={"directory": cache / "journal"}),
+                    # The console, on its port (FASTAGI_WEB__PORT, default 8080).
+                    "web": settings.web.model_copy(update={"enabled": True}),
                     # Unknown extensions page the demo's Emergency Room phones.
                     "alarm": settings.alarm.model_copy(
                         update={
@@ -184,12 +190,27 @@ async def run_dev(settings: Settings, options: DevOptions | None = None) -> None
                     ),
                 }
             )
-            async with running_server(settings):
+            consoles: list[Console] = []
+
+            def console(services: Services, settings: Settings) -> Any:
+                return _remembered(running_console(services, settings), consoles)
+
+            async with running_server(settings, [console]):
                 state_file = dev_state_path()
                 state_file.write_text(json.dumps({"dsn": dsn, "instance": sandbox.name}))
                 try:
-                    print(banner(sandbox, settings, dsn, demo), flush=True)
+                    print(banner(sandbox, settings, dsn, demo, consoles[0].url), flush=True)
                     await until_signalled()
                     print("stopping ...", flush=True)
                 finally:
                     state_file.unlink(missing_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def _remembered(
+    running: AbstractAsyncContextManager[Console], consoles: list[Console]
+) -> AsyncIterator[Console]:
+    """The console, noted in ``consoles`` so the banner can print its address."""
+    async with running as console:
+        consoles.append(console)
+        yield console

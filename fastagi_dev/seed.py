@@ -1,16 +1,19 @@
 """The demo site of ``make run`` and ``make demo``: three departments, their paging
-groups and a deactivator with a well-known PIN. Development only: a real site enters its
-own data with the ``fastagi`` administration commands."""
+groups, a deactivator with a well-known PIN and a web console login. Development only:
+a real site enters its own data with the ``fastagi`` administration commands."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from fastagi.domain import pins
+from fastagi.domain import passwords, pins
 from fastagi.store import Stores
 
 DEMO_PIN = "2580"  # the keypad's middle column; for `make run` only
 DEMO_DEACTIVATOR = "150"
+# The web console's demo login, printed by `make run`; for `make run` only.
+DEMO_WEB_USER = "admin"
+DEMO_WEB_PASSWORD = "panic-demo"  # noqa: S105 (printed by make run, on purpose)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +21,8 @@ class DemoInfo:
     departments: tuple[str, ...]
     deactivator: str
     pin: str
+    web_user: str = DEMO_WEB_USER
+    web_password: str = DEMO_WEB_PASSWORD
 
 
 _DEMO = (
@@ -51,8 +56,23 @@ async def seed_demo(store: Stores) -> DemoInfo:
         await store.deactivators.set_deactivator(
             DEMO_DEACTIVATOR, await pins.hash_pin_async(DEMO_PIN)
         )
+    await _seed_web_user(store)
     return DemoInfo(
         departments=tuple(name for name, *_ in _DEMO),
         deactivator=DEMO_DEACTIVATOR,
         pin=DEMO_PIN,
     )
+
+
+async def _seed_web_user(store: Stores) -> None:
+    """The console's demo administrator, for ``make run`` only (never in production:
+    ``fastagi serve`` seeds nothing). Its password is reset to the demo's when changed."""
+    found = await store.users.credentials(DEMO_WEB_USER)
+    if found is None:
+        await store.users.add_user(
+            DEMO_WEB_USER, "admin", await passwords.hash_password_async(DEMO_WEB_PASSWORD)
+        )
+    elif not await passwords.verify_password_async(DEMO_WEB_PASSWORD, found[1]):
+        await store.users.set_password(
+            DEMO_WEB_USER, await passwords.hash_password_async(DEMO_WEB_PASSWORD)
+        )

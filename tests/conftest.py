@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.pg", "tests.sandbox_fixtures"]
+pytest_plugins = ["tests.pg", "tests.sandbox_fixtures", "tests.browser"]
 
 
 if os.environ.get("FASTAGI_TEST_LOOP") == "uvloop":

@@ -522,6 +522,22 @@ class EmergencyCaller:
         result: OriginateResult | None = None
         error: str | None = None
         outcome = Outcome.CANCELLED
+        # Who is being called now (the console shows it), recorded beside the call, not
+        # before it: a slow database must not delay an emergency call.
+        self._spawn(
+            self._record_event(
+                EventKind.EMERGENCY_DIALLING,
+                alarm,
+                {
+                    "list": attempt.list_name,
+                    "round": attempt.round,
+                    "position": attempt.position,
+                    "destination": attempt.destination,
+                    "attempt": call.channel_id,
+                    "instance": self._instance_id,
+                },
+            )
+        )
         stream = self._ami.events("Hangup")
         watcher = asyncio.create_task(self._watch_hangup(stream, call))
         try:

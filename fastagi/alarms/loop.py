@@ -35,11 +35,13 @@ PostgreSQL cannot say (the gate yields ``active`` None), nothing is counted at t
 the cycle's event, journalled, counts it when it reaches PostgreSQL (the store's counts
 only grow to the event's cycle number, so a cycle is never counted twice).
 
-A stop wakes the loop at once, whatever it waits for. Every cycle is recorded as a
-``page_cycle`` event when it ends; an exception is recorded as an ``error`` event and the
-loop goes on after a backoff: an alarm never stops paging because something failed, only
-when it is deactivated. What is said: the alarm's TTS announcement, rendered once; when TTS fails,
-Asterisk's built-in sounds (``fallback_announcement``), so an alarm is never silent.
+A stop wakes the loop at once, whatever it waits for; so does a request to page now
+(``page_now``: the web console's "re-send"), which only moves the next cycle forward.
+Every cycle is recorded as a ``page_cycle`` event when it ends; an exception is recorded
+as an ``error`` event and the loop goes on after a backoff: an alarm never stops paging
+because something failed, only when it is deactivated. What is said: the alarm's TTS
+announcement, rendered once; when TTS fails, Asterisk's built-in sounds
+(``fallback_announcement``), so an alarm is never silent.
 """
 
 from __future__ import annotations
@@ -172,6 +174,7 @@ class AlarmLoop:
             alarm.extension,
         )
         self._stopping = asyncio.Event()
+        self._page_now = asyncio.Event()
         self._hold = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._interval = _DEFAULT_INTERVAL
@@ -187,6 +190,12 @@ class AlarmLoop:
     def stop(self) -> None:
         """No new cycle starts from now on; a page in progress is left to the caller."""
         self._stopping.set()
+
+    def page_now(self) -> None:
+        """Start the next cycle now instead of at its time (someone asked for the
+        announcement again); a page under way finishes first. The schedule then counts
+        on from this page. The gate still refuses a deactivated alarm."""
+        self._page_now.set()
 
     def rekey(self, alarm: Alarm) -> None:
         """Go on as ``alarm``: the row a provisional alarm (raised while PostgreSQL was
@@ -252,11 +261,19 @@ class AlarmLoop:
         logger.info("paging loop of alarm %s ended after cycle %s", self.alarm.id, self.cycle)
 
     async def _sleep_until(self, deadline: float) -> bool:
-        """Sleep until ``deadline``; True (at once) when the loop is told to stop."""
+        """Sleep until ``deadline`` or a request to page now; True (at once) when the loop
+        is told to stop."""
         delay = wait_before(asyncio.get_running_loop().time(), deadline)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._stopping.wait()
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        paging = asyncio.ensure_future(self._page_now.wait())
+        try:
+            await asyncio.wait(
+                {stopping, paging}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopping.cancel()
+            paging.cancel()
+        self._page_now.clear()
         return self._stopping.is_set()
 
     async def _fresh_interval(self) -> int:

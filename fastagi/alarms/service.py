@@ -116,6 +116,7 @@ class AlarmService:
         self._changes = stores.changes.listener(
             on_alarm=self._on_alarm_change,
             on_config=self._on_config_change,
+            on_page_request=self._on_page_request,
             on_rearmed=self._on_rearmed,
         )
         self._loop_store = CachedLoopStore(
@@ -410,6 +411,13 @@ class AlarmService:
         # The server that took the call finishes it; the leader stops paging.
         await self._stop_loop(change.alarm_id)
         await self._update_lamps(causes=[done])
+
+    def _on_page_request(self, alarm_id: int) -> None:
+        # Someone asked for the announcement now (fastagi/admin/alarms.py request_page):
+        # only the leader pages; its gate refuses a deactivated alarm as before any page.
+        alarm_loop = self._loops.get(alarm_id)
+        if alarm_loop is not None and not alarm_loop.stopping:
+            alarm_loop.page_now()
 
     def _on_config_change(self, action: str) -> None:
         logger.debug("configuration changed (%s): reloading the directory", action)

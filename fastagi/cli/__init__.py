@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         paging,
         policy,
         serve,
+        users,
     )
     from fastagi.cli.common import Builder
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     freepbx.register(subparsers)
     check.register(subparsers)
     builder = Builder(subparsers)
-    for resource in (departments, paging, policy, deactivators, alarms):
+    for resource in (departments, paging, policy, deactivators, alarms, users):
         resource.register(builder)
     return parser
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fastagi.app import raise_open_files_limit, run, serve
+from fastagi.app import Interface, raise_open_files_limit, run, serve
 from fastagi.cli.common import SubParsers, load_settings_or_fail
 from fastagi.logs import configure_logging
 
@@ -18,5 +18,10 @@ def _serve_command(args: argparse.Namespace) -> int:
     settings = load_settings_or_fail()
     configure_logging(settings.log_level)
     raise_open_files_limit(settings)
-    run(serve(settings))
+    interfaces: list[Interface] = []
+    if settings.web.enabled:
+        from fastagi.web import running_console
+
+        interfaces.append(running_console)
+    run(serve(settings, interfaces))
     return 0

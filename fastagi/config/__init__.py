@@ -391,6 +391,40 @@ class CheckSettings(BaseModel):
         return value
 
 
+class WebSettings(BaseModel):
+    """``[web]``: the web console (live board, alarm pages, actions), served by the same
+    process as the FastAGI server. Off unless enabled; put it behind the host's web
+    server with TLS (README, "Web console")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    # Loopback by default: the reverse proxy (Apache or nginx with TLS) forwards to it.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # A login lasts this long (a shift and some), then the user logs in again.
+    session_lifetime: float = Field(default=12 * 3600.0, ge=60.0, le=30 * 86400.0)
+    # Failed logins allowed per user name, and per client address, within
+    # login_window seconds; beyond that a login is refused (HTTP 429) until the oldest
+    # failure leaves the window. Counted in PostgreSQL: every server sees them all.
+    login_failures_per_name: int = Field(default=5, ge=1, le=1000)
+    login_failures_per_address: int = Field(default=20, ge=1, le=10_000)
+    login_window: float = Field(default=900.0, gt=0, le=86_400.0)
+    # Believe the reverse proxy's X-Forwarded-Proto (cookies marked Secure when it says
+    # https) and X-Forwarded-For (the client's address, for the rate limit and the
+    # history). Only behind a proxy on the same host: anyone else could forge them.
+    trust_proxy_headers: bool = False
+    # Serve TLS directly (PEM files) instead of behind a proxy; both or neither.
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebSettings:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("give both certificate and private_key, or neither")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FASTAGI_",
@@ -408,6 +442,7 @@ class Settings(BaseSettings):
     emergency: EmergencySettings = Field(default_factory=EmergencySettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)
     check: CheckSettings = Field(default_factory=CheckSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     log_level: str = "INFO"
 
     @field_validator("log_level")

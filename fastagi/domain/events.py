@@ -49,6 +49,7 @@ class EventKind(enum.StrEnum):
     NOTIFICATION_SENT = "notification_sent"  # e-mail, SMS, emergency call
     NOTIFICATION_FAILED = "notification_failed"
     # The emergency call (fastagi/alarms/emergency.py, fastagi/flows/acknowledge.py).
+    EMERGENCY_DIALLING = "emergency_dialling"  # an attempt begins: who is called now
     EMERGENCY_CALL = "emergency_call"  # one attempt to one destination, with its outcome
     ACKNOWLEDGED = "acknowledged"  # a responder pressed 1 (at most one per alarm)
     ESCALATED = "escalated"  # no acknowledgement in time: the escalation list is called
@@ -59,6 +60,13 @@ class EventKind(enum.StrEnum):
     DEACTIVATION_LOCKED_OUT = "deactivation_locked_out"  # too many wrong PINs
     DEACTIVATED = "deactivated"
     ALL_CLEAR = "all_clear"  # the all-clear announcement after a deactivation
+    # Someone asked the alarm's leader to page the announcement now (the web console).
+    PAGE_REQUESTED = "page_requested"
+    # The web console's logins (fastagi/admin/users.py): who, from which address.
+    LOGIN = "login"
+    LOGIN_FAILED = "login_failed"  # wrong name or password
+    LOGIN_REFUSED = "login_refused"  # too many failures: rate-limited, not even checked
+    LOGOUT = "logout"
     # Everything else.
     CONFIG_CHANGED = "config_changed"  # an administrator changed departments, PINs, ...
     ERROR = "error"

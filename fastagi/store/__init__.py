@@ -4,7 +4,8 @@ One module per concern, each a small class over the pool: ``alarms`` (alarm rows
 ``history`` (the event table), ``directory`` (departments, mappings, paging groups),
 ``deactivators`` (PINs and lockouts), ``policy`` (the settings row), ``changes``
 (``NOTIFY`` to every server, and the connection listening for it), ``leadership``
-(advisory locks and the page gate), ``emergency`` (acknowledgements), ``probe``, and
+(advisory locks and the page gate), ``emergency`` (acknowledgements), ``probe``,
+``users`` (the web console's users, sessions and failed logins), and
 ``journal`` (where history waits while PostgreSQL is down). :class:`Stores` holds one of
 each over one pool. The store depends on fastagi.domain only.
 """
@@ -25,6 +26,7 @@ from fastagi.store.migrations import MigrationError, find_migrations_dir, migrat
 from fastagi.store.policy import PolicyStore
 from fastagi.store.pool import create_pool
 from fastagi.store.probe import ProbeCall, ProbeStore
+from fastagi.store.users import UserStore
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Stores:
     deactivators: DeactivatorStore
     policy: PolicyStore
     changes: ChangeStore
+    users: UserStore
 
     @classmethod
     def over(cls, pool: asyncpg.Pool[asyncpg.Record]) -> Stores:
@@ -47,6 +50,7 @@ class Stores:
             deactivators=DeactivatorStore(pool),
             policy=PolicyStore(pool),
             changes=ChangeStore(pool),
+            users=UserStore(pool),
         )
 
 
@@ -64,6 +68,7 @@ __all__ = [
     "ProbeStore",
     "StoreError",
     "Stores",
+    "UserStore",
     "create_pool",
     "find_migrations_dir",
     "migrate",

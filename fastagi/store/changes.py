@@ -6,12 +6,16 @@ connection each server keeps listening on them.
   finished the deactivation (the CLI: its leader hangs up, puts the lamps out and tells
   the listeners), or ``"<alarm id> <instance>"`` when that server did it itself (its
   leader, if another, only stops paging).
+- ``fastagi_page``: someone asked (the web console) that an alarm page its announcement
+  now; payload ``"<alarm id>"``. Its leader starts the next cycle at once; the gate
+  before every page still refuses a deactivated alarm.
 - ``fastagi_config``: an administrator changed departments, mappings, paging groups,
   devices, deactivators, the policy or an interval (every function of fastagi/admin).
   Sent by :func:`record_config_change` in the transaction of the change's audit event,
   so it is delivered when that commits. Payload: the action (``"department add"``).
 
-Theory of operation of :class:`ChangeListener`. PostgreSQL delivers a notification only
+Theory of operation of :class:`ChannelListener` (and :class:`ChangeListener`, the
+servers' own). PostgreSQL delivers a notification only
 to sessions listening at that moment; nothing is queued for a session that is gone. So
 the listening connection is watched: asyncpg calls its termination listener as soon as
 the connection is lost (PostgreSQL stopped or restarted, the backend terminated, the
@@ -31,7 +35,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import asyncpg
@@ -44,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 ALARMS_CHANNEL = "fastagi_alarms"
 CONFIG_CHANNEL = "fastagi_config"
+PAGE_CHANNEL = "fastagi_page"
 
 # Re-arming after a lost connection: first pause, longest pause (each doubles, jittered).
 REARM_FIRST_DELAY = 0.1
@@ -90,26 +95,28 @@ async def record_config_change(pool: asyncpg.Pool[asyncpg.Record], event: Histor
         await connection.execute("SELECT pg_notify($1, $2)", CONFIG_CHANNEL, action)
 
 
-class ChangeListener:
-    """LISTEN on both channels on one connection of the pool, re-armed when it is lost.
+class ChannelListener:
+    """LISTEN on some channels on one connection of the pool, re-armed when it is lost.
 
-    The callbacks run on the event loop and must not block (spawn a task for real work).
+    ``handlers`` maps each channel to a callback taking the payload. The callbacks run
+    on the event loop and must not block (spawn a task for real work). ``on_lost`` is
+    called when the connection is lost (notifications are missed until it is re-armed).
     """
 
     def __init__(
         self,
         pool: asyncpg.Pool[asyncpg.Record],
+        handlers: Mapping[str, Callable[[str], None]],
         *,
-        on_alarm: Callable[[AlarmChange], None],
-        on_config: Callable[[str], None],
         on_rearmed: Callable[[], None] = lambda: None,
+        on_lost: Callable[[], None] = lambda: None,
         first_delay: float = REARM_FIRST_DELAY,
         max_delay: float = REARM_MAX_DELAY,
     ) -> None:
         self._pool = pool
-        self._on_alarm = on_alarm
-        self._on_config = on_config
+        self._handlers = dict(handlers)
         self._on_rearmed = on_rearmed
+        self._on_lost = on_lost
         self._first_delay = first_delay
         self._max_delay = max_delay
         self._connection: Connection | None = None
@@ -162,8 +169,8 @@ class ChangeListener:
                 self._lost(self._connection)
 
         try:
-            await connection.add_listener(ALARMS_CHANNEL, self._notified)
-            await connection.add_listener(CONFIG_CHANNEL, self._notified)
+            for channel in self._handlers:
+                await connection.add_listener(channel, self._notified)
             connection.add_termination_listener(terminated)
             await connection.fetchval("SELECT 1", timeout=ARM_TIMEOUT)  # still there?
         except BaseException:
@@ -176,14 +183,9 @@ class ChangeListener:
         self.armed.set()
 
     def _notified(self, _connection: object, _pid: int, channel: str, payload: object) -> None:
-        if channel == CONFIG_CHANNEL:
-            self._on_config(str(payload))
-            return
-        change = AlarmChange.parse(payload)
-        if change is None:
-            logger.warning("ignored a %s notification: %r", ALARMS_CHANNEL, payload)
-            return
-        self._on_alarm(change)
+        handler = self._handlers.get(channel)
+        if handler is not None:
+            handler(str(payload))
 
     def _lost(self, connection: Connection) -> None:
         if self._closed or connection is not self._connection:
@@ -193,6 +195,7 @@ class ChangeListener:
         self.armed.clear()
         self.lost_at = time.monotonic()
         logger.warning("lost the connection listening for changes: listening again")
+        self._on_lost()
         with contextlib.suppress(Exception):
             connection.terminate()
         if self._rearming is None or self._rearming.done():
@@ -224,10 +227,49 @@ class ChangeListener:
             if not connection.is_closed():
                 if terminated is not None:
                     connection.remove_termination_listener(terminated)
-                await connection.remove_listener(ALARMS_CHANNEL, self._notified)
-                await connection.remove_listener(CONFIG_CHANNEL, self._notified)
+                for channel in self._handlers:
+                    await connection.remove_listener(channel, self._notified)
         with contextlib.suppress(Exception):
             await self._pool.release(connection)
+
+
+class ChangeListener(ChannelListener):
+    """LISTEN on the servers' channels: deactivations, configuration changes and
+    requests to page an alarm now."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        *,
+        on_alarm: Callable[[AlarmChange], None],
+        on_config: Callable[[str], None],
+        on_page_request: Callable[[int], None] = lambda _alarm_id: None,
+        on_rearmed: Callable[[], None] = lambda: None,
+        first_delay: float = REARM_FIRST_DELAY,
+        max_delay: float = REARM_MAX_DELAY,
+    ) -> None:
+        def alarm(payload: str) -> None:
+            change = AlarmChange.parse(payload)
+            if change is None:
+                logger.warning("ignored a %s notification: %r", ALARMS_CHANNEL, payload)
+                return
+            on_alarm(change)
+
+        def page_request(payload: str) -> None:
+            try:
+                alarm_id = int(payload)
+            except ValueError:
+                logger.warning("ignored a %s notification: %r", PAGE_CHANNEL, payload)
+                return
+            on_page_request(alarm_id)
+
+        super().__init__(
+            pool,
+            {ALARMS_CHANNEL: alarm, CONFIG_CHANNEL: on_config, PAGE_CHANNEL: page_request},
+            on_rearmed=on_rearmed,
+            first_delay=first_delay,
+            max_delay=max_delay,
+        )
 
 
 class ChangeStore:
@@ -244,9 +286,29 @@ class ChangeStore:
         *,
         on_alarm: Callable[[AlarmChange], None],
         on_config: Callable[[str], None],
+        on_page_request: Callable[[int], None] = lambda _alarm_id: None,
         on_rearmed: Callable[[], None] = lambda: None,
     ) -> ChangeListener:
         """A listener on this pool (not listening until :meth:`ChangeListener.start`)."""
         return ChangeListener(
-            self._pool, on_alarm=on_alarm, on_config=on_config, on_rearmed=on_rearmed
+            self._pool,
+            on_alarm=on_alarm,
+            on_config=on_config,
+            on_page_request=on_page_request,
+            on_rearmed=on_rearmed,
         )
+
+    async def request_page(self, alarm_id: int, event: HistoryEvent) -> bool:
+        """Ask the alarm's leader to page it now: the request's event and ``NOTIFY
+        fastagi_page`` in one transaction, while the row is locked and active. False
+        (nothing written) when the alarm is not active."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            active = await connection.fetchval(
+                "SELECT true FROM alarms WHERE id = $1 AND state = 'active' FOR SHARE",
+                alarm_id,
+            )
+            if not active:
+                return False
+            await insert_event(connection, event)
+            await connection.execute("SELECT pg_notify($1, $2)", PAGE_CHANNEL, str(alarm_id))
+            return True

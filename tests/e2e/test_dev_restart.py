@@ -173,6 +173,7 @@ class DevEnvironment:
         self.ports = claim.ports
         self.instance = f"pytest-dev-restart-{os.getpid()}"
         self.agi_port = free_port(socket.SOCK_STREAM)
+        self.web_port = free_port(socket.SOCK_STREAM)
         self.pg_port = free_port(socket.SOCK_STREAM)
         self.log_path = log_path
         self.runs: list[DevRun] = []
@@ -196,6 +197,7 @@ class DevEnvironment:
                 "FASTAGI_DEV_PHONE_BASE": str(self.ports.phone_base),
                 "FASTAGI_AGI__PORT": str(self.agi_port),
                 "FASTAGI_AGI__SHUTDOWN_GRACE": "1",
+                "FASTAGI_WEB__PORT": str(self.web_port),
                 "FASTAGI_LOG_LEVEL": "INFO",
             }
         )
@@ -224,6 +226,7 @@ class DevEnvironment:
         assert f"AMI 127.0.0.1:{self.ports.ami}" in banner, banner
         assert f"agi://127.0.0.1:{self.agi_port}" in banner, banner
         assert f"127.0.0.1:{self.pg_port}/fastagi" in banner, banner
+        assert f"http://127.0.0.1:{self.web_port}  (log in as admin / " in banner, banner
         return run
 
     async def use(self) -> None:
@@ -257,9 +260,17 @@ class DevEnvironment:
         writer.close()
         assert any(c.startswith(b"SET VARIABLE FASTAGI_STATUS") for c in commands), commands
 
+        # The console answers and closes (Connection: close): its port in TIME_WAIT too.
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.web_port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        async with asyncio.timeout(10):
+            answer = (await reader.read()).decode(errors="replace")
+        writer.close()
+        assert answer.startswith("HTTP/1.1 200"), answer
+
         await wait_until(
-            "TIME_WAIT on the AMI and AGI ports",
-            lambda: {self.ports.ami, self.agi_port} <= time_wait_ports(),
+            "TIME_WAIT on the AMI, AGI and console ports",
+            lambda: {self.ports.ami, self.agi_port, self.web_port} <= time_wait_ports(),
             within=10,
         )
 

@@ -66,6 +66,9 @@ def test_the_wheel_installs_and_runs_outside_the_repository(
     )
     assert shipped == migrations
     assert "fastagi/freepbx/fastagi-panic.service" in names
+    # The web console's templates and static files travel with its code.
+    for name in ("templates/board.html", "templates/_alarm_card.html", "static/board.js"):
+        assert f"fastagi/web/{name}" in names
     assert dialplan == (ROOT / "extensions_custom.conf").read_bytes()
 
     venv = tmp_path / "opt-fastagi-panic"
@@ -91,6 +94,8 @@ def test_the_wheel_installs_and_runs_outside_the_repository(
     assert migrated.stdout.splitlines() == [f"applied {name}" for name in migrations]
     status = run([fastagi, "db", "status", "--dsn", empty_database_dsn], outside)
     assert status.returncode == 0, status.stdout + status.stderr
+    listed = run([fastagi, "user", "list", "--json", "--dsn", empty_database_dsn], outside)
+    assert (listed.returncode, listed.stdout.strip()) == (0, "[]"), listed.stderr
 
     etc = tmp_path / "asterisk"
     etc.mkdir()

@@ -173,9 +173,10 @@ class Setup:
     ami: FakeAmi
     store: FakeStore
     caller: EmergencyCaller
-    recorded: list[HistoryEvent]
+    recorded: list[HistoryEvent]  # every event but emergency_dialling
     escalated: list[int]
     acknowledged: list[tuple[int, str]]
+    dialling: list[HistoryEvent]  # each attempt's start (what the console shows)
 
     def kinds(self) -> list[str]:
         return [str(e.kind) for e in self.recorded]
@@ -194,8 +195,10 @@ def setup(behaviour: dict[str, str], **settings) -> Setup:
     escalated: list[int] = []
     acknowledged: list[tuple[int, str]] = []
 
+    dialling: list[HistoryEvent] = []
+
     async def record(event: HistoryEvent) -> None:
-        recorded.append(event)
+        (dialling if event.kind == "emergency_dialling" else recorded).append(event)
 
     async def on_escalated(alarm) -> None:
         escalated.append(alarm.id)
@@ -212,7 +215,7 @@ def setup(behaviour: dict[str, str], **settings) -> Setup:
         on_acknowledged=on_acknowledged,
     )
     ami.caller = caller
-    return Setup(ami, store, caller, recorded, escalated, acknowledged)
+    return Setup(ami, store, caller, recorded, escalated, acknowledged, dialling)
 
 
 async def finish(s: Setup, alarm: FakeAlarm = FakeAlarm()) -> None:
@@ -239,6 +242,13 @@ async def test_busy_and_no_answer_then_the_next_destination_acknowledges():
     assert "emergency_exhausted" not in s.kinds()
     busy = s.recorded[0].details
     assert (busy["reason"], busy["hangup_cause"], busy["round"]) == (0, 17, 1)
+    # Each attempt's start is recorded too, under the same attempt id, before its end:
+    # the console shows whom the emergency call is calling now.
+    calls = [e for e in s.recorded if e.kind == "emergency_call"]
+    assert [(e.details["destination"], e.details["attempt"]) for e in s.dialling] == [
+        (e.details["destination"], e.details["attempt"]) for e in calls
+    ]
+    assert all(d.occurred_at <= c.occurred_at for d, c in zip(s.dialling, calls, strict=True))
 
 
 async def test_rounds_repeat_the_list_then_escalate_and_record_exhaustion():

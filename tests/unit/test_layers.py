@@ -25,7 +25,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"alarms", "admin", "assurance"}),  # services
     frozenset({"flows"}),  # one module per dialplan route
     frozenset({"app"}),  # wiring
-    frozenset({"cli"}),  # interfaces
+    frozenset({"web"}),  # the web console, an interface over the wiring's services
+    frozenset({"cli"}),  # the command line; `fastagi serve` starts the web console
     frozenset({"__main__"}),  # python -m fastagi
 )
 # What the domain may not import: anything that talks to the outside world.

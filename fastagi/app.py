@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 
 from fastagi.agi.server import AgiServer, Flow
+from fastagi.agi.stats import AgiStats
 from fastagi.alarms.emergency import EmergencyCaller
 from fastagi.alarms.fallback import FallbackAdopter
 from fastagi.alarms.lamps import Lamps
@@ -37,6 +38,7 @@ from fastagi.alarms.paging import Pager
 from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiAuthError, AmiClient, AmiError
+from fastagi.assurance.watch import HealthMonitor
 from fastagi.config import Settings
 from fastagi.flows import prompts
 from fastagi.flows.acknowledge import AcknowledgeFlow
@@ -75,6 +77,11 @@ class Services:
     notifier: Notifier
     emergency: EmergencyCaller
     fallback: FallbackAdopter
+    pager: Pager
+    # The scheduled checks ([health]); None when disabled. Run once the listener is up.
+    health: HealthMonitor | None
+    # What the FastAGI listener counts (fastagi/agi/stats.py), for the metrics.
+    agi_stats: AgiStats
 
 
 def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
@@ -176,9 +183,10 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         on_escalated=notifications.escalated,
         on_acknowledged=notifications.acknowledged,
     )
+    pager = Pager(ami, settings.alarm)
     alarms = AlarmService(
         store,
-        Pager(ami, settings.alarm),
+        pager,
         Lamps(ami, settings.alarm, record=recorder.record, instance_id=instance_id),
         tts,
         settings.alarm,
@@ -195,6 +203,18 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         instance_id=instance_id,
         scan_interval=settings.alarm.fallback_scan_interval,
     )
+    health = (
+        HealthMonitor(
+            settings,
+            pool=pool,
+            ami=ami,
+            notifier=notifier,
+            record=recorder.record,
+            instance_id=instance_id,
+        )
+        if settings.health.enabled
+        else None
+    )
     services = Services(
         pool=pool,
         store=store,
@@ -205,6 +225,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         notifier=notifier,
         emergency=emergency,
         fallback=fallback,
+        pager=pager,
+        health=health,
+        agi_stats=AgiStats(),
     )
     try:
         connecting = spawn(connect_ami(ami), "ami-connect")
@@ -242,15 +265,32 @@ async def running_server(
     """The services, the listener and ``interfaces``, closed gracefully on exit: calls
     in progress get ``agi.shutdown_grace`` seconds to finish."""
     async with running_services(settings) as services:
-        server = AgiServer(settings.agi, build_routes(services, settings))
+        server = AgiServer(
+            settings.agi, build_routes(services, settings), stats=services.agi_stats
+        )
         await server.start()
         try:
             async with contextlib.AsyncExitStack() as stack:
+                if services.health is not None:
+                    await stack.enter_async_context(watching(services.health))
                 for interface in interfaces:
                     await stack.enter_async_context(interface(services, settings))
                 yield server
         finally:
             await server.close(settings.agi.shutdown_grace)
+
+
+@contextlib.asynccontextmanager
+async def watching(health: HealthMonitor) -> AsyncIterator[None]:
+    """The scheduled checks, from once the listener is up (the probe call reaches it)
+    until the server stops; then this server's report stops counting."""
+    task = asyncio.create_task(health.run(), name="scheduled-checks")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await health.withdraw()
 
 
 async def until_signalled() -> None:

@@ -21,6 +21,14 @@ if os.environ.get("FASTAGI_TEST_LOOP") == "uvloop":
         return {"uvloop": uvloop.new_event_loop}
 
 
+@pytest.fixture(autouse=True)
+def _no_scheduled_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server started by a test runs no scheduled checks ([health], on by default):
+    their AMI logins, probe calls, lamp and events would be a second test inside each
+    test. The tests of the scheduled checks enable them (tests/e2e/test_health.py)."""
+    monkeypatch.setenv("FASTAGI_HEALTH__ENABLED", "false")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``exclusive`` go last: then they wait for no queue of other tests, and
     no worker boots its sandbox (a few seconds of both cores) while they run."""

@@ -37,6 +37,7 @@ from typing import Any, cast
 from fastagi.agi.errors import AgiError, AgiHangup, AgiProtocolError, AgiTimeout
 from fastagi.agi.protocol import NEED_DATA, AgiConnection, Environment, ProtocolError
 from fastagi.agi.session import AgiEnvironment, AgiSession, Logger
+from fastagi.agi.stats import AgiStats
 from fastagi.config import AgiSettings
 
 __all__ = ["AgiServer", "Flow"]
@@ -192,6 +193,7 @@ class _AgiProtocol(asyncio.Protocol):
             AgiEnvironment.from_variables(event.variables),
             peer=self.peer,
             reply_timeout=self._server._settings.reply_timeout,
+            latency=self._server.stats.latency,
         )
         self._session = session
         self.ready.set_result(session)
@@ -253,8 +255,10 @@ class AgiServer:
         routes: Mapping[str, Flow],
         *,
         logger: logging.Logger | None = None,
+        stats: AgiStats | None = None,
     ) -> None:
         self._settings = settings
+        self.stats = stats if stats is not None else AgiStats()
         self._routes = dict(routes)
         self._log = logger or _LOG
         self._networks: list[IpNetwork] = [
@@ -369,9 +373,11 @@ class AgiServer:
     def _admit(self, protocol: _AgiProtocol, peername: Any) -> bool:
         """Refuse or start serving a new connection; called before anything is read."""
         if self._closing:
+            self.stats.refused += 1
             self._peer_log(protocol.peer).info("refused connection: server is shutting down")
             return False
         if not self._allowed(peername):
+            self.stats.refused += 1
             self._peer_log(protocol.peer).warning(
                 "refused connection: %s is not in allowed_networks", protocol.peer
             )
@@ -379,11 +385,13 @@ class AgiServer:
         if len(self._tasks) - self._evicting >= self._settings.max_sessions:
             victim = self._eviction_victim()
             if victim is None:
+                self.stats.refused += 1
                 self._peer_log(protocol.peer).warning(
                     "refused connection: %d sessions running (max_sessions)", len(self._tasks)
                 )
                 return False
             self._evicting += 1
+            self.stats.evicted += 1
             victim.evict()
         task = asyncio.get_running_loop().create_task(
             self._serve_connection(protocol), name=f"fastagi {protocol.peer}"
@@ -438,9 +446,13 @@ class AgiServer:
                 session = await protocol.ready
             except AgiError as exc:
                 # A stalled, garbled or vanished peer: AgiTimeout or AgiProtocolError.
+                if not protocol.evicted:
+                    self.stats.failed += 1
                 self._peer_log(protocol.peer).warning("closing connection: %s", exc)
                 return
-            flow = self._routes.get(session.environment.script)
+            script = session.environment.script
+            flow = self._routes.get(script)
+            self.stats.session_started(script if flow is not None else "(no route)")
             if flow is None:
                 await self._no_route(session)
             else:

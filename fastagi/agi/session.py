@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -37,6 +38,7 @@ from fastagi.agi.protocol import (
     Reply,
     UsageReply,
 )
+from fastagi.agi.stats import LatencyHistogram
 
 __all__ = [
     "AgiEnvironment",
@@ -147,6 +149,7 @@ class AgiSession:
         *,
         peer: str = "",
         reply_timeout: float | None = None,
+        latency: LatencyHistogram | None = None,
     ) -> None:
         self._write = write
         self._connection = connection
@@ -166,6 +169,10 @@ class AgiSession:
         # the timer re-arms itself when it fires early (see _on_deadline).
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # The server's turn, per command: from Asterisk's last message (the environment,
+        # now, or the last reply) to the next command (fastagi/agi/stats.py).
+        self._latency = latency
+        self._heard_at = time.monotonic()
 
     @property
     def usable(self) -> bool:
@@ -199,6 +206,7 @@ class AgiSession:
                     assert isinstance(event, Reply | UsageReply), event
                     reply, self._reply = self._reply, None
                     if reply is not None and not reply.done():
+                        self._heard_at = time.monotonic()
                         reply.set_result(event)
         except ProtocolError as exc:
             self._on_lost(exc, AgiProtocolError(str(exc), error=exc))
@@ -247,6 +255,8 @@ class AgiSession:
         async with self._lock:
             if self._unusable is not None:
                 raise self._refusal(text)
+            if self._latency is not None:
+                self._latency.observe(time.monotonic() - self._heard_at)
             try:
                 data = self._connection.send_command(*words)
             except ProtocolError as exc:

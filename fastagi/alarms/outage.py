@@ -52,6 +52,14 @@ class Outage:
     def __init__(self) -> None:
         self.since: float | None = None  # time.monotonic() of the first failure
         self.recovered_at: float | None = None  # of the last recovery
+        self.down_before = 0.0  # seconds down in the outages that ended
+
+    def down_seconds(self, now: float | None = None) -> float:
+        """Seconds PostgreSQL was down since start, the outage in progress included."""
+        ongoing = 0.0
+        if self.since is not None:
+            ongoing = (time.monotonic() if now is None else now) - self.since
+        return self.down_before + ongoing
 
     @property
     def down(self) -> bool:
@@ -84,6 +92,7 @@ class Outage:
             return None
         self.recovered_at = time.monotonic()
         lasted = self.recovered_at - self.since
+        self.down_before += lasted
         self.since = None
         logger.warning("PostgreSQL answers again after %.1f s", lasted)
         return lasted

@@ -87,6 +87,23 @@ class CycleResult:
 
 
 @dataclass
+class PagingCounts:
+    """Pages since start (each cycle of each alarm this server paged), read by the
+    metrics when scraped."""
+
+    pages: int = 0
+    failed: int = 0  # the page could not be placed, or no device answered
+    legs_dialled: int = 0
+    legs_answered: int = 0
+
+    def add(self, result: CycleResult) -> None:
+        self.pages += 1
+        self.failed += 0 if result.ok else 1
+        self.legs_dialled += result.dialled
+        self.legs_answered += result.answered
+
+
+@dataclass
 class _Page:
     """One page in flight: what the event stream told us so far."""
 
@@ -157,6 +174,7 @@ class Pager:
         self._ami = ami
         self._settings = settings
         self._inflight: dict[int, _Page] = {}
+        self.counts = PagingCounts()
 
     def in_flight(self, alarm_id: int) -> bool:
         return alarm_id in self._inflight
@@ -192,7 +210,7 @@ class Pager:
             page.dialled.set()
             if sent is not None:
                 sent.set()
-            return CycleResult(
+            done = CycleResult(
                 dialled=len(page.legs),
                 answered=len(page.answered),
                 duration=loop.time() - started,
@@ -200,6 +218,8 @@ class Pager:
                 channel_id=page.channel_id if placed else None,
                 cancelled=page.cancelled,
             )
+            self.counts.add(done)
+            return done
 
         try:
             device_list = join_items(devices, "devices to page")

@@ -248,6 +248,7 @@ class AmiClient:
         self._event_queue_size = event_queue_size
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 (jitter only)
         self._state = ConnectionState.DISCONNECTED
+        self.reconnects = 0  # connections reopened after a loss (read by the metrics)
         self._conn: AmiProtocol | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -736,6 +737,7 @@ class AmiClient:
                 else:
                     break
             self._state = ConnectionState.CONNECTED
+            self.reconnects += 1
             logger.info("AMI reconnected to %s", self._where)
             self._spawn(self._run_reconnect_hooks())
 

@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fastagi.config.health import HealthSettings, MetricsSettings
 from fastagi.config.notify import NotifySettings
 from fastagi.config.tts import TtsSettings
 
@@ -443,6 +444,8 @@ class Settings(BaseSettings):
     journal: JournalSettings = Field(default_factory=JournalSettings)
     check: CheckSettings = Field(default_factory=CheckSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: str = "INFO"
 
     @field_validator("log_level")

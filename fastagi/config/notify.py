@@ -229,6 +229,9 @@ class NotifySettings(BaseModel):
     # The default recipients, for every department without a list of its own.
     emails: list[str] = Field(default_factory=list)
     sms: list[str] = Field(default_factory=list)
+    # Who is told when the system itself is degraded (a scheduled check keeps failing)
+    # and when it recovers: the administrators, not the alarm's recipients.
+    admin_emails: list[str] = Field(default_factory=list)
     # SMS by e-mail instead of (or beside) the webhook: a template of the address, e.g.
     # "$to@sms.example.net". None: SMS numbers go to the webhook only.
     email_sms_address: str | None = None
@@ -245,7 +248,7 @@ class NotifySettings(BaseModel):
     # Deliveries in progress at once (connections open to the servers).
     max_concurrent: int = Field(default=8, ge=1, le=256)
 
-    @field_validator("emails")
+    @field_validator("emails", "admin_emails")
     @classmethod
     def _emails(cls, value: list[str]) -> list[str]:
         return [check_address(item) for item in value]

@@ -67,6 +67,10 @@ class EventKind(enum.StrEnum):
     LOGIN_FAILED = "login_failed"  # wrong name or password
     LOGIN_REFUSED = "login_refused"  # too many failures: rate-limited, not even checked
     LOGOUT = "logout"
+    # The scheduled checks (fastagi/assurance/watch.py): the site turned degraded (a check
+    # kept failing) or recovered; one event per transition, whichever server saw it.
+    HEALTH_DEGRADED = "health_degraded"
+    HEALTH_RECOVERED = "health_recovered"
     # Everything else.
     CONFIG_CHANGED = "config_changed"  # an administrator changed departments, PINs, ...
     ERROR = "error"

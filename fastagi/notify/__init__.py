@@ -14,11 +14,12 @@ from fastagi.domain.events import NOTIFY_KINDS as KINDS
 from fastagi.domain.events import NotifyKind
 from fastagi.notify.dispatcher import Notifier
 from fastagi.notify.email import SmtpChannel, compose
-from fastagi.notify.message import Notification, Outcome, Redactor
+from fastagi.notify.message import Notice, Notification, Outcome, Redactor
 from fastagi.notify.webhook import WebhookChannel
 
 __all__ = [
     "KINDS",
+    "Notice",
     "Notification",
     "Notifier",
     "NotifyKind",

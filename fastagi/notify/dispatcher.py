@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 from fastagi.config.notify import NotifySettings
 from fastagi.domain.events import EventKind, HistoryEvent, NotifyKind
-from fastagi.notify.email import SmtpChannel, compose
-from fastagi.notify.message import Notification, Outcome, template_values
+from fastagi.notify.email import SmtpChannel, compose, compose_notice
+from fastagi.notify.message import Notice, Notification, Outcome, template_values
 from fastagi.notify.webhook import WebhookChannel
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ _ABANDON_RECORD_TIMEOUT = 5.0
 
 @dataclass
 class _Delivery:
-    note: Notification
+    note: Notification | Notice
     channel: Channel
     recipient: str
     attempt_timeout: float
@@ -93,6 +93,10 @@ class Notifier:
         self._closing = asyncio.Event()
         self._closed = False
         self._side_tasks: set[asyncio.Task[None]] = set()
+        # Deliveries given up (failed for good, dropped, abandoned) and sent, per channel,
+        # since start: read by the metrics (fastagi/metrics) when scraped.
+        self.failures: collections.Counter[Channel] = collections.Counter()
+        self.sent: collections.Counter[Channel] = collections.Counter()
         if not self._smtp and (settings.emails or settings.email_sms_address):
             logger.warning("notify: e-mail recipients are configured but no SMTP host")
         if settings.sms and not self._webhook and not settings.email_sms_address:
@@ -149,6 +153,36 @@ class Notifier:
                 self._spawn(self._record(delivery, 0, Outcome(False, "queue full"), "dropped"))
                 continue
             self._enqueue(delivery)
+            queued += 1
+        return queued
+
+    def submit_notice(self, notice: Notice) -> int:
+        """Queue an e-mail about the system itself to each of ``admin_emails``; how many
+        were queued. Retried and recorded like an alarm's, without an alarm."""
+        if self._closed:
+            logger.warning("notify: closed; %s not sent", notice.kind)
+            return 0
+        if self._smtp is None:
+            if self._settings.admin_emails:
+                logger.error("notify: %s not e-mailed: no [notify.smtp] host", notice.kind)
+            return 0
+        queued = 0
+        for address in self._settings.admin_emails:
+            message = compose_notice(
+                notice, sender=self._settings.smtp.from_address, recipient=address
+            )
+            if self._pending >= self._settings.max_pending:
+                logger.error("notify: %d deliveries pending; dropped %s", self._pending, address)
+                continue
+            self._enqueue(
+                _Delivery(
+                    notice,
+                    "email",
+                    address,
+                    self._smtp.attempt_timeout,
+                    _bind_email(self._smtp, message, address),
+                )
+            )
             queued += 1
         return queued
 
@@ -307,16 +341,25 @@ class Notifier:
         self, delivery: _Delivery, attempt: int, outcome: Outcome, label: str
     ) -> None:
         note = delivery.note
+        if outcome.ok:
+            self.sent[delivery.channel] += 1
+        elif label != "retrying":
+            self.failures[delivery.channel] += 1
         level = (
             logging.INFO
             if outcome.ok
             else (logging.WARNING if label == "retrying" else logging.ERROR)
         )
+        if isinstance(note, Notice):
+            about = note.kind
+            alarm_id, extension, department = None, None, None
+        else:
+            about = f"{note.kind} of alarm {note.alarm_id}"
+            alarm_id, extension, department = note.alarm_id, note.extension, note.department
         logger.log(
             level,
-            "notify: %s of alarm %d by %s to %s: %s (attempt %d/%d): %s",
-            note.kind,
-            note.alarm_id,
+            "notify: %s by %s to %s: %s (attempt %d/%d): %s",
+            about,
             delivery.channel,
             delivery.recipient,
             label,
@@ -326,9 +369,9 @@ class Notifier:
         )
         event = HistoryEvent(
             EventKind.NOTIFICATION_SENT if outcome.ok else EventKind.NOTIFICATION_FAILED,
-            note.alarm_id,
-            note.extension,
-            note.department,
+            alarm_id,
+            extension,
+            department,
             {
                 "event": note.kind,
                 "channel": delivery.channel,

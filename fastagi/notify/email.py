@@ -22,7 +22,16 @@ from email.message import EmailMessage
 import aiosmtplib
 
 from fastagi.config.notify import SmtpSettings
-from fastagi.notify.message import Notification, Outcome, Redactor, body, sms_text, subject
+from fastagi.notify.message import (
+    Notice,
+    Notification,
+    Outcome,
+    Redactor,
+    body,
+    one_line,
+    sms_text,
+    subject,
+)
 
 _POLICY = email.policy.SMTP
 
@@ -56,6 +65,21 @@ def compose(
     else:
         message["Subject"] = subject(note)
         message.set_content(body(note, zone), charset="utf-8", cte="quoted-printable")
+    return message
+
+
+def compose_notice(notice: Notice, *, sender: str, recipient: str) -> EmailMessage:
+    """The message about the system itself (:class:`Notice`) to one administrator."""
+    message = EmailMessage(policy=_POLICY)
+    message["From"] = sender
+    message["To"] = recipient
+    message["Date"] = email.utils.format_datetime(notice.at)
+    message["Message-ID"] = email.utils.make_msgid(
+        notice.kind.replace("_", "-"), domain=sender.rpartition("@")[2]
+    )
+    message["Auto-Submitted"] = "auto-generated"
+    message["Subject"] = one_line(notice.subject)
+    message.set_content(notice.text + "\n", charset="utf-8", cte="quoted-printable")
     return message
 
 

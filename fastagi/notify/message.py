@@ -58,6 +58,21 @@ class Notification:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """A message to the administrators about the system itself, not about an alarm
+    (``kind``: ``health_degraded``, ``health_recovered``)."""
+
+    kind: str
+    subject: str
+    text: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        if self.at.tzinfo is None:
+            raise ValueError("at must be timezone-aware")
+
+
+@dataclass(frozen=True)
 class Outcome:
     """One attempt's result. ``answer`` is the remote's reply (SMTP code and text, HTTP
     status and the start of the body) or the local error, with secrets already removed."""

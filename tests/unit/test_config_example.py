@@ -23,6 +23,7 @@ EXAMPLES = {
     ("alarm", "unknown_department_devices"),
     ("notify", "emails"),
     ("notify", "sms"),
+    ("notify", "admin_emails"),
     ("notify", "departments"),
     ("emergency", "destinations"),
     ("emergency", "escalation_destinations"),

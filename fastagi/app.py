@@ -265,9 +265,7 @@ async def running_server(
     """The services, the listener and ``interfaces``, closed gracefully on exit: calls
     in progress get ``agi.shutdown_grace`` seconds to finish."""
     async with running_services(settings) as services:
-        server = AgiServer(
-            settings.agi, build_routes(services, settings), stats=services.agi_stats
-        )
+        server = AgiServer(settings.agi, build_routes(services, settings), stats=services.agi_stats)
         await server.start()
         try:
             async with contextlib.AsyncExitStack() as stack:

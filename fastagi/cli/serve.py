@@ -22,6 +22,10 @@ def _serve_command(args: argparse.Namespace) -> int:
     if settings.web.enabled:
         from fastagi.web import running_console
 
-        interfaces.append(running_console)
+        interfaces.append(running_console)  # with /healthz and /metrics
+    elif settings.metrics.enabled:
+        from fastagi.metrics import running_metrics
+
+        interfaces.append(running_metrics)
     run(serve(settings, interfaces))
     return 0

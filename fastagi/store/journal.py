@@ -191,6 +191,16 @@ class Journal:
         return provisional in self._rekeys
 
     @property
+    def on_disk(self) -> bool:
+        """Whether events go to a file ([journal] directory set)."""
+        return self._disk
+
+    @property
+    def in_memory(self) -> int:
+        """Events held in memory only (the journal could not be written)."""
+        return len(self._memory)
+
+    @property
     def dropped(self) -> int:
         """Events lost because neither the journal nor memory could hold them."""
         return self._dropped

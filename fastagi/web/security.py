@@ -31,8 +31,8 @@ LOGIN_COOKIE = "fastagi_login"
 CSRF_FIELD = "csrf_token"
 SESSION = web.RequestKey("session", WebSession)
 
-# Reachable without a session.
-PUBLIC_PATHS = frozenset({"/login", "/healthz"})
+# Reachable without a session (/metrics: only from [metrics] allowed_networks).
+PUBLIC_PATHS = frozenset({"/login", "/healthz", "/metrics"})
 STATIC_PREFIX = "/static/"
 
 CONTENT_SECURITY_POLICY = "; ".join(

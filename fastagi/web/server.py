@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import asyncpg
 import jinja2
 from aiohttp import web
 
+from fastagi import metrics
 from fastagi.app import Services
 from fastagi.config import Settings
 from fastagi.store import Stores
@@ -36,7 +37,12 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def build_app(settings: Settings, stores: Stores, feed: BoardFeed) -> web.Application:
+def build_app(
+    settings: Settings,
+    stores: Stores,
+    feed: BoardFeed,
+    routes: Sequence[web.RouteDef] = (web.get("/healthz", healthz),),
+) -> web.Application:
     app = web.Application(middlewares=[security_headers, sessions], client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[STORES] = stores
@@ -58,7 +64,7 @@ def build_app(settings: Settings, stores: Stores, feed: BoardFeed) -> web.Applic
     app.router.add_get("/login", auth.login_form, name="login")
     app.router.add_post("/login", auth.login)
     app.router.add_post("/logout", auth.logout)
-    app.router.add_get("/healthz", healthz)
+    app.router.add_routes(routes)  # /healthz (and /metrics: fastagi/metrics)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     app.on_shutdown.append(board.stop_streams)
     return app
@@ -84,18 +90,20 @@ def running_console(
     services: Services, settings: Settings
 ) -> contextlib.AbstractAsyncContextManager[Console]:
     """The console beside the FastAGI server (an ``Interface`` of fastagi/app.py)."""
-    return serving_console(settings, services.pool)
+    return serving_console(settings, services.pool, metrics.routes(services, settings))
 
 
 @contextlib.asynccontextmanager
 async def serving_console(
-    settings: Settings, pool: asyncpg.Pool[asyncpg.Record]
+    settings: Settings,
+    pool: asyncpg.Pool[asyncpg.Record],
+    routes: Sequence[web.RouteDef] = (web.get("/healthz", healthz),),
 ) -> AsyncIterator[Console]:
     """Serve the console on ``web.host:web.port`` until the context ends. It needs only
     the database: the alarms' servers hear its actions through PostgreSQL."""
     feed = BoardFeed(pool, settings.alarm)
     await feed.start()
-    app = build_app(settings, Stores.over(pool), feed)
+    app = build_app(settings, Stores.over(pool), feed, routes)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
     try:

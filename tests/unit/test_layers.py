@@ -25,6 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"alarms", "admin", "assurance"}),  # services
     frozenset({"flows"}),  # one module per dialplan route
     frozenset({"app"}),  # wiring
+    frozenset({"metrics"}),  # /metrics and /healthz over the wiring's services
     frozenset({"web"}),  # the web console, an interface over the wiring's services
     frozenset({"cli"}),  # the command line; `fastagi serve` starts the web console
     frozenset({"__main__"}),  # python -m fastagi

@@ -38,7 +38,7 @@ class HealthSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    interval: float = Field(default=15.0, ge=1.0, le=3600.0)
+    interval: float = Field(default=10.0, ge=1.0, le=3600.0)
     checks: list[str] = Field(default_factory=lambda: list(FREQUENT_CHECKS))
     slow_interval: float = Field(default=900.0, ge=1.0, le=86_400.0)
     slow_checks: list[str] = Field(default_factory=lambda: list(SLOW_CHECKS))

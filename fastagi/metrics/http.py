@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from fastagi.app import Services
 from fastagi.assurance.result import Status
@@ -64,9 +64,10 @@ class Endpoints:
         if not self._may_read(request):
             raise web.HTTPForbidden(text="/metrics: not from an allowed network\n")
         await self._collector.refresh()
-        body = generate_latest(self._registry)
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        # The text format (0.0.4) unless the scraper asks for OpenMetrics.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        response = web.Response(body=encode(self._registry))
+        response.headers["Content-Type"] = content_type
         return response
 
     def _may_read(self, request: web.Request) -> bool:

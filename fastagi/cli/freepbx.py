@@ -285,6 +285,12 @@ def _execute(plan: Plan, args: argparse.Namespace, *, unit_written: bool, instal
         print("ran systemctl daemon-reload")
     if installing and unit_written:
         print(f"next: systemctl enable --now {args.unit_path.name}")
+    if installing:
+        print(
+            "next: a BLF key for *559 on the security desk's phone is the health lamp"
+            " (Custom:PANIC_HEALTH): lit while a scheduled check keeps failing, and"
+            " `fastagi check` says which"
+        )
     return status
 
 

@@ -212,6 +212,9 @@ def render(username: str, secret: str) -> str:
         f"read = {READ}\n"
         f"write = {WRITE}\n"
         "writetimeout = 5000\n"
+        "; The server's scheduled checks log in afresh every [health] interval: not a\n"
+        "; line in Asterisk's log each time.\n"
+        "displayconnects = no\n"
     )
 
 

@@ -38,7 +38,8 @@ async def test_two_servers_seeing_one_fault_at_once_change_the_state_once(
     store = SiteHealthStore(db_pool)
     first, second = await asyncio.gather(report(store, "a", True), report(store, "b", True))
     assert sorted([first.changed, second.changed]) == [False, True]
-    assert first.degraded and second.degraded
+    assert first.degraded
+    assert second.degraded
     assert await health_events(db_pool) == ["health_degraded"]
 
     both = await asyncio.gather(report(store, "a", False), report(store, "b", False))
@@ -53,7 +54,8 @@ async def test_the_site_stays_degraded_while_any_fresh_report_says_so(
     store = SiteHealthStore(db_pool)
     assert (await report(store, "a", True)).changed
     healthy_b = await report(store, "b", False)
-    assert healthy_b.degraded and not healthy_b.changed
+    assert healthy_b.degraded
+    assert not healthy_b.changed
     assert [(f.instance_id, f.name) for f in healthy_b.failing] == [("a", "paging-devices")]
     # a stops: its report is withdrawn, and b's next report clears the site.
     await store.withdraw("a")
@@ -69,4 +71,5 @@ async def test_a_stale_report_no_longer_counts(db_pool: asyncpg.Pool[asyncpg.Rec
         "UPDATE health_reports SET reported_at = now() - interval '1 hour' WHERE instance_id = 'a'"
     )
     after = await report(store, "b", False)
-    assert after.changed and not after.degraded
+    assert after.changed
+    assert not after.degraded

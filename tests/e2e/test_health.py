@@ -290,7 +290,8 @@ async def test_a_paging_phone_stopped_lights_the_lamp_and_is_told_once_by_two_se
     assert await health_events(seeded) == [("health_degraded", ["paging-devices"])]
     assert health_mails(mail) == ["fastagi-panic DEGRADED: paging-devices"]
     body = mail.inbox.mails[-1].message.get_content()
-    assert f"PJSIP/{ICU_PHONE}" in body and LAMP in body
+    assert f"PJSIP/{ICU_PHONE}" in body
+    assert LAMP in body
 
     await phones[ICU_PHONE].start()
     out_after = await lamp_turns(admin, "NOT_INUSE", within=SIGNAL_WITHIN)
@@ -404,10 +405,12 @@ async def test_metrics_count_the_alarm_its_cycles_and_the_calls(
     # No scheduled checks here: only what the alarm did.
     async with AsyncExitStack() as stack:
         server = await start_server(stack, settings_for(site, seeded, mail, enabled=False))
-        assert server.metrics is not None and server.services.health is None
+        assert server.metrics is not None
+        assert server.services.health is None
         url = server.metrics.url + "/metrics"
         status, kind, text = await get(url)
-        assert status == 200 and kind.startswith("text/plain; version=0.0.4"), text
+        assert status == 200, text
+        assert kind.startswith("text/plain; version=0.0.4")
         before = scrape(text)
         assert before[("fastagi_alarms_active", ())] == 0
         assert before[("fastagi_page_cycles_total", ())] == 0
@@ -441,9 +444,7 @@ async def test_metrics_count_the_alarm_its_cycles_and_the_calls(
         assert after[("fastagi_page_cycles_total", ())] >= 2
 
 
-async def test_metrics_only_for_allowed_networks(
-    site: Site, seeded: str, mail: SmtpServer
-) -> None:
+async def test_metrics_only_for_allowed_networks(site: Site, seeded: str, mail: SmtpServer) -> None:
     async with AsyncExitStack() as stack:
         server = await start_server(stack, settings_for(site, seeded, mail))
         assert server.metrics is not None
@@ -460,4 +461,5 @@ async def test_metrics_only_for_allowed_networks(
         server = await start_server(stack, refused)
         assert server.metrics is not None
         status, _, body = await get(server.metrics.url + "/metrics")
-        assert status == 403 and re.search("allowed network", body)
+        assert status == 403
+        assert re.search("allowed network", body)

@@ -261,6 +261,7 @@ def test_install_plan_on_freepbx() -> None:
         "read": ["system,call,user"],
         "write": ["call,originate,reporting"],
         "writetimeout": ["5000"],
+        "displayconnects": ["no"],
     }
     assert files["manager_custom.conf"].mode == 0o640
     config = files["config.toml"]

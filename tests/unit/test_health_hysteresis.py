@@ -72,5 +72,6 @@ def test_every_change_follows_its_full_streak(
             continue
         needed = raise_after if change is Health.DEGRADED else clear_after
         streak = observations[index + 1 - needed : index + 1]
-        assert len(streak) == needed and all(f == failing for f in streak)
+        assert len(streak) == needed
+        assert all(f == failing for f in streak)
         assert change is (Health.DEGRADED if failing else Health.HEALTHY)

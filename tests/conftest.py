@@ -22,11 +22,14 @@ if os.environ.get("FASTAGI_TEST_LOOP") == "uvloop":
 
 
 @pytest.fixture(autouse=True)
-def _no_scheduled_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_scheduled_checks_nor_fixed_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server started by a test runs no scheduled checks ([health], on by default):
     their AMI logins, probe calls, lamp and events would be a second test inside each
     test. The tests of the scheduled checks enable them (tests/e2e/test_health.py)."""
     monkeypatch.setenv("FASTAGI_HEALTH__ENABLED", "false")
+    # A `fastagi serve` of a test (no console) listens for /metrics on a free port, not
+    # on the fixed 9464 that the next server would find taken.
+    monkeypatch.setenv("FASTAGI_METRICS__PORT", "0")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

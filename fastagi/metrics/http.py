@@ -101,9 +101,11 @@ class MetricsListener:
 
 
 @contextlib.asynccontextmanager
-async def running_metrics(services: Services, settings: Settings) -> AsyncIterator[MetricsListener]:
+async def running_metrics(
+    services: Services, settings: Settings
+) -> AsyncIterator[MetricsListener | None]:
     """``/healthz`` and ``/metrics`` on ``[metrics] host:port`` (an ``Interface`` of
-    fastagi/app.py, for a server without the web console)."""
+    fastagi/app.py, for a server without the web console); None when the port is taken."""
     app = web.Application()
     app.router.add_routes(routes(services, settings))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
@@ -111,7 +113,19 @@ async def running_metrics(services: Services, settings: Settings) -> AsyncIterat
     try:
         host = settings.metrics.host
         site = web.TCPSite(runner, host, settings.metrics.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            # Never the reason the alarm server does not run (a second server on this
+            # host, say): it serves calls without its metrics.
+            logger.error(
+                "no /metrics and /healthz: cannot listen on %s:%d (%s); set [metrics] port",
+                host,
+                settings.metrics.port,
+                exc,
+            )
+            yield None
+            return
         port = runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
         listener = MetricsListener(f"http://{shown}:{port}", port)

@@ -39,6 +39,7 @@ from fastagi.config import (
     DatabaseSettings,
     JournalSettings,
     Settings,
+    WebSettings,
 )
 from fastagi.config.health import HealthSettings, MetricsSettings
 from fastagi.config.notify import NotifySettings, SmtpSettings
@@ -46,6 +47,8 @@ from fastagi.domain.health import Health
 from fastagi.metrics import MetricsListener, running_metrics
 from fastagi.store import Stores
 from fastagi.tts import TtsSettings
+from fastagi.web import running_console
+from fastagi.web.server import Console
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.ports import free_port
@@ -463,3 +466,51 @@ async def test_metrics_only_for_allowed_networks(site: Site, seeded: str, mail: 
         status, _, body = await get(server.metrics.url + "/metrics")
         assert status == 403
         assert re.search("allowed network", body)
+
+
+async def test_the_console_serves_both_without_a_login(
+    site: Site, seeded: str, mail: SmtpServer
+) -> None:
+    consoles: list[Console] = []
+
+    @contextlib.asynccontextmanager
+    async def console(services: Services, settings: Settings) -> AsyncIterator[None]:
+        async with running_console(services, settings) as running:
+            consoles.append(running)
+            yield
+
+    settings = settings_for(site, seeded, mail, enabled=False).model_copy(
+        update={"web": WebSettings(enabled=True, port=0)}
+    )
+    async with running_server(settings, [console]):
+        (running,) = consoles
+        status, _, text = await get(running.url + "/metrics")
+        assert status == 200
+        assert scrape(text)[("fastagi_ami_connected", ())] == 1
+        status, _, body = await get(running.url + "/healthz")
+        assert status == 200
+        assert json.loads(body)["health"] == "disabled"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(running.url + "/metrics", headers={"Forwarded": "for=203.0.113.9"}) as answer,
+        ):
+            assert answer.status == 403
+
+
+async def test_a_taken_metrics_port_never_keeps_the_server_from_serving(
+    site: Site, seeded: str, mail: SmtpServer
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = settings_for(site, seeded, mail, enabled=False).model_copy(
+            update={"metrics": MetricsSettings(port=port)}
+        )
+        async with AsyncExitStack() as stack:
+            server = await start_server(stack, settings)
+            assert server.metrics is None
+            # The FastAGI listener is up all the same.
+            _, writer = await asyncio.open_connection("127.0.0.1", settings.agi.port)
+            writer.close()
+            await writer.wait_closed()

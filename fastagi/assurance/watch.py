@@ -108,7 +108,10 @@ class HealthMonitor:
         notifier: NoticeSender,
         record: Record,
         instance_id: str,
+        extra_checks: Sequence[Check] = (),
     ) -> None:
+        """``extra_checks``: more checks that ``[health]`` may name, beside those of
+        ``fastagi check`` and the server's own."""
         self._settings = settings
         self._health = settings.health
         self._pool = pool
@@ -117,7 +120,7 @@ class HealthMonitor:
         self._record = record
         self._site = SiteHealthStore(pool)
         self.instance_id = instance_id
-        self._checks = (*CHECKS, *server_checks(ami))
+        self._checks = (*CHECKS, *server_checks(ami), *extra_checks)
         # Unknown names stop the server at start-up, not at the first run.
         selected(self._checks, [*self._health.checks, *self._health.slow_checks])
         self._hysteresis = Hysteresis(self._health.raise_after, self._health.clear_after)
@@ -127,8 +130,11 @@ class HealthMonitor:
         # The site's state as PostgreSQL said it last (None: not yet asked, or not settled).
         self.site_degraded: bool | None = None
         self._lamp_shown: str | None = None
-        # What this server told people itself while PostgreSQL could not be asked.
-        self._told_locally: bool | None = None
+        # The state people were last told of, as far as this server knows (by whichever
+        # server, through PostgreSQL), and whether this server told it itself because
+        # PostgreSQL could not be asked.
+        self._told: bool | None = None
+        self._told_locally = False
         self._ran = asyncio.Event()
         self._unhook = ami.on_reconnect(self._forget_lamp)
 
@@ -216,23 +222,24 @@ class HealthMonitor:
         except Exception as exc:
             logger.warning("scheduled checks: cannot report to PostgreSQL (%r)", exc)
             self.site_degraded = None
-            if self._told_locally is None or self._told_locally != degraded:
+            # People were told the site's state last (or nothing: a healthy start).
+            if degraded != bool(self._told):
                 await self._tell_locally(degraded)
             await self._show(degraded)
             return
         self.site_degraded = site.degraded
         if site.changed:
             logger.warning("the site is %s", "DEGRADED" if site.degraded else "healthy again")
-            if self._told_locally != site.degraded:
+            if self._told != site.degraded:  # not already told while PostgreSQL was away
                 self._mail(site.degraded, site.failing)
-        elif self._told_locally is not None and self._told_locally != site.degraded:
+        elif self._told_locally and self._told != site.degraded:
             await self._tell_locally(site.degraded, site.failing)
-        self._told_locally = None
+        self._told, self._told_locally = site.degraded, False
         await self._show(site.degraded)
 
     async def _tell_locally(self, degraded: bool, failing: Sequence[Failing] = ()) -> None:
         found = failing or [Failing(self.instance_id, r.name, r.message) for r in self.failing]
-        self._told_locally = degraded
+        self._told, self._told_locally = degraded, True
         self._mail(degraded, found if degraded else ())
         try:
             await self._record(self._event(degraded, found if degraded else ()))

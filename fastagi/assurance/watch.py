@@ -123,6 +123,11 @@ class HealthMonitor:
         self._checks = (*CHECKS, *server_checks(ami), *extra_checks)
         # Unknown names stop the server at start-up, not at the first run.
         selected(self._checks, [*self._health.checks, *self._health.slow_checks])
+        # A run of cheap checks bounds each by [health] timeout, one with slow checks by
+        # [check] timeout (the probe call alone takes 7 s).
+        self._quick_settings = settings.model_copy(
+            update={"check": settings.check.model_copy(update={"timeout": self._health.timeout})}
+        )
         self._hysteresis = Hysteresis(self._health.raise_after, self._health.clear_after)
         self.results: dict[str, Observed] = {}
         self.runs = 0
@@ -180,8 +185,10 @@ class HealthMonitor:
         server's view when it changed."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        slow = any(name in self._health.slow_checks for name in names)
+        settings = self._settings if slow else self._quick_settings
         # No AMI client lent: the "ami" line logs in afresh (see the module's docstring).
-        report = await run_checks(self._settings, self._checks, pool=self._pool, only=names)
+        report = await run_checks(settings, self._checks, pool=self._pool, only=names)
         now, wall = time.monotonic(), datetime.now(UTC)
         for result in report.results:
             self.results[result.name] = Observed(result, wall, now)

@@ -42,6 +42,10 @@ class HealthSettings(BaseModel):
     checks: list[str] = Field(default_factory=lambda: list(FREQUENT_CHECKS))
     slow_interval: float = Field(default=900.0, ge=1.0, le=86_400.0)
     slow_checks: list[str] = Field(default_factory=lambda: list(SLOW_CHECKS))
+    # How long one check of a run of cheap ones may take (a run with slow checks gives
+    # each [check] timeout): a PostgreSQL or Asterisk that hangs is a FAIL within this,
+    # not after half a minute.
+    timeout: float = Field(default=5.0, gt=0, le=300)
     # Hysteresis: this many runs in a row with a FAIL raise "degraded"; this many
     # without one clear it. A check that fails every other run changes nothing.
     raise_after: int = Field(default=2, ge=1, le=100)

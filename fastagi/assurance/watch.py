@@ -183,6 +183,13 @@ class HealthMonitor:
     async def run_once(self, names: Sequence[str]) -> Health | None:
         """One run of the named checks and what follows from it; the new state of this
         server's view when it changed."""
+        try:
+            return await self._run_once(names)
+        finally:
+            ran, self._ran = self._ran, asyncio.Event()
+            ran.set()
+
+    async def _run_once(self, names: Sequence[str]) -> Health | None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         slow = any(name in self._health.slow_checks for name in names)
@@ -203,8 +210,6 @@ class HealthMonitor:
             )
         if self.state is not Health.UNKNOWN:
             await self._settle(self.state is Health.DEGRADED)
-        ran, self._ran = self._ran, asyncio.Event()
-        ran.set()
         return change
 
     async def withdraw(self) -> None:

@@ -218,6 +218,11 @@ class ServerCollector(Collector):
         yield CounterMetricFamily(
             "fastagi_check_runs", "Runs of the scheduled checks.", value=health.runs
         )
+        yield GaugeMetricFamily(
+            "fastagi_check_run_seconds",
+            "How long the last run of scheduled checks took.",
+            value=health.last_run_seconds,
+        )
 
 
 def _bound(bound: float) -> str:

@@ -396,6 +396,16 @@ async def test_healthz_says_each_checks_last_result_and_fails_with_a_fail(
         line = next(c for c in page["checks"] if c["name"] == "paging-devices")
         assert line["status"] == "FAIL"
         assert line["message"].startswith(f"ICU has no reachable phone: PJSIP/{ICU_PHONE}")
+        # The same last results in /metrics, one sample per check and status.
+        samples = scrape((await get(server.metrics.url + "/metrics"))[2])
+        status_of = {
+            dict(labels)["check"]: dict(labels)["status"]
+            for (name, labels), value in samples.items()
+            if name == "fastagi_check_status" and value == 1
+        }
+        assert status_of == dict.fromkeys(status_of, "OK") | {"paging-devices": "FAIL"}
+        assert set(status_of) == {*CHECKS, "migrations"}
+        assert samples[("fastagi_check_runs_total", ())] >= 2
 
 
 async def test_metrics_count_the_alarm_its_cycles_and_the_calls(

@@ -16,8 +16,11 @@ message, so the race costs a retry, never a confusing failure.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import socket
+from pathlib import Path
 from types import TracebackType
 
 from fastagi_dev.sandbox.instance import PAGING_PHONES, SandboxPorts, port_in_use
@@ -32,6 +35,34 @@ RTP_PORTS_PER_INSTANCE = 200
 SLOT_SIZE = 400
 SLOTS = range(_SEARCH_LOW, _SEARCH_HIGH - SLOT_SIZE + 1, SLOT_SIZE)
 _CLAIM_PREFIX = "fastagi-sandbox-ports-"
+
+
+def udp_ports_bound_by(pid: int) -> set[int]:
+    """The UDP ports the sockets of process ``pid`` are bound to (empty once it is gone).
+
+    Read from /proc, never by binding: a probe that binds a port to learn whether it is
+    taken holds it for that moment, and the process about to bind it fails (SIPp exits
+    with "Unable to bind main socket, errno = 98").
+    """
+    inodes = set()
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return set()
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(descriptor)
+            if target.startswith("socket:["):
+                inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    ports = set()
+    for table in (Path("/proc/net/udp"), Path("/proc/net/udp6")):
+        with contextlib.suppress(OSError):
+            # "sl local_address rem_address st ... uid timeout inode ...", hex ADDR:PORT.
+            for line in table.read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

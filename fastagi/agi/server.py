@@ -147,7 +147,11 @@ class _AgiProtocol(asyncio.Protocol):
             return
         # A socket object of our own on a duplicate of the descriptor: uvloop's socket
         # stand-in has no recv().
-        with socket.socket(fileno=os.dup(sock.fileno())) as reader:
+        try:
+            reader = socket.socket(fileno=os.dup(sock.fileno()))
+        except OSError:
+            return  # already closed: the transport reports the loss
+        with reader:
             try:
                 data = reader.recv(_READ_SIZE, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):

@@ -38,8 +38,16 @@ def register(builder: Builder) -> None:
     builder.command(
         actions, "remove", "remove a department and its mappings", _department_rm
     ).add_argument("name")
-    change = builder.command(actions, "set", "change a department", _department_set)
+    change = builder.command(
+        actions, "set", "rename a department, change its interval or paging group", _department_set
+    )
     change.add_argument("name")
+    change.add_argument(
+        "--rename",
+        metavar="NEW_NAME",
+        help="its new name (its alarms keep the old one; [notify.departments] finds"
+        " recipients by name)",
+    )
     interval = change.add_mutually_exclusive_group()
     interval.add_argument("--interval", type=int, metavar="SECONDS", help=INTERVAL_HELP)
     interval.add_argument(
@@ -150,12 +158,14 @@ async def _department_rm(stores: Stores, args: argparse.Namespace) -> int:
 
 async def _department_set(stores: Stores, args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {}
+    if args.rename is not None:
+        changes["new_name"] = args.rename
     if args.interval is not None or args.default_interval:
         changes["interval_seconds"] = args.interval
     if args.paging_group is not None or args.no_paging_group:
         changes["paging_group"] = args.paging_group
     if not changes:
-        fail("nothing to change: give --interval, --default-interval or --paging-group")
+        fail("nothing to change: give --rename, --interval, --default-interval or --paging-group")
     department = await admin.set_department(stores, args.name, **changes, by=operator())
     print(f"changed department '{department.name}'")
     if args.interval is not None:

@@ -193,6 +193,51 @@ def test_user_errors_are_one_clear_line(fastagi: Cli, argv: list[str], message: 
     assert "Traceback" not in err
 
 
+def test_a_department_is_renamed_and_changed_all_or_nothing(fastagi: Cli) -> None:
+    fastagi.ok("paging-group", "add", "ER")
+    fastagi.ok("department", "add", "Emergency Room", "--interval", "30")
+    fastagi.ok("department", "add", "Pharmacy")
+
+    def emergency_room() -> object:
+        return fastagi.store_query(
+            "SELECT (name, interval_seconds, paging_group_id IS NULL) FROM departments"
+            " WHERE name <> 'Pharmacy'"
+        )
+
+    before = emergency_room()
+    refused = [
+        (["--rename", "Trauma", "--interval", "45", "--paging-group", "Nope"], "unknown paging"),
+        (["--rename", "pharmacy", "--interval", "45"], "department 'pharmacy' already exists"),
+        (["--rename", " ", "--interval", "45"], "a department needs a name"),
+        (["--rename", "T" * 201, "--interval", "45"], "at most 200 characters, not 201"),
+        (["--rename", "Trauma", "--interval", "4"], "interval must be between 5 and 3600"),
+    ]
+    for argv, message in refused:
+        code, _, err = fastagi("department", "set", "Emergency Room", *argv)
+        assert (code, message in err) == (2, True), err
+        assert emergency_room() == before
+
+    fastagi.ok(
+        "department", "set", "emergency room", "--rename", "Trauma", "--interval", "45",
+        "--paging-group", "ER",
+    )  # fmt: skip
+
+    assert emergency_room() == ("Trauma", 45, False)
+    audit = fastagi.store_query(
+        "SELECT details FROM alarm_events WHERE kind = 'config_changed' ORDER BY id DESC LIMIT 1"
+    )
+    assert isinstance(audit, str)
+    assert json.loads(audit) == {
+        "action": "department set",
+        "by": json.loads(audit)["by"],
+        "name": "Trauma",
+        "new_name": "Trauma",
+        "renamed_from": "emergency room",
+        "interval_seconds": 45,
+        "paging_group": "ER",
+    }
+
+
 def test_deactivator_pin_from_stdin(fastagi: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("482913\n"))
     added = fastagi.ok("deactivator", "add", "150", "--pin-stdin")

@@ -407,6 +407,42 @@ def test_history_export_csv_and_json(fastagi: Cli, tmp_path: Path) -> None:
     assert (code, err) == (2, "fastagi: error: --since must be before --until\n")
 
 
+def test_history_export_filters_by_department_extension_and_kind(fastagi: Cli) -> None:
+    from datetime import UTC, datetime
+
+    async def write(store: Stores) -> None:
+        for n, (kind, extension, department) in enumerate(
+            [
+                (EventKind.ACTIVATED, "105", "Emergency Room"),
+                (EventKind.PAGE_CYCLE, "105", "Emergency Room"),
+                (EventKind.PAGE_CYCLE, "106", "Emergency Room"),
+                (EventKind.PAGE_CYCLE, "105", "Pharmacy"),
+            ]
+        ):
+            await store.history.append_event(
+                HistoryEvent(
+                    kind, None, extension, department, {"n": n},
+                    occurred_at=datetime(2024, 5, 1, 12, n, tzinfo=UTC),
+                )
+            )  # fmt: skip
+
+    with_store(fastagi.dsn, write)
+    period = ["--since", "2024-05-01T00:00:00+00:00", "--until", "2024-05-02T00:00:00+00:00"]
+
+    def exported(*filters: str) -> list[int]:
+        out = fastagi.ok("history", "export", *period, *filters, "--format", "json")
+        return [event["details"]["n"] for event in json.loads(out)]
+
+    assert exported() == [0, 1, 2, 3]
+    assert exported("--department", "Emergency Room") == [0, 1, 2]
+    assert exported("--kind", "page_cycle", "--extension", "105") == [1, 3]
+    assert exported("--department", "emergency room") == []  # as recorded: exact
+    code, _, err = fastagi("history", "export", *period, "--department", "x\0")
+    assert (code, "no NUL" in err) == (2, True)
+    with pytest.raises(SystemExit):
+        fastagi("history", "export", *period, "--kind", "panic")
+
+
 def test_history_export_refuses_a_bad_date(fastagi: Cli) -> None:
     with pytest.raises(SystemExit) as caught:
         fastagi("history", "export", "--since", "yesterday", "--until", "2024-05-01")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastagi.admin.audit import record_change
-from fastagi.domain.directory import ExtensionPattern
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT, ExtensionPattern, alarm_key, is_extension
 from fastagi.store import StoreError, Stores
 from fastagi.store.directory import UNCHANGED, DepartmentInfo
 
@@ -80,3 +80,33 @@ async def map_extensions(
 async def unmap_extensions(stores: Stores, pattern: str, *, by: str) -> None:
     await stores.directory.unmap_extensions(pattern)
     await record_change(stores, "extension unmap", by=by, pattern=pattern.strip())
+
+
+async def lookup_extension(stores: Stores, extension: str) -> dict[str, Any]:
+    """Which department ``extension`` is in and why (the mapping that won, every mapping
+    that matches, most specific first), what an alarm from it pages and how often: what
+    ``fastagi extension lookup --json`` prints and the console's tester shows."""
+    extension = extension.strip()
+    if not is_extension(extension):
+        raise StoreError(
+            f"malformed extension '{extension}': expected 1 to 20 digits", field="extension"
+        )
+    directory = await stores.directory.load_directory()
+    match = directory.lookup(extension)
+    department = match.department if match else None
+    return {
+        "extension": extension,
+        "department": department.name if department else UNKNOWN_DEPARTMENT,
+        "pattern": match.pattern.text if match else None,
+        "kind": match.pattern.kind.name.lower() if match else None,
+        "candidates": [
+            m.pattern.text
+            for m in sorted(
+                (m for m in directory.mappings if m.pattern.matches(extension)),
+                key=lambda m: m.pattern.specificity(len(extension)),
+            )
+        ],
+        "alarm_key": alarm_key(department, extension),
+        "interval_seconds": directory.interval_for(department),
+        "devices": list(department.devices) if department else [],
+    }

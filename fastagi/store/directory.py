@@ -313,6 +313,10 @@ class DirectoryStore:
                 )
 
     async def remove_paging_device(self, group: str, device: str) -> None:
+        if DEVICE.fullmatch(device.strip()) is None:  # none was ever added (nor a NUL sent)
+            raise StoreError(
+                f"paging group '{group.strip()}' has no '{device.strip()}'", field="device"
+            )
         async with self._pool.acquire() as connection, connection.transaction():
             group_id = await _paging_group_id(connection, group)
             status = await connection.execute(

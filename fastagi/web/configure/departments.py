@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import sys
 import wave
 from array import array
@@ -22,13 +23,7 @@ from fastagi.admin.announcement import AnnouncementMeter, sample_extension
 from fastagi.store import StoreError
 from fastagi.store.directory import DepartmentInfo
 from fastagi.web.actions import actor
-from fastagi.web.configure.forms import (
-    Form,
-    empty,
-    optional_number,
-    optional_text,
-    posted,
-)
+from fastagi.web.configure.forms import Form, empty, optional_number, posted
 from fastagi.web.keys import SETTINGS, STORES
 from fastagi.web.security import require, template_context
 
@@ -117,7 +112,7 @@ async def add_department(request: web.Request) -> web.StreamResponse:
             request.app[STORES],
             texts["name"],
             interval_seconds=interval,
-            paging_group=optional_text(texts["paging_group"]),
+            paging_group=await _group_name(request, texts["paging_group"]),
             by=actor(request),
         )
     except StoreError as exc:
@@ -127,10 +122,29 @@ async def add_department(request: web.Request) -> web.StreamResponse:
 
 
 async def _group_options(request: web.Request) -> list[tuple[str, str]]:
+    """The paging groups to choose from, by id: a name may hold a line break, which a
+    browser would send back as CRLF."""
     groups = await request.app[STORES].directory.list_paging_groups()
     return [("", "none (pages nobody)")] + [
-        (group.name, f"{group.name} ({len(group.devices)} devices)") for group in groups
+        (str(group.id), f"{group.name} ({len(group.devices)} devices)") for group in groups
     ]
+
+
+async def _group_name(request: web.Request, chosen: str) -> str | None:
+    """The name of the group chosen by id; None for none."""
+    if not chosen.strip():
+        return None
+    for group in await request.app[STORES].directory.list_paging_groups():
+        if str(group.id) == chosen.strip():
+            return group.name
+    raise StoreError("unknown paging group: choose one of the list", field="paging_group")
+
+
+async def _group_id(request: web.Request, name: str | None) -> str:
+    for group in await request.app[STORES].directory.list_paging_groups():
+        if name is not None and group.name == name:
+            return str(group.id)
+    return ""
 
 
 # -- one department -------------------------------------------------------------------
@@ -168,7 +182,7 @@ async def _render_department(
             interval_seconds=""
             if department.interval_seconds is None
             else str(department.interval_seconds),
-            paging_group=department.paging_group or "",
+            paging_group=await _group_id(request, department.paging_group),
         )
     policy = await stores.policy.load_settings()
     interval = department.interval_seconds or policy.default_interval_seconds
@@ -200,7 +214,7 @@ async def edit_department(request: web.Request) -> web.StreamResponse:
     department = await _department(request)
     form, texts = await posted(request, "edit", EDIT_FIELDS)
     try:
-        changes = _changes(department, texts)
+        changes = _changes(department, texts, await _group_name(request, texts["paging_group"]))
         if not changes:
             raise web.HTTPSeeOther(f"/config/departments/{department.id}?done=unchanged")
         await admin.set_department(
@@ -212,16 +226,20 @@ async def edit_department(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/config/departments/{department.id}?done=saved")
 
 
-def _changes(department: DepartmentInfo, texts: dict[str, str]) -> dict[str, Any]:
-    """What the form changes: the history then records only that."""
+def _changes(
+    department: DepartmentInfo, texts: dict[str, str], group: str | None
+) -> dict[str, Any]:
+    """What the form changes: the history then records only that. A browser drops line
+    breaks from a one-line field, so a name that differs from the stored one only by
+    those is the stored one (rename it with the CLI to keep a line break)."""
     changes: dict[str, Any] = {}
-    if texts["new_name"].strip() != department.name:
+    name = texts["new_name"].strip()
+    if name not in (department.name, re.sub("[\r\n]", "", department.name)):
         changes["new_name"] = texts["new_name"]
     interval = optional_number(texts["interval_seconds"], "interval_seconds", INTERVAL)
     if interval != department.interval_seconds:
         changes["interval_seconds"] = interval
-    group = optional_text(texts["paging_group"])
-    if (group or "").casefold() != (department.paging_group or "").casefold():
+    if group != department.paging_group:
         changes["paging_group"] = group
     return changes
 

@@ -87,8 +87,3 @@ def whole_number(text: str, field_name: str, what: str) -> int:
 def optional_number(text: str, field_name: str, what: str) -> int | None:
     """None for a blank field (e.g. "use the default interval"), else :func:`whole_number`."""
     return None if not text.strip() else whole_number(text, field_name, what)
-
-
-def optional_text(text: str) -> str | None:
-    """None for a blank choice ("none"), else the text."""
-    return text if text.strip() else None

@@ -246,3 +246,70 @@ async def test_hostile_history_filters_and_lookups_are_refused_or_shown_escaped(
         assert await page.locator("#filter-department").input_value() == value[:150].replace(
             "\0", "\ufffd"
         ).replace("\r\n", "").replace("\n", "")
+
+
+@pytest.mark.parametrize("user", ["vera", "otto"])
+async def test_a_viewer_or_operator_sees_no_configuration_and_may_post_none(
+    browser, database_dsn, db_pool, user: str
+) -> None:
+    stores = Stores.over(db_pool)
+    await add_users(stores)
+    ward, group = await seed(stores)
+    async with console_over(db_pool, web_settings(database_dsn)) as console:
+        page = await open_page(browser, console.url)
+        await login(page, user, USERS[user][1])
+        nav = page.get_by_role("navigation", name="Main")
+        assert await nav.get_by_role("link", name="History").count() == 1
+        assert await nav.get_by_role("link", name="Configuration").count() == 0
+        assert await page.locator('a[href^="/config"]').count() == 0
+        # History is theirs to read.
+        assert (await page.goto("/history")) is not None
+        assert await page.get_by_role("heading", name="History").count() == 1
+        token = csrf_of(await page.content())
+        before = await snapshot(stores, db_pool)
+        gets = [
+            "/config",
+            "/config/departments",
+            f"/config/departments/{ward}",
+            f"/config/departments/{ward}/announcement.wav",
+            "/config/lookup.json",
+            "/config/paging",
+            "/config/deactivators",
+            "/config/policy",
+            "/config/settings",
+        ]
+        for path in gets:
+            answer = await page.request.get(path, max_redirects=0)
+            assert answer.status == 403, path
+        for target in targets(ward, group):
+            # The form an admin's page posts, with this user's own valid token.
+            form: dict[str, str | float | bool] = {**target.fields, "csrf_token": token}
+            answer = await page.request.post(target.path, form=form, max_redirects=0)
+            assert answer.status == 403, target.path
+            assert "admin" in await answer.text()
+        for path in (f"/config/paging/{group}/remove", "/config/deactivators/150/remove",
+                     "/config/deactivators/150/unlock"):  # fmt: skip
+            answer = await page.request.post(path, form={"csrf_token": token}, max_redirects=0)
+            assert answer.status == 403, path
+        assert await snapshot(stores, db_pool) == before
+        kinds = await db_pool.fetch(
+            "SELECT details->>'by' AS by FROM alarm_events WHERE kind = 'config_changed'"
+        )
+        assert {row["by"] for row in kinds} <= {"test"}
+
+        # An admin sees the link, and the same POST works.
+        admin = await open_page(browser, console.url)
+        await login(admin, "ada", USERS["ada"][1])
+        await (
+            admin.get_by_role("navigation", name="Main")
+            .get_by_role("link", name="Configuration")
+            .click()
+        )
+        await admin.get_by_role("heading", name="Departments and extensions").wait_for()
+        answer = await admin.request.post(
+            "/config/interval",
+            form={"seconds": "45", "csrf_token": csrf_of(await admin.content())},
+            max_redirects=0,
+        )
+        assert answer.status == 303
+        assert (await stores.policy.load_settings()).default_interval_seconds == 45

@@ -83,6 +83,7 @@ def targets(ward: int, group: int) -> list[Target]:
         ),
         Target(f"/config/departments/{ward}/remove", {"confirm": "no"}, "/config/departments"),
         Target("/config/paging", {"name": "Lab phones"}, "/config/paging"),
+        Target(f"/config/paging/{group}/remove", {"confirm": "no"}, "/config/paging"),
         Target(f"/config/paging/{group}/devices", {"device": "PJSIP/202"}, "/config/paging"),
         Target(f"/config/paging/{group}/devices/remove", {"device": "PJSIP/9"}, "/config/paging"),
         Target(

@@ -126,8 +126,12 @@ async def _group_options(request: web.Request) -> list[tuple[str, str]]:
     browser would send back as CRLF."""
     groups = await request.app[STORES].directory.list_paging_groups()
     return [("", "none (pages nobody)")] + [
-        (str(group.id), f"{group.name} ({len(group.devices)} devices)") for group in groups
+        (str(group.id), f"{group.name} ({_devices(len(group.devices))})") for group in groups
     ]
+
+
+def _devices(count: int) -> str:
+    return f"{count} device" if count == 1 else f"{count} devices"
 
 
 async def _group_name(request: web.Request, chosen: str) -> str | None:

@@ -93,10 +93,13 @@ async def add_group(request: web.Request) -> web.StreamResponse:
 @require("admin")
 async def remove_group(request: web.Request) -> web.StreamResponse:
     group = await _group(request)
+    form = empty(f"group-{group.id}", DEVICE_FIELDS)
+    _, texts = await posted(request, "remove", ("confirm",))
     try:
+        if texts["confirm"] != "yes":
+            raise StoreError("tick the box to confirm the removal")
         await admin.remove_paging_group(request.app[STORES], group.name, by=actor(request))
     except StoreError as exc:
-        form = empty(f"group-{group.id}", DEVICE_FIELDS)
         form.refuse(exc)
         return await _render(request, group_id=group.id, group_form=form, status=400)
     raise web.HTTPSeeOther("/config/paging?done=removed")

@@ -41,11 +41,12 @@ CREATE TABLE web_login_failures (
 );
 CREATE INDEX web_login_failures_name ON web_login_failures (lower(user_name), occurred_at);
 CREATE INDEX web_login_failures_address ON web_login_failures (address, occurred_at);
+CREATE INDEX web_login_failures_time ON web_login_failures (occurred_at);
 
--- The live board: one NOTIFY fastagi_board per statement that changes what it shows (an
--- alarm row, a history event, an acknowledgement). PostgreSQL folds identical
--- notifications of one transaction into one, so a burst (a journal replay) is one
--- message; the console coalesces further (fastagi/web/feed.py).
+-- The live board: NOTIFY fastagi_board when what it shows changes: an alarm row, an
+-- alarm's history event or a lamp's (not a login's), an acknowledgement. PostgreSQL
+-- folds identical notifications of one transaction into one, so a burst (a journal
+-- replay) is one message; the console coalesces further (fastagi/web/feed.py).
 CREATE FUNCTION notify_board() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('fastagi_board', '');
@@ -55,7 +56,8 @@ $$;
 CREATE TRIGGER alarms_board AFTER INSERT OR UPDATE ON alarms
     FOR EACH STATEMENT EXECUTE FUNCTION notify_board();
 CREATE TRIGGER alarm_events_board AFTER INSERT ON alarm_events
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_board();
+    FOR EACH ROW WHEN (NEW.alarm_id IS NOT NULL OR NEW.kind = 'lamp_changed')
+    EXECUTE FUNCTION notify_board();
 CREATE TRIGGER alarm_acknowledgements_board AFTER INSERT OR UPDATE ON alarm_acknowledgements
     FOR EACH STATEMENT EXECUTE FUNCTION notify_board();
 

@@ -120,8 +120,7 @@ async def authenticate(
     ):
         which = "this user name" if by_name >= settings.login_failures_per_name else "this address"
         await stores.users.record_refusal(
-            _login_event(EventKind.LOGIN_REFUSED, name, address, limited=which),
-            settings.login_window,
+            _login_event(EventKind.LOGIN_REFUSED, name, address, limited=which)
         )
         minutes = max(1, math.ceil(settings.login_window / 60))
         raise LoginRateLimited(
@@ -134,7 +133,10 @@ async def authenticate(
     if not await passwords.verify_password_async(password, stored) or found is None:
         reason = "wrong password" if found else "unknown user"
         await stores.users.record_failure(
-            name, address, _login_event(EventKind.LOGIN_FAILED, name, address, reason=reason)
+            name,
+            address,
+            _login_event(EventKind.LOGIN_FAILED, name, address, reason=reason),
+            settings.login_window,
         )
         raise LoginFailed("Wrong user name or password.")
     user, stored_hash = found

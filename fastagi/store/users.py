@@ -214,8 +214,11 @@ class UserStore:
         assert row is not None
         return int(row["by_name"]), int(row["by_address"])
 
-    async def record_failure(self, name: str, address: str, event: HistoryEvent) -> None:
-        """Count a failed login, and write its history event, in one transaction."""
+    async def record_failure(
+        self, name: str, address: str, event: HistoryEvent, window: float
+    ) -> None:
+        """Count a failed login, and write its history event, in one transaction; the
+        failures that left the window are swept (they no longer count)."""
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute(
                 "INSERT INTO web_login_failures (user_name, address) VALUES ($1, $2)",
@@ -223,14 +226,16 @@ class UserStore:
                 address,
             )
             await insert_event(connection, event)
-
-    async def record_refusal(self, event: HistoryEvent, window: float) -> None:
-        """A login refused by the rate limit: its event; and the failures older than the
-        window are swept (they no longer count)."""
-        async with self._pool.acquire() as connection, connection.transaction():
-            await insert_event(connection, event)
             await connection.execute(
                 "DELETE FROM web_login_failures"
                 " WHERE occurred_at < now() - make_interval(secs => $1)",
                 window,
             )
+
+    async def record_refusal(self, event: HistoryEvent) -> None:
+        """A login refused by the rate limit: its event."""
+        await self.append_event(event)
+
+    async def append_event(self, event: HistoryEvent) -> None:
+        async with self._pool.acquire() as connection:
+            await insert_event(connection, event)

@@ -218,3 +218,46 @@ async def test_the_board_works_without_javascript(browser, database_dsn, db_pool
             await card.get_by_role("button", name=f"Deactivate alarm {alarm_id}").click()
         assert "No active alarm" in await page.locator("#banner").inner_text()
         assert not await stores.alarms.is_active(alarm_id)
+
+
+async def test_keyboard_only_and_200_percent_zoom(browser, database_dsn, db_pool):
+    """A person without a mouse reaches and uses the deactivation with Tab and Enter, the
+    focus is visible, and at 200 % zoom (half the width in CSS pixels) nothing needs
+    horizontal scrolling."""
+    stores = Stores.over(db_pool)
+    await add_users(stores)
+    alarm_id = await raise_alarm(stores, "157")
+    async with console_over(db_pool, web_settings(database_dsn)) as console:
+        context = await browser.new_context(
+            base_url=console.url, viewport={"width": 640, "height": 800}, device_scale_factor=2
+        )
+        page = await context.new_page()
+        await page.goto("/login")
+        await page.keyboard.type("otto")  # the name field has the focus
+        await page.keyboard.press("Tab")
+        await page.keyboard.type(USERS["otto"][1])
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        await page.locator(f"#alarm-{alarm_id}").wait_for()
+        overflow = await page.evaluate(
+            "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0
+        reason = page.get_by_label("Reason")
+        for _ in range(30):
+            await page.keyboard.press("Tab")
+            if await reason.evaluate("(e) => e === document.activeElement"):
+                break
+        else:
+            raise AssertionError("the reason field is not reachable with Tab")
+        await page.keyboard.type("keyboard only")
+        await page.keyboard.press("Tab")
+        button = page.get_by_role("button", name=f"Deactivate alarm {alarm_id}")
+        assert await button.evaluate("(e) => e === document.activeElement")
+        outline = await button.evaluate("(e) => getComputedStyle(e).outlineStyle")
+        assert outline != "none"
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        assert not await stores.alarms.is_active(alarm_id)
+        [done] = await stores.alarms.recent_alarms()
+        assert (done.deactivated_by, done.deactivation_reason) == ("web:otto", "keyboard only")

@@ -24,6 +24,7 @@ from playwright.async_api import Browser, Page
 
 from fastagi.admin import deactivators, departments, paging
 from fastagi.app import running_server
+from fastagi.domain import pins
 from fastagi.store import Stores
 from fastagi.web import running_console
 from fastagi_dev.sandbox import Sandbox
@@ -93,7 +94,8 @@ async def test_a_department_made_in_the_browser_is_what_the_next_call_names_with
     await page.goto("/config/departments")
     await page.get_by_label("Name", exact=True).fill("Trauma Bay")
     await page.get_by_label("Interval (seconds)").fill("30")
-    await page.get_by_label("Paging group").select_option(label="Trauma phones (1 device)")
+    group = page.get_by_label("Paging group", exact=True)
+    await group.select_option(label="Trauma phones (1 device)")
     await click_and_load(page, "Add department")
     await page.get_by_role("heading", name="Department Trauma Bay").wait_for()
     await page.get_by_label("Map extensions").fill("175")
@@ -350,3 +352,113 @@ async def test_the_pages_have_labels_work_from_the_keyboard_and_at_200_percent(
         await shot.locator("q.spoken").wait_for()
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         await shot.screenshot(path=SCREENSHOTS / "config-department.png", full_page=True)
+
+
+async def test_a_department_renamed_and_removed_and_the_policy_set_in_the_browser(
+    browser, database_dsn, db_pool
+) -> None:
+    stores = Stores.over(db_pool)
+    await add_users(stores)
+    er = await seed_site(stores)
+    async with console_over(db_pool, web_settings(database_dsn)) as console:
+        page = await admin_page(browser, console.url)
+        await page.goto(f"/config/departments/{er}")
+        await page.get_by_label("Name", exact=True).fill("ER North")
+        await page.get_by_label("Interval (seconds)").fill("")  # blank: the default
+        group = page.get_by_label("Paging group", exact=True)
+        await group.select_option(label="Lab phones (0 devices)")
+        await click_and_load(page, "Save department")
+        assert await page.get_by_role("heading", name="Department ER North").count() == 1
+        renamed = await stores.directory.get_department("ER North")
+        assert (renamed.interval_seconds, renamed.paging_group) == (None, "Lab phones")
+        assert list(renamed.patterns) == ["100-149", "175"]
+        saved = await config_event(stores, "department set")
+        assert saved.details == {
+            "action": "department set",
+            "by": "web:ada",
+            "name": "ER North",
+            "new_name": "ER North",
+            "renamed_from": "Emergency Room",
+            "interval_seconds": None,
+            "paging_group": "Lab phones",
+        }
+        # Unmapped, then removed only once the box is ticked.
+        await page.get_by_role("button", name="Remove mapping 175").click()
+        await page.get_by_text("Mapping removed.").wait_for()
+        assert list((await stores.directory.get_department("ER North")).patterns) == ["100-149"]
+        await click_and_load(page, "Remove department")
+        assert "Tick the box" in await page.locator(".form-error").inner_text()
+        await page.get_by_label("Remove ER North and its 1 mapping").check()
+        await click_and_load(page, "Remove department")
+        assert page.url.endswith("/config/departments?done=removed")
+        assert "ER North" not in {d.name for d in await stores.directory.list_departments()}
+
+        await page.goto("/config/policy")
+        await page.get_by_label("When the caller does not answer the question").select_option(
+            "cancel"
+        )
+        await page.get_by_label("PIN attempts").fill("5")
+        await click_and_load(page, "Save policy")
+        await page.get_by_label("Default interval (seconds)").fill("90")
+        await click_and_load(page, "Save default interval")
+        policy = await stores.policy.load_settings()
+        assert (policy.no_answer_policy, policy.pin_attempts) == ("cancel", 5)
+        assert policy.default_interval_seconds == 90
+        assert (await config_event(stores, "policy set")).details["changes"] == [
+            "no-answer=cancel",
+            "pin-attempts=5",
+        ]
+
+
+async def test_deactivators_from_the_browser_pins_never_shown(
+    browser, database_dsn, db_pool
+) -> None:
+    stores = Stores.over(db_pool)
+    await add_users(stores)
+    await seed_site(stores)
+    async with console_over(db_pool, web_settings(database_dsn)) as console:
+        page = await admin_page(browser, console.url)
+        await page.goto("/config/deactivators")
+        await page.get_by_label("Extension", exact=True).fill("151")
+        await page.get_by_label("PIN", exact=True).fill("482913570246")
+        await page.get_by_label("PIN again", exact=True).fill("482913570246")
+        await click_and_load(page, "Add deactivator")
+        assert "Deactivator added." in await page.get_by_role("status").inner_text()
+        stored = await stores.deactivators.deactivator_pin_hash("151")
+        assert stored is not None
+        assert await pins.verify_pin_async("482913570246", stored)
+
+        # Three wrong PINs lock 151 out; the page says so and unlocks it.
+        for _ in range(3):
+            await stores.deactivators.record_pin_failure("151", 3, 300)
+        await page.reload()
+        row = page.locator("#deactivator-151")
+        assert "Locked out" in await row.inner_text()
+        await click_and_load(page, "Unlock 151")
+        assert await stores.deactivators.lockout_until("151") is None
+        assert "may deactivate" in await page.locator("#deactivator-151").inner_text()
+
+        await page.get_by_label("New PIN for 151", exact=True).fill("975318642013")
+        await page.get_by_label("New PIN for 151, again").fill("975318642013")
+        await click_and_load(page, "Set PIN of 151")
+        stored = await stores.deactivators.deactivator_pin_hash("151")
+        assert stored is not None
+        assert await pins.verify_pin_async("975318642013", stored)
+        assert not await pins.verify_pin_async("482913570246", stored)
+        await click_and_load(page, "Remove 151")
+        assert await stores.deactivators.deactivator_pin_hash("151") is None
+        actions = [
+            (e.details["action"], e.details["by"], e.details.get("extension"))
+            for e in await config_changes(stores)
+        ][-4:]
+        assert actions == [
+            ("deactivator add", "web:ada", "151"),
+            ("deactivator unlock", "web:ada", "151"),
+            ("deactivator change", "web:ada", "151"),
+            ("deactivator remove", "web:ada", "151"),
+        ]
+        # No PIN anywhere: not in the pages, not in the history.
+        history = await page.request.get("/history/export", params={"format": "json"})
+        for pin in ("482913570246", "975318642013"):
+            assert pin not in await page.content()
+            assert pin not in await history.text()

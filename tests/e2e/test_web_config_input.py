@@ -88,13 +88,13 @@ def targets(ward: int, group: int) -> list[Target]:
         Target(f"/config/paging/{group}/devices/remove", {"device": "PJSIP/9"}, "/config/paging"),
         Target(
             "/config/deactivators",
-            {"extension": "151", "pin": "864209", "pin_again": "864209"},
+            {"extension": "151", "pin": "864209753102", "pin_again": "864209753102"},
             "/config/deactivators",
             secret=("pin", "pin_again"),
         ),
         Target(
             "/config/deactivators/150/pin",
-            {"pin": "97531", "pin_again": "97531"},
+            {"pin": "975310864221", "pin_again": "975310864221"},
             "/config/deactivators",
             secret=("pin", "pin_again"),
         ),

@@ -11,6 +11,7 @@ meanwhile neither repeats nor hides a row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from datetime import UTC, date, datetime, timedelta
@@ -199,7 +200,9 @@ async def export(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    async for chunk in HistoryExport(request.app[STORES], wanted, export_format).chunks():
-        await response.write(chunk.encode("utf-8"))
-    await response.write_eof()
+    # The browser may go away mid-download: nothing more to send it.
+    with contextlib.suppress(ConnectionResetError):
+        async for chunk in HistoryExport(request.app[STORES], wanted, export_format).chunks():
+            await response.write(chunk.encode("utf-8"))
+        await response.write_eof()
     return response

@@ -19,7 +19,7 @@ from aiohttp import web
 from fastagi.app import Services
 from fastagi.config import Settings
 from fastagi.store import Stores
-from fastagi.web import actions, alarm_page, auth, board
+from fastagi.web import actions, alarm_page, auth, board, users_page
 from fastagi.web.feed import BoardFeed
 from fastagi.web.keys import FEED, SETTINGS, STORES
 from fastagi.web.security import security_headers, sessions
@@ -61,6 +61,7 @@ def build_app(settings: Settings, stores: Stores, feed: BoardFeed) -> web.Applic
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     app.on_shutdown.append(board.stop_streams)
+    users_page.add_routes(app)
     return app
 
 

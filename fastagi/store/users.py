@@ -70,8 +70,8 @@ async def _keep_an_admin(connection: Connection, name: str) -> asyncpg.Record:
 
 async def _end_streams(connection: Connection) -> None:
     """Wake every server's board feed (``NOTIFY fastagi_board``, at the commit): each open
-    stream reads its session again at once, so a removed user's stream ends and a new
-    role shows, without waiting for the next ping."""
+    stream reads its session again at once, so a removed user's (or one whose password
+    changed) ends now rather than at its next ping."""
     await connection.execute("SELECT pg_notify($1, '')", BOARD_CHANNEL)
 
 
@@ -130,9 +130,10 @@ class UserStore:
 
     async def set_role(self, name: str, role: str) -> WebUser:
         """Change the role, unless that demotes the last admin (:class:`LastAdminError`);
-        open sessions have it at their next request, open streams at once."""
+        open sessions have it at their next request."""
         async with self._pool.acquire() as connection, connection.transaction():
-            current = await _keep_an_admin(connection, name) if role != "admin" else None
+            if role != "admin":
+                await _keep_an_admin(connection, name)
             try:
                 row = await connection.fetchrow(
                     """
@@ -146,8 +147,6 @@ class UserStore:
                 raise StoreError(f"unknown role '{role}': {', '.join(ROLES)}") from None
             if row is None:
                 raise StoreError(f"unknown user '{name}'")
-            if current is None or current["role"] != role:
-                await _end_streams(connection)
             return row_to(WebUser, row)
 
     async def list_users(self) -> list[WebUser]:

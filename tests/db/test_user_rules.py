@@ -103,7 +103,7 @@ async def test_an_admin_in_the_console_cannot_remove_or_demote_themselves(db_poo
     assert len(actions) == 4  # the two adds, then these
 
 
-async def test_removal_ends_sessions_and_wakes_the_board_streams(db_pool):
+async def test_removal_and_new_password_end_sessions_and_wake_the_streams(db_pool):
     stores = Stores.over(db_pool)
     await users.add_user(stores, "ada", "admin", "ada-password", by="test")
     await users.add_user(stores, "olga", "operator", "olga-password", by="test")
@@ -115,11 +115,16 @@ async def test_removal_ends_sessions_and_wakes_the_board_streams(db_pool):
     await listener.start()
     try:
         await users.set_role(stores, "olga", "viewer", by="web:ada", acting_user="ada")
-        async with asyncio.timeout(5):
-            await woken.get()
         session = await stores.users.session(login.token)
         assert session is not None
         assert session.role == "viewer"
+        await users.set_password(stores, "olga", "olga-password-2", by="web:ada")
+        async with asyncio.timeout(5):
+            await woken.get()
+        assert await stores.users.session(login.token) is None
+        login = await users.authenticate(
+            stores, "olga", "olga-password-2", address="127.0.0.1", settings=SETTINGS
+        )
         await users.remove_user(stores, "olga", by="web:ada", acting_user="ada")
         async with asyncio.timeout(5):
             await woken.get()

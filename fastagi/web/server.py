@@ -19,7 +19,7 @@ from aiohttp import web
 from fastagi.app import Services
 from fastagi.config import Settings
 from fastagi.store import Stores
-from fastagi.web import actions, alarm_page, auth, board, configure, history
+from fastagi.web import actions, alarm_page, auth, board, configure, history, users_page
 from fastagi.web.feed import BoardFeed
 from fastagi.web.keys import FEED, SETTINGS, STORES
 from fastagi.web.security import security_headers, sessions
@@ -63,6 +63,7 @@ def build_app(settings: Settings, stores: Stores, feed: BoardFeed) -> web.Applic
     app.on_shutdown.append(board.stop_streams)
     configure.add_routes(app)
     history.add_routes(app)
+    users_page.add_routes(app)
     return app
 
 

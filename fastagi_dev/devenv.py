@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 from pydantic import SecretStr
@@ -192,7 +191,9 @@ async def run_dev(settings: Settings, options: DevOptions | None = None) -> None
             )
             consoles: list[Console] = []
 
-            def console(services: Services, settings: Settings) -> Any:
+            def console(
+                services: Services, settings: Settings
+            ) -> AbstractAsyncContextManager[Console]:
                 return _remembered(running_console(services, settings), consoles)
 
             async with running_server(settings, [console]):

@@ -5,16 +5,20 @@ Listed in tests/conftest.py ``pytest_plugins``. Fixtures:
 ``sandbox_rootfs`` (session) -> Path
     The image. Missing or incomplete: the test fails telling you to run
     ``make sandbox-image`` (``make test`` and ``make e2e`` build it first).
+``port_claim`` (session) -> fastagi_dev.sandbox.PortClaim
+    This session's (xdist worker's) slot of ports, held against every other session.
 ``agi_port`` (session) -> int
-    A free TCP port on 127.0.0.1 for the FastAGI server under test. The sandbox's
-    ``FASTAGI_PANIC_URL`` is ``agi://127.0.0.1:<agi_port>``: start your server there.
+    A TCP port on 127.0.0.1 of the session's slot for the FastAGI server under test. The
+    sandbox's ``FASTAGI_PANIC_URL`` is ``agi://127.0.0.1:<agi_port>``: start your
+    server there.
 ``sandbox`` (session) -> fastagi_dev.sandbox.Sandbox
-    One booted instance for the whole session, named after the pytest pid, on free
-    ports (``sandbox.sip_port``, ``sandbox.ami_port``, ``sandbox.phone_base`` ...). It is
-    stopped and its directory deleted at the end.
+    One booted instance for the whole session, named after the pytest pid, on the
+    session's slot (``sandbox.sip_port``, ``sandbox.ami_port``, ``sandbox.phone_base``
+    ...). It is stopped and its directory deleted at the end.
 ``sandbox_factory`` (function) -> ``start(agi_url=None, **options) -> Sandbox``
-    Extra instances on fresh ports, stopped and deleted after the test; ``options`` go to
-    ``Sandbox`` (``freepbx=True``: a FreePBX-shaped etc/ without our dialplan).
+    Extra instances, each on a slot of its own, stopped and deleted after the test;
+    ``options`` go to ``Sandbox`` (``freepbx=True``: a FreePBX-shaped etc/ without our
+    dialplan).
 
 The fixtures are synchronous on purpose: a sync session fixture works with async tests
 on any loop scope (pytest-asyncio's default per-function loop included), so tests need
@@ -29,9 +33,9 @@ its report as the section "sandbox console log".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -42,7 +46,7 @@ import pytest
 
 from fastagi_dev.sandbox.image import INSTANCES_DIR_IN_CHROOT, default_rootfs, is_complete
 from fastagi_dev.sandbox.instance import Sandbox, pid_alive, read_state
-from fastagi_dev.sandbox.ports import PortClaim, claim_sandbox_ports, free_port
+from fastagi_dev.sandbox.ports import PortClaim, claim_sandbox_ports
 
 LOG_TAIL_LINES = 60
 STALE_AFTER_SECONDS = 600
@@ -67,29 +71,24 @@ def _run_coroutine(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 def start_sandbox(
-    rootfs: Path, name: str, agi_url: str, **options: Any
-) -> tuple[Sandbox, PortClaim]:
-    """A booted instance on fresh free ports, and the claim that keeps its phone and RTP
-    ports from other instances (pytest-xdist workers): close it after ``stop_sandbox``.
+    rootfs: Path, name: str, agi_url: str, claim: PortClaim, **options: Any
+) -> Sandbox:
+    """A booted instance on the ports of ``claim`` (which keeps them from other instances,
+    pytest-xdist workers among them): close the claim after ``stop_sandbox``.
 
     ``launch()`` runs in the calling (main) thread on purpose: the kernel's parent-death
     signal follows the thread that spawned Asterisk, and the main thread lives as long as
     pytest does.
     """
-    claim = claim_sandbox_ports()
     sandbox = Sandbox(rootfs, name, claim.ports, agi_url, **options)
+    sandbox.remove()  # leftovers of an earlier run with the same pid
+    sandbox.launch()
     try:
-        sandbox.remove()  # leftovers of an earlier run with the same pid
-        sandbox.launch()
-        try:
-            _run_coroutine(sandbox.wait_booted)
-        except BaseException:
-            sandbox.stop_sync()
-            raise
+        _run_coroutine(sandbox.wait_booted)
     except BaseException:
-        claim.close()
+        sandbox.stop_sync()
         raise
-    return sandbox, claim
+    return sandbox
 
 
 def sweep_stale_instances(rootfs: Path) -> None:
@@ -105,12 +104,9 @@ def sweep_stale_instances(rootfs: Path) -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def stop_sandbox(sandbox: Sandbox, claim: PortClaim) -> None:
-    try:
-        sandbox.stop_sync()
-        sandbox.remove()
-    finally:
-        claim.close()
+def stop_sandbox(sandbox: Sandbox) -> None:
+    sandbox.stop_sync()
+    sandbox.remove()
 
 
 @pytest.fixture(scope="session")
@@ -127,39 +123,47 @@ def sandbox_rootfs() -> Path:
 
 
 @pytest.fixture(scope="session")
-def agi_port() -> int:
-    return free_port(socket.SOCK_STREAM)
+def port_claim() -> Iterator[PortClaim]:
+    with claim_sandbox_ports() as claim:
+        yield claim
 
 
 @pytest.fixture(scope="session")
-def sandbox(sandbox_rootfs: Path, agi_port: int) -> Iterator[Sandbox]:
+def agi_port(port_claim: PortClaim) -> int:
+    return port_claim.tcp_port(0)
+
+
+@pytest.fixture(scope="session")
+def sandbox(sandbox_rootfs: Path, port_claim: PortClaim, agi_port: int) -> Iterator[Sandbox]:
     # The pid keeps the instances of concurrent sessions and xdist workers apart.
-    instance, claim = start_sandbox(
-        sandbox_rootfs, f"pytest-{os.getpid()}", f"agi://127.0.0.1:{agi_port}"
+    instance = start_sandbox(
+        sandbox_rootfs, f"pytest-{os.getpid()}", f"agi://127.0.0.1:{agi_port}", port_claim
     )
     try:
         yield instance
     finally:
-        stop_sandbox(instance, claim)
+        stop_sandbox(instance)
 
 
 @pytest.fixture
 def sandbox_factory(sandbox_rootfs: Path, agi_port: int) -> Iterator[Callable[..., Sandbox]]:
-    started: list[tuple[Sandbox, PortClaim]] = []
+    started: list[Sandbox] = []
+    with contextlib.ExitStack() as claims:
 
-    def start(agi_url: str | None = None, **options: Any) -> Sandbox:
-        name = f"pytest-{os.getpid()}-{len(started) + 1}"
-        instance, claim = start_sandbox(
-            sandbox_rootfs, name, agi_url or f"agi://127.0.0.1:{agi_port}", **options
-        )
-        started.append((instance, claim))
-        return instance
+        def start(agi_url: str | None = None, **options: Any) -> Sandbox:
+            claim = claims.enter_context(claim_sandbox_ports())
+            name = f"pytest-{os.getpid()}-{len(started) + 1}"
+            instance = start_sandbox(
+                sandbox_rootfs, name, agi_url or f"agi://127.0.0.1:{agi_port}", claim, **options
+            )
+            started.append(instance)
+            return instance
 
-    try:
-        yield start
-    finally:
-        for instance, claim in started:
-            stop_sandbox(instance, claim)
+        try:
+            yield start
+        finally:
+            for instance in started:
+                stop_sandbox(instance)
 
 
 @pytest.hookimpl(wrapper=True)

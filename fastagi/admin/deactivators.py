@@ -13,11 +13,13 @@ async def set_deactivator(stores: Stores, extension: str, pin: str, *, by: str) 
     takes tens of milliseconds); any lockout of it ends. True if it is new."""
     extension = extension.strip()
     if not is_extension(extension):
-        raise StoreError(f"malformed extension '{extension}': expected 1 to 20 digits")
+        raise StoreError(
+            f"malformed extension '{extension}': expected 1 to 20 digits", field="extension"
+        )
     try:
         pin_hash = await pins.hash_pin_async(pin)
     except ValueError as exc:
-        raise StoreError(str(exc)) from None
+        raise StoreError(str(exc), field="pin") from None
     created = await stores.deactivators.set_deactivator(extension, pin_hash)
     await stores.deactivators.clear_pin_failures(extension)
     action = "deactivator add" if created else "deactivator change"

@@ -5,12 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastagi.admin.audit import record_change
-from fastagi.domain.directory import ExtensionPattern
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT, ExtensionPattern, alarm_key, is_extension
 from fastagi.store import StoreError, Stores
-from fastagi.store.directory import DepartmentInfo
-
-# What set_department leaves as it is.
-UNCHANGED: Any = object()
+from fastagi.store.directory import UNCHANGED, DepartmentInfo
 
 
 async def add_department(
@@ -43,24 +40,29 @@ async def set_department(
     stores: Stores,
     name: str,
     *,
+    new_name: str = UNCHANGED,
     interval_seconds: int | None = UNCHANGED,
     paging_group: str | None = UNCHANGED,
     by: str,
 ) -> DepartmentInfo:
-    """Change a department's interval (None: the global default) and/or paging group
-    (None: none); what is not given stays."""
+    """Rename a department, change its interval (None: the global default) and/or its
+    paging group (None: none), all or nothing; what is not given stays. Its alarms keep
+    the name they were raised with; e-mail and SMS recipients are found by name
+    (``[notify.departments]``), so a renamed department gets the default recipients
+    until the settings file names it."""
     changes: dict[str, Any] = {}
+    if new_name is not UNCHANGED:
+        changes["new_name"] = new_name
     if interval_seconds is not UNCHANGED:
         changes["interval_seconds"] = interval_seconds
     if paging_group is not UNCHANGED:
         changes["paging_group"] = paging_group
     if not changes:
-        raise StoreError("nothing to change: give an interval or a paging group")
-    if "interval_seconds" in changes:
-        await stores.directory.set_department_interval(name, interval_seconds)
-    if "paging_group" in changes:
-        await stores.directory.set_department_paging_group(name, paging_group)
-    department = await stores.directory.get_department(name)
+        raise StoreError("nothing to change: give a name, an interval or a paging group")
+    department = await stores.directory.update_department(name, **changes)
+    if "new_name" in changes:
+        changes["new_name"] = department.name
+        changes["renamed_from"] = name.strip()
     await record_change(stores, "department set", by=by, name=department.name, **changes)
     return department
 
@@ -78,3 +80,33 @@ async def map_extensions(
 async def unmap_extensions(stores: Stores, pattern: str, *, by: str) -> None:
     await stores.directory.unmap_extensions(pattern)
     await record_change(stores, "extension unmap", by=by, pattern=pattern.strip())
+
+
+async def lookup_extension(stores: Stores, extension: str) -> dict[str, Any]:
+    """Which department ``extension`` is in and why (the mapping that won, every mapping
+    that matches, most specific first), what an alarm from it pages and how often: what
+    ``fastagi extension lookup --json`` prints and the console's tester shows."""
+    extension = extension.strip()
+    if not is_extension(extension):
+        raise StoreError(
+            f"malformed extension '{extension}': expected 1 to 20 digits", field="extension"
+        )
+    directory = await stores.directory.load_directory()
+    match = directory.lookup(extension)
+    department = match.department if match else None
+    return {
+        "extension": extension,
+        "department": department.name if department else UNKNOWN_DEPARTMENT,
+        "pattern": match.pattern.text if match else None,
+        "kind": match.pattern.kind.name.lower() if match else None,
+        "candidates": [
+            m.pattern.text
+            for m in sorted(
+                (m for m in directory.mappings if m.pattern.matches(extension)),
+                key=lambda m: m.pattern.specificity(len(extension)),
+            )
+        ],
+        "alarm_key": alarm_key(department, extension),
+        "interval_seconds": directory.interval_for(department),
+        "devices": list(department.devices) if department else [],
+    }

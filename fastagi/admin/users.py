@@ -4,6 +4,13 @@ Roles, each with everything of the one before: ``viewer`` (the board, alarm page
 history), ``operator`` (+ deactivate an alarm, change an interval, re-send the
 announcement), ``admin`` (+ configuration and users).
 
+The console always keeps an admin: removing or demoting the last one is refused (the CLI
+as well as the console), and an admin in the console cannot remove or demote themselves
+(another admin does it), so nobody locks themselves out of the page they are using.
+
+A refusal is a :class:`UserRefused` naming the argument it is about, so the console can
+show it next to that field; its message quotes no password, and quotes a name cut short.
+
 A login is checked against the rate limit first (failed logins per name and per client
 address within ``web.login_window``, counted in PostgreSQL so every server sees them),
 then the password (Argon2id, in a thread). Every attempt is in the history: ``login``,
@@ -13,6 +20,7 @@ then the password (Argon2id, in a thread). Every attempt is in the history: ``lo
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -21,11 +29,24 @@ from fastagi.config import WebSettings
 from fastagi.domain import passwords
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store import StoreError, Stores
-from fastagi.store.users import ROLES, WebSession, WebUser
+from fastagi.store.users import ROLES, LastAdminError, WebSession, WebUser
 
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
 # Bytes of randomness in a session token and a CSRF token (256 bits).
 TOKEN_BYTES = 32
+# The rule of sql/005_web.sql's CHECK, checked first so the refusal can say which field.
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+# A refused name is quoted this far (a 10 kB paste quoted back helps nobody).
+QUOTED_NAME_LENGTH = 40
+
+
+class UserRefused(StoreError):
+    """A change refused; ``field`` names the argument it is about (``name``, ``role``,
+    ``password``) so a form can show the message next to that field."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def may(role: str, needed: str) -> bool:
@@ -35,26 +56,69 @@ def may(role: str, needed: str) -> bool:
 
 def check_role(role: str) -> str:
     if role not in ROLE_RANK:
-        raise StoreError(f"unknown role '{role}': {', '.join(ROLES)}")
+        raise UserRefused(f"unknown role {_quoted(role)}: {', '.join(ROLES)}", field="role")
     return role
+
+
+def check_user_name(name: str) -> str:
+    """The name without surrounding blanks, if it is 1 to 64 letters, digits or . _ @ -
+    starting with a letter or digit (ASCII: it appears in logs, the history and URLs)."""
+    stripped = name.strip()
+    if not USER_NAME.fullmatch(stripped):
+        raise UserRefused(
+            f"bad user name {_quoted(stripped)}: a name is 1 to 64 letters, digits or . _ @ -,"
+            " starting with a letter or digit",
+            field="name",
+        )
+    return stripped
+
+
+def _quoted(text: str) -> str:
+    """``text`` quoted for a message: cut short, control characters escaped."""
+    cut = text[:QUOTED_NAME_LENGTH] + ("…" if len(text) > QUOTED_NAME_LENGTH else "")
+    return repr(cut)
+
+
+def _is_self(name: str, acting_user: str | None) -> bool:
+    return acting_user is not None and name.strip().lower() == acting_user.strip().lower()
 
 
 async def _hash(password: str) -> str:
     try:
         return await passwords.hash_password_async(password)
     except ValueError as exc:
-        raise StoreError(str(exc)) from None
+        raise UserRefused(str(exc), field="password") from None
 
 
 async def add_user(stores: Stores, name: str, role: str, password: str, *, by: str) -> WebUser:
-    user = await stores.users.add_user(name.strip(), check_role(role), await _hash(password))
+    name = check_user_name(name)
+    role = check_role(role)
+    password_hash = await _hash(password)
+    try:
+        user = await stores.users.add_user(name, role, password_hash)
+    except StoreError as exc:  # the name is taken (case ignored)
+        raise UserRefused(str(exc), field="name") from None
     await record_change(stores, "user add", by=by, name=user.name, role=user.role)
     return user
 
 
-async def remove_user(stores: Stores, name: str, *, by: str) -> WebUser:
-    """Remove the user; its sessions end at once."""
-    user = await stores.users.remove_user(name.strip())
+async def remove_user(
+    stores: Stores, name: str, *, by: str, acting_user: str | None = None
+) -> WebUser:
+    """Remove the user; its sessions end at once. Refused for the last admin, and for
+    ``acting_user`` themselves (the console's user who asks; None: the CLI)."""
+    if _is_self(name, acting_user):
+        raise UserRefused(
+            "you cannot remove yourself: another admin can, if it must be done", field="name"
+        )
+    try:
+        user = await stores.users.remove_user(name.strip())
+    except LastAdminError as exc:
+        raise UserRefused(
+            f"{exc}: removing them would leave nobody to manage the console; make another"
+            " user admin first",
+            field="name",
+        ) from None
     await record_change(stores, "user remove", by=by, name=user.name)
     return user
 
@@ -66,9 +130,26 @@ async def set_password(stores: Stores, name: str, password: str, *, by: str) -> 
     return user
 
 
-async def set_role(stores: Stores, name: str, role: str, *, by: str) -> WebUser:
-    """Change the role; it applies to the user's open sessions at their next request."""
-    user = await stores.users.set_role(name.strip(), check_role(role))
+async def set_role(
+    stores: Stores, name: str, role: str, *, by: str, acting_user: str | None = None
+) -> WebUser:
+    """Change the role; it applies to the user's open sessions at their next request.
+    Demoting the last admin is refused, and so is ``acting_user`` (the console's user
+    who asks; None: the CLI) taking away their own admin role."""
+    role = check_role(role)
+    if role != "admin" and _is_self(name, acting_user):
+        raise UserRefused(
+            "you cannot take away your own admin role: another admin can, if it must be done",
+            field="role",
+        )
+    try:
+        user = await stores.users.set_role(name.strip(), role)
+    except LastAdminError as exc:
+        raise UserRefused(
+            f"{exc}: demoting them would leave nobody to manage the console; make another"
+            " user admin first",
+            field="role",
+        ) from None
     await record_change(stores, "user role", by=by, name=user.name, role=user.role)
     return user
 

@@ -9,18 +9,21 @@ TIME_WAIT); an accepted connection gets one task, which waits for the
 environment, runs the flow registered for the script path, and closes the socket the
 moment the flow is done (Asterisk holds the channel until we close).
 
-At the session cap, a new connection first evicts the oldest connection still waiting
-for its environment: Asterisk sends the whole block the moment it connects, so a
-connection that has not finished it is either a few microseconds old or not Asterisk
-(an idle socket, a byte-a-minute sender).  A flood of such connections from an allowed
-address therefore cannot lock real calls out; only when every slot holds a running
-flow (or every waiting connection examined has bytes the loop has not read yet) is the
-new connection refused.  Those unread bytes protect a real call accepted in the same
-burst as a thousand junk connections: its environment is in the kernel's buffer, but
-the loop reads it an iteration later; an idle socket has nothing there, and a slow
-sender's bytes were read as they came.  Whatever a peer
-does (garbage, stalling, vanishing) ends that task and nothing else.  The server uses
-whichever event loop is running; the CLI installs uvloop when it is available.
+At the session cap, a new connection takes the slot of one still waiting for its
+environment, and is refused only when every slot holds a call whose environment is
+complete.  Asterisk writes the whole block the moment it connects, so a waiting
+connection is a call a few milliseconds old or not Asterisk at all (an idle socket, a
+byte-a-minute sender, a flood).  Whom to evict, oldest first in each case: one that has
+sent nothing for ``eviction_grace``; else one whose block began that long ago and is
+still incomplete; else one that has sent nothing; else one that has begun its block.
+The choice never rests on what the loop happens to have read: when the loop is behind
+(a busy machine), a real call's block may wait in the kernel's buffer, so each
+candidate is read before it is chosen, and a block found complete starts its flow
+instead.  A call that has sent its environment is therefore never evicted, and a flood
+of any kind cannot lock calls out: a newcomer always finds a slot it may take.
+Whatever a peer does (garbage, stalling, vanishing) ends that task and nothing else.
+The server uses whichever event loop is running; the CLI installs uvloop when it is
+available.
 """
 
 from __future__ import annotations
@@ -30,12 +33,18 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, cast
 
 from fastagi.agi.errors import AgiError, AgiHangup, AgiProtocolError, AgiTimeout
-from fastagi.agi.protocol import NEED_DATA, AgiConnection, Environment, ProtocolError
+from fastagi.agi.protocol import (
+    DEFAULT_MAX_ENVIRONMENT_SIZE,
+    NEED_DATA,
+    AgiConnection,
+    Environment,
+    ProtocolError,
+)
 from fastagi.agi.session import AgiEnvironment, AgiSession, Logger
 from fastagi.agi.stats import AgiStats
 from fastagi.config import AgiSettings
@@ -52,9 +61,12 @@ _CLOSE_TIMEOUT = 1.0
 # Allow-list decisions remembered per peer host: Asterisk connects from a handful of
 # addresses, and the bound only matters when something scans us.
 _ALLOW_CACHE_SIZE = 1024
-# At the session cap, how many of the oldest waiting connections are examined for one
-# that can be evicted (a peek per connection: a bound on the system calls per refusal).
-_EVICTION_SCAN = 32
+# Asterisk writes its whole environment block within milliseconds of connecting; a
+# connection that has sent nothing, or not finished its block, this long after is not
+# Asterisk, and goes first when a new connection needs its slot.
+EVICTION_GRACE = 1.0
+# What one read of a waiting connection takes from the kernel: the environment's limit.
+_READ_SIZE = DEFAULT_MAX_ENVIRONMENT_SIZE
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -115,22 +127,43 @@ class _AgiProtocol(asyncio.Protocol):
         self._environment_timer: asyncio.TimerHandle | None = None
         self._lost = False
         self._lost_waiter: asyncio.Future[None] | None = None
-        # Set when the server evicted this connection to make room at the session cap.
-        self.evicted = False
+        # When the server admitted the connection, and when its first byte was read (loop
+        # time): the ages the eviction rule goes by.
+        self.admitted_at = 0.0
+        self.first_byte_at: float | None = None
+        # Set when the environment failed (evicted, timed out, garbled, closed): the slot
+        # is free while the socket closes.
+        self.ending = False
+        self.evicted = False  # by the server, for the slot (counted apart: AgiStats)
 
-    def has_unread_bytes(self) -> bool:
-        """Whether the kernel holds bytes from the peer that the loop has not read yet
-        (a peek: nothing is consumed)."""
+    def read_waiting_bytes(self) -> None:
+        """Read now what the kernel holds from the peer, without waiting for the loop to
+        get to this socket: a complete environment then starts its flow, a garbled or
+        closed one ends, a silent one stays silent.
+
+        The bytes go through ``data_received`` exactly as the transport's would; the
+        transport's own read later finds nothing (EAGAIN) or what came after.
+        """
         sock = self._transport.get_extra_info("socket") if self._transport else None
         if sock is None:
-            return False
+            return
         # A socket object of our own on a duplicate of the descriptor: uvloop's socket
         # stand-in has no recv().
-        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+        try:
+            reader = socket.socket(fileno=os.dup(sock.fileno()))
+        except OSError:
+            return  # already closed: the transport reports the loss
+        with reader:
             try:
-                return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-            except OSError:  # nothing to read (EAGAIN), or the connection is gone
-                return False
+                data = reader.recv(_READ_SIZE, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return  # nothing waiting
+            except OSError:
+                data = b""  # reset: gone, as good as closed
+        if data:
+            self.data_received(data)
+        else:
+            self._on_eof()
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -173,6 +206,9 @@ class _AgiProtocol(asyncio.Protocol):
         assert self.ready is not None
         if self.ready.done():
             return  # already failed: the task is closing the connection
+        if data and self.first_byte_at is None:
+            self.first_byte_at = asyncio.get_running_loop().time()
+            self._server._waiting.heard_from(self)
         connection = self._connection
         try:
             connection.receive_data(data)
@@ -211,7 +247,7 @@ class _AgiProtocol(asyncio.Protocol):
     def evict(self) -> None:
         """Give up on this connection's environment: the server needs the slot."""
         self.evicted = True
-        self._fail(AgiProtocolError("evicted at max_sessions before its environment was read"))
+        self._fail(AgiProtocolError("evicted at max_sessions before its environment was complete"))
 
     def _fail(self, error: AgiError) -> None:
         assert self.ready is not None
@@ -219,6 +255,8 @@ class _AgiProtocol(asyncio.Protocol):
         self._environment_timer.cancel()
         self._server._environment_done(self)
         if not self.ready.done():
+            self.ending = True
+            self._server._ending += 1
             self.ready.set_exception(error)
 
     # -- what the server uses -----------------------------------------------------------
@@ -242,11 +280,76 @@ class _AgiProtocol(asyncio.Protocol):
             abort.cancel()
 
 
+class _WaitingRoom:
+    """The admitted connections whose environment is not complete yet, and which of them
+    gives up its slot when a new connection arrives at the session cap.
+
+    Two queues, each oldest first: connections that have sent nothing (by admission), and
+    connections that have begun a block (by first byte).  A connection moves from the
+    first to the second on its first byte and leaves both when its block is complete or
+    it fails.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self._grace = grace
+        self._silent: dict[_AgiProtocol, None] = {}
+        self._begun: dict[_AgiProtocol, None] = {}
+
+    def __iter__(self) -> Iterator[_AgiProtocol]:
+        yield from self._silent
+        yield from self._begun
+
+    def admit(self, protocol: _AgiProtocol) -> None:
+        self._silent[protocol] = None
+
+    def heard_from(self, protocol: _AgiProtocol) -> None:
+        if protocol in self._silent:
+            del self._silent[protocol]
+            self._begun[protocol] = None
+
+    def leave(self, protocol: _AgiProtocol) -> None:
+        self._silent.pop(protocol, None)
+        self._begun.pop(protocol, None)
+
+    def victim(self, now: float) -> _AgiProtocol | None:
+        """Whom to evict: the oldest silent connection if it has been silent for the
+        grace, else the oldest begun one if its block began that long ago, else the
+        oldest silent one, else the oldest begun one; None when nobody waits.
+
+        Each candidate is read first (``read_waiting_bytes``), which may move it to the
+        other queue, start its flow or end it; then the next one is looked at.  A read
+        either leaves the candidate where it was (it is chosen) or moves it on for good,
+        so the work per new connection stays small however long the queues are.
+        """
+        silent = self._oldest(self._silent)
+        if silent is not None and now - silent.admitted_at >= self._grace:
+            return silent
+        begun = self._oldest(self._begun)
+        if begun is not None and now - _first_byte_at(begun) >= self._grace:
+            return begun
+        return silent if silent is not None else begun
+
+    @staticmethod
+    def _oldest(queue: dict[_AgiProtocol, None]) -> _AgiProtocol | None:
+        while queue:
+            protocol = next(iter(queue))
+            protocol.read_waiting_bytes()
+            if protocol in queue:
+                return protocol
+        return None
+
+
+def _first_byte_at(protocol: _AgiProtocol) -> float:
+    assert protocol.first_byte_at is not None
+    return protocol.first_byte_at
+
+
 class AgiServer:
     """Serve FastAGI on ``settings.host:settings.port``, routing on the script path.
 
     ``routes`` maps the path of the AGI URL (``agi://host/panic?x=1`` routes as
     ``panic``) to a flow.  Use ``async with AgiServer(...)`` or ``start()`` / ``close()``.
+    ``eviction_grace``: see the module's docstring (the default suits Asterisk).
     """
 
     def __init__(
@@ -255,6 +358,7 @@ class AgiServer:
         routes: Mapping[str, Flow],
         *,
         logger: logging.Logger | None = None,
+        eviction_grace: float = EVICTION_GRACE,
         stats: AgiStats | None = None,
     ) -> None:
         self._settings = settings
@@ -271,10 +375,10 @@ class AgiServer:
         self._closing = False
         self._closed = asyncio.Event()
         self._allow_cache: dict[str, bool] = {}
-        # Admitted connections still waiting for their environment, oldest first (a dict
-        # keeps insertion order), and how many evicted ones have not finished closing.
-        self._pending: dict[_AgiProtocol, None] = {}
-        self._evicting = 0
+        self._waiting = _WaitingRoom(eviction_grace)
+        # Connections whose environment failed (evicted among them) and whose task has not
+        # finished closing them: their slots are free already.
+        self._ending = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -382,37 +486,33 @@ class AgiServer:
                 "refused connection: %s is not in allowed_networks", protocol.peer
             )
             return False
-        if len(self._tasks) - self._evicting >= self._settings.max_sessions:
-            victim = self._eviction_victim()
-            if victim is None:
-                self.stats.refused += 1
-                self._peer_log(protocol.peer).warning(
-                    "refused connection: %d sessions running (max_sessions)", len(self._tasks)
-                )
-                return False
-            self._evicting += 1
-            self.stats.evicted += 1
-            victim.evict()
-        task = asyncio.get_running_loop().create_task(
-            self._serve_connection(protocol), name=f"fastagi {protocol.peer}"
-        )
-        self._pending[protocol] = None
+        if self._at_cap():
+            loop = asyncio.get_running_loop()
+            victim = self._waiting.victim(loop.time())
+            # Reading the candidates may have ended some (garbled, gone): room enough now.
+            if self._at_cap():
+                if victim is None:
+                    self.stats.refused += 1
+                    self._peer_log(protocol.peer).warning(
+                        "refused connection: %d sessions running (max_sessions)", len(self._tasks)
+                    )
+                    return False
+                self.stats.evicted += 1
+                victim.evict()
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._serve_connection(protocol), name=f"fastagi {protocol.peer}")
+        protocol.admitted_at = loop.time()
+        self._waiting.admit(protocol)
         self._tasks.add(task)
         self._idle.clear()
         task.add_done_callback(self._on_task_done)
         return True
 
-    def _eviction_victim(self) -> _AgiProtocol | None:
-        """The oldest waiting connection with no unread bytes, among the first few."""
-        for scanned, protocol in enumerate(self._pending):
-            if scanned >= _EVICTION_SCAN:
-                return None
-            if not protocol.has_unread_bytes():
-                return protocol
-        return None
+    def _at_cap(self) -> bool:
+        return len(self._tasks) - self._ending >= self._settings.max_sessions
 
     def _environment_done(self, protocol: _AgiProtocol) -> None:
-        self._pending.pop(protocol, None)
+        self._waiting.leave(protocol)
 
     def _allowed(self, peername: Any) -> bool:
         host = peername[0] if isinstance(peername, tuple) and peername else None
@@ -463,8 +563,8 @@ class AgiServer:
             try:
                 await protocol.close()
             finally:
-                if protocol.evicted:
-                    self._evicting -= 1
+                if protocol.ending:
+                    self._ending -= 1
 
     async def _run_flow(self, flow: Flow, session: AgiSession) -> None:
         log = session.log

@@ -11,7 +11,7 @@ from typing import Any
 from fastagi.admin import departments as admin
 from fastagi.cli.common import Builder, fail, load_settings_or_fail, operator
 from fastagi.cli.output import print_json, print_table
-from fastagi.domain.directory import UNKNOWN_DEPARTMENT, alarm_key, is_extension
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT
 from fastagi.store import Stores
 from fastagi.tts.announcement import AnnouncementMeter
 
@@ -38,8 +38,16 @@ def register(builder: Builder) -> None:
     builder.command(
         actions, "remove", "remove a department and its mappings", _department_rm
     ).add_argument("name")
-    change = builder.command(actions, "set", "change a department", _department_set)
+    change = builder.command(
+        actions, "set", "rename a department, change its interval or paging group", _department_set
+    )
     change.add_argument("name")
+    change.add_argument(
+        "--rename",
+        metavar="NEW_NAME",
+        help="its new name (its alarms keep the old one; [notify.departments] finds"
+        " recipients by name)",
+    )
     interval = change.add_mutually_exclusive_group()
     interval.add_argument("--interval", type=int, metavar="SECONDS", help=INTERVAL_HELP)
     interval.add_argument(
@@ -150,12 +158,14 @@ async def _department_rm(stores: Stores, args: argparse.Namespace) -> int:
 
 async def _department_set(stores: Stores, args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {}
+    if args.rename is not None:
+        changes["new_name"] = args.rename
     if args.interval is not None or args.default_interval:
         changes["interval_seconds"] = args.interval
     if args.paging_group is not None or args.no_paging_group:
         changes["paging_group"] = args.paging_group
     if not changes:
-        fail("nothing to change: give --interval, --default-interval or --paging-group")
+        fail("nothing to change: give --rename, --interval, --default-interval or --paging-group")
     department = await admin.set_department(stores, args.name, **changes, by=operator())
     print(f"changed department '{department.name}'")
     if args.interval is not None:
@@ -178,39 +188,19 @@ async def _extension_unmap(stores: Stores, args: argparse.Namespace) -> int:
 
 
 async def _extension_lookup(stores: Stores, args: argparse.Namespace) -> int:
-    extension = args.extension.strip()
-    if not is_extension(extension):
-        fail(f"malformed extension '{extension}': expected 1 to 20 digits")
-    directory = await stores.directory.load_directory()
-    match = directory.lookup(extension)
-    department = match.department if match else None
-    result = {
-        "extension": extension,
-        "department": department.name if department else UNKNOWN_DEPARTMENT,
-        "pattern": match.pattern.text if match else None,
-        "kind": match.pattern.kind.name.lower() if match else None,
-        "candidates": [
-            m.pattern.text
-            for m in sorted(
-                (m for m in directory.mappings if m.pattern.matches(extension)),
-                key=lambda m: m.pattern.specificity(len(extension)),
-            )
-        ],
-        "alarm_key": alarm_key(department, extension),
-        "interval_seconds": directory.interval_for(department),
-        "devices": list(department.devices) if department else [],
-    }
+    result = await admin.lookup_extension(stores, args.extension)
+    extension = result["extension"]
     if args.json:
         print_json(result)
-    elif match is None:
+    elif result["pattern"] is None:
         print(f"{extension}: {UNKNOWN_DEPARTMENT} (no mapping matches)")
         print(f"an alarm from it is keyed {result['alarm_key']}")
     else:
-        others = [text for text in result["candidates"] if text != match.pattern.text]
-        why = f"by {result['kind']} '{match.pattern.text}'"
+        others = [text for text in result["candidates"] if text != result["pattern"]]
+        why = f"by {result['kind']} '{result['pattern']}'"
         if others:
-            why += f", the most specific of {', '.join([match.pattern.text, *others])}"
-        print(f"{extension}: {match.department.name} ({why})")
+            why += f", the most specific of {', '.join([result['pattern'], *others])}"
+        print(f"{extension}: {result['department']} ({why})")
         devices = " ".join(result["devices"]) or "no devices"
         print(f"pages {devices} every {result['interval_seconds']}s")
     return 0

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
-from fastagi.store.history import StoredEvent
+# The history export's (shared with the web console), for every command's JSON.
+from fastagi.admin.history import json_default
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], empty: str = "") -> None:
@@ -28,18 +27,6 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], empty: st
 
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=json_default))
-
-
-def json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def event_dict(event: StoredEvent) -> dict[str, Any]:
-    return dataclasses.asdict(event)
 
 
 def when(moment: datetime | None) -> str:

@@ -39,8 +39,9 @@ class AgiSettings(BaseModel):
     # must be allowed explicitly, because a FastAGI client can trigger or silence alarms.
     allowed_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     # Connections served at once (one per call in progress). At the cap a new connection
-    # evicts the oldest one still sending its environment (not a call yet), else it is
-    # refused at once. `fastagi serve` raises the open-files limit to fit.
+    # takes the slot of one still waiting for its environment (not a call yet; silent or
+    # stalled ones go first), and is refused at once only when every slot holds a call.
+    # `fastagi serve` raises the open-files limit to fit.
     max_sessions: int = Field(default=1000, ge=1, le=100_000)
     # Asterisk sends the environment at once after connecting; a peer that stalls longer
     # than this is not Asterisk.

@@ -29,7 +29,18 @@ WHERE id = $1
 
 class StoreError(ValueError):
     """A request the data refuses (unknown name, duplicate, out of range): the message is
-    for the administrator, as it is."""
+    for the administrator, as it is. ``field`` names the argument of the fastagi/admin
+    function the refusal is about (``"interval_seconds"``), when there is one, so a form
+    can show the message next to that field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# Names are spoken in announcements and shown on phones: a paste accident of pages of text
+# must not become one (and a btree index entry cannot exceed about 2.7 kB anyway).
+MAX_NAME_LENGTH = 200
 
 
 def row_to(cls: type[_T], row: asyncpg.Record) -> _T:
@@ -37,27 +48,37 @@ def row_to(cls: type[_T], row: asyncpg.Record) -> _T:
     return cls(**{f.name: row[f.name] for f in fields(cls)})  # type: ignore[arg-type]
 
 
-def check_name(name: str, what: str) -> str:
+def check_name(name: str, what: str, field: str = "name") -> str:
+    """The name without surrounding blanks; refused when empty, longer than
+    MAX_NAME_LENGTH, or holding a NUL (PostgreSQL's text cannot store one)."""
     stripped = name.strip()
     if not stripped:
-        raise StoreError(f"a {what} needs a name")
+        raise StoreError(f"a {what} needs a name", field=field)
+    if "\0" in stripped:
+        raise StoreError(f"a {what} name may not contain a NUL character", field=field)
+    if len(stripped) > MAX_NAME_LENGTH:
+        raise StoreError(
+            f"a {what} name may have at most {MAX_NAME_LENGTH} characters, not {len(stripped)}",
+            field=field,
+        )
     return stripped
 
 
-def check_interval(seconds: int | None) -> None:
+def check_interval(seconds: int | None, field: str = "interval_seconds") -> None:
     if seconds is not None and not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
         raise StoreError(
-            f"interval must be between {MIN_INTERVAL} and {MAX_INTERVAL} seconds, not {seconds}"
+            f"interval must be between {MIN_INTERVAL} and {MAX_INTERVAL} seconds, not {seconds}",
+            field=field,
         )
 
 
-def check_extension(extension: str) -> None:
+def check_extension(extension: str, field: str = "extension") -> None:
     if not is_extension(extension):
-        raise StoreError(f"malformed extension '{extension}': expected 1 to 20 digits")
+        raise StoreError(f"malformed extension '{extension}': expected 1 to 20 digits", field=field)
 
 
-def parse_pattern(pattern: str) -> ExtensionPattern:
+def parse_pattern(pattern: str, field: str = "pattern") -> ExtensionPattern:
     try:
         return ExtensionPattern.parse(pattern)
     except ValueError as exc:
-        raise StoreError(str(exc)) from None
+        raise StoreError(str(exc), field=field) from None

@@ -56,7 +56,7 @@ class DeactivatorStore:
                 "DELETE FROM deactivators WHERE extension = $1", extension
             )
             if status == "DELETE 0":
-                raise StoreError(f"extension '{extension}' is not a deactivator")
+                raise StoreError(f"extension '{extension}' is not a deactivator", field="extension")
             await connection.execute(
                 "DELETE FROM deactivation_lockouts WHERE extension = $1", extension
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -25,6 +26,8 @@ from fastagi.store._common import (
 )
 
 DEVICE = re.compile(r"[A-Za-z0-9_]+/[A-Za-z0-9_.@:+-]+")
+# What DirectoryStore.update_department (and fastagi/admin's set_department) leave as is.
+UNCHANGED: Any = object()
 _ALL_DEVICES = "SELECT DISTINCT device FROM paging_group_devices ORDER BY device"
 
 
@@ -129,7 +132,9 @@ class DirectoryStore:
         check_interval(interval_seconds)
         async with self._pool.acquire() as connection, connection.transaction():
             group_id = (
-                None if paging_group is None else await _paging_group_id(connection, paging_group)
+                None
+                if paging_group is None
+                else await _paging_group_id(connection, paging_group, "paging_group")
             )
             try:
                 await connection.execute(
@@ -142,7 +147,7 @@ class DirectoryStore:
                     group_id,
                 )
             except asyncpg.UniqueViolationError:
-                raise StoreError(f"department '{name}' already exists") from None
+                raise StoreError(f"department '{name}' already exists", field="name") from None
             return await _department_info(connection, name)
 
     async def remove_department(self, name: str) -> None:
@@ -175,7 +180,9 @@ class DirectoryStore:
 
     async def set_department_paging_group(self, name: str, group: str | None) -> None:
         async with self._pool.acquire() as connection, connection.transaction():
-            group_id = None if group is None else await _paging_group_id(connection, group)
+            group_id = (
+                None if group is None else await _paging_group_id(connection, group, "paging_group")
+            )
             status = await connection.execute(
                 "UPDATE departments SET paging_group_id = $2 WHERE lower(name) = lower($1)",
                 name.strip(),
@@ -183,6 +190,52 @@ class DirectoryStore:
             )
             if status == "UPDATE 0":
                 raise StoreError(f"unknown department '{name.strip()}'")
+
+    async def update_department(
+        self,
+        name: str,
+        *,
+        new_name: str = UNCHANGED,
+        interval_seconds: int | None = UNCHANGED,
+        paging_group: str | None = UNCHANGED,
+    ) -> DepartmentInfo:
+        """Rename a department, change its interval (None: the global default) and/or its
+        paging group (None: none), all in one transaction: a refused change changes
+        nothing. What is not given stays. Returns the department as it is now."""
+        values: list[Any] = [name.strip()]
+        assignments: list[str] = []
+        if new_name is not UNCHANGED:
+            new_name = check_name(new_name, "department", "new_name")
+            values.append(new_name)
+            assignments.append(f"name = ${len(values)}")
+        if interval_seconds is not UNCHANGED:
+            check_interval(interval_seconds)
+            values.append(interval_seconds)
+            assignments.append(f"interval_seconds = ${len(values)}")
+        async with self._pool.acquire() as connection, connection.transaction():
+            if paging_group is not UNCHANGED:
+                values.append(
+                    None
+                    if paging_group is None
+                    else await _paging_group_id(connection, paging_group, "paging_group")
+                )
+                assignments.append(f"paging_group_id = ${len(values)}")
+            if not assignments:
+                raise StoreError("nothing to change: give a name, an interval or a paging group")
+            try:
+                # The assignments are fixed texts of this function; values are parameters.
+                status = await connection.execute(
+                    f"UPDATE departments SET {', '.join(assignments)}"  # noqa: S608
+                    " WHERE lower(name) = lower($1)",
+                    *values,
+                )
+            except asyncpg.UniqueViolationError:
+                raise StoreError(
+                    f"department '{new_name}' already exists", field="new_name"
+                ) from None
+            if status == "UPDATE 0":
+                raise StoreError(f"unknown department '{name.strip()}'", field="name")
+            return await _department_info(connection, name if new_name is UNCHANGED else new_name)
 
     async def map_extensions(self, department: str, pattern: str) -> ExtensionPattern:
         """Map an extension, range or pattern to a department; return it as stored."""
@@ -198,7 +251,9 @@ class DirectoryStore:
                 parsed.text,
             )
             if owner is not None:
-                raise StoreError(f"'{parsed.text}' is already mapped to department '{owner}'")
+                raise StoreError(
+                    f"'{parsed.text}' is already mapped to department '{owner}'", field="pattern"
+                )
             try:
                 await connection.execute(
                     "INSERT INTO department_extensions (department_id, pattern) VALUES ($1, $2)",
@@ -206,7 +261,7 @@ class DirectoryStore:
                     parsed.text,
                 )
             except asyncpg.UniqueViolationError:
-                raise StoreError(f"'{parsed.text}' is already mapped") from None
+                raise StoreError(f"'{parsed.text}' is already mapped", field="pattern") from None
         return parsed
 
     async def unmap_extensions(self, pattern: str) -> None:
@@ -215,7 +270,7 @@ class DirectoryStore:
             "DELETE FROM department_extensions WHERE pattern = $1", parsed.text
         )
         if status == "DELETE 0":
-            raise StoreError(f"'{parsed.text}' is not mapped to any department")
+            raise StoreError(f"'{parsed.text}' is not mapped to any department", field="pattern")
 
     async def add_paging_group(self, name: str) -> PagingGroup:
         name = check_name(name, "paging group")
@@ -224,7 +279,7 @@ class DirectoryStore:
                 "INSERT INTO paging_groups (name) VALUES ($1) RETURNING id", name
             )
         except asyncpg.UniqueViolationError:
-            raise StoreError(f"paging group '{name}' already exists") from None
+            raise StoreError(f"paging group '{name}' already exists", field="name") from None
         return PagingGroup(group_id, name, ())
 
     async def remove_paging_group(self, name: str) -> None:
@@ -239,7 +294,8 @@ class DirectoryStore:
         device = device.strip()
         if DEVICE.fullmatch(device) is None:
             raise StoreError(
-                f"malformed device '{device}': expected TECHNOLOGY/RESOURCE, e.g. PJSIP/201"
+                f"malformed device '{device}': expected TECHNOLOGY/RESOURCE, e.g. PJSIP/201",
+                field="device",
             )
         async with self._pool.acquire() as connection, connection.transaction():
             group_id = await _paging_group_id(connection, group)
@@ -252,9 +308,15 @@ class DirectoryStore:
                 device,
             )
             if status == "INSERT 0 0":
-                raise StoreError(f"paging group '{group.strip()}' already has '{device}'")
+                raise StoreError(
+                    f"paging group '{group.strip()}' already has '{device}'", field="device"
+                )
 
     async def remove_paging_device(self, group: str, device: str) -> None:
+        if DEVICE.fullmatch(device.strip()) is None:  # none was ever added (nor a NUL sent)
+            raise StoreError(
+                f"paging group '{group.strip()}' has no '{device.strip()}'", field="device"
+            )
         async with self._pool.acquire() as connection, connection.transaction():
             group_id = await _paging_group_id(connection, group)
             status = await connection.execute(
@@ -263,7 +325,9 @@ class DirectoryStore:
                 device.strip(),
             )
             if status == "DELETE 0":
-                raise StoreError(f"paging group '{group.strip()}' has no '{device.strip()}'")
+                raise StoreError(
+                    f"paging group '{group.strip()}' has no '{device.strip()}'", field="device"
+                )
 
     async def list_paging_groups(self) -> list[PagingGroup]:
         rows = await self._pool.fetch(
@@ -314,14 +378,15 @@ async def _department_id(connection: Connection, name: str) -> int:
         "SELECT id FROM departments WHERE lower(name) = lower($1)", name.strip()
     )
     if department_id is None:
-        raise StoreError(f"unknown department '{name.strip()}'")
+        raise StoreError(f"unknown department '{name.strip()}'", field="department")
     return department_id
 
 
-async def _paging_group_id(connection: Connection, name: str) -> int:
+async def _paging_group_id(connection: Connection, name: str, field: str = "group") -> int:
+    """The group's id; ``field``: the admin function's argument that named it."""
     group_id: int | None = await connection.fetchval(
         "SELECT id FROM paging_groups WHERE lower(name) = lower($1)", name.strip()
     )
     if group_id is None:
-        raise StoreError(f"unknown paging group '{name.strip()}'")
+        raise StoreError(f"unknown paging group '{name.strip()}'", field=field)
     return group_id

@@ -20,6 +20,32 @@ import asyncpg
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store._common import COUNT_CYCLE, Connection
 
+# How much of an event's department or extension text the history's indexes hold
+# (sql/006_history_pages.sql): an index entry may not exceed about 2.7 kB, and an event
+# must never be refused for the length of a name.
+INDEXED_TEXT = 100
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    """The events with ``since <= occurred_at < until`` and, for each one given, of that
+    department, extension and kind (exact texts, as recorded)."""
+
+    since: datetime
+    until: datetime
+    department: str | None = None
+    extension: str | None = None
+    kind: str | None = None
+
+
+@dataclass(frozen=True)
+class EventKey:
+    """An event's place in the history's order (``occurred_at``, then ``id``): where a
+    page of it ends, and the next begins."""
+
+    occurred_at: datetime
+    id: int
+
 
 @dataclass(frozen=True)
 class StoredEvent:
@@ -115,6 +141,21 @@ class HistoryStore:
         )
         return [_event(row) for row in rows]
 
+    async def events(
+        self,
+        wanted: HistoryFilter,
+        *,
+        after: EventKey | None = None,
+        newest_first: bool = True,
+        limit: int = 50,
+    ) -> list[StoredEvent]:
+        """A page of the history: see :func:`page_query`."""
+        statement, arguments = page_query(
+            wanted, after=after, newest_first=newest_first, limit=limit
+        )
+        rows = await self._pool.fetch(statement, *arguments)
+        return [_event(row) for row in rows]
+
     async def history(self, since: datetime, until: datetime) -> list[StoredEvent]:
         """Every event with ``since <= occurred_at < until``, oldest first."""
         rows = await self._pool.fetch(
@@ -127,6 +168,50 @@ class HistoryStore:
             until,
         )
         return [_event(row) for row in rows]
+
+
+def page_query(
+    wanted: HistoryFilter, *, after: EventKey | None, newest_first: bool, limit: int
+) -> tuple[str, list[Any]]:
+    """The statement of one page of the history and its arguments: the ``limit`` events of
+    ``wanted`` that come after ``after`` in the order asked for (newest or oldest first).
+
+    Keyset pagination: each page starts from the previous page's last key, read from an
+    index in order (``(occurred_at, id)``, or ``(kind | department | extension,
+    occurred_at, id)`` for a filtered page), so the thousandth page costs what the first
+    does. The redundant ``occurred_at <=`` bound is what the index scan can start from.
+    """
+    arguments: list[Any] = [wanted.since, wanted.until]
+
+    def argument(value: object) -> str:
+        arguments.append(value)
+        return f"${len(arguments)}"
+
+    conditions = ["occurred_at >= $1", "occurred_at < $2"]
+    if wanted.kind is not None:
+        conditions.append(f"kind = {argument(wanted.kind)}")
+    for column, value in (("department", wanted.department), ("extension", wanted.extension)):
+        if value is not None:
+            # What the index holds. For a text shorter than that it is also exact (a
+            # longer one's first characters are longer than it); a second, redundant
+            # condition would make the planner count the rows it selects twice.
+            given = argument(value[:INDEXED_TEXT])
+            conditions.append(f"left({column}, {INDEXED_TEXT}) = {given}")
+            if len(value) >= INDEXED_TEXT:
+                conditions.append(f"{column} = {argument(value)}")
+    if after is not None:
+        at, key = argument(after.occurred_at), argument(after.id)
+        if newest_first:
+            conditions.append(f"occurred_at <= {at} AND (occurred_at < {at} OR id < {key})")
+        else:
+            conditions.append(f"occurred_at >= {at} AND (occurred_at > {at} OR id > {key})")
+    order = "DESC" if newest_first else "ASC"
+    # Every fragment is a fixed text of this function; every value is an argument.
+    statement = (
+        f"SELECT * FROM alarm_events WHERE {' AND '.join(conditions)}"  # noqa: S608
+        f" ORDER BY occurred_at {order}, id {order} LIMIT {argument(limit)}"
+    )
+    return statement, arguments
 
 
 def cycle_started_at(event: HistoryEvent) -> datetime:

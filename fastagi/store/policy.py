@@ -25,7 +25,7 @@ class PolicyStore:
         return row_to(Policy, row)
 
     async def set_default_interval(self, seconds: int) -> None:
-        check_interval(seconds)
+        check_interval(seconds, "seconds")
         await self._pool.execute(
             "UPDATE alarm_settings SET default_interval_seconds = $1, updated_at = now()",
             seconds,
@@ -43,16 +43,22 @@ class PolicyStore:
         if no_answer_policy is not None and no_answer_policy not in NO_ANSWER_POLICIES:
             raise StoreError(
                 f"no-answer policy must be one of {', '.join(NO_ANSWER_POLICIES)}, "
-                f"not '{no_answer_policy}'"
+                f"not '{no_answer_policy}'",
+                field="no_answer_policy",
             )
-        for label, value in (
-            ("confirmation attempts", confirmation_attempts),
-            ("PIN attempts", pin_attempts),
+        for label, field, value in (
+            ("confirmation attempts", "confirmation_attempts", confirmation_attempts),
+            ("PIN attempts", "pin_attempts", pin_attempts),
         ):
             if value is not None and not MIN_ATTEMPTS <= value <= MAX_ATTEMPTS:
-                raise StoreError(f"{label} must be between {MIN_ATTEMPTS} and {MAX_ATTEMPTS}")
+                raise StoreError(
+                    f"{label} must be between {MIN_ATTEMPTS} and {MAX_ATTEMPTS}", field=field
+                )
         if lockout_seconds is not None and not 0 <= lockout_seconds <= MAX_LOCKOUT_SECONDS:
-            raise StoreError(f"lockout must be between 0 and {MAX_LOCKOUT_SECONDS} seconds")
+            raise StoreError(
+                f"lockout must be between 0 and {MAX_LOCKOUT_SECONDS} seconds",
+                field="lockout_seconds",
+            )
         row = await self._pool.fetchrow(
             """
             UPDATE alarm_settings SET

@@ -15,7 +15,8 @@ from datetime import datetime
 import asyncpg
 
 from fastagi.domain.events import HistoryEvent
-from fastagi.store._common import StoreError, row_to
+from fastagi.store._common import Connection, StoreError, row_to
+from fastagi.store.board import BOARD_CHANNEL
 from fastagi.store.history import insert_event
 
 ROLES = ("viewer", "operator", "admin")
@@ -41,8 +42,37 @@ class WebSession:
     expires_at: datetime
 
 
+class LastAdminError(StoreError):
+    """The change would leave the console without an admin (nobody could manage it)."""
+
+
 def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+async def _keep_an_admin(connection: Connection, name: str) -> asyncpg.Record:
+    """The user ``name`` (locked), refused with :class:`LastAdminError` when it is the
+    only admin. The admins' rows are locked first, in id order: of two transactions
+    demoting or removing the last two admins at once, the second waits for the first and
+    then sees one admin left (READ COMMITTED re-reads a locked row that changed)."""
+    admins = await connection.fetch(
+        "SELECT id FROM web_users WHERE role = 'admin' ORDER BY id FOR UPDATE"
+    )
+    row = await connection.fetchrow(
+        "SELECT * FROM web_users WHERE lower(name) = lower($1) FOR UPDATE", name
+    )
+    if row is None:
+        raise StoreError(f"unknown user '{name}'")
+    if row["role"] == "admin" and [a["id"] for a in admins] == [row["id"]]:
+        raise LastAdminError(f"'{row['name']}' is the last admin")
+    return row
+
+
+async def _end_streams(connection: Connection) -> None:
+    """Wake every server's board feed (``NOTIFY fastagi_board``, at the commit): each open
+    stream reads its session again at once, so a removed user's (or one whose password
+    changed) ends now rather than at its next ping."""
+    await connection.execute("SELECT pg_notify($1, '')", BOARD_CHANNEL)
 
 
 class UserStore:
@@ -73,13 +103,13 @@ class UserStore:
         return row_to(WebUser, row)
 
     async def remove_user(self, name: str) -> WebUser:
-        """Remove the user; its sessions end with it (ON DELETE CASCADE)."""
-        row = await self._pool.fetchrow(
-            "DELETE FROM web_users WHERE lower(name) = lower($1) RETURNING *", name
-        )
-        if row is None:
-            raise StoreError(f"unknown user '{name}'")
-        return row_to(WebUser, row)
+        """Remove the user, unless it is the last admin (:class:`LastAdminError`); its
+        sessions end with it (ON DELETE CASCADE), open streams at once."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await _keep_an_admin(connection, name)
+            await connection.execute("DELETE FROM web_users WHERE id = $1", row["id"])
+            await _end_streams(connection)
+            return row_to(WebUser, row)
 
     async def set_password(self, name: str, password_hash: str) -> WebUser:
         """Change the password and end every session of the user (log in again)."""
@@ -95,27 +125,50 @@ class UserStore:
             if row is None:
                 raise StoreError(f"unknown user '{name}'")
             await connection.execute("DELETE FROM web_sessions WHERE user_id = $1", row["id"])
+            await _end_streams(connection)
             return row_to(WebUser, row)
 
     async def set_role(self, name: str, role: str) -> WebUser:
-        try:
-            row = await self._pool.fetchrow(
-                """
-                UPDATE web_users SET role = $2, updated_at = now()
-                WHERE lower(name) = lower($1) RETURNING *
-                """,
-                name,
-                role,
-            )
-        except asyncpg.CheckViolationError:
-            raise StoreError(f"unknown role '{role}': {', '.join(ROLES)}") from None
-        if row is None:
-            raise StoreError(f"unknown user '{name}'")
-        return row_to(WebUser, row)
+        """Change the role, unless that demotes the last admin (:class:`LastAdminError`);
+        open sessions have it at their next request."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            if role != "admin":
+                await _keep_an_admin(connection, name)
+            try:
+                row = await connection.fetchrow(
+                    """
+                    UPDATE web_users SET role = $2, updated_at = now()
+                    WHERE lower(name) = lower($1) RETURNING *
+                    """,
+                    name,
+                    role,
+                )
+            except asyncpg.CheckViolationError:
+                raise StoreError(f"unknown role '{role}': {', '.join(ROLES)}") from None
+            if row is None:
+                raise StoreError(f"unknown user '{name}'")
+            return row_to(WebUser, row)
 
     async def list_users(self) -> list[WebUser]:
         rows = await self._pool.fetch("SELECT * FROM web_users ORDER BY lower(name)")
         return [row_to(WebUser, row) for row in rows]
+
+    async def last_logins(self) -> dict[int, datetime]:
+        """When each user last logged in (user id -> time), from the history's ``login``
+        events since the user was created (a removed user's namesake has its own);
+        users who never did are absent."""
+        rows = await self._pool.fetch(
+            """
+            SELECT u.id, max(e.occurred_at) AS last_login
+            FROM web_users u
+            JOIN alarm_events e
+              ON e.kind = 'login'
+             AND lower(e.details ->> 'user') = lower(u.name)
+             AND e.occurred_at >= u.created_at
+            GROUP BY u.id
+            """
+        )
+        return {row["id"]: row["last_login"] for row in rows}
 
     async def credentials(self, name: str) -> tuple[WebUser, str] | None:
         """The user and its password hash, for a login."""

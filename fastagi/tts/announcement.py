@@ -33,6 +33,15 @@ class Announcement:
         return max(float(interval_seconds), self.seconds)
 
 
+@dataclass(frozen=True)
+class RenderedAnnouncement(Announcement):
+    """An announcement and its audio: signed-linear 16-bit mono samples in host byte order
+    at ``sample_rate`` (Asterisk's .sln/.sln16), without the lead-in's silence."""
+
+    audio: Path
+    sample_rate: int
+
+
 def sample_extension(patterns: tuple[str, ...]) -> str:
     """An extension of the department (its first mapping's lowest), for the measurement:
     the spoken extension's digits are part of the announcement's length."""
@@ -58,13 +67,25 @@ class AnnouncementMeter:
     async def measure(self, department: str, patterns: tuple[str, ...]) -> Announcement | None:
         """The announcement of an alarm of ``department``; None when TTS cannot render it
         (the alarm would page Asterisk's built-in sounds instead)."""
+        return await self.render(department, patterns)
+
+    async def render(
+        self, department: str, patterns: tuple[str, ...]
+    ) -> RenderedAnnouncement | None:
+        """:meth:`measure`, with the rendered audio (kept until :meth:`close`; a text
+        rendered before is not rendered again)."""
         alarm = self._settings.alarm
         text = announcement_text(alarm.announcement, department, sample_extension(patterns))
         try:
             prompt = await self._tts.render(text)
         except TtsError:
             return None
-        return Announcement(text, alarm.lead_in + prompt.seconds())
+        return RenderedAnnouncement(
+            text,
+            alarm.lead_in + prompt.seconds(),
+            prompt.host_path,
+            self._settings.tts.sample_rate,
+        )
 
     async def close(self) -> None:
         await self._tts.aclose()

@@ -41,6 +41,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "script-src 'self'",
         "style-src 'self'",
         "img-src 'self' data:",
+        "media-src 'self'",  # the announcement's preview (configuration)
         "connect-src 'self'",
         "form-action 'self'",
         "frame-ancestors 'none'",
@@ -155,7 +156,10 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
         raise web.HTTPUnauthorized(text="Log in first.")
     request[SESSION] = session
     if request.method not in {"GET", "HEAD"}:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except ValueError:  # UnicodeDecodeError: bytes that are not UTF-8
+            raise web.HTTPBadRequest(text="This form's data is not UTF-8 text.") from None
         if not same_token(form.get(CSRF_FIELD), session.csrf_token):
             raise web.HTTPForbidden(
                 text="This form has expired or did not come from this console: reload the"

@@ -20,7 +20,7 @@ from fastagi import metrics
 from fastagi.app import Services
 from fastagi.config import Settings
 from fastagi.store import Stores
-from fastagi.web import actions, alarm_page, auth, board
+from fastagi.web import actions, alarm_page, auth, board, configure, history, users_page
 from fastagi.web.feed import BoardFeed
 from fastagi.web.keys import FEED, SETTINGS, STORES
 from fastagi.web.security import security_headers, sessions
@@ -67,6 +67,9 @@ def build_app(
     app.router.add_routes(routes)  # /healthz (and /metrics: fastagi/metrics)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     app.on_shutdown.append(board.stop_streams)
+    configure.add_routes(app)
+    history.add_routes(app)
+    users_page.add_routes(app)
     return app
 
 

@@ -1,23 +1,31 @@
 """Free ports on 127.0.0.1 for sandbox instances that must not collide.
 
-A throwaway instance needs, besides its SIP and AMI sockets, two blocks of UDP ports
-that nothing binds while it boots: the 100 ports its paging phones 200-299 will listen
-on (``phone_base + 2NN``, bound later by each test's SIPp), and its RTP range (bound by
+A throwaway instance needs its SIP and AMI sockets and two blocks of UDP ports that
+nothing binds while it boots: the 100 ports its paging phones 200-299 will listen on
+(``phone_base + 2NN``, bound later by each test's SIPp), and its RTP range (bound by
 Asterisk per call). Checking that they are free cannot keep two instances booting at the
-same moment (pytest-xdist workers) from choosing overlapping blocks, so both blocks come
+same moment (pytest-xdist workers) from choosing overlapping blocks, so every port comes
 from one numbered slot, and a slot is claimed by binding an abstract unix socket named
 after it: the kernel lets one process at a time hold the name, and releases it when the
 holder closes it or dies, so a killed session leaves no stale claim behind.
 
-SIP and AMI ports come from the kernel; a port found free can be taken by someone else
-before Asterisk binds it, and the sandbox checks again at launch and fails with a clear
-message, so the race costs a retry, never a confusing failure.
+The slots lie below the kernel's ephemeral range (32768 and up on Linux), where no
+outgoing connection is ever given a port: a port found free in a claimed slot stays free
+until its user binds it. A port the kernel hands out as free (``free_port``) has no such
+guarantee: any connect() on the machine may take it before it is bound.
+
+One slot, from its first port: paging phones 200-299 (100, UDP), RTP (200, UDP; RTCP on
+each odd port), SIP (UDP), AMI (TCP), then spare TCP ports for the holder's own servers
+(``PortClaim.tcp_port``: a FastAGI server, a PostgreSQL cluster).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import socket
+from pathlib import Path
 from types import TracebackType
 
 from fastagi_dev.sandbox.instance import PAGING_PHONES, SandboxPorts, port_in_use
@@ -27,11 +35,41 @@ from fastagi_dev.sandbox.instance import PAGING_PHONES, SandboxPorts, port_in_us
 _SEARCH_LOW = 20000
 _SEARCH_HIGH = 32000
 RTP_PORTS_PER_INSTANCE = 200
-# One slot: the paging phones' block, then the RTP block (RTCP takes the odd port above
-# the last RTP port), with room to spare.
+_SIP_OFFSET = len(PAGING_PHONES) + RTP_PORTS_PER_INSTANCE
+_AMI_OFFSET = _SIP_OFFSET + 1
+_SPARE_OFFSET = _AMI_OFFSET + 1
 SLOT_SIZE = 400
+SPARE_TCP_PORTS = SLOT_SIZE - _SPARE_OFFSET
 SLOTS = range(_SEARCH_LOW, _SEARCH_HIGH - SLOT_SIZE + 1, SLOT_SIZE)
 _CLAIM_PREFIX = "fastagi-sandbox-ports-"
+
+
+def udp_ports_bound_by(pid: int) -> set[int]:
+    """The UDP ports the sockets of process ``pid`` are bound to (empty once it is gone).
+
+    Read from /proc, never by binding: a probe that binds a port to learn whether it is
+    taken holds it for that moment, and the process about to bind it fails (SIPp exits
+    with "Unable to bind main socket, errno = 98").
+    """
+    inodes = set()
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return set()
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(descriptor)
+            if target.startswith("socket:["):
+                inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    ports = set()
+    for table in (Path("/proc/net/udp"), Path("/proc/net/udp6")):
+        with contextlib.suppress(OSError):
+            # "sl local_address rem_address st ... uid timeout inode ...", hex ADDR:PORT.
+            for line in table.read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -46,9 +84,17 @@ class PortClaim:
     """The ports of one instance, its slot held against every other process until
     ``close()`` (or ``with``): close it once the instance has stopped."""
 
-    def __init__(self, ports: SandboxPorts, holder: socket.socket) -> None:
+    def __init__(self, ports: SandboxPorts, holder: socket.socket, start: int) -> None:
         self.ports = ports
         self._holder = holder
+        self._start = start
+
+    def tcp_port(self, index: int) -> int:
+        """Spare TCP port ``index`` (0 to ``SPARE_TCP_PORTS - 1``) of the slot, for a
+        server of the holder's own (free when the slot was claimed)."""
+        if not 0 <= index < SPARE_TCP_PORTS:
+            raise IndexError(f"a slot has {SPARE_TCP_PORTS} spare TCP ports, not {index + 1}")
+        return self._start + _SPARE_OFFSET + index
 
     def close(self) -> None:
         self._holder.close()
@@ -77,8 +123,9 @@ def _claim_slot(start: int) -> socket.socket | None:
 
 
 def claim_sandbox_ports() -> PortClaim:
-    """Ports for a throwaway instance: SIP and AMI from the kernel, and a slot no other
-    claim holds, whose paging-phone and RTP ports are all free right now."""
+    """The ports of a throwaway instance: a slot no other claim holds, whose ports are
+    all free right now (UDP ones for a plain bind, TCP ones for a bind with SO_REUSEADDR,
+    as Asterisk and asyncio bind: a TIME_WAIT left by an earlier holder is no obstacle)."""
     order = list(SLOTS)
     # Start at a random slot: sessions that start together rarely try the same one first.
     first = secrets.randbelow(len(order))
@@ -87,27 +134,25 @@ def claim_sandbox_ports() -> PortClaim:
         if holder is None:
             continue
         # Something outside these claims (another program) may use ports of the slot.
-        if any(port_in_use(port, socket.SOCK_DGRAM) for port in range(start, start + SLOT_SIZE)):
+        if any(
+            port_in_use(start + offset, kind)
+            for offset, kind in [
+                *((offset, socket.SOCK_DGRAM) for offset in range(SLOT_SIZE)),
+                *((offset, socket.SOCK_STREAM) for offset in range(_AMI_OFFSET, SLOT_SIZE)),
+            ]
+        ):
             holder.close()
             continue
         # Even, as RTP wants (res_rtp_asterisk rounds an odd start): so are both terms.
         rtp_start = start + len(PAGING_PHONES)
         ports = SandboxPorts(
-            sip=_free_outside(socket.SOCK_DGRAM),
-            ami=_free_outside(socket.SOCK_STREAM),
+            sip=start + _SIP_OFFSET,
+            ami=start + _AMI_OFFSET,
             rtp_start=rtp_start,
             rtp_end=rtp_start + RTP_PORTS_PER_INSTANCE - 1,
             phone_base=start - PAGING_PHONES.start,
         )
-        return PortClaim(ports, holder)
+        return PortClaim(ports, holder, start)
     raise RuntimeError(
         f"no free slot of {SLOT_SIZE} ports between {_SEARCH_LOW} and {_SEARCH_HIGH}"
     )
-
-
-def _free_outside(kind: int) -> int:
-    """A kernel-chosen free port outside every slot (the ephemeral range is above them)."""
-    while True:
-        port = free_port(kind)
-        if not _SEARCH_LOW <= port < _SEARCH_HIGH:
-            return port

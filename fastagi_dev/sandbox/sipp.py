@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Self
 
 from fastagi_dev.sandbox.image import repo_root
-from fastagi_dev.sandbox.instance import Sandbox, port_in_use
-from fastagi_dev.sandbox.ports import free_port
+from fastagi_dev.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.ports import free_port, udp_ports_bound_by
 
 # The scenarios live with the tests, where integrators look for them; the demo runs from
 # a clone of the repository.
@@ -395,7 +395,7 @@ class Phone:
         """Wait until ``count`` INVITEs have arrived; when each did."""
         return await self.wait("INVITE ", count, within=within)
 
-    async def start(self, *, within: float = 5.0) -> None:
+    async def start(self, *, within: float = 5.0, poll_interval: float = 0.02) -> None:
         command = sipp_command(
             self.scenario,
             remote=None,
@@ -409,13 +409,14 @@ class Phone:
             self._process = await asyncio.create_subprocess_exec(
                 *command, stdin=asyncio.subprocess.DEVNULL, stdout=screen, stderr=screen
             )
-        # SIPp gives no sign when its socket is bound; the port itself is the only thing
-        # to watch, so check it (briefly) until it is taken or SIPp has exited.
+        # SIPp gives no sign when its socket is bound: watch its sockets (without binding
+        # the port, which would take it from SIPp for that moment) until the port shows
+        # up or SIPp has exited.
         async with asyncio.timeout(within):
-            while not port_in_use(self.port, socket.SOCK_DGRAM):
+            while self.port not in udp_ports_bound_by(self._process.pid):
                 if self._process.returncode is not None:
                     raise AssertionError(f"SIPp UAS for {self.ext} exited:\n{self.log_tail()}")
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(poll_interval)
 
     async def stop(self) -> None:
         if self._process is None:

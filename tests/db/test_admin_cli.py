@@ -193,6 +193,51 @@ def test_user_errors_are_one_clear_line(fastagi: Cli, argv: list[str], message: 
     assert "Traceback" not in err
 
 
+def test_a_department_is_renamed_and_changed_all_or_nothing(fastagi: Cli) -> None:
+    fastagi.ok("paging-group", "add", "ER")
+    fastagi.ok("department", "add", "Emergency Room", "--interval", "30")
+    fastagi.ok("department", "add", "Pharmacy")
+
+    def emergency_room() -> object:
+        return fastagi.store_query(
+            "SELECT (name, interval_seconds, paging_group_id IS NULL) FROM departments"
+            " WHERE name <> 'Pharmacy'"
+        )
+
+    before = emergency_room()
+    refused = [
+        (["--rename", "Trauma", "--interval", "45", "--paging-group", "Nope"], "unknown paging"),
+        (["--rename", "pharmacy", "--interval", "45"], "department 'pharmacy' already exists"),
+        (["--rename", " ", "--interval", "45"], "a department needs a name"),
+        (["--rename", "T" * 201, "--interval", "45"], "at most 200 characters, not 201"),
+        (["--rename", "Trauma", "--interval", "4"], "interval must be between 5 and 3600"),
+    ]
+    for argv, message in refused:
+        code, _, err = fastagi("department", "set", "Emergency Room", *argv)
+        assert (code, message in err) == (2, True), err
+        assert emergency_room() == before
+
+    fastagi.ok(
+        "department", "set", "emergency room", "--rename", "Trauma", "--interval", "45",
+        "--paging-group", "ER",
+    )  # fmt: skip
+
+    assert emergency_room() == ("Trauma", 45, False)
+    audit = fastagi.store_query(
+        "SELECT details FROM alarm_events WHERE kind = 'config_changed' ORDER BY id DESC LIMIT 1"
+    )
+    assert isinstance(audit, str)
+    assert json.loads(audit) == {
+        "action": "department set",
+        "by": json.loads(audit)["by"],
+        "name": "Trauma",
+        "new_name": "Trauma",
+        "renamed_from": "emergency room",
+        "interval_seconds": 45,
+        "paging_group": "ER",
+    }
+
+
 def test_deactivator_pin_from_stdin(fastagi: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("482913\n"))
     added = fastagi.ok("deactivator", "add", "150", "--pin-stdin")
@@ -360,6 +405,42 @@ def test_history_export_csv_and_json(fastagi: Cli, tmp_path: Path) -> None:
 
     code, _, err = fastagi("history", "export", "--since", until, "--until", since)
     assert (code, err) == (2, "fastagi: error: --since must be before --until\n")
+
+
+def test_history_export_filters_by_department_extension_and_kind(fastagi: Cli) -> None:
+    from datetime import UTC, datetime
+
+    async def write(store: Stores) -> None:
+        for n, (kind, extension, department) in enumerate(
+            [
+                (EventKind.ACTIVATED, "105", "Emergency Room"),
+                (EventKind.PAGE_CYCLE, "105", "Emergency Room"),
+                (EventKind.PAGE_CYCLE, "106", "Emergency Room"),
+                (EventKind.PAGE_CYCLE, "105", "Pharmacy"),
+            ]
+        ):
+            await store.history.append_event(
+                HistoryEvent(
+                    kind, None, extension, department, {"n": n},
+                    occurred_at=datetime(2024, 5, 1, 12, n, tzinfo=UTC),
+                )
+            )  # fmt: skip
+
+    with_store(fastagi.dsn, write)
+    period = ["--since", "2024-05-01T00:00:00+00:00", "--until", "2024-05-02T00:00:00+00:00"]
+
+    def exported(*filters: str) -> list[int]:
+        out = fastagi.ok("history", "export", *period, *filters, "--format", "json")
+        return [event["details"]["n"] for event in json.loads(out)]
+
+    assert exported() == [0, 1, 2, 3]
+    assert exported("--department", "Emergency Room") == [0, 1, 2]
+    assert exported("--kind", "page_cycle", "--extension", "105") == [1, 3]
+    assert exported("--department", "emergency room") == []  # as recorded: exact
+    code, _, err = fastagi("history", "export", *period, "--department", "x\0")
+    assert (code, "no NUL" in err) == (2, True)
+    with pytest.raises(SystemExit):
+        fastagi("history", "export", *period, "--kind", "panic")
 
 
 def test_history_export_refuses_a_bad_date(fastagi: Cli) -> None:

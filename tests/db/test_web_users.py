@@ -274,9 +274,9 @@ def test_the_user_commands(database_dsn, capsys, monkeypatch):
     code, _, err = run("user", "add", "kim", "--role", "viewer")
     assert (code, err.strip()) == (2, "fastagi: error: no password on standard input")
     assert run("user", "passwd", "jo", stdin="jo-password-2\n")[0] == 0
-    assert run("user", "role", "jo", "admin")[1] == "jo is now admin\n"
+    assert run("user", "role", "jo", "viewer")[1] == "jo is now viewer\n"
     code, out, _ = run("user", "list", "--json")
-    assert [(u["name"], u["role"]) for u in json.loads(out)] == [("jo", "admin")]
+    assert [(u["name"], u["role"]) for u in json.loads(out)] == [("jo", "viewer")]
     assert "password" not in out
     assert run("user", "remove", "jo")[1] == "removed user jo\n"
     assert run("user", "remove", "jo")[0] == 2

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -35,7 +34,7 @@ from fastagi.config import Settings
 from fastagi.store import Stores
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from fastagi_dev.sandbox.instance import Sandbox
-from fastagi_dev.sandbox.ports import free_port
+from fastagi_dev.sandbox.ports import claim_sandbox_ports
 from tests import sipp
 from tests.notify_servers import SmtpServer, WebhookServer, check_login, server_tls
 from tests.sandbox_fixtures import start_sandbox, stop_sandbox
@@ -62,18 +61,22 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(sandbox_rootfs: Path) -> Iterator[Site]:
-    agi_port = free_port(socket.SOCK_STREAM)
-    instance, claim = start_sandbox(
-        sandbox_rootfs,
-        f"pytest-{os.getpid()}-check",
-        f"agi://127.0.0.1:{agi_port}",
-        bypass_file_permissions=False,
-        qualified_phones=PHONES,
-    )
-    try:
-        yield Site(instance, agi_port)
-    finally:
-        stop_sandbox(instance, claim)
+    # A sandbox of its own (files modes bind Asterisk, qualified phones), on a slot of its
+    # own; its FastAGI port is one of the slot's spare ports.
+    with claim_sandbox_ports() as claim:
+        agi_port = claim.tcp_port(0)
+        instance = start_sandbox(
+            sandbox_rootfs,
+            f"pytest-{os.getpid()}-check",
+            f"agi://127.0.0.1:{agi_port}",
+            claim,
+            bypass_file_permissions=False,
+            qualified_phones=PHONES,
+        )
+        try:
+            yield Site(instance, agi_port)
+        finally:
+            stop_sandbox(instance)
 
 
 @pytest.fixture

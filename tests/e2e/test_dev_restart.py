@@ -29,7 +29,7 @@ import pytest
 
 from fastagi_dev.sandbox.image import INSTANCES_DIR_IN_CHROOT, repo_root
 from fastagi_dev.sandbox.instance import pid_alive, port_in_use, read_state
-from fastagi_dev.sandbox.ports import PortClaim, claim_sandbox_ports, free_port
+from fastagi_dev.sandbox.ports import PortClaim, claim_sandbox_ports
 from tests.pg import postgres_tmpdir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -172,9 +172,9 @@ class DevEnvironment:
         self.cache = cache
         self.ports = claim.ports
         self.instance = f"pytest-dev-restart-{os.getpid()}"
-        self.agi_port = free_port(socket.SOCK_STREAM)
-        self.web_port = free_port(socket.SOCK_STREAM)
-        self.pg_port = free_port(socket.SOCK_STREAM)
+        self.agi_port = claim.tcp_port(0)
+        self.pg_port = claim.tcp_port(1)
+        self.web_port = claim.tcp_port(2)
         self.log_path = log_path
         self.runs: list[DevRun] = []
 

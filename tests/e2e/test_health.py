@@ -51,7 +51,7 @@ from fastagi.web import running_console
 from fastagi.web.server import Console
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from fastagi_dev.sandbox.instance import Sandbox
-from fastagi_dev.sandbox.ports import free_port
+from fastagi_dev.sandbox.ports import claim_sandbox_ports
 from tests import sipp
 from tests.e2e.server_process import seed_department, wait_alarm
 from tests.notify_servers import SmtpServer
@@ -73,21 +73,26 @@ CHECKS = ["postgresql", "ami", "ami-session", "dialplan", "paging-devices"]
 class Site:
     sandbox: Sandbox
     agi_port: int  # where the sandbox's dialplan reaches the FastAGI server
+    spare_port: int  # a second server's FastAGI port (Asterisk does not call it)
 
 
 @pytest.fixture(scope="module")
 def site(sandbox_rootfs: Path) -> Iterator[Site]:
-    agi_port = free_port(socket.SOCK_STREAM)
-    instance, claim = start_sandbox(
-        sandbox_rootfs,
-        f"pytest-{os.getpid()}-health",
-        f"agi://127.0.0.1:{agi_port}",
-        qualified_phones=PHONES,
-    )
-    try:
-        yield Site(instance, agi_port)
-    finally:
-        stop_sandbox(instance, claim)
+    # A sandbox of its own (qualified phones) on a slot of its own; its FastAGI port is
+    # one of the slot's spare ports.
+    with claim_sandbox_ports() as claim:
+        agi_port = claim.tcp_port(0)
+        instance = start_sandbox(
+            sandbox_rootfs,
+            f"pytest-{os.getpid()}-health",
+            f"agi://127.0.0.1:{agi_port}",
+            claim,
+            qualified_phones=PHONES,
+        )
+        try:
+            yield Site(instance, agi_port, claim.tcp_port(1))
+        finally:
+            stop_sandbox(instance)
 
 
 @pytest.fixture
@@ -269,7 +274,7 @@ async def two_servers(
     async with AsyncExitStack() as stack:
         servers = [
             await start_server(stack, settings_for(site, seeded, mail, agi_port=port))
-            for port in (site.agi_port, free_port(socket.SOCK_STREAM))
+            for port in (site.agi_port, site.spare_port)
         ]
         async with asyncio.timeout(30):
             await runs_until(servers, Health.HEALTHY, site_degraded=False)

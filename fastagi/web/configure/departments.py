@@ -19,9 +19,9 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from fastagi.admin import departments as admin
-from fastagi.admin.announcement import AnnouncementMeter, sample_extension
 from fastagi.store import StoreError
 from fastagi.store.directory import DepartmentInfo
+from fastagi.tts.announcement import AnnouncementMeter, sample_extension
 from fastagi.web.actions import actor
 from fastagi.web.configure.forms import Form, empty, optional_number, posted
 from fastagi.web.keys import SETTINGS, STORES

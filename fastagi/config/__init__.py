@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fastagi.config.drill import DrillSettings as DrillSettings
 from fastagi.config.notify import NotifySettings
 from fastagi.config.tts import TtsSettings
 
@@ -381,6 +382,7 @@ class Settings(BaseSettings):
     notify: NotifySettings = Field(default_factory=NotifySettings)
     emergency: EmergencySettings = Field(default_factory=EmergencySettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)
+    drill: DrillSettings = Field(default_factory=DrillSettings)
     log_level: str = "INFO"
 
     @field_validator("log_level")

@@ -31,6 +31,8 @@ class StoredEvent:
     extension: str | None
     department: str | None
     details: dict[str, Any]
+    # The event belongs to a drill (fastagi/domain/drill.py); filled in by history().
+    drill: bool = False
 
 
 class HistoryStore:
@@ -116,12 +118,15 @@ class HistoryStore:
         return [_event(row) for row in rows]
 
     async def history(self, since: datetime, until: datetime) -> list[StoredEvent]:
-        """Every event with ``since <= occurred_at < until``, oldest first."""
+        """Every event with ``since <= occurred_at < until``, oldest first, each marked
+        when it belongs to a drill (so an export can leave drills out of statistics)."""
         rows = await self._pool.fetch(
             """
-            SELECT * FROM alarm_events
-            WHERE occurred_at >= $1 AND occurred_at < $2
-            ORDER BY occurred_at, id
+            SELECT e.*, coalesce(a.drill, false) AS drill
+            FROM alarm_events e
+            LEFT JOIN alarms a ON a.id = e.alarm_id
+            WHERE e.occurred_at >= $1 AND e.occurred_at < $2
+            ORDER BY e.occurred_at, e.id
             """,
             since,
             until,
@@ -174,4 +179,5 @@ def _event(row: asyncpg.Record) -> StoredEvent:
         extension=row["extension"],
         department=row["department"],
         details=json.loads(row["details"]),
+        drill=bool(row.get("drill", False)),
     )

@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 
 from fastagi.agi.server import AgiServer, Flow
+from fastagi.alarms.drill_schedule import DrillScheduler
 from fastagi.alarms.emergency import EmergencyCaller
 from fastagi.alarms.fallback import FallbackAdopter
 from fastagi.alarms.lamps import Lamps
@@ -41,6 +42,7 @@ from fastagi.config import Settings
 from fastagi.flows import prompts
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.flows.deactivate import DeactivateFlow
+from fastagi.flows.drill import DrillFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.flows.probe import ProbeFlow
 from fastagi.notify import Notifier
@@ -75,6 +77,7 @@ class Services:
     notifier: Notifier
     emergency: EmergencyCaller
     fallback: FallbackAdopter
+    drills: DrillScheduler
 
 
 def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
@@ -96,7 +99,14 @@ def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
             settings=settings.flows,
         ),
         "acknowledge": AcknowledgeFlow(
-            services.emergency, services.tts, settings.emergency, settings.flows
+            services.emergency, services.tts, settings.emergency, settings.flows, settings.drill
+        ),
+        "drill": DrillFlow(
+            services.alarms,
+            record=services.recorder.record,
+            tts=services.tts,
+            settings=settings.drill,
+            flow_settings=settings.flows,
         ),
     }
 
@@ -165,7 +175,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         store.history, Journal(settings.journal), timeout=settings.journal.write_timeout
     )
     notifier = Notifier(settings.notify, record=recorder.record)
-    notifications = AlarmNotifications(notifier, store.alarms)
+    notifications = AlarmNotifications(notifier, store.alarms, drills=settings.drill.notify)
     instance_id = f"{socket.gethostname()}:{os.getpid()}"
     emergency = EmergencyCaller(
         ami,
@@ -175,6 +185,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         instance_id=instance_id,
         on_escalated=notifications.escalated,
         on_acknowledged=notifications.acknowledged,
+        drill_caller_name=settings.drill.caller_name,
     )
     alarms = AlarmService(
         store,
@@ -186,6 +197,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         instance_id=instance_id,
         pool=pool,
         listeners=[notifications, emergency],
+        drill_settings=settings.drill,
     )
     fallback = FallbackAdopter(
         ami,
@@ -195,6 +207,8 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         instance_id=instance_id,
         scan_interval=settings.alarm.fallback_scan_interval,
     )
+    # [drill] schedule: every server runs it; the slot's row claim lets one start each.
+    drills = DrillScheduler(alarms, settings.drill, recorder=recorder, instance_id=instance_id)
     services = Services(
         pool=pool,
         store=store,
@@ -205,12 +219,15 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         notifier=notifier,
         emergency=emergency,
         fallback=fallback,
+        drills=drills,
     )
     try:
         connecting = spawn(connect_ami(ami), "ami-connect")
         await alarms.start()
         spawn(adopt_fallback_alarms(connecting, fallback), "fallback-adopter")
         spawn(prerender_prompts(services), "prerender")
+        if drills.enabled:
+            spawn(drills.run(), "drill-schedule")
         yield services
     finally:
         for task in list(background):

@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         db,
         deactivators,
         departments,
+        drills,
         freepbx,
         paging,
         policy,
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.register(subparsers)
     freepbx.register(subparsers)
     builder = Builder(subparsers)
-    for resource in (departments, paging, policy, deactivators, alarms):
+    for resource in (departments, paging, policy, deactivators, alarms, drills):
         resource.register(builder)
     return parser
 

@@ -13,9 +13,10 @@ ALTER TABLE alarms
     -- Page cycles before the drill stops by itself.
     ADD COLUMN drill_cycles integer CHECK (drill_cycles BETWEEN 1 AND 20),
     -- The devices it pages; NULL: the department's paging group.
+    -- (Each as paging_group_devices.device; joined with a space, which no device holds.)
     ADD COLUMN drill_devices text[]
-        CHECK (cardinality(drill_devices) > 0
-               AND array_to_string(drill_devices, '&') ~ '^[A-Za-z0-9_]+/[A-Za-z0-9_.@:+-]+(&[A-Za-z0-9_]+/[A-Za-z0-9_.@:+-]+)*$'),
+        CHECK (array_to_string(drill_devices, ' ')
+               ~ '^[A-Za-z0-9_]+/[A-Za-z0-9_.@:+-]+( [A-Za-z0-9_]+/[A-Za-z0-9_.@:+-]+)*$'),
     -- Whether the emergency destinations are called too.
     ADD COLUMN drill_emergency boolean NOT NULL DEFAULT false,
     -- Who started it: 'cli:<user>', 'extension <ext>', 'schedule'.

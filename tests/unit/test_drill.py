@@ -4,7 +4,9 @@ each device did in a page, the [TEST] mark of notifications, and the [drill] set
 from __future__ import annotations
 
 import zoneinfo
+from collections.abc import Mapping
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -39,8 +41,10 @@ from fastagi.store.changes import AlarmChange
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 
 
-def berlin(*args: int) -> datetime:
-    return datetime(*args, tzinfo=BERLIN)  # type: ignore[misc]
+def berlin(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=BERLIN)
 
 
 # ---- the schedule -----------------------------------------------------------------------
@@ -125,13 +129,16 @@ def test_drill_settings_validate_the_schedule_and_the_pin() -> None:
         ({"cycles": 0}, "cycles"),
     ):
         with pytest.raises(ValidationError, match=message):
-            DrillSettings(**bad)  # type: ignore[arg-type]
+            DrillSettings(**bad)
 
 
 # ---- the report -------------------------------------------------------------------------
 
 
-def page(cycle: int, **devices: str) -> tuple[str, dict[str, object]]:
+Events = list[tuple[str, Mapping[str, Any]]]
+
+
+def page(cycle: int, **devices: str) -> tuple[str, dict[str, Any]]:
     return "page_cycle", {
         "cycle": cycle,
         "devices": {f"PJSIP/{k[1:]}": v for k, v in devices.items()},
@@ -140,7 +147,7 @@ def page(cycle: int, **devices: str) -> tuple[str, dict[str, object]]:
 
 def test_report_names_every_device_that_did_not_answer() -> None:
     drill = Drill(cycles=2)
-    events = [
+    events: Events = [
         ("drill_started", {}),
         page(1, d271=ANSWERED, d272=BUSY, d273=NOT_DIALLED),
         ("lamp_changed", {}),
@@ -169,7 +176,7 @@ def test_report_names_every_device_that_did_not_answer() -> None:
 
 def test_report_of_a_drill_that_reached_everyone_or_yielded() -> None:
     drill = Drill(cycles=1, emergency=True)
-    events = [
+    events: Events = [
         page(1, d271=ANSWERED),
         ("emergency_call", {"outcome": "busy"}),
         ("emergency_call", {"outcome": "acknowledged"}),

@@ -303,8 +303,11 @@ class AlarmLoop:
         return self._interval
 
     async def _devices(self) -> Sequence[str]:
-        if self.alarm.drill is not None and self.alarm.drill.devices:
-            return self.alarm.drill.devices
+        if self.alarm.drill is not None:
+            if self.alarm.drill.devices:
+                return self.alarm.drill.devices
+            if self.alarm.department_id is None:
+                return ()  # its department was removed: a drill never pages every group
         if self.alarm.department_id is None and self._settings.unknown_department_devices:
             return tuple(self._settings.unknown_department_devices)
         # Of no department and no devices set: every paging group's.

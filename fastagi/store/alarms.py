@@ -173,12 +173,20 @@ class AlarmStore:
                 drill.scheduled_for,
             )
             if row is None:
+                if drill.scheduled_for is not None and await connection.fetchval(
+                    "SELECT EXISTS (SELECT FROM alarms"
+                    " WHERE alarm_key = $1 AND drill_scheduled_for = $2)",
+                    key,
+                    drill.scheduled_for,
+                ):
+                    # Another server's, running or ended: not a refusal to record.
+                    return DrillStart(DrillStartOutcome.SLOT_TAKEN, None)
                 running = await connection.fetchrow(
                     "SELECT * FROM alarms WHERE alarm_key = $1 AND state = 'active'", key
                 )
                 if running is not None:
                     return DrillStart(DrillStartOutcome.DRILL_RUNNING, alarm_from_row(running))
-                return DrillStart(DrillStartOutcome.SLOT_TAKEN, None)
+                raise StoreError(f"cannot start a drill of {department_name!r}: try again")
             alarm = alarm_from_row(row)
             await insert_event(connection, for_alarm(event, alarm.id))
             if notify:

@@ -11,8 +11,9 @@ from typing import TypeAlias
 import asyncpg
 import pytest
 
+from fastagi.admin.drills import NO_SERVER, wait_for_drill
 from fastagi.admin.drills import start_drill as admin_start_drill
-from fastagi.domain.drill import Drill, started_event
+from fastagi.domain.drill import Drill, report_event_id, started_event
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store import StoreError, Stores
 from fastagi.store.alarms import CHANNEL, DrillStartOutcome
@@ -115,8 +116,8 @@ async def test_a_scheduled_slot_runs_once_whoever_comes_and_whenever(store: Stor
     first, second = await asyncio.gather(
         drill(store, department_id, slot=SLOT), drill(store, department_id, slot=SLOT)
     )
-    outcomes = sorted([first.outcome.name, second.outcome.name])
-    assert outcomes in (["DRILL_RUNNING", "STARTED"], ["SLOT_TAKEN", "STARTED"])
+    # The second server's drill runs, but it is the same slot's: taken, not refused.
+    assert sorted([first.outcome.name, second.outcome.name]) == ["SLOT_TAKEN", "STARTED"]
     winner = first if first.outcome is DrillStartOutcome.STARTED else second
     assert winner.alarm is not None
     await store.alarms.deactivate(
@@ -207,3 +208,21 @@ async def test_the_cli_start_refuses_what_cannot_page_and_notifies_the_servers(
     assert alarm.department_id == department_id
     with pytest.raises(StoreError, match="a drill of the department runs already"):
         await admin_start_drill(store, "Emergency Room", cycles=1, by="cli:t")
+
+
+async def test_a_drill_no_server_pages_is_stopped_and_reported_by_the_cli(store: Stores) -> None:
+    await department(store, devices=2)
+    alarm = await admin_start_drill(store, "Emergency Room", cycles=1, by="cli:t")
+    end = await wait_for_drill(store, alarm.id, start_timeout=0.5, report_timeout=0.5, by="cli:t")
+    assert (end.alarm.state, end.alarm.deactivated_by) == ("deactivated", "cli:t")
+    assert end.alarm.deactivation_reason == NO_SERVER
+    assert end.report is not None
+    assert not end.recorded  # no server recorded one: the CLI did
+    assert (end.report.cycles_paged, end.report.ok) == (0, False)
+    [report] = [e for e in await store.history.timeline(alarm.id) if e.kind == "drill_report"]
+    assert report.event_id == report_event_id(alarm.id)
+    assert report.details["ending"] == "stopped"
+    # Read again, it is the recorded one.
+    again = await wait_for_drill(store, alarm.id, start_timeout=0, report_timeout=0, by="cli:t")
+    assert again.recorded
+    assert again.report == end.report

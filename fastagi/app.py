@@ -30,6 +30,7 @@ import asyncpg
 
 from fastagi.agi.server import AgiServer, Flow
 from fastagi.agi.stats import AgiStats
+from fastagi.alarms.drill_schedule import DrillScheduler
 from fastagi.alarms.emergency import EmergencyCaller
 from fastagi.alarms.fallback import FallbackAdopter
 from fastagi.alarms.lamps import Lamps
@@ -43,6 +44,7 @@ from fastagi.config import Settings
 from fastagi.flows import prompts
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.flows.deactivate import DeactivateFlow
+from fastagi.flows.drill import DrillFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.flows.probe import ProbeFlow
 from fastagi.notify import Notifier
@@ -83,6 +85,8 @@ class Services:
     # What the FastAGI listener counts (fastagi/agi/stats.py), for the metrics.
     agi_stats: AgiStats
 
+    drills: DrillScheduler
+
 
 def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
     return {
@@ -103,7 +107,14 @@ def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
             settings=settings.flows,
         ),
         "acknowledge": AcknowledgeFlow(
-            services.emergency, services.tts, settings.emergency, settings.flows
+            services.emergency, services.tts, settings.emergency, settings.flows, settings.drill
+        ),
+        "drill": DrillFlow(
+            services.alarms,
+            record=services.recorder.record,
+            tts=services.tts,
+            settings=settings.drill,
+            flow_settings=settings.flows,
         ),
     }
 
@@ -172,7 +183,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         store.history, Journal(settings.journal), timeout=settings.journal.write_timeout
     )
     notifier = Notifier(settings.notify, record=recorder.record)
-    notifications = AlarmNotifications(notifier, store.alarms)
+    notifications = AlarmNotifications(notifier, store.alarms, drills=settings.drill.notify)
     instance_id = f"{socket.gethostname()}:{os.getpid()}"
     emergency = EmergencyCaller(
         ami,
@@ -182,6 +193,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         instance_id=instance_id,
         on_escalated=notifications.escalated,
         on_acknowledged=notifications.acknowledged,
+        drill_caller_name=settings.drill.caller_name,
     )
     pager = Pager(ami, settings.alarm)
     alarms = AlarmService(
@@ -194,6 +206,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         instance_id=instance_id,
         pool=pool,
         listeners=[notifications, emergency],
+        drill_settings=settings.drill,
     )
     fallback = FallbackAdopter(
         ami,
@@ -215,6 +228,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         if settings.health.enabled
         else None
     )
+
+    # [drill] schedule: every server runs it; the slot's row claim lets one start each.
+    drills = DrillScheduler(alarms, settings.drill, recorder=recorder, instance_id=instance_id)
     services = Services(
         pool=pool,
         store=store,
@@ -228,12 +244,15 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         pager=pager,
         health=health,
         agi_stats=AgiStats(),
+        drills=drills,
     )
     try:
         connecting = spawn(connect_ami(ami), "ami-connect")
         await alarms.start()
         spawn(adopt_fallback_alarms(connecting, fallback), "fallback-adopter")
         spawn(prerender_prompts(services), "prerender")
+        if drills.enabled:
+            spawn(drills.run(), "drill-schedule")
         yield services
     finally:
         for task in list(background):

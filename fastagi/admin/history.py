@@ -29,6 +29,7 @@ CSV_COLUMNS = (
     "extension",
     "department",
     "details",
+    "drill",  # the event belongs to a drill: leave it out of alarm statistics
 )
 
 

@@ -27,6 +27,11 @@ recorded, the ``on_escalated(alarm)`` hook runs (e-mail, SMS) and the
 list. An acknowledgement ends both walks, hangs up every other call in progress and runs
 ``on_acknowledged(alarm, by)``; :meth:`stop` (the alarm's deactivation) hangs up the
 calls in progress. Hooks run in tasks of their own: a slow SMTP server delays no call.
+
+A drill (fastagi/domain/drill.py) is called for only when it says so (``--with-emergency``
+or ``[drill] emergency``), shows the drill's caller name, and its responder hears the
+drill's announcement (fastagi/flows/acknowledge.py); the drill waits for its walk to end
+before it ends itself (:meth:`EmergencyCaller.drill_paged`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from typing import Any, Literal, Protocol
 from fastagi.ami import AmiActionError, AmiError, Message, OriginateReason, OriginateResult
 from fastagi.ami.framing import FieldValue
 from fastagi.config import EmergencySettings
+from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store.emergency import Acknowledgement, AcknowledgeResult, AlarmSummary
@@ -295,8 +301,12 @@ class EmergencyCaller:
         instance_id: str = "",
         on_escalated: EscalatedHook | None = None,
         on_acknowledged: AcknowledgedHook | None = None,
+        drill_caller_name: str = "TEST {department}",
     ) -> None:
+        """``drill_caller_name``: the caller id name of a drill's calls (``[drill]
+        caller_name``)."""
         self._ami = ami
+        self._drill_caller_name = drill_caller_name
         self._store = store
         self._settings = settings
         self._record = record
@@ -362,11 +372,18 @@ class EmergencyCaller:
 
     # -- as an AlarmListener of the alarm service ---------------------------------------
 
-    async def alarm_started(self, alarm: AlarmLike) -> None:
+    async def alarm_started(self, alarm: Alarm) -> None:
+        if alarm.drill is not None and not alarm.drill.emergency:
+            return  # a drill calls only when it says so
         self.start(alarm)
 
-    async def alarm_ended(self, alarm: AlarmLike) -> None:
+    async def alarm_ended(self, alarm: Alarm) -> None:
         await self.stop(alarm.id)
+
+    async def drill_paged(self, alarm: Alarm) -> None:
+        """A drill paged its cycles: it ends once its calls have (acknowledged, or every
+        destination tried); the service bounds the wait."""
+        await self.wait(alarm.id)
 
     async def close(self) -> None:
         """Shutdown: end every walk and wait for the hooks already running."""
@@ -437,7 +454,7 @@ class EmergencyCaller:
             return
         if summary is not None and not summary.is_active:
             return
-        caller_id = await self._caller_id(alarm)
+        caller_id = await self._caller_id(alarm, drill=summary is not None and summary.drill)
         plan = attempt_plan(settings.destinations, settings.rounds, "primary")
         primary = asyncio.create_task(self._walk(run, plan, caller_id))
         escalation = asyncio.create_task(self._escalate_when_due(run, primary, caller_id))
@@ -668,8 +685,10 @@ class EmergencyCaller:
                 self._spawn(self._hang_up(call))
         self._spawn_hook(self._on_acknowledged, run.alarm, ack.acknowledged_by)
 
-    async def _caller_id(self, alarm: AlarmLike) -> str:
+    async def _caller_id(self, alarm: AlarmLike, *, drill: bool = False) -> str:
         settings = self._settings
+        if drill:
+            settings = settings.model_copy(update={"caller_id_name": self._drill_caller_name})
         emergency_cid = None
         if settings.caller_id_mode == "extension" and settings.emergency_cid_lookup:
             emergency_cid = await self._emergency_cid(alarm.extension)

@@ -25,6 +25,10 @@ class AlarmListener(Protocol):
 
     async def alarm_ended(self, alarm: Alarm) -> None: ...
 
+    async def drill_paged(self, alarm: Alarm) -> None:
+        """A drill paged its last cycle: return once this listener's part of it is done
+        (the emergency caller: its calls). The drill ends after that."""
+
 
 class Listeners:
     def __init__(self, listeners: Sequence[AlarmListener]) -> None:
@@ -57,6 +61,24 @@ class Listeners:
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def drill_paged(self, alarm: Alarm, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until every listener is done with the drill, at most ``timeout`` s."""
+        calls = [asyncio.ensure_future(listener.drill_paged(alarm)) for listener in self._listeners]
+        if not calls:
+            return
+        done, pending = await asyncio.wait(calls, timeout=timeout)
+        for call in pending:
+            logger.warning("drill %s: a listener is not done after %g s", alarm.id, timeout)
+            call.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for call in done:
+            if call.exception() is not None:
+                logger.error(
+                    "alarm listener failed at the end of drill %s",
+                    alarm.id,
+                    exc_info=call.exception(),
+                )
 
     async def close(self, grace: float = _CLOSE_GRACE) -> None:
         """Let the listeners told last finish (an alarm that ended a moment before the

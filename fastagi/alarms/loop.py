@@ -42,6 +42,12 @@ as an ``error`` event and the loop goes on after a backoff: an alarm never stops
 because something failed, only when it is deactivated. What is said: the alarm's TTS
 announcement, rendered once; when TTS fails, Asterisk's built-in sounds
 (``fallback_announcement``), so an alarm is never silent.
+
+A drill (fastagi/domain/drill.py) is the same loop with its own announcement and caller
+name (``[drill]``), its test devices when it has them, and an end: once it has paged its
+cycles it pages no more, tells the service (``on_drill_paged``), which deactivates it, and
+waits to be stopped. A cycle beyond the drill's count (a journal replayed meanwhile
+counted one) is not paged.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from fastagi.alarms.paging import CycleResult, Pager
-from fastagi.config import AlarmSettings
+from fastagi.config import AlarmSettings, DrillSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.rules import (
@@ -65,7 +71,7 @@ from fastagi.domain.rules import (
     next_cycle_start,
     wait_before,
 )
-from fastagi.tts import TextToSpeech, TtsError, fallback_announcement
+from fastagi.tts import TextToSpeech, TtsError, fallback_announcement, fallback_drill_announcement
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +126,10 @@ async def _first(
 class AnnouncementPrompts:
     """What a page of this alarm says: rendered once, built-in sounds when TTS fails."""
 
-    def __init__(self, tts: TextToSpeech | None, text: str, extension: str) -> None:
+    def __init__(self, tts: TextToSpeech | None, text: str, fallback: Sequence[str]) -> None:
         self._tts = tts
         self._text = text
-        self._extension = extension
+        self._fallback = list(fallback)
         self._prompts: list[str] | None = None
         self.tts_error: str | None = None
 
@@ -141,7 +147,7 @@ class AnnouncementPrompts:
                 logger.warning("TTS failed; paging built-in sounds: %s", exc)
         else:
             self.tts_error = "no text-to-speech service"
-        return fallback_announcement(self._extension)
+        return self._fallback
 
     @property
     def source(self) -> str:
@@ -160,7 +166,11 @@ class AlarmLoop:
         gate: Gate,
         record: Recorder,
         first_delay: float = 0.0,
+        drill_settings: DrillSettings | None = None,
+        on_drill_paged: Callable[[AlarmLoop], None] | None = None,
     ) -> None:
+        """``drill_settings``: what a drill says; ``on_drill_paged(loop)``: a drill paged
+        its cycles (the service ends it)."""
         self.alarm = alarm
         self._store = store
         self._pager = pager
@@ -168,10 +178,19 @@ class AlarmLoop:
         self._gate = gate
         self._record = record
         self._first_delay = first_delay
-        self._prompts = AnnouncementPrompts(
-            tts,
-            announcement_text(settings.announcement, alarm.department_name, alarm.extension),
-            alarm.extension,
+        self._on_drill_paged = on_drill_paged
+        drill_settings = drill_settings or DrillSettings()
+        if alarm.drill is not None:
+            text = announcement_text(drill_settings.announcement, alarm.department_name, "")
+            fallback = fallback_drill_announcement()
+            caller_name = drill_settings.caller_name
+        else:
+            text = announcement_text(settings.announcement, alarm.department_name, alarm.extension)
+            fallback = fallback_announcement(alarm.extension)
+            caller_name = settings.caller_name
+        self._prompts = AnnouncementPrompts(tts, text, fallback)
+        self._caller_name = caller_name.format(
+            department=alarm.department_name, extension=alarm.extension
         )
         self._stopping = asyncio.Event()
         self._page_now = asyncio.Event()
@@ -242,7 +261,12 @@ class AlarmLoop:
         loop = asyncio.get_running_loop()
         next_start = loop.time() + self._first_delay
         failures = 0
-        while not await self._sleep_until(next_start):
+        while True:
+            if self._drill_paged():
+                await self._end_drill()
+                break
+            if await self._sleep_until(next_start):
+                break
             try:
                 started = await self._cycle()
             except Exception as exc:
@@ -259,6 +283,18 @@ class AlarmLoop:
             # The interval _cycle() read fresh after its page, and recorded.
             next_start = next_cycle_start(started, loop.time(), self._interval)
         logger.info("paging loop of alarm %s ended after cycle %s", self.alarm.id, self.cycle)
+
+    def _drill_paged(self) -> bool:
+        drill = self.alarm.drill
+        return drill is not None and drill.complete(self.cycle)
+
+    async def _end_drill(self) -> None:
+        """A drill paged its cycles: no page more; the service deactivates it, which
+        stops this loop."""
+        logger.info("drill %s paged its %s cycles", self.alarm.id, self.cycle)
+        if self._on_drill_paged is not None:
+            self._on_drill_paged(self)
+        await self._stopping.wait()
 
     async def _sleep_until(self, deadline: float) -> bool:
         """Sleep until ``deadline`` or a request to page now; True (at once) when the loop
@@ -284,6 +320,11 @@ class AlarmLoop:
         return self._interval
 
     async def _devices(self) -> Sequence[str]:
+        if self.alarm.drill is not None:
+            if self.alarm.drill.devices:
+                return self.alarm.drill.devices
+            if self.alarm.department_id is None:
+                return ()  # its department was removed: a drill never pages every group
         if self.alarm.department_id is None and self._settings.unknown_department_devices:
             return tuple(self._settings.unknown_department_devices)
         # Of no department and no devices set: every paging group's.
@@ -310,15 +351,19 @@ class AlarmLoop:
                 # Never below the row's count: a journal replayed meanwhile (this
                 # server's, or a dead leader's) may have counted cycles this loop did not.
                 cycle = max(self.cycle, turn.cycles) + 1
+                drill = alarm.drill
+                if drill is not None and cycle > drill.cycles:
+                    # Counted elsewhere meanwhile: the drill has paged its cycles. Not
+                    # paged; the loop ends the drill at its next turn.
+                    self.cycle = cycle - 1
+                    return asyncio.get_running_loop().time()
                 page = asyncio.create_task(
                     self._pager.page(
                         alarm.id,
                         cycle,
                         devices,
                         prompts,
-                        caller_name=self._settings.caller_name.format(
-                            department=alarm.department_name, extension=alarm.extension
-                        ),
+                        caller_name=self._caller_name,
                         caller_number=alarm.extension,
                         sent=sent,
                         dialled=dialled,

@@ -1,6 +1,9 @@
 """The alarm's e-mails and SMS: an :class:`~fastagi.alarms.listeners.AlarmListener` that
 hands the alarm's beginning and end (and the emergency call's acknowledgement and
-escalation) to the notifier, which queues and returns at once."""
+escalation) to the notifier, which queues and returns at once.
+
+A drill's are sent only with ``[drill] notify``, each marked ``[TEST]``: a drill never
+sends what reads as a real alarm."""
 
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ from fastagi.store.alarms import AlarmStore
 
 
 class AlarmNotifications:
-    def __init__(self, notifier: Notifier, alarms: AlarmStore) -> None:
+    def __init__(self, notifier: Notifier, alarms: AlarmStore, *, drills: bool = False) -> None:
+        """``drills``: send a drill's notifications too ([TEST]); off, none."""
         self._notifier = notifier
         self._alarms = alarms
+        self._drills = drills
 
     async def alarm_started(self, alarm: Alarm) -> None:
         await self._send("activated", alarm)
@@ -28,6 +33,9 @@ class AlarmNotifications:
             by=alarm.deactivated_by,
             reason=alarm.deactivation_reason,
         )
+
+    async def drill_paged(self, alarm: Alarm) -> None:
+        """Nothing to wait for: the notifications are queued already."""
 
     # The emergency caller's hooks: it knows the alarm by id, department and extension;
     # the message also gives the activation time, read from the row.
@@ -51,6 +59,8 @@ class AlarmNotifications:
         by: str | None = None,
         reason: str | None = None,
     ) -> None:
+        if alarm.drill is not None and not self._drills:
+            return
         await self._notifier.notify(
             kind,
             alarm_id=alarm.id,
@@ -60,4 +70,5 @@ class AlarmNotifications:
             at=at,
             by=by,
             reason=reason,
+            drill=alarm.drill is not None,
         )

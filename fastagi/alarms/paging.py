@@ -31,6 +31,11 @@ What the AMI event stream shows of it, per channel (Asterisk 22):
 Subscribe before originating, or the first events can be missed. Originate's own reply
 (``OriginateResponse``) goes to :meth:`AmiClient.originate`, not to the stream.
 
+What each device did (``CycleResult.devices``, recorded in the ``page_cycle`` event, read
+by a drill's report): a leg is a device's channel (``PJSIP/201-0000001a`` is ``PJSIP/201``'s);
+answered when it went Up, busy when its ``Hangup`` cause is 17 (user busy, as a 486 maps
+to), no answer otherwise; a device without a leg was not dialled (no contact, a bad name).
+
 Failures of any kind end in a :class:`CycleResult` with ``error`` set: the paging loop
 records it and pages again at the next cycle; nothing here raises into the loop.
 """
@@ -41,17 +46,19 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fastagi.ami import AmiClient, AmiError, EventStream, Message
 from fastagi.config import AlarmSettings
+from fastagi.domain.drill import ANSWERED, BUSY, NO_ANSWER, NOT_DIALLED, device_of
 from fastagi.domain.rules import join_items
 
 logger = logging.getLogger(__name__)
 
 _EVENTS = ("Newchannel", "Newstate", "ConfbridgeJoin", "Hangup", "DialBegin")
 _UP = "6"  # ChannelState of ast_channel_state AST_STATE_UP (include/asterisk/channelstate.h)
+_USER_BUSY = "17"  # AST_CAUSE_USER_BUSY (include/asterisk/causes.h): a 486 Busy Here
 # Time to wait for the Hangup events of a page that failed or was hung up.
 _SETTLE_SECONDS = 5.0
 # How often a page in progress checks that the AMI connection is still there: its events
@@ -69,6 +76,8 @@ class CycleResult:
     error: str | None = None
     channel_id: str | None = None
     cancelled: bool = False
+    # What each device of the page did: ANSWERED, BUSY, NO_ANSWER or NOT_DIALLED.
+    devices: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -83,6 +92,7 @@ class CycleResult:
             "error": self.error,
             "channel_id": self.channel_id,
             "cancelled": self.cancelled,
+            "devices": dict(self.devices),
         }
 
 
@@ -113,6 +123,7 @@ class _Page:
     legs: dict[str, str] = field(default_factory=dict)  # uniqueid -> device channel name
     answered: set[str] = field(default_factory=set)
     hung_up: set[str] = field(default_factory=set)  # uniqueids
+    causes: dict[str, str] = field(default_factory=dict)  # uniqueid -> Hangup cause
     dial_begun: set[str] = field(default_factory=set)  # uniqueids of the legs
     cancelled: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -148,6 +159,7 @@ class _Page:
             self.answered.add(uniqueid)
         elif kind == "Hangup":
             self.hung_up.add(uniqueid)
+            self.causes[uniqueid] = event.get("Cause", "")
             if self.channel_id in self.hung_up and self.hung_up.issuperset(self.legs):
                 self.ended.set()
 
@@ -158,6 +170,23 @@ class _Page:
         if not self.answered:
             return "cancelled before any answer" if self.cancelled else "no device answered"
         return None
+
+    def device_outcomes(self, devices: Sequence[str]) -> dict[str, str]:
+        """What each of ``devices`` did in this page (see the theory above)."""
+        # Asterisk names a channel by its technology as registered ("PJSIP"), whatever
+        # case the device was written in.
+        wanted = {device.lower(): device for device in devices}
+        outcomes = dict.fromkeys(devices, NOT_DIALLED)
+        for uniqueid, name in self.legs.items():
+            device = wanted.get(device_of(name).lower())
+            if device is None or outcomes[device] == ANSWERED:
+                continue
+            if uniqueid in self.answered:
+                outcomes[device] = ANSWERED
+            else:
+                busy = self.causes.get(uniqueid) == _USER_BUSY
+                outcomes[device] = BUSY if busy else NO_ANSWER
+        return outcomes
 
     @property
     def live_channels(self) -> list[str]:
@@ -217,6 +246,7 @@ class Pager:
                 error=error,
                 channel_id=page.channel_id if placed else None,
                 cancelled=page.cancelled,
+                devices=page.device_outcomes(devices),
             )
             self.counts.add(done)
             return done

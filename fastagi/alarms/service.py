@@ -27,6 +27,16 @@ back. Losing the lock connection does not stop the loops: when PostgreSQL is bac
 lock is taken again, and a loop whose lock another server took meanwhile stops.
 Deactivation needs PostgreSQL (the PIN hash, the lockout count, the row): refused while
 it is down, so an alarm is never silenced without its record. The alarm pages on.
+
+Drills (fastagi/domain/drill.py) are alarms flagged as such, led, gated, paged and
+deactivated as any other. A drill started here (from a phone, or the schedule) is led at
+once; one the CLI started arrives as ``NOTIFY fastagi_alarms`` ``+<id>`` (else the scan
+finds it). Its loop ends it after its cycles (:meth:`_complete_drill`: the listeners
+settle first, the emergency call of a drill that has one; then ``deactivated`` by
+"drill"). A real alarm makes the drills of its department yield (:meth:`_yield_drills`)
+before its own first page: deactivated, their page hung up, so the phones are free for
+it. The server that ran a drill's loop records its ``drill_report`` once the loop ended
+(every page recorded), under an id of its own: once, whoever else tries.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -50,17 +61,33 @@ from fastagi.alarms.outage import CachedLoopStore, DatabaseDown, is_unavailable
 from fastagi.alarms.paging import Pager
 from fastagi.alarms.provisional import ProvisionalAlarms
 from fastagi.alarms.recorder import HistoryRecorder
-from fastagi.config import AlarmSettings
+from fastagi.config import AlarmSettings, DrillSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import Department, Directory, alarm_key, department_name
+from fastagi.domain.drill import (
+    COMPLETED_BY,
+    YIELD_REASON,
+    Drill,
+    build_report,
+    report_event_id,
+    started_event,
+)
 from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.rules import error_backoff
 from fastagi.store import AlarmChange, Stores
+from fastagi.store.alarms import DrillStart, DrillStartOutcome
 from fastagi.tts import TextToSpeech
 
 logger = logging.getLogger(__name__)
 
 # How long close() lets a page in progress finish before cancelling its loop.
 _CLOSE_GRACE = 5.0
+# How long a real alarm's first page waits for its department's drills to yield (their
+# page hung up): milliseconds usually; a drill led by another server is hung up by it.
+_DRILL_YIELD_WAIT = 1.0
+# Retrying the deactivation of a drill that paged its cycles (PostgreSQL away).
+_DRILL_END_RETRY = 2.0
+_DRILL_END_RETRY_MAX = 30.0
 
 
 @dataclass(frozen=True)
@@ -82,15 +109,18 @@ class AlarmService:
         instance_id: str,
         pool: asyncpg.Pool[asyncpg.Record],
         listeners: Sequence[AlarmListener] = (),
+        drill_settings: DrillSettings | None = None,
     ) -> None:
         """``pool`` is the stores' pool: leadership takes one connection of it for the
         leader locks, and short transactions for the gate before each page.
-        ``recorder``: the history recorder shared with everyone who acts on alarms."""
+        ``recorder``: the history recorder shared with everyone who acts on alarms.
+        ``drill_settings``: what drills say, page and wait for (``[drill]``)."""
         self._stores = stores
         self._pager = pager
         self._lamps = lamps
         self._tts = tts
         self._settings = settings
+        self._drill_settings = drill_settings or DrillSettings()
         self.instance_id = instance_id
         self._recorder = recorder
         self._outage = recorder.outage
@@ -251,6 +281,8 @@ class AlarmService:
             )
         except Exception:
             return await self._activate_offline(key, extension, department, details)
+        if created:
+            await self._yield_drills(alarm)
         if created or alarm.id not in self._loops:
             # A re-triggered alarm that nobody leads (its leader died a moment ago) is
             # taken now rather than at the next scan.
@@ -298,13 +330,152 @@ class AlarmService:
         await self._finish_deactivation(done)
         return True
 
+    async def start_drill(
+        self,
+        department: Department,
+        *,
+        requested_by: str,
+        extension: str = "",
+        cycles: int | None = None,
+        devices: Sequence[str] | None = None,
+        emergency: bool | None = None,
+        uniqueid: str | None = None,
+        scheduled_for: datetime | None = None,
+    ) -> DrillStart:
+        """Start a drill of ``department`` and lead it: it pages at once. What is not
+        given comes from ``[drill]``. Refused (see :class:`DrillStartOutcome`) while a
+        real alarm of the department is active or a drill of it runs; for a scheduled
+        slot another server started, nothing happens. Needs PostgreSQL (raises)."""
+        settings = self._drill_settings
+        drill = Drill(
+            cycles=cycles or settings.cycles,
+            devices=tuple(settings.devices if devices is None else devices),
+            emergency=settings.emergency if emergency is None else emergency,
+            requested_by=requested_by,
+            scheduled_for=scheduled_for,
+        )
+        details: dict[str, object] = {"instance": self.instance_id}
+        if uniqueid is not None:
+            details["uniqueid"] = uniqueid
+        event = started_event(department.name, extension, drill, details)
+        started: DrillStart = await self._outage.call(
+            "start drill",
+            lambda: self._stores.alarms.start_drill(
+                department.id, department.name, extension, drill, event
+            ),
+            self._timeout,
+        )
+        if started.outcome is DrillStartOutcome.STARTED and started.alarm is not None:
+            await self._lead_new_drill(started.alarm)
+        return started
+
+    async def _lead_new_drill(self, alarm: Alarm) -> bool:
+        """Lead a drill nobody paged yet (this server started it, the CLI did, or its
+        first leader died before its first page): first page at once, listeners told."""
+        if not await self._lead(alarm, first_delay=0.0):
+            return False
+        await self._update_lamps(causes=[alarm])
+        self._listeners.started(alarm)
+        return True
+
+    async def _lead_started_drill(self, alarm_id: int) -> None:
+        """The CLI started a drill (its NOTIFY): lead it now rather than at the scan."""
+        alarm = await self._stores.alarms.get_alarm(alarm_id)
+        if alarm is not None and alarm.is_active and alarm.drill is not None:
+            await self._lead_new_drill(alarm)
+
+    async def _yield_drills(self, alarm: Alarm) -> None:
+        """A real alarm began: the drills of its department (of every department, for an
+        alarm of none) stop at once, so its page finds the phones free and nobody takes
+        it for the drill. Waits at most _DRILL_YIELD_WAIT: the real alarm's first page
+        never waits long for a drill; the rest goes on in the background."""
+        if alarm.drill is not None:
+            return
+        task = asyncio.ensure_future(self._stop_drills_for(alarm))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.wait({task}, timeout=_DRILL_YIELD_WAIT)
+
+    async def _stop_drills_for(self, alarm: Alarm) -> None:
+        try:
+            drills = await self._outage.call(
+                "drills to yield",
+                lambda: self._stores.alarms.drills_to_yield(alarm.department_id),
+                self._timeout,
+            )
+            for drill in drills:
+                logger.warning(
+                    "drill %s yields to alarm %s of %s", drill.id, alarm.id, alarm.department_name
+                )
+                await self.deactivate(drill.id, by=f"alarm {alarm.id}", reason=YIELD_REASON)
+        except Exception:
+            logger.exception("cannot stop the drills of alarm %s's department", alarm.id)
+
+    def _drill_paged(self, alarm_loop: AlarmLoop) -> None:
+        """A drill's loop paged its cycles: end the drill (from a task of its own)."""
+        self._spawn(self._complete_drill(alarm_loop))
+
+    async def _complete_drill(self, alarm_loop: AlarmLoop) -> None:
+        """Let the listeners finish their part (the emergency call of a drill that has
+        one; at most ``[drill] settle_timeout``), then deactivate the drill. While
+        PostgreSQL is away, try again until it answers or the loop is stopped."""
+        alarm = alarm_loop.alarm
+        await self._listeners.drill_paged(alarm, self._drill_settings.settle_timeout)
+        failures = 0
+        while not alarm_loop.stopping and not self._closed:
+            try:
+                await self.deactivate(
+                    alarm.id, by=COMPLETED_BY, reason=f"{alarm_loop.cycle} cycle(s) paged"
+                )
+                return
+            except Exception as exc:
+                failures += 1
+                logger.warning("cannot end drill %s yet: %r", alarm.id, exc)
+                await asyncio.sleep(error_backoff(failures, _DRILL_END_RETRY, _DRILL_END_RETRY_MAX))
+
+    async def _report_drill(self, alarm_id: int) -> None:
+        """Record the ended drill's ``drill_report``: from its history, once its loop
+        here has ended (so its every page is recorded)."""
+        try:
+            alarm = await self._stores.alarms.get_alarm(alarm_id)
+            if alarm is None or alarm.drill is None or alarm.is_active:
+                return
+            events = await self._stores.history.timeline(alarm_id)
+            report = build_report(
+                alarm.id,
+                alarm.department_name,
+                alarm.drill,
+                [(event.kind, event.details) for event in events if event.alarm_id == alarm_id],
+                deactivated_by=alarm.deactivated_by,
+                reason=alarm.deactivation_reason,
+            )
+        except Exception:
+            logger.exception("cannot build the report of drill %s", alarm_id)
+            return
+        if report.not_answered:
+            logger.warning("drill %s: did not answer: %s", alarm_id, ", ".join(report.not_answered))
+        await self._recorder.record(
+            HistoryEvent(
+                EventKind.DRILL_REPORT,
+                alarm.id,
+                alarm.extension or None,
+                alarm.department_name,
+                {**report.details(), "instance": self.instance_id},
+                event_id=report_event_id(alarm.id),
+            )
+        )
+
     async def _finish_deactivation(self, done: Alarm) -> None:
         """What follows a deactivation, by whoever finishes it (the server that took the
         call; for the CLI's, the leader): the page in progress hung up and the loop
-        stopped, the lamps, the listeners told, the all-clear."""
-        await self._stop_loop(done.id)
+        stopped, the lamps, the listeners told, the all-clear (a drill: its report)."""
+        stopped = await self._stop_loop(done.id)
         await self._update_lamps(causes=[done])
         self._listeners.ended(done)
+        if done.drill is not None:
+            if stopped:
+                self._spawn(self._report_drill(done.id))
+            return  # no all-clear: nothing was wrong
         if self._settings.all_clear:
             self._spawn(
                 page_all_clear(
@@ -369,15 +540,18 @@ class AlarmService:
             gate=self._leadership.gate,
             record=self._recorder.record,
             first_delay=first_delay,
+            drill_settings=self._drill_settings,
+            on_drill_paged=self._drill_paged,
         )
         self._loops[alarm.id] = alarm_loop
         alarm_loop.start()
         return alarm_loop
 
-    async def _stop_loop(self, alarm_id: int, *, release: bool = True) -> None:
+    async def _stop_loop(self, alarm_id: int, *, release: bool = True) -> bool:
+        """Stop the alarm's loop here and hang up its page; False when there was none."""
         alarm_loop = self._loops.get(alarm_id)
         if alarm_loop is None:
-            return
+            return False
         alarm_loop.stop()
         if self._settings.hangup_on_deactivate:
             await self._pager.cancel(alarm_id)
@@ -388,10 +562,16 @@ class AlarmService:
         self._loop_store.forget(alarm_id)
         if release:
             await self._locks.release(alarm_id)
+        return True
 
     # -- notifications and maintenance ---------------------------------------------------
 
     def _on_alarm_change(self, change: AlarmChange) -> None:
+        if change.started:
+            # A drill the CLI started: whoever takes its lock first leads it.
+            if change.alarm_id not in self._loops and not self._closed:
+                self._spawn(self._lead_started_drill(change.alarm_id))
+            return
         # A deactivation somewhere (this server included, then the loop is gone already).
         if change.alarm_id in self._loops:
             self._spawn(self._check_stopped(change))
@@ -409,7 +589,8 @@ class AlarmService:
             await self._finish_deactivation(done)
             return
         # The server that took the call finishes it; the leader stops paging.
-        await self._stop_loop(change.alarm_id)
+        if await self._stop_loop(change.alarm_id) and done.drill is not None:
+            self._spawn(self._report_drill(done.id))
         await self._update_lamps(causes=[done])
 
     def _on_page_request(self, alarm_id: int) -> None:
@@ -528,6 +709,8 @@ class AlarmService:
         for alarm in ended:
             await self._stop_loop(alarm.id)
             await self._tell_ended(alarm.id)
+            if alarm.drill is not None:
+                self._spawn(self._report_drill(alarm.id))
         for alarm_loop in [lp for lp in self._loops.values() if lp.done]:
             # A loop that ended on its own (its gate saw the alarm inactive).
             ended.append(alarm_loop.alarm)
@@ -535,7 +718,10 @@ class AlarmService:
             await self._locks.release(alarm_loop.alarm.id)
         for alarm in active:
             if alarm.id not in self._loops:
-                await self._lead(alarm, first_delay=None)
+                if alarm.drill is not None and alarm.cycles == 0:
+                    await self._lead_new_drill(alarm)  # nobody paged it yet
+                else:
+                    await self._lead(alarm, first_delay=None)
         await self._update_lamps(active, causes=ended)
 
     async def _update_lamps(

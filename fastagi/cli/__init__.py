@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         db,
         deactivators,
         departments,
+        drills,
         freepbx,
         paging,
         policy,
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     freepbx.register(subparsers)
     check.register(subparsers)
     builder = Builder(subparsers)
-    for resource in (departments, paging, policy, deactivators, alarms, users):
+    for resource in (departments, paging, policy, deactivators, alarms, drills, users):
         resource.register(builder)
     return parser
 

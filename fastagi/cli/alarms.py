@@ -1,5 +1,6 @@
-"""``fastagi alarm ...`` and ``fastagi history ...``: alarms, their timelines, and the
-history of a period (CSV or JSON)."""
+"""``fastagi alarm ...`` and ``fastagi history ...``: alarms, their timelines, the history
+of a period (CSV or JSON) and its summary. Drills are marked as such everywhere and never
+counted among real alarms."""
 
 from __future__ import annotations
 
@@ -20,13 +21,19 @@ from fastagi.admin.history import (
 from fastagi.cli.common import Builder, fail, operator
 from fastagi.cli.output import details, print_json, print_table, text, when
 from fastagi.domain.alarm import Alarm
+from fastagi.domain.drill import DrillReport, report_event_id
 from fastagi.domain.events import EventKind
 from fastagi.store import Stores
+
+SINCE_HELP = "YYYY-MM-DD or an ISO date-time (local time unless it has an offset)"
+UNTIL_HELP = "YYYY-MM-DD (that day included) or an ISO date-time (excluded)"
 
 
 def register(builder: Builder) -> None:
     actions = builder.group("alarm", "alarms: list, show, deactivate")
-    alarms = builder.command(actions, "list", "list the active alarms", _alarm_list, listing=True)
+    alarms = builder.command(
+        actions, "list", "list the active alarms (drills marked DRILL)", _alarm_list, listing=True
+    )
     alarms.add_argument("--all", action="store_true", help="recent alarms, active or not")
     builder.command(
         actions, "show", "an alarm and its timeline", _alarm_show, listing=True
@@ -42,14 +49,14 @@ def register(builder: Builder) -> None:
         required=True,
         type=_since,
         metavar="DATE",
-        help="YYYY-MM-DD or an ISO date-time (local time unless it has an offset)",
+        help=SINCE_HELP,
     )
     export.add_argument(
         "--until",
         required=True,
         type=_until,
         metavar="DATE",
-        help="YYYY-MM-DD (that day included) or an ISO date-time (excluded)",
+        help=UNTIL_HELP,
     )
     export.add_argument("--department", metavar="NAME", help="only this department's events")
     export.add_argument("--extension", metavar="EXT", help="only this extension's events")
@@ -58,6 +65,15 @@ def register(builder: Builder) -> None:
     )
     export.add_argument("--format", choices=EXPORT_FORMATS, default="csv")
     export.add_argument("--output", type=Path, metavar="FILE", help="default: standard output")
+    summary = builder.command(
+        actions,
+        "summary",
+        "real alarms of a period per department, and drills apart with their results",
+        _history_summary,
+        listing=True,
+    )
+    summary.add_argument("--since", required=True, type=_since, metavar="DATE", help=SINCE_HELP)
+    summary.add_argument("--until", required=True, type=_until, metavar="DATE", help=UNTIL_HELP)
 
 
 async def _alarm_list(stores: Stores, args: argparse.Namespace) -> int:
@@ -68,15 +84,16 @@ async def _alarm_list(stores: Stores, args: argparse.Namespace) -> int:
         print_json([dataclasses.asdict(a) for a in alarms])
         return 0
     print_table(
-        ["ID", "STATE", "DEPARTMENT", "EXTENSION", "ACTIVATED", "CYCLES", "DEACTIVATED BY"],
+        ["ID", "KIND", "STATE", "DEPARTMENT", "EXTENSION", "ACTIVATED", "CYCLES", "DEACTIVATED BY"],
         [
             [
                 str(a.id),
+                "DRILL" if a.is_drill else "alarm",
                 a.state,
                 a.department_name,
-                a.extension,
+                a.extension or "-",
                 when(a.activated_at),
-                str(a.cycles),
+                f"{a.cycles}/{a.drill.cycles}" if a.drill else str(a.cycles),
                 a.deactivated_by or "-",
             ]
             for a in alarms
@@ -141,6 +158,85 @@ async def _history_export(stores: Stores, args: argparse.Namespace) -> int:
             fail(f"cannot write {args.output}: {exc.strerror or exc}")
         print(f"wrote {export.count} events to {args.output}", file=sys.stderr)
     return 0
+
+
+async def _history_summary(stores: Stores, args: argparse.Namespace) -> int:
+    if args.since >= args.until:
+        fail("--since must be before --until")
+    tallies = await stores.alarms.tallies(args.since, args.until)
+    drills = await stores.alarms.drills(args.since, args.until)
+    reports = {}
+    for drill in drills:
+        event = await stores.history.find_event(report_event_id(drill.id))
+        if event is not None:
+            reports[drill.id] = DrillReport.from_details(
+                drill.id, drill.department_name, event.details
+            )
+    real = [t for t in tallies if not t.drill]
+    if args.json:
+        print_json(
+            {
+                "since": args.since,
+                "until": args.until,
+                "alarms": [dataclasses.asdict(t) for t in real],
+                "drills": [
+                    {
+                        "alarm": dataclasses.asdict(drill),
+                        "report": reports[drill.id].details() if drill.id in reports else None,
+                    }
+                    for drill in drills
+                ],
+            }
+        )
+        return 0
+    total = sum(t.alarms for t in real)
+    print(f"real alarms from {when(args.since)} to {when(args.until)}: {total} (drills apart)")
+    print_table(
+        ["DEPARTMENT", "ALARMS", "PAGES", "MEDIAN DURATION", "ACTIVE"],
+        [
+            [
+                t.department_name,
+                str(t.alarms),
+                str(t.pages),
+                "-" if t.median_seconds is None else f"{t.median_seconds:.0f}s",
+                str(t.still_active),
+            ]
+            for t in real
+        ],
+    )
+    print()
+    print(f"drills: {len(drills)}")
+    print_table(
+        ["ID", "DEPARTMENT", "STARTED", "BY", "RESULT", "DID NOT ANSWER"],
+        [
+            [
+                str(drill.id),
+                drill.department_name,
+                when(drill.activated_at),
+                drill.drill.requested_by if drill.drill else "-",
+                _drill_result(drill, reports.get(drill.id)),
+                ", ".join(reports[drill.id].not_answered) if drill.id in reports else "-",
+            ]
+            for drill in drills
+        ],
+    )
+    return 0
+
+
+def _drill_result(drill: Alarm, report: DrillReport | None) -> str:
+    if drill.is_active:
+        return "running"
+    if report is None:
+        return "no report"
+    return f"{report.ending}, {'ok' if report.ok else 'MISSED'}"
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return text(value)
 
 
 def _since(text: str) -> datetime:

@@ -95,6 +95,11 @@ class Builder:
         self._as_json = argparse.ArgumentParser(add_help=False)
         self._as_json.add_argument("--json", action="store_true", help="print JSON for scripts")
 
+    @property
+    def top(self) -> SubParsers:
+        """For a command of its own, without a group (``fastagi drill``)."""
+        return self._subparsers
+
     def group(self, name: str, help_text: str, parent: SubParsers | None = None) -> SubParsers:
         parser = (parent or self._subparsers).add_parser(name, help=help_text)
         return parser.add_subparsers(

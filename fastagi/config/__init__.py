@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fastagi.config.drill import DrillSettings as DrillSettings
 from fastagi.config.health import HealthSettings, MetricsSettings
 from fastagi.config.notify import NotifySettings
 from fastagi.config.tts import TtsSettings
@@ -447,6 +448,8 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    drill: DrillSettings = Field(default_factory=DrillSettings)
     log_level: str = "INFO"
 
     @field_validator("log_level")

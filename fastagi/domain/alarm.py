@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from fastagi.domain.drill import Drill
+
 ACTIVE = "active"
 DEACTIVATED = "deactivated"
 
@@ -23,6 +25,11 @@ class Alarm:
     deactivation_reason: str | None
     cycles: int
     last_cycle_at: datetime | None
+    drill: Drill | None = None  # set: a drill (fastagi/domain/drill.py), not a real alarm
+
+    @property
+    def is_drill(self) -> bool:
+        return self.drill is not None
 
     @property
     def is_active(self) -> bool:

@@ -71,6 +71,12 @@ class EventKind(enum.StrEnum):
     # kept failing) or recovered; one event per transition, whichever server saw it.
     HEALTH_DEGRADED = "health_degraded"
     HEALTH_RECOVERED = "health_recovered"
+
+    # Drills (fastagi/domain/drill.py): a drill is an alarm flagged as one, so its life
+    # has the events above (page_cycle, lamp_changed, deactivated, ...) under its id.
+    DRILL_STARTED = "drill_started"  # a new drill (not "activated": no real alarm began)
+    DRILL_REFUSED = "drill_refused"  # a drill that could not start (wrong PIN, an alarm)
+    DRILL_REPORT = "drill_report"  # its results: every device that did not answer
     # Everything else.
     CONFIG_CHANGED = "config_changed"  # an administrator changed departments, PINs, ...
     ERROR = "error"

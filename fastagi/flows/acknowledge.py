@@ -9,7 +9,8 @@ and the destination dialled as AGI arguments (or ``?alarm=&attempt=&dest=`` in t
    but as a parameter, and nothing reaches Asterisk but our own file names.
 2. The announcement (department, extension, time of the alarm) and "press 1 to
    acknowledge", by text-to-speech, else built-in sounds; repeated up to
-   ``EmergencySettings.announcement_repeats`` times while no 1 is pressed.
+   ``EmergencySettings.announcement_repeats`` times while no 1 is pressed. For a drill,
+   the drill's announcement (``[drill] emergency_announcement``): "This is a test ...".
 3. 1: the acknowledgement is recorded (``acknowledged``, with the destination, the
    channel and the attempt), "Acknowledged. Thank you." and the call ends. The first
    acknowledgement of an alarm is the one kept; a later one hears the same thanks.
@@ -29,12 +30,12 @@ from typing import Any, Protocol
 from fastagi.agi.errors import AgiHangup
 from fastagi.agi.session import AgiSession
 from fastagi.alarms.emergency import EmergencySettings, emergency_announcement
-from fastagi.config import FlowSettings
+from fastagi.config import DrillSettings, FlowSettings
 from fastagi.flows import prompts
 from fastagi.flows.common import display_text, set_status
 from fastagi.flows.prompts import Speaker
 from fastagi.store.emergency import AcknowledgeResult, AlarmSummary
-from fastagi.tts import fallback_announcement
+from fastagi.tts import fallback_announcement, fallback_drill_announcement
 
 __all__ = ["AcknowledgeFlow", "AcknowledgeService", "Status", "parse_arguments"]
 
@@ -115,11 +116,13 @@ class AcknowledgeFlow:
         tts: Speaker,
         settings: EmergencySettings,
         flow_settings: FlowSettings | None = None,
+        drill_settings: DrillSettings | None = None,
     ) -> None:
         self._service = service
         self._tts = tts
         self._settings = settings
         self._flow_settings = flow_settings or FlowSettings()
+        self._drill_settings = drill_settings or DrillSettings()
 
     async def __call__(self, session: AgiSession) -> None:
         env = session.environment
@@ -163,10 +166,20 @@ class AcknowledgeFlow:
                 session, self._tts, ENDED_TEXT, FALLBACK_ENDED, render_timeout=render_timeout
             )
             return Status.ENDED
+        settings = self._settings
+        if summary.drill:
+            settings = settings.model_copy(
+                update={"announcement": self._drill_settings.emergency_announcement}
+            )
         text = emergency_announcement(
-            self._settings, summary.department_name, summary.extension, summary.activated_at
+            settings, summary.department_name, summary.extension, summary.activated_at
         )
-        fallback = [*fallback_announcement(summary.extension), *FALLBACK_PRESS_1]
+        spoken = (
+            fallback_drill_announcement()
+            if summary.drill
+            else fallback_announcement(summary.extension)
+        )
+        fallback = [*spoken, *FALLBACK_PRESS_1]
         files = await prompts.files_for(self._tts, text, fallback, render_timeout=render_timeout)
         for repeat in range(1, self._settings.announcement_repeats + 1):
             answer = await prompts.ask(

@@ -137,6 +137,9 @@ class ActiveAlarm(Protocol):
     @property
     def extension(self) -> str: ...
 
+    @property
+    def is_drill(self) -> bool: ...
+
 
 class DeactivationService(Protocol):
     """The part of :class:`fastagi.alarms.service.AlarmService` the deactivation uses."""
@@ -383,7 +386,11 @@ class DeactivateFlow:
             *(
                 sound
                 for index, alarm in enumerate(listed, start=1)
-                for sound in prompts.fallback_menu_item(str(index), alarm.extension)
+                for sound in (
+                    prompts.fallback_menu_drill(str(index))
+                    if alarm.is_drill
+                    else prompts.fallback_menu_item(str(index), alarm.extension)
+                )
             ),
             *prompts.fallback_menu_all(ALL_KEY),
         ]
@@ -489,7 +496,9 @@ class DeactivateFlow:
 
 def _menu_label(alarm: ActiveAlarm) -> str:
     """How the menu names an alarm: its department, or the caller's extension when the
-    department is unknown (two unknown alarms must not sound alike)."""
+    department is unknown (two unknown alarms must not sound alike); a drill as one."""
+    if alarm.is_drill:
+        return prompts.DRILL_LABEL.format(department=alarm.department_name)
     if alarm.department_name == UNKNOWN_DEPARTMENT:
         digits = " ".join(alarm.extension) if alarm.extension.isdigit() else alarm.extension
         return prompts.UNKNOWN_LABEL.format(extension=digits)

@@ -55,6 +55,8 @@ PIN_PROMPT = "To deactivate the alarm, enter your PIN, followed by the hash key.
 PIN_WRONG = "Wrong PIN. Enter your PIN, followed by the hash key."
 WRONG_PIN_FINAL = "Wrong PIN. Goodbye."
 MENU_ITEM = "Press {key} for {department}."
+#: How the deactivation menu names a drill, so nobody takes it for an alarm.
+DRILL_LABEL = "the test of {department}"
 MENU_ALL = "Press {key} for all alarms."
 DEACTIVATED_ONE = "Alarm deactivated: {department}."
 DEACTIVATED_ALL = "All alarms deactivated."
@@ -63,6 +65,12 @@ UNAVAILABLE = (
     "The system cannot deactivate alarms right now. The alarm goes on. "
     "Please try again in a moment."
 )
+# The drill by phone (*558): as discreet as the trigger, no word of a panic or an alarm.
+DRILL_PIN_PROMPT = "Enter the test PIN, followed by the hash key."
+DRILL_PIN_WRONG = "Wrong PIN. Enter the test PIN, followed by the hash key."
+DRILL_STARTED = "Test started."
+DRILL_BUSY = "A test cannot start now. Goodbye."
+DRILL_NOT_AVAILABLE = "This feature is not available. Goodbye."
 
 
 def panic_question(label: str) -> str:
@@ -84,6 +92,11 @@ def fixed_texts() -> list[str]:
         DEACTIVATED_ALL,
         NOTHING_CHOSEN,
         UNAVAILABLE,
+        DRILL_PIN_PROMPT,
+        DRILL_PIN_WRONG,
+        DRILL_STARTED,
+        DRILL_BUSY,
+        DRILL_NOT_AVAILABLE,
     ]
 
 
@@ -111,11 +124,18 @@ FALLBACK_GOODBYE = ("vm-goodbye",)
 #: "I'm sorry. All circuits are busy now. Please try your call again later." (There is no
 #: "temporary error" sound among the core sounds of the sandbox's Asterisk.)
 FALLBACK_UNAVAILABLE = ("im-sorry", "all-circuits-busy-now", "please-try-call-later")
+#: "Please try your call again later." (a test cannot start now)
+FALLBACK_DRILL_BUSY = ("please-try-call-later",)
 
 
 def fallback_menu_item(key: str, extension: str) -> list[str]:
     """ "Press <key> for extension <1 0 1>": the alarm named by its caller's extension."""
     return ["vm-press", f"digits/{key}", "for", "extension", *spell(extension)]
+
+
+def fallback_menu_drill(key: str) -> list[str]:
+    """ "Press <key> for T. E. S. T.": a drill in the menu."""
+    return ["vm-press", f"digits/{key}", "for", *spell("test")]
 
 
 def fallback_menu_all(key: str) -> list[str]:

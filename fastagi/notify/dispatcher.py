@@ -115,9 +115,11 @@ class Notifier:
         at: datetime | None = None,
         by: str | None = None,
         reason: str | None = None,
+        drill: bool = False,
     ) -> int:
         """Queue the deliveries of one alarm event and return at once: how many were
-        queued. Never raises (a notification must not break the alarm)."""
+        queued. Never raises (a notification must not break the alarm). ``drill``: the
+        alarm is a drill; every message says [TEST]."""
         try:
             note = Notification(
                 kind=kind,
@@ -128,6 +130,7 @@ class Notifier:
                 at=at or (activated_at if kind == "activated" else datetime.now(UTC)),
                 by=by,
                 reason=reason,
+                drill=drill,
             )
             return self.submit(note)
         except Exception:

@@ -55,7 +55,7 @@ def compose(
     )
     # RFC 3834: no auto-replies ("out of office") to the alarm address, please.
     message["Auto-Submitted"] = "auto-generated"
-    if note.kind in ("activated", "escalated"):
+    if note.kind in ("activated", "escalated") and not note.drill:
         message["Importance"] = "high"
         message["X-Priority"] = "1"
     if short:

@@ -31,6 +31,8 @@ _WHEN: dict[NotifyKind, str] = {
     "deactivated": "Deactivated",
     "escalated": "Escalated",
 }
+# What begins every subject, SMS and body line of a drill's notification.
+TEST_MARK = "[TEST]"
 # A department name is a short label; a longer one is a paste accident.
 _MAX_FIELD = 200
 REDACTED = "***"
@@ -48,6 +50,7 @@ class Notification:
     at: datetime  # when this event happened (= activated_at for "activated")
     by: str | None = None  # who acknowledged, deactivated or escalated
     reason: str | None = None
+    drill: bool = False  # a drill (fastagi/domain/drill.py): marked TEST_MARK
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -106,10 +109,10 @@ def _both(moment: datetime, zone: tzinfo | None) -> str:
 
 
 def headline(note: Notification) -> str:
-    return (
-        f"{_HEADLINES[note.kind]}: {one_line(note.department)}, "
-        f"extension {one_line(note.extension)}"
-    )
+    text = f"{_HEADLINES[note.kind]}: {one_line(note.department)}"
+    if note.extension:  # a drill started by the CLI or the schedule has none
+        text += f", extension {one_line(note.extension)}"
+    return f"{TEST_MARK} {text}" if note.drill else text
 
 
 def subject(note: Notification) -> str:
@@ -119,7 +122,7 @@ def subject(note: Notification) -> str:
 def body(note: Notification, zone: tzinfo | None) -> str:
     rows = [
         ("Department", one_line(note.department)),
-        ("Extension", one_line(note.extension)),
+        ("Extension", one_line(note.extension) or "-"),
         ("Alarm id", str(note.alarm_id)),
         ("Activated", _both(note.activated_at, zone)),
     ]
@@ -130,6 +133,8 @@ def body(note: Notification, zone: tzinfo | None) -> str:
         rows.append((_WHEN[note.kind], when))
     if note.reason:
         rows.append(("Reason", one_line(note.reason)))
+    if note.drill:
+        rows.append(("Drill", "this is a test of the panic alarm, not an alarm"))
     # One column for every kind of message, so they look alike in a mailbox.
     width = len("Acknowledged: ")
     lines = [f"{headline(note)}.", ""]

@@ -7,19 +7,28 @@ re-trigger. Each state change writes its history events in the same transaction,
 deactivation also sends ``NOTIFY fastagi_alarms`` (fastagi/store/changes.py), delivered at
 commit, so the server running that alarm's paging loop stops it at once.
 Values always travel as query parameters; the only SQL text is in this module.
+
+Drills (sql/007_drills.sql) are rows of the same table, flagged, under a key of their
+own (``drill:department:<id>``). Starting one and a real alarm making a drill yield
+(:meth:`AlarmStore.start_drill`, :meth:`AlarmStore.drills_to_yield`) take one
+transaction-level advisory lock, so neither misses the other: a drill never starts
+unseen beside a real alarm of its department.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
 
 import asyncpg
 
 from fastagi.domain.alarm import Alarm
+from fastagi.domain.drill import Drill, drill_key
 from fastagi.domain.events import EventKind, HistoryEvent
-from fastagi.store._common import COUNT_CYCLE, StoreError, row_to
+from fastagi.store._common import COUNT_CYCLE, StoreError
 from fastagi.store.changes import ALARMS_CHANNEL, AlarmChange, notify_alarm_change
 from fastagi.store.history import cycle_started_at, for_alarm, insert_event
 
@@ -27,6 +36,36 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = ALARMS_CHANNEL
 _ACTIVATE_ATTEMPTS = 5
+# pg_advisory_xact_lock(_DRILL_LOCK, 0): drill starts and real alarms' yields, one at a
+# time ("DRL"; the leader locks use [alarm] lock_namespace and alarm ids).
+_DRILL_LOCK = 0x44524C
+
+
+class DrillStartOutcome(enum.Enum):
+    STARTED = "started"
+    ALARM_ACTIVE = "a real alarm of the department is active"
+    DRILL_RUNNING = "a drill of the department runs already"
+    SLOT_TAKEN = "the scheduled slot's drill was started already"
+
+
+@dataclass(frozen=True)
+class DrillStart:
+    outcome: DrillStartOutcome
+    # STARTED: the drill; ALARM_ACTIVE: that alarm; DRILL_RUNNING: the running drill.
+    alarm: Alarm | None
+
+
+@dataclass(frozen=True)
+class AlarmTally:
+    """Alarms (or drills) of one department activated in a period."""
+
+    drill: bool
+    department_name: str
+    alarms: int
+    pages: int
+    # Seconds from activation to deactivation, median over the ended ones (None: none).
+    median_seconds: float | None
+    still_active: int
 
 
 class AlarmStore:
@@ -77,13 +116,143 @@ class AlarmStore:
                     )
                     if row is None:
                         continue  # deactivated in between: try again
-                alarm = row_to(Alarm, row)
+                alarm = alarm_from_row(row)
                 skipped = EventKind.RETRIGGERED if created else EventKind.ACTIVATED
                 for event in events:
                     if event.kind is not skipped:
                         await insert_event(connection, for_alarm(event, alarm.id))
                 return alarm, created
         raise RuntimeError(f"could not activate {alarm_key!r}: it keeps changing state")
+
+    async def start_drill(
+        self,
+        department_id: int,
+        department_name: str,
+        extension: str,
+        drill: Drill,
+        event: HistoryEvent,
+        *,
+        notify: bool = False,
+    ) -> DrillStart:
+        """Start a drill of the department unless a real alarm of it (or of no
+        department: it pages every group) is active, or a drill of it runs, or a scheduled
+        drill's slot was taken by another server; ``event`` (``drill_started``) is written
+        with it. ``notify``: tell the running servers, so one leads it at once (a drill
+        started outside a server, by the CLI)."""
+        key = drill_key(department_id)
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1, 0)", _DRILL_LOCK)
+            real = await connection.fetchrow(
+                """
+                SELECT * FROM alarms
+                WHERE state = 'active' AND NOT drill
+                  AND (department_id = $1 OR department_id IS NULL)
+                ORDER BY id LIMIT 1
+                """,
+                department_id,
+            )
+            if real is not None:
+                return DrillStart(DrillStartOutcome.ALARM_ACTIVE, alarm_from_row(real))
+            row = await connection.fetchrow(
+                """
+                INSERT INTO alarms (alarm_key, department_id, department_name, extension,
+                                    drill, drill_cycles, drill_devices, drill_emergency,
+                                    drill_requested_by, drill_scheduled_for)
+                VALUES ($1, $2, $3, $4, true, $5, $6, $7, $8, $9)
+                ON CONFLICT DO NOTHING
+                RETURNING *
+                """,
+                key,
+                department_id,
+                department_name,
+                extension,
+                drill.cycles,
+                list(drill.devices) or None,
+                drill.emergency,
+                drill.requested_by,
+                drill.scheduled_for,
+            )
+            if row is None:
+                if drill.scheduled_for is not None and await connection.fetchval(
+                    "SELECT EXISTS (SELECT FROM alarms"
+                    " WHERE alarm_key = $1 AND drill_scheduled_for = $2)",
+                    key,
+                    drill.scheduled_for,
+                ):
+                    # Another server's, running or ended: not a refusal to record.
+                    return DrillStart(DrillStartOutcome.SLOT_TAKEN, None)
+                running = await connection.fetchrow(
+                    "SELECT * FROM alarms WHERE alarm_key = $1 AND state = 'active'", key
+                )
+                if running is not None:
+                    return DrillStart(DrillStartOutcome.DRILL_RUNNING, alarm_from_row(running))
+                raise StoreError(f"cannot start a drill of {department_name!r}: try again")
+            alarm = alarm_from_row(row)
+            await insert_event(connection, for_alarm(event, alarm.id))
+            if notify:
+                await notify_alarm_change(connection, AlarmChange(alarm.id, started=True))
+            return DrillStart(DrillStartOutcome.STARTED, alarm)
+
+    async def drills_to_yield(self, department_id: int | None) -> list[Alarm]:
+        """The active drills a real alarm of ``department_id`` stops: the department's,
+        or every drill for an alarm of no department (it pages every paging group).
+        Under the drill lock: a drill starting meanwhile is either seen here or sees the
+        real alarm and does not start."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1, 0)", _DRILL_LOCK)
+            rows = await connection.fetch(
+                """
+                SELECT * FROM alarms
+                WHERE drill AND state = 'active' AND ($1::int IS NULL OR department_id = $1)
+                ORDER BY id
+                """,
+                department_id,
+            )
+        return [alarm_from_row(row) for row in rows]
+
+    async def tallies(self, since: datetime, until: datetime) -> list[AlarmTally]:
+        """Alarms and drills activated in ``[since, until)``, per kind and department:
+        real alarm statistics never count a drill."""
+        rows = await self._pool.fetch(
+            """
+            SELECT drill, department_name, count(*) AS alarms, sum(cycles) AS pages,
+                   percentile_cont(0.5) WITHIN GROUP (
+                       ORDER BY extract(epoch FROM deactivated_at - activated_at))
+                       AS median_seconds,
+                   count(*) FILTER (WHERE state = 'active') AS still_active
+            FROM alarms
+            WHERE activated_at >= $1 AND activated_at < $2
+            GROUP BY drill, department_name
+            ORDER BY drill, department_name
+            """,
+            since,
+            until,
+        )
+        return [
+            AlarmTally(
+                drill=row["drill"],
+                department_name=row["department_name"],
+                alarms=row["alarms"],
+                pages=int(row["pages"] or 0),
+                median_seconds=(
+                    None if row["median_seconds"] is None else float(row["median_seconds"])
+                ),
+                still_active=row["still_active"],
+            )
+            for row in rows
+        ]
+
+    async def drills(self, since: datetime, until: datetime) -> list[Alarm]:
+        """The drills activated in ``[since, until)``, oldest first."""
+        rows = await self._pool.fetch(
+            """
+            SELECT * FROM alarms WHERE drill AND activated_at >= $1 AND activated_at < $2
+            ORDER BY activated_at, id
+            """,
+            since,
+            until,
+        )
+        return [alarm_from_row(row) for row in rows]
 
     async def record_cycle(self, alarm_id: int, event: HistoryEvent) -> None:
         """Write a paging cycle's event and count it on the alarm, in one transaction.
@@ -145,24 +314,24 @@ class AlarmStore:
             stamped = replace(for_alarm(event, alarm_id), occurred_at=row["deactivated_at"])
             await insert_event(connection, stamped)
             await notify_alarm_change(connection, AlarmChange(alarm_id, finished_by))
-            return row_to(Alarm, row)
+            return alarm_from_row(row)
 
     async def active_alarms(self) -> list[Alarm]:
         rows = await self._pool.fetch(
             "SELECT * FROM alarms WHERE state = 'active' ORDER BY activated_at, id"
         )
-        return [row_to(Alarm, row) for row in rows]
+        return [alarm_from_row(row) for row in rows]
 
     async def recent_alarms(self, limit: int = 50) -> list[Alarm]:
         """The latest alarms, active or not, newest first."""
         rows = await self._pool.fetch(
             "SELECT * FROM alarms ORDER BY activated_at DESC, id DESC LIMIT $1", limit
         )
-        return [row_to(Alarm, row) for row in rows]
+        return [alarm_from_row(row) for row in rows]
 
     async def get_alarm(self, alarm_id: int) -> Alarm | None:
         row = await self._pool.fetchrow("SELECT * FROM alarms WHERE id = $1", alarm_id)
-        return None if row is None else row_to(Alarm, row)
+        return None if row is None else alarm_from_row(row)
 
     async def is_active(self, alarm_id: int) -> bool:
         return bool(
@@ -205,3 +374,17 @@ class AlarmStore:
                 await self._pool.release(connection)
 
         return close
+
+
+def alarm_from_row(row: asyncpg.Record) -> Alarm:
+    """An :class:`Alarm` from a row of ``alarms`` (a drill's with its :class:`Drill`)."""
+    drill = None
+    if row["drill"]:
+        drill = Drill(
+            cycles=row["drill_cycles"],
+            devices=tuple(row["drill_devices"] or ()),
+            emergency=row["drill_emergency"],
+            requested_by=row["drill_requested_by"],
+            scheduled_for=row["drill_scheduled_for"],
+        )
+    return Alarm(**{f.name: row[f.name] for f in fields(Alarm) if f.name != "drill"}, drill=drill)

@@ -5,7 +5,10 @@ connection each server keeps listening on them.
   <fastagi.store.alarms.AlarmStore.deactivate>`). Payload ``"<alarm id>"`` when nobody
   finished the deactivation (the CLI: its leader hangs up, puts the lamps out and tells
   the listeners), or ``"<alarm id> <instance>"`` when that server did it itself (its
-  leader, if another, only stops paging).
+  leader, if another, only stops paging). Or a drill was started outside a server
+  (``fastagi drill``): ``"+<alarm id>"``, so that a server leads it at once rather than
+  at its next scan. (A server older than drills reads that as a deactivation of an
+  alarm that is active, and does nothing.)
 - ``fastagi_page``: someone asked (the web console) that an alarm page its announcement
   now; payload ``"<alarm id>"``. Its leader starts the next cycle at once; the gate
   before every page still refuses a deactivated alarm.
@@ -59,14 +62,18 @@ ARM_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class AlarmChange:
-    """One ``fastagi_alarms`` notification: a deactivation committed."""
+    """One ``fastagi_alarms`` notification: a deactivation committed, or a drill started."""
 
     alarm_id: int
     # The instance that finished the deactivation itself (hung up, lamps, listeners);
     # None: nobody did (the CLI), the alarm's leader does.
     finished_by: str | None = None
+    # A drill started by the CLI: nobody leads it yet.
+    started: bool = False
 
     def payload(self) -> str:
+        if self.started:
+            return f"+{self.alarm_id}"
         if self.finished_by is None:
             return str(self.alarm_id)
         return f"{self.alarm_id} {self.finished_by}"
@@ -75,10 +82,14 @@ class AlarmChange:
     def parse(cls, payload: object) -> AlarmChange | None:
         """The change a payload names, or None when it is not one of ours."""
         alarm_id, _, finished_by = str(payload).strip().partition(" ")
+        started = alarm_id.startswith("+")
         try:
-            return cls(int(alarm_id), finished_by.strip() or None)
+            number = int(alarm_id.removeprefix("+"))
         except ValueError:
             return None
+        if started:
+            return cls(number, started=True)
+        return cls(number, finished_by.strip() or None)
 
 
 async def notify_alarm_change(connection: Connection, change: AlarmChange) -> None:

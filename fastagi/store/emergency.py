@@ -40,6 +40,7 @@ class AlarmSummary:
     state: str
     activated_at: datetime
     acknowledgement: Acknowledgement | None
+    drill: bool = False  # a drill (sql/007_drills.sql): the call says it is a test
 
     @property
     def is_active(self) -> bool:
@@ -53,7 +54,7 @@ class AcknowledgeResult:
 
 
 _SUMMARY = """
-SELECT a.id, a.department_name, a.extension, a.state, a.activated_at,
+SELECT a.id, a.department_name, a.extension, a.state, a.activated_at, a.drill,
        k.acknowledged_at, k.acknowledged_by, k.attempt, k.channel
 FROM alarms a
 LEFT JOIN alarm_acknowledgements k ON k.alarm_id = a.id
@@ -112,6 +113,7 @@ class EmergencyStore:
             state=row["state"],
             activated_at=row["activated_at"],
             acknowledgement=acknowledgement,
+            drill=row["drill"],
         )
 
     async def acknowledge(

@@ -57,6 +57,8 @@ class StoredEvent:
     extension: str | None
     department: str | None
     details: dict[str, Any]
+    # The event belongs to a drill (fastagi/domain/drill.py); filled in by history().
+    drill: bool = False
 
 
 class HistoryStore:
@@ -157,12 +159,15 @@ class HistoryStore:
         return [_event(row) for row in rows]
 
     async def history(self, since: datetime, until: datetime) -> list[StoredEvent]:
-        """Every event with ``since <= occurred_at < until``, oldest first."""
+        """Every event with ``since <= occurred_at < until``, oldest first, each marked
+        when it belongs to a drill (so an export can leave drills out of statistics)."""
         rows = await self._pool.fetch(
             """
-            SELECT * FROM alarm_events
-            WHERE occurred_at >= $1 AND occurred_at < $2
-            ORDER BY occurred_at, id
+            SELECT e.*, coalesce(a.drill, false) AS drill
+            FROM alarm_events e
+            LEFT JOIN alarms a ON a.id = e.alarm_id
+            WHERE e.occurred_at >= $1 AND e.occurred_at < $2
+            ORDER BY e.occurred_at, e.id
             """,
             since,
             until,
@@ -208,7 +213,10 @@ def page_query(
     order = "DESC" if newest_first else "ASC"
     # Every fragment is a fixed text of this function; every value is an argument.
     statement = (
-        f"SELECT * FROM alarm_events WHERE {' AND '.join(conditions)}"  # noqa: S608
+        # drill: the event belongs to a drill (an export leaves drills out of statistics).
+        "SELECT alarm_events.*, coalesce((SELECT a.drill FROM alarms a"  # noqa: S608
+        " WHERE a.id = alarm_events.alarm_id), false) AS drill"
+        f" FROM alarm_events WHERE {' AND '.join(conditions)}"
         f" ORDER BY occurred_at {order}, id {order} LIMIT {argument(limit)}"
     )
     return statement, arguments
@@ -259,4 +267,5 @@ def _event(row: asyncpg.Record) -> StoredEvent:
         extension=row["extension"],
         department=row["department"],
         details=json.loads(row["details"]),
+        drill=bool(row.get("drill", False)),
     )

@@ -3,7 +3,12 @@ in Asterisk's signed-linear format, with built-in sounds to fall back on."""
 
 from fastagi.config.tts import TtsSettings
 from fastagi.tts.cache import Prompt, TextToSpeech
-from fastagi.tts.fallback import fallback_announcement, fallback_confirmation, spell
+from fastagi.tts.fallback import (
+    fallback_announcement,
+    fallback_confirmation,
+    fallback_drill_announcement,
+    spell,
+)
 from fastagi.tts.render import FORMAT_VERSION, TtsError, spoken_text
 
 __all__ = [
@@ -14,6 +19,7 @@ __all__ = [
     "TtsSettings",
     "fallback_announcement",
     "fallback_confirmation",
+    "fallback_drill_announcement",
     "spell",
     "spoken_text",
 ]

@@ -49,6 +49,12 @@ def fallback_announcement(extension: str) -> list[str]:
     return ["ascending-2tone", "vm-Urgent", "extension", *spell(extension)]
 
 
+def fallback_drill_announcement() -> list[str]:
+    """A drill's page, "<beep> T. E. S. T.", in built-in sounds: the core set has no
+    "test" (nor "drill"), and a drill must never sound like an alarm ("urgent")."""
+    return ["beep", *spell("test")]
+
+
 def fallback_confirmation() -> list[str]:
     """The trigger's question, "Urgent. If this is correct, press 1.", in built-in sounds."""
     return ["vm-Urgent", "if-correct-press", "digits/1"]

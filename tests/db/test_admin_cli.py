@@ -321,8 +321,9 @@ def test_alarm_list_show_and_deactivate(fastagi: Cli, monkeypatch: pytest.Monkey
     after = json.loads(fastagi.ok("alarm", "show", str(alarm_id), "--json"))
     table = fastagi.ok("alarm", "show", str(alarm_id))
 
-    assert listed.splitlines()[1].split()[:5] == [
+    assert listed.splitlines()[1].split()[:6] == [
         str(alarm_id),
+        "alarm",
         "active",
         "Emergency",
         "Room",
@@ -341,7 +342,7 @@ def test_alarm_list_show_and_deactivate(fastagi: Cli, monkeypatch: pytest.Monkey
     assert "deactivated" in table
     assert 'reason="drill over"' in table
     assert fastagi.ok("alarm", "list") == "no active alarms\n"
-    assert fastagi.ok("alarm", "list", "--all").splitlines()[1].split()[1] == "deactivated"
+    assert fastagi.ok("alarm", "list", "--all").splitlines()[1].split()[2] == "deactivated"
 
 
 def test_history_export_csv_and_json(fastagi: Cli, tmp_path: Path) -> None:
@@ -393,8 +394,10 @@ def test_history_export_csv_and_json(fastagi: Cli, tmp_path: Path) -> None:
         "extension",
         "department",
         "details",
+        "drill",
     ]
     assert [row["kind"] for row in rows] == ["activated", "page_cycle"]
+    assert [row["drill"] for row in rows] == ["false", "false"]
     assert rows[0]["occurred_at"] == "2024-05-01T12:00:00+00:00"
     assert rows[0]["alarm_id"] == ""
     assert json.loads(rows[1]["details"]) == {"day": 2, "note": 'a, "b"'}

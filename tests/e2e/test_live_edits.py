@@ -64,6 +64,9 @@ class Ended:
     async def alarm_ended(self, alarm: Alarm) -> None:
         self.ended.put_nowait(alarm)
 
+    async def drill_paged(self, alarm: Alarm) -> None:
+        pass
+
 
 class Servers:
     """Real AlarmService instances on the test's loop, closed by the test's stack."""

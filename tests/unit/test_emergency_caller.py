@@ -11,6 +11,8 @@ import pytest
 
 from fastagi.alarms.emergency import EmergencyCaller, EmergencySettings
 from fastagi.ami import AmiActionError, AmiConnectionLost, Message, OriginateResult
+from fastagi.domain.alarm import Alarm
+from fastagi.domain.drill import Drill
 from fastagi.domain.events import HistoryEvent
 from fastagi.store.emergency import Acknowledgement, AcknowledgeResult, AlarmSummary
 
@@ -154,10 +156,17 @@ class FakeStore:
     state: str = "active"
     acknowledgement: Acknowledgement | None = None
     events: list[HistoryEvent] = field(default_factory=list)
+    drill: bool = False
 
     async def alarm_summary(self, alarm_id: int) -> AlarmSummary | None:
         return AlarmSummary(
-            alarm_id, "Ward 3", "201", self.state, datetime.now(UTC), self.acknowledgement
+            alarm_id,
+            "Ward 3",
+            "201",
+            self.state,
+            datetime.now(UTC),
+            self.acknowledgement,
+            drill=self.drill,
         )
 
     async def acknowledge(self, alarm_id, *, by, attempt, channel, event) -> AcknowledgeResult:
@@ -390,3 +399,40 @@ async def test_a_failing_hook_is_logged_not_raised(caplog):
     await finish(s)
     assert s.attempts() == [("primary", "PJSIP/1", "acknowledged")]
     assert "emergency hook" in caplog.text
+
+
+def drill_alarm(*, emergency: bool) -> Alarm:
+    now = datetime.now(UTC)
+    return Alarm(
+        1,
+        "drill:department:3",
+        3,
+        "Ward 3",
+        "201",
+        "active",
+        now,
+        None,
+        None,
+        None,
+        0,
+        None,
+        drill=Drill(cycles=1, emergency=emergency),
+    )
+
+
+async def test_a_drill_is_called_for_only_when_it_says_so_and_shows_its_name() -> None:
+    s = setup({"PJSIP/1": "ack"}, destinations=["PJSIP/1"])
+    await s.caller.alarm_started(drill_alarm(emergency=False))
+    assert not s.caller.running(1)
+    await s.caller.drill_paged(drill_alarm(emergency=False))  # nothing to wait for
+    assert s.ami.calls == []
+
+    s.store.drill = True
+    await s.caller.alarm_started(drill_alarm(emergency=True))
+    assert s.caller.running(1)
+    # The drill ends once its calls have: drill_paged returns when acknowledged.
+    await asyncio.wait_for(s.caller.drill_paged(drill_alarm(emergency=True)), 5)
+    await finish(s)
+    [(channel, caller_id, _)] = s.ami.calls
+    assert (channel, caller_id) == ("PJSIP/1", '"TEST Ward 3" <201>')
+    assert s.attempts() == [("primary", "PJSIP/1", "acknowledged")]

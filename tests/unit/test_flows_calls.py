@@ -130,6 +130,7 @@ class FakeAlarm:
     id: int
     department_name: str
     extension: str
+    is_drill: bool = False
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ class SlowListener:
         await self._work()
         self.told.append(("ended", alarm.id))
 
+    async def drill_paged(self, alarm: Alarm) -> None: ...
+
     @staticmethod
     async def _work() -> None:
         for _ in range(5):
@@ -78,6 +80,8 @@ async def test_a_listener_that_hangs_is_cancelled_after_the_grace() -> None:
                 raise
 
         async def alarm_ended(self, alarm: Alarm) -> None: ...
+
+        async def drill_paged(self, alarm: Alarm) -> None: ...
 
     hanging = Hanging()
     listeners = Listeners([hanging])

@@ -21,7 +21,7 @@ from fastagi.config import FlowSettings
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT
 from fastagi.domain.pins import hash_pin_async
 from fastagi.flows import prompts
-from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi.tts import Prompt, TextToSpeech, TtsError, TtsSettings
 from fastagi_dev.sandbox import Sandbox
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from fastagi_dev.sandbox.instance import TRUNK_ENDPOINT
@@ -210,6 +210,49 @@ async def test_invalid_key_prompts_again_then_confirm(
         "confirmed",
         "activated",
     ]
+    [alarm] = await harness.store.alarms.active_alarms()
+    assert alarm.department_name == ER
+
+
+class HeldQuestion:
+    """The harness's text-to-speech with the panic question's render held, as a cold
+    render on a loaded machine is, until ``released`` (or its timeout: TtsError)."""
+
+    def __init__(self, tts: TextToSpeech) -> None:
+        self._tts = tts
+        self.released = asyncio.Event()
+
+    async def render(self, text: str, *, timeout: float | None = None) -> Prompt:  # noqa: ASYNC109
+        if text.startswith("Panic alarm for"):
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.released.wait()
+            except TimeoutError:
+                raise TtsError("held past its timeout") from None
+        return await self._tts.render(text, timeout=timeout)
+
+
+async def test_1_pressed_before_the_question_is_ready_confirms(
+    harness: FlowHarness, ami: SandboxAmi
+) -> None:
+    # The person presses 1 as soon as the server listens, while the question is still
+    # held in its render: not lost, it is the answer, and no question is played.
+    held = HeldQuestion(harness.tts)
+    async with harness.serving(tts=held) as (panic, _):
+        call = await sipp.call_dtmf(
+            harness.sandbox,
+            harness.workdir,
+            service="*555",
+            ext=101,
+            answers=["1"],
+            before_prompt=True,
+        )
+    call.check()
+    assert panic.errors == []
+    assert (await panic_end(ami))["FASTAGI_STATUS"] == "CONFIRMED"
+    assert await harness.kinds() == ["triggered", "confirmed", "activated"]
+    [confirmed] = await harness.events("confirmed")
+    assert json.loads(confirmed["details"])["before_prompt"] is True
     [alarm] = await harness.store.alarms.active_alarms()
     assert alarm.department_name == ER
 

@@ -100,7 +100,7 @@ async def _story(sandbox: Sandbox, store: Stores, phones: list[PagingPhone], wor
     say(f"phones {', '.join(map(str, DEMO_PHONES))} are up (SIPp, answering every call)")
     say(f"desk phone {DEMO_CALLER} presses the panic key (*555) and confirms with 1")
     trigger = await call_dtmf(
-        sandbox, workdir / "trigger", service="*555", ext=DEMO_CALLER, digits="1", prompt_ms=1500
+        sandbox, workdir / "trigger", service="*555", ext=DEMO_CALLER, answers=["1"]
     )
     trigger.check()
     [alarm] = [a for a in await store.alarms.active_alarms() if a.extension == str(DEMO_CALLER)]
@@ -120,8 +120,7 @@ async def _story(sandbox: Sandbox, store: Stores, phones: list[PagingPhone], wor
         workdir / "deactivate",
         service="*556",
         ext=DEMO_DEACTIVATOR,
-        digits=f"{DEMO_PIN}#",
-        prompt_ms=1500,
+        answers=[f"{DEMO_PIN}#"],
     )
     stop.check()
     stopped = await store.alarms.get_alarm(alarm.id)

@@ -38,7 +38,6 @@ from fastagi.store.migrations import migrate
 from fastagi.web.server import Console, running_console
 from fastagi_dev.cluster import EmbeddedCluster
 from fastagi_dev.demo import dev_cache_dir, dev_state_path
-from fastagi_dev.sandbox.image import repo_root
 from fastagi_dev.sandbox.instance import Sandbox, SandboxPorts, running_sandbox
 from fastagi_dev.seed import DemoInfo, seed_demo
 
@@ -122,9 +121,6 @@ async def seed(dsn: str) -> DemoInfo:
 
 
 def banner(sandbox: Sandbox, settings: Settings, dsn: str, demo: DemoInfo, console_url: str) -> str:
-    repo = repo_root()
-    scenario = repo / "tests" / "sipp_scenarios" / "uac_call_dtmf.xml"
-    empty_digits = " ".join(f"-key d{n} ''" for n in range(3, 9))
     # ruff takes "select" in this banner for SQL (S608).
     return f"""
 fastagi-panic is running (Ctrl-C stops everything).
@@ -134,10 +130,9 @@ fastagi-panic is running (Ctrl-C stops everything).
   Console    {console_url}  (log in as {demo.web_user} / {demo.web_password})
   PostgreSQL {dsn}
 
-Place a test call: desk phone 101 dials the connectivity probe *599 and types 4 2:
-  sipp 127.0.0.1:{sandbox.sip_port} -sf {scenario} -s '*599' -i 127.0.0.1 -p 6101 -m 1 \\
-       -d 2000 -key ext 101 -key gap_ms 250 -key hangup server -key linger_ms 1000 \\
-       -key d1 4 -key d2 2 {empty_digits}
+Place a test call: desk phone 101 dials the connectivity probe *599 and types 4 2
+when the prompt plays (a SIPp phone, told by the sandbox's AMI):
+  .venv/bin/python -m fastagi_dev sandbox call --name {sandbox.name} '*599' 42
 Then: psql '{dsn}' -c 'select * from probe_calls'
 Asterisk console: .venv/bin/python -m fastagi_dev sandbox cli 'core show channels'
 

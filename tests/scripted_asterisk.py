@@ -26,7 +26,9 @@ CLOSE = b""  # instead of replying, Asterisk closes its side (as after a hang-up
 # An upper bound for a whole scripted call: every reply is on its way at once.
 WAIT = 10.0
 
-Reply = bytes | str | None
+# A reply; a function is called with the command line when it arrives and its result
+# is the reply (a test acts at that moment: releases a slow render, say).
+Reply = bytes | str | None | Callable[[str], "bytes | str | None"]
 
 
 def _script_of(greeting: bytes) -> str:
@@ -46,8 +48,9 @@ class ScriptedAsterisk:
     """One FastAGI connection from Asterisk, with its replies scripted in order.
 
     ``sent`` keeps every command line the server wrote (``commands``: decoded, without the
-    newline).  A reply is bytes or str; :data:`STALL` sends nothing; :data:`CLOSE`, or the
-    end of the script, closes Asterisk's side of the connection.
+    newline).  A reply is bytes or str, or a function of the command line that returns
+    one; :data:`STALL` sends nothing; :data:`CLOSE`, or the end of the script, closes
+    Asterisk's side of the connection.
     """
 
     def __init__(self, *replies: Reply, greeting: bytes) -> None:
@@ -140,6 +143,8 @@ class ScriptedAsterisk:
                     self.sent.append(line)
                     self.something_sent.set()
                     reply = self._replies.popleft() if self._replies else CLOSE
+                    if callable(reply):
+                        reply = reply(line.decode().rstrip("\n"))
                     if reply is not STALL:
                         self._send(writer, reply.encode() if isinstance(reply, str) else reply)
             finally:

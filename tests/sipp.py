@@ -1,4 +1,4 @@
 """SIPp helpers for tests; they live in fastagi_dev so that ``make demo`` uses them too."""
 
 from fastagi_dev.sandbox.sipp import *  # noqa: F403
-from fastagi_dev.sandbox.sipp import MAX_DIGITS, SCENARIOS  # noqa: F401
+from fastagi_dev.sandbox.sipp import SCENARIOS  # noqa: F401

@@ -8,7 +8,10 @@ and channel, by which the alarm's timeline finds it):
    ``triggered``.
 2. The question, by text-to-speech (built-in sounds if that fails), naming the
    department: "Press 1 to confirm the alarm, or 2 to cancel". ``prompt_played`` each
-   time. Optionally the same question as text on the phone's display.
+   time. Optionally the same question as text on the phone's display. While the
+   question is still being rendered the flow listens, silently: 1 or 2 pressed then is
+   the answer (``confirmed`` / ``cancelled`` with ``before_prompt``, no question
+   played), for a caller who knows the question and does not wait for it.
 3. 1: ``confirmed``, the alarm is activated (the service records ``activated`` or
    ``retriggered``), a short acknowledgement unless discretion is configured, and the
    call ends. 2: ``cancelled``, no alarm. Another key: the question again, up to
@@ -145,6 +148,7 @@ class _Call:
     prompts: int = 0
     silent: int = 0
     invalid: int = 0
+    before_prompt: bool = False  # answered while the question was still being prepared
 
     @property
     def log_extra(self) -> dict[str, Any]:
@@ -226,8 +230,12 @@ class PanicFlow:
         if self._settings.send_text:
             await self._send_text(call)
         answer = await self._question(call, policy)
+        answered = {
+            "prompts": call.prompts,
+            **({"before_prompt": True} if call.before_prompt else {}),
+        }
         if answer is _Answer.CONFIRM:
-            await self._record(call, EventKind.CONFIRMED, {"prompts": call.prompts})
+            await self._record(call, EventKind.CONFIRMED, answered)
             await self._activate(call, trigger="confirmed")
             await set_status(call.session, Status.CONFIRMED)
             if self._settings.ack_on_confirm:
@@ -235,7 +243,7 @@ class PanicFlow:
                     call, prompts.PANIC_ACTIVATED, prompts.FALLBACK_ACTIVATED
                 )
         elif answer is _Answer.CANCEL:
-            await self._record(call, EventKind.CANCELLED, {"prompts": call.prompts})
+            await self._record(call, EventKind.CANCELLED, answered)
             await set_status(call.session, Status.CANCELLED)
             await self._say_after_answer(call, prompts.PANIC_CANCELLED, prompts.FALLBACK_CANCELLED)
         else:
@@ -262,20 +270,28 @@ class PanicFlow:
         attempts = max(1, policy.confirmation_attempts)
         text = prompts.panic_question(call.label)
         while True:
-            files = await prompts.files_for(
+            # A caller who presses 1 while the question is still being prepared has
+            # answered it: the flow listens during the render.
+            prepared = await prompts.files_listening(
+                call.session,
                 self._tts,
                 text,
                 prompts.FALLBACK_QUESTION,
                 render_timeout=self._settings.render_timeout,
+                answers=CONFIRM_KEY + CANCEL_KEY,
             )
+            if isinstance(prepared, str):
+                call.before_prompt = True
+                logger.info("answered before the question was asked", extra=call.log_extra)
+                return _Answer.CONFIRM if prepared == CONFIRM_KEY else _Answer.CANCEL
             call.prompts += 1
             await self._record(
                 call,
                 EventKind.PROMPT_PLAYED,
-                {"prompt": call.prompts, "tts": files.rendered},
+                {"prompt": call.prompts, "tts": prepared.rendered},
             )
             result = await prompts.ask(
-                call.session, files, timeout_ms=self._settings.confirm_timeout_ms, max_digits=1
+                call.session, prepared, timeout_ms=self._settings.confirm_timeout_ms, max_digits=1
             )
             if result.digits == CONFIRM_KEY:
                 return _Answer.CONFIRM

@@ -17,6 +17,7 @@ carries on; and Playback takes several files joined with '&'. GET DATA does not 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "Speaker",
     "ask",
     "files_for",
+    "files_listening",
     "play",
     "say",
 ]
@@ -39,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 #: Every key interrupts a prompt that asks for one.
 ANY_KEY = "0123456789*#"
+#: How long each WAIT FOR DIGIT lasts while a question renders (:func:`files_listening`):
+#: the longest a rendered question waits to be asked.
+LISTEN_SLICE_MS = 250
 
 # ---- texts ---------------------------------------------------------------------------
 # {department} is a department name or UNKNOWN_LABEL; the rest is ours.
@@ -173,6 +178,45 @@ async def files_for(
         logger.warning("prompt falls back to built-in sounds", extra={"error": str(exc)})
         return PromptFiles(tuple(fallback), rendered=False)
     return PromptFiles((prompt.asterisk_name,), rendered=True)
+
+
+async def files_listening(
+    session: AgiSession,
+    tts: Speaker,
+    text: str,
+    fallback: Sequence[str],
+    *,
+    render_timeout: float,
+    answers: str,
+) -> PromptFiles | str:
+    """:func:`files_for`, listening to the caller while ``text`` renders: a key among
+    ``answers`` pressed before the prompt is ready is returned instead of the files.
+
+    Asterisk drops a key that arrives while no command runs (res_agi's ``run_agi`` reads
+    and discards the channel's frames between commands), and a render may take seconds
+    on a loaded machine, while a caller who knows the question presses at once. So while
+    the render runs, WAIT FOR DIGIT listens in slices of LISTEN_SLICE_MS (it plays
+    nothing: the room hears no more than before). Another key is logged and ignored: the
+    caller hears the question. A prompt on disk already is ready without a command.
+    Raises AgiHangup if the caller hangs up meanwhile.
+    """
+    render = asyncio.ensure_future(files_for(tts, text, fallback, render_timeout=render_timeout))
+    try:
+        # A cached prompt comes back in the render's first step (TextToSpeech.render does
+        # not suspend for one): yield once, so that it is asked without a command first.
+        await asyncio.sleep(0)
+        while not render.done():
+            key = await session.wait_for_digit(LISTEN_SLICE_MS)
+            if key is None:
+                continue
+            if key in answers:
+                return key
+            logger.info("key before the prompt ignored", extra={"prompt": text[:40]})
+        return render.result()
+    finally:
+        # The caller answered (or hung up) first: this call no longer waits for the
+        # render. TextToSpeech shields its own render, which still lands in the cache.
+        render.cancel()
 
 
 async def play(session: AgiSession, files: PromptFiles) -> None:

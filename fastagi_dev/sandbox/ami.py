@@ -161,8 +161,9 @@ class AmiClient:
         response = await self.action({"Action": "Command", "Command": command}, within=within)
         return response.get("Output", "")
 
-    async def next_event(self, *, within: float = 10.0) -> AmiMessage:
-        """The next event (queued first, then from the wire)."""
+    async def next_event(self, *, within: float | None = 10.0) -> AmiMessage:
+        """The next event (queued first, then from the wire); ``within=None`` waits as
+        long as it takes."""
         if self._events:
             return self._events.popleft()
         async with asyncio.timeout(within):

@@ -8,6 +8,10 @@
     status              pid, ports, AMI login and uptime
     cli <command...>    run an Asterisk CLI command, e.g.
                         `python -m fastagi_dev sandbox cli pjsip show endpoints`
+    call <number> [keys...]
+                        a SIPp desk phone (--ext, default 101) calls <number>; the
+                        person at it types each of [keys...] when a prompt plays, e.g.
+                        `python -m fastagi_dev sandbox call '*599' 42`
 
 Every action takes ``--name`` (default ``dev``) and ``--rootfs`` (default
 ``$FASTAGI_SANDBOX_ROOTFS`` or ``<repo>/.cache/sandbox/rootfs``).
@@ -18,12 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from fastagi.cli.common import CliError
 from fastagi_dev.sandbox.image import ImageError, build_image, default_rootfs
 from fastagi_dev.sandbox.instance import DEFAULT_AGI_URL, Sandbox, SandboxError, SandboxPorts
+from fastagi_dev.sandbox.sipp import call_dtmf
 
 
 def register(subparsers: Any) -> None:
@@ -68,6 +74,15 @@ def register(subparsers: Any) -> None:
     cli.add_argument("--name", default="dev")
     cli.add_argument("words", nargs="+", metavar="COMMAND")
     cli.set_defaults(handler=_cli)
+
+    call = add("call", "call from a SIPp desk phone, typing keys when prompts play")
+    call.add_argument("--name", default="dev")
+    call.add_argument("--ext", default="101", help="the calling desk phone (default 101)")
+    call.add_argument("number", help="what to dial, e.g. '*599'")
+    call.add_argument(
+        "answers", nargs="*", metavar="KEYS", help="the keys typed at each prompt, in order"
+    )
+    call.set_defaults(handler=_call)
 
 
 def _image(args: argparse.Namespace) -> int:
@@ -165,6 +180,25 @@ def _print_status(sandbox: Sandbox) -> None:
         f"  uptime     {' / '.join(uptime.splitlines()) or '?'}",
         flush=True,
     )
+
+
+def _call(args: argparse.Namespace) -> int:
+    try:
+        sandbox = Sandbox.attach(args.rootfs, args.name)
+        workdir = Path(tempfile.mkdtemp(prefix="fastagi-call-"))
+        result = asyncio.run(
+            call_dtmf(sandbox, workdir, service=args.number, ext=args.ext, answers=args.answers)
+        )
+    except (SandboxError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    sent = [m.first_line for m in result.messages if not m.received]
+    print("\n".join(sent))
+    print(f"SIPp logs: {workdir}")
+    try:
+        result.check()
+    except AssertionError as exc:
+        raise CliError(str(exc)) from None
+    return 0
 
 
 def _cli(args: argparse.Namespace) -> int:

@@ -3,8 +3,12 @@ and from ``python -m fastagi_dev demo``.
 
 One-shot scenarios (a desk phone calling, subscribing)::
 
-    result = await sipp.call_dtmf(sandbox, tmp_path, service="*599", digits="1234")
+    result = await sipp.call_dtmf(sandbox, tmp_path, service="*599", answers=["1234"])
     result.check()                       # AssertionError with the SIP trace on failure
+
+The person at a test phone types each answer when a prompt plays (told by Asterisk's
+AMI, :mod:`fastagi_dev.sandbox.keypad`), never after a pause: a key Asterisk gets while
+no command reads the channel is lost.
 
 Paging phones (long-running UAS on ``phone_base + ext``)::
 
@@ -15,6 +19,7 @@ Paging phones (long-running UAS on ``phone_base + ext``)::
 
     busy = sipp.Phone(sandbox, 243, tmp_path, "uas_busy.xml")   # any uas_*.xml scenario
     await busy.wait("INVITE", 2); busy.received("BYE"); busy.sent("INFO")
+    desk = sipp.Responder(sandbox, 241, tmp_path, answers=["1"])  # answers, types 1
 
 Every run writes SIPp's message, error and screen logs into ``workdir`` (use pytest's
 ``tmp_path``), and the result carries them for assertions and failure output.
@@ -26,21 +31,27 @@ import asyncio
 import contextlib
 import datetime as dt
 import re
+import secrets
 import signal
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
 
+from fastagi_dev.sandbox.ami import AmiClient
 from fastagi_dev.sandbox.image import repo_root
 from fastagi_dev.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.keypad import Person, answer_calls, stop, type_answers
 from fastagi_dev.sandbox.ports import free_port, udp_ports_bound_by
 
 # The scenarios live with the tests, where integrators look for them; the demo runs from
 # a clone of the repository.
 SCENARIOS = repo_root() / "tests" / "sipp_scenarios"
-MAX_DIGITS = 8  # uac_call_dtmf.xml has keys d1..d8
+# What a phone's microphone sends once answered (uac_call_dtmf.xml, uas_answer_dtmf.xml
+# stream it in a loop): one second of silence in G.711 u-law, where 0xFF encodes zero.
+SILENCE_FILE = "silence.ulaw"
+_SILENCE = b"\xff" * 8000
 # Header of one entry in SIPp's -message_file: a dashed line with the time, then
 # "UDP message received [N] bytes :" or "UDP message sent (N bytes):", then the message.
 _ENTRY = re.compile(
@@ -112,7 +123,8 @@ def parse_messages(log: str) -> list[SipMessage]:
 
 @dataclass(frozen=True)
 class SippResult:
-    """Exit status and logs of one SIPp run. Exit 0 means every call succeeded."""
+    """Exit status and logs of one SIPp run. Exit 0 means every call succeeded;
+    ``untyped``: what the person at the phone was to type but had no prompt for."""
 
     scenario: str
     returncode: int
@@ -120,6 +132,7 @@ class SippResult:
     errors_log: str
     screen: str
     timed_out: bool = False
+    untyped: tuple[str, ...] = ()
 
     @property
     def messages(self) -> list[SipMessage]:
@@ -135,12 +148,15 @@ class SippResult:
         ]
 
     def check(self) -> None:
-        """Raise AssertionError with the trace unless the scenario completed."""
-        if self.returncode != 0 or self.timed_out:
+        """Raise AssertionError with the trace unless the scenario completed and the
+        person typed every answer."""
+        if self.returncode != 0 or self.timed_out or self.untyped:
             raise AssertionError(str(self))
 
     def __str__(self) -> str:
         status = "timed out" if self.timed_out else f"exit {self.returncode}"
+        if self.untyped:
+            status += f", never typed {list(self.untyped)} (no prompt asked for them)"
         return (
             f"SIPp {self.scenario}: {status}\n--- errors\n{self.errors_log[-3000:]}\n"
             f"--- messages\n{self.messages_log[-6000:]}\n--- screen\n{self.screen[-1500:]}"
@@ -167,9 +183,12 @@ def sipp_command(
     recv_timeout_ms: int | None = None,
     extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """The sipp command line; logs go to ``workdir/<scenario>.{messages,errors,screen}``
-    (``workdir`` is created)."""
+    """The sipp command line, to run in ``workdir``; logs go to
+    ``workdir/<scenario>.{messages,errors,screen}`` (``workdir`` is created, with the
+    phone's silence to stream)."""
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / SILENCE_FILE).write_bytes(_SILENCE)
     stem = Path(scenario).stem
     command = ["sipp"]
     if remote is not None:
@@ -213,6 +232,7 @@ async def run_scenario(
     recv_timeout_ms: int | None = 20_000,
     local_port: int | None = None,
     within: float = 30.0,
+    extra: tuple[str, ...] = (),
 ) -> SippResult:
     """Run one call of ``scenario`` against 127.0.0.1:``sip_port``; never raises on a
     failed call (see ``SippResult.check``). On timeout SIPp is killed."""
@@ -226,11 +246,16 @@ async def run_scenario(
         keys=keys,
         pause_ms=pause_ms,
         recv_timeout_ms=recv_timeout_ms,
+        extra=extra,
     )
     screen_path = workdir / f"{stem}.screen"
     with screen_path.open("wb") as screen:
         process = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.DEVNULL, stdout=screen, stderr=screen
+            *command,
+            cwd=workdir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=screen,
+            stderr=screen,
         )
         timed_out = False
         try:
@@ -260,47 +285,47 @@ async def call_dtmf(
     *,
     service: str,
     ext: int | str = 101,
-    digits: str = "",
-    prompt_ms: int = 1000,
-    gap_ms: int = 250,
-    hangup: str = "server",
-    linger_ms: int = 1000,
+    answers: Sequence[str] = (),
+    hang_up: bool = False,
+    before_prompt: bool = False,
     within: float = 30.0,
 ) -> SippResult:
-    """Desk phone ``ext`` (or the endpoint "trunk") calls ``service``, waits
-    ``prompt_ms``, sends ``digits`` as SIP INFO, then waits for Asterisk's BYE
-    (``hangup="server"``) or hangs up after ``linger_ms`` (``hangup="client"``)."""
-    if len(digits) > MAX_DIGITS:
-        raise ValueError(f"uac_call_dtmf.xml sends at most {MAX_DIGITS} digits")
-    if hangup not in {"server", "client"}:
-        raise ValueError("hangup is 'server' or 'client'")
-    keys = {"ext": str(ext), "gap_ms": str(gap_ms), "linger_ms": str(linger_ms), "hangup": hangup}
-    for index in range(MAX_DIGITS):
-        keys[f"d{index + 1}"] = digits[index] if index < len(digits) else ""
-    return await run_scenario(
-        "uac_call_dtmf.xml",
-        workdir,
-        sip_port=sandbox.sip_port,
-        service=service,
-        keys=keys,
-        pause_ms=prompt_ms,
-        recv_timeout_ms=int(within * 1000),
-        within=within + 5,
-    )
-
-
-async def call_hangup_early(
-    sandbox: Sandbox, workdir: Path, *, service: str, ext: int = 101, after_ms: int = 500
-) -> SippResult:
-    """Desk phone ``ext`` calls ``service`` and hangs up ``after_ms`` after the answer."""
-    return await run_scenario(
-        "uac_hangup_early.xml",
-        workdir,
-        sip_port=sandbox.sip_port,
-        service=service,
-        keys={"ext": str(ext)},
-        pause_ms=after_ms,
-    )
+    """Desk phone ``ext`` (or the endpoint "trunk") calls ``service``, and the person at
+    it types ``answers`` (one string of keys per prompt that reads keys, "" to stay
+    silent at one) as the prompts play, as SIP INFO; then waits for Asterisk's BYE, or,
+    with ``hang_up``, hangs up at the next prompt. ``before_prompt``: the first answer
+    goes as soon as the server listens (WAIT FOR DIGIT), before any prompt plays.
+    ``result.check()`` fails when an answer found no prompt."""
+    person = Person(answers, hang_up=hang_up, before_prompt=before_prompt)
+    local_port = free_port(socket.SOCK_DGRAM)
+    # The Call-ID is fixed, so that the keypad can tell this call's channel from others.
+    token = f"keypad-{secrets.token_hex(8)}"
+    async with await sandbox.ami() as ami:
+        # Listening before the call starts, so that no prompt goes unseen.
+        keypad = asyncio.create_task(
+            type_answers(
+                ami,
+                person,
+                call_id=f"{token}@127.0.0.1",
+                endpoint=str(ext),
+                phone_port=local_port,
+            )
+        )
+        try:
+            result = await run_scenario(
+                "uac_call_dtmf.xml",
+                workdir,
+                sip_port=sandbox.sip_port,
+                service=service,
+                keys={"ext": str(ext)},
+                recv_timeout_ms=int(within * 1000),
+                local_port=local_port,
+                within=within + 5,
+                extra=("-cid_str", f"{token}@%s"),
+            )
+        finally:
+            await stop(keypad)
+    return replace(result, untyped=person.untyped)
 
 
 async def subscribe_dialog(
@@ -322,7 +347,7 @@ class Phone:
     endpoint 2NN) running ``scenario`` for every INVITE, until stopped.
 
     ``scenario`` is one of the ``uas_*.xml`` (``uas_answer.xml`` answers, ``uas_busy.xml``
-    answers 486, ``uas_answer_dtmf.xml`` answers and sends a key); ``keys`` are its ``-key``
+    answers 486; :class:`Responder` runs ``uas_answer_dtmf.xml``); ``keys`` are its ``-key``
     values besides ``ext``. ``answer_options``: answer Asterisk's OPTIONS pings with 200
     (SIPp's ``-aa``), for a phone the sandbox qualifies (``qualified_phones``).
     ``async with Phone(sandbox, 241, tmp_path, ...) as phone:``, or ``start()`` and
@@ -407,7 +432,11 @@ class Phone:
         )
         with (self.workdir / f"{self._stem}.screen").open("wb") as screen:
             self._process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=screen, stderr=screen
+                *command,
+                cwd=self.workdir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=screen,
+                stderr=screen,
             )
         # SIPp gives no sign when its socket is bound: watch its sockets (without binding
         # the port, which would take it from SIPp for that moment) until the port shows
@@ -451,3 +480,38 @@ class PagingPhone(Phone):
 
     def __init__(self, sandbox: Sandbox, ext: int, workdir: Path) -> None:
         super().__init__(sandbox, ext, workdir)
+
+
+class Responder(Phone):
+    """A phone whose person answers every call and types ``answers`` at its prompts (one
+    string of keys per prompt that reads keys, "" to stay silent at one), as SIP INFO
+    (``uas_answer_dtmf.xml``): the security desk acknowledging an emergency call."""
+
+    def __init__(self, sandbox: Sandbox, ext: int, workdir: Path, answers: Sequence[str]) -> None:
+        super().__init__(sandbox, ext, workdir, "uas_answer_dtmf.xml")
+        Person(answers)  # a bad answer fails here, not at the first call
+        self._sandbox = sandbox
+        self._answers = tuple(answers)
+        self._ami: AmiClient | None = None
+        self._keypad: asyncio.Task[None] | None = None
+
+    async def start(self, *, within: float = 5.0, poll_interval: float = 0.02) -> None:
+        # Listening before the phone can take a call, so that no prompt goes unseen.
+        self._ami = await self._sandbox.ami()
+        self._keypad = asyncio.create_task(
+            answer_calls(self._ami, self._answers, endpoint=str(self.ext), phone_port=self.port)
+        )
+        await super().start(within=within, poll_interval=poll_interval)
+
+    async def stop(self) -> None:
+        try:
+            await super().stop()
+        finally:
+            keypad, ami = self._keypad, self._ami
+            self._keypad = self._ami = None
+            try:
+                if keypad is not None:
+                    await stop(keypad)
+            finally:
+                if ami is not None:
+                    await ami.close()

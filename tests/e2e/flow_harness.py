@@ -140,7 +140,7 @@ class FlowHarness:
 
     @asynccontextmanager
     async def serving(
-        self, settings: FlowSettings | None = None, tts: TextToSpeech | None = None
+        self, settings: FlowSettings | None = None, tts: prompts.Speaker | None = None
     ) -> AsyncIterator[tuple[Observed, Observed]]:
         """The AGI server with ``panic`` and ``deactivate`` routes (``tts``: another
         text-to-speech service for the flows than the alarm service's)."""

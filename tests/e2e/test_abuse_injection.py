@@ -156,9 +156,8 @@ async def test_a_hostile_department_name_goes_from_the_cli_to_the_phones_and_tts
         running_server(settings),
     ):
         call = await sipp.call_dtmf(
-            sandbox, tmp_path / "panic", service="*555", ext=int(ext), digits="1",
-            prompt_ms=1500,
-        )  # fmt: skip
+            sandbox, tmp_path / "panic", service="*555", ext=int(ext), answers=["1"]
+        )
         call.check()
         await phone.wait_invites(1, within=15)
         [alarm] = await store.alarms.active_alarms()

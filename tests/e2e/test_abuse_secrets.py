@@ -58,8 +58,8 @@ async def test_no_pin_and_no_ami_secret_in_logs_history_or_errors(
         async with harness.serving() as (_, deactivate):
             # One wrong PIN ends the call (one attempt, no lockout); a second call
             # brings the right one.
-            await call(harness, 101, digits=f"{WRONG_PIN}#")
-            await call(harness, 101, digits=f"{PIN}#")
+            await call(harness, 101, answers=[f"{WRONG_PIN}#"])
+            await call(harness, 101, answers=[f"{PIN}#"])
         errors = [repr(exc) for exc in deactivate.errors]
         stopped = await harness.store.alarms.get_alarm(alarm.id)
         rows = await harness.pool.fetch("SELECT * FROM alarm_events ORDER BY id")

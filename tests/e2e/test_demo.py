@@ -25,7 +25,7 @@ from fastagi.store import Stores
 from fastagi.tts import TtsSettings
 from fastagi_dev.demo import DEMO_CYCLES, DEMO_PHONES, run_demo
 from fastagi_dev.sandbox import Sandbox
-from fastagi_dev.sandbox.sipp import Phone
+from fastagi_dev.sandbox.sipp import Responder
 from fastagi_dev.seed import seed_demo
 from tests.notify_servers import SmtpServer, WebhookServer
 
@@ -95,13 +95,7 @@ async def test_the_demo_story_through_the_production_wiring(
     )
 
     emergency = EmergencySettings(destinations=[f"PJSIP/{SECURITY_DESK}"], ring_timeout=10)
-    security_desk = Phone(
-        sandbox,
-        SECURITY_DESK,
-        tmp_path,
-        "uas_answer_dtmf.xml",
-        {"dtmf_delay_ms": "1500", "digit": "1"},
-    )
+    security_desk = Responder(sandbox, SECURITY_DESK, tmp_path, answers=["1"])
     settings = settings_for(sandbox, agi_port, database_dsn, notify, emergency)
     async with security_desk, running_server(settings):
         await run_demo(sandbox, database_dsn)

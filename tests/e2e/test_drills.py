@@ -332,9 +332,7 @@ async def test_a_drill_from_a_phone_with_the_drill_pin(
             tmp_path / "desk",
             service="*558",
             ext=DESK,
-            digits=f"99#{PIN}#",
-            prompt_ms=1500,
-            gap_ms=600,
+            answers=["99#", f"{PIN}#"],  # a wrong PIN, then the right one
         )
         end = await ami.wait_event("UserEvent", UserEvent="FastAGIDrillEnd", within=20)
         [invite] = await phone.wait_invites(1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,13 +106,16 @@ class Harness:
         await self.stack.enter_async_context(server)
         return caller
 
-    async def phone(self, ext: int, scenario: str, **keys: str) -> sipp.Phone:
+    async def phone(self, ext: int, scenario: str) -> sipp.Phone:
         return await self.stack.enter_async_context(
-            sipp.Phone(self.sandbox, ext, self.workdir, scenario, keys)
+            sipp.Phone(self.sandbox, ext, self.workdir, scenario)
         )
 
-    async def ack_phone(self, ext: int, delay_ms: int = 1500) -> sipp.Phone:
-        return await self.phone(ext, "uas_answer_dtmf.xml", dtmf_delay_ms=str(delay_ms), digit="1")
+    async def ack_phone(self, ext: int, answers: Sequence[str] = ("1",)) -> sipp.Phone:
+        """A responder who types 1 at the announcement (``answers``: one per prompt)."""
+        return await self.stack.enter_async_context(
+            sipp.Responder(self.sandbox, ext, self.workdir, answers)
+        )
 
     async def events(self, alarm_id: int, kind: EventKind) -> list[asyncpg.Record]:
         return await self.pool.fetch(
@@ -314,7 +317,10 @@ async def test_stop_hangs_up_the_call_in_progress(harness: Harness) -> None:
 
 async def test_the_emergency_call_does_not_delay_paging(harness: Harness) -> None:
     settings = BASE.model_copy(update={"destinations": [dial(ACK_PHONE)]})
-    phone = await harness.ack_phone(ACK_PHONE, delay_ms=4000)
+    # The responder stays silent at the first announcement and acknowledges at the
+    # second: the page below is long over by then (a whole announcement plus the wait
+    # for a key), so the emergency call is still running when it ends.
+    phone = await harness.ack_phone(ACK_PHONE, answers=["", "1"])
     paged = await harness.stack.enter_async_context(
         sipp.PagingPhone(harness.sandbox, PAGED_PHONE, harness.workdir)
     )
@@ -337,7 +343,7 @@ async def test_the_emergency_call_does_not_delay_paging(harness: Harness) -> Non
 async def test_emergency_cid_from_astdb_and_fixed_caller_id(harness: Harness) -> None:
     await harness.sandbox.acli("database put DEVICE 102/emergency_cid 5550199")
     settings = BASE.model_copy(update={"destinations": [dial(ACK_PHONE)]})
-    phone = await harness.ack_phone(ACK_PHONE, delay_ms=500)
+    phone = await harness.ack_phone(ACK_PHONE)
     caller = await harness.caller(settings)
     alarm = await harness.alarm("Ward F", "102")
     caller.start(alarm)

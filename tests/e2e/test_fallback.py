@@ -94,7 +94,7 @@ async def astdb(box: Sandbox) -> dict[str, str]:
 
 async def confirm(box: Sandbox, workdir: Path, ext: int) -> dt.datetime:
     """Desk phone ``ext`` dials *555 and presses 1 during the question; when it did."""
-    call = await sipp.call_dtmf(box, workdir, service="*555", ext=ext, digits="1", prompt_ms=1500)
+    call = await sipp.call_dtmf(box, workdir, service="*555", ext=ext, answers=["1"])
     call.check()
     [key] = [m.time for m in call.messages if not m.received and m.first_line.startswith("INFO")]
     return key
@@ -341,11 +341,7 @@ async def test_acknowledgement_reaches_url2_when_url1_is_down(
     store = Stores.over(db_pool)
     await seed_department(store, "Fallback Ward A", "198", ["PJSIP/285"], INTERVAL)
     await stack.enter_async_context(sipp.PagingPhone(box, 285, tmp_path))
-    responder = await stack.enter_async_context(
-        sipp.Phone(
-            box, 284, tmp_path, "uas_answer_dtmf.xml", {"dtmf_delay_ms": "1500", "digit": "1"}
-        )
-    )
+    responder = await stack.enter_async_context(sipp.Responder(box, 284, tmp_path, answers=["1"]))
     server = await start_server(
         stack,
         "url2",
@@ -379,7 +375,7 @@ async def test_deactivation_without_a_server_says_it_cannot_be_done_now(
     ami = await stack.enter_async_context(await box.ami())
     loop = asyncio.get_running_loop()
     started = loop.time()
-    call = await sipp.call_dtmf(box, tmp_path, service="*556", ext=150, prompt_ms=100)
+    call = await sipp.call_dtmf(box, tmp_path, service="*556", ext=150)
     call.check()
     lasted = loop.time() - started
     end = await ami.wait_event("UserEvent", UserEvent="FastAGIDeactivateEnd", within=10)
@@ -408,7 +404,7 @@ async def test_a_server_that_fails_mid_call_leaves_the_caller_to_the_dialplan(
         await session.set_variable("FASTAGI_STATUS", "ERROR")
 
     await stack.enter_async_context(AgiServer(AgiSettings(port=agi_port), {"panic": failing}))
-    call = await sipp.call_dtmf(sandbox, tmp_path, service="*555", ext=199, digits="2")
+    call = await sipp.call_dtmf(sandbox, tmp_path, service="*555", ext=199, answers=["2"])
     call.check()
     end = await ami.wait_event("UserEvent", UserEvent="FastAGIPanicEnd", within=20)
     assert (end["AGISTATUS"], end["FASTAGI_STATUS"], end["FALLBACK"]) == (
@@ -426,8 +422,7 @@ async def test_no_server_a_trunk_caller_is_refused_by_the_dialplan_too(
     answers: refused without a word, as the server would (README "Who may raise an
     alarm"); nothing in astdb, no page. Desk phones are trusted by their endpoint."""
     ami = await stack.enter_async_context(await sandbox.ami())
-    # No pause before the BYE (prompt_ms=0), or SIPp calls it unexpected.
-    call = await sipp.call_dtmf(sandbox, tmp_path, service="*555", ext=TRUNK_ENDPOINT, prompt_ms=0)
+    call = await sipp.call_dtmf(sandbox, tmp_path, service="*555", ext=TRUNK_ENDPOINT)
     call.check()
     end = await ami.wait_event("UserEvent", UserEvent="FastAGIPanicEnd", within=20)
     assert (end["AGISTATUS"], end["FALLBACK"]) == ("FAILURE", "REFUSED")

@@ -93,7 +93,11 @@ async def stack() -> AsyncIterator[AsyncExitStack]:
 
 async def panic_call(sandbox: Sandbox, workdir: Path, ext: int) -> None:
     result = await sipp.call_dtmf(
-        sandbox, workdir, service="*555", ext=ext, digits="1", prompt_ms=1500
+        sandbox,
+        workdir,
+        service="*555",
+        ext=ext,
+        answers=["1"],
     )
     result.check()
 

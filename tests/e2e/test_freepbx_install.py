@@ -211,7 +211,11 @@ async def test_install_page_least_privilege_uninstall(
         async with sipp.PagingPhone(pbx, PAGING, tmp_path) as phone:
             dialled = time.monotonic()
             call = await sipp.call_dtmf(
-                pbx, tmp_path / "trigger", service="*555", ext=DESK, digits="1", prompt_ms=1500
+                pbx,
+                tmp_path / "trigger",
+                service="*555",
+                ext=DESK,
+                answers=["1"],
             )
             call.check()
             await phone.wait_invites(1, within=20)

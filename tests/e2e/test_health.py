@@ -434,7 +434,7 @@ async def test_metrics_count_the_alarm_its_cycles_and_the_calls(
         assert before[("fastagi_page_cycles_total", ())] == 0
 
         result = await sipp.call_dtmf(
-            site.sandbox, tmp_path, service="*555", ext=101, digits="1", prompt_ms=1500
+            site.sandbox, tmp_path, service="*555", ext=101, answers=["1"]
         )
         result.check()
         store = server.services.store

@@ -2,8 +2,9 @@
 dialplan hands the call to our AgiServer, the flow asks by text-to-speech, reads DTMF sent
 as SIP INFO, and the real AlarmService activates alarms in PostgreSQL and pages over AMI.
 
-DTMF timing: the question takes about 5 s to say; digits are sent 1.5 s after the
-answer, while it plays (a key during GET DATA's prompt interrupts it and counts).
+Keys: the person at the SIPp phone types each answer when a prompt plays, as Asterisk's
+AMI reports it (fastagi_dev/sandbox/keypad.py); a key during GET DATA's prompt
+interrupts it and counts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fastagi.config import FlowSettings
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT
 from fastagi.domain.pins import hash_pin_async
 from fastagi.flows import prompts
-from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi.tts import Prompt, TextToSpeech, TtsError, TtsSettings
 from fastagi_dev.sandbox import Sandbox
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from fastagi_dev.sandbox.instance import TRUNK_ENDPOINT
@@ -29,7 +30,6 @@ from tests.e2e.flow_harness import FlowHarness, flow_harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
-PROMPT_MS = 1500
 ER = "Emergency Room"
 WARD = "Ward 7"
 WARD_INTERVAL = 30  # not the schema's default (60): cycle 1 must record this one
@@ -68,8 +68,7 @@ async def test_confirm_activates_the_alarm_and_pages(harness: FlowHarness, ami: 
             harness.workdir,
             service="*555",
             ext=107,
-            digits="1",
-            prompt_ms=PROMPT_MS,
+            answers=["1"],
         )
         first_invite = (await phone.wait_invites(1, within=10))[0]
     call.check()
@@ -106,9 +105,7 @@ async def test_confirm_activates_the_alarm_and_pages(harness: FlowHarness, ami: 
             harness.workdir / "deactivate",
             service="*556",
             ext=150,
-            digits=f"9#{PIN}#",
-            prompt_ms=PROMPT_MS,
-            gap_ms=600,
+            answers=["9#", f"{PIN}#"],
         )
     stop.check()
     assert deactivate.errors == []
@@ -159,8 +156,7 @@ async def test_cancel_raises_no_alarm(harness: FlowHarness, ami: SandboxAmi) -> 
             harness.workdir,
             service="*555",
             ext=101,
-            digits="2",
-            prompt_ms=PROMPT_MS,
+            answers=["2"],
         )
     call.check()
     assert panic.errors == []
@@ -181,7 +177,6 @@ async def test_no_answer_applies_the_policy(
             harness.workdir,
             service="*555",
             ext=101,
-            prompt_ms=100,
             within=40,
         )
     call.check()
@@ -203,9 +198,7 @@ async def test_invalid_key_prompts_again_then_confirm(
             harness.workdir,
             service="*555",
             ext=101,
-            digits="71",
-            prompt_ms=PROMPT_MS,
-            gap_ms=1500,
+            answers=["7", "1"],
         )
     call.check()
     assert panic.errors == []
@@ -221,10 +214,53 @@ async def test_invalid_key_prompts_again_then_confirm(
     assert alarm.department_name == ER
 
 
+class HeldQuestion:
+    """The harness's text-to-speech with the panic question's render held, as a cold
+    render on a loaded machine is, until ``released`` (or its timeout: TtsError)."""
+
+    def __init__(self, tts: TextToSpeech) -> None:
+        self._tts = tts
+        self.released = asyncio.Event()
+
+    async def render(self, text: str, *, timeout: float | None = None) -> Prompt:  # noqa: ASYNC109
+        if text.startswith("Panic alarm for"):
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.released.wait()
+            except TimeoutError:
+                raise TtsError("held past its timeout") from None
+        return await self._tts.render(text, timeout=timeout)
+
+
+async def test_1_pressed_before_the_question_is_ready_confirms(
+    harness: FlowHarness, ami: SandboxAmi
+) -> None:
+    # The person presses 1 as soon as the server listens, while the question is still
+    # held in its render: not lost, it is the answer, and no question is played.
+    held = HeldQuestion(harness.tts)
+    async with harness.serving(tts=held) as (panic, _):
+        call = await sipp.call_dtmf(
+            harness.sandbox,
+            harness.workdir,
+            service="*555",
+            ext=101,
+            answers=["1"],
+            before_prompt=True,
+        )
+    call.check()
+    assert panic.errors == []
+    assert (await panic_end(ami))["FASTAGI_STATUS"] == "CONFIRMED"
+    assert await harness.kinds() == ["triggered", "confirmed", "activated"]
+    [confirmed] = await harness.events("confirmed")
+    assert json.loads(confirmed["details"])["before_prompt"] is True
+    [alarm] = await harness.store.alarms.active_alarms()
+    assert alarm.department_name == ER
+
+
 async def test_hang_up_mid_prompt_raises_no_alarm(harness: FlowHarness, ami: SandboxAmi) -> None:
     async with harness.serving() as (panic, _):
-        call = await sipp.call_hangup_early(
-            harness.sandbox, harness.workdir, service="*555", ext=101, after_ms=PROMPT_MS
+        call = await sipp.call_dtmf(
+            harness.sandbox, harness.workdir, service="*555", ext=101, hang_up=True
         )
         await asyncio.wait_for(panic.finished.wait(), 10)
     call.check()
@@ -245,8 +281,7 @@ async def test_unknown_extension_raises_an_alarm_of_unknown_department(
             harness.workdir,
             service="*555",
             ext=150,
-            digits="1",
-            prompt_ms=PROMPT_MS,
+            answers=["1"],
         )
     call.check()
     assert panic.errors == []
@@ -269,8 +304,7 @@ async def test_without_tts_the_built_in_sounds_ask_and_the_alarm_works(
             harness.workdir,
             service="*555",
             ext=101,
-            digits="1",
-            prompt_ms=PROMPT_MS,
+            answers=["1"],
         )
     call.check()
     assert panic.errors == []
@@ -289,7 +323,7 @@ async def test_server_down_the_dialplan_asks_itself_and_2_cancels(
     # no alarm is left in astdb for a server to adopt, and the caller never hears
     # "something is terribly wrong" on a speakerphone.
     started = time.monotonic()
-    call = await sipp.call_dtmf(sandbox, tmp_path, service="*555", ext=101, digits="2")
+    call = await sipp.call_dtmf(sandbox, tmp_path, service="*555", ext=101, answers=["2"])
     call.check()
     event = await ami.wait_event("UserEvent", UserEvent="FastAGIPanicEnd", within=20)
     assert (event["AGISTATUS"], event["FASTAGI_STATUS"], event["FALLBACK"]) == (
@@ -338,11 +372,11 @@ async def test_a_trigger_from_a_trunk_is_refused_and_recorded(
     harness: FlowHarness, ami: SandboxAmi
 ) -> None:
     # An outside caller reaches the panic route (an IVR option) with a caller id that
-    # claims to be desk phone 101, in the Emergency Room. Refused without a word, so the
-    # BYE comes at once: no pause before it (prompt_ms=0), or SIPp calls it unexpected.
+    # claims to be desk phone 101, in the Emergency Room. Refused without a word: the
+    # BYE comes at once.
     async with harness.serving() as (panic, _):
         call = await sipp.call_dtmf(
-            harness.sandbox, harness.workdir, service="*555", ext=TRUNK_ENDPOINT, prompt_ms=0
+            harness.sandbox, harness.workdir, service="*555", ext=TRUNK_ENDPOINT
         )
     call.check()
     assert panic.errors == []

@@ -77,17 +77,8 @@ async def test_desk_phone_probe_records_digits_caller_and_row(
     recorder = RecordingStore(ProbeStore(db_pool))
     probe = ObservedProbe(ProbeFlow(recorder))
     async with AgiServer(AgiSettings(port=agi_port), {"probe": probe}):
-        call = await sipp.call_dtmf(
-            # No "#": the flow ends on GET DATA's timeout, long after the last INFO was
-            # answered. With "#" Asterisk may send its BYE before the 200 to that INFO,
-            # which SIPp takes for an unexpected message.
-            sandbox,
-            tmp_path,
-            service="*599",
-            ext=101,
-            digits="42",
-            prompt_ms=800,
-        )
+        # No "#": the flow ends on GET DATA's timeout, so the digits are all it got.
+        call = await sipp.call_dtmf(sandbox, tmp_path, service="*599", ext=101, answers=["42"])
         await asyncio.wait_for(probe.finished.wait(), 10)
     call.check()
 
@@ -130,7 +121,7 @@ async def test_caller_hanging_up_mid_prompt_is_seen_and_the_socket_closed(
     caplog.set_level("INFO")
     probe = ObservedProbe(ProbeFlow(ProbeStore(db_pool)))
     async with AgiServer(AgiSettings(port=agi_port), {"probe": probe}) as server:
-        call = await sipp.call_hangup_early(sandbox, tmp_path, service="*599", after_ms=600)
+        call = await sipp.call_dtmf(sandbox, tmp_path, service="*599", hang_up=True)
         await asyncio.wait_for(probe.finished.wait(), 10)
         await asyncio.wait_for(server.wait_idle(), 5)
         assert server.active_sessions == 0
@@ -155,7 +146,7 @@ async def test_unknown_route_sets_status_and_hangs_up(
     sandbox: Sandbox, agi_port: int, ami: AmiClient, tmp_path: Path
 ) -> None:
     async with AgiServer(AgiSettings(port=agi_port), {}):
-        call = await sipp.call_dtmf(sandbox, tmp_path, service="*599", ext=102, prompt_ms=100)
+        call = await sipp.call_dtmf(sandbox, tmp_path, service="*599", ext=102)
     call.check()
     end = await ami.wait_event("UserEvent", UserEvent="FastAGIProbeEnd")
     assert end["FASTAGI_STATUS"] == "NOROUTE"

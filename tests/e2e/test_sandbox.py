@@ -40,9 +40,7 @@ def test_includes_the_repositorys_extensions_custom(sandbox: Sandbox, agi_port: 
 
 async def test_desk_phone_call_with_dtmf(sandbox: Sandbox, tmp_path) -> None:
     async with await sandbox.ami() as ami:
-        result = await sipp.call_dtmf(
-            sandbox, tmp_path, service="digits", ext=101, digits="42#", prompt_ms=300
-        )
+        result = await sipp.call_dtmf(sandbox, tmp_path, service="digits", ext=101, answers=["42#"])
         result.check()
         event = await ami.wait_event("UserEvent", UserEvent="SandboxDigits", within=5)
     assert event["Digits"] == "42"
@@ -51,7 +49,7 @@ async def test_desk_phone_call_with_dtmf(sandbox: Sandbox, tmp_path) -> None:
 
 
 async def test_desk_phone_hangs_up_mid_prompt(sandbox: Sandbox, tmp_path) -> None:
-    result = await sipp.call_hangup_early(sandbox, tmp_path, service="echo", after_ms=300)
+    result = await sipp.call_dtmf(sandbox, tmp_path, service="echo", hang_up=True)
     result.check()
 
 
@@ -87,7 +85,7 @@ async def test_two_instances_side_by_side(sandbox: Sandbox, sandbox_factory, tmp
     assert {other.sip_port, other.ami_port}.isdisjoint({sandbox.sip_port, sandbox.ami_port})
     assert "System uptime" in other.cli("core show uptime")
     assert "System uptime" in sandbox.cli("core show uptime")
-    first = await sipp.call_dtmf(other, tmp_path / "other", service="beep", prompt_ms=100)
-    second = await sipp.call_dtmf(sandbox, tmp_path / "first", service="beep", prompt_ms=100)
+    first = await sipp.call_dtmf(other, tmp_path / "other", service="beep")
+    second = await sipp.call_dtmf(sandbox, tmp_path / "first", service="beep")
     first.check()
     second.check()

@@ -28,7 +28,6 @@ from tests.console import USERS, add_users, server_settings, url_of
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-PROMPT_MS = 1500
 WARD, WARD_DESK, WARD_PHONES = "Web Ward", 190, (290, 291)
 LAB, LAB_DESK, LAB_PHONES = "Web Lab", 191, (292,)
 
@@ -92,8 +91,7 @@ async def test_a_new_alarm_on_the_board_within_a_second_deactivated_from_it(
             tmp_path / "call",
             service="*555",
             ext=WARD_DESK,
-            digits="1",
-            prompt_ms=PROMPT_MS,
+            answers=["1"],
         )
     )
     seen = await board_count(operator, 1)
@@ -185,8 +183,7 @@ async def test_interval_and_resend_from_the_board_with_two_alarms(
                 tmp_path / f"call{desk}",
                 service="*555",
                 ext=desk,
-                digits="1",
-                prompt_ms=PROMPT_MS,
+                answers=["1"],
             )
             for desk in (WARD_DESK, LAB_DESK)
         )

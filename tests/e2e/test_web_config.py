@@ -35,7 +35,6 @@ from tests.console import USERS, add_users, console_over, server_settings, url_o
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-PROMPT_MS = 1500
 BY: dict[str, Any] = {"by": "test"}
 CONFIG_PAGES = [
     "/config/departments",
@@ -105,9 +104,7 @@ async def test_a_department_made_in_the_browser_is_what_the_next_call_names_with
     ) as answered:
         await page.get_by_role("button", name="Map", exact=True).click()
     assert (await answered.value).status == 303
-    call = await call_dtmf(
-        sandbox, tmp_path / "call", service="*555", ext=175, digits="1", prompt_ms=PROMPT_MS
-    )
+    call = await call_dtmf(sandbox, tmp_path / "call", service="*555", ext=175, answers=["1"])
     call.check()
 
     saved = await config_event(stores, "extension map")
@@ -157,9 +154,7 @@ async def test_an_interval_changed_on_the_department_page_is_the_next_gap(
     page = await admin_page(browser, url_of(settings))
     await page.goto(f"/config/departments/{ward.id}")
 
-    call = await call_dtmf(
-        sandbox, tmp_path / "call", service="*555", ext=176, digits="1", prompt_ms=PROMPT_MS
-    )
+    call = await call_dtmf(sandbox, tmp_path / "call", service="*555", ext=176, answers=["1"])
     call.check()
     await phone.wait_invites(1, within=10)
     await page.get_by_label("Interval (seconds)").fill(str(new_interval))

@@ -26,6 +26,7 @@ from fastagi.flows.common import pjsip_endpoint
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.tts import Prompt, TtsError
+from tests.scripted_asterisk import Reply
 from tests.scripted_asterisk import ScriptedAsterisk as _Scripted
 
 pytestmark = pytest.mark.timeout(10)
@@ -80,7 +81,7 @@ class ScriptedAsterisk(_Scripted):
     """Asterisk for a call from ``callerid``, on ``channel`` (default: the desk phone
     of that extension)."""
 
-    def __init__(self, *replies: str, callerid: str = "101", channel: str | None = None) -> None:
+    def __init__(self, *replies: Reply, callerid: str = "101", channel: str | None = None) -> None:
         super().__init__(*replies, greeting=environment(callerid, channel))
 
 
@@ -455,6 +456,84 @@ async def test_a_key_during_a_fallback_prompt_is_the_answer():
     assert asterisk.commands[2] == "STREAM FILE if-correct-press 0123456789*#"
     assert asterisk.commands[3] == "SET VARIABLE FASTAGI_STATUS CANCELLED"
     assert service.activations == []
+
+
+class HeldTts(FakeTts):
+    """Renders the panic question only once ``released`` is set (a cold render on a
+    loaded machine); every other text at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = asyncio.Event()
+
+    async def render(self, text: str, *, timeout: float | None = None) -> Prompt:  # noqa: ASYNC109
+        if text.startswith("Panic alarm for"):
+            await self.released.wait()
+        return await super().render(text, timeout=timeout)
+
+
+LISTEN = f"WAIT FOR DIGIT {prompts.LISTEN_SLICE_MS}"
+NO_KEY = "200 result=0\n"  # WAIT FOR DIGIT's slice ended without a key
+
+
+def key(value: str) -> str:
+    return f"200 result={ord(value)}\n"
+
+
+async def test_1_pressed_while_the_question_renders_is_the_answer():
+    service, store, tts = FakeService(), FakeStore(), HeldTts()
+    asterisk = ScriptedAsterisk(UNSET, NO_KEY, key("1"), OK, PLAYED)
+    await run(panic(service, store, tts), asterisk)
+
+    assert asterisk.commands == [
+        "GET VARIABLE AMPUSER",
+        LISTEN,
+        LISTEN,
+        "SET VARIABLE FASTAGI_STATUS CONFIRMED",
+        playback(tts, prompts.PANIC_ACTIVATED),
+    ]
+    assert service.activations == [("101", ER, UNIQUEID)]
+    # Recorded as any confirmation, without a question that was never played.
+    assert service.kinds == ["triggered", "confirmed"]
+    assert service.events[1].details["prompts"] == 0
+    assert service.events[1].details["before_prompt"] is True
+
+
+async def test_2_pressed_while_the_question_renders_cancels():
+    service, store, tts = FakeService(), FakeStore(), HeldTts()
+    asterisk = ScriptedAsterisk(UNSET, key("2"), OK, PLAYED)
+    await run(panic(service, store, tts), asterisk)
+
+    assert asterisk.commands[1:3] == [LISTEN, "SET VARIABLE FASTAGI_STATUS CANCELLED"]
+    assert service.activations == []
+    assert service.kinds == ["triggered", "cancelled"]
+    assert service.events[1].details["before_prompt"] is True
+
+
+async def test_another_key_before_the_question_is_ignored_and_the_question_asked():
+    service, store, tts = FakeService(), FakeStore(), HeldTts()
+
+    def rendered_meanwhile(command: str) -> str:
+        tts.released.set()
+        return NO_KEY
+
+    asterisk = ScriptedAsterisk(UNSET, key("5"), rendered_meanwhile, digits("1"), OK, PLAYED)
+    await run(panic(service, store, tts), asterisk)
+
+    assert asterisk.commands[:4] == ["GET VARIABLE AMPUSER", LISTEN, LISTEN, question(tts)]
+    assert service.kinds == ["triggered", "prompt_played", "confirmed"]
+    assert "before_prompt" not in service.events[2].details
+    assert len(service.activations) == 1
+
+
+async def test_hang_up_while_the_question_renders_raises_no_alarm():
+    service, store, tts = FakeService(), FakeStore(), HeldTts()
+    asterisk = ScriptedAsterisk(UNSET, NO_KEY, HANGUP, OK)
+    await run(panic(service, store, tts), asterisk)
+
+    assert asterisk.commands[-1] == "SET VARIABLE FASTAGI_STATUS HANGUP"
+    assert service.activations == []
+    assert service.kinds == ["triggered", "caller_hung_up"]
 
 
 async def test_digits_begun_during_a_lead_prompt_are_completed_without_one():

@@ -217,6 +217,7 @@ async def test_a_drill_pages_the_phones_stops_by_itself_and_names_who_did_not_an
         # SIPp logs local wall-clock times.
         assert all(invite.time.timestamp() <= ended.timestamp() for invite in invites)
         gap = (invites[1].time - invites[0].time).total_seconds()
+        print(f"phone {phone.ext}: INVITEs {gap:.2f} s apart")
         assert abs(gap - INTERVAL) <= INTERVAL * 0.1, gap
 
     # The history: a drill, its two pages, its end by itself and its report, each once.

@@ -304,12 +304,24 @@ class AlarmService:
         """
         if self._outage.down:
             raise DatabaseDown("deactivate")
+        done = await self._deactivate_row(alarm_id, by=by, reason=reason, uniqueid=uniqueid)
+        if done is None:
+            return False
+        await self._finish_deactivation(done)
+        return True
+
+    async def _deactivate_row(
+        self, alarm_id: int, *, by: str, reason: str, uniqueid: str | None = None
+    ) -> Alarm | None:
+        """The deactivation itself: the row and its event, the loop told to stop (no
+        page starts after this); None when the alarm was not active. The rest is
+        :meth:`_finish_deactivation`'s."""
         alarm_loop = self._loops.get(alarm_id)
         hold = alarm_loop.hold() if alarm_loop else contextlib.nullcontext()
         async with hold:
             alarm = await self._stores.alarms.get_alarm(alarm_id)
             if alarm is None:
-                return False
+                return None
             details = {"by": by, "reason": reason, "instance": self.instance_id}
             if uniqueid is not None:
                 details["uniqueid"] = uniqueid
@@ -323,12 +335,9 @@ class AlarmService:
             done = await self._stores.alarms.deactivate(
                 alarm_id, by, reason, event, finished_by=self.instance_id
             )
-            if done is None:
-                return False
-            if alarm_loop is not None:
+            if done is not None and alarm_loop is not None:
                 alarm_loop.stop()
-        await self._finish_deactivation(done)
-        return True
+        return done
 
     async def start_drill(
         self,
@@ -403,11 +412,21 @@ class AlarmService:
                 lambda: self._stores.alarms.drills_to_yield(alarm.department_id),
                 self._timeout,
             )
+            if drills and self._outage.down:
+                raise DatabaseDown("yield")
             for drill in drills:
                 logger.warning(
                     "drill %s yields to alarm %s of %s", drill.id, alarm.id, alarm.department_name
                 )
-                await self.deactivate(drill.id, by=f"alarm {alarm.id}", reason=YIELD_REASON)
+                done = await self._deactivate_row(
+                    drill.id, by=f"alarm {alarm.id}", reason=YIELD_REASON
+                )
+                if done is None:
+                    continue
+                # Hung up now, whatever hangup_on_deactivate says: the real alarm needs
+                # the phones. The rest (lamps, listeners, the report) need not wait.
+                await self._pager.cancel(drill.id)
+                self._spawn(self._finish_deactivation(done))
         except Exception:
             logger.exception("cannot stop the drills of alarm %s's department", alarm.id)
 

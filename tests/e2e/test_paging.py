@@ -64,6 +64,7 @@ async def test_page_reaches_every_phone_with_auto_answer_headers(
         duration=result.duration,
         error=None,
         channel_id=result.channel_id,
+        devices={f"PJSIP/{ext}": "answered" for ext in PHONES},
     )
     assert 0.5 < result.duration < 10
     assert not pager.in_flight(1)
@@ -98,6 +99,7 @@ async def test_page_to_a_device_without_phone_is_a_failure_not_an_exception(
     assert result.dialled == 1
     assert result.answered == 0
     assert result.error == "no device answered"
+    assert result.devices == {"PJSIP/299": "no answer"}
     assert not result.ok
 
 
@@ -105,10 +107,12 @@ async def test_page_without_devices_or_with_bad_ones(ami: AmiClient) -> None:
     pager = Pager(ami, SETTINGS)
     empty = await pager.page(4, 1, [], ["beep"])
     assert empty.error == "no devices to page"
+    assert empty.devices == {}
     assert (empty.dialled, empty.answered, empty.channel_id) == (0, 0, None)
     bad = await pager.page(4, 2, ["PJSIP/201&PJSIP/202"], ["beep"])
     assert bad.error is not None
     assert "cannot be passed" in bad.error
+    assert bad.devices == {"PJSIP/201&PJSIP/202": "not dialled"}
 
 
 async def test_page_with_ami_down_returns_an_error(sandbox: Sandbox) -> None:

@@ -56,6 +56,10 @@ def server_env(
             "FASTAGI_ALARM__TAKEOVER_INTERVAL": "1",
             "FASTAGI_ALARM__UNKNOWN_DEPARTMENT_DEVICES": json.dumps(["PJSIP/269"]),
             "FASTAGI_LOG_LEVEL": "INFO",
+            # Not what these servers are tested for (tests/e2e/test_health.py is): no
+            # scheduled checks, and /metrics on a free port, not the fixed 9464.
+            "FASTAGI_HEALTH__ENABLED": "false",
+            "FASTAGI_METRICS__PORT": "0",
         }
     )
     env.update(extra or {})

@@ -48,6 +48,8 @@ def event_dict(event: StoredEvent) -> dict[str, Any]:
 def _cell(value: object) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as JSON writes it
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)

@@ -103,7 +103,7 @@ async def test_an_export_in_batches_is_the_text_of_one_batch(db_pool) -> None:
     nothing = history_filter(START, START + timedelta(days=1), department="Nobody")
     assert await HistoryExport(stores, nothing, "json").text() == "[]\n"
     assert await HistoryExport(stores, nothing, "csv").text() == (
-        "id,event_id,occurred_at,alarm_id,kind,extension,department,details\n"
+        "id,event_id,occurred_at,alarm_id,kind,extension,department,details,drill\n"
     )
 
 

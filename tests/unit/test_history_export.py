@@ -63,6 +63,7 @@ def test_json_in_batches_is_json_dumps_of_the_whole(events, cuts) -> None:
 def cells(event: StoredEvent) -> list[str]:
     row = event_dict(event)
     row["details"] = json.dumps(row["details"], sort_keys=True)
+    row["drill"] = "true" if row["drill"] else "false"
     return [
         "" if row[c] is None else row[c].isoformat() if c == "occurred_at" else str(row[c])
         for c in CSV_COLUMNS
@@ -103,9 +104,9 @@ def test_an_event_reads_as_the_cli_always_wrote_it() -> None:
         {"by": "web:ada", "name": "a,\nb"},
     )
     assert csv_rows([event], header=True) == (
-        "id,event_id,occurred_at,alarm_id,kind,extension,department,details\n"
+        "id,event_id,occurred_at,alarm_id,kind,extension,department,details,drill\n"
         "7,00000000-0000-0000-0000-000000000001,2026-11-01T12:00:00.000005+00:00,,"
-        'config_changed,,"Ward ""7""","{""by"": ""web:ada"", ""name"": ""a,\\nb""}"\n'
+        'config_changed,,"Ward ""7""","{""by"": ""web:ada"", ""name"": ""a,\\nb""}",false\n'
     )
     assert json_items([event], first=True) + json_end(empty=False) == (
         "[\n  {\n"
@@ -119,6 +120,7 @@ def test_an_event_reads_as_the_cli_always_wrote_it() -> None:
         '    "details": {\n'
         '      "by": "web:ada",\n'
         '      "name": "a,\\nb"\n'
-        "    }\n"
+        "    },\n"
+        '    "drill": false\n'
         "  }\n]\n"
     )

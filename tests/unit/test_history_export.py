@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastagi.admin.history import (
@@ -24,9 +24,12 @@ from fastagi.admin.history import (
 )
 from fastagi.store.history import StoredEvent
 
+# Texts stay short: what matters is which characters they hold (quotes, commas, CR, LF),
+# and long ones made Hypothesis refuse most inputs as too large.
+TEXTS = st.text(max_size=12)
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    st.none() | st.booleans() | st.integers() | TEXTS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXTS, inner, max_size=3),
     max_leaves=8,
 )
 EVENTS = st.builds(
@@ -38,8 +41,13 @@ EVENTS = st.builds(
     kind=st.sampled_from(["triggered", "page_cycle", "config_changed"]),
     extension=st.none() | st.text(max_size=20),
     department=st.none() | st.text(max_size=30),
-    details=st.dictionaries(st.text(), JSON_VALUES, max_size=4),
+    details=st.dictionaries(TEXTS, JSON_VALUES, max_size=4),
 )
+
+
+# Wall-clock limits measure the machine, not the export: make test runs beside Asterisk,
+# PostgreSQL and Chromium (as the fuzz tests of tests/unit/test_agi_fuzz.py do).
+EXPORT_PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def batches(events: list[StoredEvent], cuts: list[int]) -> list[list[StoredEvent]]:
@@ -47,6 +55,7 @@ def batches(events: list[StoredEvent], cuts: list[int]) -> list[list[StoredEvent
     return [events[a:b] for a, b in itertools.pairwise(edges)]
 
 
+@EXPORT_PROPERTY
 @given(st.lists(EVENTS, max_size=8), st.lists(st.integers(0, 20), max_size=4))
 def test_json_in_batches_is_json_dumps_of_the_whole(events, cuts) -> None:
     written = 0
@@ -70,6 +79,7 @@ def cells(event: StoredEvent) -> list[str]:
     ]
 
 
+@EXPORT_PROPERTY
 @given(st.lists(EVENTS, max_size=8), st.lists(st.integers(0, 20), max_size=4))
 def test_csv_in_batches_reads_back_as_the_events(events, cuts) -> None:
     text = csv_rows([], header=True) + "".join(csv_rows(b) for b in batches(events, cuts))

@@ -120,6 +120,10 @@ async def seed(dsn: str) -> DemoInfo:
         await pool.close()
 
 
+# The drill PIN of `make run` when [drill] pin is not set.
+DEV_DRILL_PIN = "4321"
+
+
 def banner(sandbox: Sandbox, settings: Settings, dsn: str, demo: DemoInfo, console_url: str) -> str:
     # ruff takes "select" in this banner for SQL (S608).
     return f"""
@@ -141,6 +145,9 @@ Emergency Room, paged on phones 201-204. Panic key *555, deactivation *556 by
 extension {demo.deactivator} with PIN {demo.pin}.
   make demo    plays the whole story with SIPp phones (in another terminal)
   .venv/bin/fastagi alarm list --dsn '{dsn}'
+A drill (a test of the whole chain, announced as one): *558 then the drill PIN
+{settings.drill.pin.get_secret_value() if settings.drill.pin else "(none set)"} and #, or
+  .venv/bin/fastagi drill 'Emergency Room' --dsn '{dsn}'
 """  # noqa: S608
 
 
@@ -175,6 +182,10 @@ async def run_dev(settings: Settings, options: DevOptions | None = None) -> None
                             "directory": sandbox.tts_dir,
                             "asterisk_directory": sandbox.tts_dir_in_asterisk,
                         }
+                    ),
+                    # *558 works out of the box in the dev environment.
+                    "drill": settings.drill.model_copy(
+                        update={"pin": settings.drill.pin or SecretStr(DEV_DRILL_PIN)}
                     ),
                     "ami": AmiSettings(
                         host=sandbox.ami_host,

@@ -53,6 +53,7 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from fastagi.alarms.all_clear import page_all_clear
+from fastagi.alarms.drill_report import record_drill_report
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.leadership import Leadership
 from fastagi.alarms.listeners import AlarmListener, Listeners
@@ -64,14 +65,7 @@ from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.config import AlarmSettings, DrillSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import Department, Directory, alarm_key, department_name
-from fastagi.domain.drill import (
-    COMPLETED_BY,
-    YIELD_REASON,
-    Drill,
-    build_report,
-    report_event_id,
-    started_event,
-)
+from fastagi.domain.drill import COMPLETED_BY, YIELD_REASON, Drill, started_event
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.rules import error_backoff
 from fastagi.store import AlarmChange, Stores
@@ -453,35 +447,9 @@ class AlarmService:
                 await asyncio.sleep(error_backoff(failures, _DRILL_END_RETRY, _DRILL_END_RETRY_MAX))
 
     async def _report_drill(self, alarm_id: int) -> None:
-        """Record the ended drill's ``drill_report``: from its history, once its loop
-        here has ended (so its every page is recorded)."""
-        try:
-            alarm = await self._stores.alarms.get_alarm(alarm_id)
-            if alarm is None or alarm.drill is None or alarm.is_active:
-                return
-            events = await self._stores.history.timeline(alarm_id)
-            report = build_report(
-                alarm.id,
-                alarm.department_name,
-                alarm.drill,
-                [(event.kind, event.details) for event in events if event.alarm_id == alarm_id],
-                deactivated_by=alarm.deactivated_by,
-                reason=alarm.deactivation_reason,
-            )
-        except Exception:
-            logger.exception("cannot build the report of drill %s", alarm_id)
-            return
-        if report.not_answered:
-            logger.warning("drill %s: did not answer: %s", alarm_id, ", ".join(report.not_answered))
-        await self._recorder.record(
-            HistoryEvent(
-                EventKind.DRILL_REPORT,
-                alarm.id,
-                alarm.extension or None,
-                alarm.department_name,
-                {**report.details(), "instance": self.instance_id},
-                event_id=report_event_id(alarm.id),
-            )
+        """Once this server's loop of the drill has ended: its report, recorded once."""
+        await record_drill_report(
+            self._stores, self._recorder, alarm_id, instance_id=self.instance_id
         )
 
     async def _finish_deactivation(self, done: Alarm) -> None:

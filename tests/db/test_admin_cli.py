@@ -534,3 +534,43 @@ def test_seed_demo_is_idempotent(fastagi: Cli) -> None:
     assert isinstance(stored, str)
     assert pins.verify_pin(DEMO_PIN, stored)
     assert lookups == ["Emergency Room", "Pharmacy", "Reception", "unknown department"]
+
+
+def test_history_summary_counts_real_alarms_and_lists_drills_apart(fastagi: Cli) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from fastagi.admin.drills import start_drill
+
+    fastagi.ok("paging-group", "add", "ER")
+    fastagi.ok("paging-group", "device", "add", "ER", "PJSIP/201")
+    fastagi.ok("department", "add", "Emergency Room", "--paging-group", "ER")
+
+    async def alarms(store: Stores) -> tuple[int, int]:
+        stop = HistoryEvent(EventKind.DEACTIVATED, None, None, None)
+        alarm, _ = await store.alarms.activate("department:1", 1, "Emergency Room", "105")
+        await store.alarms.deactivate(alarm.id, "150", "PIN", stop)
+        drill = await start_drill(store, "Emergency Room", cycles=2, by="cli:alice")
+        return alarm.id, drill.id
+
+    alarm_id, drill_id = with_store(fastagi.dsn, alarms)
+    since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    out = fastagi.ok("history", "summary", "--since", since, "--until", until)
+    data = json.loads(
+        fastagi.ok("history", "summary", "--since", since, "--until", until, "--json")
+    )
+
+    lines = out.splitlines()
+    assert lines[0].endswith(": 1 (drills apart)")
+    assert lines[2].split()[:4] == ["Emergency", "Room", "1", "0"]
+    assert "drills: 1" in lines
+    assert lines[-1].split()[:3] == [str(drill_id), "Emergency", "Room"]
+    assert lines[-1].split()[-3:] == ["cli:alice", "running", "-"]
+    assert [(t["department_name"], t["alarms"], t["drill"]) for t in data["alarms"]] == [
+        ("Emergency Room", 1, False)
+    ]
+    assert [d["alarm"]["id"] for d in data["drills"]] == [drill_id]
+    assert alarm_id not in [d["alarm"]["id"] for d in data["drills"]]
+    listed = fastagi.ok("alarm", "list").splitlines()
+    assert listed[1].split()[:3] == [str(drill_id), "DRILL", "active"]
+    assert listed[1].split()[-2] == "0/2"

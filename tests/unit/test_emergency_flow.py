@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fastagi.alarms.emergency import EmergencySettings, emergency_announcement
+from fastagi.config import DrillSettings
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.store.emergency import Acknowledgement, AcknowledgeResult, AlarmSummary
 from fastagi.tts import Prompt, TtsError
@@ -73,12 +74,15 @@ class FakeCaller:
     known: bool = True
     acknowledgements: list[dict[str, object]] = field(default_factory=list)
     described: list[int] = field(default_factory=list)
+    drill: bool = False
 
     async def describe(self, alarm_id: int) -> AlarmSummary | None:
         self.described.append(alarm_id)
         if not self.known:
             return None
-        return AlarmSummary(alarm_id, "Ward 3", "201", self.state, ACTIVATED, None)
+        return AlarmSummary(
+            alarm_id, "Ward 3", "201", self.state, ACTIVATED, None, drill=self.drill
+        )
 
     async def acknowledge(
         self, alarm_id, *, by, attempt=None, channel=None, details=None
@@ -178,3 +182,25 @@ async def test_tts_failure_plays_built_in_sounds_and_a_key_during_them_counts():
         ("SET VARIABLE FASTAGI_STATUS ACKNOWLEDGED"),
     ]
     assert caller.acknowledgements[0]["by"] == "PJSIP/241"
+
+
+async def test_a_drill_says_it_is_a_test():
+    caller, tts = FakeCaller(drill=True), FakeTts()
+    drill = DrillSettings(emergency_announcement="Test call for {department} at {time}. Press 1.")
+    asterisk = ScriptedAsterisk(digits("1"), PLAYED, OK, args=ARGS)
+    await asterisk.run(AcknowledgeFlow(caller, tts, SETTINGS, drill_settings=drill))
+    text = emergency_announcement(
+        SETTINGS.model_copy(update={"announcement": drill.emergency_announcement}),
+        "Ward 3",
+        "201",
+        ACTIVATED,
+    )
+    assert text.startswith("Test call for Ward 3 at ")
+    assert asterisk.commands[0] == f"GET DATA {tts.name(text)} 2000 1"
+    assert len(caller.acknowledgements) == 1
+    # Without text-to-speech: a beep and "T. E. S. T.", never "urgent".
+    failing = FakeTts(fail=True)
+    asterisk = ScriptedAsterisk(STREAMED, digits("1"), PLAYED, OK, args=ARGS)
+    await asterisk.run(AcknowledgeFlow(FakeCaller(drill=True), failing, SETTINGS))
+    assert asterisk.commands[0] == "STREAM FILE beep 0123456789*#"
+    assert not any("vm-Urgent" in command for command in asterisk.commands)

@@ -34,7 +34,8 @@ async def harness(
     sandbox: Sandbox, agi_port: int, database_dsn: str, tmp_path: Path
 ) -> AsyncIterator[FlowHarness]:
     async with flow_harness(sandbox, agi_port, database_dsn, tmp_path) as harness:
-        await harness.department(ER, "120-129", phones=[241], interval=5)
+        # Paging phone 247: no other test's phone, so no page of another test reaches it.
+        await harness.department(ER, "120-129", phones=[247], interval=5)
         await harness.department(PHARMACY, "130-139")
         await harness.store.deactivators.set_deactivator("101", await hash_pin_async(PIN))
         await harness.prerender()
@@ -94,7 +95,7 @@ async def test_an_extension_that_is_no_deactivator_is_refused(
 async def test_wrong_pin_then_right_pin_stops_the_alarm_and_its_paging(
     harness: FlowHarness, ami: SandboxAmi
 ) -> None:
-    phone = await harness.phone(241)
+    phone = await harness.phone(247)
     alarm = await raise_alarm(harness, "121")
     await phone.wait_invites(1)
     async with harness.serving() as (_, deactivate):

@@ -132,6 +132,7 @@ class AlarmService:
         self._locks = self._leadership.locks
         self._provisional = ProvisionalAlarms(stores.alarms, recorder)
         self._loops: dict[int, AlarmLoop] = {}
+        self._leading: set[int] = set()  # alarms a _lead() is taking right now
         self._directory: Directory | None = None
         self._directory_at = 0.0
         self._directory_loaded = asyncio.Condition()
@@ -503,19 +504,26 @@ class AlarmService:
 
         ``first_delay`` None: continue the schedule of the previous leader.
         """
-        if self._closed or alarm.id in self._loops:
+        if self._closed or alarm.id in self._loops or alarm.id in self._leading:
             return False
-        if not await self._locks.acquire(alarm.id):
-            return False
-        # The lock may have been free because the alarm just ended: check under the lock.
-        if not await self._stores.alarms.is_active(alarm.id):
-            await self._locks.release(alarm.id)
-            return False
-        fresh = await self._stores.alarms.get_alarm(alarm.id) or alarm
-        if first_delay is None:
-            first_delay = await self._leadership.resume(fresh)
-        self._start_loop(fresh, first_delay=first_delay)
-        return True
+        # Taken here, before the first await: two paths leading one alarm at once (an
+        # activation and the scan, a drill's NOTIFY and the scan) would both get the
+        # lock, this session's own, and run two loops.
+        self._leading.add(alarm.id)
+        try:
+            if not await self._locks.acquire(alarm.id):
+                return False
+            # The lock may have been free because the alarm just ended: check under it.
+            if not await self._stores.alarms.is_active(alarm.id):
+                await self._locks.release(alarm.id)
+                return False
+            fresh = await self._stores.alarms.get_alarm(alarm.id) or alarm
+            if first_delay is None:
+                first_delay = await self._leadership.resume(fresh)
+            self._start_loop(fresh, first_delay=first_delay)
+            return True
+        finally:
+            self._leading.discard(alarm.id)
 
     def _start_loop(self, alarm: Alarm, *, first_delay: float) -> AlarmLoop:
         alarm_loop = AlarmLoop(

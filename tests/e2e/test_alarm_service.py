@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import pytest
@@ -29,6 +30,8 @@ from tests import sipp
 from tests.alarm_stack import start_alarm_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+T = TypeVar("T")
 
 SETTINGS = AlarmSettings(lead_in=0.3, page_timeout=5, takeover_interval=1.0)
 TOLERANCE = 0.10
@@ -301,3 +304,36 @@ async def test_an_alarm_of_no_department_pages_every_paging_group(harness: Harne
     (cycle,) = await history(store, alarm.id, "page_cycle")
     assert (cycle.details["dialled"], cycle.details["answered"]) == (4, 4)
     assert alarm.department_id is None
+
+
+async def test_an_alarm_has_one_loop_when_its_activation_and_the_scan_lead_it_at_once(
+    harness: Harness,
+) -> None:
+    """The activation and the takeover scan both lead a new alarm: one loop, one page per
+    cycle. Two would share this server's (re-entrant) leader lock and page on top of
+    each other. Whether they overlap depends on a few milliseconds of timing, so the scan
+    starts at offsets from -5 to +15 ms of the activation, round after round."""
+    store, _ = await harness.store()
+    await department(store, "Ward R", "109", [229], interval=60)
+    phone = await harness.phone(229)
+    service = await harness.service("race")
+    ward = await service.lookup("109")
+
+    async def after(delay: float, work: Awaitable[T]) -> T:
+        await asyncio.sleep(delay)
+        return await work
+
+    offsets = [n / 1000 for n in range(-5, 16)]
+    for round_number, offset in enumerate(offsets):
+        activation, _ = await asyncio.gather(
+            after(max(0.0, -offset), service.activate("109", ward, uniqueid=f"r{round_number}")),
+            after(max(0.0, offset), service.maintain()),
+        )
+        alarm = activation.alarm
+        await phone.wait_invites(round_number + 1)
+        assert await service.deactivate(alarm.id, by="test", reason="round over")
+        done = await store.alarms.get_alarm(alarm.id)
+        assert done is not None
+        assert done.cycles == 1, (offset, done.cycles)
+    # One INVITE a round: no second loop paged after the first.
+    assert len(phone.invite_times) == len(offsets)

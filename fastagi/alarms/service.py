@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -133,6 +134,9 @@ class AlarmService:
         self._provisional = ProvisionalAlarms(stores.alarms, recorder)
         self._loops: dict[int, AlarmLoop] = {}
         self._leading: set[int] = set()  # alarms a _lead() is taking right now
+        # Alarm keys an activate() is creating or re-triggering right now: the scan
+        # leaves them to it (it would lead a brand-new alarm as a takeover, "resumed").
+        self._activating: Counter[str] = Counter()
         self._directory: Directory | None = None
         self._directory_at = 0.0
         self._directory_loaded = asyncio.Condition()
@@ -266,6 +270,23 @@ class AlarmService:
             for kind in (EventKind.ACTIVATED, EventKind.RETRIGGERED)
         ]
         key = alarm_key(department, extension)
+        self._activating[key] += 1
+        try:
+            return await self._activate(key, extension, department, details, events)
+        finally:
+            self._activating[key] -= 1
+            if not self._activating[key]:
+                del self._activating[key]
+
+    async def _activate(
+        self,
+        key: str,
+        extension: str,
+        department: Department | None,
+        details: dict[str, str],
+        events: list[HistoryEvent],
+    ) -> Activation:
+        name = department_name(department)
         try:
             alarm, created = await self._outage.call(
                 "activate",
@@ -712,7 +733,7 @@ class AlarmService:
             self._loops.pop(alarm_loop.alarm.id, None)
             await self._locks.release(alarm_loop.alarm.id)
         for alarm in active:
-            if alarm.id not in self._loops:
+            if alarm.id not in self._loops and alarm.alarm_key not in self._activating:
                 if alarm.drill is not None and alarm.cycles == 0:
                     await self._lead_new_drill(alarm)  # nobody paged it yet
                 else:

@@ -311,8 +311,10 @@ async def test_an_alarm_has_one_loop_when_its_activation_and_the_scan_lead_it_at
 ) -> None:
     """The activation and the takeover scan both lead a new alarm: one loop, one page per
     cycle. Two would share this server's (re-entrant) leader lock and page on top of
-    each other. Whether they overlap depends on a few milliseconds of timing, so the scan
-    starts at offsets from -5 to +15 ms of the activation, round after round."""
+    each other. And the scan leaves a new alarm to its activation: had it led it, the
+    history would say the alarm was "resumed" (taken over) a moment after it began.
+    Whether they overlap depends on a few milliseconds of timing, so the scan starts at
+    offsets from -5 to +15 ms of the activation, round after round."""
     store, _ = await harness.store()
     await department(store, "Ward R", "109", [229], interval=60)
     phone = await harness.phone(229)
@@ -335,5 +337,7 @@ async def test_an_alarm_has_one_loop_when_its_activation_and_the_scan_lead_it_at
         done = await store.alarms.get_alarm(alarm.id)
         assert done is not None
         assert done.cycles == 1, (offset, done.cycles)
+        resumed = await history(store, alarm.id, "resumed")
+        assert resumed == [], (offset, resumed)
     # One INVITE a round: no second loop paged after the first.
     assert len(phone.invite_times) == len(offsets)

@@ -2,6 +2,10 @@
 
 Intervals are 5-8 s (the schema's minimum is 5), so each test sees two or three cycles.
 Cycle times are asserted from the INVITEs the phones received, within 10 %.
+
+The announcement is short ("Panic 101.", a page of about 2 s): a page never overlaps the
+next (fastagi/domain/rules.py next_cycle_start), so with the default text (about 5.2 s
+spoken) a 5 s interval would measure the page's length, not the schedule.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 T = TypeVar("T")
 
-SETTINGS = AlarmSettings(lead_in=0.3, page_timeout=5, takeover_interval=1.0)
+SETTINGS = AlarmSettings(
+    lead_in=0.3, page_timeout=5, takeover_interval=1.0, announcement="Panic {extension}."
+)
 TOLERANCE = 0.10
 
 
@@ -43,6 +49,14 @@ def gaps(times) -> list[float]:
 
 def assert_interval(gap: float, interval: float) -> None:
     assert abs(gap - interval) <= interval * TOLERANCE, (gap, interval)
+
+
+async def assert_pages_shorter_than(store: Stores, alarm_id: int, interval: int) -> None:
+    """The premise of a gap measured at the phones: each page ended before the next was
+    due (else the gap is the page's length)."""
+    durations = [c.details["duration"] for c in await history(store, alarm_id, "page_cycle")]
+    assert durations, "no page_cycle recorded"
+    assert all(d < interval * (1 - TOLERANCE) for d in durations), (durations, interval)
 
 
 class Harness:
@@ -109,6 +123,14 @@ async def history(store: Stores, alarm_id: int, kind: str) -> list[StoredEvent]:
     return [e for e in await store.history.timeline(alarm_id) if e.kind == kind]
 
 
+async def wait_recorded(store: Stores, alarm_id: int, *, cycles: int) -> None:
+    """Wait until ``cycles`` page_cycle events are in the history (written when a page
+    ends; PostgreSQL gives no other sign of it)."""
+    async with asyncio.timeout(15):
+        while len(await history(store, alarm_id, "page_cycle")) < cycles:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 async def no_new_invites(phone: sipp.PagingPhone, seen: int, seconds: float) -> None:
     await asyncio.sleep(seconds)
     assert len(phone.invite_times) == seen, phone.invite_times
@@ -149,12 +171,13 @@ async def test_pages_at_the_interval_follows_changes_and_stops_for_good(
     assert_interval(second_gap, 8)
     assert len(await other.wait_invites(3)) == 3
 
-    await asyncio.sleep(1.0)  # the third announcement is playing
+    await phone.wait("ACK", 3)  # the third page is up: its announcement is playing
     deactivated_at = time.time()
     assert await service.deactivate(alarm.id, by="201", reason="test") is True
     assert not service.leads(alarm.id)
     assert await service.deactivate(alarm.id, by="201", reason="twice") is False
-    await asyncio.sleep(0.5)
+    for each in (phone, other):
+        await each.wait("BYE ", 3, within=5)
     last_bye = max(m.time.timestamp() for p in (phone, other) for m in p.received("BYE "))
     print(f"deactivate() to last BYE: {(last_bye - deactivated_at) * 1000:.0f} ms")
     assert last_bye - deactivated_at < 1.0
@@ -162,6 +185,7 @@ async def test_pages_at_the_interval_follows_changes_and_stops_for_good(
 
     cycles = await history(store, alarm.id, "page_cycle")
     assert len(cycles) == 3 == len(phone.invite_times)
+    assert all(c.details["duration"] < 5 * (1 - TOLERANCE) for c in cycles[:2]), cycles
     assert [c.details["cycle"] for c in cycles] == [1, 2, 3]
     assert all(c.details["answered"] == 2 and c.details["dialled"] == 2 for c in cycles)
     assert cycles[0].details["prompts"] == "tts"
@@ -187,11 +211,13 @@ async def test_two_alarms_with_their_own_intervals(harness: Harness) -> None:
     b_times = await b_phone.wait_invites(3, within=15)
     assert_interval(gaps(b_times)[0], 5)
     assert_interval(gaps(b_times)[1], 5)
+    await assert_pages_shorter_than(store, b.id, 5)
     assert await service.deactivate(b.id, by="cli", reason="one at a time")
     seen_b = len(b_phone.invite_times)
     c_times = await c_phone.wait_invites(3, within=20)
     assert_interval(gaps(c_times)[0], 7)
     assert_interval(gaps(c_times)[1], 7)
+    await assert_pages_shorter_than(store, c.id, 7)
     assert len(b_phone.invite_times) == seen_b  # B stays silent while C goes on
     assert await service.deactivate(c.id, by="cli", reason="done")
     seen_c = len(c_phone.invite_times)
@@ -208,7 +234,7 @@ async def test_restarted_service_resumes_the_loop(harness: Harness) -> None:
     first = await harness.service("first")
     alarm = (await first.activate("104", await first.lookup("104"), uniqueid="d")).alarm
     await phone.wait_invites(1)
-    await asyncio.sleep(3.5)  # the first cycle has been recorded
+    await wait_recorded(store, alarm.id, cycles=1)
     await first.close()
     still = await store.alarms.get_alarm(alarm.id)
     assert still is not None
@@ -235,7 +261,8 @@ async def test_one_leader_among_two_servers_and_takeover(harness: Harness) -> No
     two = await harness.service("two")
     alarm = (await one.activate("105", await one.lookup("105"), uniqueid="e")).alarm
     await phone.wait_invites(2, within=10)
-    await asyncio.sleep(2.5)  # two's takeover scan ran at least twice meanwhile
+    for _ in range(2):  # two's takeover scan, twice: the alarm is led, so it stays one's
+        await two.maintain()
     assert one.leads(alarm.id)
     assert not two.leads(alarm.id)
     times = phone.invite_times
@@ -270,14 +297,13 @@ async def test_one_leader_among_two_servers_and_takeover(harness: Harness) -> No
 
 async def test_tts_failure_pages_built_in_sounds(harness: Harness, sandbox: Sandbox) -> None:
     store, _ = await harness.store()
-    await department(store, "Ward F", "106", [227], interval=5)
+    await department(store, "Ward F", "106", [227], interval=60)  # one page
     phone = await harness.phone(227)
     # An announcement longer than TTS accepts: rendering fails, the fallback plays.
     settings = SETTINGS.model_copy(update={"announcement": "Panic {department} " + "x" * 600})
     service = await harness.service("f", settings)
     alarm = (await service.activate("106", await service.lookup("106"), uniqueid="f")).alarm
-    await phone.wait_invites(1)
-    await asyncio.sleep(3)
+    await phone.wait("BYE ", 1, within=20)  # the whole fallback announcement, heard
     assert await service.deactivate(alarm.id, by="cli", reason="done")
     (cycle,) = await history(store, alarm.id, "page_cycle")
     assert cycle.details["prompts"] == "fallback"

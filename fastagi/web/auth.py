@@ -13,6 +13,7 @@ from fastagi.web.security import (
     client_address,
     local_path,
     new_token,
+    posted_form,
     same_token,
     set_cookie,
     template_context,
@@ -55,7 +56,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await posted_form(request)
     cookie = request.cookies.get(LOGIN_COOKIE, "")
     if not cookie or not same_token(form.get("login_token"), cookie):
         raise web.HTTPForbidden(

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from fastagi.admin.users import may
 from fastagi.config import WebSettings
@@ -156,16 +157,26 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
         raise web.HTTPUnauthorized(text="Log in first.")
     request[SESSION] = session
     if request.method not in {"GET", "HEAD"}:
-        try:
-            form = await request.post()
-        except ValueError:  # UnicodeDecodeError: bytes that are not UTF-8
-            raise web.HTTPBadRequest(text="This form's data is not UTF-8 text.") from None
+        form = await posted_form(request)
         if not same_token(form.get(CSRF_FIELD), session.csrf_token):
             raise web.HTTPForbidden(
                 text="This form has expired or did not come from this console: reload the"
                 " page and try again."
             )
     return await handler(request)
+
+
+async def posted_form(
+    request: web.Request,
+) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """The request's form, or 400 when its bytes are not UTF-8 (a 500 otherwise).
+
+    aiohttp caches the parsed form, so a handler's own ``request.post()`` after this one
+    reads no byte again."""
+    try:
+        return await request.post()
+    except ValueError:  # UnicodeDecodeError: bytes that are not UTF-8
+        raise web.HTTPBadRequest(text="This form's data is not UTF-8 text.") from None
 
 
 def _quote(path: str) -> str:

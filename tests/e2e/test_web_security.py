@@ -261,3 +261,19 @@ async def test_keyboard_only_and_200_percent_zoom(browser, database_dsn, db_pool
         assert not await stores.alarms.is_active(alarm_id)
         [done] = await stores.alarms.recent_alarms()
         assert (done.deactivated_by, done.deactivation_reason) == ("web:otto", "keyboard only")
+
+
+async def test_a_form_of_bytes_that_are_not_utf8_is_a_clear_400(database_dsn, db_pool):
+    """Not a 500: the login form (public) and a logged-in POST read the form alike."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with (
+        console_over(db_pool, web_settings(database_dsn)) as console,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(console.url + "/login") as answer:
+            assert answer.status == 200
+        async with http.post(
+            console.url + "/login", data=b"name=\xff\xfe&password=x", headers=form
+        ) as answer:
+            login_status, login_text = answer.status, await answer.text()
+    assert (login_status, login_text) == (400, "This form's data is not UTF-8 text.")

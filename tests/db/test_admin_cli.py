@@ -574,3 +574,27 @@ def test_history_summary_counts_real_alarms_and_lists_drills_apart(fastagi: Cli)
     listed = fastagi.ok("alarm", "list").splitlines()
     assert listed[1].split()[:3] == [str(drill_id), "DRILL", "active"]
     assert listed[1].split()[-2] == "0/2"
+
+
+def test_drill_without_waiting_and_its_refusals(fastagi: Cli) -> None:
+    fastagi.ok("paging-group", "add", "ER")
+    fastagi.ok("paging-group", "device", "add", "ER", "PJSIP/201")
+    fastagi.ok("department", "add", "Emergency Room", "--paging-group", "ER")
+    fastagi.ok("department", "add", "Pharmacy")
+
+    started = json.loads(
+        fastagi.ok("drill", "emergency room", "--no-wait", "--json", "--devices", "PJSIP/290")
+    )
+    again = fastagi("drill", "Emergency Room", "--no-wait")
+    silent = fastagi("drill", "Pharmacy", "--no-wait")
+
+    assert started["alarm"]["drill"]["devices"] == ["PJSIP/290"]
+    assert started["alarm"]["drill"]["requested_by"].startswith("cli:")
+    assert again == (
+        2,
+        "",
+        "fastagi: error: no drill of 'Emergency Room': a drill of the department runs"
+        f" already (alarm {started['alarm']['id']})\n",
+    )
+    assert silent[0] == 2
+    assert "has no paging devices" in silent[2]

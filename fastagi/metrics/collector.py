@@ -25,8 +25,10 @@ from prometheus_client.registry import Collector
 
 from fastagi.app import Services
 from fastagi.assurance.result import Status
+from fastagi.domain.drill import DrillReport
 from fastagi.domain.health import Health
 from fastagi.notify.dispatcher import Channel
+from fastagi.store.history import StoredEvent
 
 # How long a scrape waits for PostgreSQL's count of active alarms.
 REFRESH_TIMEOUT = 2.0
@@ -37,14 +39,17 @@ class ServerCollector(Collector):
     def __init__(self, services: Services) -> None:
         self._services = services
         self._active_alarms: int | None = None
+        self._drills: list[StoredEvent] = []
 
     async def refresh(self) -> None:
         """Read what needs an await; a PostgreSQL that does not answer in time leaves the
         active alarms out of this scrape (``fastagi_database_down`` says why)."""
         self._active_alarms = None
+        self._drills = []
         with contextlib.suppress(Exception):
             async with asyncio.timeout(REFRESH_TIMEOUT):
                 self._active_alarms = len(await self._services.alarms.active_alarms())
+                self._drills = await self._services.store.history.latest_drill_reports()
 
     def collect(self) -> Iterator[Metric]:
         yield from self._alarms()
@@ -52,6 +57,7 @@ class ServerCollector(Collector):
         yield from self._connections()
         yield from self._notifications()
         yield from self._checks()
+        yield from self._drill_results()
 
     def _alarms(self) -> Iterator[Metric]:
         if self._active_alarms is not None:
@@ -223,6 +229,38 @@ class ServerCollector(Collector):
             "How long the last run of scheduled checks took.",
             value=health.last_run_seconds,
         )
+
+    def _drill_results(self) -> Iterator[Metric]:
+        """Each department's last drill (fastagi/domain/drill.py): an alert on ``ok == 0``
+        or on an old timestamp catches a paging group nobody hears, or drills not run."""
+        ok = GaugeMetricFamily(
+            "fastagi_drill_last_ok",
+            "1 when the department's last drill reached every device (and its emergency"
+            " call was acknowledged), else 0.",
+            labels=["department"],
+        )
+        missed = GaugeMetricFamily(
+            "fastagi_drill_last_devices_not_answered",
+            "Devices that missed at least one page of the department's last drill.",
+            labels=["department"],
+        )
+        when = GaugeMetricFamily(
+            "fastagi_drill_last_timestamp_seconds",
+            "When the department's last drill report was written (Unix time).",
+            labels=["department"],
+        )
+        for event in self._drills:
+            department = event.department or ""
+            try:
+                report = DrillReport.from_details(event.alarm_id or 0, department, event.details)
+            except (KeyError, TypeError, ValueError):
+                continue  # a report of another version: left out, never a failed scrape
+            ok.add_metric([department], 1 if report.ok else 0)
+            missed.add_metric([department], len(report.not_answered))
+            when.add_metric([department], event.occurred_at.timestamp())
+        yield ok
+        yield missed
+        yield when
 
 
 def _bound(bound: float) -> str:

@@ -158,6 +158,19 @@ class HistoryStore:
         rows = await self._pool.fetch(statement, *arguments)
         return [_event(row) for row in rows]
 
+    async def latest_drill_reports(self) -> list[StoredEvent]:
+        """Each department's most recent ``drill_report``: the drills' results now."""
+        rows = await self._pool.fetch(
+            """
+            SELECT DISTINCT ON (department) *
+            FROM alarm_events
+            WHERE kind = $1
+            ORDER BY department, occurred_at DESC, id DESC
+            """,
+            EventKind.DRILL_REPORT.value,
+        )
+        return [_event(row) for row in rows]
+
     async def history(self, since: datetime, until: datetime) -> list[StoredEvent]:
         """Every event with ``since <= occurred_at < until``, oldest first, each marked
         when it belongs to a drill (so an export can leave drills out of statistics)."""

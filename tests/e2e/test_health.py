@@ -43,6 +43,8 @@ from fastagi.config import (
 )
 from fastagi.config.health import HealthSettings, MetricsSettings
 from fastagi.config.notify import NotifySettings, SmtpSettings
+from fastagi.domain.drill import DeviceTally, DrillReport, Ending
+from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.health import Health
 from fastagi.metrics import MetricsListener, running_metrics
 from fastagi.store import Stores
@@ -460,6 +462,37 @@ async def test_metrics_count_the_alarm_its_cycles_and_the_calls(
         assert after[("fastagi_alarms_active", ())] == 0
         # A counter: a third page may have begun before the deactivation.
         assert after[("fastagi_page_cycles_total", ())] >= 2
+
+
+async def test_metrics_say_each_departments_last_drill(
+    site: Site, seeded: str, mail: SmtpServer
+) -> None:
+    def report(department: str, *answers: int) -> HistoryEvent:
+        devices = tuple(
+            DeviceTally(f"PJSIP/{n}", 2, answered, ()) for n, answered in enumerate(answers)
+        )
+        done = DrillReport(0, department, 2, 2, devices, Ending.COMPLETED)
+        return HistoryEvent(EventKind.DRILL_REPORT, None, None, department, done.details())
+
+    async with AsyncExitStack() as stack:
+        server = await start_server(stack, settings_for(site, seeded, mail, enabled=False))
+        assert server.metrics is not None
+        history = server.services.store.history
+        await history.append_event(report("Ward 1", 2, 2))  # an older drill: all heard
+        await history.append_event(report("Ward 1", 2, 1))  # the last: one device missed
+        await history.append_event(report("Ward 2", 2))
+        samples = scrape((await get(server.metrics.url + "/metrics"))[2])
+
+    assert samples[("fastagi_drill_last_ok", (("department", "Ward 1"),))] == 0
+    assert samples[("fastagi_drill_last_devices_not_answered", (("department", "Ward 1"),))] == 1
+    assert samples[("fastagi_drill_last_ok", (("department", "Ward 2"),))] == 1
+    assert (
+        abs(
+            samples[("fastagi_drill_last_timestamp_seconds", (("department", "Ward 2"),))]
+            - time.time()
+        )
+        < 60
+    )
 
 
 async def test_metrics_only_for_allowed_networks(site: Site, seeded: str, mail: SmtpServer) -> None:

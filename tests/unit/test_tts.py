@@ -157,7 +157,10 @@ async def test_hostile_texts_are_spoken_literally(tmp_path: Path):
         "Kinder\x00station\x1b[31m 3 \u200bOst",
         "Urgence Hôpital Æble 🚨",
     ]
-    settings = make_settings(tmp_path / "prompts", max_parallel_renders=4)
+    # Nine renders, four at a time: the last waits for two rounds of espeak-ng. The
+    # default render_timeout (10 s, queueing included) measured the machine on a loaded
+    # run; this test is about what is spoken, not how fast.
+    settings = make_settings(tmp_path / "prompts", max_parallel_renders=4, render_timeout=60)
     async with TextToSpeech(settings) as tts:
         prompts = await asyncio.gather(*(tts.render(text) for text in texts))
 

@@ -28,8 +28,17 @@ ASTERISK_VIEW = "/var/lib/asterisk/sounds/fastagi-panic"
 
 
 def make_settings(directory: Path, **overrides: object) -> TtsSettings:
+    # render_timeout 60 s, not the 10 s default (queueing included): these tests are
+    # about what is rendered, and a loaded machine (load 100+) took longer than 10 s for
+    # test_long_text_is_refused and the hostile texts. The tests of the timeout pass
+    # their own.
     return TtsSettings.model_validate(
-        {"directory": directory, "asterisk_directory": ASTERISK_VIEW, **overrides}
+        {
+            "directory": directory,
+            "asterisk_directory": ASTERISK_VIEW,
+            "render_timeout": 60,
+            **overrides,
+        }
     )
 
 
@@ -157,10 +166,7 @@ async def test_hostile_texts_are_spoken_literally(tmp_path: Path):
         "Kinder\x00station\x1b[31m 3 \u200bOst",
         "Urgence Hôpital Æble 🚨",
     ]
-    # Nine renders, four at a time: the last waits for two rounds of espeak-ng. The
-    # default render_timeout (10 s, queueing included) measured the machine on a loaded
-    # run; this test is about what is spoken, not how fast.
-    settings = make_settings(tmp_path / "prompts", max_parallel_renders=4, render_timeout=60)
+    settings = make_settings(tmp_path / "prompts", max_parallel_renders=4)
     async with TextToSpeech(settings) as tts:
         prompts = await asyncio.gather(*(tts.render(text) for text in texts))
 

@@ -3,7 +3,8 @@ tests/sandbox_fixtures.py (the sandbox Asterisk and SIPp)."""
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,14 @@ def _no_scheduled_checks_nor_fixed_metrics_port(monkeypatch: pytest.MonkeyPatch)
     # A `fastagi serve` of a test (no console) listens for /metrics on a free port, not
     # on the fixed 9464 that the next server would find taken.
     monkeypatch.setenv("FASTAGI_METRICS__PORT", "0")
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[AsyncExitStack]:
+    """What a test starts (servers, phones, AMI connections), closed in reverse order at
+    its end, whether it passed or not."""
+    async with AsyncExitStack() as exits:
+        yield exits
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import io
 import time
 import wave
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,12 +42,6 @@ CONFIG_PAGES = [
     "/config/settings",
     "/history",
 ]
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[AsyncExitStack]:
-    async with AsyncExitStack() as exits:
-        yield exits
 
 
 async def admin_page(browser: Browser, url: str, **context: Any) -> Page:

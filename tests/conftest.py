@@ -1,5 +1,6 @@
-"""Shared fixtures live in plugin modules: tests/pg.py (PostgreSQL) and
-tests/sandbox_fixtures.py (the sandbox Asterisk and SIPp)."""
+"""Shared fixtures live in plugin modules: tests/pg.py (PostgreSQL),
+tests/sandbox_fixtures.py (the sandbox Asterisk and SIPp) and tests/notify_fixtures.py
+(SMTP and webhook servers)."""
 
 import fcntl
 import os
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.pg", "tests.sandbox_fixtures", "tests.browser"]
+pytest_plugins = ["tests.pg", "tests.sandbox_fixtures", "tests.browser", "tests.notify_fixtures"]
 
 
 if os.environ.get("FASTAGI_TEST_LOOP") == "uvloop":

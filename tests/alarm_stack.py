@@ -1,5 +1,7 @@
 """The alarm service as app.py wires it (recorder, lamps, pager, service), for tests that
-run one against the sandbox: started, and closed by ``stack`` in the right order."""
+run one against the sandbox: started, and closed by ``stack`` in the right order; and the
+parts it is given (a pool, the production AMI client, the text-to-speech) over the
+sandbox, each closed by ``stack``."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
 import asyncpg
+from pydantic import SecretStr
 
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.listeners import AlarmListener
@@ -17,7 +20,8 @@ from fastagi.ami import AmiClient
 from fastagi.config import AlarmSettings, JournalSettings
 from fastagi.store import Stores
 from fastagi.store.journal import Journal
-from fastagi.tts import TextToSpeech
+from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi_dev.sandbox.instance import Sandbox
 
 
 async def start_alarm_service(
@@ -55,3 +59,30 @@ async def start_alarm_service(
     await service.start()
     stack.push_async_callback(service.close)
     return service, recorder
+
+
+async def open_pool(
+    stack: AsyncExitStack, dsn: str, max_size: int = 10
+) -> asyncpg.Pool[asyncpg.Record]:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size)
+    stack.push_async_callback(pool.close)
+    return pool
+
+
+async def sandbox_ami(stack: AsyncExitStack, sandbox: Sandbox) -> AmiClient:
+    """The production AMI client, logged in as the sandbox's all-rights user."""
+    ami = AmiClient(
+        sandbox.ami_host, sandbox.ami_port, sandbox.ami_username, SecretStr(sandbox.ami_secret)
+    )
+    await ami.connect()
+    stack.push_async_callback(ami.close)
+    return ami
+
+
+def sandbox_tts(stack: AsyncExitStack, sandbox: Sandbox) -> TextToSpeech:
+    """Prompts rendered where the sandbox Asterisk reads them."""
+    tts = TextToSpeech(
+        TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk)
+    )
+    stack.push_async_callback(tts.aclose)
+    return tts

@@ -1,16 +1,18 @@
-"""Shared fixtures live in plugin modules: tests/pg.py (PostgreSQL) and
-tests/sandbox_fixtures.py (the sandbox Asterisk and SIPp)."""
+"""Shared fixtures live in plugin modules: tests/pg.py (PostgreSQL),
+tests/sandbox_fixtures.py (the sandbox Asterisk and SIPp) and tests/notify_fixtures.py
+(SMTP and webhook servers)."""
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.pg", "tests.sandbox_fixtures", "tests.browser"]
+pytest_plugins = ["tests.pg", "tests.sandbox_fixtures", "tests.browser", "tests.notify_fixtures"]
 
 # Hypothesis's wall-clock limits (a 200 ms deadline per example, the "too slow" health
 # check) measure the machine, not the property: on a loaded machine they failed
@@ -39,6 +41,14 @@ def _no_scheduled_checks_nor_fixed_metrics_port(monkeypatch: pytest.MonkeyPatch)
     # A `fastagi serve` of a test (no console) listens for /metrics on a free port, not
     # on the fixed 9464 that the next server would find taken.
     monkeypatch.setenv("FASTAGI_METRICS__PORT", "0")
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[AsyncExitStack]:
+    """What a test starts (servers, phones, AMI connections), closed in reverse order at
+    its end, whether it passed or not."""
+    async with AsyncExitStack() as exits:
+        yield exits
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -18,7 +18,8 @@ import http.server
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,3 +278,23 @@ def server_tls(ca: Any, tmp: Any) -> tuple[ssl.SSLContext, str]:
     path = tmp / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return context, str(path)
+
+
+@contextmanager
+def login_smtp(
+    ca: Any, tmp: Any, password: str, *, require_starttls: bool = True
+) -> Iterator[tuple[SmtpServer, str]]:
+    """A running SMTP server with STARTTLS (a certificate from trustme's ``ca``) that
+    takes the login ``pbx``/``password``; with the path of the CA's PEM."""
+    context, ca_file = server_tls(ca, tmp)
+    server = SmtpServer(
+        tls_context=context,
+        require_starttls=require_starttls,
+        auth_required=True,
+        authenticator=check_login("pbx", password),
+    )
+    server.start()
+    try:
+        yield server, ca_file
+    finally:
+        server.stop()

@@ -19,8 +19,8 @@ from fastagi.domain.drill import (
     MIN_CYCLES,
     Drill,
     DrillReport,
-    build_report,
     report_event_id,
+    report_of,
     started_event,
 )
 from fastagi.domain.events import EventKind, HistoryEvent
@@ -114,15 +114,7 @@ async def wait_for_drill(
         if loop.time() >= deadline:
             break
         await asyncio.sleep(0.2)  # no notification is sent for a history event
-    events = await stores.history.timeline(alarm_id)
-    report = build_report(
-        alarm.id,
-        alarm.department_name,
-        alarm.drill,
-        [(e.kind, e.details) for e in events if e.alarm_id == alarm_id],
-        deactivated_by=alarm.deactivated_by,
-        reason=alarm.deactivation_reason,
-    )
+    report = report_of(alarm, await stores.history.timeline(alarm_id))
     await stores.history.append_event(
         HistoryEvent(
             EventKind.DRILL_REPORT,

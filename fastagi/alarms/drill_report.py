@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from fastagi.alarms.recorder import HistoryRecorder
-from fastagi.domain.drill import DrillReport, build_report, report_event_id
+from fastagi.domain.drill import DrillReport, report_event_id, report_of
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store import Stores
 
@@ -27,15 +27,7 @@ async def record_drill_report(
         alarm = await stores.alarms.get_alarm(alarm_id)
         if alarm is None or alarm.drill is None or alarm.is_active:
             return None
-        events = await stores.history.timeline(alarm_id)
-        report = build_report(
-            alarm.id,
-            alarm.department_name,
-            alarm.drill,
-            [(event.kind, event.details) for event in events if event.alarm_id == alarm_id],
-            deactivated_by=alarm.deactivated_by,
-            reason=alarm.deactivation_reason,
-        )
+        report = report_of(alarm, await stores.history.timeline(alarm_id))
     except Exception:
         logger.exception("cannot build the report of drill %s", alarm_id)
         return None

@@ -19,7 +19,7 @@ from fastagi.admin.history import (
     parse_time,
 )
 from fastagi.cli.common import Builder, fail, operator
-from fastagi.cli.output import details, print_json, print_table, text, when
+from fastagi.cli.output import details, print_json, print_listing, print_table, text, when
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.drill import DrillReport, report_event_id
 from fastagi.domain.events import EventKind
@@ -80,23 +80,28 @@ async def _alarm_list(stores: Stores, args: argparse.Namespace) -> int:
     alarms = (
         await stores.alarms.recent_alarms() if args.all else await stores.alarms.active_alarms()
     )
-    if args.json:
-        print_json([dataclasses.asdict(a) for a in alarms])
-        return 0
-    print_table(
-        ["ID", "KIND", "STATE", "DEPARTMENT", "EXTENSION", "ACTIVATED", "CYCLES", "DEACTIVATED BY"],
-        [
-            [
-                str(a.id),
-                "DRILL" if a.is_drill else "alarm",
-                a.state,
-                a.department_name,
-                a.extension or "-",
-                when(a.activated_at),
-                f"{a.cycles}/{a.drill.cycles}" if a.drill else str(a.cycles),
-                a.deactivated_by or "-",
-            ]
-            for a in alarms
+    print_listing(
+        alarms,
+        as_json=args.json,
+        headers=[
+            "ID",
+            "KIND",
+            "STATE",
+            "DEPARTMENT",
+            "EXTENSION",
+            "ACTIVATED",
+            "CYCLES",
+            "DEACTIVATED BY",
+        ],
+        row=lambda a: [
+            str(a.id),
+            "DRILL" if a.is_drill else "alarm",
+            a.state,
+            a.department_name,
+            a.extension or "-",
+            when(a.activated_at),
+            f"{a.cycles}/{a.drill.cycles}" if a.drill else str(a.cycles),
+            a.deactivated_by or "-",
         ],
         empty="no active alarms" if not args.all else "no alarms",
     )

@@ -78,6 +78,20 @@ def database_dsn(args: argparse.Namespace) -> str:
 # -- the administration commands' plumbing --------------------------------------------
 
 CONNECT_TIMEOUT = 10.0
+# What connecting raises for a server that is down, a wrong password, a bad DSN...
+CONNECT_ERRORS = (
+    OSError,
+    TimeoutError,
+    ValueError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def fail_to_connect(dsn: str, exc: BaseException) -> NoReturn:
+    reason = str(exc) or exc.__class__.__name__
+    fail(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {reason}")
+
 
 Work = Callable[[Stores, argparse.Namespace], Awaitable[int]]
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -125,15 +139,8 @@ def _handler(work: Work) -> Callable[[argparse.Namespace], int]:
 async def _with_stores(dsn: str, work: Work, args: argparse.Namespace) -> int:
     try:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, timeout=CONNECT_TIMEOUT)
-    except (
-        OSError,
-        TimeoutError,
-        ValueError,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-    ) as exc:
-        reason = str(exc) or exc.__class__.__name__
-        fail(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {reason}")
+    except CONNECT_ERRORS as exc:
+        fail_to_connect(dsn, exc)
     try:
         return await work(Stores.over(pool), args)
     except StoreError as exc:

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 
-from fastagi.cli.common import database_dsn, fail
+from fastagi.cli.common import (
+    CONNECT_ERRORS,
+    CONNECT_TIMEOUT,
+    database_dsn,
+    fail,
+    fail_to_connect,
+)
 from fastagi.store import migrations
-from fastagi.store.pool import redact_dsn
 
-CONNECT_TIMEOUT = 10.0
+_R = TypeVar("_R")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +45,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    applied = asyncio.run(_migrate(database_dsn(args), args.migrations_dir))
+    applied = asyncio.run(_on_database(database_dsn(args), args.migrations_dir, migrations.migrate))
     for name in applied:
         print(f"applied {name}")
     if not applied:
@@ -47,7 +54,7 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    found = asyncio.run(_status(database_dsn(args), args.migrations_dir))
+    found = asyncio.run(_on_database(database_dsn(args), args.migrations_dir, migrations.status))
     for row in found.applied:
         state = (
             "changed"
@@ -64,20 +71,16 @@ def run_status(args: argparse.Namespace) -> int:
     return 0 if found.consistent else 1
 
 
-async def _migrate(dsn: str, directory: Path | None) -> list[str]:
+async def _on_database(
+    dsn: str,
+    directory: Path | None,
+    work: Callable[[asyncpg.Connection[asyncpg.Record], Path | None], Awaitable[_R]],
+) -> _R:
+    """``work`` (migrations.migrate or migrations.status) on a connection of its own; a
+    migration error ends the command with its message."""
     connection = await _connect(dsn)
     try:
-        return await migrations.migrate(connection, directory)
-    except migrations.MigrationError as exc:
-        fail(str(exc))
-    finally:
-        await connection.close()
-
-
-async def _status(dsn: str, directory: Path | None) -> migrations.MigrationStatus:
-    connection = await _connect(dsn)
-    try:
-        return await migrations.status(connection, directory)
+        return await work(connection, directory)
     except migrations.MigrationError as exc:
         fail(str(exc))
     finally:
@@ -87,12 +90,5 @@ async def _status(dsn: str, directory: Path | None) -> migrations.MigrationStatu
 async def _connect(dsn: str) -> asyncpg.Connection[asyncpg.Record]:
     try:
         return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
-    except (
-        OSError,
-        TimeoutError,
-        ValueError,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-    ) as exc:
-        reason = str(exc) or exc.__class__.__name__
-        fail(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {reason}")
+    except CONNECT_ERRORS as exc:
+        fail_to_connect(dsn, exc)

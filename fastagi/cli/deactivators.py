@@ -7,13 +7,12 @@ prompt, or from one line of standard input with ``--pin-stdin``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import getpass
 import sys
 
 from fastagi.admin import deactivators as admin
 from fastagi.cli.common import Builder, fail, operator
-from fastagi.cli.output import print_json, print_table, when
+from fastagi.cli.output import print_listing, when
 from fastagi.domain import pins
 from fastagi.domain.directory import is_extension
 from fastagi.store import Stores
@@ -71,14 +70,14 @@ async def _deactivator_remove(stores: Stores, args: argparse.Namespace) -> int:
 
 async def _deactivator_list(stores: Stores, args: argparse.Namespace) -> int:
     deactivators = await stores.deactivators.list_deactivators()
-    if args.json:
-        print_json([dataclasses.asdict(d) for d in deactivators])
-        return 0
-    print_table(
-        ["EXTENSION", "PIN CHANGED", "LOCKED UNTIL"],
-        [
-            [d.extension, when(d.updated_at), when(d.locked_until) if d.locked_until else "-"]
-            for d in deactivators
+    print_listing(
+        deactivators,
+        as_json=args.json,
+        headers=["EXTENSION", "PIN CHANGED", "LOCKED UNTIL"],
+        row=lambda d: [
+            d.extension,
+            when(d.updated_at),
+            when(d.locked_until) if d.locked_until else "-",
         ],
         empty="no deactivators",
     )

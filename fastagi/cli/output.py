@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 # The history export's (shared with the web console), for every command's JSON.
 from fastagi.admin.history import json_default
+
+_Row = TypeVar("_Row")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], empty: str = "") -> None:
@@ -27,6 +30,22 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], empty: st
 
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=json_default))
+
+
+def print_listing(
+    items: Sequence[_Row],
+    *,
+    as_json: bool,
+    headers: Sequence[str],
+    row: Callable[[_Row], Sequence[str]],
+    empty: str = "",
+) -> None:
+    """A ``list`` command's output: the items (dataclasses) as JSON for scripts, else a
+    table with a ``row`` of each."""
+    if as_json:
+        print_json([dataclasses.asdict(item) for item in items])  # type: ignore[call-overload]
+    else:
+        print_table(headers, [row(item) for item in items], empty=empty)
 
 
 def when(moment: datetime | None) -> str:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from fastagi.admin import paging as admin
 from fastagi.cli.common import Builder, operator
-from fastagi.cli.output import print_json, print_table
+from fastagi.cli.output import print_listing
 from fastagi.store import Stores
 
 
@@ -37,12 +36,11 @@ async def _group_remove(stores: Stores, args: argparse.Namespace) -> int:
 
 async def _group_list(stores: Stores, args: argparse.Namespace) -> int:
     groups = await stores.directory.list_paging_groups()
-    if args.json:
-        print_json([dataclasses.asdict(g) for g in groups])
-        return 0
-    print_table(
-        ["PAGING GROUP", "DEVICES"],
-        [[g.name, " ".join(g.devices) or "-"] for g in groups],
+    print_listing(
+        groups,
+        as_json=args.json,
+        headers=["PAGING GROUP", "DEVICES"],
+        row=lambda g: [g.name, " ".join(g.devices) or "-"],
         empty="no paging groups",
     )
     return 0

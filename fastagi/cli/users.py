@@ -7,13 +7,12 @@ from standard input (one line), with a prompt when it is a terminal.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import getpass
 import sys
 
 from fastagi.admin import users as admin
 from fastagi.cli.common import Builder, fail, operator
-from fastagi.cli.output import print_json, print_table, when
+from fastagi.cli.output import print_listing, when
 from fastagi.domain import passwords
 from fastagi.store import Stores
 from fastagi.store.users import ROLES
@@ -85,11 +84,10 @@ async def _user_role(stores: Stores, args: argparse.Namespace) -> int:
 
 async def _user_list(stores: Stores, args: argparse.Namespace) -> int:
     users = await admin.list_users(stores)
-    if args.json:
-        print_json([dataclasses.asdict(u) for u in users])
-        return 0
-    print_table(
-        ["NAME", "ROLE", "CREATED", "CHANGED"],
-        [[u.name, u.role, when(u.created_at), when(u.updated_at)] for u in users],
+    print_listing(
+        users,
+        as_json=args.json,
+        headers=["NAME", "ROLE", "CREATED", "CHANGED"],
+        row=lambda u: [u.name, u.role, when(u.created_at), when(u.updated_at)],
     )
     return 0

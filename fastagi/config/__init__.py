@@ -7,7 +7,6 @@ Sources, highest priority first: keyword arguments, ``FASTAGI_*`` environment va
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fastagi.config.checks import asterisk_devices, ip_networks, one_line
 from fastagi.config.drill import DrillSettings as DrillSettings
 from fastagi.config.health import HealthSettings, MetricsSettings
 from fastagi.config.notify import NotifySettings
@@ -59,12 +59,7 @@ class AgiSettings(BaseModel):
     @field_validator("allowed_networks")
     @classmethod
     def _networks_parse(cls, value: list[str]) -> list[str]:
-        for network in value:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"not an IP network: {network!r} ({exc})") from None
-        return value
+        return ip_networks(value)
 
 
 class DatabaseSettings(BaseModel):
@@ -162,19 +157,12 @@ class AlarmSettings(BaseModel):
     @classmethod
     def _one_line(cls, value: str) -> str:
         # These travel in AMI headers and SIP headers: a line break would end the header.
-        if any(char in value for char in "\r\n\0"):
-            raise ValueError("must be one line (no CR, LF or NUL)")
-        return value
+        return one_line(value)
 
     @field_validator("unknown_department_devices")
     @classmethod
     def _devices(cls, value: list[str] | None) -> list[str] | None:
-        # The same rule as paging_group_devices.device (sql/002_alarms.sql); '&' or ','
-        # would split Page()'s device list.
-        for device in value or ():
-            tech, _, resource = device.partition("/")
-            if not (tech and resource) or any(char in device for char in "&,|() \t"):
-                raise ValueError(f"not an Asterisk device like PJSIP/201: {device!r}")
+        asterisk_devices(value or ())
         return value
 
     @model_validator(mode="after")
@@ -328,9 +316,7 @@ class EmergencySettings(BaseModel):
     @classmethod
     def _one_line(cls, value: str) -> str:
         # These travel in AMI headers or AGI commands: a line break would end them.
-        if any(char in value for char in "\r\n\0"):
-            raise ValueError("must be one line (no CR, LF or NUL)")
-        return value
+        return one_line(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> EmergencySettings:

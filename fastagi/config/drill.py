@@ -10,11 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from fastagi.config.checks import asterisk_devices, one_line
 from fastagi.domain.drill import MAX_CYCLES, MIN_CYCLES, Frequency, Schedule, parse_time
 
 _LOCALTIME = Path("/etc/localtime")
-_FORBIDDEN = "\r\n\0"
-_DEVICE_FORBIDDEN = "&,|() \t"
 
 
 class DrillSettings(BaseModel):
@@ -66,18 +65,12 @@ class DrillSettings(BaseModel):
     @classmethod
     def _one_line(cls, value: str) -> str:
         # These travel in AMI and SIP headers: a line break would end the header.
-        if any(char in value for char in _FORBIDDEN):
-            raise ValueError("must be one line (no CR, LF or NUL)")
-        return value
+        return one_line(value)
 
     @field_validator("devices")
     @classmethod
     def _devices(cls, value: list[str]) -> list[str]:
-        # The rule of paging_group_devices.device (sql/002_alarms.sql).
-        for device in value:
-            tech, _, resource = device.partition("/")
-            if not (tech and resource) or any(char in device for char in _DEVICE_FORBIDDEN):
-                raise ValueError(f"not an Asterisk device like PJSIP/201: {device!r}")
+        asterisk_devices(value)
         return value
 
     @field_validator("pin")

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fastagi.config.checks import ip_networks
 
 # Cheap and harmless: reads of PostgreSQL and of Asterisk's state, one file written and
 # removed. Run every ``interval`` seconds.
@@ -96,9 +96,4 @@ class MetricsSettings(BaseModel):
     @field_validator("allowed_networks")
     @classmethod
     def _networks_parse(cls, value: list[str]) -> list[str]:
-        for network in value:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"not an IP network: {network!r} ({exc})") from None
-        return value
+        return ip_networks(value)

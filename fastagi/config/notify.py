@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from fastagi.config.checks import one_line
 from fastagi.domain.events import NOTIFY_KINDS as KINDS
 from fastagi.domain.events import NotifyKind
 
@@ -32,18 +33,11 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # What we accept as a phone number, after dropping the usual separators.
 _PHONE = re.compile(r"\+?[0-9]{3,20}")
 _PHONE_SEPARATORS = re.compile(r"[\s().\-/]")
-_FORBIDDEN = "\r\n\0"
-
-
-def _one_line(value: str, what: str) -> str:
-    if any(char in value for char in _FORBIDDEN):
-        raise ValueError(f"{what} must be one line (no CR, LF or NUL)")
-    return value
 
 
 def check_address(value: str) -> str:
     """A plain ASCII addr-spec (``user@example.org``), nothing that could end a header."""
-    _one_line(value, "an e-mail address")
+    one_line(value, "an e-mail address")
     if not value.isascii():
         raise ValueError(f"only ASCII e-mail addresses are supported: {value!r}")
     try:
@@ -101,7 +95,7 @@ class SmtpSettings(BaseModel):
     @field_validator("host", "username")
     @classmethod
     def _header_safe(cls, value: str | None) -> str | None:
-        return None if value is None else _one_line(value, "this value")
+        return None if value is None else one_line(value, "this value")
 
     @field_validator("from_address")
     @classmethod
@@ -142,7 +136,7 @@ class WebhookSettings(BaseModel):
     def _url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        text = _one_line(value.get_secret_value(), "the webhook URL")
+        text = one_line(value.get_secret_value(), "the webhook URL")
         # The error names neither the URL nor its parts: they may hold the key.
         if urlsplit(text).scheme not in ("http", "https") or not urlsplit(text).hostname:
             raise ValueError("the webhook URL must be an http:// or https:// URL with a host")
@@ -157,13 +151,13 @@ class WebhookSettings(BaseModel):
                 raise ValueError(f"not an HTTP header name: {name!r}")
             if name.lower() in ("content-type", "content-length", "host"):
                 raise ValueError(f"header {name} is set by the notifier (see content_type)")
-            _one_line(secret.get_secret_value(), f"header {name}")
+            one_line(secret.get_secret_value(), f"header {name}")
         return value
 
     @field_validator("content_type")
     @classmethod
     def _content_type(cls, value: str) -> str:
-        return _one_line(value, "content_type")
+        return one_line(value, "content_type")
 
     @field_validator("body")
     @classmethod

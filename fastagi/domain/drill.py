@@ -22,7 +22,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid4, uuid5
 
 from fastagi.domain.events import EventKind, HistoryEvent
@@ -234,6 +234,47 @@ class DrillReport:
             emergency_calls=int(data.get("emergency_calls", 0)),
             acknowledged_by=data.get("acknowledged_by"),
         )
+
+
+class _DrillAlarm(Protocol):
+    """The part of fastagi.domain.alarm.Alarm a report is about."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def department_name(self) -> str: ...
+    @property
+    def drill(self) -> Drill | None: ...
+    @property
+    def deactivated_by(self) -> str | None: ...
+    @property
+    def deactivation_reason(self) -> str | None: ...
+
+
+class _TimelineEvent(Protocol):
+    """The part of fastagi.store.history.StoredEvent a report reads."""
+
+    @property
+    def alarm_id(self) -> int | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def details(self) -> Mapping[str, Any]: ...
+
+
+def report_of(alarm: _DrillAlarm, timeline: Iterable[_TimelineEvent]) -> DrillReport:
+    """The report of a drill alarm from its history's timeline, in time order (the
+    events of other alarms it holds are left out)."""
+    if alarm.drill is None:
+        raise ValueError(f"alarm {alarm.id} is not a drill")
+    return build_report(
+        alarm.id,
+        alarm.department_name,
+        alarm.drill,
+        [(event.kind, event.details) for event in timeline if event.alarm_id == alarm.id],
+        deactivated_by=alarm.deactivated_by,
+        reason=alarm.deactivation_reason,
+    )
 
 
 def build_report(

@@ -43,9 +43,12 @@ class StoreError(ValueError):
 MAX_NAME_LENGTH = 200
 
 
-def row_to(cls: type[_T], row: asyncpg.Record) -> _T:
-    """A row dataclass from a record that may hold more columns than it has fields."""
-    return cls(**{f.name: row[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+def row_to(cls: type[_T], row: asyncpg.Record, **computed: object) -> _T:
+    """A row dataclass from a record that may hold more columns than it has fields: each
+    field from the column of its name, unless ``computed`` gives it (a parsed JSON column,
+    a nested dataclass, a column named otherwise)."""
+    columns = {f.name: row[f.name] for f in fields(cls) if f.name not in computed}  # type: ignore[arg-type]
+    return cls(**columns, **computed)
 
 
 def check_name(name: str, what: str, field: str = "name") -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 import asyncpg
 
+from fastagi.store._common import row_to
+
 BOARD_CHANNEL = "fastagi_board"
 
 # Kinds that say what the emergency call is doing, newest wins.
@@ -195,15 +197,9 @@ class BoardStore:
             trigger = _json(row["trigger_details"])
             emergency = _json(row["emergency_details"])
             alarms.append(
-                BoardAlarm(
-                    id=row["id"],
-                    department_id=row["department_id"],
-                    department_name=row["department_name"],
-                    extension=row["extension"],
-                    activated_at=row["activated_at"],
-                    cycles=row["cycles"],
-                    last_cycle_at=row["last_cycle_at"],
-                    interval_seconds=row["interval_seconds"],
+                row_to(
+                    BoardAlarm,
+                    row,
                     last_cycle=_last_cycle(_json(row["last_cycle"])),
                     trigger_channel=trigger.get("channel") if trigger else None,
                     trigger=_trigger(row),
@@ -215,8 +211,6 @@ class BoardStore:
                         outcome=emergency.get("outcome"),
                         at=row["emergency_at"],
                     ),
-                    acknowledged_at=row["acknowledged_at"],
-                    acknowledged_by=row["acknowledged_by"],
                     lamps={device: lamps.get(device, "unknown") for device in mine},
                 )
             )

@@ -344,26 +344,17 @@ class DirectoryStore:
         return [PagingGroup(row["id"], row["name"], tuple(row["devices"])) for row in rows]
 
 
-_DEPARTMENTS = """
+# A DepartmentInfo row: the department, its paging group's name and its patterns.
+_DEPARTMENT_INFO = """
 SELECT d.id, d.name, d.interval_seconds, g.name AS paging_group,
        coalesce(array_agg(e.pattern ORDER BY e.pattern)
                 FILTER (WHERE e.pattern IS NOT NULL), '{}') AS patterns
 FROM departments d
 LEFT JOIN paging_groups g ON g.id = d.paging_group_id
 LEFT JOIN department_extensions e ON e.department_id = d.id
-GROUP BY d.id, g.name
-ORDER BY lower(d.name)
 """
-_DEPARTMENT_BY_NAME = """
-SELECT d.id, d.name, d.interval_seconds, g.name AS paging_group,
-       coalesce(array_agg(e.pattern ORDER BY e.pattern)
-                FILTER (WHERE e.pattern IS NOT NULL), '{}') AS patterns
-FROM departments d
-LEFT JOIN paging_groups g ON g.id = d.paging_group_id
-LEFT JOIN department_extensions e ON e.department_id = d.id
-WHERE lower(d.name) = lower($1)
-GROUP BY d.id, g.name
-"""
+_DEPARTMENTS = _DEPARTMENT_INFO + "GROUP BY d.id, g.name\nORDER BY lower(d.name)\n"
+_DEPARTMENT_BY_NAME = _DEPARTMENT_INFO + "WHERE lower(d.name) = lower($1)\nGROUP BY d.id, g.name\n"
 
 
 async def _department_info(connection: Connection, name: str) -> DepartmentInfo:

@@ -17,6 +17,7 @@ from datetime import datetime
 import asyncpg
 
 from fastagi.domain.events import HistoryEvent
+from fastagi.store._common import row_to
 
 ACTIVE = "active"
 
@@ -79,13 +80,7 @@ ON CONFLICT (event_id) DO NOTHING
 
 
 def _acknowledgement(row: asyncpg.Record) -> Acknowledgement:
-    return Acknowledgement(
-        alarm_id=row["alarm_id"],
-        acknowledged_at=row["acknowledged_at"],
-        acknowledged_by=row["acknowledged_by"],
-        attempt=row["attempt"],
-        channel=row["channel"],
-    )
+    return row_to(Acknowledgement, row)
 
 
 class EmergencyStore:
@@ -99,22 +94,8 @@ class EmergencyStore:
             return None
         acknowledgement = None
         if row["acknowledged_at"] is not None:
-            acknowledgement = Acknowledgement(
-                alarm_id=row["id"],
-                acknowledged_at=row["acknowledged_at"],
-                acknowledged_by=row["acknowledged_by"],
-                attempt=row["attempt"],
-                channel=row["channel"],
-            )
-        return AlarmSummary(
-            id=row["id"],
-            department_name=row["department_name"],
-            extension=row["extension"],
-            state=row["state"],
-            activated_at=row["activated_at"],
-            acknowledgement=acknowledgement,
-            drill=row["drill"],
-        )
+            acknowledgement = row_to(Acknowledgement, row, alarm_id=row["id"])
+        return row_to(AlarmSummary, row, acknowledgement=acknowledgement)
 
     async def acknowledge(
         self,

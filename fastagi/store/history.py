@@ -18,7 +18,7 @@ from uuid import UUID
 import asyncpg
 
 from fastagi.domain.events import EventKind, HistoryEvent
-from fastagi.store._common import COUNT_CYCLE, Connection
+from fastagi.store._common import COUNT_CYCLE, Connection, row_to
 
 # How much of an event's department or extension text the history's indexes hold
 # (sql/006_history_pages.sql): an index entry may not exceed about 2.7 kB, and an event
@@ -271,14 +271,9 @@ def for_alarm(event: HistoryEvent, alarm_id: int) -> HistoryEvent:
 
 
 def _event(row: asyncpg.Record) -> StoredEvent:
-    return StoredEvent(
-        id=row["id"],
-        event_id=row["event_id"],
-        occurred_at=row["occurred_at"],
-        alarm_id=row["alarm_id"],
-        kind=row["kind"],
-        extension=row["extension"],
-        department=row["department"],
+    return row_to(
+        StoredEvent,
+        row,
         details=json.loads(row["details"]),
         drill=bool(row.get("drill", False)),
     )

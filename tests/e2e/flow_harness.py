@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from pydantic import SecretStr
 
 from fastagi.agi.server import AgiServer
 from fastagi.agi.session import AgiSession
 from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import Activation, AlarmService
-from fastagi.ami import AmiClient
 from fastagi.config import AgiSettings, AlarmSettings, FlowSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import Department
@@ -30,10 +28,10 @@ from fastagi.flows import prompts
 from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.store import Stores
-from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi.tts import TextToSpeech
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
-from tests.alarm_stack import start_alarm_service
+from tests.alarm_stack import open_pool, sandbox_ami, sandbox_tts, start_alarm_service
 
 ALARM_SETTINGS = AlarmSettings(lead_in=0.2, page_timeout=5, max_page_seconds=20)
 #: The kinds a call's own steps record (the service adds lamp and page events around).
@@ -184,21 +182,10 @@ async def flow_harness(
     sandbox: Sandbox, agi_port: int, dsn: str, workdir: Path
 ) -> AsyncIterator[FlowHarness]:
     async with AsyncExitStack() as stack:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
-        stack.push_async_callback(pool.close)
+        pool = await open_pool(stack, dsn)
         store = Stores.over(pool)
-        ami = AmiClient(
-            sandbox.ami_host,
-            sandbox.ami_port,
-            sandbox.ami_username,
-            SecretStr(sandbox.ami_secret),
-        )
-        await ami.connect()
-        stack.push_async_callback(ami.close)
-        tts = TextToSpeech(
-            TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk)
-        )
-        stack.push_async_callback(tts.aclose)
+        ami = await sandbox_ami(stack, sandbox)
+        tts = sandbox_tts(stack, sandbox)
         service, recorder = await start_alarm_service(
             stack,
             store=store,

@@ -36,7 +36,8 @@ from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.ports import claim_sandbox_ports
 from tests import sipp
-from tests.notify_servers import SmtpServer, WebhookServer, check_login, server_tls
+from tests.notify_servers import SmtpServer, WebhookServer, login_smtp
+from tests.qualified_phones import qualified_phones, settle
 from tests.sandbox_fixtures import start_sandbox, stop_sandbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -86,70 +87,18 @@ async def admin(site: Site) -> AsyncIterator[SandboxAmi]:
         yield client
 
 
-async def contact_status(admin: SandboxAmi, ext: int) -> str:
-    contact = await admin.action({"Action": "Getvar", "Variable": f"PJSIP_AOR({ext},contact)"})
-    found = await admin.action(
-        {"Action": "Getvar", "Variable": f"PJSIP_CONTACT({contact['Value']},status)"}
-    )
-    return found.get("Value", "")
-
-
-async def settle(admin: SandboxAmi, phones: tuple[int, ...], wanted: str) -> None:
-    """Until Asterisk's qualify says ``wanted`` (Reachable, Unreachable) of each phone's
-    contact: its current status, else the ContactStatus event that changes it (the
-    connection was open before anything changed, so no event is missed)."""
-    pending = {str(ext) for ext in phones if await contact_status(admin, ext) != wanted}
-    while pending:
-        event = await admin.wait_event(
-            "ContactStatus",
-            within=20,
-            where=lambda e: e.get("AOR") in pending and e.get("ContactStatus") == wanted,
-        )
-        pending.discard(event["AOR"])
-
-
 @pytest.fixture
 async def phones(
     site: Site, admin: SandboxAmi, tmp_path: Path
 ) -> AsyncIterator[dict[int, sipp.Phone]]:
-    started = {ext: sipp.Phone(site.sandbox, ext, tmp_path, answer_options=True) for ext in PHONES}
-    try:
-        for phone in started.values():
-            await phone.start()
-        await settle(admin, PHONES, "Reachable")
+    async with qualified_phones(site.sandbox, admin, PHONES, tmp_path) as started:
         yield started
-    finally:
-        for phone in started.values():
-            await phone.stop()
-        # The next test starts from Unreachable, not from a qualify still in flight.
-        await settle(admin, PHONES, "Unreachable")
-
-
-@pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
 
 
 @pytest.fixture
 def mail(ca: trustme.CA, tmp_path: Path) -> Iterator[tuple[SmtpServer, str]]:
-    context, ca_file = server_tls(ca, tmp_path)
-    server = SmtpServer(
-        tls_context=context,
-        require_starttls=True,
-        auth_required=True,
-        authenticator=check_login("pbx", SMTP_PASSWORD),
-    )
-    server.start()
-    yield server, ca_file
-    server.stop()
-
-
-@pytest.fixture
-def gateway() -> Iterator[WebhookServer]:
-    server = WebhookServer()
-    server.start()
-    yield server
-    server.stop()
+    with login_smtp(ca, tmp_path, SMTP_PASSWORD) as started:
+        yield started
 
 
 def config_toml(
@@ -353,20 +302,10 @@ async def test_our_contexts_removed_and_the_dialplan_reloaded(
 
 async def test_smtp_refusing_the_login(server: Settings, ca: trustme.CA, tmp_path: Path) -> None:
     # The site's CA: the settings' ca_file trusts this server as it trusts the site's.
-    context, _ = server_tls(ca, tmp_path)
-    refusing = SmtpServer(
-        tls_context=context,
-        require_starttls=True,
-        auth_required=True,
-        authenticator=check_login("pbx", "another password"),
-    )
-    refusing.start()
-    try:
+    with login_smtp(ca, tmp_path, "another password") as (refusing, _):
         smtp = server.notify.smtp.model_copy(update={"port": refusing.port})
         notify = server.notify.model_copy(update={"smtp": smtp})
         report = await run_checks(server.model_copy(update={"notify": notify}))
-    finally:
-        refusing.stop()
     assert_lines(report, smtp=Status.FAIL)
     line = report.result("smtp")
     assert line.message.startswith(f"127.0.0.1:{refusing.port}: 535 ")

@@ -6,8 +6,6 @@ reach a real SMTP server and a real HTTP gateway on loopback."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from pydantic import SecretStr
 
@@ -32,22 +30,6 @@ from tests.notify_servers import SmtpServer, WebhookServer
 SECURITY_DESK = 246
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def gateway() -> Iterator[WebhookServer]:
-    server = WebhookServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def settings_for(

@@ -20,7 +20,6 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,14 +59,6 @@ INTERVAL = 5  # the schema's minimum
 PIN = "4321"
 DRILL = DrillSettings(announcement="Test {department}.", pin=PIN)
 SECURITY = "security@hospital.example"
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

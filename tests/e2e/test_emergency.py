@@ -21,7 +21,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 
 from fastagi.agi.server import AgiServer
 from fastagi.alarms.emergency import EmergencyCaller, EmergencySettings
@@ -33,9 +32,10 @@ from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.store import Stores
 from fastagi.store.emergency import EmergencyStore
-from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi.tts import TextToSpeech
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
+from tests.alarm_stack import open_pool, sandbox_ami, sandbox_tts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -139,17 +139,9 @@ async def harness(
     sandbox: Sandbox, database_dsn: str, agi_port: int, tmp_path: Path
 ) -> AsyncIterator[Harness]:
     async with AsyncExitStack() as stack:
-        pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=8)
-        stack.push_async_callback(pool.close)
-        ami = AmiClient(
-            sandbox.ami_host, sandbox.ami_port, sandbox.ami_username, SecretStr(sandbox.ami_secret)
-        )
-        await ami.connect()
-        stack.push_async_callback(ami.close)
-        tts = TextToSpeech(
-            TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk)
-        )
-        stack.push_async_callback(tts.aclose)
+        pool = await open_pool(stack, database_dsn, max_size=8)
+        ami = await sandbox_ami(stack, sandbox)
+        tts = sandbox_tts(stack, sandbox)
         yield Harness(sandbox, pool, ami, tts, Stores.over(pool), tmp_path, stack, agi_port)
 
 

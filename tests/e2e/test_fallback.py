@@ -20,7 +20,7 @@ import math
 import re
 import socket
 import statistics
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -56,12 +56,6 @@ CALLS = 10
 # What a server logs once it has adopted an entry (after deleting it).
 ADOPTED = "adopted the alarm the dialplan raised"
 _ASTDB_LINE = re.compile(rf"^/{FAMILY}/(\S+?)\s*:\s*(\S*)\s*$", re.M)
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[AsyncExitStack]:
-    async with AsyncExitStack() as exit_stack:
-        yield exit_stack
 
 
 def dead_port() -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -83,12 +82,6 @@ def settings_for(
             lead_in=0.3, page_timeout=5, takeover_interval=1.0, announcement="Panic {extension}."
         ),
     )
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[AsyncExitStack]:
-    async with AsyncExitStack() as exit_stack:
-        yield exit_stack
 
 
 async def panic_call(sandbox: Sandbox, workdir: Path, ext: int) -> None:

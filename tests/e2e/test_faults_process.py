@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import time
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -56,12 +55,6 @@ MIN_GAP = INTERVAL * 0.9
 # resumed page comes one interval after the page ENDED, commit 300a135) adds a page's
 # length, about 2.5 s here, which each test checks is well above this tolerance.
 SCHEDULE_TOLERANCE = 0.3
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[AsyncExitStack]:
-    async with AsyncExitStack() as exit_stack:
-        yield exit_stack
 
 
 async def start_server(

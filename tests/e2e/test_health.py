@@ -57,6 +57,7 @@ from fastagi_dev.sandbox.ports import claim_sandbox_ports
 from tests import sipp
 from tests.e2e.server_process import seed_department, wait_alarm
 from tests.notify_servers import SmtpServer
+from tests.qualified_phones import qualified_phones, settle
 from tests.sandbox_fixtures import start_sandbox, stop_sandbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -105,48 +106,12 @@ async def admin(site: Site) -> AsyncIterator[SandboxAmi]:
         yield client
 
 
-async def contact_status(admin: SandboxAmi, ext: int) -> str:
-    contact = await admin.action({"Action": "Getvar", "Variable": f"PJSIP_AOR({ext},contact)"})
-    found = await admin.action(
-        {"Action": "Getvar", "Variable": f"PJSIP_CONTACT({contact['Value']},status)"}
-    )
-    return found.get("Value", "")
-
-
-async def settle(admin: SandboxAmi, phones: tuple[int, ...], wanted: str) -> None:
-    """Until Asterisk's qualify says ``wanted`` (Reachable, Unreachable) of each phone."""
-    pending = {str(ext) for ext in phones if await contact_status(admin, ext) != wanted}
-    while pending:
-        event = await admin.wait_event(
-            "ContactStatus",
-            within=20,
-            where=lambda e: e.get("AOR") in pending and e.get("ContactStatus") == wanted,
-        )
-        pending.discard(event["AOR"])
-
-
 @pytest.fixture
 async def phones(
     site: Site, admin: SandboxAmi, tmp_path: Path
 ) -> AsyncIterator[dict[int, sipp.Phone]]:
-    started = {ext: sipp.Phone(site.sandbox, ext, tmp_path, answer_options=True) for ext in PHONES}
-    try:
-        for phone in started.values():
-            await phone.start()
-        await settle(admin, PHONES, "Reachable")
+    async with qualified_phones(site.sandbox, admin, PHONES, tmp_path) as started:
         yield started
-    finally:
-        for phone in started.values():
-            await phone.stop()
-        await settle(admin, PHONES, "Unreachable")
-
-
-@pytest.fixture
-def mail() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -162,7 +127,7 @@ async def seeded(database_dsn: str) -> str:
 
 
 def settings_for(
-    site: Site, dsn: str, mail: SmtpServer, agi_port: int | None = None, **health: Any
+    site: Site, dsn: str, smtp: SmtpServer, agi_port: int | None = None, **health: Any
 ) -> Settings:
     """A server's settings: on the site's FastAGI port unless ``agi_port`` is given."""
     box = site.sandbox
@@ -180,7 +145,7 @@ def settings_for(
         ),
         tts=TtsSettings(directory=box.tts_dir, asterisk_directory=box.tts_dir_in_asterisk),
         notify=NotifySettings(
-            smtp=SmtpSettings(host="127.0.0.1", port=mail.port, security="none", timeout=5),
+            smtp=SmtpSettings(host="127.0.0.1", port=smtp.port, security="none", timeout=5),
             admin_emails=[ADMIN],
         ),
         health=HealthSettings(
@@ -258,15 +223,15 @@ async def health_events(dsn: str) -> list[tuple[str, list[str]]]:
     ]
 
 
-def health_mails(mail: SmtpServer) -> list[str]:
-    return [m.message["Subject"] for m in mail.inbox.mails if ADMIN in m.rcpt_tos]
+def health_mails(smtp: SmtpServer) -> list[str]:
+    return [m.message["Subject"] for m in smtp.inbox.mails if ADMIN in m.rcpt_tos]
 
 
 @pytest.fixture
 async def two_servers(
     site: Site,
     seeded: str,
-    mail: SmtpServer,
+    smtp: SmtpServer,
     phones: dict[int, sipp.Phone],
     admin: SandboxAmi,
     monkeypatch: pytest.MonkeyPatch,
@@ -275,7 +240,7 @@ async def two_servers(
     monkeypatch.delenv("FASTAGI_HEALTH__ENABLED")
     async with AsyncExitStack() as stack:
         servers = [
-            await start_server(stack, settings_for(site, seeded, mail, agi_port=port))
+            await start_server(stack, settings_for(site, seeded, smtp, agi_port=port))
             for port in (site.agi_port, site.spare_port)
         ]
         async with asyncio.timeout(30):
@@ -290,7 +255,7 @@ async def test_a_paging_phone_stopped_lights_the_lamp_and_is_told_once_by_two_se
     two_servers: list[Running],
     phones: dict[int, sipp.Phone],
     admin: SandboxAmi,
-    mail: SmtpServer,
+    smtp: SmtpServer,
     seeded: str,
 ) -> None:
     await phones[ICU_PHONE].stop()
@@ -298,8 +263,8 @@ async def test_a_paging_phone_stopped_lights_the_lamp_and_is_told_once_by_two_se
     async with asyncio.timeout(30):
         await runs_until(two_servers, Health.DEGRADED, site_degraded=True)
     assert await health_events(seeded) == [("health_degraded", ["paging-devices"])]
-    assert health_mails(mail) == ["fastagi-panic DEGRADED: paging-devices"]
-    body = mail.inbox.mails[-1].message.get_content()
+    assert health_mails(smtp) == ["fastagi-panic DEGRADED: paging-devices"]
+    body = smtp.inbox.mails[-1].message.get_content()
     assert f"PJSIP/{ICU_PHONE}" in body
     assert LAMP in body
 
@@ -311,7 +276,7 @@ async def test_a_paging_phone_stopped_lights_the_lamp_and_is_told_once_by_two_se
         ("health_degraded", ["paging-devices"]),
         ("health_recovered", []),
     ]
-    assert health_mails(mail) == [
+    assert health_mails(smtp) == [
         "fastagi-panic DEGRADED: paging-devices",
         "fastagi-panic recovered: every scheduled check passes",
     ]
@@ -319,7 +284,7 @@ async def test_a_paging_phone_stopped_lights_the_lamp_and_is_told_once_by_two_se
 
 
 async def test_ami_access_taken_away_lights_the_lamp_and_is_told_once(
-    two_servers: list[Running], site: Site, admin: SandboxAmi, mail: SmtpServer, seeded: str
+    two_servers: list[Running], site: Site, admin: SandboxAmi, smtp: SmtpServer, seeded: str
 ) -> None:
     # The server's AMI user refused from now on (a FreePBX reload that rewrote
     # manager_custom.conf without it, say): the servers' own sessions stay up, but the
@@ -347,7 +312,7 @@ async def test_ami_access_taken_away_lights_the_lamp_and_is_told_once(
         ("health_degraded", ["ami"]),
         ("health_recovered", []),
     ]
-    assert health_mails(mail) == [
+    assert health_mails(smtp) == [
         "fastagi-panic DEGRADED: ami",
         "fastagi-panic recovered: every scheduled check passes",
     ]
@@ -374,14 +339,14 @@ async def get(url: str) -> tuple[int, str, str]:
 async def test_healthz_says_each_checks_last_result_and_fails_with_a_fail(
     site: Site,
     seeded: str,
-    mail: SmtpServer,
+    smtp: SmtpServer,
     phones: dict[int, sipp.Phone],
     admin: SandboxAmi,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("FASTAGI_HEALTH__ENABLED")
     async with AsyncExitStack() as stack:
-        server = await start_server(stack, settings_for(site, seeded, mail))
+        server = await start_server(stack, settings_for(site, seeded, smtp))
         assert server.metrics is not None
         await server.health.next_run()
         status, kind, body = await get(server.metrics.url + "/healthz")
@@ -418,13 +383,13 @@ async def test_healthz_says_each_checks_last_result_and_fails_with_a_fail(
 async def test_metrics_count_the_alarm_its_cycles_and_the_calls(
     site: Site,
     seeded: str,
-    mail: SmtpServer,
+    smtp: SmtpServer,
     phones: dict[int, sipp.Phone],
     tmp_path: Path,
 ) -> None:
     # No scheduled checks here: only what the alarm did.
     async with AsyncExitStack() as stack:
-        server = await start_server(stack, settings_for(site, seeded, mail, enabled=False))
+        server = await start_server(stack, settings_for(site, seeded, smtp, enabled=False))
         assert server.metrics is not None
         assert server.services.health is None
         url = server.metrics.url + "/metrics"
@@ -465,7 +430,7 @@ async def test_metrics_count_the_alarm_its_cycles_and_the_calls(
 
 
 async def test_metrics_say_each_departments_last_drill(
-    site: Site, seeded: str, mail: SmtpServer
+    site: Site, seeded: str, smtp: SmtpServer
 ) -> None:
     def report(department: str, *answers: int) -> HistoryEvent:
         devices = tuple(
@@ -475,7 +440,7 @@ async def test_metrics_say_each_departments_last_drill(
         return HistoryEvent(EventKind.DRILL_REPORT, None, None, department, done.details())
 
     async with AsyncExitStack() as stack:
-        server = await start_server(stack, settings_for(site, seeded, mail, enabled=False))
+        server = await start_server(stack, settings_for(site, seeded, smtp, enabled=False))
         assert server.metrics is not None
         history = server.services.store.history
         await history.append_event(report("Ward 1", 2, 2))  # an older drill: all heard
@@ -495,9 +460,9 @@ async def test_metrics_say_each_departments_last_drill(
     )
 
 
-async def test_metrics_only_for_allowed_networks(site: Site, seeded: str, mail: SmtpServer) -> None:
+async def test_metrics_only_for_allowed_networks(site: Site, seeded: str, smtp: SmtpServer) -> None:
     async with AsyncExitStack() as stack:
-        server = await start_server(stack, settings_for(site, seeded, mail))
+        server = await start_server(stack, settings_for(site, seeded, smtp))
         assert server.metrics is not None
         url = server.metrics.url + "/metrics"
         async with aiohttp.ClientSession() as http:
@@ -505,7 +470,7 @@ async def test_metrics_only_for_allowed_networks(site: Site, seeded: str, mail: 
                 assert answer.status == 403  # through a proxy not trusted: refused
             async with http.get(url) as answer:
                 assert answer.status == 200
-    refused = settings_for(site, seeded, mail).model_copy(
+    refused = settings_for(site, seeded, smtp).model_copy(
         update={"metrics": MetricsSettings(port=0, allowed_networks=["192.0.2.0/24"])}
     )
     async with AsyncExitStack() as stack:
@@ -517,7 +482,7 @@ async def test_metrics_only_for_allowed_networks(site: Site, seeded: str, mail: 
 
 
 async def test_the_console_serves_both_without_a_login(
-    site: Site, seeded: str, mail: SmtpServer
+    site: Site, seeded: str, smtp: SmtpServer
 ) -> None:
     consoles: list[Console] = []
 
@@ -527,7 +492,7 @@ async def test_the_console_serves_both_without_a_login(
             consoles.append(running)
             yield
 
-    settings = settings_for(site, seeded, mail, enabled=False).model_copy(
+    settings = settings_for(site, seeded, smtp, enabled=False).model_copy(
         update={"web": WebSettings(enabled=True, port=0)}
     )
     async with running_server(settings, [console]):
@@ -546,13 +511,13 @@ async def test_the_console_serves_both_without_a_login(
 
 
 async def test_a_taken_metrics_port_never_keeps_the_server_from_serving(
-    site: Site, seeded: str, mail: SmtpServer
+    site: Site, seeded: str, smtp: SmtpServer
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        settings = settings_for(site, seeded, mail, enabled=False).model_copy(
+        settings = settings_for(site, seeded, smtp, enabled=False).model_copy(
             update={"metrics": MetricsSettings(port=port)}
         )
         async with AsyncExitStack() as stack:

@@ -29,9 +29,7 @@ from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 
-import asyncpg
 import pytest
-from pydantic import SecretStr
 
 from fastagi import cli
 from fastagi.admin.alarms import deactivate_alarm
@@ -41,10 +39,9 @@ from fastagi.config import AlarmSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import Directory
 from fastagi.store import Stores
-from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
-from tests.alarm_stack import start_alarm_service
+from tests.alarm_stack import open_pool, sandbox_ami, sandbox_tts, start_alarm_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -78,35 +75,18 @@ class Servers:
         self.stack = stack
 
     async def stores(self) -> Stores:
-        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=10)
-        self.stack.push_async_callback(pool.close)
-        return Stores.over(pool)
+        return Stores.over(await open_pool(self.stack, self.dsn))
 
     async def ami(self) -> AmiClient:
-        ami = AmiClient(
-            self.sandbox.ami_host,
-            self.sandbox.ami_port,
-            self.sandbox.ami_username,
-            SecretStr(self.sandbox.ami_secret),
-        )
-        await ami.connect()
-        self.stack.push_async_callback(ami.close)
-        return ami
+        return await sandbox_ami(self.stack, self.sandbox)
 
     async def service(
         self, name: str, settings: AlarmSettings = SETTINGS, listener: Ended | None = None
     ) -> AlarmService:
-        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=10)
-        self.stack.push_async_callback(pool.close)
+        pool = await open_pool(self.stack, self.dsn)
         store = Stores.over(pool)
         ami = await self.ami()
-        tts = TextToSpeech(
-            TtsSettings(
-                directory=self.sandbox.tts_dir,
-                asterisk_directory=self.sandbox.tts_dir_in_asterisk,
-            )
-        )
-        self.stack.push_async_callback(tts.aclose)
+        tts = sandbox_tts(self.stack, self.sandbox)
         service, _ = await start_alarm_service(
             self.stack,
             store=store,

@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,12 +26,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 
 from fastagi.agi.server import AgiServer
 from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import AlarmService
-from fastagi.ami import AmiClient
 from fastagi.config import AgiSettings, AlarmSettings, FlowSettings, JournalSettings
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.pins import hash_pin_async
@@ -43,7 +41,7 @@ from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.cluster import EmbeddedCluster, free_port
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
-from tests.alarm_stack import start_alarm_service
+from tests.alarm_stack import open_pool, sandbox_ami, start_alarm_service
 from tests.history import (
     cycle_numbers,
     doubled_cycles,
@@ -125,12 +123,6 @@ class Server:
     recorder: HistoryRecorder
 
 
-@pytest.fixture
-async def stack() -> AsyncIterator[AsyncExitStack]:
-    async with AsyncExitStack() as stack:
-        yield stack
-
-
 async def server(
     stack: AsyncExitStack,
     sandbox: Sandbox,
@@ -139,14 +131,9 @@ async def server(
     tts_dir: Path | None = None,
     settings: AlarmSettings = SETTINGS,
 ) -> Server:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
-    stack.push_async_callback(pool.close)
+    pool = await open_pool(stack, dsn)
     store = Stores.over(pool)
-    ami = AmiClient(
-        sandbox.ami_host, sandbox.ami_port, sandbox.ami_username, SecretStr(sandbox.ami_secret)
-    )
-    await ami.connect()
-    stack.push_async_callback(ami.close)
+    ami = await sandbox_ami(stack, sandbox)
     tts = TextToSpeech(
         TtsSettings(
             directory=tts_dir or sandbox.tts_dir,

@@ -28,7 +28,6 @@ from tests.e2e.test_pg_outage import (  # noqa: F401 (fixtures)
     drained,
     own_pg,
     server,
-    stack,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -52,7 +51,7 @@ async def department(store: Stores, name: str, extension: str, phone: int, inter
 async def test_a_running_alarm_keeps_the_interval_it_last_had_while_pg_is_down(
     own_pg: OwnPg,  # noqa: F811 (the fixture of tests/e2e/test_pg_outage.py)
     sandbox: Sandbox,
-    stack: AsyncExitStack,  # noqa: F811 (likewise)
+    stack: AsyncExitStack,
     tmp_path: Path,
 ) -> None:
     # The directory is cached with the department's old interval and not reloaded for
@@ -87,7 +86,7 @@ async def test_a_running_alarm_keeps_the_interval_it_last_had_while_pg_is_down(
 async def test_listen_is_rearmed_after_a_restart_and_a_cli_deactivation_stops_the_page(
     own_pg: OwnPg,  # noqa: F811 (the fixture of tests/e2e/test_pg_outage.py)
     sandbox: Sandbox,
-    stack: AsyncExitStack,  # noqa: F811 (likewise)
+    stack: AsyncExitStack,
     tmp_path: Path,
 ) -> None:
     # The takeover scan (the safety net) only every 30 s: within a second, only the

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 
@@ -56,12 +54,6 @@ async def board_count(page: Page, count: int, *, within: float = 30.0) -> float:
         polling="raf",
     )
     return time.time()
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[AsyncExitStack]:
-    async with AsyncExitStack() as exits:
-        yield exits
 
 
 async def test_a_new_alarm_on_the_board_within_a_second_deactivated_from_it(

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from fastagi.assurance import Report, Status, run_checks
 from fastagi.config import JournalSettings, Settings
 from fastagi.config.notify import NotifySettings, SmtpSettings, WebhookSettings
-from tests.notify_servers import SmtpServer, WebhookServer, check_login, free_port, server_tls
+from tests.notify_servers import SmtpServer, WebhookServer, free_port, login_smtp
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,22 +35,9 @@ async def line(settings: Settings, name: str, *, send_test: bool = False) -> tup
 
 
 @pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
 def tls_smtp(ca: trustme.CA, tmp_path: Path) -> Iterator[tuple[SmtpServer, str]]:
-    context, ca_file = server_tls(ca, tmp_path)
-    server = SmtpServer(
-        tls_context=context,
-        require_starttls=True,
-        auth_required=True,
-        authenticator=check_login("pbx", PASSWORD),
-    )
-    server.start()
-    yield server, ca_file
-    server.stop()
+    with login_smtp(ca, tmp_path, PASSWORD) as started:
+        yield started
 
 
 def smtp_settings(port: int, ca_file: str, password: str = PASSWORD) -> SmtpSettings:
@@ -142,14 +129,6 @@ async def test_recipients_without_a_mail_server_fail() -> None:
         Status.OK,
         "e-mail is off (no notify.smtp.host, no recipient)",
     )
-
-
-@pytest.fixture
-def gateway() -> Iterator[WebhookServer]:
-    server = WebhookServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_webhook_answering_passes_and_no_sms_is_sent(gateway: WebhookServer) -> None:

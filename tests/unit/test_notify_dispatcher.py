@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,22 +26,6 @@ pytestmark = pytest.mark.timeout(30)
 
 ACTIVATED = datetime(2024, 5, 1, 10, 15, 30, tzinfo=UTC)
 FAST = RetrySettings(attempts=20, initial_backoff=0.01, max_backoff=0.05)
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def gateway() -> Iterator[WebhookServer]:
-    server = WebhookServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import logging
 import smtplib
 import ssl
 import warnings
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.notify_servers import (
     SmtpServer,
     check_login,
     free_port,
+    login_smtp,
     server_tls,
 )
 
@@ -70,19 +70,6 @@ async def deactivate(notifier: Notifier) -> int:
         by="305",
         reason="pin",
     )
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
 
 
 async def test_activation_mail_reaches_every_recipient(smtp: SmtpServer) -> None:
@@ -144,34 +131,31 @@ async def test_deactivation_mail_names_who_and_when(smtp: SmtpServer) -> None:
     assert mail.message["Importance"] is None
 
 
+def login_over_starttls(ca_file: str) -> dict[str, Any]:
+    return {
+        "security": "starttls",
+        "username": "pbx",
+        "password": SecretStr(PASSWORD),
+        "ca_file": ca_file,
+    }
+
+
+async def alarm_mailed(port: int, smtp: dict[str, Any], *, outcome: str) -> History:
+    """The history of an alarm's e-mail to ``port`` once its attempt has ``outcome``."""
+    history = History()
+    notifier = Notifier(settings(port, smtp=smtp, emails=["er@hospital.example"]), history.record)
+    await activate(notifier)
+    await history.wait_for(1, outcome=outcome)
+    await notifier.close()
+    return history
+
+
 async def test_starttls_with_login(
     ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    context, ca_file = server_tls(ca, tmp_path)
-    server = SmtpServer(
-        tls_context=context,
-        require_starttls=True,
-        auth_required=True,
-        authenticator=check_login("pbx", PASSWORD),
-    )
-    server.start()
-    try:
-        history = History()
-        smtp = {
-            "security": "starttls",
-            "username": "pbx",
-            "password": SecretStr(PASSWORD),
-            "ca_file": ca_file,
-        }
-        notifier = Notifier(
-            settings(server.port, smtp=smtp, emails=["er@hospital.example"]), history.record
-        )
-        await activate(notifier)
-        await history.wait_for(1, outcome="sent")
-        await notifier.close()
-    finally:
-        server.stop()
+    with login_smtp(ca, tmp_path, PASSWORD) as (server, ca_file):
+        history = await alarm_mailed(server.port, login_over_starttls(ca_file), outcome="sent")
     (mail,) = server.inbox.mails
     assert mail.tls is True
     assert mail.login == ("pbx", PASSWORD)
@@ -184,14 +168,8 @@ async def test_implicit_tls(ca: trustme.CA, tmp_path: Path) -> None:
     server = SmtpServer(ssl_context=context)
     server.start()
     try:
-        history = History()
         smtp = {"security": "tls", "ca_file": ca_file}
-        notifier = Notifier(
-            settings(server.port, smtp=smtp, emails=["er@hospital.example"]), history.record
-        )
-        await activate(notifier)
-        await history.wait_for(1, outcome="sent")
-        await notifier.close()
+        await alarm_mailed(server.port, smtp, outcome="sent")
     finally:
         server.stop()
     (mail,) = server.inbox.mails
@@ -202,29 +180,11 @@ async def test_wrong_password_fails_without_retry_and_without_the_password(
     ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    context, ca_file = server_tls(ca, tmp_path)
-    server = SmtpServer(
-        tls_context=context,
-        auth_required=True,
-        authenticator=check_login("pbx", "another password"),
-    )
-    server.start()
-    try:
-        history = History()
-        smtp = {
-            "security": "starttls",
-            "username": "pbx",
-            "password": SecretStr(PASSWORD),
-            "ca_file": ca_file,
-        }
-        notifier = Notifier(
-            settings(server.port, smtp=smtp, emails=["er@hospital.example"]), history.record
-        )
-        await activate(notifier)
-        await history.wait_for(1, outcome="failed")
-        await notifier.close()
-    finally:
-        server.stop()
+    with login_smtp(ca, tmp_path, "another password", require_starttls=False) as (
+        server,
+        ca_file,
+    ):
+        history = await alarm_mailed(server.port, login_over_starttls(ca_file), outcome="failed")
     (failure,) = history.details()
     assert failure["attempt"] == 1
     assert failure["answer"].startswith("535 ")
@@ -241,6 +201,7 @@ def test_the_test_server_closes_a_connection_still_open_when_stopped(
     # stops while the connection of the failed AUTH after STARTTLS is still open on its
     # side. A transport left open would be reported by whichever later test the garbage
     # collector runs in, so collect here, where the warning names the culprit.
+    # login_smtp() would stop the server only after the connection is closed.
     context, ca_file = server_tls(ca, tmp_path)
     server = SmtpServer(
         tls_context=context,

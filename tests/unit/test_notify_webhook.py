@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -22,14 +21,6 @@ API_KEY = "k3y-0f-the-sms-gateway"
 TOKEN = "Bearer t0ken-for-the-gateway"
 FAST = RetrySettings(attempts=5, initial_backoff=0.01, max_backoff=0.05)
 TEXT = "PANIC ALARM: Notaufnahme Süd, extension 201 #42 12:15 CEST"
-
-
-@pytest.fixture
-def gateway() -> Iterator[WebhookServer]:
-    server = WebhookServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def settings(url: str, **webhook: Any) -> NotifySettings:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Protocol
+
 import aiohttp_jinja2
 from aiohttp import web
 
 from fastagi.admin import paging as admin
-from fastagi.store import StoreError
+from fastagi.store import StoreError, Stores
 from fastagi.store.directory import PagingGroup
 from fastagi.web.actions import actor
 from fastagi.web.configure.forms import Form, empty, posted
 from fastagi.web.keys import STORES
 from fastagi.web.security import require, template_context
+
+
+class DeviceChange(Protocol):
+    """fastagi.admin.paging's add_paging_device and remove_paging_device."""
+
+    def __call__(self, stores: Stores, group: str, device: str, *, by: str) -> Awaitable[None]: ...
+
 
 GROUP_FIELDS = ("name",)
 DEVICE_FIELDS = ("device",)
@@ -107,27 +117,24 @@ async def remove_group(request: web.Request) -> web.StreamResponse:
 
 @require("admin")
 async def add_device(request: web.Request) -> web.StreamResponse:
-    group = await _group(request)
-    form, texts = await posted(request, f"group-{group.id}", DEVICE_FIELDS)
-    try:
-        await admin.add_paging_device(
-            request.app[STORES], group.name, texts["device"], by=actor(request)
-        )
-    except StoreError as exc:
-        form.refuse(exc)
-        return await _render(request, group_id=group.id, group_form=form, status=400)
-    raise web.HTTPSeeOther(f"/config/paging?done=device-added#group-{group.id}")
+    return await _change_device(request, admin.add_paging_device, done="device-added")
 
 
 @require("admin")
 async def remove_device(request: web.Request) -> web.StreamResponse:
+    return await _change_device(request, admin.remove_paging_device, done="device-removed")
+
+
+async def _change_device(
+    request: web.Request, change: DeviceChange, *, done: str
+) -> web.StreamResponse:
+    """Add or remove the posted device of the group in the path; the group's form again,
+    with the refusal, when the change is refused."""
     group = await _group(request)
     form, texts = await posted(request, f"group-{group.id}", DEVICE_FIELDS)
     try:
-        await admin.remove_paging_device(
-            request.app[STORES], group.name, texts["device"], by=actor(request)
-        )
+        await change(request.app[STORES], group.name, texts["device"], by=actor(request))
     except StoreError as exc:
         form.refuse(exc)
         return await _render(request, group_id=group.id, group_form=form, status=400)
-    raise web.HTTPSeeOther(f"/config/paging?done=device-removed#group-{group.id}")
+    raise web.HTTPSeeOther(f"/config/paging?done={done}#group-{group.id}")

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         freepbx,
         paging,
         policy,
+        recordings,
         serve,
         users,
     )
@@ -41,7 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     freepbx.register(subparsers)
     check.register(subparsers)
     builder = Builder(subparsers)
-    for resource in (departments, paging, policy, deactivators, alarms, drills, users):
+    for resource in (
+        departments,
+        paging,
+        policy,
+        deactivators,
+        alarms,
+        drills,
+        users,
+        recordings,
+    ):
         resource.register(builder)
     return parser
 

@@ -26,6 +26,7 @@ from fastagi.store.migrations import MigrationError, find_migrations_dir, migrat
 from fastagi.store.policy import PolicyStore
 from fastagi.store.pool import create_pool
 from fastagi.store.probe import ProbeCall, ProbeStore
+from fastagi.store.recordings import RecordedLocation, RecordingStore
 from fastagi.store.users import UserStore
 
 
@@ -40,6 +41,7 @@ class Stores:
     policy: PolicyStore
     changes: ChangeStore
     users: UserStore
+    recordings: RecordingStore
 
     @classmethod
     def over(cls, pool: asyncpg.Pool[asyncpg.Record]) -> Stores:
@@ -51,6 +53,7 @@ class Stores:
             policy=PolicyStore(pool),
             changes=ChangeStore(pool),
             users=UserStore(pool),
+            recordings=RecordingStore(pool),
         )
 
 
@@ -66,6 +69,8 @@ __all__ = [
     "PolicyStore",
     "ProbeCall",
     "ProbeStore",
+    "RecordedLocation",
+    "RecordingStore",
     "StoreError",
     "Stores",
     "UserStore",

@@ -143,16 +143,26 @@ async def test_a_recorded_location_is_saved_and_paged_by_the_next_alarm(
         # The take left nothing behind in incoming/.
         assert list((settings.recording.directory / "incoming").iterdir()) == []
 
-        trigger = await sipp.call_dtmf(
-            sandbox, tmp_path / "panic", service="*555", ext=DESK, answers=["1"]
-        )
-        await ami.wait_event("UserEvent", UserEvent="FastAGIPanicEnd", within=20)
-        trigger.check()
-        await phone.wait_invites(1)
+        # A connection of its own for the page's events: wait_event drops what it skips.
+        async with await sandbox.ami() as page_events:
+            trigger = await sipp.call_dtmf(
+                sandbox, tmp_path / "panic", service="*555", ext=DESK, answers=["1"]
+            )
+            trigger.check()
+            await phone.wait_invites(1)
+            # What the page plays: the TTS prefix, then the recording, instead of the
+            # spoken department and extension.
+            page = await page_events.wait_event(
+                "Newexten", Context="fastagi-panic-announce", Application="Playback", within=15
+            )
         [alarm] = await store.alarms.active_alarms()
         cycle = await first_cycle(store, alarm.id)
 
-    assert cycle.details["prompts"] == "recording"
     stem = location.file_name.removesuffix(".wav")
-    assert cycle.details["recording"] == f"{settings.recording.asterisk_dir()}/{stem}"
+    recorded = f"{settings.recording.asterisk_dir()}/{stem}"
+    played = page["AppData"].split("&")
+    assert played[-1] == recorded, played
+    assert len(played) == 2 and played[0].startswith(sandbox.tts_dir_in_asterisk), played
+    assert cycle.details["prompts"] == "recording"
+    assert cycle.details["recording"] == recorded
     assert cycle.details["answered"], cycle.details

@@ -129,8 +129,8 @@ async def test_the_page_takes_the_extensions_recording_before_its_departments(
         events.append(event)
 
     locations = RecordedLocations(store.recordings, settings, record=record)
-    department_name = by_department.file_name.removesuffix(".wav")
-    assert await locations.for_alarm(alarm("101", ward.id)) == f"/chroot/locations/{department_name}"
+    stem = by_department.file_name.removesuffix(".wav")
+    assert await locations.for_alarm(alarm("101", ward.id)) == f"/chroot/locations/{stem}"
     own = await keep_recording(
         store, settings, write_wav(tmp_path / "e.wav", 1.0), by="test", extension="101"
     )

@@ -162,7 +162,8 @@ async def test_a_recorded_location_is_saved_and_paged_by_the_next_alarm(
     recorded = f"{settings.recording.asterisk_dir()}/{stem}"
     played = page["AppData"].split("&")
     assert played[-1] == recorded, played
-    assert len(played) == 2 and played[0].startswith(sandbox.tts_dir_in_asterisk), played
+    assert len(played) == 2, played
+    assert played[0].startswith(sandbox.tts_dir_in_asterisk), played
     assert cycle.details["prompts"] == "recording"
     assert cycle.details["recording"] == recorded
     assert cycle.details["answered"], cycle.details

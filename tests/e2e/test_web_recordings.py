@@ -50,7 +50,8 @@ async def test_an_admin_deletes_a_recording_and_a_viewer_cannot(
         await login(viewer, "vera", vera)
         assert await viewer.get_by_role("link", name="Recordings", exact=True).count() == 0
         response = await viewer.goto("/recordings")
-        assert response is not None and response.status == 403
+        assert response is not None
+        assert response.status == 403
 
         admin = await open_page(browser, console.url)
         await login(admin, "ada", ada)

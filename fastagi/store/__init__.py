@@ -27,6 +27,7 @@ from fastagi.store.policy import PolicyStore
 from fastagi.store.pool import create_pool
 from fastagi.store.probe import ProbeCall, ProbeStore
 from fastagi.store.recordings import RecordedLocation, RecordingStore
+from fastagi.store.snapshots import SnapshotStore
 from fastagi.store.users import UserStore
 
 
@@ -42,6 +43,7 @@ class Stores:
     changes: ChangeStore
     users: UserStore
     recordings: RecordingStore
+    snapshots: SnapshotStore
 
     @classmethod
     def over(cls, pool: asyncpg.Pool[asyncpg.Record]) -> Stores:
@@ -54,6 +56,7 @@ class Stores:
             changes=ChangeStore(pool),
             users=UserStore(pool),
             recordings=RecordingStore(pool),
+            snapshots=SnapshotStore(pool),
         )
 
 
@@ -71,6 +74,7 @@ __all__ = [
     "ProbeStore",
     "RecordedLocation",
     "RecordingStore",
+    "SnapshotStore",
     "StoreError",
     "Stores",
     "UserStore",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,11 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from pydantic import SecretStr
 
 from fastagi.admin.alarms import deactivate_alarm
 from fastagi.admin.replay import replay_document
 from fastagi.app import running_server
-from fastagi.config import Settings
+from fastagi.config import (
+    AgiSettings,
+    AmiSettings,
+    DatabaseSettings,
+    JournalSettings,
+    Settings,
+)
 from fastagi.domain.policy import MIN_INTERVAL
 from fastagi.domain.replay import (
     FORMAT,
@@ -49,8 +57,11 @@ from fastagi.domain.replay import (
     side_by_side,
 )
 from fastagi.store import Stores
+from fastagi.tts import TtsSettings
+from fastagi_dev.cluster import free_port
+from fastagi_dev.devenv import prepare_database, running_cluster
 from fastagi_dev.sandbox import sipp
-from fastagi_dev.sandbox.instance import PAGING_PHONES, Sandbox
+from fastagi_dev.sandbox.instance import PAGING_PHONES, Sandbox, SandboxPorts, running_sandbox
 
 __all__ = ["ReplayError", "ReplayResult", "load_replay_file", "replay"]
 
@@ -232,3 +243,82 @@ async def _trigger_and_stop(
             by=str(alarm.get("deactivated_by") or "replay"),
         )
     return new.id
+
+
+# -- python -m fastagi_dev replay ---------------------------------------------------------
+
+#: A sandbox instance of its own, on ports beside ``make run``'s (which may be running).
+REPLAY_PORTS = SandboxPorts(sip=5160, ami=5138, rtp_start=11000, rtp_end=11999, phone_base=5100)
+REPLAY_AGI_PORT = 4673
+REPLAY_INSTANCE = "replay"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="re-enact a recorded alarm against a sandbox of its own and compare timelines",
+        description=(
+            "Re-enact the alarm of a replay file (fastagi history export --alarm ID --format"
+            " replay) on a sandbox Asterisk and an embedded PostgreSQL of its own, then print"
+            " the original and the replayed timelines side by side and their differences."
+            " Exit code 0 when they match, 1 otherwise."
+        ),
+    )
+    parser.add_argument("file", type=Path, help="the replay file")
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="N times faster (waits and intervals / N)"
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=1.5, help="seconds an event may move (default 1.5)"
+    )
+    parser.set_defaults(handler=_replay_command)
+
+
+def _replay_command(args: Any) -> int:
+    from fastagi.cli.common import fail
+
+    if args.speed <= 0:
+        fail("--speed must be above 0")
+    try:
+        document = load_replay_file(args.file)
+    except (OSError, ValueError, ReplayError) as exc:
+        fail(f"cannot read the replay file: {exc}")
+    result = asyncio.run(_replay_in_a_sandbox(document, args.speed, args.tolerance))
+    print(result.report())
+    return 0 if result.matches else 1
+
+
+async def _replay_in_a_sandbox(
+    document: Mapping[str, Any], speed: float, tolerance: float
+) -> ReplayResult:
+    with tempfile.TemporaryDirectory(prefix="fastagi-replay-") as scratch:
+        workdir = Path(scratch)
+        async with running_cluster(workdir / "pg", free_port()) as cluster:
+            dsn = await prepare_database(cluster)
+            async with running_sandbox(
+                name=REPLAY_INSTANCE,
+                ports=REPLAY_PORTS,
+                agi_url=f"agi://127.0.0.1:{REPLAY_AGI_PORT}",
+            ) as sandbox:
+                settings = Settings(
+                    agi=AgiSettings(port=REPLAY_AGI_PORT),
+                    database=DatabaseSettings(dsn=SecretStr(dsn)),
+                    journal=JournalSettings(directory=None),
+                    ami=AmiSettings(
+                        host=sandbox.ami_host,
+                        port=sandbox.ami_port,
+                        username=sandbox.ami_username,
+                        secret=SecretStr(sandbox.ami_secret),
+                    ),
+                    tts=TtsSettings(
+                        directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk
+                    ),
+                )
+                return await replay(
+                    document,
+                    sandbox=sandbox,
+                    settings=settings,
+                    workdir=workdir / "sipp",
+                    speed=speed,
+                    tolerance=tolerance,
+                )

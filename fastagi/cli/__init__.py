@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         paging,
         policy,
         recordings,
+        replay,
         serve,
         users,
     )
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.register(subparsers)
     freepbx.register(subparsers)
     check.register(subparsers)
+    replay.register(subparsers)
     builder = Builder(subparsers)
     for resource in (
         departments,

@@ -56,8 +56,10 @@ from fastagi.domain.replay import (
     entries,
     side_by_side,
 )
+from fastagi.domain.rules import announcement_text
+from fastagi.flows import prompts
 from fastagi.store import Stores
-from fastagi.tts import TtsSettings
+from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.cluster import free_port
 from fastagi_dev.devenv import prepare_database, running_cluster
 from fastagi_dev.sandbox import sipp
@@ -137,6 +139,23 @@ async def _seed(stores: Stores, directory: Mapping[str, Any], extension: str, sp
     await stores.directory.map_extensions(department["name"], extension)
 
 
+async def _prerender(settings: Settings, department: str, extension: str) -> None:
+    """The question and the announcement rendered before the trigger: a fresh sandbox
+    renders them cold (seconds on a loaded laptop), which the site's server, running for
+    weeks, did not; the replay would show that as a late page."""
+    tts = TextToSpeech(settings.tts)
+    try:
+        await tts.prerender(
+            [
+                *prompts.fixed_texts(),
+                prompts.panic_question(department),
+                announcement_text(settings.alarm.announcement, department, extension),
+            ]
+        )
+    finally:
+        await tts.aclose()
+
+
 def _phone(sandbox: Sandbox, device: str, outcome: str, workdir: Path) -> sipp.Phone | None:
     technology, _, name = device.partition("/")
     if technology != "PJSIP" or not name.isdigit() or int(name) not in PAGING_PHONES:
@@ -174,6 +193,7 @@ async def replay(
     try:
         stores = Stores.over(pool)
         await _seed(stores, used, extension, speed)
+        await _prerender(settings, str(alarm["department"]), extension)
         outcomes = _first_outcomes(original)
         devices = (used.get("department") or {}).get("devices") or list(outcomes)
         async with contextlib.AsyncExitStack() as stack:
@@ -293,6 +313,8 @@ async def _replay_in_a_sandbox(
 ) -> ReplayResult:
     with tempfile.TemporaryDirectory(prefix="fastagi-replay-") as scratch:
         workdir = Path(scratch)
+        # PostgreSQL runs as its own OS user when this runs as root: it must reach the data.
+        await asyncio.to_thread(workdir.chmod, 0o755)
         async with running_cluster(workdir / "pg", free_port()) as cluster:
             dsn = await prepare_database(cluster)
             async with running_sandbox(

@@ -167,3 +167,50 @@ async def test_a_recorded_location_is_saved_and_paged_by_the_next_alarm(
     assert cycle.details["prompts"] == "recording"
     assert cycle.details["recording"] == recorded
     assert cycle.details["answered"], cycle.details
+
+
+async def test_record_again_then_delete_and_a_caller_outside_the_directory_is_refused(
+    sandbox: Sandbox,
+    agi_port: int,
+    database_dsn: str,
+    db_pool: asyncpg.Pool[asyncpg.Record],
+    tmp_path: Path,
+) -> None:
+    store = Stores.over(db_pool)
+    await store.directory.add_department(DEPARTMENT)
+    await store.directory.map_extensions(DEPARTMENT, str(DESK))
+    settings = settings_for(sandbox, agi_port, database_dsn)
+    settings.recording.directory.mkdir(parents=True, exist_ok=True)
+    old = settings.recording.directory / "ext187-old.wav"
+    with wave.open(str(old), "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(8000)
+        audio.writeframes(b"\x10\x00" * 8000)
+    await store.recordings.replace(
+        extension=str(DESK), file_name=old.name, seconds=1.0, recorded_by="test"
+    )
+
+    async with await sandbox.ami() as ami, running_server(settings):
+        # 2: record again (a second take), then 3: delete the recording the extension has.
+        again = await sipp.call_dtmf(
+            sandbox,
+            tmp_path / "again",
+            service="*557",
+            ext=DESK,
+            answers=["2", "3"],
+            microphone=tone(1.0),
+        )
+        end = await ami.wait_event("UserEvent", UserEvent="FastAGIRecordLocationEnd", within=30)
+        again.check()
+        assert end["FASTAGI_STATUS"] == "DELETED"
+        # Extension 186 is in no department: refused without recording anything.
+        refused = await sipp.call_dtmf(sandbox, tmp_path / "refused", service="*557", ext=186)
+        end = await ami.wait_event("UserEvent", UserEvent="FastAGIRecordLocationEnd", within=20)
+        refused.check()
+        assert end["FASTAGI_STATUS"] == "REFUSED"
+
+    assert await store.recordings.list() == []
+    assert not old.exists()
+    # Both takes were dropped when the call ended.
+    assert list((settings.recording.directory / "incoming").iterdir()) == []

@@ -309,12 +309,14 @@ class AlarmService:
         await self._update_lamps(causes=[alarm])
         if created:
             self._listeners.started(alarm)
-            await self._keep_snapshot(alarm)
+            # In the background: activate() (which the panic call waits for) and the first
+            # page never wait on it.
+            self._spawn(self._keep_snapshot(alarm))
         return Activation(alarm, created)
 
     async def _keep_snapshot(self, alarm: Alarm) -> None:
-        """The directory and policy as they are now, for a replay of the alarm: after its
-        first page started, and a failure costs the replay only."""
+        """The directory and policy as they are now, for a replay of the alarm; a failure
+        costs the replay only."""
         try:
             await self._stores.snapshots.take(alarm.id, alarm.department_id)
         except Exception as exc:

@@ -34,6 +34,7 @@ from fastagi.alarms.drill_schedule import DrillScheduler
 from fastagi.alarms.emergency import EmergencyCaller
 from fastagi.alarms.fallback import FallbackAdopter
 from fastagi.alarms.lamps import Lamps
+from fastagi.alarms.locations import RecordedLocations
 from fastagi.alarms.notifications import AlarmNotifications
 from fastagi.alarms.paging import Pager
 from fastagi.alarms.recorder import HistoryRecorder
@@ -47,6 +48,7 @@ from fastagi.flows.deactivate import DeactivateFlow
 from fastagi.flows.drill import DrillFlow
 from fastagi.flows.panic import PanicFlow
 from fastagi.flows.probe import ProbeFlow
+from fastagi.flows.record_location import RecordLocationFlow
 from fastagi.notify import Notifier
 from fastagi.sdnotify import SystemdNotifier, watchdog_fed
 from fastagi.store import Stores
@@ -114,6 +116,13 @@ def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
             record=services.recorder.record,
             tts=services.tts,
             settings=settings.drill,
+            flow_settings=settings.flows,
+        ),
+        "record-location": RecordLocationFlow(
+            services.alarms,
+            services.store,
+            tts=services.tts,
+            settings=settings.recording,
             flow_settings=settings.flows,
         ),
     }
@@ -207,6 +216,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         pool=pool,
         listeners=[notifications, emergency],
         drill_settings=settings.drill,
+        locations=RecordedLocations(store.recordings, settings.recording, record=recorder.record),
     )
     fallback = FallbackAdopter(
         ami,

@@ -11,7 +11,7 @@ from fastagi.cli.common import load_settings_or_fail, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastagi_dev import demo
+    from fastagi_dev import demo, replay
     from fastagi_dev.sandbox import commands as sandbox_commands
 
     parser = argparse.ArgumentParser(
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run_command)
     sandbox_commands.register(subparsers)
     demo.register(subparsers)
+    replay.register(subparsers)
     return parser
 
 

@@ -54,13 +54,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+from fastagi.alarms.locations import RecordedLocations
 from fastagi.alarms.paging import CycleResult, Pager
 from fastagi.config import AlarmSettings, DrillSettings
 from fastagi.domain.alarm import Alarm
@@ -123,15 +125,36 @@ async def _first(
         waiter.cancel()
 
 
+def _recorded_location(locations: RecordedLocations | None, alarm: Alarm) -> dict[str, Any]:
+    """AnnouncementPrompts' recording and prefix for ``alarm`` (none without ``locations``)."""
+    if locations is None:
+        return {}
+    prefix = locations.prefix.format(department=alarm.department_name, extension=alarm.extension)
+    return {"recording": functools.partial(locations.for_alarm, alarm), "prefix": prefix}
+
+
 class AnnouncementPrompts:
     """What a page of this alarm says: rendered once, built-in sounds when TTS fails."""
 
-    def __init__(self, tts: TextToSpeech | None, text: str, fallback: Sequence[str]) -> None:
+    def __init__(
+        self,
+        tts: TextToSpeech | None,
+        text: str,
+        fallback: Sequence[str],
+        *,
+        recording: Callable[[], Awaitable[str | None]] | None = None,
+        prefix: str = "",
+    ) -> None:
+        """``recording()``: the caller's recorded location to page instead of ``text``
+        (fastagi/alarms/locations.py), after ``prefix`` spoken; None: ``text``."""
         self._tts = tts
         self._text = text
         self._fallback = list(fallback)
+        self._recording = recording
+        self._prefix = prefix
         self._prompts: list[str] | None = None
         self.tts_error: str | None = None
+        self.recording: str | None = None
 
     async def get(self) -> list[str]:
         if self._prompts is None:
@@ -139,6 +162,10 @@ class AnnouncementPrompts:
         return self._prompts
 
     async def _render(self) -> list[str]:
+        if self._recording is not None:
+            self.recording = await self._recording()
+            if self.recording is not None:
+                return [*await self._spoken_prefix(), self.recording]
         if self._tts is not None:
             try:
                 return [(await self._tts.render(self._text)).asterisk_name]
@@ -149,8 +176,21 @@ class AnnouncementPrompts:
             self.tts_error = "no text-to-speech service"
         return self._fallback
 
+    async def _spoken_prefix(self) -> list[str]:
+        """The prefix before a recording; nothing when TTS cannot say it (the recording
+        alone still says where)."""
+        if not self._prefix or self._tts is None:
+            return []
+        try:
+            return [(await self._tts.render(self._prefix)).asterisk_name]
+        except TtsError as exc:
+            logger.warning("TTS failed; paging the recording without its prefix: %s", exc)
+            return []
+
     @property
     def source(self) -> str:
+        if self.recording is not None:
+            return "recording"
         return "fallback" if self.tts_error else "tts"
 
 
@@ -168,9 +208,11 @@ class AlarmLoop:
         first_delay: float = 0.0,
         drill_settings: DrillSettings | None = None,
         on_drill_paged: Callable[[AlarmLoop], None] | None = None,
+        locations: RecordedLocations | None = None,
     ) -> None:
         """``drill_settings``: what a drill says; ``on_drill_paged(loop)``: a drill paged
-        its cycles (the service ends it)."""
+        its cycles (the service ends it); ``locations``: recorded locations to page
+        instead of the announcement."""
         self.alarm = alarm
         self._store = store
         self._pager = pager
@@ -188,7 +230,9 @@ class AlarmLoop:
             text = announcement_text(settings.announcement, alarm.department_name, alarm.extension)
             fallback = fallback_announcement(alarm.extension)
             caller_name = settings.caller_name
-        self._prompts = AnnouncementPrompts(tts, text, fallback)
+        self._prompts = AnnouncementPrompts(
+            tts, text, fallback, **_recorded_location(locations, alarm)
+        )
         self._caller_name = caller_name.format(
             department=alarm.department_name, extension=alarm.extension
         )
@@ -405,6 +449,8 @@ class AlarmLoop:
             "prompts": self._prompts.source,
             "interval": interval,
         }
+        if self._prompts.recording is not None:
+            details["recording"] = self._prompts.recording
         if self._prompts.tts_error:
             details["tts_error"] = self._prompts.tts_error
         if not gate_checked:

@@ -58,6 +58,7 @@ from fastagi.alarms.drill_report import record_drill_report
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.leadership import Leadership
 from fastagi.alarms.listeners import AlarmListener, Listeners
+from fastagi.alarms.locations import RecordedLocations
 from fastagi.alarms.loop import AlarmLoop
 from fastagi.alarms.outage import CachedLoopStore, DatabaseDown, is_unavailable
 from fastagi.alarms.paging import Pager
@@ -105,6 +106,7 @@ class AlarmService:
         pool: asyncpg.Pool[asyncpg.Record],
         listeners: Sequence[AlarmListener] = (),
         drill_settings: DrillSettings | None = None,
+        locations: RecordedLocations | None = None,
     ) -> None:
         """``pool`` is the stores' pool: leadership takes one connection of it for the
         leader locks, and short transactions for the gate before each page.
@@ -116,6 +118,7 @@ class AlarmService:
         self._tts = tts
         self._settings = settings
         self._drill_settings = drill_settings or DrillSettings()
+        self._locations = locations
         self.instance_id = instance_id
         self._recorder = recorder
         self._outage = recorder.outage
@@ -306,7 +309,18 @@ class AlarmService:
         await self._update_lamps(causes=[alarm])
         if created:
             self._listeners.started(alarm)
+            # In the background: activate() (which the panic call waits for) and the first
+            # page never wait on it.
+            self._spawn(self._keep_snapshot(alarm))
         return Activation(alarm, created)
+
+    async def _keep_snapshot(self, alarm: Alarm) -> None:
+        """The directory and policy as they are now, for a replay of the alarm; a failure
+        costs the replay only."""
+        try:
+            await self._stores.snapshots.take(alarm.id, alarm.department_id)
+        except Exception as exc:
+            logger.warning("cannot keep the snapshot of alarm %s: %s", alarm.id, exc)
 
     async def deactivate(
         self, alarm_id: int, *, by: str, reason: str, uniqueid: str | None = None
@@ -558,6 +572,7 @@ class AlarmService:
             first_delay=first_delay,
             drill_settings=self._drill_settings,
             on_drill_paged=self._drill_paged,
+            locations=self._locations,
         )
         self._loops[alarm.id] = alarm_loop
         alarm_loop.start()

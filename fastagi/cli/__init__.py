@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         freepbx,
         paging,
         policy,
+        recordings,
+        replay,
         serve,
         users,
     )
@@ -40,8 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     db.register(subparsers)
     freepbx.register(subparsers)
     check.register(subparsers)
+    replay.register(subparsers)
     builder = Builder(subparsers)
-    for resource in (departments, paging, policy, deactivators, alarms, drills, users):
+    for resource in (
+        departments,
+        paging,
+        policy,
+        deactivators,
+        alarms,
+        drills,
+        users,
+        recordings,
+    ):
         resource.register(builder)
     return parser
 

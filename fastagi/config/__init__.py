@@ -23,6 +23,7 @@ from fastagi.config.checks import asterisk_devices, ip_networks, one_line
 from fastagi.config.drill import DrillSettings as DrillSettings
 from fastagi.config.health import HealthSettings, MetricsSettings
 from fastagi.config.notify import NotifySettings
+from fastagi.config.recording import RecordingSettings as RecordingSettings
 from fastagi.config.tts import TtsSettings
 
 DEFAULT_CONFIG_FILE = Path("/etc/fastagi-panic/config.toml")
@@ -436,6 +437,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     drill: DrillSettings = Field(default_factory=DrillSettings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
     log_level: str = "INFO"
 
     @field_validator("log_level")

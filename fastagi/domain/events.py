@@ -77,6 +77,9 @@ class EventKind(enum.StrEnum):
     DRILL_STARTED = "drill_started"  # a new drill (not "activated": no real alarm began)
     DRILL_REFUSED = "drill_refused"  # a drill that could not start (wrong PIN, an alarm)
     DRILL_REPORT = "drill_report"  # its results: every device that did not answer
+    # A recorded location (sql/010) the page could not use (its file missing or
+    # unreadable): the page spoke the department and extension instead.
+    RECORDING_UNUSABLE = "recording_unusable"
     # Everything else.
     CONFIG_CHANGED = "config_changed"  # an administrator changed departments, PINs, ...
     ERROR = "error"

@@ -265,3 +265,36 @@ async def ask(
         rest = await session.get_data("", timeout_ms=timeout_ms, max_digits=max_digits - 1)
         return DigitsResult(key + rest.digits, rest.timed_out)
     return await session.get_data(last, timeout_ms=timeout_ms, max_digits=max_digits)
+
+
+# ---- recorded location (*557, fastagi/flows/record_location.py) ----------------------
+
+RECORD_INSTRUCTION = (
+    "After the tone, say where you are, for example the room, the floor and the wing."
+    " Press the hash key when you are done."
+)
+RECORD_YOU_SAID = "You said:"
+RECORD_MENU = "Press 1 to keep it, 2 to record it again, or 3 to delete your recorded location."
+RECORD_NOTHING = "Nothing was recorded."
+RECORD_KEPT = "Your location is saved."
+RECORD_DELETED = "Your recorded location is deleted."
+#: "Please leave your message after the tone. When done, hang up or press the pound key."
+FALLBACK_RECORD_INSTRUCTION = ("vm-intro",)
+#: "Press 1 to accept this recording, 2 to listen to it, 3 to re-record." (2 and 3 differ
+#: from ours; the gist, keep with 1, holds.)
+FALLBACK_RECORD_MENU = ("vm-review",)
+FALLBACK_RECORD_KEPT = ("vm-msgsaved",)
+FALLBACK_RECORD_DELETED = ("vm-deleted",)
+FALLBACK_RECORD_NOTHING = ("im-sorry",)
+
+
+def recording_texts() -> list[str]:
+    """The recorded-location call's texts: worth rendering at start-up."""
+    return [
+        RECORD_INSTRUCTION,
+        RECORD_YOU_SAID,
+        RECORD_MENU,
+        RECORD_NOTHING,
+        RECORD_KEPT,
+        RECORD_DELETED,
+    ]

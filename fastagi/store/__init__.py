@@ -26,6 +26,8 @@ from fastagi.store.migrations import MigrationError, find_migrations_dir, migrat
 from fastagi.store.policy import PolicyStore
 from fastagi.store.pool import create_pool
 from fastagi.store.probe import ProbeCall, ProbeStore
+from fastagi.store.recordings import RecordedLocation, RecordingStore
+from fastagi.store.snapshots import SnapshotStore
 from fastagi.store.users import UserStore
 
 
@@ -40,6 +42,8 @@ class Stores:
     policy: PolicyStore
     changes: ChangeStore
     users: UserStore
+    recordings: RecordingStore
+    snapshots: SnapshotStore
 
     @classmethod
     def over(cls, pool: asyncpg.Pool[asyncpg.Record]) -> Stores:
@@ -51,6 +55,8 @@ class Stores:
             policy=PolicyStore(pool),
             changes=ChangeStore(pool),
             users=UserStore(pool),
+            recordings=RecordingStore(pool),
+            snapshots=SnapshotStore(pool),
         )
 
 
@@ -66,6 +72,9 @@ __all__ = [
     "PolicyStore",
     "ProbeCall",
     "ProbeStore",
+    "RecordedLocation",
+    "RecordingStore",
+    "SnapshotStore",
     "StoreError",
     "Stores",
     "UserStore",

@@ -20,7 +20,16 @@ from fastagi import metrics
 from fastagi.app import Services
 from fastagi.config import Settings
 from fastagi.store import Stores
-from fastagi.web import actions, alarm_page, auth, board, configure, history, users_page
+from fastagi.web import (
+    actions,
+    alarm_page,
+    auth,
+    board,
+    configure,
+    history,
+    recordings_page,
+    users_page,
+)
 from fastagi.web.feed import BoardFeed
 from fastagi.web.keys import FEED, SETTINGS, STORES
 from fastagi.web.security import security_headers, sessions
@@ -70,6 +79,7 @@ def build_app(
     configure.add_routes(app)
     history.add_routes(app)
     users_page.add_routes(app)
+    recordings_page.add_routes(app)
     return app
 
 

@@ -49,9 +49,10 @@ from fastagi_dev.sandbox.ports import free_port, udp_ports_bound_by
 # a clone of the repository.
 SCENARIOS = repo_root() / "tests" / "sipp_scenarios"
 # What a phone's microphone sends once answered (uac_call_dtmf.xml, uas_answer_dtmf.xml
-# stream it in a loop): one second of silence in G.711 u-law, where 0xFF encodes zero.
-SILENCE_FILE = "silence.ulaw"
-_SILENCE = b"\xff" * 8000
+# stream this file in a loop): G.711 u-law at 8 kHz. By default one second of silence
+# (0xFF encodes zero); a test gives other audio (a voice, a tone) with ``microphone``.
+MICROPHONE_FILE = "microphone.ulaw"
+SILENCE = b"\xff" * 8000
 # Header of one entry in SIPp's -message_file: a dashed line with the time, then
 # "UDP message received [N] bytes :" or "UDP message sent (N bytes):", then the message.
 _ENTRY = re.compile(
@@ -182,13 +183,14 @@ def sipp_command(
     pause_ms: int | None = None,
     recv_timeout_ms: int | None = None,
     extra: tuple[str, ...] = (),
+    microphone: bytes = SILENCE,
 ) -> list[str]:
     """The sipp command line, to run in ``workdir``; logs go to
     ``workdir/<scenario>.{messages,errors,screen}`` (``workdir`` is created, with the
-    phone's silence to stream)."""
+    ``microphone`` audio the phone streams, u-law)."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / SILENCE_FILE).write_bytes(_SILENCE)
+    (workdir / MICROPHONE_FILE).write_bytes(microphone)
     stem = Path(scenario).stem
     command = ["sipp"]
     if remote is not None:
@@ -233,6 +235,7 @@ async def run_scenario(
     local_port: int | None = None,
     within: float = 30.0,
     extra: tuple[str, ...] = (),
+    microphone: bytes = SILENCE,
 ) -> SippResult:
     """Run one call of ``scenario`` against 127.0.0.1:``sip_port``; never raises on a
     failed call (see ``SippResult.check``). On timeout SIPp is killed."""
@@ -247,6 +250,7 @@ async def run_scenario(
         pause_ms=pause_ms,
         recv_timeout_ms=recv_timeout_ms,
         extra=extra,
+        microphone=microphone,
     )
     screen_path = workdir / f"{stem}.screen"
     with screen_path.open("wb") as screen:
@@ -289,13 +293,15 @@ async def call_dtmf(
     hang_up: bool = False,
     before_prompt: bool = False,
     within: float = 30.0,
+    microphone: bytes = SILENCE,
 ) -> SippResult:
     """Desk phone ``ext`` (or the endpoint "trunk") calls ``service``, and the person at
     it types ``answers`` (one string of keys per prompt that reads keys, "" to stay
     silent at one) as the prompts play, as SIP INFO; then waits for Asterisk's BYE, or,
     with ``hang_up``, hangs up at the next prompt. ``before_prompt``: the first answer
     goes as soon as the server listens (WAIT FOR DIGIT), before any prompt plays.
-    ``result.check()`` fails when an answer found no prompt."""
+    ``result.check()`` fails when an answer found no prompt. ``microphone``: the u-law
+    audio the phone streams, in a loop, from the answer on (silence by default)."""
     person = Person(answers, hang_up=hang_up, before_prompt=before_prompt)
     local_port = free_port(socket.SOCK_DGRAM)
     # The Call-ID is fixed, so that the keypad can tell this call's channel from others.
@@ -322,6 +328,7 @@ async def call_dtmf(
                 local_port=local_port,
                 within=within + 5,
                 extra=("-cid_str", f"{token}@%s"),
+                microphone=microphone,
             )
         finally:
             await stop(keypad)

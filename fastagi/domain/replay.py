@@ -1,0 +1,127 @@
+"""Replaying an alarm (issue 13, part 4): the replay file's shape, and how two timelines
+of the same alarm are compared. Pure: the export is fastagi/admin/replay.py, the engine
+that re-enacts a file against the sandbox is fastagi_dev/replay.py.
+
+A timeline is the alarm's events, each at its offset in seconds from the activation. Two
+timelines match when each kind comes as often, and the n-th replayed event of a kind
+comes within ``tolerance`` of the n-th original's offset divided by the replay's speed; a page
+cycle also matches on what each device did (answered, busy, no answer). The directory
+the alarm paged (``directory``: its department, paging group, devices, interval) is
+compared key by key, so a change of paging group is named as such.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+FORMAT = "fastagi-replay/1"
+#: Kinds a replay re-enacts and compares; the rest (lamps, notifications) are context.
+COMPARED_KINDS = frozenset(
+    {"triggered", "confirmed", "cancelled", "no_answer", "activated", "page_cycle", "deactivated"}
+)
+#: A detail whose key says secret is never exported (events never hold a PIN; this is
+#: the belt to that brace).
+_SECRET_KEY = re.compile(r"pin|secret|password|token|passwd", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    kind: str
+    at: float  # seconds from the activation
+    details: Mapping[str, Any]
+
+
+def scrub(value: Any) -> Any:
+    """``value`` without any mapping key that names a secret, at any depth."""
+    if isinstance(value, Mapping):
+        return {k: scrub(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    return value
+
+
+def entries(document: Mapping[str, Any]) -> list[TimelineEntry]:
+    """The compared entries of a replay file's timeline."""
+    return [
+        TimelineEntry(str(e["kind"]), float(e["at"]), e.get("details") or {})
+        for e in document["events"]
+        if e["kind"] in COMPARED_KINDS
+    ]
+
+
+def device_outcomes(entry: TimelineEntry) -> dict[str, str]:
+    devices = entry.details.get("devices") or {}
+    return {str(k): str(v) for k, v in devices.items()}
+
+
+def compare_timelines(
+    original: Sequence[TimelineEntry],
+    replayed: Sequence[TimelineEntry],
+    *,
+    speed: float = 1.0,
+    tolerance: float = 1.5,
+) -> list[str]:
+    """The differences, one line each; empty when the timelines match.
+
+    Events are paired kind by kind (the n-th page cycle with the n-th page cycle): two
+    events a few milliseconds apart (a page's end and a deactivation) may come in either
+    order, which the tolerance allows anyway."""
+    differences = []
+    for kind in sorted({e.kind for e in original} | {e.kind for e in replayed}):
+        before = [e for e in original if e.kind == kind]
+        after = [e for e in replayed if e.kind == kind]
+        if len(before) != len(after):
+            differences.append(f"{kind}: {len(before)} then, {len(after)} now")
+        for number, (old, new) in enumerate(zip(before, after, strict=False), 1):
+            expected = old.at / speed
+            if abs(new.at - expected) > tolerance:
+                differences.append(
+                    f"{kind} #{number}: at {new.at:+.2f} s, expected {expected:+.2f} s"
+                    f" (±{tolerance} s)"
+                )
+            if kind == "page_cycle" and device_outcomes(old) != device_outcomes(new):
+                differences.append(
+                    f"page_cycle #{number}: devices {device_outcomes(old)} then,"
+                    f" {device_outcomes(new)} now"
+                )
+    return differences
+
+
+def compare_directories(
+    original: Mapping[str, Any] | None, replayed: Mapping[str, Any] | None
+) -> list[str]:
+    """What differs between two directory snapshots, named: ``paging group: 'A' then,
+    'B' now``."""
+    before = dict((original or {}).get("department") or {})
+    after = dict((replayed or {}).get("department") or {})
+    differences = []
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            label = key.replace("_", " ")
+            differences.append(f"{label}: {before.get(key)!r} then, {after.get(key)!r} now")
+    policy_before = dict((original or {}).get("policy") or {})
+    policy_after = dict((replayed or {}).get("policy") or {})
+    for key in sorted(set(policy_before) | set(policy_after)):
+        if policy_before.get(key) != policy_after.get(key):
+            differences.append(
+                f"policy {key.replace('_', ' ')}: {policy_before.get(key)!r} then,"
+                f" {policy_after.get(key)!r} now"
+            )
+    return differences
+
+
+def side_by_side(original: Sequence[TimelineEntry], replayed: Sequence[TimelineEntry]) -> str:
+    """Both timelines in two columns, for a person."""
+    lines = [f"{'ORIGINAL':<36} REPLAYED"]
+    for index in range(max(len(original), len(replayed))):
+        left = _cell(original[index]) if index < len(original) else ""
+        right = _cell(replayed[index]) if index < len(replayed) else ""
+        lines.append(f"{left:<36} {right}")
+    return "\n".join(lines)
+
+
+def _cell(entry: TimelineEntry) -> str:
+    return f"{entry.at:+8.2f} s  {entry.kind}"

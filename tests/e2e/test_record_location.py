@@ -1,0 +1,216 @@
+"""Recorded locations end to end (issue 13, part 3): a SIPp desk phone dials *557 and
+"speaks" (it streams a tone as RTP: SIPp's ``rtp_stream``), the sandbox Asterisk's
+Record() saves it, the caller keeps it with 1; the file is in the recordings directory
+with the length Record() gave it, and the next alarm from that extension pages it
+instead of the spoken announcement.
+
+Desk phone 187 and paging phone 287 are this file's.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import math
+import wave
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from fastagi.app import running_server
+from fastagi.config import (
+    AgiSettings,
+    AlarmSettings,
+    AmiSettings,
+    DatabaseSettings,
+    JournalSettings,
+    RecordingSettings,
+    Settings,
+)
+from fastagi.store import Stores
+from fastagi.store.history import StoredEvent
+from fastagi.tts import TtsSettings
+from fastagi.tts.wav import wav_seconds
+from fastagi_dev.sandbox.instance import Sandbox
+from tests import sipp
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+DEPARTMENT = "Recording Ward"
+DESK = 187
+PHONE = 287
+MAX_SECONDS = 3
+
+
+def ulaw(sample: int) -> int:
+    """G.711 u-law of one 16-bit sample (ITU-T G.711, the bias-and-segment encoder)."""
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(abs(sample), 32635) + 0x84
+    exponent = max(0, magnitude.bit_length() - 8)
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+def tone(seconds: float, frequency: float = 440.0, amplitude: int = 8000) -> bytes:
+    """A voice for the phone's microphone: never below Record()'s silence threshold."""
+    return bytes(
+        ulaw(int(amplitude * math.sin(2 * math.pi * frequency * n / 8000)))
+        for n in range(int(8000 * seconds))
+    )
+
+
+def loudness(path: Path) -> float:
+    """The RMS of a 16-bit WAV file's samples."""
+    with wave.open(str(path), "rb") as audio:
+        samples = array.array("h", audio.readframes(audio.getnframes()))
+    return math.sqrt(sum(s * s for s in samples) / max(1, len(samples)))
+
+
+def settings_for(sandbox: Sandbox, agi_port: int, dsn: str) -> Settings:
+    return Settings(
+        journal=JournalSettings(directory=None),
+        agi=AgiSettings(port=agi_port),
+        database=DatabaseSettings(dsn=SecretStr(dsn)),
+        ami=AmiSettings(
+            host=sandbox.ami_host,
+            port=sandbox.ami_port,
+            username=sandbox.ami_username,
+            secret=SecretStr(sandbox.ami_secret),
+        ),
+        tts=TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk),
+        alarm=AlarmSettings(lead_in=0.2, page_timeout=5, announcement="Panic {extension}."),
+        recording=RecordingSettings(
+            directory=sandbox.instance_dir / "locations",
+            asterisk_directory=f"{sandbox.instance_dir_in_chroot}/locations",
+            max_seconds=MAX_SECONDS,
+            silence_seconds=2,
+            prefix="Alarm.",
+        ),
+    )
+
+
+async def first_cycle(store: Stores, alarm_id: int, within: float = 20) -> StoredEvent:
+    async with asyncio.timeout(within):
+        while True:
+            found = [e for e in await store.history.timeline(alarm_id) if e.kind == "page_cycle"]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.1)
+
+
+async def test_a_recorded_location_is_saved_and_paged_by_the_next_alarm(
+    sandbox: Sandbox,
+    agi_port: int,
+    database_dsn: str,
+    db_pool: asyncpg.Pool[asyncpg.Record],
+    tmp_path: Path,
+) -> None:
+    store = Stores.over(db_pool)
+    await store.directory.add_paging_group(DEPARTMENT)
+    await store.directory.add_paging_device(DEPARTMENT, f"PJSIP/{PHONE}")
+    await store.directory.add_department(DEPARTMENT, paging_group=DEPARTMENT)
+    await store.directory.map_extensions(DEPARTMENT, str(DESK))
+    settings = settings_for(sandbox, agi_port, database_dsn)
+
+    async with (
+        await sandbox.ami() as ami,
+        sipp.PagingPhone(sandbox, PHONE, tmp_path) as phone,
+        running_server(settings),
+    ):
+        recording = await sipp.call_dtmf(
+            sandbox,
+            tmp_path / "record",
+            service="*557",
+            ext=DESK,
+            answers=["1"],  # keep it
+            microphone=tone(1.0),  # looped: the caller talks until Record()'s cap
+        )
+        end = await ami.wait_event("UserEvent", UserEvent="FastAGIRecordLocationEnd", within=20)
+        recording.check()
+        assert (end["AGISTATUS"], end["FASTAGI_STATUS"]) == ("SUCCESS", "KEPT")
+        location = await store.recordings.for_extension(str(DESK))
+        assert location is not None
+        assert location.recorded_by == f"extension {DESK}"
+        saved = settings.recording.directory / location.file_name
+        seconds = wav_seconds(saved)
+        # Record() stopped at its cap (the phone never fell silent); a few frames less
+        # for the beep's start and the '#'/hang-up trimming.
+        assert MAX_SECONDS - 0.6 <= seconds <= MAX_SECONDS + 0.1, seconds
+        assert location.seconds == pytest.approx(seconds, abs=0.01)
+        assert loudness(saved) > 1000  # the phone's tone, not silence
+        # The take left nothing behind in incoming/.
+        assert list((settings.recording.directory / "incoming").iterdir()) == []
+
+        # A connection of its own for the page's events: wait_event drops what it skips.
+        async with await sandbox.ami() as page_events:
+            trigger = await sipp.call_dtmf(
+                sandbox, tmp_path / "panic", service="*555", ext=DESK, answers=["1"]
+            )
+            trigger.check()
+            await phone.wait_invites(1)
+            # What the page plays: the TTS prefix, then the recording, instead of the
+            # spoken department and extension.
+            page = await page_events.wait_event(
+                "Newexten", Context="fastagi-panic-announce", Application="Playback", within=15
+            )
+        [alarm] = await store.alarms.active_alarms()
+        cycle = await first_cycle(store, alarm.id)
+
+    stem = location.file_name.removesuffix(".wav")
+    recorded = f"{settings.recording.asterisk_dir()}/{stem}"
+    played = page["AppData"].split("&")
+    assert played[-1] == recorded, played
+    assert len(played) == 2, played
+    assert played[0].startswith(sandbox.tts_dir_in_asterisk), played
+    assert cycle.details["prompts"] == "recording"
+    assert cycle.details["recording"] == recorded
+    assert cycle.details["answered"], cycle.details
+
+
+async def test_record_again_then_delete_and_a_caller_outside_the_directory_is_refused(
+    sandbox: Sandbox,
+    agi_port: int,
+    database_dsn: str,
+    db_pool: asyncpg.Pool[asyncpg.Record],
+    tmp_path: Path,
+) -> None:
+    store = Stores.over(db_pool)
+    await store.directory.add_department(DEPARTMENT)
+    await store.directory.map_extensions(DEPARTMENT, str(DESK))
+    settings = settings_for(sandbox, agi_port, database_dsn)
+    settings.recording.directory.mkdir(parents=True, exist_ok=True)
+    old = settings.recording.directory / "ext187-old.wav"
+    with wave.open(str(old), "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(8000)
+        audio.writeframes(b"\x10\x00" * 8000)
+    await store.recordings.replace(
+        extension=str(DESK), file_name=old.name, seconds=1.0, recorded_by="test"
+    )
+
+    async with await sandbox.ami() as ami, running_server(settings):
+        # 2: record again (a second take), then 3: delete the recording the extension has.
+        again = await sipp.call_dtmf(
+            sandbox,
+            tmp_path / "again",
+            service="*557",
+            ext=DESK,
+            answers=["2", "3"],
+            microphone=tone(1.0),
+        )
+        end = await ami.wait_event("UserEvent", UserEvent="FastAGIRecordLocationEnd", within=30)
+        again.check()
+        assert end["FASTAGI_STATUS"] == "DELETED"
+        # Extension 186 is in no department: refused without recording anything.
+        refused = await sipp.call_dtmf(sandbox, tmp_path / "refused", service="*557", ext=186)
+        end = await ami.wait_event("UserEvent", UserEvent="FastAGIRecordLocationEnd", within=20)
+        refused.check()
+        assert end["FASTAGI_STATUS"] == "REFUSED"
+
+    assert await store.recordings.list() == []
+    assert not old.exists()
+    # Both takes were dropped when the call ended.
+    assert list((settings.recording.directory / "incoming").iterdir()) == []

@@ -1,0 +1,176 @@
+"""Replaying an alarm (issue 13, part 4) on the sandbox: an alarm is raised from a SIPp
+desk phone, pages twice and is deactivated; ``fastagi history export --alarm ID --format
+replay`` writes its file (no PIN); the engine re-enacts it into a fresh database and the
+timelines match within tolerances. Then the department's paging group is changed and the
+alarm replayed with the directory of now: the differences name the paging group.
+
+Desk phone 188 and paging phones 288 and 289 are this file's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from fastagi import cli
+from fastagi.admin.alarms import deactivate_alarm
+from fastagi.app import running_server
+from fastagi.config import (
+    AgiSettings,
+    AlarmSettings,
+    AmiSettings,
+    DatabaseSettings,
+    JournalSettings,
+    Settings,
+)
+from fastagi.flows import prompts
+from fastagi.store import Stores
+from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi_dev.replay import load_replay_file, replay
+from fastagi_dev.sandbox.instance import Sandbox
+from tests import sipp
+from tests.pg import PgServer, _database_name
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+DEPARTMENT = "Replay Ward"
+DESK = 188
+FIRST, SECOND = 288, 289
+PIN = "2468"
+
+
+def settings_for(sandbox: Sandbox, agi_port: int, dsn: str) -> Settings:
+    return Settings(
+        journal=JournalSettings(directory=None),
+        agi=AgiSettings(port=agi_port),
+        database=DatabaseSettings(dsn=SecretStr(dsn)),
+        ami=AmiSettings(
+            host=sandbox.ami_host,
+            port=sandbox.ami_port,
+            username=sandbox.ami_username,
+            secret=SecretStr(sandbox.ami_secret),
+        ),
+        tts=TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk),
+        alarm=AlarmSettings(lead_in=0.2, page_timeout=5, announcement="Panic {extension}."),
+    )
+
+
+@pytest.fixture
+def fresh_dsn(pg_cluster: PgServer, pg_template: str) -> Iterator[Callable[[], str]]:
+    """More fresh, migrated databases: one per replay."""
+    names: list[str] = []
+
+    def create() -> str:
+        names.append(_database_name("r"))
+        return pg_cluster.create_database(names[-1], template=pg_template)
+
+    yield create
+    for name in names:
+        pg_cluster.drop_database(name)
+
+
+async def cycles(stores: Stores, alarm_id: int, count: int, within: float = 30) -> None:
+    async with asyncio.timeout(within):
+        while True:
+            timeline = await stores.history.timeline(alarm_id)
+            if sum(e.kind == "page_cycle" for e in timeline) >= count:
+                return
+            await asyncio.sleep(0.1)
+
+
+async def test_an_alarm_replayed_matches_and_a_changed_paging_group_is_named(
+    sandbox: Sandbox,
+    agi_port: int,
+    database_dsn: str,
+    db_pool: asyncpg.Pool[asyncpg.Record],
+    fresh_dsn: Callable[[], str],
+    tmp_path: Path,
+) -> None:
+    stores = Stores.over(db_pool)
+    await stores.directory.add_paging_group("Ward A")
+    await stores.directory.add_paging_device("Ward A", f"PJSIP/{FIRST}")
+    await stores.directory.add_department(DEPARTMENT, interval_seconds=5, paging_group="Ward A")
+    await stores.directory.map_extensions(DEPARTMENT, str(DESK))
+
+    # Rendered before the original, as the replays find them: a cold render (seconds
+    # on a loaded machine) would move the original's trigger but not the replays'.
+    tts = TextToSpeech(settings_for(sandbox, agi_port, database_dsn).tts)
+    try:
+        texts = [*prompts.fixed_texts(), prompts.panic_question(DEPARTMENT), f"Panic {DESK}."]
+        rendered = await tts.prerender(texts)
+    finally:
+        await tts.aclose()
+    assert not [r for r in rendered.values() if isinstance(r, Exception)], rendered
+
+    # The original: triggered and confirmed by phone, two pages, deactivated.
+    async with (
+        sipp.PagingPhone(sandbox, FIRST, tmp_path / "original") as phone,
+        running_server(settings_for(sandbox, agi_port, database_dsn)),
+    ):
+        call = await sipp.call_dtmf(
+            sandbox, tmp_path / "original", service="*555", ext=DESK, answers=["1"]
+        )
+        call.check()
+        [alarm] = await stores.alarms.active_alarms()
+        await cycles(stores, alarm.id, 2)
+        await deactivate_alarm(stores, alarm.id, reason="all safe", by="cli:guard")
+        await phone.wait_invites(2)
+
+    out = tmp_path / "alarm.replay.json"
+    code = await asyncio.to_thread(
+        cli.main,
+        [
+            "history",
+            "export",
+            "--alarm",
+            str(alarm.id),
+            "--format",
+            "replay",
+            "--output",
+            str(out),
+            "--dsn",
+            database_dsn,
+        ],
+    )
+    assert code == 0
+    document = load_replay_file(out)
+    assert PIN not in out.read_text()
+    assert "pin" not in json.dumps(document["directory"]).lower()
+    assert document["directory"]["department"]["paging_group"] == "Ward A"
+    assert document["alarm"]["deactivated_by"] == "cli:guard"
+
+    # Replayed into a fresh database, with the directory of the time.
+    result = await replay(
+        document,
+        sandbox=sandbox,
+        settings=settings_for(sandbox, agi_port, fresh_dsn()),
+        workdir=tmp_path / "replay",
+    )
+    print(result.report())
+    assert [e.kind for e in result.replayed].count("page_cycle") == 2
+    assert result.matches, result.report()
+
+    # The paging group changed since: replayed with the directory of now.
+    await stores.directory.add_paging_group("Ward B")
+    await stores.directory.add_paging_device("Ward B", f"PJSIP/{SECOND}")
+    await stores.directory.update_department(DEPARTMENT, paging_group="Ward B")
+    changed = await replay(
+        document,
+        sandbox=sandbox,
+        settings=settings_for(sandbox, agi_port, fresh_dsn()),
+        workdir=tmp_path / "changed",
+        directory=await stores.snapshots.current(DEPARTMENT),
+    )
+    print(changed.report())
+    assert "paging group: 'Ward A' then, 'Ward B' now" in changed.directory_differences
+    assert f"devices: ['PJSIP/{FIRST}'] then, ['PJSIP/{SECOND}'] now" in (
+        changed.directory_differences
+    )
+    assert any(f"PJSIP/{SECOND}" in d for d in changed.timeline_differences), changed.report()
+    assert "paging group: 'Ward A' then, 'Ward B' now" in changed.report()

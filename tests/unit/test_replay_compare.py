@@ -1,0 +1,70 @@
+"""fastagi/domain/replay.py: the secrets a replay file leaves out, and how timelines and
+directories are compared."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastagi import cli
+from fastagi.domain.replay import (
+    TimelineEntry,
+    compare_directories,
+    compare_timelines,
+    scrub,
+)
+
+
+def entry(kind: str, at: float, **devices: str) -> TimelineEntry:
+    details = {"devices": {f"PJSIP/{k[1:]}": v for k, v in devices.items()}} if devices else {}
+    return TimelineEntry(kind, at, details)
+
+
+def test_scrub_drops_every_key_naming_a_secret_at_any_depth() -> None:
+    details = {
+        "by": "cli:ada",
+        "pin": "1234",
+        "nested": {"PIN_attempt": 2, "secret": "x", "ok": [{"password": "p", "keep": 1}]},
+        "api_token": "t",
+    }
+    assert scrub(details) == {"by": "cli:ada", "nested": {"ok": [{"keep": 1}]}}
+
+
+def test_timelines_match_within_the_tolerance_at_the_replays_speed() -> None:
+    original = [entry("activated", 0), entry("page_cycle", 20, p201="answered")]
+    replayed = [entry("activated", 0), entry("page_cycle", 2.4, p201="answered")]
+    assert compare_timelines(original, replayed, speed=10, tolerance=0.5) == []
+    assert compare_timelines(original, replayed, speed=10, tolerance=0.3) == [
+        "page_cycle #1: at +2.40 s, expected +2.00 s (±0.3 s)"
+    ]
+
+
+def test_a_missing_event_and_another_outcome_are_named() -> None:
+    original = [entry("page_cycle", 2, p201="answered"), entry("page_cycle", 7, p201="busy")]
+    replayed = [entry("page_cycle", 2, p201="no answer")]
+    assert compare_timelines(original, replayed) == [
+        "page_cycle: 2 then, 1 now",
+        "page_cycle #1: devices {'PJSIP/201': 'answered'} then, {'PJSIP/201': 'no answer'} now",
+    ]
+
+
+def test_directories_are_compared_key_by_key() -> None:
+    then = {
+        "department": {"name": "ER", "paging_group": "A", "devices": ["PJSIP/201"]},
+        "policy": {"no_answer_policy": "activate"},
+    }
+    now = {
+        "department": {"name": "ER", "paging_group": "B", "devices": ["PJSIP/201"]},
+        "policy": {"no_answer_policy": "cancel"},
+    }
+    assert compare_directories(then, then) == []
+    assert compare_directories(then, now) == [
+        "paging group: 'A' then, 'B' now",
+        "policy no answer policy: 'activate' then, 'cancel' now",
+    ]
+
+
+def test_fastagi_replay_says_where_replays_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["replay", "12"]) == 2
+    err = capsys.readouterr().err
+    assert "python -m fastagi_dev replay" in err
+    assert "--format replay" in err

@@ -344,6 +344,7 @@ async def test_no_page_after_a_deactivation_and_the_page_in_flight_hung_up(
         final = await store.alarms.get_alarm(alarm.id)
         assert final is not None
         assert final.last_cycle_at is not None
+        assert final.deactivated_at is not None
         invites = [t.timestamp() for p in phones for t in p.invite_times]
         late = [t - stopped for t in invites if t > stopped]
         hung_up = max(t.timestamp() for times in ends for t in times) - stopped

@@ -68,7 +68,24 @@ KINDS = {
     "probe": CallKind(
         name="probe", route="probe", service="*599", keys=("1", "#"), first_key_ms=300
     ),
+    # *555, 2: the question (pre-rendered at start-up), cancelled, "Alarm cancelled.";
+    # Asterisk hangs up when the dialplan ends.
+    "panic-cancel": CallKind(
+        name="panic-cancel", route="panic", service="*555", keys=("2",), first_key_ms=300
+    ),
+    # *555, 1: confirmed, the department's alarm activated (re-triggered after the first
+    # call), and the caller hangs up during "Alarm activated.", before any page of theirs.
+    "panic-confirm": CallKind(
+        name="panic-confirm",
+        route="panic",
+        service="*555",
+        keys=("1",),
+        first_key_ms=300,
+        hang_up_ms=200,
+    ),
 }
+# What a completed call of each kind leaves in the database.
+COMPLETED_EVENT = {"panic-cancel": "cancelled", "panic-confirm": "confirmed"}
 
 
 # --- the processes under test -----------------------------------------------------------
@@ -174,10 +191,12 @@ class FloorServer:
 
     name = FLOOR
 
-    def __init__(self, port: int, dsn: str, workdir: Path) -> None:
+    def __init__(self, port: int, dsn: str, site: dict[str, Any], workdir: Path) -> None:
         self.port = port
+        command = [sys.executable, "-m", "bench.floor_server", "--port", str(port)]
+        command += ["--dsn", dsn, "--panic", json.dumps(site)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.floor_server", "--port", str(port), "--dsn", dsn],
+            command,
             cwd=REPO_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -326,7 +345,11 @@ async def _completed_rows(pool: asyncpg.Pool[asyncpg.Record], kind: CallKind) ->
     """What the server wrote for the calls of ``kind`` so far."""
     if kind.route == "probe":
         return int(await pool.fetchval("SELECT count(*) FROM probe_calls"))
-    raise ValueError(kind.route)
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM alarm_events WHERE kind = $1", COMPLETED_EVENT[kind.name]
+        )
+    )
 
 
 @dataclass
@@ -420,14 +443,15 @@ def our_env(sandbox: Any, dsn: str, port: int, workdir: Path) -> dict[str, str]:
     return env
 
 
-async def _seed(pool: asyncpg.Pool[asyncpg.Record]) -> None:
+async def _seed(pool: asyncpg.Pool[asyncpg.Record]) -> int:
     from fastagi.store import Stores
 
     store = Stores.over(pool)
     await store.directory.add_paging_group("bench")
     await store.directory.add_paging_device("bench", PAGING_DEVICE)
-    await store.directory.add_department(DEPARTMENT, paging_group="bench")
+    department = await store.directory.add_department(DEPARTMENT, paging_group="bench")
     await store.directory.map_extensions(DEPARTMENT, "100-199")
+    return department.id
 
 
 @contextlib.contextmanager
@@ -482,7 +506,8 @@ def run_plan(plan: Plan, workdir: Path, log: TextIO) -> Report:
     with _cluster(workdir) as dsn:
         ours_port, floor_port = _free_tcp_port(), _free_tcp_port()
         with _sandbox(ours_port) as sandbox:
-            asyncio.run(_migrate_and_seed(dsn))
+            department_id = asyncio.run(_migrate_and_seed(dsn))
+            site = panic_site(sandbox, department_id)
             for repeat in range(plan.repeats):
                 servers: dict[str, Server] = {}
                 try:
@@ -494,7 +519,7 @@ def run_plan(plan: Plan, workdir: Path, log: TextIO) -> Report:
                             plan.profile if repeat == 0 else None,
                         )
                     if FLOOR in plan.servers:
-                        servers[FLOOR] = FloorServer(floor_port, dsn, workdir)
+                        servers[FLOOR] = FloorServer(floor_port, dsn, site, workdir)
                     asyncio.run(_run_repeat(plan, repeat, sandbox, dsn, servers, workdir, report, log))
                 finally:
                     for server in servers.values():
@@ -505,7 +530,26 @@ def run_plan(plan: Plan, workdir: Path, log: TextIO) -> Report:
     return report
 
 
-async def _migrate_and_seed(dsn: str) -> None:
+def panic_site(sandbox: Any, department_id: int) -> dict[str, Any]:
+    """What the floor's panic flow needs to know: the department, and the prompts our
+    server renders at start-up (the floor plays the same files; it renders nothing)."""
+    from fastagi.config import TtsSettings
+    from fastagi.flows import prompts
+    from fastagi.tts import TextToSpeech
+
+    tts = TextToSpeech(
+        TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk)
+    )
+    return {
+        "department_id": department_id,
+        "department": DEPARTMENT,
+        "question": tts.prompt_for(prompts.panic_question(DEPARTMENT)).asterisk_name,
+        "activated": tts.prompt_for(prompts.PANIC_ACTIVATED).asterisk_name,
+        "cancelled": tts.prompt_for(prompts.PANIC_CANCELLED).asterisk_name,
+    }
+
+
+async def _migrate_and_seed(dsn: str) -> int:
     from fastagi.store.migrations import migrate
 
     connection = await asyncpg.connect(dsn)
@@ -515,7 +559,7 @@ async def _migrate_and_seed(dsn: str) -> None:
         await connection.close()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
-        await _seed(pool)
+        return await _seed(pool)
     finally:
         await pool.close()
 

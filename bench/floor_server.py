@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +45,28 @@ PROBE_INSERT = """
 PROBE_PROMPT = "vm-enter-num-to-call"
 PROBE_TIMEOUT_MS = 5000
 PROBE_MAX_DIGITS = 8
+# The panic flow's SQL (fastagi/store/history.py insert_event, fastagi/store/policy.py,
+# fastagi/store/alarms.py activate), the same texts.
+INSERT_EVENT = """
+        INSERT INTO alarm_events
+            (event_id, occurred_at, alarm_id, kind, extension, department, details)
+        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+        ON CONFLICT (event_id) DO NOTHING
+        """
+SELECT_SETTINGS = "SELECT * FROM alarm_settings"
+INSERT_ALARM = """
+                    INSERT INTO alarms (alarm_key, department_id, department_name, extension)
+                    VALUES ($1, $2, $3, $4)
+                    ON CONFLICT (alarm_key) WHERE state = 'active' DO NOTHING
+                    RETURNING *
+                    """
+LOCK_ALARM = """
+                        SELECT * FROM alarms
+                        WHERE alarm_key = $1 AND state = 'active'
+                        FOR UPDATE
+                        """
+# fastagi/flows/panic.py: the question's timeout and keys.
+CONFIRM_TIMEOUT_MS = 5000
 # What fastagi.config.DatabaseSettings gives `fastagi serve` by default.
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10
@@ -120,13 +144,102 @@ async def probe(call: Call, pool: asyncpg.Pool[asyncpg.Record]) -> None:
     await call.command("SET VARIABLE FASTAGI_STATUS OK")
 
 
+@dataclass(frozen=True)
+class PanicSite:
+    """What the panic flow finds in its directory and its prompt cache: given by the bench
+    (every caller is in one department), so the floor neither looks up nor renders."""
+
+    department_id: int
+    department: str
+    question: str  # the prompts' names as Asterisk plays them
+    activated: str
+    cancelled: str
+
+
+async def _event(
+    pool: asyncpg.Pool[asyncpg.Record],
+    call: Call,
+    site: PanicSite,
+    kind: str,
+    details: dict[str, object],
+    alarm_id: int | None = None,
+    connection: asyncpg.Connection[asyncpg.Record] | None = None,
+) -> None:
+    env = call.env
+    extension = env["agi_channel"].partition("/")[2].rpartition("-")[0]
+    arguments = (
+        uuid.uuid4(),
+        datetime.datetime.now(datetime.UTC),
+        alarm_id,
+        kind,
+        extension,
+        site.department,
+        json.dumps(
+            {
+                "route": "panic",
+                "uniqueid": env["agi_uniqueid"],
+                "channel": env["agi_channel"],
+                **details,
+            }
+        ),
+    )
+    if connection is None:
+        await pool.execute(INSERT_EVENT, *arguments)
+    else:
+        await connection.execute(INSERT_EVENT, *arguments)
+
+
+async def panic(call: Call, pool: asyncpg.Pool[asyncpg.Record], site: PanicSite) -> None:
+    """fastagi/flows/panic.py for a known extension whose question is rendered: who
+    calls, triggered, the policy, the question, the answer; confirmed: the alarm
+    activated (re-triggered) in one transaction with its event."""
+    env = call.env
+    await call.command("GET VARIABLE AMPUSER")
+    extension = env["agi_channel"].partition("/")[2].rpartition("-")[0]
+    await _event(pool, call, site, "triggered", {"caller_source": "endpoint", "known_extension": True})
+    await pool.fetchrow(SELECT_SETTINGS)
+    await _event(pool, call, site, "prompt_played", {"prompt": 1, "tts": True})
+    result = await call.command(f"GET DATA {site.question} {CONFIRM_TIMEOUT_MS} 1")
+    digits = result.split(" ", 1)[0]
+    if digits == "2":
+        await _event(pool, call, site, "cancelled", {"prompts": 1})
+        await call.command("SET VARIABLE FASTAGI_STATUS CANCELLED")
+        await call.command(f"EXEC Playback {site.cancelled}")
+        return
+    if digits != "1":
+        raise CallFailed(f"the panic question got {result!r}")
+    await _event(pool, call, site, "confirmed", {"prompts": 1})
+    key = f"department:{site.department_id}"
+    async with pool.acquire() as connection, connection.transaction():
+        row = await connection.fetchrow(
+            INSERT_ALARM, key, site.department_id, site.department, extension
+        )
+        kind = "activated"
+        if row is None:
+            row = await connection.fetchrow(LOCK_ALARM, key)
+            kind = "retriggered"
+        assert row is not None
+        await _event(
+            pool,
+            call,
+            site,
+            kind,
+            {"uniqueid": env["agi_uniqueid"], "instance": "floor"},
+            alarm_id=row["id"],
+            connection=connection,
+        )
+    await call.command("SET VARIABLE FASTAGI_STATUS CONFIRMED")
+    with contextlib.suppress(CallFailed):  # the caller hangs up during it
+        await call.command(f"EXEC Playback {site.activated}")
+
+
 Route = Callable[[Call, "asyncpg.Pool[asyncpg.Record]"], Awaitable[None]]
-ROUTES: dict[str, Route] = {"probe": probe}
 
 
 async def _serve_call(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
+    routes: dict[str, Route],
     pool: asyncpg.Pool[asyncpg.Record],
     stats: FloorStats,
 ) -> None:
@@ -134,7 +247,7 @@ async def _serve_call(
     try:
         await call.read_environment()
         script = call.env.get("agi_network_script", "")
-        await ROUTES[script.split("?", 1)[0]](call, pool)
+        await routes[script.split("?", 1)[0]](call, pool)
     except (CallFailed, KeyError, OSError, asyncpg.PostgresError):
         stats.failed += 1
     else:
@@ -153,11 +266,15 @@ def stats_line(stats: FloorStats) -> str:
     return f"STATS {json.dumps(figures)}"
 
 
-async def serve(host: str, port: int, dsn: str) -> int:
+async def serve(host: str, port: int, dsn: str, site: PanicSite) -> int:
     stats = FloorStats()
+    routes: dict[str, Route] = {
+        "probe": probe,
+        "panic": lambda call, pool: panic(call, pool, site),
+    }
     pool = await asyncpg.create_pool(dsn, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE)
     server = await asyncio.start_server(
-        lambda r, w: _serve_call(r, w, pool, stats), host, port, backlog=1024
+        lambda r, w: _serve_call(r, w, routes, pool, stats), host, port, backlog=1024
     )
     loop = asyncio.get_running_loop()
     control = asyncio.StreamReader()
@@ -184,9 +301,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dsn", required=True)
+    parser.add_argument(
+        "--panic",
+        required=True,
+        help="JSON: department_id, department, question, activated, cancelled",
+    )
     args = parser.parse_args(argv)
+    site = PanicSite(**json.loads(args.panic))
     set_gc("tuned")  # what fastagi.app.run does
-    return uvloop.run(serve(args.host, args.port, args.dsn))
+    return uvloop.run(serve(args.host, args.port, args.dsn, site))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -56,6 +57,9 @@ RATES = (50, 100, 200, 300)
 SECONDS_PER_STEP = 5.0
 REPEATS = 3
 START_TIMEOUT = 60.0
+# RTP ports for the calls at once (two per call: RTP and RTCP).
+RTP_START = 40000
+RTP_PORTS = 8000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The department every desk phone belongs to, for the panic calls; its phones do not
 # exist (no page is wanted: the paging loop is part 2's benchmark, not this one's).
@@ -482,12 +486,18 @@ def _sandbox(agi_port: int) -> Iterator[Any]:
     from fastagi_dev.sandbox.instance import Sandbox
     from fastagi_dev.sandbox.ports import claim_sandbox_ports
 
-    # A slot of ports no test session holds: the bench may run beside `make test`.
+    # A slot of ports no test session holds: the bench may run beside `make test`. Its
+    # RTP range (200 ports: 100 calls at once) would refuse calls beyond 100 at a time
+    # (488 Not Acceptable Here): a range of RTP_PORTS instead, in the ephemeral range,
+    # where Asterisk steps over a port some connection holds.
     with claim_sandbox_ports() as claim:
+        ports = dataclasses.replace(
+            claim.ports, rtp_start=RTP_START, rtp_end=RTP_START + RTP_PORTS - 1
+        )
         sandbox = Sandbox(
             default_rootfs(),
             f"bench-{os.getpid()}",
-            claim.ports,
+            ports,
             f"agi://127.0.0.1:{agi_port}",
             verbose=0,
         )

@@ -129,9 +129,12 @@ class OurServer:
         self.profile_out: Path | None = None
         command = [sys.executable, "-m", "fastagi", "serve"]
         if profile == "py-spy":
-            self.profile_out = workdir / "ours-profile.svg"
+            # Collapsed stacks ("frame;frame;frame count" lines): bench.profile reads them,
+            # and flamegraph.pl or speedscope draw them.
+            self.profile_out = workdir / "ours-profile.txt"
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            command = [py_spy, "record", "-o", str(self.profile_out), "--", *command]
+            record = [py_spy, "record", "--format", "raw", "--rate", "250"]
+            command = [*record, "-o", str(self.profile_out), "--", *command]
         elif profile == "cprofile":
             self.profile_out = workdir / "ours.prof"
             command = [sys.executable, "-m", "cProfile", "-o", str(self.profile_out)]
@@ -179,7 +182,7 @@ class OurServer:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT if self.profile_out else signal.SIGTERM)
-            if self.profile_out is not None and self.profile_out.suffix == ".svg":
+            if self.profile_out is not None and self.profile_out.suffix == ".txt":
                 # py-spy writes its output once the child exits.
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGTERM)

@@ -70,12 +70,12 @@ KINDS = {
     # *599: ANSWER, GET DATA (the prompt; the caller types 1 #), one INSERT, two SET
     # VARIABLE; Asterisk hangs up when the dialplan ends.
     "probe": CallKind(
-        name="probe", route="probe", service="*599", keys=("1", "#"), first_key_ms=300
+        name="probe", route="probe", service="*599", keys=("1", "#"), first_key_ms=800
     ),
     # *555, 2: the question (pre-rendered at start-up), cancelled, "Alarm cancelled.";
     # Asterisk hangs up when the dialplan ends.
     "panic-cancel": CallKind(
-        name="panic-cancel", route="panic", service="*555", keys=("2",), first_key_ms=300
+        name="panic-cancel", route="panic", service="*555", keys=("2",), first_key_ms=800
     ),
     # *555, 1: confirmed, the department's alarm activated (re-triggered after the first
     # call), and the caller hangs up during "Alarm activated.", before any page of theirs.
@@ -84,7 +84,7 @@ KINDS = {
         route="panic",
         service="*555",
         keys=("1",),
-        first_key_ms=300,
+        first_key_ms=800,
         hang_up_ms=200,
     ),
 }

@@ -745,12 +745,18 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--plots", metavar="DIR", help="write PNG plots there")
     parser.add_argument("--json", metavar="PATH", help="also write the steps as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--from-json", metavar="PATH", help="print the tables (and --plots) of a --json run"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = _parse_args(argv)
     out = out or sys.stdout
+    if args.from_json:
+        plan, report = from_document(json.loads(Path(args.from_json).read_text()))
+        return _report(plan, report, args.plots, out)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     servers = tuple(s for s in args.servers.split(",") if s)
     unknown = [k for k in kinds if k not in KINDS] + [s for s in servers if s not in SERVERS]
@@ -779,13 +785,26 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     finally:
         if not args.keep and not args.profile:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(format_report(plan, report), file=out)
-    if args.plots:
-        for path in write_plots(plan, report, Path(args.plots)):
-            print(f"plot: {path}", file=out)
     if args.json:
         Path(args.json).write_text(json.dumps(document(plan, report), indent=2) + "\n")
+    return _report(plan, report, args.plots, out)
+
+
+def _report(plan: Plan, report: Report, plots: str | None, out: TextIO) -> int:
+    print(format_report(plan, report), file=out)
+    if plots:
+        for path in write_plots(plan, report, Path(plots)):
+            print(f"plot: {path}", file=out)
     return 0
+
+
+def from_document(data: dict[str, Any]) -> tuple[Plan, Report]:
+    """A run written with ``--json``, read back (``--from-json``: the tables and plots
+    again without running anything)."""
+    plan_fields = dict(data["plan"])
+    for key in ("kinds", "rates", "servers"):
+        plan_fields[key] = tuple(plan_fields[key])
+    return Plan(**plan_fields), Report(steps=[Step(**step) for step in data["steps"]])
 
 
 if __name__ == "__main__":

@@ -202,14 +202,15 @@ class FloorServer:
         self.port = port
         command = [sys.executable, "-m", "bench.floor_server", "--port", str(port)]
         command += ["--dsn", dsn, "--panic", json.dumps(site)]
-        self.proc = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=(workdir / "floor.log").open("wb"),
-            text=True,
-        )
+        with (workdir / "floor.log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
         self._expect("LISTENING")
         self.pid = self.proc.pid
 
@@ -237,6 +238,8 @@ class FloorServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 Server = OurServer | FloorServer

@@ -120,9 +120,7 @@ class OurServer:
 
     name = OURS
 
-    def __init__(
-        self, env: dict[str, str], workdir: Path, profile: str | None = None
-    ) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, profile: str | None = None) -> None:
         self.port = int(env["FASTAGI_AGI__PORT"])
         self.metrics_port = int(env["FASTAGI_METRICS__PORT"])
         self.log_path = workdir / "ours.log"
@@ -168,7 +166,7 @@ class OurServer:
         return int(children.split()[0])
 
     def sample(self) -> ServerSample:
-        with urllib.request.urlopen(  # noqa: S310 (our own loopback listener)
+        with urllib.request.urlopen(
             f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10
         ) as response:
             text = response.read().decode()
@@ -331,9 +329,7 @@ class Report:
 
     def ratio(self, kind: str, rate: int, key: str) -> Spread | None:
         return Spread.of(
-            paired_ratios(
-                self.series(OURS, kind, rate, key), self.series(FLOOR, kind, rate, key)
-            )
+            paired_ratios(self.series(OURS, kind, rate, key), self.series(FLOOR, kind, rate, key))
         )
 
     def max_clean_rate(self, server: str, kind: str, rates: Sequence[int]) -> int | None:
@@ -381,7 +377,9 @@ class Bench:
         if reply.get("Response") != "Success":
             raise RuntimeError(f"Setvar FASTAGI_PANIC_URL: {reply}")
 
-    async def step(self, server: Server, kind: CallKind, rate: int, calls: int, repeat: int) -> Step:
+    async def step(
+        self, server: Server, kind: CallKind, rate: int, calls: int, repeat: int
+    ) -> Step:
         await self.point_asterisk_at(server)
         rows_before = await _completed_rows(self.pool, kind)
         before = server.sample()
@@ -397,7 +395,7 @@ class Bench:
             workdir=self.workdir / f"{server.name}-{kind.name}-{rate}-{repeat}",
         )
         # The last calls' sockets close as SIPp exits: let the server finish them.
-        await asyncio.sleep(0.5)  # noqa: ASYNC110 - no signal from two processes to wait on
+        await asyncio.sleep(0.5)
         after = server.sample()
         asterisk_cpu = cpu_seconds(self.sandbox.pid) - asterisk_before
         rows = await _completed_rows(self.pool, kind) - rows_before
@@ -536,7 +534,18 @@ def run_plan(plan: Plan, workdir: Path, log: TextIO) -> Report:
                         )
                     if FLOOR in plan.servers:
                         servers[FLOOR] = FloorServer(floor_port, dsn, site, workdir)
-                    asyncio.run(_run_repeat(plan, repeat, sandbox, dsn, servers, workdir, report, log))
+                    asyncio.run(
+                        _run_repeat(
+                            plan,
+                            repeat,
+                            sandbox=sandbox,
+                            dsn=dsn,
+                            servers=servers,
+                            workdir=workdir,
+                            report=report,
+                            log=log,
+                        )
+                    )
                 finally:
                     for server in servers.values():
                         server.stop()
@@ -549,7 +558,7 @@ def run_plan(plan: Plan, workdir: Path, log: TextIO) -> Report:
 def panic_site(sandbox: Any, department_id: int) -> dict[str, Any]:
     """What the floor's panic flow needs to know: the department, and the prompts our
     server renders at start-up (the floor plays the same files; it renders nothing)."""
-    from fastagi.config import TtsSettings
+    from fastagi.config.tts import TtsSettings
     from fastagi.flows import prompts
     from fastagi.tts import TextToSpeech
 
@@ -583,6 +592,7 @@ async def _migrate_and_seed(dsn: str) -> int:
 async def _run_repeat(
     plan: Plan,
     repeat: int,
+    *,
     sandbox: Any,
     dsn: str,
     servers: dict[str, Server],

@@ -162,8 +162,9 @@ async def _event(
     site: PanicSite,
     kind: str,
     details: dict[str, object],
+    *,
     alarm_id: int | None = None,
-    connection: asyncpg.Connection[asyncpg.Record] | None = None,
+    connection: asyncpg.pool.PoolConnectionProxy[asyncpg.Record] | None = None,
 ) -> None:
     env = call.env
     extension = env["agi_channel"].partition("/")[2].rpartition("-")[0]
@@ -196,7 +197,9 @@ async def panic(call: Call, pool: asyncpg.Pool[asyncpg.Record], site: PanicSite)
     env = call.env
     await call.command("GET VARIABLE AMPUSER")
     extension = env["agi_channel"].partition("/")[2].rpartition("-")[0]
-    await _event(pool, call, site, "triggered", {"caller_source": "endpoint", "known_extension": True})
+    await _event(
+        pool, call, site, "triggered", {"caller_source": "endpoint", "known_extension": True}
+    )
     await pool.fetchrow(SELECT_SETTINGS)
     await _event(pool, call, site, "prompt_played", {"prompt": 1, "tts": True})
     result = await call.command(f"GET DATA {site.question} {CONFIRM_TIMEOUT_MS} 1")

@@ -2,6 +2,7 @@
 #   make run    sandbox Asterisk + embedded PostgreSQL + the FastAGI server, in the foreground
 #   make test   lint, types, unit and end-to-end tests
 #   make bench  the FastAGI load benchmark against panoramisk, in the same run
+#   make bench-calls  calls through the sandbox Asterisk: our server against a floor server
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -24,13 +25,14 @@ SANDBOX_ROOTFS := $(CACHE)/sandbox/rootfs
 # takes tests queued on another. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 4
 
-.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench demo dist clean distclean
+.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench bench-calls demo dist clean distclean
 
 help:
 	@echo "make run     start the sandbox Asterisk, PostgreSQL and the FastAGI server"
 	@echo "make test    lint, type-check and run every test"
 	@echo "make demo    with make run going: trigger, two page cycles, deactivation, timeline"
 	@echo "make bench   FastAGI load benchmark: ours/panoramisk ratios over 5 repetitions"
+	@echo "make bench-calls  SIPp storms through the sandbox: our server/floor server ratios, plots"
 	@echo "make dist    build the wheel into dist/ (what production installs)"
 	@echo "make clean   remove caches of tests; make distclean also removes the sandbox image"
 
@@ -84,6 +86,17 @@ test: deps sandbox-image lint typecheck
 BENCH_ARGS ?=
 bench: deps
 	$(PY) -m bench.agi_load $(BENCH_ARGS)
+
+# BENCH_CALLS_ARGS: e.g. --rates 100,200 --repeats 1 --kinds probe, or --profile.
+# Writes docs/performance/calls.json and the plots docs/performance.md shows.
+BENCH_CALLS_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): setup.cfg | $(VENV_STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $@
+
+bench-calls: deps sandbox-image $(BENCH_STAMP)
+	$(PY) -m bench.calls --json docs/performance/calls.json --plots docs/performance $(BENCH_CALLS_ARGS)
 
 # The wheel production installs (README, "Production install"). Built from a fresh copy
 # of the files git tracks (a stale build/ or *.egg-info of the working tree cannot slip

@@ -370,6 +370,7 @@ class Plan:
 # (key in a row, column title, format of one number).
 METRICS = (
     ("server_cpu_us_per_session", "CPU us/call", ".0f"),
+    ("sessions_per_cpu_s", "calls/CPU-s", ".0f"),
     ("command_p50_ms", "cmd p50 ms", ".3f"),
     ("command_p99_ms", "cmd p99 ms", ".2f"),
     ("peak_rss_mib", "peak RSS MiB", ".1f"),
@@ -386,6 +387,8 @@ class Report:
     summary: list[dict[str, Any]] = field(default_factory=list)
     # Per other server and level: each metric's paired ratio to the baseline, as a Spread.
     ratios: list[dict[str, Any]] = field(default_factory=list)
+    # Per level: ours against panoramisk and against the floor, in calls per CPU-second.
+    goals: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def errors(self) -> int:
@@ -506,6 +509,8 @@ def _row(
     row["server_cpu_us_per_session"] = (
         round(1e6 * cpu / result.sessions, 1) if result.sessions else None
     )
+    # The goals' figure (issue 12): calls served per second of the server's CPU.
+    row["sessions_per_cpu_s"] = round(result.sessions / cpu) if cpu > 0 else None
     # The peak so far: the levels run in the order given, by default the highest last.
     row["peak_rss_mib"] = round(after.peak_rss_kib / 1024, 1)
     return row
@@ -514,7 +519,7 @@ def _row(
 def _series(report: Report, server: str, concurrency: int, key: str) -> list[float | None]:
     """One metric of one server at one level, by repetition (None where it did not run)."""
     by_repeat = {
-        r["repeat"]: r[key]
+        r["repeat"]: r.get(key)
         for r in report.rows
         if r["server"] == server and r["concurrency"] == concurrency
     }
@@ -554,6 +559,23 @@ def _summarise(plan: Plan, report: Report) -> None:
             }
             if any(ratios.values()):
                 report.ratios.append({"server": server, "concurrency": concurrency, **ratios})
+        if CANDIDATE in plan.servers:
+
+            def per_cpu(other: str, level: int = concurrency) -> Spread | None:
+                return Spread.of(
+                    paired_ratios(
+                        _series(report, CANDIDATE, level, "sessions_per_cpu_s"),
+                        _series(report, other, level, "sessions_per_cpu_s"),
+                    )
+                )
+
+            report.goals.append(
+                {
+                    "concurrency": concurrency,
+                    "vs_panoramisk": per_cpu(BASELINE) if BASELINE in plan.servers else None,
+                    "vs_floor": per_cpu(FLOOR) if FLOOR in plan.servers else None,
+                }
+            )
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
@@ -608,6 +630,18 @@ def format_report(plan: Plan, report: Report) -> str:
             for r in report.ratios
         ]
         lines += _table(header, body)
+    if any(g["vs_panoramisk"] or g["vs_floor"] for g in report.goals):
+        lines += [
+            "",
+            "ours in calls per CPU-second, repetition by repetition (goals: >= 2x "
+            "panoramisk's; >= 1/1.5 = 0.67x the floor's, i.e. at most 1.5x its CPU per call):",
+        ]
+        header = ["conc", "ours/panoramisk", "ours/floor"]
+        body = [
+            [str(g["concurrency"]), _ratio_cell(g["vs_panoramisk"]), _ratio_cell(g["vs_floor"])]
+            for g in report.goals
+        ]
+        lines += _table(header, body)
     lines += [
         "",
         f"median (min-max) of {plan.repeats} repetitions, each server started afresh every "
@@ -637,6 +671,7 @@ def _document(plan: Plan, report: Report) -> dict[str, Any]:
         "results": report.rows,
         "summary": [plain(s) for s in report.summary],
         "ratios": [plain(r) for r in report.ratios],
+        "goals": [plain(g) for g in report.goals],
         "commits": report.commits,
         "failures": report.failures,
         "errors": report.errors,

@@ -569,7 +569,10 @@ class AgiServer:
     async def _run_flow(self, flow: Flow, session: AgiSession) -> None:
         log = session.log
         script = session.environment.script
-        log.info("flow %r started for %s", script, session.environment.channel)
+        # DEBUG, both: two lines per call at INFO were a tenth of the server's CPU in a
+        # storm of calls (docs/performance.md); what a call did is in its history, and
+        # its failures below stay loud.
+        log.debug("flow %r started for %s", script, session.environment.channel)
         try:
             await flow(session)
         except AgiHangup as exc:
@@ -581,7 +584,7 @@ class AgiServer:
             log.exception("flow %r failed", script)
             await self._best_effort(session, ("SET", "VARIABLE", "FASTAGI_STATUS", "ERROR"))
         else:
-            log.info("flow %r finished", script)
+            log.debug("flow %r finished", script)
 
     async def _no_route(self, session: AgiSession) -> None:
         script = session.environment.script

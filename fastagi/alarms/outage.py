@@ -81,7 +81,10 @@ class Outage:
         if self.down:
             raise DatabaseDown(what)
         try:
-            return await asyncio.wait_for(call(), deadline)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for runs the call in a task of
+            # its own, one per history event of every call (what 3.12's wait_for does).
+            async with asyncio.timeout(deadline):
+                return await call()
         except Exception as exc:
             self.failed(what, exc)
             raise

@@ -68,6 +68,12 @@ from fastagi.config import AmiSettings
 
 logger = logging.getLogger(__name__)
 
+# The event classes the server reads (see above): asked for at Login, so that an AMI user
+# allowed to read more (a FreePBX admin user, the sandbox's) does not flood the server
+# with the dialplan, AGI, DTMF and CDR events of every call, each parsed and dropped
+# (measured: a third of the server's CPU in a storm of probe calls, docs/performance.md).
+EVENT_CLASSES = "system,call,user"
+
 ReconnectHook = Callable[[], Awaitable[None]]
 EventCallback = Callable[[Message], None]
 
@@ -663,7 +669,7 @@ class AmiClient:
             ("Action", "Login"),
             ("Username", self._username),
             ("Secret", self._secret.get_secret_value()),
-            ("Events", "on"),
+            ("Events", EVENT_CLASSES),
         ]
         try:
             await self._send_on(conn, fields, self._login_timeout)

@@ -69,6 +69,12 @@ class _Routed(_PanoramiskMessage):  # type: ignore[misc]
         self.parsed = message
 
 
+def _may_answer_an_action(message: Message) -> bool:
+    """Whether panoramisk's routing could hand ``message`` to a pending action: only a
+    message carrying an ActionID or a CommandID (panoramisk's ``Message.id``)."""
+    return "ActionID" in message or "CommandID" in message
+
+
 def unwrap(result: Any) -> list[Message]:
     """An action future's result (one panoramisk message or a list) as our messages."""
     items = result if isinstance(result, list) else [result]
@@ -120,6 +126,14 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]
             message = Message(parse_message(text))
             if message.event is None and message.response is None:
                 continue
+            if message.event is not None and not _may_answer_an_action(message):
+                # Most of the stream: the events of calls. Routed as panoramisk's
+                # handle_message would route them (no pending action has their id),
+                # without its copy of every header into a case-insensitive dict.
+                if message.event.lower() == "shutdown":
+                    self.connection_lost(None)
+                self.dispatch_event(message)
+                continue
             try:
                 self.handle_message(_Routed(message))
             except Exception:
@@ -143,9 +157,12 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]
     # -- panoramisk hooks -----------------------------------------------------------------
 
     def dispatch(self, message: _Routed) -> None:
-        if message.parsed.event == "FullyBooted":
+        self.dispatch_event(message.parsed)
+
+    def dispatch_event(self, message: Message) -> None:
+        if message.event == "FullyBooted":
             self.fully_booted.set()
-        self._on_event(message.parsed)
+        self._on_event(message)
 
     def close(self) -> None:
         self.closed = True

@@ -218,6 +218,49 @@ def test_report_summarises_repetitions_and_divides_by_the_baseline():
     assert "0.50 (0.50-0.75)" in table
 
 
+def test_report_gives_ours_in_calls_per_cpu_second_against_panoramisk_and_the_floor():
+    plan = agi_load.Plan(
+        servers=("panoramisk", "ours", "floor"),
+        baseline="panoramisk",
+        concurrencies=(50,),
+        repeats=2,
+        duration=1.0,
+        min_sessions=10,
+        warmup_sessions=0,
+        pin=False,
+        gc="tuned",
+    )
+    report = agi_load.Report()
+    per_cpu = {"panoramisk": [1000, 2000], "ours": [2500, 3000], "floor": [5000, 4000]}
+    for server, values in per_cpu.items():
+        for repeat, value in enumerate(values):
+            report.rows.append(
+                {
+                    "server": server,
+                    "repeat": repeat,
+                    "concurrency": 50,
+                    "errors": 0,
+                    "server_failures": 0,
+                    "error_samples": [],
+                    "server_cpu_us_per_session": 1e6 / value,
+                    "sessions_per_cpu_s": value,
+                    "command_p50_ms": 1.0,
+                    "command_p99_ms": 2.0,
+                    "peak_rss_mib": 30.0,
+                    "sessions_per_s": 1000.0,
+                }
+            )
+    agi_load._summarise(plan, report)
+
+    (goal,) = report.goals
+    # Paired: 2.5 and 1.5 against panoramisk; 0.5 and 0.75 against the floor.
+    assert goal["vs_panoramisk"] == Spread(2.0, 1.5, 2.5, 2)
+    assert goal["vs_floor"] == Spread(0.625, 0.5, 0.75, 2)
+    table = agi_load.format_report(plan, report)
+    assert "calls per CPU-second" in table
+    assert "2.00 (1.50-2.50)" in table
+
+
 def test_server_names_and_git_refs():
     assert agi_load.parse_server("ours") == ("ours", None)
     assert agi_load.parse_server("ours@HEAD~1") == ("ours", "HEAD~1")

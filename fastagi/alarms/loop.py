@@ -40,7 +40,8 @@ A stop wakes the loop at once, whatever it waits for; so does a request to page 
 Every cycle is recorded as a ``page_cycle`` event when it ends; an exception is recorded
 as an ``error`` event and the loop goes on after a backoff: an alarm never stops paging
 because something failed, only when it is deactivated. What is said: the alarm's TTS
-announcement, rendered once; when TTS fails, Asterisk's built-in sounds
+announcement, from pieces rendered ahead of time (fastagi/tts/announcement.py), so a
+first page waits for no render; when TTS fails, Asterisk's built-in sounds
 (``fallback_announcement``), so an alarm is never silent.
 
 A drill (fastagi/domain/drill.py) is the same loop with its own announcement and caller
@@ -66,12 +67,14 @@ from fastagi.config import AlarmSettings, DrillSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.rules import (
-    announcement_text,
+    SpokenCharacters,
+    announcement_segments,
     error_backoff,
     next_cycle_start,
     wait_before,
 )
 from fastagi.tts import TextToSpeech, TtsError, fallback_announcement, fallback_drill_announcement
+from fastagi.tts.announcement import render_segments
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +127,17 @@ async def _first(
 
 
 class AnnouncementPrompts:
-    """What a page of this alarm says: rendered once, built-in sounds when TTS fails."""
+    """What a page of this alarm says: its pieces, looked up once (rendered then only if
+    they were not ahead of time); built-in sounds when TTS fails."""
 
-    def __init__(self, tts: TextToSpeech | None, text: str, fallback: Sequence[str]) -> None:
+    def __init__(
+        self,
+        tts: TextToSpeech | None,
+        segments: Sequence[str | SpokenCharacters],
+        fallback: Sequence[str],
+    ) -> None:
         self._tts = tts
-        self._text = text
+        self._segments = list(segments)
         self._fallback = list(fallback)
         self._prompts: list[str] | None = None
         self.tts_error: str | None = None
@@ -141,7 +150,8 @@ class AnnouncementPrompts:
     async def _render(self) -> list[str]:
         if self._tts is not None:
             try:
-                return [(await self._tts.render(self._text)).asterisk_name]
+                prompts = await render_segments(self._tts, self._segments)
+                return [prompt.asterisk_name for prompt in prompts]
             except TtsError as exc:
                 self.tts_error = str(exc)
                 logger.warning("TTS failed; paging built-in sounds: %s", exc)
@@ -181,14 +191,16 @@ class AlarmLoop:
         self._on_drill_paged = on_drill_paged
         drill_settings = drill_settings or DrillSettings()
         if alarm.drill is not None:
-            text = announcement_text(drill_settings.announcement, alarm.department_name, "")
+            segments = announcement_segments(drill_settings.announcement, alarm.department_name, "")
             fallback = fallback_drill_announcement()
             caller_name = drill_settings.caller_name
         else:
-            text = announcement_text(settings.announcement, alarm.department_name, alarm.extension)
+            segments = announcement_segments(
+                settings.announcement, alarm.department_name, alarm.extension
+            )
             fallback = fallback_announcement(alarm.extension)
             caller_name = settings.caller_name
-        self._prompts = AnnouncementPrompts(tts, text, fallback)
+        self._prompts = AnnouncementPrompts(tts, segments, fallback)
         self._caller_name = caller_name.format(
             department=alarm.department_name, extension=alarm.extension
         )

@@ -24,13 +24,15 @@ SANDBOX_ROOTFS := $(CACHE)/sandbox/rootfs
 # takes tests queued on another. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 4
 
-.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench demo dist clean distclean
+.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench bench-alarms bench-scale demo dist clean distclean
 
 help:
 	@echo "make run     start the sandbox Asterisk, PostgreSQL and the FastAGI server"
 	@echo "make test    lint, type-check and run every test"
 	@echo "make demo    with make run going: trigger, two page cycles, deactivation, timeline"
 	@echo "make bench   FastAGI load benchmark: ours/panoramisk ratios over 5 repetitions"
+	@echo "make bench-alarms  200 alarms at once through the sandbox (BENCH_ALARMS, BENCH_SECONDS)"
+	@echo "make bench-scale   directory lookups (10,000 extensions) and TTS with 500 departments"
 	@echo "make dist    build the wheel into dist/ (what production installs)"
 	@echo "make clean   remove caches of tests; make distclean also removes the sandbox image"
 
@@ -84,6 +86,19 @@ test: deps sandbox-image lint typecheck
 BENCH_ARGS ?=
 bench: deps
 	$(PY) -m bench.agi_load $(BENCH_ARGS)
+
+# Issue 12 parts 2-5 (docs/performance.md). The alarm run needs the sandbox and PostgreSQL,
+# which the e2e fixtures start: it is that test, run big, with its figures printed.
+BENCH_ALARMS ?= 200
+BENCH_SECONDS ?= 180
+bench-alarms: deps
+	BENCH_ALARMS=$(BENCH_ALARMS) BENCH_SECONDS=$(BENCH_SECONDS) \
+	BENCH_PLOT=docs/performance/alarms-gap-error.png \
+	$(VENV)/bin/pytest -p no:cacheprovider -q -s tests/e2e/test_alarm_scale.py
+
+bench-scale: deps
+	$(PY) -m bench.directory
+	$(PY) -m bench.tts_scale
 
 # The wheel production installs (README, "Production install"). Built from a fresh copy
 # of the files git tracks (a stale build/ or *.egg-info of the working tree cannot slip

@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import os
 import resource
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from fastagi.app import running_services
 from fastagi.config import Settings
 from fastagi.store import Stores
 from fastagi_dev.sandbox.instance import PAGING_PHONES, Sandbox
+from fastagi_dev.sandbox.ports import free_port
 from fastagi_dev.sandbox.sipp import PagingPhone, SipMessage
 
 INTERVALS = range(10, 31)
@@ -143,6 +145,36 @@ class AlarmScaleResult:
         ]
 
 
+def free_udp_block(size: int, taken: set[int]) -> int:
+    """The first of ``size`` consecutive UDP ports free right now and not in ``taken``."""
+    port = free_port(socket.SOCK_DGRAM) // size * size
+    while True:
+        block = range(port, port + size)
+        if port + size < 65536 and not taken.intersection(block) and all(map(_udp_free, block)):
+            taken.update(block)
+            return port
+        port = 20000 + (port + size - 20000) % 40000
+
+
+def _udp_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class ScalePhone(PagingPhone):
+    """A paging phone whose SIPp binds its media ports (audio and video, RTP and RTCP: 4)
+    in a block of its own: from SIPp's default (6000) each phone tries 100 ports two apart,
+    so the 100th phone found none."""
+
+    def __init__(self, sandbox: Sandbox, ext: int, workdir: Path, taken: set[int]) -> None:
+        super().__init__(sandbox, ext, workdir)
+        self._extra = (*self._extra, "-mp", str(free_udp_block(4, taken)))
+
+
 def caller_name(invite: SipMessage) -> str:
     return invite.header("From", "f").partition('"')[2].partition('"')[0]
 
@@ -178,9 +210,11 @@ async def run(
     phone_numbers = list(PAGING_PHONES)[: min(len(PAGING_PHONES), 2 * alarms)]
     await seed(store, alarms, phone_numbers)
     result = AlarmScaleResult(alarms, seconds, len(phone_numbers))
+    media_ports: set[int] = set()
     async with contextlib.AsyncExitStack() as stack:
         phones = [
-            await stack.enter_async_context(PagingPhone(sandbox, n, workdir)) for n in phone_numbers
+            await stack.enter_async_context(ScalePhone(sandbox, n, workdir, media_ports))
+            for n in phone_numbers
         ]
         services = await stack.enter_async_context(running_services(settings))
         directory = await services.prompt_keeper.wait_prepared(

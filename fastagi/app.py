@@ -166,7 +166,7 @@ class PromptKeeper:
         self._tts = tts
         self._alarms = alarms
         self._settings = settings
-        self._prepared: object = None  # the last Directory whose prompts are on disk
+        self._prepared: Directory | None = None  # the last one whose prompts are on disk
         self._changed = asyncio.Condition()
         # Leave one render slot free for a live call's render (a name typed a minute ago).
         self._parallel = max(1, settings.tts.max_parallel_renders - 1)
@@ -179,11 +179,15 @@ class PromptKeeper:
         while True:
             directory = await self._alarms.wait_directory(functools.partial(_is_not, directory))
             names: list[str | None] = [d.name for d in directory.departments]
-            templates = (self._settings.alarm.announcement, self._settings.drill.announcement)
-            questions = [prompts.panic_question(d.name) for d in directory.departments]
+            alarm, drill = self._settings.alarm, self._settings.drill
             await tts.prerender(
-                # Pages first: a question rendered late delays one caller, a page many.
-                [*department_texts(templates, [*names, None]), *questions],
+                # Pages first (a page late is late for many), then the questions (a
+                # question late delays one caller), then drills (scheduled ahead).
+                [
+                    *department_texts([alarm.announcement], [*names, None]),
+                    *(prompts.panic_question(d.name) for d in directory.departments),
+                    *department_texts([drill.announcement], names),
+                ],
                 parallel=self._parallel,
             )
             async with self._changed:
@@ -194,9 +198,9 @@ class PromptKeeper:
         """Wait until the prompts of a directory satisfying ``live`` were rendered."""
         async with self._changed:
             await self._changed.wait_for(
-                lambda: isinstance(self._prepared, Directory) and live(self._prepared)
+                lambda: self._prepared is not None and live(self._prepared)
             )
-            assert isinstance(self._prepared, Directory)
+            assert self._prepared is not None
             return self._prepared
 
 

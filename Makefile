@@ -24,7 +24,7 @@ SANDBOX_ROOTFS := $(CACHE)/sandbox/rootfs
 # takes tests queued on another. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 4
 
-.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench bench-alarms bench-scale demo dist clean distclean
+.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench bench-alarms bench-latency bench-scale demo dist clean distclean
 
 help:
 	@echo "make run     start the sandbox Asterisk, PostgreSQL and the FastAGI server"
@@ -32,6 +32,7 @@ help:
 	@echo "make demo    with make run going: trigger, two page cycles, deactivation, timeline"
 	@echo "make bench   FastAGI load benchmark: ours/panoramisk ratios over 5 repetitions"
 	@echo "make bench-alarms  200 alarms at once through the sandbox (BENCH_ALARMS, BENCH_SECONDS)"
+	@echo "make bench-latency activation -> first INVITE, warm and cold; deactivation -> BYE"
 	@echo "make bench-scale   directory lookups (10,000 extensions) and TTS with 500 departments"
 	@echo "make dist    build the wheel into dist/ (what production installs)"
 	@echo "make clean   remove caches of tests; make distclean also removes the sandbox image"
@@ -95,6 +96,10 @@ bench-alarms: deps
 	BENCH_ALARMS=$(BENCH_ALARMS) BENCH_SECONDS=$(BENCH_SECONDS) \
 	BENCH_PLOT=docs/performance/alarms-gap-error.png \
 	$(VENV)/bin/pytest -p no:cacheprovider -q -s tests/e2e/test_alarm_scale.py
+
+BENCH_TRIALS ?= 20
+bench-latency: deps
+	BENCH_TRIALS=$(BENCH_TRIALS) $(VENV)/bin/pytest -p no:cacheprovider -q -s tests/e2e/test_alarm_latency.py
 
 bench-scale: deps
 	$(PY) -m bench.directory

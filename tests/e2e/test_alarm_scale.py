@@ -18,6 +18,7 @@ from tests.e2e.test_demo import settings_for
 
 ALARMS = int(os.environ.get("BENCH_ALARMS", "4"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "12"))
+PHONES = int(os.environ.get("BENCH_PHONES", "20"))
 PLOT = os.environ.get("BENCH_PLOT")
 
 pytestmark = [
@@ -36,7 +37,13 @@ async def test_many_alarms_keep_their_schedule_and_stop(
 ) -> None:
     settings = settings_for(sandbox, agi_port, database_dsn)
     result = await alarms.run(
-        sandbox, settings, Stores.over(db_pool), tmp_path, alarms=ALARMS, seconds=SECONDS
+        sandbox,
+        settings,
+        Stores.over(db_pool),
+        tmp_path,
+        alarms=ALARMS,
+        seconds=SECONDS,
+        phones=PHONES,
     )
     print("\n".join(["", *result.lines()]))
     if PLOT:

@@ -116,6 +116,8 @@ class AlarmScaleResult:
     missed: int = 0
     doubled: int = 0
     invites_after_deactivation: int = 0
+    # What the server's page_cycle events say of each device dialled: answered, busy...
+    device_outcomes: dict[str, int] = field(default_factory=dict)
     rss_growth_per_alarm: float = 0.0
     cpu_per_cycle_ms: float = 0.0
     idle_cpu_per_second_ms: float = 0.0
@@ -143,6 +145,7 @@ class AlarmScaleResult:
             f"  activating all: {self.activation_seconds:.2f} s; deactivating all:"
             f" {self.deactivation_seconds:.2f} s; INVITEs after a department's deactivation:"
             f" {self.invites_after_deactivation}",
+            f"  device outcomes in the server's page_cycle events: {self.device_outcomes}",
         ]
 
 
@@ -254,6 +257,13 @@ async def run(
         cycles = [await store.alarms.get_alarm(a.alarm.id) for a in activations]
         result.cycles_counted = sum(alarm.cycles for alarm in cycles if alarm is not None)
         cycles_window = sum((alarm.cycles if alarm is not None else 0) for alarm in cycles)
+        outcomes: dict[str, int] = defaultdict(int)
+        for activation in activations:
+            for event in await store.history.timeline(activation.alarm.id):
+                if event.kind == "page_cycle":
+                    for status in dict(event.details.get("devices") or {}).values():
+                        outcomes[str(status)] += 1
+        result.device_outcomes = dict(outcomes)
         result.cpu_per_cycle_ms = cpu_used * 1000 / max(1, cycles_window)
         await asyncio.sleep(QUIET_SECONDS)
     result.load = os.getloadavg()

@@ -180,15 +180,20 @@ class PromptKeeper:
             directory = await self._alarms.wait_directory(functools.partial(_is_not, directory))
             names: list[str | None] = [d.name for d in directory.departments]
             alarm, drill = self._settings.alarm, self._settings.drill
+            # Pages first (a page late is late for many), then the questions (a question
+            # late delays one caller), then drills (scheduled ahead). Announcement pieces
+            # are clips (fastagi/tts/announcement.py).
             await tts.prerender(
-                # Pages first (a page late is late for many), then the questions (a
-                # question late delays one caller), then drills (scheduled ahead).
-                [
-                    *department_texts([alarm.announcement], [*names, None]),
-                    *(prompts.panic_question(d.name) for d in directory.departments),
-                    *department_texts([drill.announcement], names),
-                ],
+                [],
+                clips=department_texts([alarm.announcement], [*names, None]),
                 parallel=self._parallel,
+            )
+            await tts.prerender(
+                [prompts.panic_question(d.name) for d in directory.departments],
+                parallel=self._parallel,
+            )
+            await tts.prerender(
+                [], clips=department_texts([drill.announcement], names), parallel=self._parallel
             )
             async with self._changed:
                 self._prepared = directory

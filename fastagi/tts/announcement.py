@@ -46,7 +46,8 @@ def segment_texts(segments: Segments) -> list[str]:
 
 
 def department_texts(templates: Iterable[str], departments: Iterable[str | None]) -> list[str]:
-    """Every text the announcements of ``templates`` need for ``departments``."""
+    """Every text the announcements of ``templates`` need for ``departments``: render
+    them as clips (``TextToSpeech.prerender(clips=...)``), as they are played."""
     return [
         text
         for department in departments
@@ -56,13 +57,15 @@ def department_texts(templates: Iterable[str], departments: Iterable[str | None]
 
 
 def _pieces(segments: Segments) -> list[tuple[str, bool]]:
-    """(text, clip) per file to play, in order."""
+    """(text, clip) per file to play, in order. Every piece is a clip (its silences
+    trimmed): played one after the other, espeak-ng's pauses around each would make the
+    announcement 0.6 s longer than the whole text, and the page with it."""
     pieces: list[tuple[str, bool]] = []
     for segment in segments:
         if isinstance(segment, SpokenCharacters):
             pieces += [(char, True) for char in segment.characters]
         else:
-            pieces.append((segment, False))
+            pieces.append((segment, True))
     return pieces
 
 

@@ -175,7 +175,7 @@ async def test_a_hostile_department_name_goes_from_the_cli_to_the_phones_and_tts
         page = await ami.wait_event(
             "Newexten", Context="fastagi-panic-announce", Application="Playback", within=15
         )
-        assert tts.prompt_for(announcement).asterisk_name in page["AppData"].split("&")
+        assert tts.prompt_for(announcement, clip=True).asterisk_name in page["AppData"].split("&")
         [alarm] = await store.alarms.active_alarms()
         await store.alarms.deactivate(
             alarm.id,

@@ -71,7 +71,7 @@ async def test_the_first_alarm_after_a_department_change_renders_nothing(
     assert isinstance(department_piece, str)
     tts = services.tts
     assert page["AppData"].split("&") == [
-        tts.prompt_for(department_piece).asterisk_name,
+        tts.prompt_for(department_piece, clip=True).asterisk_name,
         *(tts.prompt_for(digit, clip=True).asterisk_name for digit in TRIGGER),
     ]
     assert set(TRIGGER) <= set(DIGIT_CLIPS)

@@ -25,7 +25,7 @@ SANDBOX_ROOTFS := $(CACHE)/sandbox/rootfs
 # takes tests queued on another. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 4
 
-.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench bench-calls demo dist clean distclean
+.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench bench-calls bench-alarms bench-latency bench-scale demo dist clean distclean
 
 help:
 	@echo "make run     start the sandbox Asterisk, PostgreSQL and the FastAGI server"
@@ -33,6 +33,9 @@ help:
 	@echo "make demo    with make run going: trigger, two page cycles, deactivation, timeline"
 	@echo "make bench   FastAGI load benchmark: ours/panoramisk ratios over 5 repetitions"
 	@echo "make bench-calls  SIPp storms through the sandbox: our server/floor server ratios, plots"
+	@echo "make bench-alarms  200 alarms at once through the sandbox (BENCH_ALARMS, BENCH_SECONDS)"
+	@echo "make bench-latency activation -> first INVITE, warm and cold; deactivation -> BYE"
+	@echo "make bench-scale   directory lookups (10,000 extensions) and TTS with 500 departments"
 	@echo "make dist    build the wheel into dist/ (what production installs)"
 	@echo "make clean   remove caches of tests; make distclean also removes the sandbox image"
 
@@ -97,6 +100,23 @@ $(BENCH_STAMP): setup.cfg | $(VENV_STAMP)
 
 bench-calls: deps sandbox-image $(BENCH_STAMP)
 	$(PY) -m bench.calls --json docs/performance/calls.json --plots docs/performance $(BENCH_CALLS_ARGS)
+
+# Issue 12 parts 2-5 (docs/performance.md). The alarm run needs the sandbox and PostgreSQL,
+# which the e2e fixtures start: it is that test, run big, with its figures printed.
+BENCH_ALARMS ?= 200
+BENCH_SECONDS ?= 180
+bench-alarms: deps sandbox-image $(BENCH_STAMP)
+	BENCH_ALARMS=$(BENCH_ALARMS) BENCH_SECONDS=$(BENCH_SECONDS) \
+	BENCH_PLOT=docs/performance/alarms-gap-error.png \
+	$(VENV)/bin/pytest -p no:cacheprovider -q -s tests/e2e/test_alarm_scale.py
+
+BENCH_TRIALS ?= 20
+bench-latency: deps sandbox-image
+	BENCH_TRIALS=$(BENCH_TRIALS) $(VENV)/bin/pytest -p no:cacheprovider -q -s tests/e2e/test_alarm_latency.py
+
+bench-scale: deps $(BENCH_STAMP)
+	$(PY) -m bench.directory
+	$(PY) -m bench.tts_scale
 
 # The wheel production installs (README, "Production install"). Built from a fresh copy
 # of the files git tracks (a stale build/ or *.egg-info of the working tree cannot slip

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -42,6 +43,7 @@ from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiAuthError, AmiClient, AmiError
 from fastagi.assurance.watch import HealthMonitor
 from fastagi.config import Settings
+from fastagi.domain.directory import Directory
 from fastagi.flows import prompts
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.flows.deactivate import DeactivateFlow
@@ -57,6 +59,7 @@ from fastagi.store.journal import Journal
 from fastagi.store.pool import create_pool
 from fastagi.store.probe import ProbeStore
 from fastagi.tts import TextToSpeech
+from fastagi.tts.announcement import DIGIT_CLIPS, department_texts
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ class Services:
     agi_stats: AgiStats
 
     drills: DrillScheduler
+    prompt_keeper: PromptKeeper
 
 
 def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
@@ -156,15 +160,66 @@ async def adopt_fallback_alarms(connecting: asyncio.Task[None], fallback: Fallba
     await fallback.run()
 
 
-async def prerender_prompts(services: Services) -> None:
-    """Render what callers will hear before they call: a prompt rendered during a call
-    costs them a tenth of a second; one rendered now costs nothing."""
-    texts = prompts.fixed_texts()
-    with contextlib.suppress(Exception):
-        directory = await services.alarms.directory()
-        texts += [prompts.panic_question(d.name) for d in directory.departments]
-    # prerender() logs each failure; the calls then play built-in sounds instead.
-    await services.tts.prerender(texts)
+class PromptKeeper:
+    """Renders what callers and pages will say before anyone calls: a prompt rendered
+    during a call costs its caller about a tenth of a second, one rendered now costs nothing.
+
+    At start-up (in the background: the listener accepts calls meanwhile) the fixed texts
+    and the digit clips, then for the directory and every reload of it (each change to a
+    department or mapping, by NOTIFY) each department's question and announcement pieces
+    (fastagi/tts/announcement.py), so the first alarm after a change renders nothing.
+    Renders already on disk cost a stat: a reload re-checks every department cheaply.
+    """
+
+    def __init__(self, tts: TextToSpeech, alarms: AlarmService, settings: Settings) -> None:
+        self._tts = tts
+        self._alarms = alarms
+        self._settings = settings
+        self._prepared: Directory | None = None  # the last one whose prompts are on disk
+        self._changed = asyncio.Condition()
+        # Leave one render slot free for a live call's render (a name typed a minute ago).
+        self._parallel = max(1, settings.tts.max_parallel_renders - 1)
+
+    async def run(self) -> None:
+        tts = self._tts
+        # prerender() logs each failure; the calls then play built-in sounds instead.
+        await tts.prerender(prompts.fixed_texts(), clips=DIGIT_CLIPS, parallel=self._parallel)
+        directory: Directory | None = None
+        while True:
+            directory = await self._alarms.wait_directory(functools.partial(_is_not, directory))
+            names: list[str | None] = [d.name for d in directory.departments]
+            alarm, drill = self._settings.alarm, self._settings.drill
+            # Pages first (a page late is late for many), then the questions (a question
+            # late delays one caller), then drills (scheduled ahead). Announcement pieces
+            # are clips (fastagi/tts/announcement.py).
+            await tts.prerender(
+                [],
+                clips=department_texts([alarm.announcement], [*names, None]),
+                parallel=self._parallel,
+            )
+            await tts.prerender(
+                [prompts.panic_question(d.name) for d in directory.departments],
+                parallel=self._parallel,
+            )
+            await tts.prerender(
+                [], clips=department_texts([drill.announcement], names), parallel=self._parallel
+            )
+            async with self._changed:
+                self._prepared = directory
+                self._changed.notify_all()
+
+    async def wait_prepared(self, live: Callable[[Directory], bool]) -> Directory:
+        """Wait until the prompts of a directory satisfying ``live`` were rendered."""
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self._prepared is not None and live(self._prepared)
+            )
+            assert self._prepared is not None
+            return self._prepared
+
+
+def _is_not(old: object, new: object) -> bool:
+    return new is not old
 
 
 @contextlib.asynccontextmanager
@@ -255,12 +310,13 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         health=health,
         agi_stats=AgiStats(),
         drills=drills,
+        prompt_keeper=PromptKeeper(tts, alarms, settings),
     )
     try:
         connecting = spawn(connect_ami(ami), "ami-connect")
         await alarms.start()
         spawn(adopt_fallback_alarms(connecting, fallback), "fallback-adopter")
-        spawn(prerender_prompts(services), "prerender")
+        spawn(services.prompt_keeper.run(), "prompt-keeper")
         if drills.enabled:
             spawn(drills.run(), "drill-schedule")
         yield services

@@ -40,7 +40,8 @@ A stop wakes the loop at once, whatever it waits for; so does a request to page 
 Every cycle is recorded as a ``page_cycle`` event when it ends; an exception is recorded
 as an ``error`` event and the loop goes on after a backoff: an alarm never stops paging
 because something failed, only when it is deactivated. What is said: the alarm's TTS
-announcement, rendered once; when TTS fails, Asterisk's built-in sounds
+announcement, from pieces rendered ahead of time (fastagi/tts/announcement.py), so a
+first page waits for no render; when TTS fails, Asterisk's built-in sounds
 (``fallback_announcement``), so an alarm is never silent.
 
 A drill (fastagi/domain/drill.py) is the same loop with its own announcement and caller
@@ -68,12 +69,14 @@ from fastagi.config import AlarmSettings, DrillSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.rules import (
-    announcement_text,
+    SpokenCharacters,
+    announcement_segments,
     error_backoff,
     next_cycle_start,
     wait_before,
 )
 from fastagi.tts import TextToSpeech, TtsError, fallback_announcement, fallback_drill_announcement
+from fastagi.tts.announcement import render_segments
 
 logger = logging.getLogger(__name__)
 
@@ -134,21 +137,23 @@ def _recorded_location(locations: RecordedLocations | None, alarm: Alarm) -> dic
 
 
 class AnnouncementPrompts:
-    """What a page of this alarm says: rendered once, built-in sounds when TTS fails."""
+    """What a page of this alarm says: its pieces, looked up once (rendered then only if
+    they were not ahead of time); built-in sounds when TTS fails."""
 
     def __init__(
         self,
         tts: TextToSpeech | None,
-        text: str,
+        segments: Sequence[str | SpokenCharacters],
         fallback: Sequence[str],
         *,
         recording: Callable[[], Awaitable[str | None]] | None = None,
         prefix: str = "",
     ) -> None:
-        """``recording()``: the caller's recorded location to page instead of ``text``
-        (fastagi/alarms/locations.py), after ``prefix`` spoken; None: ``text``."""
+        """``recording()``: the caller's recorded location to page instead of the
+        ``segments`` (fastagi/alarms/locations.py), after ``prefix`` spoken; None: the
+        segments."""
         self._tts = tts
-        self._text = text
+        self._segments = list(segments)
         self._fallback = list(fallback)
         self._recording = recording
         self._prefix = prefix
@@ -168,7 +173,8 @@ class AnnouncementPrompts:
                 return [*await self._spoken_prefix(), self.recording]
         if self._tts is not None:
             try:
-                return [(await self._tts.render(self._text)).asterisk_name]
+                prompts = await render_segments(self._tts, self._segments)
+                return [prompt.asterisk_name for prompt in prompts]
             except TtsError as exc:
                 self.tts_error = str(exc)
                 logger.warning("TTS failed; paging built-in sounds: %s", exc)
@@ -223,15 +229,17 @@ class AlarmLoop:
         self._on_drill_paged = on_drill_paged
         drill_settings = drill_settings or DrillSettings()
         if alarm.drill is not None:
-            text = announcement_text(drill_settings.announcement, alarm.department_name, "")
+            segments = announcement_segments(drill_settings.announcement, alarm.department_name, "")
             fallback = fallback_drill_announcement()
             caller_name = drill_settings.caller_name
         else:
-            text = announcement_text(settings.announcement, alarm.department_name, alarm.extension)
+            segments = announcement_segments(
+                settings.announcement, alarm.department_name, alarm.extension
+            )
             fallback = fallback_announcement(alarm.extension)
             caller_name = settings.caller_name
         self._prompts = AnnouncementPrompts(
-            tts, text, fallback, **_recorded_location(locations, alarm)
+            tts, segments, fallback, **_recorded_location(locations, alarm)
         )
         self._caller_name = caller_name.format(
             department=alarm.department_name, extension=alarm.extension

@@ -12,7 +12,9 @@ right before each wait, so an administrator's change applies from the next cycle
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT
 
@@ -50,6 +52,60 @@ def error_backoff(failures_in_a_row: int, base: float, ceiling: float) -> float:
 def announcement_text(template: str, department: str | None, extension: str) -> str:
     """The text to speak, e.g. "Panic alarm. Department Ward 3. Extension 201."."""
     return template.format(department=department or UNKNOWN_DEPARTMENT, extension=extension)
+
+
+# An extension is a handful of characters; a longer string is not worth paging out loud.
+MAX_SPOKEN_CHARACTERS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SpokenCharacters:
+    """An extension, spoken one character at a time ("2 0 1"): letters and digits only,
+    at most MAX_SPOKEN_CHARACTERS of them."""
+
+    characters: str
+
+
+def announcement_segments(
+    template: str, department: str | None, extension: str
+) -> list[str | SpokenCharacters]:
+    """The announcement cut where it names the extension, e.g. ["Panic alarm. Department
+    Ward 3. Extension", SpokenCharacters("201")] for the default template.
+
+    The texts depend on the department only, so each is rendered once per department
+    ahead of time, and the extension is spoken from one clip per character: an alarm from
+    an extension never heard before needs no render. Each text comes from
+    ``announcement_text`` over the template's pieces between ``{extension}`` fields; a
+    piece with nothing to say (the closing ".") is left out.
+    """
+    segments: list[str | SpokenCharacters] = []
+    piece: list[str] = []
+
+    def flush() -> None:
+        text = announcement_text("".join(piece), department, extension).strip()
+        if any(char.isalnum() for char in text):
+            segments.append(text)
+        piece.clear()
+
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        piece.append(literal.replace("{", "{{").replace("}", "}}"))
+        if field is None:
+            continue
+        if field == "extension":
+            flush()
+            spoken = "".join(char for char in extension if char.isalnum())
+            if spoken:
+                segments.append(SpokenCharacters(spoken[:MAX_SPOKEN_CHARACTERS]))
+        else:
+            piece.append(
+                "{"
+                + field
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+            )
+    flush()
+    return segments
 
 
 def join_items(items: Sequence[str], what: str) -> str:

@@ -1,4 +1,15 @@
-"""How long a department's announcement plays, and so how often it can really page.
+"""A page's announcement as pieces rendered ahead of time, and how long it plays.
+
+Theory of operation. ``announcement_segments`` (fastagi/domain/rules.py) cuts the
+announcement where it names the extension: the texts around it depend on the department
+only and are rendered when the department appears (start-up, every directory reload:
+fastagi/app.py ``keep_prompts_ready``); the extension is spoken from one clip per
+character (``DIGIT_CLIPS`` rendered at start-up), so an alarm from an extension never
+heard before plays files already on disk, and Playback joins them with '&'. Every piece is
+a TextToSpeech prompt, whose cache key holds the voice and its settings: a department with
+a voice of its own renders its own pieces.
+
+How long a department's announcement plays, and so how often it can really page.
 
 The interval is measured from the start of one page to the start of the next, and a page
 never overlaps the previous one (fastagi/domain/rules.py ``next_cycle_start``): with an
@@ -9,15 +20,79 @@ it with the site's own voice settings (into a scratch directory: nothing is inst
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastagi.config import Settings
 from fastagi.domain.directory import ExtensionPattern
-from fastagi.domain.rules import announcement_text
-from fastagi.tts.cache import TextToSpeech
+from fastagi.domain.rules import SpokenCharacters, announcement_segments, announcement_text
+from fastagi.tts.cache import Prompt, TextToSpeech
 from fastagi.tts.render import TtsError
+
+# The clips every extension of digits is spoken from, rendered before any department.
+DIGIT_CLIPS = tuple("0123456789")
+
+Segments = Sequence[str | SpokenCharacters]
+
+
+def segment_texts(segments: Segments) -> list[str]:
+    """The texts of ``segments`` (what a department needs rendered)."""
+    return [segment for segment in segments if isinstance(segment, str)]
+
+
+def department_texts(templates: Iterable[str], departments: Iterable[str | None]) -> list[str]:
+    """Every text the announcements of ``templates`` need for ``departments``: render
+    them as clips (``TextToSpeech.prerender(clips=...)``), as they are played."""
+    return [
+        text
+        for department in departments
+        for template in templates
+        for text in segment_texts(announcement_segments(template, department, ""))
+    ]
+
+
+def _pieces(segments: Segments) -> list[tuple[str, bool]]:
+    """(text, clip) per file to play, in order. Every piece is a clip (its silences
+    trimmed): played one after the other, espeak-ng's pauses around each would make the
+    announcement 0.6 s longer than the whole text, and the page with it."""
+    pieces: list[tuple[str, bool]] = []
+    for segment in segments:
+        if isinstance(segment, SpokenCharacters):
+            pieces += [(char, True) for char in segment.characters]
+        else:
+            pieces.append((segment, True))
+    return pieces
+
+
+def segments_ready(tts: TextToSpeech, segments: Segments) -> bool:
+    """Whether every file of ``segments`` is on disk: playing them renders nothing."""
+    return all(tts.is_rendered(text, clip=clip) for text, clip in _pieces(segments))
+
+
+async def render_segments(tts: TextToSpeech, segments: Segments) -> list[Prompt]:
+    """The prompts to play, in order; a stat per piece when all were rendered ahead, a
+    render (in parallel, as the service's slots allow) of each piece that was not.
+
+    Raises TtsError when a piece cannot be rendered (the caller pages built-in sounds).
+    """
+    pieces = _pieces(segments)
+    if not pieces:
+        raise TtsError("nothing to say: the announcement is blank")
+    outcomes = await asyncio.gather(
+        *(tts.render(text, clip=clip) for text, clip in pieces), return_exceptions=True
+    )
+    prompts: list[Prompt] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        prompts.append(outcome)
+    return prompts
+
 
 # The extension an announcement is measured with when a department has no mapping.
 _SAMPLE_EXTENSION = "100"
@@ -75,18 +150,35 @@ class AnnouncementMeter:
         """:meth:`measure`, with the rendered audio (kept until :meth:`close`; a text
         rendered before is not rendered again)."""
         alarm = self._settings.alarm
-        text = announcement_text(alarm.announcement, department, sample_extension(patterns))
+        extension = sample_extension(patterns)
+        text = announcement_text(alarm.announcement, department, extension)
         try:
-            prompt = await self._tts.render(text)
+            prompts = await render_segments(
+                self._tts, announcement_segments(alarm.announcement, department, extension)
+            )
         except TtsError:
             return None
+        # The pieces as one file, for those who listen to it (the web console's preview):
+        # signed-linear files have no header, so their bytes simply follow each other.
+        stems = "/".join(prompt.host_path.stem for prompt in prompts)
+        audio = (
+            Path(self._scratch.name) / f"joined-{hashlib.sha256(stems.encode()).hexdigest()[:32]}"
+        )
+        await asyncio.to_thread(_join, [prompt.host_path for prompt in prompts], audio)
         return RenderedAnnouncement(
             text,
-            alarm.lead_in + prompt.seconds(),
-            prompt.host_path,
+            alarm.lead_in + sum(prompt.seconds() for prompt in prompts),
+            audio,
             self._settings.tts.sample_rate,
         )
 
     async def close(self) -> None:
         await self._tts.aclose()
         self._scratch.cleanup()
+
+
+def _join(parts: list[Path], destination: Path) -> None:
+    with destination.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as source:
+                shutil.copyfileobj(source, out)

@@ -81,17 +81,32 @@ class TextToSpeech:
         """How many renders (child processes) this service has started; cache hits add none."""
         return self._renders_started
 
-    def prompt_for(self, text: str) -> Prompt:
+    def prompt_for(self, text: str, *, clip: bool = False) -> Prompt:
         """Where ``text`` is (or will be) rendered; pure, touches no file.
 
         Raises TtsError for a blank or over-long text.
         """
-        return self._prompt(self._key(spoken_text(text, self._settings.max_text_length)))
+        return self._prompt(self._key(spoken_text(text, self._settings.max_text_length), clip=clip))
+
+    def is_rendered(self, text: str, *, clip: bool = False) -> bool:
+        """Whether ``text`` is on disk, ready to play without a render."""
+        try:
+            return _is_rendered(self.prompt_for(text, clip=clip).host_path)
+        except TtsError:
+            return False
 
     # The timeout also bounds the shared render task this call may start, which an
     # asyncio.timeout around the call could not reach.
-    async def render(self, text: str, *, timeout: float | None = None) -> Prompt:  # noqa: ASYNC109
+    async def render(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        clip: bool = False,
+    ) -> Prompt:
         """The prompt for ``text``, rendered now unless already on disk or on its way.
+
+        ``clip``: a piece played between others, its silences trimmed (render_file).
 
         ``timeout`` (default ``render_timeout``) bounds this call's wait, queueing
         included, and a render this call starts is killed after that long. Raises TtsError
@@ -101,7 +116,7 @@ class TextToSpeech:
             raise TtsError("text-to-speech service is closed")
         limit = self._settings.render_timeout if timeout is None else timeout
         spoken = spoken_text(text, self._settings.max_text_length)
-        key = self._key(spoken)
+        key = self._key(spoken, clip=clip)
         prompt = self._prompt(key)
         task = self._inflight.get(key)
         started = task is None
@@ -111,7 +126,9 @@ class TextToSpeech:
             # microseconds: cheaper inline than a trip through a thread pool.
             if _is_rendered(prompt.host_path):
                 return prompt
-            task = asyncio.create_task(self._render(spoken, prompt, limit), name=f"tts-{key}")
+            task = asyncio.create_task(
+                self._render(spoken, prompt, limit, clip=clip), name=f"tts-{key}"
+            )
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._forget, key))
         try:
@@ -130,20 +147,32 @@ class TextToSpeech:
                 raise TtsError("text-to-speech service closed during the render") from None
             raise
 
-    async def prerender(self, texts: Iterable[str]) -> dict[str, Prompt | TtsError]:
-        """Render ``texts`` ahead of need, one at a time; never raises TtsError.
+    async def prerender(
+        self, texts: Iterable[str], *, clips: Iterable[str] = (), parallel: int = 1
+    ) -> dict[str, Prompt | TtsError]:
+        """Render ``clips`` (``render(clip=True)``), then ``texts``, ahead of need; never
+        raises TtsError.
 
-        One at a time, so a batch of departments takes one render slot and a live call's
-        render does not queue behind it. Each text maps to its prompt or to the error that
-        stopped it (also logged); the alarm falls back to built-in sounds for those.
+        At most ``parallel`` renders at a time: leave one of ``max_parallel_renders`` free,
+        so a live call's render does not queue behind a batch of departments. Each text
+        maps to its prompt or to the error that stopped it (also logged); the alarm falls
+        back to built-in sounds for those.
         """
         results: dict[str, Prompt | TtsError] = {}
-        for text in dict.fromkeys(texts):
-            try:
-                results[text] = await self.render(text)
-            except TtsError as exc:
-                log.warning("cannot prerender prompt", extra={"text": text[:80], "error": exc})
-                results[text] = exc
+        work = [(clip, True) for clip in dict.fromkeys(clips)]
+        work += [(text, False) for text in dict.fromkeys(texts)]
+        pending = iter(work)
+
+        async def worker() -> None:
+            # One shared iterator: each worker takes the next text when its last is done.
+            for text, clip in pending:
+                try:
+                    results[text] = await self.render(text, clip=clip)
+                except TtsError as exc:
+                    log.warning("cannot prerender prompt", extra={"text": text[:80], "error": exc})
+                    results[text] = exc
+
+        await asyncio.gather(*(worker() for _ in range(max(1, min(parallel, len(work))))))
         return results
 
     async def purge(self, keep: Iterable[str]) -> int:
@@ -179,9 +208,9 @@ class TextToSpeech:
     ) -> None:
         await self.aclose()
 
-    def _key(self, spoken: str) -> str:
+    def _key(self, spoken: str, *, clip: bool = False) -> str:
         settings = self._settings
-        material = [
+        material: list[object] = [
             FORMAT_VERSION,
             spoken,
             settings.voice,
@@ -190,6 +219,10 @@ class TextToSpeech:
             settings.peak_dbfs,
             settings.sample_rate,
         ]
+        if clip:
+            # Appended only for clips, so the keys (file names) of whole texts stay as
+            # they were and a site's cache survives the upgrade.
+            material.append("clip")
         # JSON keeps the fields apart unambiguously; 128 bits of SHA-256 never collide in
         # a directory of a few hundred prompts.
         digest = hashlib.sha256(json.dumps(material, ensure_ascii=False).encode("utf-8"))
@@ -202,13 +235,13 @@ class TextToSpeech:
             asterisk_name=posixpath.join(self._settings.asterisk_dir(), stem),
         )
 
-    async def _render(self, spoken: str, prompt: Prompt, limit: float) -> Prompt:
+    async def _render(self, spoken: str, prompt: Prompt, limit: float, *, clip: bool) -> Prompt:
         started = time.monotonic()
         try:
             # The limit covers the wait for a slot too: it is what the caller waits at most.
             async with asyncio.timeout(limit), self._slots:
                 self._renders_started += 1
-                await render_file(spoken, self._settings, prompt.host_path)
+                await render_file(spoken, self._settings, prompt.host_path, clip=clip)
         except TimeoutError:
             raise TtsError(
                 f"no prompt within {limit:g} s for {spoken[:40]!r}: the render was killed"

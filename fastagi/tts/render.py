@@ -89,8 +89,13 @@ def spoken_text(text: str, max_length: int) -> str:
     return collapsed
 
 
-async def render_file(text: str, settings: TtsSettings, destination: Path) -> None:
+async def render_file(
+    text: str, settings: TtsSettings, destination: Path, *, clip: bool = False
+) -> None:
     """Render ``text`` (already passed through ``spoken_text``) to ``destination``.
+
+    ``clip``: a piece played between others (a digit of an extension): espeak-ng's silence
+    before and after it is cut down to a short pause, or "2 0 1" would drag.
 
     The file appears complete or not at all. Raises TtsError on any failure. Bound it with
     ``asyncio.timeout``: cancellation kills whatever is still running and removes the
@@ -103,7 +108,7 @@ async def render_file(text: str, settings: TtsSettings, destination: Path) -> No
         wav = workdir / "espeak.wav"
         raw = workdir / destination.name
         await _run_worker(text, settings, wav)
-        await _run(_sox_argv(wav, raw, settings), what="sox")
+        await _run(_sox_argv(wav, raw, settings, clip=clip), what="sox")
         await asyncio.to_thread(_publish, raw, destination)
     finally:
         # Also after a timeout: the task is cancelled once, so this await still runs.
@@ -145,7 +150,7 @@ def _peak(raw: Path) -> int:
     return max(max(samples), -min(samples)) if samples else 0  # noqa: PLW3301
 
 
-def _sox_argv(wav: Path, raw: Path, settings: TtsSettings) -> list[str]:
+def _sox_argv(wav: Path, raw: Path, settings: TtsSettings, *, clip: bool = False) -> list[str]:
     # format_sln reads samples in host byte order (plain fread into frames); say so rather
     # than rely on sox's default for raw output.
     endian = "-L" if sys.byteorder == "little" else "-B"
@@ -163,6 +168,15 @@ def _sox_argv(wav: Path, raw: Path, settings: TtsSettings) -> list[str]:
     ]  # fmt: skip
     if settings.peak_dbfs is not None:
         argv += ["gain", "-n", f"{settings.peak_dbfs:g}"]
+    if clip:
+        # Cut leading and (reversed) trailing silence below 0.5 % of full scale, then pad
+        # with 40 ms after: a digit is about 0.43 s instead of 0.8-0.9 s,
+        # and the pieces of an announcement last as long as the whole text did.
+        argv += [
+            "silence", "1", "0.01", "0.5%", "reverse",
+            "silence", "1", "0.01", "0.5%", "reverse",
+            "pad", "0", "0.04",
+        ]  # fmt: skip
     return argv
 
 

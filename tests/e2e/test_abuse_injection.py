@@ -19,6 +19,7 @@ from fastagi import cli
 from fastagi.agi.protocol import LocalProtocolError, encode_command
 from fastagi.app import running_server
 from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.rules import announcement_segments
 from fastagi.flows import prompts
 from fastagi.store import Stores
 from fastagi.tts import TextToSpeech, TtsSettings
@@ -151,7 +152,10 @@ async def test_a_hostile_department_name_goes_from_the_cli_to_the_phones_and_tts
     # sounds (seen with two CPU hogs running), and the caller answers whichever plays.
     settings.flows.render_timeout = 30.0
     question = prompts.panic_question(department)
-    announcement = settings.alarm.announcement.format(department=department, extension=ext)
+    # The page speaks the department's piece of the announcement, then the extension's
+    # digit clips (fastagi/tts/announcement.py).
+    announcement = announcement_segments(settings.alarm.announcement, department, ext)[0]
+    assert isinstance(announcement, str)
     console_from = sandbox.log_path.stat().st_size
 
     store = Stores.over(db_pool)
@@ -171,7 +175,7 @@ async def test_a_hostile_department_name_goes_from_the_cli_to_the_phones_and_tts
         page = await ami.wait_event(
             "Newexten", Context="fastagi-panic-announce", Application="Playback", within=15
         )
-        assert tts.prompt_for(announcement).asterisk_name in page["AppData"].split("&")
+        assert tts.prompt_for(announcement, clip=True).asterisk_name in page["AppData"].split("&")
         [alarm] = await store.alarms.active_alarms()
         await store.alarms.deactivate(
             alarm.id,

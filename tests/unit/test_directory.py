@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from fastagi.domain import directory as directory_module
 from fastagi.domain.directory import (
     UNKNOWN_DEPARTMENT,
     Department,
@@ -256,3 +257,32 @@ def test_a_mapping_gives_an_example_it_matches(text: str, example: str) -> None:
 
     assert pattern.example() == example
     assert pattern.matches(example)
+
+
+@pytest.mark.parametrize("indexed", [0, 7, 100_000])
+def test_indexed_lookup_answers_as_a_scan_of_every_mapping(monkeypatch, indexed):
+    """Listing narrow mappings' extensions (and leaving the rest to a scan) changes only the
+    speed: every answer is the most specific matching mapping, whatever fits the index."""
+    monkeypatch.setattr(directory_module, "INDEXED_EXTENSIONS", indexed)
+    texts = ["101", "100-149", "_1XX", "_1[0-2]X", "_1.", "_X!", "120-121", "0100-0109", "_01XX"]
+    departments = [Department(n, f"D{n}", None, None) for n in range(1, len(texts) + 1)]
+    directory = Directory.build(departments, enumerate(texts, start=1))
+    for extension in [
+        "101",
+        "120",
+        "121",
+        "149",
+        "150",
+        "199",
+        "1",
+        "10",
+        "1000",
+        "0105",
+        "0150",
+        "7",
+    ]:
+        matching = [m for m in directory.mappings if m.pattern.matches(extension)]
+        best = min(matching, key=lambda m: m.pattern.specificity(len(extension)))
+        match = directory.lookup(extension)
+        assert match is not None
+        assert match.pattern == best.pattern, extension

@@ -1,0 +1,56 @@
+"""Many alarms at once through the sandbox (bench/alarms.py). In the suite, a smoke run of
+4 alarms for a few cycles that checks what must hold at any size (every alarm paged, no
+INVITE after a deactivation, the counts agree); ``make bench-alarms`` runs it big
+(BENCH_ALARMS, BENCH_SECONDS) and prints the figures, with no timed assertion."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bench import alarms
+from fastagi.store import Stores
+from fastagi_dev.sandbox.instance import Sandbox
+from tests.e2e.test_demo import settings_for
+
+ALARMS = int(os.environ.get("BENCH_ALARMS", "4"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "12"))
+PHONES = int(os.environ.get("BENCH_PHONES", "20"))
+PLOT = os.environ.get("BENCH_PLOT")
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.exclusive,
+    pytest.mark.timeout(120 + 3 * SECONDS + ALARMS),
+]
+
+
+async def test_many_alarms_keep_their_schedule_and_stop(
+    sandbox: Sandbox,
+    agi_port: int,
+    database_dsn: str,
+    db_pool: asyncpg.Pool[asyncpg.Record],
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(sandbox, agi_port, database_dsn)
+    result = await alarms.run(
+        sandbox,
+        settings,
+        Stores.over(db_pool),
+        tmp_path,
+        alarms=ALARMS,
+        seconds=SECONDS,
+        phones=PHONES,
+    )
+    print("\n".join(["", *result.lines()]))
+    if PLOT:
+        alarms.plot(result, Path(PLOT))
+
+    assert result.invites_after_deactivation == 0
+    # Every alarm paged at once and then every interval: at least one page each.
+    assert result.pages >= ALARMS
+    # The phones heard every page the server counted, and no page it did not count.
+    assert result.pages == result.cycles_counted

@@ -1,0 +1,104 @@
+"""The announcement in pieces rendered ahead of time (fastagi/tts/announcement.py), against
+the real espeak-ng and sox: a new extension of a known department renders nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fastagi.config import Settings
+from fastagi.domain.rules import SpokenCharacters, announcement_segments, announcement_text
+from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi.tts.announcement import (
+    DIGIT_CLIPS,
+    AnnouncementMeter,
+    department_texts,
+    render_segments,
+    segments_ready,
+)
+
+TEMPLATE = "Panic alarm. Department {department}. Extension {extension}."
+
+
+def test_segments_cut_the_announcement_where_it_names_the_extension():
+    assert announcement_segments(TEMPLATE, "Ward 3", "201") == [
+        "Panic alarm. Department Ward 3. Extension",
+        SpokenCharacters("201"),
+    ]
+    # Braces in a department name are text; escaped braces in the template stay braces.
+    assert announcement_segments("{{x}} {department}: {extension} now", "W{1}", "2-0*1") == [
+        "{x} W{1}:",
+        SpokenCharacters("201"),
+        "now",
+    ]
+    assert announcement_segments("Test {department}.", None, "") == ["Test unknown department."]
+    assert announcement_segments("{extension}", "W", "9" * 30) == [SpokenCharacters("9" * 20)]
+
+
+def test_segments_say_what_the_whole_text_says():
+    for department, extension in [("Ward 3", "201"), ("ER", "1a"), (None, "7")]:
+        spoken = " ".join(
+            " ".join(s.characters) if isinstance(s, SpokenCharacters) else s
+            for s in announcement_segments(TEMPLATE, department, extension)
+        )
+        whole = announcement_text(TEMPLATE, department, " ".join(extension))
+        assert spoken == whole.rstrip(".")
+
+
+@pytest.fixture
+async def tts(tmp_path: Path):
+    async with TextToSpeech(TtsSettings(directory=tmp_path / "prompts")) as service:
+        yield service
+
+
+async def test_a_new_extension_of_a_prepared_department_renders_nothing(tts: TextToSpeech):
+    results = await tts.prerender(
+        [], clips=[*DIGIT_CLIPS, *department_texts([TEMPLATE], ["Ward 3"])]
+    )
+    assert len(results) == 11
+    renders = tts.renders_started
+    segments = announcement_segments(TEMPLATE, "Ward 3", "9120")
+    assert segments_ready(tts, segments)
+    prompts = await render_segments(tts, segments)
+    assert tts.renders_started == renders
+    assert [p.host_path.name for p in prompts[1:]] == [
+        tts.prompt_for(d, clip=True).host_path.name for d in "9120"
+    ]
+    # Another department is not ready: it renders, on demand, once.
+    other = announcement_segments(TEMPLATE, "Ward 4", "9120")
+    assert not segments_ready(tts, other)
+    await render_segments(tts, other)
+    assert tts.renders_started == renders + 1
+
+
+async def test_digit_clips_are_trimmed(tts: TextToSpeech):
+    whole = await tts.render("7")
+    clip = await tts.render("7", clip=True)
+    assert clip.host_path != whole.host_path
+    # espeak-ng pads a lone word with about 0.4 s of silence; the clip keeps 0.04 s.
+    assert clip.seconds() < whole.seconds() - 0.15
+
+
+async def test_parallel_prerender_renders_each_text_once(tts: TextToSpeech):
+    texts = [f"Department {n}" for n in range(6)]
+    results = await tts.prerender([*texts, *texts], clips=["1", "2"], parallel=3)
+    assert sorted(results) == sorted([*texts, "1", "2"])
+    assert tts.renders_started == 8
+
+
+async def test_the_meter_measures_the_pieces_that_are_paged(tmp_path: Path):
+    settings = Settings.model_validate(
+        {"tts": {"directory": tmp_path / "prompts"}, "alarm": {"announcement": TEMPLATE}}
+    )
+    meter = AnnouncementMeter(settings)
+    try:
+        announcement = await meter.render("Ward 3", ("201-209",))
+        assert announcement is not None
+        async with TextToSpeech(settings.tts) as tts:
+            pieces = await render_segments(tts, announcement_segments(TEMPLATE, "Ward 3", "201"))
+        seconds = sum(piece.seconds() for piece in pieces)
+        assert announcement.seconds == pytest.approx(settings.alarm.lead_in + seconds)
+        assert announcement.audio.stat().st_size == sum(p.host_path.stat().st_size for p in pieces)
+    finally:
+        await meter.close()

@@ -269,6 +269,9 @@ class Department:
     interval_seconds: int | None  # None: the global default applies
     devices: tuple[str, ...] = ()  # the paging group's dial strings, e.g. ("PJSIP/201",)
     paging_group: str | None = None  # the paging group's name
+    # None: the site's default (alarm_settings); fastagi/domain/language.py
+    confirmation_mode: str | None = None
+    language: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the English text, and :meth:`Catalogue.missing` names it so ``fastagi check`` ca
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ __all__ = [
     "CatalogueError",
     "Languages",
     "Speech",
+    "is_language_code",
     "parse_catalogue",
 ]
 
@@ -149,6 +151,15 @@ class Languages:
         return {code: gaps for code in self._order if (gaps := self.catalogues[code].missing())}
 
 
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(-[a-z0-9]{1,8})?")
+
+
+def is_language_code(code: str) -> bool:
+    """A code like "en", "pl" or "pt-br": what a catalogue's file is named and the
+    schema's CHECK accepts."""
+    return _LANGUAGE_CODE.fullmatch(code) is not None
+
+
 def _fields_of(template: str) -> set[str]:
     try:
         return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
@@ -156,9 +167,7 @@ def _fields_of(template: str) -> set[str]:
         raise CatalogueError(str(exc)) from None
 
 
-def parse_catalogue(
-    code: str, data: Mapping[str, Any], *, fallback: Catalogue | None
-) -> Catalogue:
+def parse_catalogue(code: str, data: Mapping[str, Any], *, fallback: Catalogue | None) -> Catalogue:
     """A catalogue from a parsed TOML file: ``name``, ``voice``, ``digits`` (ten words)
     and ``[texts]``. Raises CatalogueError naming the key a translator broke: an unknown
     key, a field the text may not use, a text that is not one line."""
@@ -169,10 +178,16 @@ def parse_catalogue(
     name, voice, digits = data.get("name"), data.get("voice"), data.get("digits")
     if not isinstance(name, str) or not name:
         raise CatalogueError(f"{where('name')}: a language name is needed")
-    if not isinstance(voice, str) or not voice or not all(c.isalnum() or c in "-_+/." for c in voice):
+    if (
+        not isinstance(voice, str)
+        or not voice
+        or not all(c.isalnum() or c in "-_+/." for c in voice)
+    ):
         raise CatalogueError(f"{where('voice')}: an espeak-ng voice id is needed, like 'pl'")
     if not (
-        isinstance(digits, list) and len(digits) == 10 and all(isinstance(d, str) and d for d in digits)
+        isinstance(digits, list)
+        and len(digits) == 10
+        and all(isinstance(d, str) and d for d in digits)
     ):
         raise CatalogueError(f"{where('digits')}: the ten words for 0 to 9 are needed")
     texts = data.get("texts", {})

@@ -81,17 +81,26 @@ class TextToSpeech:
         """How many renders (child processes) this service has started; cache hits add none."""
         return self._renders_started
 
-    def prompt_for(self, text: str) -> Prompt:
+    def prompt_for(self, text: str, *, voice: str | None = None) -> Prompt:
         """Where ``text`` is (or will be) rendered; pure, touches no file.
 
         Raises TtsError for a blank or over-long text.
         """
-        return self._prompt(self._key(spoken_text(text, self._settings.max_text_length)))
+        return self._prompt(self._key(spoken_text(text, self._settings.max_text_length), voice))
 
     # The timeout also bounds the shared render task this call may start, which an
     # asyncio.timeout around the call could not reach.
-    async def render(self, text: str, *, timeout: float | None = None) -> Prompt:  # noqa: ASYNC109
+    async def render(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        voice: str | None = None,
+    ) -> Prompt:
         """The prompt for ``text``, rendered now unless already on disk or on its way.
+
+        ``voice`` (an espeak-ng voice id, a language's: "pl") replaces ``settings.voice``
+        for this text; it is part of the cache key.
 
         ``timeout`` (default ``render_timeout``) bounds this call's wait, queueing
         included, and a render this call starts is killed after that long. Raises TtsError
@@ -101,7 +110,7 @@ class TextToSpeech:
             raise TtsError("text-to-speech service is closed")
         limit = self._settings.render_timeout if timeout is None else timeout
         spoken = spoken_text(text, self._settings.max_text_length)
-        key = self._key(spoken)
+        key = self._key(spoken, voice)
         prompt = self._prompt(key)
         task = self._inflight.get(key)
         started = task is None
@@ -111,7 +120,9 @@ class TextToSpeech:
             # microseconds: cheaper inline than a trip through a thread pool.
             if _is_rendered(prompt.host_path):
                 return prompt
-            task = asyncio.create_task(self._render(spoken, prompt, limit), name=f"tts-{key}")
+            task = asyncio.create_task(
+                self._render(spoken, prompt, limit, voice), name=f"tts-{key}"
+            )
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._forget, key))
         try:
@@ -179,12 +190,12 @@ class TextToSpeech:
     ) -> None:
         await self.aclose()
 
-    def _key(self, spoken: str) -> str:
+    def _key(self, spoken: str, voice: str | None = None) -> str:
         settings = self._settings
         material = [
             FORMAT_VERSION,
             spoken,
-            settings.voice,
+            voice or settings.voice,
             settings.rate,
             settings.volume,
             settings.peak_dbfs,
@@ -202,13 +213,16 @@ class TextToSpeech:
             asterisk_name=posixpath.join(self._settings.asterisk_dir(), stem),
         )
 
-    async def _render(self, spoken: str, prompt: Prompt, limit: float) -> Prompt:
+    async def _render(self, spoken: str, prompt: Prompt, limit: float, voice: str | None) -> Prompt:
         started = time.monotonic()
+        settings = self._settings
+        if voice is not None:
+            settings = settings.model_copy(update={"voice": voice})
         try:
             # The limit covers the wait for a slot too: it is what the caller waits at most.
             async with asyncio.timeout(limit), self._slots:
                 self._renders_started += 1
-                await render_file(spoken, self._settings, prompt.host_path)
+                await render_file(spoken, settings, prompt.host_path)
         except TimeoutError:
             raise TtsError(
                 f"no prompt within {limit:g} s for {spoken[:40]!r}: the render was killed"

@@ -18,6 +18,7 @@ from fastagi.domain.language import (
     Catalogue,
     CatalogueError,
     Languages,
+    is_language_code,
     parse_catalogue,
 )
 
@@ -44,7 +45,7 @@ def load_languages(site_directory: Path | None = None) -> Languages:
 
 
 def _load(code: str, path: Path, *, fallback: Catalogue | None) -> Catalogue:
-    if not code.isascii() or not code.replace("-", "").isalnum() or len(code) > 16:
+    if not is_language_code(code):
         raise CatalogueError(f"{path}: the file name must be a language code, like pl.toml")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -90,14 +90,18 @@ class Catalogue:
     texts: Mapping[str, str]
     fallback: Catalogue | None = None  # English, for keys this one lacks
 
+    def template(self, key: str) -> str:
+        """The text of ``key`` with its fields unfilled; the English one when missing."""
+        template = self.texts.get(key)
+        if template is not None:
+            return template
+        if self.fallback is None:
+            raise KeyError(f"no text {key!r} in the {self.code} catalogue")
+        return self.fallback.template(key)
+
     def text(self, key: str, **values: str) -> str:
         """The text of ``key``, its fields filled in; the English one when missing."""
-        template = self.texts.get(key)
-        if template is None:
-            if self.fallback is None:
-                raise KeyError(f"no text {key!r} in the {self.code} catalogue")
-            return self.fallback.text(key, **values)
-        return template.format(**values)
+        return self.template(key).format(**values)
 
     def missing(self) -> list[str]:
         """The keys this catalogue lacks, English's order (they are spoken in English)."""
@@ -116,7 +120,7 @@ class Speech:
     """What a department's page says and with which voice: the loop's whole need."""
 
     template: str
-    voice: str
+    voice: str | None  # None: the site's [tts] voice
     catalogue: Catalogue
 
     def announcement(self, department: str, extension: str) -> str:
@@ -145,6 +149,22 @@ class Languages:
         """The catalogue of ``code``; English for None or an unknown code (an alarm
         speaks English rather than nothing)."""
         return self.catalogues.get(code or DEFAULT_LANGUAGE) or self.catalogues[DEFAULT_LANGUAGE]
+
+    def voice_for(self, code: str | None) -> str | None:
+        """The voice to render ``code``'s texts with; None for English, whose voice is
+        the site's ``[tts] voice`` (espeak-ng's default English when unset)."""
+        catalogue = self.get(code)
+        return None if catalogue.code == DEFAULT_LANGUAGE else catalogue.voice
+
+    def speech(self, code: str | None, template: str | None = None) -> Speech:
+        """What a page in ``code`` says and with which voice: the catalogue's
+        announcement, or ``template`` (the site's ``[alarm] announcement``) for English."""
+        catalogue = self.get(code)
+        if catalogue.code == DEFAULT_LANGUAGE and template is not None:
+            chosen = template
+        else:
+            chosen = catalogue.template("announcement")
+        return Speech(chosen, self.voice_for(code), catalogue)
 
     def missing(self) -> dict[str, list[str]]:
         """Per language, the keys that fall back to English (languages with none left out)."""

@@ -222,14 +222,20 @@ class HeldQuestion:
         self._tts = tts
         self.released = asyncio.Event()
 
-    async def render(self, text: str, *, timeout: float | None = None) -> Prompt:  # noqa: ASYNC109
+    async def render(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        voice: str | None = None,
+    ) -> Prompt:
         if text.startswith("Panic alarm for"):
             try:
                 async with asyncio.timeout(timeout):
                     await self.released.wait()
             except TimeoutError:
                 raise TtsError("held past its timeout") from None
-        return await self._tts.render(text, timeout=timeout)
+        return await self._tts.render(text, timeout=timeout, voice=voice)
 
 
 async def test_1_pressed_before_the_question_is_ready_confirms(

@@ -42,7 +42,7 @@ async def harness(
 ) -> AsyncIterator[FlowHarness]:
     async with flow_harness(sandbox, agi_port, database_dsn, tmp_path) as harness:
         await harness.department(ER, "101")
-        await harness.prerender(ER, prompts.UNKNOWN_LABEL.format(extension="1 5 0"))
+        await harness.prerender(ER, prompts.UNKNOWN_LABEL.format(extension="one five zero"))
         yield harness
 
 

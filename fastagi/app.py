@@ -41,6 +41,8 @@ from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiAuthError, AmiClient, AmiError
 from fastagi.assurance.watch import HealthMonitor
 from fastagi.config import Settings
+from fastagi.config.catalogues import load_languages
+from fastagi.domain.language import Languages
 from fastagi.flows import prompts
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.flows.deactivate import DeactivateFlow
@@ -86,6 +88,8 @@ class Services:
     agi_stats: AgiStats
 
     drills: DrillScheduler
+    # The prompt catalogues (built-in and [flows] catalogues), read once at start-up.
+    languages: Languages
 
 
 def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
@@ -97,6 +101,7 @@ def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
             record=services.recorder.record,
             tts=services.tts,
             settings=settings.flows,
+            languages=services.languages,
         ),
         "deactivate": DeactivateFlow(
             services.alarms,
@@ -196,6 +201,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         drill_caller_name=settings.drill.caller_name,
     )
     pager = Pager(ami, settings.alarm)
+    languages = load_languages(settings.flows.catalogues)
     alarms = AlarmService(
         store,
         pager,
@@ -207,6 +213,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         pool=pool,
         listeners=[notifications, emergency],
         drill_settings=settings.drill,
+        languages=languages,
     )
     fallback = FallbackAdopter(
         ami,
@@ -245,6 +252,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         health=health,
         agi_stats=AgiStats(),
         drills=drills,
+        languages=languages,
     )
     try:
         connecting = spawn(connect_ami(ami), "ami-connect")

@@ -65,6 +65,7 @@ from fastagi.alarms.paging import CycleResult, Pager
 from fastagi.config import AlarmSettings, DrillSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.language import Speech
 from fastagi.domain.rules import (
     announcement_text,
     error_backoff,
@@ -126,9 +127,16 @@ async def _first(
 class AnnouncementPrompts:
     """What a page of this alarm says: rendered once, built-in sounds when TTS fails."""
 
-    def __init__(self, tts: TextToSpeech | None, text: str, fallback: Sequence[str]) -> None:
+    def __init__(
+        self,
+        tts: TextToSpeech | None,
+        text: str,
+        fallback: Sequence[str],
+        voice: str | None = None,
+    ) -> None:
         self._tts = tts
         self._text = text
+        self._voice = voice
         self._fallback = list(fallback)
         self._prompts: list[str] | None = None
         self.tts_error: str | None = None
@@ -141,7 +149,8 @@ class AnnouncementPrompts:
     async def _render(self) -> list[str]:
         if self._tts is not None:
             try:
-                return [(await self._tts.render(self._text)).asterisk_name]
+                prompt = await self._tts.render(self._text, voice=self._voice)
+                return [prompt.asterisk_name]
             except TtsError as exc:
                 self.tts_error = str(exc)
                 logger.warning("TTS failed; paging built-in sounds: %s", exc)
@@ -168,9 +177,11 @@ class AlarmLoop:
         first_delay: float = 0.0,
         drill_settings: DrillSettings | None = None,
         on_drill_paged: Callable[[AlarmLoop], None] | None = None,
+        speech: Speech | None = None,
     ) -> None:
         """``drill_settings``: what a drill says; ``on_drill_paged(loop)``: a drill paged
-        its cycles (the service ends it)."""
+        its cycles (the service ends it); ``speech``: the department's language
+        (fastagi/alarms/language.py), None: the settings' English texts."""
         self.alarm = alarm
         self._store = store
         self._pager = pager
@@ -181,14 +192,26 @@ class AlarmLoop:
         self._on_drill_paged = on_drill_paged
         drill_settings = drill_settings or DrillSettings()
         if alarm.drill is not None:
-            text = announcement_text(drill_settings.announcement, alarm.department_name, "")
+            text = (
+                speech.drill_announcement(alarm.department_name)
+                if speech
+                else announcement_text(drill_settings.announcement, alarm.department_name, "")
+            )
             fallback = fallback_drill_announcement()
             caller_name = drill_settings.caller_name
         else:
-            text = announcement_text(settings.announcement, alarm.department_name, alarm.extension)
+            text = (
+                speech.announcement(alarm.department_name, alarm.extension)
+                if speech
+                else announcement_text(
+                    settings.announcement, alarm.department_name, alarm.extension
+                )
+            )
             fallback = fallback_announcement(alarm.extension)
             caller_name = settings.caller_name
-        self._prompts = AnnouncementPrompts(tts, text, fallback)
+        self._prompts = AnnouncementPrompts(
+            tts, text, fallback, voice=speech.voice if speech else None
+        )
         self._caller_name = caller_name.format(
             department=alarm.department_name, extension=alarm.extension
         )

@@ -296,6 +296,8 @@ class Directory:
     # Every device of every paging group: who an alarm from no department pages, unless
     # the settings name others.
     all_devices: tuple[str, ...] = ()
+    # The site's language (alarm_settings.default_language): a department's own wins.
+    default_language: str = "en"
     _by_id: Mapping[int, Department] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -312,6 +314,7 @@ class Directory:
         mappings: Iterable[tuple[int, str]],
         default_interval_seconds: int = 60,
         all_devices: Iterable[str] = (),
+        default_language: str = "en",
     ) -> Directory:
         """A directory from departments and ``(department_id, pattern_text)`` pairs."""
         return cls(
@@ -322,6 +325,7 @@ class Directory:
             ),
             default_interval_seconds=default_interval_seconds,
             all_devices=tuple(all_devices),
+            default_language=default_language,
         )
 
     def devices_for(self, department: Department | None) -> tuple[str, ...]:

@@ -122,10 +122,17 @@ class Speech:
     template: str
     voice: str | None  # None: the site's [tts] voice
     catalogue: Catalogue
+    drill_template: str = ""
 
     def announcement(self, department: str, extension: str) -> str:
+        """The page's text, the extension digit by digit in the language's words."""
         return self.template.format(
             department=department, extension=self.catalogue.spoken_extension(extension)
+        )
+
+    def drill_announcement(self, department: str) -> str:
+        return (self.drill_template or self.catalogue.template("drill_announcement")).format(
+            department=department, extension=""
         )
 
 
@@ -156,15 +163,20 @@ class Languages:
         catalogue = self.get(code)
         return None if catalogue.code == DEFAULT_LANGUAGE else catalogue.voice
 
-    def speech(self, code: str | None, template: str | None = None) -> Speech:
+    def speech(
+        self, code: str | None, template: str | None = None, drill_template: str | None = None
+    ) -> Speech:
         """What a page in ``code`` says and with which voice: the catalogue's
-        announcement, or ``template`` (the site's ``[alarm] announcement``) for English."""
+        announcements, or for English the site's own (``[alarm] announcement``,
+        ``[drill] announcement``), which predate the catalogues and stay in force."""
         catalogue = self.get(code)
-        if catalogue.code == DEFAULT_LANGUAGE and template is not None:
-            chosen = template
-        else:
-            chosen = catalogue.template("announcement")
-        return Speech(chosen, self.voice_for(code), catalogue)
+        english = catalogue.code == DEFAULT_LANGUAGE
+        return Speech(
+            template if english and template is not None else catalogue.template("announcement"),
+            self.voice_for(code),
+            catalogue,
+            drill_template if english and drill_template is not None else "",
+        )
 
     def missing(self) -> dict[str, list[str]]:
         """Per language, the keys that fall back to English (languages with none left out)."""

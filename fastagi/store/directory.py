@@ -61,9 +61,10 @@ class DirectoryStore:
             self._pool.acquire() as connection,
             connection.transaction(isolation="repeatable_read", readonly=True),
         ):
-            default = await connection.fetchval(
-                "SELECT default_interval_seconds FROM alarm_settings"
+            site = await connection.fetchrow(
+                "SELECT default_interval_seconds, default_language FROM alarm_settings"
             )
+            assert site is not None, "002_alarms.sql inserts the one settings row"
             departments = await connection.fetch(
                 """
                 SELECT d.id, d.name, d.paging_group_id, d.interval_seconds,
@@ -96,8 +97,9 @@ class DirectoryStore:
                 for row in departments
             ),
             mappings=((row["department_id"], row["pattern"]) for row in mappings),
-            default_interval_seconds=default,
+            default_interval_seconds=site["default_interval_seconds"],
             all_devices=(row["device"] for row in all_devices),
+            default_language=site["default_language"],
         )
 
     async def interval_seconds(self, alarm: Alarm) -> int:

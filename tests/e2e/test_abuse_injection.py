@@ -18,6 +18,7 @@ import pytest
 from fastagi import cli
 from fastagi.agi.protocol import LocalProtocolError, encode_command
 from fastagi.app import running_server
+from fastagi.config.catalogues import load_languages
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.flows import prompts
 from fastagi.store import Stores
@@ -151,7 +152,9 @@ async def test_a_hostile_department_name_goes_from_the_cli_to_the_phones_and_tts
     # sounds (seen with two CPU hogs running), and the caller answers whichever plays.
     settings.flows.render_timeout = 30.0
     question = prompts.panic_question(department)
-    announcement = settings.alarm.announcement.format(department=department, extension=ext)
+    # The extension digit by digit in the English words (fastagi/config/catalogues/en.toml).
+    spoken = load_languages().get("en").spoken_extension(ext)
+    announcement = settings.alarm.announcement.format(department=department, extension=spoken)
     console_from = sandbox.log_path.stat().st_size
 
     store = Stores.over(db_pool)

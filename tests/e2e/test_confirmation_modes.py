@@ -256,3 +256,25 @@ async def test_an_unknown_polish_extension_is_spoken_in_polish_words(
         await ami.wait_event("UserEvent", UserEvent="FastAGIPanicEnd", within=20)
     label = "nieznany dział, numer wewnętrzny jeden osiem dwa"
     assert tts.asked[0] == (POLISH.text("question", department=label), "pl")
+
+
+async def test_a_polish_departments_page_speaks_polish(harness: FlowHarness) -> None:
+    await harness.department("Oddział 3", "183", phones=[283])
+    await harness.store.directory.update_department("Oddział 3", language="pl")
+    await harness.service.service.refresh_directory()
+    announcement = "Alarm napadowy. Dział Oddział 3. Numer wewnętrzny jeden osiem trzy."
+    assert POLISH.text("announcement", department="Oddział 3", extension="jeden osiem trzy") == (
+        announcement
+    )
+    phone = await harness.phone(283)
+    async with await harness.sandbox.ami() as ami, harness.serving():
+        call = await sipp.call_dtmf(
+            harness.sandbox, harness.workdir, service="*555", ext=183, answers=["1"]
+        )
+        call.check()
+        await phone.wait_invites(1, within=15)
+        page = await ami.wait_event(
+            "Newexten", Context="fastagi-panic-announce", Application="Playback", within=15
+        )
+    polish = harness.tts.prompt_for(announcement, voice="pl")
+    assert polish.asterisk_name in page["AppData"].split("&")

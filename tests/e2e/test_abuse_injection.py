@@ -153,8 +153,8 @@ async def test_a_hostile_department_name_goes_from_the_cli_to_the_phones_and_tts
     settings.flows.render_timeout = 30.0
     question = prompts.panic_question(department)
     # The extension digit by digit in the English words (fastagi/config/catalogues/en.toml).
-    spoken = load_languages().get("en").spoken_extension(ext)
-    announcement = settings.alarm.announcement.format(department=department, extension=spoken)
+    spoken_ext = load_languages().get("en").spoken_extension(ext)
+    announcement = settings.alarm.announcement.format(department=department, extension=spoken_ext)
     console_from = sandbox.log_path.stat().st_size
 
     store = Stores.over(db_pool)

@@ -500,6 +500,9 @@ class AlarmService:
                     directory=self._stores.directory,
                     settings=self._settings,
                     recorder=self._recorder,
+                    speech=language_for(
+                        done.department_id, self._directory, self._languages, self._settings
+                    ),
                 )
             )
 

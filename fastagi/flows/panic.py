@@ -240,8 +240,8 @@ class PanicFlow:
             raise
 
     async def _run(self, call: _Call) -> None:
-        # The policy first: the triggered event says how the call will ask. A policy
-        # that cannot be read costs no time (the pool fails fast) and defaults apply.
+        # The policy before the triggered event, which says how the call will ask; the
+        # question waited on the policy before as well, so the caller waits no longer.
         policy = await self._load_policy(call)
         self._choose_language_and_mode(call, policy)
         await self._record(

@@ -25,8 +25,10 @@ from tests.e2e.flow_harness import FlowHarness, flow_harness
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 WARD = "Ward 9"
-EXT = 181  # a desk phone no other test triggers from
-UNKNOWN_EXT = 182  # in no department
+# Desk phones 132-134 and paging phone 287, which no other test uses.
+EXT = 132
+UNKNOWN_EXT = 133  # in no department
+PAGE_EXT, PAGING_PHONE = 134, 287
 LANGUAGES = load_languages()
 ENGLISH, POLISH = LANGUAGES.get("en"), LANGUAGES.get("pl")
 
@@ -254,22 +256,22 @@ async def test_an_unknown_polish_extension_is_spoken_in_polish_words(
         call.check()
         assert panic.errors == []
         await ami.wait_event("UserEvent", UserEvent="FastAGIPanicEnd", within=20)
-    label = "nieznany dział, numer wewnętrzny jeden osiem dwa"
+    label = "nieznany dział, numer wewnętrzny jeden trzy trzy"
     assert tts.asked[0] == (POLISH.text("question", department=label), "pl")
 
 
 async def test_a_polish_departments_page_speaks_polish(harness: FlowHarness) -> None:
-    await harness.department("Oddział 3", "183", phones=[283])
+    await harness.department("Oddział 3", str(PAGE_EXT), phones=[PAGING_PHONE])
     await harness.store.directory.update_department("Oddział 3", language="pl")
     await harness.service.service.refresh_directory()
-    announcement = "Alarm napadowy. Dział Oddział 3. Numer wewnętrzny jeden osiem trzy."
-    assert POLISH.text("announcement", department="Oddział 3", extension="jeden osiem trzy") == (
+    announcement = "Alarm napadowy. Dział Oddział 3. Numer wewnętrzny jeden trzy cztery."
+    assert POLISH.text("announcement", department="Oddział 3", extension="jeden trzy cztery") == (
         announcement
     )
-    phone = await harness.phone(283)
+    phone = await harness.phone(PAGING_PHONE)
     async with await harness.sandbox.ami() as ami, harness.serving():
         call = await sipp.call_dtmf(
-            harness.sandbox, harness.workdir, service="*555", ext=183, answers=["1"]
+            harness.sandbox, harness.workdir, service="*555", ext=PAGE_EXT, answers=["1"]
         )
         call.check()
         await phone.wait_invites(1, within=15)

@@ -44,6 +44,8 @@ from fastagi.ami import AmiAuthError, AmiClient, AmiError
 from fastagi.assurance.watch import HealthMonitor
 from fastagi.config import Settings
 from fastagi.domain.directory import Directory
+from fastagi.config.catalogues import load_languages
+from fastagi.domain.language import Languages
 from fastagi.flows import prompts
 from fastagi.flows.acknowledge import AcknowledgeFlow
 from fastagi.flows.deactivate import DeactivateFlow
@@ -92,6 +94,8 @@ class Services:
 
     drills: DrillScheduler
     prompt_keeper: PromptKeeper
+    # The prompt catalogues (built-in and [flows] catalogues), read once at start-up.
+    languages: Languages
 
 
 def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
@@ -103,6 +107,7 @@ def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
             record=services.recorder.record,
             tts=services.tts,
             settings=settings.flows,
+            languages=services.languages,
         ),
         "deactivate": DeactivateFlow(
             services.alarms,
@@ -260,6 +265,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         drill_caller_name=settings.drill.caller_name,
     )
     pager = Pager(ami, settings.alarm)
+    languages = load_languages(settings.flows.catalogues)
     alarms = AlarmService(
         store,
         pager,
@@ -272,6 +278,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         listeners=[notifications, emergency],
         drill_settings=settings.drill,
         locations=RecordedLocations(store.recordings, settings.recording, record=recorder.record),
+        languages=languages,
     )
     fallback = FallbackAdopter(
         ami,
@@ -311,6 +318,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         agi_stats=AgiStats(),
         drills=drills,
         prompt_keeper=PromptKeeper(tts, alarms, settings),
+        languages=languages,
     )
     try:
         connecting = spawn(connect_ami(ami), "ami-connect")

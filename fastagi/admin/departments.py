@@ -43,10 +43,13 @@ async def set_department(
     new_name: str = UNCHANGED,
     interval_seconds: int | None = UNCHANGED,
     paging_group: str | None = UNCHANGED,
+    confirmation_mode: str | None = UNCHANGED,
+    language: str | None = UNCHANGED,
     by: str,
 ) -> DepartmentInfo:
-    """Rename a department, change its interval (None: the global default) and/or its
-    paging group (None: none), all or nothing; what is not given stays. Its alarms keep
+    """Rename a department, change its interval (None: the global default), its paging
+    group (None: none), its confirmation mode or language (None: the site's default;
+    fastagi/domain/language.py), all or nothing; what is not given stays. Its alarms keep
     the name they were raised with; e-mail and SMS recipients are found by name
     (``[notify.departments]``), so a renamed department gets the default recipients
     until the settings file names it."""
@@ -57,8 +60,15 @@ async def set_department(
         changes["interval_seconds"] = interval_seconds
     if paging_group is not UNCHANGED:
         changes["paging_group"] = paging_group
+    if confirmation_mode is not UNCHANGED:
+        changes["confirmation_mode"] = confirmation_mode
+    if language is not UNCHANGED:
+        changes["language"] = language
     if not changes:
-        raise StoreError("nothing to change: give a name, an interval or a paging group")
+        raise StoreError(
+            "nothing to change: give a name, an interval, a paging group,"
+            " a confirmation mode or a language"
+        )
     department = await stores.directory.update_department(name, **changes)
     if "new_name" in changes:
         changes["new_name"] = department.name

@@ -19,6 +19,8 @@ async def set_policy(
     confirmation_attempts: int | None = None,
     pin_attempts: int | None = None,
     lockout_seconds: int | None = None,
+    confirmation_mode: str | None = None,
+    default_language: str | None = None,
     by: str,
 ) -> Policy:
     """Change the given settings, leave the others; return them all."""
@@ -27,18 +29,22 @@ async def set_policy(
         "confirmation-attempts": confirmation_attempts,
         "pin-attempts": pin_attempts,
         "lockout-seconds": lockout_seconds,
+        "confirmation-mode": confirmation_mode,
+        "language": default_language,
     }
     changes = {name: value for name, value in given.items() if value is not None}
     if not changes:
         raise StoreError(
-            "nothing to change: give --no-answer, --confirmation-attempts, --pin-attempts "
-            "or --lockout-seconds"
+            "nothing to change: give --no-answer, --confirmation-attempts, --pin-attempts, "
+            "--lockout-seconds, --confirmation-mode or --language"
         )
     policy = await stores.policy.set_policy(
         no_answer_policy=no_answer_policy,
         confirmation_attempts=confirmation_attempts,
         pin_attempts=pin_attempts,
         lockout_seconds=lockout_seconds,
+        confirmation_mode=confirmation_mode,
+        default_language=default_language,
     )
     # As "name=value" strings: a details key may not contain "pin".
     await record_change(

@@ -7,6 +7,7 @@ from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.config import AlarmSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.language import Speech
 from fastagi.domain.rules import announcement_text
 from fastagi.store.directory import DirectoryStore
 from fastagi.tts import TextToSpeech, TtsError, fallback_announcement
@@ -23,13 +24,19 @@ async def page_all_clear(
     directory: DirectoryStore,
     settings: AlarmSettings,
     recorder: HistoryRecorder,
+    speech: Speech | None = None,
 ) -> None:
-    text = announcement_text(settings.all_clear_text, alarm.department_name, alarm.extension)
+    """``speech``: the department's language; English speaks ``[alarm] all_clear_text``."""
+    template = settings.all_clear_text
+    if speech is not None and speech.voice is not None:
+        template = speech.catalogue.template("all_clear")
+    text = announcement_text(template, alarm.department_name, alarm.extension)
     prompts: list[str]
     try:
         if tts is None:
             raise TtsError("no text-to-speech service")
-        prompts = [(await tts.render(text)).asterisk_name]
+        voice = speech.voice if speech is not None else None
+        prompts = [(await tts.render(text, voice=voice)).asterisk_name]
     except TtsError:
         prompts = ["beep", *fallback_announcement(alarm.extension)[2:]]
     devices = (

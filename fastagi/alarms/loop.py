@@ -68,6 +68,7 @@ from fastagi.alarms.paging import CycleResult, Pager
 from fastagi.config import AlarmSettings, DrillSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.language import Speech
 from fastagi.domain.rules import (
     SpokenCharacters,
     announcement_segments,
@@ -136,6 +137,7 @@ def _recorded_location(locations: RecordedLocations | None, alarm: Alarm) -> dic
     return {"recording": functools.partial(locations.for_alarm, alarm), "prefix": prefix}
 
 
+
 class AnnouncementPrompts:
     """What a page of this alarm says: its pieces, looked up once (rendered then only if
     they were not ahead of time); built-in sounds when TTS fails."""
@@ -146,14 +148,18 @@ class AnnouncementPrompts:
         segments: Sequence[str | SpokenCharacters],
         fallback: Sequence[str],
         *,
+        voice: str | None = None,
         recording: Callable[[], Awaitable[str | None]] | None = None,
         prefix: str = "",
     ) -> None:
-        """``recording()``: the caller's recorded location to page instead of the
-        ``segments`` (fastagi/alarms/locations.py), after ``prefix`` spoken; None: the
-        segments."""
+        """``voice``: a language's (fastagi/alarms/language.py), whose ``segments`` are
+        whole texts rendered with it; None: the site's voice, the extension from the
+        per-digit clips. ``recording()``: the caller's recorded location to page instead
+        of the ``segments`` (fastagi/alarms/locations.py), after ``prefix`` spoken; None:
+        the segments."""
         self._tts = tts
         self._segments = list(segments)
+        self._voice = voice
         self._fallback = list(fallback)
         self._recording = recording
         self._prefix = prefix
@@ -173,8 +179,12 @@ class AnnouncementPrompts:
                 return [*await self._spoken_prefix(), self.recording]
         if self._tts is not None:
             try:
-                prompts = await render_segments(self._tts, self._segments)
-                return [prompt.asterisk_name for prompt in prompts]
+                if self._voice is not None:
+                    texts = [s for s in self._segments if isinstance(s, str)]
+                    rendered = [await self._tts.render(t, voice=self._voice) for t in texts]
+                else:
+                    rendered = await render_segments(self._tts, self._segments)
+                return [prompt.asterisk_name for prompt in rendered]
             except TtsError as exc:
                 self.tts_error = str(exc)
                 logger.warning("TTS failed; paging built-in sounds: %s", exc)
@@ -215,10 +225,12 @@ class AlarmLoop:
         drill_settings: DrillSettings | None = None,
         on_drill_paged: Callable[[AlarmLoop], None] | None = None,
         locations: RecordedLocations | None = None,
+        speech: Speech | None = None,
     ) -> None:
         """``drill_settings``: what a drill says; ``on_drill_paged(loop)``: a drill paged
         its cycles (the service ends it); ``locations``: recorded locations to page
-        instead of the announcement."""
+        instead of the announcement; ``speech``: the department's language
+        (fastagi/alarms/language.py), None: the settings' English texts."""
         self.alarm = alarm
         self._store = store
         self._pager = pager
@@ -228,18 +240,32 @@ class AlarmLoop:
         self._first_delay = first_delay
         self._on_drill_paged = on_drill_paged
         drill_settings = drill_settings or DrillSettings()
+        # A language of its own (not the site's English voice): whole texts in its voice.
+        voiced = speech is not None and speech.voice is not None
         if alarm.drill is not None:
-            segments = announcement_segments(drill_settings.announcement, alarm.department_name, "")
+            segments: list[str | SpokenCharacters] = (
+                [speech.drill_announcement(alarm.department_name)]
+                if voiced
+                else announcement_segments(drill_settings.announcement, alarm.department_name, "")
+            )
             fallback = fallback_drill_announcement()
             caller_name = drill_settings.caller_name
         else:
-            segments = announcement_segments(
-                settings.announcement, alarm.department_name, alarm.extension
+            segments = (
+                [speech.announcement(alarm.department_name, alarm.extension)]
+                if voiced
+                else announcement_segments(
+                    settings.announcement, alarm.department_name, alarm.extension
+                )
             )
             fallback = fallback_announcement(alarm.extension)
             caller_name = settings.caller_name
         self._prompts = AnnouncementPrompts(
-            tts, segments, fallback, **_recorded_location(locations, alarm)
+            tts,
+            segments,
+            fallback,
+            voice=speech.voice if voiced else None,
+            **_recorded_location(locations, alarm),
         )
         self._caller_name = caller_name.format(
             department=alarm.department_name, extension=alarm.extension

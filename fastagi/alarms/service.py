@@ -56,6 +56,7 @@ import asyncpg
 from fastagi.alarms.all_clear import page_all_clear
 from fastagi.alarms.drill_report import record_drill_report
 from fastagi.alarms.lamps import Lamps
+from fastagi.alarms.language import language_for
 from fastagi.alarms.leadership import Leadership
 from fastagi.alarms.listeners import AlarmListener, Listeners
 from fastagi.alarms.locations import RecordedLocations
@@ -65,10 +66,12 @@ from fastagi.alarms.paging import Pager
 from fastagi.alarms.provisional import ProvisionalAlarms
 from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.config import AlarmSettings, DrillSettings
+from fastagi.config.catalogues import load_languages
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import Department, Directory, alarm_key, department_name
 from fastagi.domain.drill import COMPLETED_BY, YIELD_REASON, Drill, started_event
 from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.language import Languages
 from fastagi.domain.rules import error_backoff
 from fastagi.store import AlarmChange, Stores
 from fastagi.store.alarms import DrillStart, DrillStartOutcome
@@ -107,11 +110,13 @@ class AlarmService:
         listeners: Sequence[AlarmListener] = (),
         drill_settings: DrillSettings | None = None,
         locations: RecordedLocations | None = None,
+        languages: Languages | None = None,
     ) -> None:
         """``pool`` is the stores' pool: leadership takes one connection of it for the
         leader locks, and short transactions for the gate before each page.
         ``recorder``: the history recorder shared with everyone who acts on alarms.
-        ``drill_settings``: what drills say, page and wait for (``[drill]``)."""
+        ``drill_settings``: what drills say, page and wait for (``[drill]``).
+        ``languages``: the prompt catalogues pages speak (default: the built-in ones)."""
         self._stores = stores
         self._pager = pager
         self._lamps = lamps
@@ -119,6 +124,7 @@ class AlarmService:
         self._settings = settings
         self._drill_settings = drill_settings or DrillSettings()
         self._locations = locations
+        self._languages = languages or load_languages()
         self.instance_id = instance_id
         self._recorder = recorder
         self._outage = recorder.outage
@@ -508,6 +514,9 @@ class AlarmService:
                     directory=self._stores.directory,
                     settings=self._settings,
                     recorder=self._recorder,
+                    speech=language_for(
+                        done.department_id, self._directory, self._languages, self._settings
+                    ),
                 )
             )
 
@@ -573,6 +582,13 @@ class AlarmService:
             drill_settings=self._drill_settings,
             on_drill_paged=self._drill_paged,
             locations=self._locations,
+            speech=language_for(
+                alarm.department_id,
+                self._directory,
+                self._languages,
+                self._settings,
+                self._drill_settings,
+            ),
         )
         self._loops[alarm.id] = alarm_loop
         alarm_loop.start()

@@ -7,6 +7,8 @@ from datetime import datetime
 
 from fastagi.assurance.result import Finding
 from fastagi.assurance.runner import Check, Context
+from fastagi.config.catalogues import load_languages
+from fastagi.domain.language import DEFAULT_LANGUAGE, CatalogueError
 from fastagi.tts.announcement import AnnouncementMeter
 
 
@@ -72,6 +74,45 @@ async def deactivators(context: Context) -> Finding:
     return Finding.ok(f"{len(listed)} deactivator(s): {', '.join(d.extension for d in listed)}")
 
 
+async def languages(context: Context) -> Finding:
+    """Every catalogue parses; a text a translation lacks, and a language in use without
+    a catalogue, are spoken in English: said here rather than heard first in an alarm."""
+    try:
+        # A few small files, read once per run: no thread needed.
+        catalogues = load_languages(context.settings.flows.catalogues)
+    except CatalogueError as exc:
+        return Finding.fail(
+            f"a prompt catalogue cannot be read: {exc}",
+            'fix the file (TOML: key = "text", the {fields} of en.toml only) or remove it;'
+            " the server refuses to start with it",
+        )
+    policy = await context.stores.policy.load_settings()
+    listed = await context.stores.directory.list_departments()
+    in_use = {policy.default_language: ["the site's default"]}
+    for department in listed:
+        if department.language:
+            in_use.setdefault(department.language, []).append(department.name)
+    problems = [
+        f"{code} has no catalogue ({', '.join(users)} speak English)"
+        for code, users in sorted(in_use.items())
+        if code not in catalogues.catalogues
+    ]
+    problems += [
+        f"{code} lacks {', '.join(keys)} (spoken in English)"
+        for code, keys in catalogues.missing().items()
+    ]
+    if problems:
+        return Finding.warn(
+            "; ".join(problems),
+            "translate the missing texts in the language's catalogue (copy them from"
+            f" en.toml), or set another language: fastagi department set NAME --language"
+            f" {DEFAULT_LANGUAGE}",
+        )
+    return Finding.ok(
+        f"catalogues {', '.join(catalogues.codes)} complete; in use: {', '.join(sorted(in_use))}"
+    )
+
+
 def _clock(moment: datetime | None) -> str:
     return "-" if moment is None else moment.astimezone().strftime("%H:%M:%S")
 
@@ -84,4 +125,10 @@ CHECKS = (
         ("migrations",),
     ),
     Check("deactivators", "someone can stop an alarm by phone", deactivators, ("migrations",)),
+    Check(
+        "languages",
+        "every prompt is translated in every language in use",
+        languages,
+        ("migrations",),
+    ),
 )

@@ -12,6 +12,7 @@ from fastagi.admin import departments as admin
 from fastagi.cli.common import Builder, fail, load_settings_or_fail, operator
 from fastagi.cli.output import print_json, print_table
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT
+from fastagi.domain.language import CONFIRMATION_MODES
 from fastagi.store import Stores
 from fastagi.tts.announcement import AnnouncementMeter
 
@@ -39,7 +40,10 @@ def register(builder: Builder) -> None:
         actions, "remove", "remove a department and its mappings", _department_rm
     ).add_argument("name")
     change = builder.command(
-        actions, "set", "rename a department, change its interval or paging group", _department_set
+        actions,
+        "set",
+        "rename a department, change its interval, paging group, mode or language",
+        _department_set,
     )
     change.add_argument("name")
     change.add_argument(
@@ -56,6 +60,23 @@ def register(builder: Builder) -> None:
     paging = change.add_mutually_exclusive_group()
     paging.add_argument("--paging-group", metavar="GROUP")
     paging.add_argument("--no-paging-group", action="store_true")
+    mode = change.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--confirmation-mode",
+        choices=CONFIRMATION_MODES,
+        help="how the trigger asks: voice (names the alarm), neutral (gives nothing away),"
+        " tone (a beep), display (a text, no sound), none (alarm at once)",
+    )
+    mode.add_argument(
+        "--default-confirmation-mode", action="store_true", help="use the site's default mode"
+    )
+    language = change.add_mutually_exclusive_group()
+    language.add_argument(
+        "--language", metavar="CODE", help="the language its calls and pages speak (en, pl)"
+    )
+    language.add_argument(
+        "--default-language", action="store_true", help="use the site's default language"
+    )
 
     actions = builder.group("extension", "which extensions belong to which department")
     mapping = builder.command(
@@ -111,7 +132,16 @@ async def _department_list(stores: Stores, args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     print_table(
-        ["DEPARTMENT", "INTERVAL", "ANNOUNCEMENT", "CYCLE", "PAGING GROUP", "EXTENSIONS"],
+        [
+            "DEPARTMENT",
+            "INTERVAL",
+            "ANNOUNCEMENT",
+            "CYCLE",
+            "PAGING GROUP",
+            "MODE",
+            "LANGUAGE",
+            "EXTENSIONS",
+        ],
         [
             [
                 row["name"],
@@ -121,6 +151,8 @@ async def _department_list(stores: Stores, args: argparse.Namespace) -> int:
                 "?" if row["announcement_seconds"] is None else f"{row['announcement_seconds']}s",
                 f"{row['cycle_seconds']}s",
                 row["paging_group"] or "-",
+                row["confirmation_mode"] or f"default ({policy.confirmation_mode})",
+                row["language"] or f"default ({policy.default_language})",
                 " ".join(row["patterns"]) or "-",
             ]
             for row in rows
@@ -164,8 +196,15 @@ async def _department_set(stores: Stores, args: argparse.Namespace) -> int:
         changes["interval_seconds"] = args.interval
     if args.paging_group is not None or args.no_paging_group:
         changes["paging_group"] = args.paging_group
+    if args.confirmation_mode is not None or args.default_confirmation_mode:
+        changes["confirmation_mode"] = args.confirmation_mode
+    if args.language is not None or args.default_language:
+        changes["language"] = args.language
     if not changes:
-        fail("nothing to change: give --rename, --interval, --default-interval or --paging-group")
+        fail(
+            "nothing to change: give --rename, --interval, --default-interval, --paging-group,"
+            " --confirmation-mode or --language"
+        )
     department = await admin.set_department(stores, args.name, **changes, by=operator())
     print(f"changed department '{department.name}'")
     if args.interval is not None:

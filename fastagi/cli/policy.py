@@ -10,6 +10,7 @@ from fastagi.admin import policy as admin
 from fastagi.cli.common import Builder, operator
 from fastagi.cli.departments import warn_if_shorter_than_announcement
 from fastagi.cli.output import print_json, print_table
+from fastagi.domain.language import CONFIRMATION_MODES
 from fastagi.domain.policy import NO_ANSWER_POLICIES
 from fastagi.store import Stores
 
@@ -32,6 +33,12 @@ def register(builder: Builder) -> None:
     policy.add_argument("--confirmation-attempts", type=int, metavar="N")
     policy.add_argument("--pin-attempts", type=int, metavar="N")
     policy.add_argument("--lockout-seconds", type=int, metavar="S")
+    policy.add_argument(
+        "--confirmation-mode",
+        choices=CONFIRMATION_MODES,
+        help="the site's default: how the trigger asks (a department may have its own)",
+    )
+    policy.add_argument("--language", metavar="CODE", help="the site's default language (en, pl)")
 
 
 async def _interval_set(stores: Stores, args: argparse.Namespace) -> int:
@@ -67,6 +74,8 @@ async def _policy_show(stores: Stores, args: argparse.Namespace) -> int:
             ["pin-attempts", str(policy.pin_attempts)],
             ["lockout-seconds", str(policy.lockout_seconds)],
             ["default-interval", f"{policy.default_interval_seconds}s"],
+            ["confirmation-mode", policy.confirmation_mode],
+            ["language", policy.default_language],
         ],
     )
     return 0
@@ -79,6 +88,8 @@ async def _policy_set(stores: Stores, args: argparse.Namespace) -> int:
         confirmation_attempts=args.confirmation_attempts,
         pin_attempts=args.pin_attempts,
         lockout_seconds=args.lockout_seconds,
+        confirmation_mode=args.confirmation_mode,
+        default_language=args.language,
         by=operator(),
     )
     given = {
@@ -86,6 +97,8 @@ async def _policy_set(stores: Stores, args: argparse.Namespace) -> int:
         "confirmation-attempts": args.confirmation_attempts,
         "pin-attempts": args.pin_attempts,
         "lockout-seconds": args.lockout_seconds,
+        "confirmation-mode": args.confirmation_mode,
+        "language": args.language,
     }
     print("policy changed: " + ", ".join(f"{k}={v}" for k, v in given.items() if v is not None))
     return 0

@@ -224,6 +224,9 @@ class FlowSettings(BaseModel):
     # How long a live call waits for a prompt to be rendered before it plays the
     # built-in sounds instead (a cached prompt takes microseconds, a render ~0.1 s).
     render_timeout: float = Field(default=3.0, gt=0, le=30.0)
+    # A directory of the site's own prompt catalogues (<code>.toml, like the built-in
+    # fastagi/config/catalogues/en.toml): more languages, or a built-in one replaced.
+    catalogues: Path | None = None
     # PIN guessing across extensions (on top of alarm_settings' per-extension lockout):
     # when this many wrong PINs, from any extensions and any server, fall within
     # global_pin_window seconds, every deactivation is refused for global_lockout_seconds

@@ -282,6 +282,9 @@ class Department:
     interval_seconds: int | None  # None: the global default applies
     devices: tuple[str, ...] = ()  # the paging group's dial strings, e.g. ("PJSIP/201",)
     paging_group: str | None = None  # the paging group's name
+    # None: the site's default (alarm_settings); fastagi/domain/language.py
+    confirmation_mode: str | None = None
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,8 @@ class Directory:
     # Every device of every paging group: who an alarm from no department pages, unless
     # the settings name others.
     all_devices: tuple[str, ...] = ()
+    # The site's language (alarm_settings.default_language): a department's own wins.
+    default_language: str = "en"
     _by_id: Mapping[int, Department] = field(init=False, repr=False, compare=False)
     # The most specific mapping of each extension of the narrow mappings, and the wide ones
     # (open-ended patterns, and whatever did not fit in INDEXED_EXTENSIONS) to check one by
@@ -346,6 +351,7 @@ class Directory:
         mappings: Iterable[tuple[int, str]],
         default_interval_seconds: int = 60,
         all_devices: Iterable[str] = (),
+        default_language: str = "en",
     ) -> Directory:
         """A directory from departments and ``(department_id, pattern_text)`` pairs."""
         return cls(
@@ -356,6 +362,7 @@ class Directory:
             ),
             default_interval_seconds=default_interval_seconds,
             all_devices=tuple(all_devices),
+            default_language=default_language,
         )
 
     def devices_for(self, department: Department | None) -> tuple[str, ...]:

@@ -21,3 +21,6 @@ class Policy:
     pin_attempts: int
     lockout_seconds: int
     updated_at: datetime
+    # sql/009_language_modes.sql: the site's defaults, a department's own value wins.
+    confirmation_mode: str = "voice"  # one of fastagi.domain.language.CONFIRMATION_MODES
+    default_language: str = "en"

@@ -21,6 +21,15 @@ and channel, by which the alarm's timeline finds it):
 4. Hang-up before an answer: ``caller_hung_up``, no alarm. Once the caller confirmed,
    hanging up changes nothing: the activation is shielded from the call.
 
+How discreetly it asks is the department's confirmation mode (else the site's,
+``alarm_settings.confirmation_mode``): ``voice`` as above; ``neutral`` a question that
+gives nothing away ("Service request. Press 1 to continue."); ``tone`` a beep, then the
+digit; ``display`` the question as text on the phone (SendText) and silence; ``none``
+no question, the alarm at once. After the answer only ``voice`` acknowledges aloud (and
+``neutral`` with the catalogue's ``neutral_activated``, empty by default): whoever
+stands next to the caller hears nothing more. Texts come from the catalogue of the
+department's language (else the site's), rendered with that language's voice.
+
 ``FASTAGI_STATUS`` tells the dialplan: CONFIRMED, CANCELLED, NOANSWER, HANGUP or ERROR.
 
 The activation must not depend on the database being up at the start of the call: when
@@ -34,14 +43,17 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastagi.agi.errors import AgiCommandFailure, AgiHangup
 from fastagi.agi.session import AgiSession
 from fastagi.config import FlowSettings
+from fastagi.config.catalogues import load_languages
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT, Department
 from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.language import Catalogue, Languages
 from fastagi.flows import prompts
 from fastagi.flows.common import (
     Caller,
@@ -91,6 +103,12 @@ class AlarmPolicy(Protocol):
     @property
     def confirmation_attempts(self) -> int: ...
 
+    @property
+    def confirmation_mode(self) -> str: ...  # the site's default, CONFIRMATION_MODES
+
+    @property
+    def default_language(self) -> str: ...
+
 
 class PolicySource(Protocol):
     async def load_settings(self) -> AlarmPolicy: ...
@@ -125,6 +143,8 @@ class DefaultPolicy:
 
     no_answer_policy: str = "activate"
     confirmation_attempts: int = 3
+    confirmation_mode: str = "voice"  # sql/009_language_modes.sql
+    default_language: str = "en"
 
 
 # ---- the flow ----------------------------------------------------------------------------
@@ -145,6 +165,9 @@ class _Call:
     department: Department | None
     department_name: str  # what the history and the alarm call it
     label: str  # what the prompt calls it
+    mode: str = "voice"  # the confirmation mode (set once the policy is read)
+    catalogue: Catalogue | None = None  # the language's texts (likewise)
+    voice: str | None = None  # the language's voice; None: the site's
     prompts: int = 0
     silent: int = 0
     invalid: int = 0
@@ -177,12 +200,15 @@ class PanicFlow:
         record: Recorder,
         tts: Speaker,
         settings: FlowSettings | None = None,
+        languages: Languages | None = None,
     ) -> None:
+        """``languages``: the prompt catalogues (default: the built-in ones, read now)."""
         self._service = service
         self._write = record
         self._policy_source = policy_source
         self._tts = tts
         self._settings = settings or FlowSettings()
+        self._languages = languages or load_languages(self._settings.catalogues)
 
     async def __call__(self, session: AgiSession) -> None:
         try:
@@ -195,12 +221,8 @@ class PanicFlow:
             await self._refuse(session, caller)
             return
         department = await self._lookup(session, caller)
-        if department is None:
-            name = UNKNOWN_DEPARTMENT
-            label = prompts.UNKNOWN_LABEL.format(extension=caller.spoken)
-        else:
-            name = label = department.name
-        call = _Call(session, caller, department, name, label)
+        name = UNKNOWN_DEPARTMENT if department is None else department.name
+        call = _Call(session, caller, department, name, label=name)
         try:
             await self._run(call)
         except AgiHangup:
@@ -218,16 +240,27 @@ class PanicFlow:
             raise
 
     async def _run(self, call: _Call) -> None:
+        # The policy before the triggered event, which says how the call will ask; the
+        # question waited on the policy before as well, so the caller waits no longer.
+        policy = await self._load_policy(call)
+        self._choose_language_and_mode(call, policy)
         await self._record(
             call,
             EventKind.TRIGGERED,
             {
                 "caller_source": call.caller.source,
                 "known_extension": call.caller.known,
+                "confirmation_mode": call.mode,
+                "language": self._catalogue(call).code,
             },
         )
-        policy = await self._load_policy(call)
-        if self._settings.send_text:
+        if call.mode == "none":
+            # No question at all: the alarm at once, and the call ends in silence.
+            await self._record(call, EventKind.CONFIRMED, {"prompts": 0, "mode": "none"})
+            await self._activate(call, trigger="confirmed")
+            await set_status(call.session, Status.CONFIRMED)
+            return
+        if self._settings.send_text or call.mode == "display":
             await self._send_text(call)
         answer = await self._question(call, policy)
         answered = {
@@ -239,13 +272,11 @@ class PanicFlow:
             await self._activate(call, trigger="confirmed")
             await set_status(call.session, Status.CONFIRMED)
             if self._settings.ack_on_confirm:
-                await self._say_after_answer(
-                    call, prompts.PANIC_ACTIVATED, prompts.FALLBACK_ACTIVATED
-                )
+                await self._acknowledge(call, "activated", prompts.FALLBACK_ACTIVATED)
         elif answer is _Answer.CANCEL:
             await self._record(call, EventKind.CANCELLED, answered)
             await set_status(call.session, Status.CANCELLED)
-            await self._say_after_answer(call, prompts.PANIC_CANCELLED, prompts.FALLBACK_CANCELLED)
+            await self._acknowledge(call, "cancelled", prompts.FALLBACK_CANCELLED)
         else:
             policy_name = policy.no_answer_policy
             reason = (
@@ -266,20 +297,55 @@ class PanicFlow:
                 await self._activate(call, trigger="no_answer")
             await set_status(call.session, Status.NOANSWER)
 
+    def _choose_language_and_mode(self, call: _Call, policy: AlarmPolicy) -> None:
+        department = call.department
+        mode = department.confirmation_mode if department else None
+        call.mode = mode or policy.confirmation_mode
+        code = (department.language if department else None) or policy.default_language
+        catalogue = call.catalogue = self._languages.get(code)
+        call.voice = self._languages.voice_for(code)
+        if department is None:
+            call.label = catalogue.text(
+                "unknown_label",
+                extension=catalogue.spoken_extension(call.caller.extension)
+                if call.caller.known
+                else call.caller.extension,
+            )
+
+    def _catalogue(self, call: _Call) -> Catalogue:
+        return call.catalogue or self._languages.get(None)
+
+    async def _prepare(self, call: _Call) -> prompts.PromptFiles | str:
+        """The question's files in the call's mode, or the key pressed meanwhile."""
+        if call.mode == "tone":
+            return prompts.PromptFiles(prompts.TONE, rendered=False)
+        if call.mode == "display":
+            # Nothing to hear: GET DATA with no file waits for the key in silence.
+            return prompts.PromptFiles((), rendered=False)
+        catalogue = self._catalogue(call)
+        fallback: Sequence[str]
+        if call.mode == "neutral":
+            text = catalogue.text("neutral_question")
+            fallback = prompts.FALLBACK_NEUTRAL_QUESTION
+        else:
+            text = catalogue.text("question", department=call.label)
+            fallback = prompts.FALLBACK_QUESTION
+        # A caller who presses 1 while the question is still being prepared has
+        # answered it: the flow listens during the render.
+        return await prompts.files_listening(
+            call.session,
+            self._tts,
+            text,
+            fallback,
+            render_timeout=self._settings.render_timeout,
+            answers=CONFIRM_KEY + CANCEL_KEY,
+            voice=call.voice,
+        )
+
     async def _question(self, call: _Call, policy: AlarmPolicy) -> _Answer:
         attempts = max(1, policy.confirmation_attempts)
-        text = prompts.panic_question(call.label)
         while True:
-            # A caller who presses 1 while the question is still being prepared has
-            # answered it: the flow listens during the render.
-            prepared = await prompts.files_listening(
-                call.session,
-                self._tts,
-                text,
-                prompts.FALLBACK_QUESTION,
-                render_timeout=self._settings.render_timeout,
-                answers=CONFIRM_KEY + CANCEL_KEY,
-            )
+            prepared = await self._prepare(call)
             if isinstance(prepared, str):
                 call.before_prompt = True
                 logger.info("answered before the question was asked", extra=call.log_extra)
@@ -288,7 +354,7 @@ class PanicFlow:
             await self._record(
                 call,
                 EventKind.PROMPT_PLAYED,
-                {"prompt": call.prompts, "tts": prepared.rendered},
+                {"prompt": call.prompts, "tts": prepared.rendered, "mode": call.mode},
             )
             result = await prompts.ask(
                 call.session, prepared, timeout_ms=self._settings.confirm_timeout_ms, max_digits=1
@@ -329,7 +395,21 @@ class PanicFlow:
             },
         )
 
-    async def _say_after_answer(self, call: _Call, text: str, fallback: tuple[str, ...]) -> None:
+    async def _acknowledge(self, call: _Call, key: str, fallback: Sequence[str]) -> None:
+        """The acknowledgement of the call's mode: ``voice`` says ``key``'s text,
+        ``neutral`` the catalogue's neutral one (empty: nothing), the others nothing."""
+        catalogue = self._catalogue(call)
+        if call.mode == "neutral":
+            text = catalogue.text(f"neutral_{key}")
+            fallback = prompts.FALLBACK_NEUTRAL_ACK
+        elif call.mode == "voice":
+            text = catalogue.text(key)
+        else:
+            return
+        if text.strip():
+            await self._say_after_answer(call, text, fallback)
+
+    async def _say_after_answer(self, call: _Call, text: str, fallback: Sequence[str]) -> None:
         """An acknowledgement; the answer is already acted on, so a hang-up is fine."""
         try:
             await prompts.say(
@@ -338,6 +418,7 @@ class PanicFlow:
                 text,
                 fallback,
                 render_timeout=self._settings.render_timeout,
+                voice=call.voice,
             )
         except AgiHangup:
             logger.info("caller hung up during the acknowledgement", extra=call.log_extra)
@@ -345,7 +426,12 @@ class PanicFlow:
     async def _send_text(self, call: _Call) -> None:
         # SENDTEXT_BODY, set with SET VARIABLE, is taken literally; an argument to
         # SendText() would be split on ',' by the dialplan parser.
-        body = display_text(prompts.PANIC_DISPLAY.format(department=call.label))
+        catalogue = self._catalogue(call)
+        body = display_text(
+            catalogue.text("neutral_display")
+            if call.mode == "neutral"
+            else catalogue.text("display", department=call.label)
+        )
         try:
             await call.session.set_variable("SENDTEXT_BODY", body)
             await call.session.exec("SendText")

@@ -46,7 +46,10 @@ ANY_KEY = "0123456789*#"
 LISTEN_SLICE_MS = 250
 
 # ---- texts ---------------------------------------------------------------------------
-# {department} is a department name or UNKNOWN_LABEL; the rest is ours.
+# {department} is a department name or UNKNOWN_LABEL; the rest is ours. These are the
+# English catalogue's texts (fastagi/config/catalogues/en.toml; a unit test keeps them
+# equal): the trigger speaks its department's language from the catalogue, the other
+# flows still speak these.
 
 PANIC_QUESTION = "Panic alarm for {department}. Press 1 to confirm the alarm, or 2 to cancel."
 PANIC_DISPLAY = "PANIC {department}: 1 = confirm, 2 = cancel"
@@ -110,6 +113,12 @@ def fixed_texts() -> list[str]:
 
 #: "Urgent. If this is correct, press 1." (2 still cancels; it is just not announced.)
 FALLBACK_QUESTION = ("vm-Urgent", "if-correct-press", "digits/1")
+#: The neutral mode's: "If this is correct, press 1.", no word of urgency.
+FALLBACK_NEUTRAL_QUESTION = ("if-correct-press", "digits/1")
+#: A neutral acknowledgement, when the catalogue gives one: "Thank you."
+FALLBACK_NEUTRAL_ACK = ("auth-thankyou",)
+#: The tone mode's question: a short beep, then the digit (core sound ``beep``).
+TONE = ("beep",)
 FALLBACK_ACTIVATED = ("activated",)
 FALLBACK_CANCELLED = ("cancelled",)
 #: "This feature is not available on this line."
@@ -147,13 +156,25 @@ def fallback_menu_all(key: str) -> list[str]:
     return ["vm-press", f"digits/{key}"]
 
 
+def _voice(voice: str | None) -> dict[str, str]:
+    # Only a language's own voice is passed: the site's default voice is the TTS
+    # service's, and a Speaker that knows one voice need not take the argument.
+    return {} if voice is None else {"voice": voice}
+
+
 # ---- playing them ----------------------------------------------------------------------
 
 
 class Speaker(Protocol):
     """What the flows need of :class:`fastagi.tts.TextToSpeech`."""
 
-    async def render(self, text: str, *, timeout: float | None = None) -> Prompt: ...  # noqa: ASYNC109
+    async def render(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        voice: str | None = None,
+    ) -> Prompt: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +190,17 @@ class PromptFiles:
 
 
 async def files_for(
-    tts: Speaker, text: str, fallback: Sequence[str], *, render_timeout: float
+    tts: Speaker,
+    text: str,
+    fallback: Sequence[str],
+    *,
+    render_timeout: float,
+    voice: str | None = None,
 ) -> PromptFiles:
-    """The files to play for ``text``: its rendered prompt, or ``fallback``."""
+    """The files to play for ``text`` (in ``voice``, None: the site's): its rendered
+    prompt, or ``fallback``."""
     try:
-        prompt = await tts.render(text, timeout=render_timeout)
+        prompt = await tts.render(text, timeout=render_timeout, **_voice(voice))
     except TtsError as exc:
         logger.warning("prompt falls back to built-in sounds", extra={"error": str(exc)})
         return PromptFiles(tuple(fallback), rendered=False)
@@ -188,6 +215,7 @@ async def files_listening(
     *,
     render_timeout: float,
     answers: str,
+    voice: str | None = None,
 ) -> PromptFiles | str:
     """:func:`files_for`, listening to the caller while ``text`` renders: a key among
     ``answers`` pressed before the prompt is ready is returned instead of the files.
@@ -200,7 +228,9 @@ async def files_listening(
     caller hears the question. A prompt on disk already is ready without a command.
     Raises AgiHangup if the caller hangs up meanwhile.
     """
-    render = asyncio.ensure_future(files_for(tts, text, fallback, render_timeout=render_timeout))
+    render = asyncio.ensure_future(
+        files_for(tts, text, fallback, render_timeout=render_timeout, voice=voice)
+    )
     try:
         # A cached prompt comes back in the render's first step (TextToSpeech.render does
         # not suspend for one): yield once, so that it is asked without a command first.
@@ -236,9 +266,10 @@ async def say(
     fallback: Sequence[str],
     *,
     render_timeout: float,
+    voice: str | None = None,
 ) -> PromptFiles:
     """Play ``text`` (or its fallback) to the end. Raises AgiHangup if the caller hangs up."""
-    files = await files_for(tts, text, fallback, render_timeout=render_timeout)
+    files = await files_for(tts, text, fallback, render_timeout=render_timeout, voice=voice)
     await play(session, files)
     return files
 

@@ -10,6 +10,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from fastagi.domain.directory import ExtensionPattern, is_extension
+from fastagi.domain.language import CONFIRMATION_MODES, is_language_code
 from fastagi.domain.policy import MAX_INTERVAL, MIN_INTERVAL
 
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
@@ -73,6 +74,20 @@ def check_interval(seconds: int | None, field: str = "interval_seconds") -> None
             f"interval must be between {MIN_INTERVAL} and {MAX_INTERVAL} seconds, not {seconds}",
             field=field,
         )
+
+
+def check_confirmation_mode(mode: str | None, field: str = "confirmation_mode") -> None:
+    if mode is not None and mode not in CONFIRMATION_MODES:
+        raise StoreError(
+            f"confirmation mode must be one of {', '.join(CONFIRMATION_MODES)}, not '{mode}'",
+            field=field,
+        )
+
+
+def check_language(code: str | None, field: str = "language") -> None:
+    # The schema's CHECK (sql/009_language_modes.sql), said in words.
+    if code is not None and not is_language_code(code):
+        raise StoreError(f"not a language code like 'en' or 'pl': '{code}'", field=field)
 
 
 def check_extension(extension: str, field: str = "extension") -> None:

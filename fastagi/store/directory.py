@@ -19,7 +19,9 @@ from fastagi.domain.directory import Department, Directory, ExtensionPattern
 from fastagi.store._common import (
     Connection,
     StoreError,
+    check_confirmation_mode,
     check_interval,
+    check_language,
     check_name,
     parse_pattern,
     row_to,
@@ -45,6 +47,8 @@ class DepartmentInfo:
     interval_seconds: int | None  # None: the global default
     paging_group: str | None
     patterns: tuple[str, ...]
+    confirmation_mode: str | None = None  # None: the site's default
+    language: str | None = None  # None: the site's default
 
 
 class DirectoryStore:
@@ -57,13 +61,14 @@ class DirectoryStore:
             self._pool.acquire() as connection,
             connection.transaction(isolation="repeatable_read", readonly=True),
         ):
-            default = await connection.fetchval(
-                "SELECT default_interval_seconds FROM alarm_settings"
+            site = await connection.fetchrow(
+                "SELECT default_interval_seconds, default_language FROM alarm_settings"
             )
+            assert site is not None, "002_alarms.sql inserts the one settings row"
             departments = await connection.fetch(
                 """
                 SELECT d.id, d.name, d.paging_group_id, d.interval_seconds,
-                       g.name AS paging_group,
+                       d.confirmation_mode, d.language, g.name AS paging_group,
                        coalesce(array_agg(pd.device ORDER BY pd.device)
                                 FILTER (WHERE pd.device IS NOT NULL), '{}') AS devices
                 FROM departments d
@@ -86,12 +91,15 @@ class DirectoryStore:
                     interval_seconds=row["interval_seconds"],
                     devices=tuple(row["devices"]),
                     paging_group=row["paging_group"],
+                    confirmation_mode=row["confirmation_mode"],
+                    language=row["language"],
                 )
                 for row in departments
             ),
             mappings=((row["department_id"], row["pattern"]) for row in mappings),
-            default_interval_seconds=default,
+            default_interval_seconds=site["default_interval_seconds"],
             all_devices=(row["device"] for row in all_devices),
+            default_language=site["default_language"],
         )
 
     async def interval_seconds(self, alarm: Alarm) -> int:
@@ -198,10 +206,13 @@ class DirectoryStore:
         new_name: str = UNCHANGED,
         interval_seconds: int | None = UNCHANGED,
         paging_group: str | None = UNCHANGED,
+        confirmation_mode: str | None = UNCHANGED,
+        language: str | None = UNCHANGED,
     ) -> DepartmentInfo:
-        """Rename a department, change its interval (None: the global default) and/or its
-        paging group (None: none), all in one transaction: a refused change changes
-        nothing. What is not given stays. Returns the department as it is now."""
+        """Rename a department, change its interval (None: the global default), its
+        paging group (None: none), its confirmation mode or language (None: the site's
+        default), all in one transaction: a refused change changes nothing. What is not
+        given stays. Returns the department as it is now."""
         values: list[Any] = [name.strip()]
         assignments: list[str] = []
         if new_name is not UNCHANGED:
@@ -212,6 +223,14 @@ class DirectoryStore:
             check_interval(interval_seconds)
             values.append(interval_seconds)
             assignments.append(f"interval_seconds = ${len(values)}")
+        if confirmation_mode is not UNCHANGED:
+            check_confirmation_mode(confirmation_mode)
+            values.append(confirmation_mode)
+            assignments.append(f"confirmation_mode = ${len(values)}")
+        if language is not UNCHANGED:
+            check_language(language)
+            values.append(language)
+            assignments.append(f"language = ${len(values)}")
         async with self._pool.acquire() as connection, connection.transaction():
             if paging_group is not UNCHANGED:
                 values.append(
@@ -221,7 +240,10 @@ class DirectoryStore:
                 )
                 assignments.append(f"paging_group_id = ${len(values)}")
             if not assignments:
-                raise StoreError("nothing to change: give a name, an interval or a paging group")
+                raise StoreError(
+                    "nothing to change: give a name, an interval, a paging group,"
+                    " a confirmation mode or a language"
+                )
             try:
                 # The assignments are fixed texts of this function; values are parameters.
                 status = await connection.execute(
@@ -346,7 +368,8 @@ class DirectoryStore:
 
 # A DepartmentInfo row: the department, its paging group's name and its patterns.
 _DEPARTMENT_INFO = """
-SELECT d.id, d.name, d.interval_seconds, g.name AS paging_group,
+SELECT d.id, d.name, d.interval_seconds, d.confirmation_mode, d.language,
+       g.name AS paging_group,
        coalesce(array_agg(e.pattern ORDER BY e.pattern)
                 FILTER (WHERE e.pattern IS NOT NULL), '{}') AS patterns
 FROM departments d

@@ -12,7 +12,13 @@ from fastagi.domain.policy import (
     NO_ANSWER_POLICIES,
     Policy,
 )
-from fastagi.store._common import StoreError, check_interval, row_to
+from fastagi.store._common import (
+    StoreError,
+    check_confirmation_mode,
+    check_interval,
+    check_language,
+    row_to,
+)
 
 
 class PolicyStore:
@@ -38,8 +44,12 @@ class PolicyStore:
         confirmation_attempts: int | None = None,
         pin_attempts: int | None = None,
         lockout_seconds: int | None = None,
+        confirmation_mode: str | None = None,
+        default_language: str | None = None,
     ) -> Policy:
         """Change the given settings, leave the others; return them all."""
+        check_confirmation_mode(confirmation_mode)
+        check_language(default_language, "default_language")
         if no_answer_policy is not None and no_answer_policy not in NO_ANSWER_POLICIES:
             raise StoreError(
                 f"no-answer policy must be one of {', '.join(NO_ANSWER_POLICIES)}, "
@@ -66,6 +76,8 @@ class PolicyStore:
                 confirmation_attempts = coalesce($2, confirmation_attempts),
                 pin_attempts = coalesce($3, pin_attempts),
                 lockout_seconds = coalesce($4, lockout_seconds),
+                confirmation_mode = coalesce($5, confirmation_mode),
+                default_language = coalesce($6, default_language),
                 updated_at = now()
             RETURNING *
             """,
@@ -73,6 +85,8 @@ class PolicyStore:
             confirmation_attempts,
             pin_attempts,
             lockout_seconds,
+            confirmation_mode,
+            default_language,
         )
         assert row is not None, "002_alarms.sql inserts the one settings row"
         return row_to(Policy, row)

@@ -81,17 +81,18 @@ class TextToSpeech:
         """How many renders (child processes) this service has started; cache hits add none."""
         return self._renders_started
 
-    def prompt_for(self, text: str, *, clip: bool = False) -> Prompt:
+    def prompt_for(self, text: str, *, clip: bool = False, voice: str | None = None) -> Prompt:
         """Where ``text`` is (or will be) rendered; pure, touches no file.
 
         Raises TtsError for a blank or over-long text.
         """
-        return self._prompt(self._key(spoken_text(text, self._settings.max_text_length), clip=clip))
+        spoken = spoken_text(text, self._settings.max_text_length)
+        return self._prompt(self._key(spoken, clip=clip, voice=voice))
 
-    def is_rendered(self, text: str, *, clip: bool = False) -> bool:
+    def is_rendered(self, text: str, *, clip: bool = False, voice: str | None = None) -> bool:
         """Whether ``text`` is on disk, ready to play without a render."""
         try:
-            return _is_rendered(self.prompt_for(text, clip=clip).host_path)
+            return _is_rendered(self.prompt_for(text, clip=clip, voice=voice).host_path)
         except TtsError:
             return False
 
@@ -103,10 +104,13 @@ class TextToSpeech:
         *,
         timeout: float | None = None,  # noqa: ASYNC109
         clip: bool = False,
+        voice: str | None = None,
     ) -> Prompt:
         """The prompt for ``text``, rendered now unless already on disk or on its way.
 
         ``clip``: a piece played between others, its silences trimmed (render_file).
+        ``voice`` (an espeak-ng voice id, a language's: "pl") replaces ``settings.voice``
+        for this text; it is part of the cache key.
 
         ``timeout`` (default ``render_timeout``) bounds this call's wait, queueing
         included, and a render this call starts is killed after that long. Raises TtsError
@@ -116,7 +120,7 @@ class TextToSpeech:
             raise TtsError("text-to-speech service is closed")
         limit = self._settings.render_timeout if timeout is None else timeout
         spoken = spoken_text(text, self._settings.max_text_length)
-        key = self._key(spoken, clip=clip)
+        key = self._key(spoken, clip=clip, voice=voice)
         prompt = self._prompt(key)
         task = self._inflight.get(key)
         started = task is None
@@ -127,7 +131,7 @@ class TextToSpeech:
             if _is_rendered(prompt.host_path):
                 return prompt
             task = asyncio.create_task(
-                self._render(spoken, prompt, limit, clip=clip), name=f"tts-{key}"
+                self._render(spoken, prompt, limit, clip=clip, voice=voice), name=f"tts-{key}"
             )
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._forget, key))
@@ -208,12 +212,12 @@ class TextToSpeech:
     ) -> None:
         await self.aclose()
 
-    def _key(self, spoken: str, *, clip: bool = False) -> str:
+    def _key(self, spoken: str, *, clip: bool = False, voice: str | None = None) -> str:
         settings = self._settings
         material: list[object] = [
             FORMAT_VERSION,
             spoken,
-            settings.voice,
+            voice or settings.voice,
             settings.rate,
             settings.volume,
             settings.peak_dbfs,
@@ -235,13 +239,18 @@ class TextToSpeech:
             asterisk_name=posixpath.join(self._settings.asterisk_dir(), stem),
         )
 
-    async def _render(self, spoken: str, prompt: Prompt, limit: float, *, clip: bool) -> Prompt:
+    async def _render(
+        self, spoken: str, prompt: Prompt, limit: float, *, clip: bool, voice: str | None
+    ) -> Prompt:
         started = time.monotonic()
+        settings = self._settings
+        if voice is not None:
+            settings = settings.model_copy(update={"voice": voice})
         try:
             # The limit covers the wait for a slot too: it is what the caller waits at most.
             async with asyncio.timeout(limit), self._slots:
                 self._renders_started += 1
-                await render_file(spoken, self._settings, prompt.host_path, clip=clip)
+                await render_file(spoken, settings, prompt.host_path, clip=clip)
         except TimeoutError:
             raise TtsError(
                 f"no prompt within {limit:g} s for {spoken[:40]!r}: the render was killed"

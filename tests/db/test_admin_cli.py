@@ -83,7 +83,8 @@ def test_departments_add_list_set_remove(fastagi: Cli) -> None:
     groups = json.loads(fastagi.ok("paging-group", "list", "--json"))
 
     assert added == "added department 'Emergency Room'\n"
-    header = ["DEPARTMENT", "INTERVAL", "ANNOUNCEMENT", "CYCLE", "PAGING", "GROUP", "EXTENSIONS"]
+    header = ["DEPARTMENT", "INTERVAL", "ANNOUNCEMENT", "CYCLE", "PAGING", "GROUP", "MODE"]
+    header += ["LANGUAGE", "EXTENSIONS"]
     assert table[0].split() == header
     er_announcement = listed[0]["announcement_seconds"]
     pharmacy_announcement = listed[1]["announcement_seconds"]
@@ -91,7 +92,8 @@ def test_departments_add_list_set_remove(fastagi: Cli) -> None:
     assert 3.0 < er_announcement < 15.0
     assert 3.0 < pharmacy_announcement < 15.0
     assert table[1].split() == [
-        "Emergency", "Room", "default", "(60s)", f"{er_announcement}s", "60.0s", "ER", "101-119"
+        "Emergency", "Room", "default", "(60s)", f"{er_announcement}s", "60.0s", "ER",
+        "default", "(voice)", "default", "(en)", "101-119"
     ]  # fmt: skip
     assert table[2].split() == [
         "Pharmacy",
@@ -99,6 +101,10 @@ def test_departments_add_list_set_remove(fastagi: Cli) -> None:
         f"{pharmacy_announcement}s",
         "45.0s",
         "-",
+        "default",
+        "(voice)",
+        "default",
+        "(en)",
         "_12X",
     ]
     # aligned: every column starts at the same offset on each line

@@ -230,7 +230,7 @@ async def test_a_working_site_is_all_ok_from_the_command_line(
         json.dumps(printed, indent=2) + err.decode()
     )
     assert process.returncode == 0
-    assert len(lines) == 16
+    assert len(lines) == 17
     assert lines["fastagi-url"][1].startswith(f"agi://127.0.0.1:{server.agi.port} answered")
     assert lines["paging-devices"][1] == "all 3 paging devices of 2 departments reachable"
     assert "Asterisk played /fastagi/instances/" in lines["tts"][1]

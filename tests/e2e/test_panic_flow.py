@@ -42,7 +42,7 @@ async def harness(
 ) -> AsyncIterator[FlowHarness]:
     async with flow_harness(sandbox, agi_port, database_dsn, tmp_path) as harness:
         await harness.department(ER, "101")
-        await harness.prerender(ER, prompts.UNKNOWN_LABEL.format(extension="1 5 0"))
+        await harness.prerender(ER, prompts.UNKNOWN_LABEL.format(extension="one five zero"))
         yield harness
 
 
@@ -222,14 +222,20 @@ class HeldQuestion:
         self._tts = tts
         self.released = asyncio.Event()
 
-    async def render(self, text: str, *, timeout: float | None = None) -> Prompt:  # noqa: ASYNC109
+    async def render(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        voice: str | None = None,
+    ) -> Prompt:
         if text.startswith("Panic alarm for"):
             try:
                 async with asyncio.timeout(timeout):
                     await self.released.wait()
             except TimeoutError:
                 raise TtsError("held past its timeout") from None
-        return await self._tts.render(text, timeout=timeout)
+        return await self._tts.render(text, timeout=timeout, voice=voice)
 
 
 async def test_1_pressed_before_the_question_is_ready_confirms(

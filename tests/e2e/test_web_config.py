@@ -459,3 +459,48 @@ async def test_deactivators_from_the_browser_pins_never_shown(
     for pin in ("482913570246", "975318642013"):
         assert pin not in await page.content()
         assert pin not in await history.text()
+
+
+async def test_a_departments_confirmation_mode_and_language_and_the_sites_in_the_browser(
+    browser, database_dsn, db_pool
+) -> None:
+    stores = Stores.over(db_pool)
+    await add_users(stores)
+    er = await seed_site(stores)
+    async with console_over(db_pool, web_settings(database_dsn)) as console:
+        page = await admin_page(browser, console.url)
+        await page.goto(f"/config/departments/{er}")
+        mode = page.get_by_label("Confirmation", exact=True)
+        language = page.get_by_label("Language", exact=True)
+        assert await mode.input_value() == ""  # the site's default
+        await mode.select_option(label="tone: a short beep, then the digit")
+        await language.select_option(label="Polski (pl)")
+        await click_and_load(page, "Save department")
+        await page.get_by_text("Department saved.").wait_for()
+        saved = await stores.directory.get_department("Emergency Room")
+        assert (saved.confirmation_mode, saved.language) == ("tone", "pl")
+        event = await config_event(stores, "department set")
+        assert (event.details["confirmation_mode"], event.details["language"]) == ("tone", "pl")
+        assert event.details["by"] == "web:ada"
+        # The page shows what is stored.
+        assert await mode.input_value() == "tone"
+        assert await language.input_value() == "pl"
+
+        # A forged value is refused by the same rules as the CLI's, and nothing changes.
+        await language.evaluate("select => { select.options[1].value = 'Polish!' }")
+        await language.select_option(index=1)
+        await click_and_load(page, "Save department")
+        assert "not a language code" in await page.locator("#edit-language-error").inner_text()
+        assert (await stores.directory.get_department("Emergency Room")).language == "pl"
+
+        # The site's defaults, on the policy page.
+        await page.goto("/config/policy")
+        await page.get_by_label("Confirmation (default)").select_option("neutral")
+        await page.get_by_label("Language (default)").select_option("pl")
+        await click_and_load(page, "Save policy")
+        policy = await stores.policy.load_settings()
+        assert (policy.confirmation_mode, policy.default_language) == ("neutral", "pl")
+        assert (await config_event(stores, "policy set")).details["changes"] == [
+            "confirmation-mode=neutral",
+            "language=pl",
+        ]

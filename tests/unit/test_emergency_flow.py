@@ -61,7 +61,13 @@ class FakeTts:
     def name(self, text: str) -> str:
         return self.names.setdefault(text, f"/tts/{len(self.names) + 1}")
 
-    async def render(self, text: str, *, timeout: float | None = None) -> Prompt:  # noqa: ASYNC109
+    async def render(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        voice: str | None = None,
+    ) -> Prompt:
         if self.fail:
             raise TtsError("espeak-ng is not installed")
         name = self.name(text)

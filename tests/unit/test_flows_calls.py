@@ -115,14 +115,22 @@ class FakeTts:
     def __init__(self, *, fail: bool = False) -> None:
         self.fail = fail
         self.names: dict[str, str] = {}
+        self.voices: dict[str, str | None] = {}  # the voice each text was rendered with
 
     def name(self, text: str) -> str:
         return self.names.setdefault(text, f"/tts/{len(self.names) + 1}")
 
-    async def render(self, text: str, *, timeout: float | None = None) -> Prompt:  # noqa: ASYNC109
+    async def render(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        voice: str | None = None,
+    ) -> Prompt:
         if self.fail:
             raise TtsError("espeak-ng is not installed")
         name = self.name(text)
+        self.voices[text] = voice
         return Prompt(Path(name + ".sln"), name)
 
 
@@ -146,6 +154,8 @@ class FakeSettings:
     confirmation_attempts: int = 3
     pin_attempts: int = 3
     lockout_seconds: int = 300
+    confirmation_mode: str = "voice"
+    default_language: str = "en"
 
 
 @dataclass
@@ -304,12 +314,13 @@ async def test_hostile_caller_id_is_an_unknown_extension_and_reaches_no_command(
     assert service.events[0].department == UNKNOWN_DEPARTMENT
 
 
-async def test_unknown_extension_is_announced_digit_by_digit():
+async def test_unknown_extension_is_announced_digit_by_digit_in_words():
     service, store, tts = FakeService(departments={}), FakeStore(), FakeTts()
     asterisk = ScriptedAsterisk(UNSET, digits("1"), OK, PLAYED, callerid="150")
     await run(panic(service, store, tts), asterisk)
 
-    assert prompts.panic_question("unknown department, extension 1 5 0") in tts.names
+    # The catalogue's words for the digits: never "one hundred and fifty".
+    assert prompts.panic_question("unknown department, extension one five zero") in tts.names
     assert service.activations == [("150", None, UNIQUEID)]
 
 
@@ -466,10 +477,16 @@ class HeldTts(FakeTts):
         super().__init__()
         self.released = asyncio.Event()
 
-    async def render(self, text: str, *, timeout: float | None = None) -> Prompt:  # noqa: ASYNC109
+    async def render(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        voice: str | None = None,
+    ) -> Prompt:
         if text.startswith("Panic alarm for"):
             await self.released.wait()
-        return await super().render(text, timeout=timeout)
+        return await super().render(text, timeout=timeout, voice=voice)
 
 
 LISTEN = f"WAIT FOR DIGIT {prompts.LISTEN_SLICE_MS}"
@@ -589,7 +606,7 @@ async def test_a_failing_directory_still_raises_an_alarm_of_unknown_department()
     await run(panic(service, store, tts), asterisk)
 
     assert service.activations == [("101", None, UNIQUEID)]
-    assert asterisk.commands[1] == question(tts, "unknown department, extension 1 0 1")
+    assert asterisk.commands[1] == question(tts, "unknown department, extension one zero one")
 
 
 async def test_a_failing_activation_sets_error_and_propagates():

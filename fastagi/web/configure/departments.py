@@ -19,6 +19,8 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from fastagi.admin import departments as admin
+from fastagi.config.catalogues import load_languages
+from fastagi.domain.language import Languages
 from fastagi.store import StoreError
 from fastagi.store.directory import DepartmentInfo
 from fastagi.tts.announcement import AnnouncementMeter, sample_extension
@@ -28,9 +30,18 @@ from fastagi.web.keys import SETTINGS, STORES
 from fastagi.web.security import require, template_context
 
 METER = web.AppKey("announcement_meter", AnnouncementMeter)
+LANGUAGES = web.AppKey("languages", Languages)
 
 ADD_FIELDS = ("name", "interval_seconds", "paging_group")
-EDIT_FIELDS = ("new_name", "interval_seconds", "paging_group")
+EDIT_FIELDS = ("new_name", "interval_seconds", "paging_group", "confirmation_mode", "language")
+#: What each confirmation mode does, as the form offers it (fastagi/flows/panic.py).
+MODE_TEXTS = {
+    "voice": "voice: names the alarm and the department aloud",
+    "neutral": "neutral: a question that gives nothing away",
+    "tone": "tone: a short beep, then the digit",
+    "display": "display: a text on the phone, no sound",
+    "none": "none: the alarm at once, no question",
+}
 MAP_FIELDS = ("pattern",)
 LOOKUP_FIELDS = ("extension",)
 DONE = {
@@ -61,6 +72,8 @@ def add_routes(app: web.Application) -> None:
 
 async def _start_meter(app: web.Application) -> None:
     app[METER] = AnnouncementMeter(app[SETTINGS])
+    # The languages a department may speak: the catalogues the server reads.
+    app[LANGUAGES] = load_languages(app[SETTINGS].flows.catalogues)
 
 
 async def _close_meter(app: web.Application) -> None:
@@ -187,6 +200,8 @@ async def _render_department(
             if department.interval_seconds is None
             else str(department.interval_seconds),
             paging_group=await _group_id(request, department.paging_group),
+            confirmation_mode=department.confirmation_mode or "",
+            language=department.language or "",
         )
     policy = await stores.policy.load_settings()
     interval = department.interval_seconds or policy.default_interval_seconds
@@ -200,6 +215,17 @@ async def _render_department(
             done=DONE.get(request.query.get("done", "")),
             department=department,
             group_options=await _group_options(request),
+            mode_options=[
+                ("", f"the site's default ({policy.confirmation_mode})"),
+                *MODE_TEXTS.items(),
+            ],
+            language_options=[
+                ("", f"the site's default ({policy.default_language})"),
+                *(
+                    (code, f"{catalogue.name} ({code})")
+                    for code, catalogue in sorted(request.app[LANGUAGES].catalogues.items())
+                ),
+            ],
             policy=policy,
             interval=interval,
             announcement=announcement,
@@ -245,6 +271,11 @@ def _changes(
         changes["interval_seconds"] = interval
     if group != department.paging_group:
         changes["paging_group"] = group
+    # Blank: the site's default. The store refuses anything not a mode or a language code.
+    for field in ("confirmation_mode", "language"):
+        chosen = texts[field].strip() or None
+        if chosen != getattr(department, field):
+            changes[field] = chosen
     return changes
 
 

@@ -15,12 +15,20 @@ from fastagi.config import DEFAULT_CONFIG_FILE
 from fastagi.domain.policy import NO_ANSWER_POLICIES, Policy
 from fastagi.store import StoreError
 from fastagi.web.actions import actor
+from fastagi.web.configure.departments import LANGUAGES, MODE_TEXTS
 from fastagi.web.configure.forms import Form, empty, posted, whole_number
 from fastagi.web.keys import SETTINGS, STORES
 from fastagi.web.security import require, template_context
 
 INTERVAL_FIELDS = ("seconds",)
-POLICY_FIELDS = ("no_answer_policy", "confirmation_attempts", "pin_attempts", "lockout_seconds")
+POLICY_FIELDS = (
+    "no_answer_policy",
+    "confirmation_attempts",
+    "pin_attempts",
+    "lockout_seconds",
+    "confirmation_mode",
+    "default_language",
+)
 LABELS = {
     "confirmation_attempts": "Confirmation attempts",
     "pin_attempts": "PIN attempts",
@@ -49,6 +57,8 @@ def _policy_form(policy: Policy) -> Form:
         confirmation_attempts=str(policy.confirmation_attempts),
         pin_attempts=str(policy.pin_attempts),
         lockout_seconds=str(policy.lockout_seconds),
+        confirmation_mode=policy.confirmation_mode,
+        default_language=policy.default_language,
     )
 
 
@@ -74,6 +84,11 @@ async def _render(
             done=DONE.get(request.query.get("done", "")),
             policy=policy,
             no_answer_policies=NO_ANSWER_POLICIES,
+            mode_options=list(MODE_TEXTS.items()),
+            language_options=[
+                (code, f"{catalogue.name} ({code})")
+                for code, catalogue in sorted(request.app[LANGUAGES].catalogues.items())
+            ],
             interval=interval
             or empty("interval", INTERVAL_FIELDS, seconds=str(policy.default_interval_seconds)),
             policy_form=policy_form or _policy_form(policy),
@@ -101,8 +116,9 @@ async def set_policy(request: web.Request) -> web.StreamResponse:
     current = await stores.policy.load_settings()
     try:
         changes: dict[str, Any] = {}
-        if texts["no_answer_policy"] != current.no_answer_policy:
-            changes["no_answer_policy"] = texts["no_answer_policy"]
+        for name in ("no_answer_policy", "confirmation_mode", "default_language"):
+            if texts[name] != getattr(current, name):
+                changes[name] = texts[name]
         for name, label in LABELS.items():
             value = whole_number(texts[name], name, label)
             if value != getattr(current, name):

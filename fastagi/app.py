@@ -43,8 +43,8 @@ from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiAuthError, AmiClient, AmiError
 from fastagi.assurance.watch import HealthMonitor
 from fastagi.config import Settings
-from fastagi.domain.directory import Directory
 from fastagi.config.catalogues import load_languages
+from fastagi.domain.directory import Directory
 from fastagi.domain.language import Languages
 from fastagi.flows import prompts
 from fastagi.flows.acknowledge import AcknowledgeFlow

@@ -137,7 +137,6 @@ def _recorded_location(locations: RecordedLocations | None, alarm: Alarm) -> dic
     return {"recording": functools.partial(locations.for_alarm, alarm), "prefix": prefix}
 
 
-
 class AnnouncementPrompts:
     """What a page of this alarm says: its pieces, looked up once (rendered then only if
     they were not ahead of time); built-in sounds when TTS fails."""
@@ -241,10 +240,10 @@ class AlarmLoop:
         self._on_drill_paged = on_drill_paged
         drill_settings = drill_settings or DrillSettings()
         # A language of its own (not the site's English voice): whole texts in its voice.
-        voiced = speech is not None and speech.voice is not None
+        voiced = speech if speech is not None and speech.voice is not None else None
         if alarm.drill is not None:
             segments: list[str | SpokenCharacters] = (
-                [speech.drill_announcement(alarm.department_name)]
+                [voiced.drill_announcement(alarm.department_name)]
                 if voiced
                 else announcement_segments(drill_settings.announcement, alarm.department_name, "")
             )
@@ -252,7 +251,7 @@ class AlarmLoop:
             caller_name = drill_settings.caller_name
         else:
             segments = (
-                [speech.announcement(alarm.department_name, alarm.extension)]
+                [voiced.announcement(alarm.department_name, alarm.extension)]
                 if voiced
                 else announcement_segments(
                     settings.announcement, alarm.department_name, alarm.extension
@@ -264,7 +263,7 @@ class AlarmLoop:
             tts,
             segments,
             fallback,
-            voice=speech.voice if voiced else None,
+            voice=voiced.voice if voiced else None,
             **_recorded_location(locations, alarm),
         )
         self._caller_name = caller_name.format(

@@ -18,7 +18,6 @@ import pytest
 from fastagi import cli
 from fastagi.agi.protocol import LocalProtocolError, encode_command
 from fastagi.app import running_server
-from fastagi.config.catalogues import load_languages
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.rules import announcement_segments
 from fastagi.flows import prompts

@@ -5,7 +5,9 @@ department and extension.
 An alarm is never silent for a recording's sake: a recording whose file is missing or
 unreadable (a restore without the sounds directory, a disk fault) is left out, the page
 speaks the department and extension as before, and the history says why
-(``recording_unusable``). A look-up that fails (PostgreSQL away) is the same as none.
+(``recording_unusable``). A look-up that fails or does not answer within
+``lookup_timeout`` (PostgreSQL away, or wedged) is the same as none: the page does not
+wait on it.
 """
 
 from __future__ import annotations
@@ -27,17 +29,28 @@ logger = logging.getLogger(__name__)
 
 Recorder = Callable[[HistoryEvent], Awaitable[object]]
 
+# How long a page waits for the recording's row before it speaks the announcement: the
+# loop's own queries have such a bound (fastagi/alarms/outage.py); a wedged PostgreSQL
+# must not hold up a page.
+LOOKUP_TIMEOUT = 2.0
+
 
 class RecordedLocations:
     """``RecordedLocations(store, settings, record=)``; ``await for_alarm(alarm)`` is the
     Asterisk name of the recording to page, or None (speak the announcement)."""
 
     def __init__(
-        self, store: RecordingStore, settings: RecordingSettings, *, record: Recorder
+        self,
+        store: RecordingStore,
+        settings: RecordingSettings,
+        *,
+        record: Recorder,
+        lookup_timeout: float = LOOKUP_TIMEOUT,
     ) -> None:
         self._store = store
         self._settings = settings
         self._record = record
+        self._lookup_timeout = lookup_timeout
 
     @property
     def prefix(self) -> str:
@@ -48,8 +61,9 @@ class RecordedLocations:
             return None  # a drill says it is a test, not where someone is
         extension = alarm.extension if is_extension(alarm.extension) else ""
         try:
-            location = await self._store.for_page(extension, alarm.department_id)
-        except Exception as exc:
+            async with asyncio.timeout(self._lookup_timeout):
+                location = await self._store.for_page(extension, alarm.department_id)
+        except Exception as exc:  # TimeoutError included
             logger.warning("cannot look up the recorded location: %s", exc)
             return None
         if location is None:

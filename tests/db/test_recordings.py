@@ -4,6 +4,7 @@ the page's fallback to TTS with ``recording_unusable`` when the file is gone."""
 
 from __future__ import annotations
 
+import asyncio
 import wave
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,6 +160,28 @@ async def test_a_missing_file_falls_back_to_tts_with_a_history_event(
     assert event.kind == "recording_unusable"
     assert event.details["owner"] == "extension 101"
     assert event.alarm_id == 7
+
+
+async def test_a_lookup_postgresql_does_not_answer_is_no_recording_the_page_goes_on(
+    store: Stores, settings: RecordingSettings, tmp_path: Path, db_pool: Pool
+) -> None:
+    """A wedged database (here: a lock the look-up waits on) is the same as none: the
+    page speaks the announcement after the look-up's bound, and no event is lost."""
+    await keep_recording(
+        store, settings, write_wav(tmp_path / "a.wav", 1.0), by="test", extension="101"
+    )
+    events: list[HistoryEvent] = []
+
+    async def record(event: HistoryEvent) -> None:
+        events.append(event)
+
+    locations = RecordedLocations(store.recordings, settings, record=record, lookup_timeout=0.5)
+    async with db_pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("LOCK TABLE recorded_locations IN ACCESS EXCLUSIVE MODE")
+        async with asyncio.timeout(5):  # without the bound: held until the lock goes
+            found = await locations.for_alarm(alarm("101", None))
+    assert found is None
+    assert events == []
 
 
 async def test_removing_a_department_removes_its_recordings_row(

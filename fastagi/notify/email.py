@@ -12,6 +12,8 @@ open would be the one that a relay has silently dropped when the alarm comes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.policy
 import email.utils
 import ssl
@@ -179,7 +181,7 @@ class SmtpChannel:
         except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
             return Verification(False, step, self.redact(f"{where}: {_describe(exc)}"))
         finally:
-            client.close()
+            await _closed(client, settings.timeout)
         return Verification(True, step, f"{where}: {', '.join(done)}")
 
     def _password(self) -> str:
@@ -226,3 +228,21 @@ class SmtpChannel:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _closed(client: aiosmtplib.SMTP, limit: float) -> None:
+    """Close ``client`` and wait, at most ``limit``, until its connection is gone.
+
+    ``SMTP.close()`` only begins the end of a TLS connection: the TLS shutdown
+    (close_notify) runs afterwards on the event loop, so a caller whose loop ends next
+    (``fastagi check``) would leave the transport behind (a ResourceWarning on uvloop).
+    aiosmtplib has no awaitable close; its protocol notes ``connection_lost``.
+    """
+    protocol = client.protocol
+    client.close()
+    if protocol is None:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(limit):
+            while not getattr(protocol, "_connection_lost", True):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)

@@ -70,6 +70,7 @@ def render(job_json: str) -> None:
         finished.set()
 
     engine.connect("finished-utterance", on_finished)
+    _never_cancel(engine)
     if voice is not None:
         engine.setProperty("voice", voice)
     engine.setProperty("rate", rate)
@@ -89,6 +90,26 @@ def render(job_json: str) -> None:
         raise WorkerError(f"espeak-ng wrote no usable WAV: {exc}") from exc
     if frames == 0:
         raise WorkerError("espeak-ng produced no audio for this text")
+
+
+def _never_cancel(engine: Any) -> None:
+    """Keep runAndWait from cancelling the rate, volume and voice just set.
+
+    pyttsx3 2.99's runAndWait queues DriverProxy.endLoop behind the property commands and
+    runs them in one go; endLoop calls the espeak driver's stop(), which calls espeak_Cancel
+    whenever espeak_IsPlaying() is true. In espeak-ng's asynchronous mode espeak_SetParameter
+    is a command queued for espeak-ng's own thread (libespeak-ng/fifo.c), and IsPlaying is
+    true while that thread runs any command; Cancel then drops the commands still queued.
+    The text was then spoken at pyttsx3's default rate of 200 words a minute instead of the
+    configured one: 1 render in about 30, with several rendering at once. This process
+    renders one text and nothing in it is ever to be stopped, so stop() does nothing.
+    """
+    try:
+        driver = engine.proxy._driver
+        driver.stop  # noqa: B018 - the attribute replaced below must exist
+    except AttributeError as exc:
+        raise WorkerError(f"unsupported pyttsx3 (no espeak driver stop()): {exc}") from exc
+    driver.stop = lambda: None
 
 
 if __name__ == "__main__":

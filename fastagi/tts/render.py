@@ -41,7 +41,8 @@ from fastagi.config.tts import TtsSettings
 
 # Bump when anything below changes how a given text sounds (sox effects, worker flags), so
 # cached files of the old pipeline are not reused: the version is part of the cache key.
-FORMAT_VERSION = 1
+# 2: a render could be spoken at pyttsx3's default rate (_worker.py, _never_cancel).
+FORMAT_VERSION = 2
 
 _WORKER = Path(__file__).with_name("_worker.py")
 # Scratch directories inside the prompt directory; purge() removes those a crash left.

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import array
 import asyncio
+import json
 import math
 import os
+import subprocess
+import sys
 import time
 import unicodedata
+import wave
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from fastagi.tts import (
     fallback_confirmation,
     spoken_text,
 )
+from fastagi.tts import render as render_module
 
 ANNOUNCEMENT = "Panic alarm. Department Emergency Room. Extension 2 0 1."
 ASTERISK_VIEW = "/var/lib/asterisk/sounds/fastagi-panic"
@@ -218,6 +223,47 @@ async def test_unknown_voice_is_an_error(tmp_path: Path):
     async with TextToSpeech(make_settings(tmp_path, voice="xx-nonexistent")) as tts:
         with pytest.raises(TtsError, match="espeak-ng failed: SetVoiceByName"):
             await tts.render(ANNOUNCEMENT)
+
+
+# Runs the worker's render() in a child with espeak-ng reported busy (espeak_IsPlaying),
+# as it is while its thread still applies the rate and volume just set; whether that
+# happens at the moment pyttsx3 ends its loop is a race (1 render in 30-120 lost its rate).
+_WORKER_WITH_ESPEAK_BUSY = """
+import importlib.util, json, sys
+import pyttsx3.drivers._espeak as espeak
+cancels = []
+real_cancel = espeak.Cancel
+espeak.IsPlaying = lambda: 1
+espeak.Cancel = lambda: cancels.append(1) or real_cancel()
+spec = importlib.util.spec_from_file_location("worker", sys.argv[1])
+worker = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(worker)
+worker.render(sys.stdin.read())
+print(json.dumps({"cancels": len(cancels)}))
+"""
+
+
+def test_a_render_never_cancels_the_rate_it_set(tmp_path: Path):
+    worker = Path(render_module.__file__).with_name("_worker.py")
+
+    def frames(wav: Path, *argv: str) -> tuple[int, str]:
+        job = {"text": ANNOUNCEMENT, "voice": None, "rate": 120, "volume": 1.0, "wav": str(wav)}
+        done = subprocess.run(
+            [sys.executable, "-P", *argv],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        with wave.open(str(wav), "rb") as audio:
+            return audio.getnframes(), done.stdout
+
+    plain, _ = frames(tmp_path / "plain.wav", str(worker))
+    busy, report = frames(tmp_path / "busy.wav", "-c", _WORKER_WITH_ESPEAK_BUSY, str(worker))
+    # espeak_Cancel drops the queued rate: the text is then spoken at pyttsx3's default.
+    assert json.loads(report.splitlines()[-1]) == {"cancels": 0}
+    assert busy == plain
 
 
 # 1 ms ends the render while the worker is being started, 30 ms while it runs (Python alone

@@ -73,7 +73,9 @@ class SandboxError(Exception):
 class SandboxPorts:
     """Every port an instance binds (all on 127.0.0.1), plus where paging phones listen.
 
-    Paging phone 2NN is expected at ``phone_base + 2NN`` (a SIPp UAS in tests).
+    Paging phone 2NN is expected at ``phone_base + 2NN`` (a SIPp UAS in tests). A phone
+    that calls (a SIPp UAC) binds one of the ``caller_count`` UDP ports from
+    ``caller_start`` (``Sandbox.caller_port``); with none, a port the kernel picks.
     """
 
     sip: int = 5060
@@ -81,6 +83,8 @@ class SandboxPorts:
     rtp_start: int = 10000
     rtp_end: int = 10999
     phone_base: int = 5000
+    caller_start: int = 0
+    caller_count: int = 0
 
     def phone_port(self, extension: int) -> int:
         return self.phone_base + extension
@@ -204,6 +208,15 @@ def _wait_pid_exit(pid: int, timeout: float | None) -> bool:
         os.close(fd)
 
 
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port the kernel hands out as free right now (``kind``: SOCK_STREAM/SOCK_DGRAM);
+    nothing keeps another process from taking it before it is bound (see ports.py)."""
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 def port_in_use(port: int, kind: int) -> bool:
     """True when ``port`` on 127.0.0.1 cannot be bound (``kind``: SOCK_STREAM/SOCK_DGRAM)
     the way Asterisk binds it.
@@ -272,8 +285,28 @@ class Sandbox:
         self._pid: int | None = None
         self._log_file: IO[bytes] | None = None
         self._started_at: float | None = None
+        self._callers_handed_out = 0
 
     # ---- where things are --------------------------------------------------------------
+    def caller_port(self) -> int:
+        """A free UDP port for a SIPp phone that calls this instance.
+
+        From the instance's own ports when it has some (``SandboxPorts.caller_start``): a
+        port of a claimed slot stays free until its user binds it, while a port the kernel
+        hands out may be taken by any other process before SIPp binds it (SIPp then exits:
+        "Unable to bind main socket, errno = 98"). In turn, so that phones started at once
+        get different ports, skipping one a phone still holds.
+        """
+        ports = self.ports
+        for _ in range(ports.caller_count):
+            port = ports.caller_start + self._callers_handed_out % ports.caller_count
+            self._callers_handed_out += 1
+            if not port_in_use(port, socket.SOCK_DGRAM):
+                return port
+        if ports.caller_count:
+            raise SandboxError(f"all {ports.caller_count} caller ports are in use")
+        return free_port(socket.SOCK_DGRAM)
+
     @property
     def instance_dir_in_chroot(self) -> str:
         return f"{INSTANCES_DIR_IN_CHROOT}/{self.name}"

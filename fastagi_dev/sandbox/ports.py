@@ -16,7 +16,8 @@ guarantee: any connect() on the machine may take it before it is bound.
 
 One slot, from its first port: paging phones 200-299 (100, UDP), RTP (200, UDP; RTCP on
 each odd port), SIP (UDP), AMI (TCP), then spare TCP ports for the holder's own servers
-(``PortClaim.tcp_port``: a FastAGI server, a PostgreSQL cluster).
+(``PortClaim.tcp_port``: a FastAGI server, a PostgreSQL cluster); the UDP ports of the
+same numbers are for the SIPp phones that call the instance (``Sandbox.caller_port``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-from fastagi_dev.sandbox.instance import PAGING_PHONES, SandboxPorts, port_in_use
+from fastagi_dev.sandbox.instance import PAGING_PHONES, SandboxPorts, free_port, port_in_use
+
+__all__ = ["PortClaim", "claim_sandbox_ports", "free_port", "udp_ports_bound_by"]
 
 # Above the usual ephemeral range start (32768) ports come and go with every outgoing
 # connection, so search below it.
@@ -70,14 +73,6 @@ def udp_ports_bound_by(pid: int) -> set[int]:
                 if fields[9] in inodes:
                     ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port the kernel hands out as free right now (``kind``: SOCK_STREAM/SOCK_DGRAM)."""
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 class PortClaim:
@@ -151,6 +146,8 @@ def claim_sandbox_ports() -> PortClaim:
             rtp_start=rtp_start,
             rtp_end=rtp_start + RTP_PORTS_PER_INSTANCE - 1,
             phone_base=start - PAGING_PHONES.start,
+            caller_start=start + _SPARE_OFFSET,
+            caller_count=SLOT_SIZE - _SPARE_OFFSET,
         )
         return PortClaim(ports, holder, start)
     raise RuntimeError(

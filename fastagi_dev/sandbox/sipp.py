@@ -33,7 +33,6 @@ import datetime as dt
 import re
 import secrets
 import signal
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,7 +42,7 @@ from fastagi_dev.sandbox.ami import AmiClient
 from fastagi_dev.sandbox.image import repo_root
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.keypad import Person, answer_calls, stop, type_answers
-from fastagi_dev.sandbox.ports import free_port, udp_ports_bound_by
+from fastagi_dev.sandbox.ports import udp_ports_bound_by
 
 # The scenarios live with the tests, where integrators look for them; the demo runs from
 # a clone of the repository.
@@ -232,7 +231,7 @@ async def run_scenario(
     keys: dict[str, str] | None = None,
     pause_ms: int | None = None,
     recv_timeout_ms: int | None = 20_000,
-    local_port: int | None = None,
+    local_port: int,
     within: float = 30.0,
     extra: tuple[str, ...] = (),
     microphone: bytes = SILENCE,
@@ -243,7 +242,7 @@ async def run_scenario(
     command = sipp_command(
         scenario,
         remote=f"127.0.0.1:{sip_port}",
-        local_port=local_port or free_port(socket.SOCK_DGRAM),
+        local_port=local_port,
         workdir=workdir,
         service=service,
         keys=keys,
@@ -303,7 +302,7 @@ async def call_dtmf(
     ``result.check()`` fails when an answer found no prompt. ``microphone``: the u-law
     audio the phone streams, in a loop, from the answer on (silence by default)."""
     person = Person(answers, hang_up=hang_up, before_prompt=before_prompt)
-    local_port = free_port(socket.SOCK_DGRAM)
+    local_port = sandbox.caller_port()
     # The Call-ID is fixed, so that the keypad can tell this call's channel from others.
     token = f"keypad-{secrets.token_hex(8)}"
     async with await sandbox.ami() as ami:
@@ -346,6 +345,7 @@ async def subscribe_dialog(
         sip_port=sandbox.sip_port,
         service=service,
         keys={"ext": str(ext), "notifies": str(notifies)},
+        local_port=sandbox.caller_port(),
     )
 
 

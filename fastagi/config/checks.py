@@ -4,7 +4,9 @@ message pydantic shows for the field."""
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from collections.abc import Iterable
+from pathlib import Path
 
 # What would end an AMI or SIP header, or an AGI command, early.
 LINE_BREAKS = "\r\n\0"
@@ -33,3 +35,22 @@ def asterisk_devices(devices: Iterable[str]) -> None:
         tech, _, resource = device.partition("/")
         if not (tech and resource) or any(char in device for char in _DEVICE_FORBIDDEN):
             raise ValueError(f"not an Asterisk device like PJSIP/201: {device!r}")
+
+
+def absolute_directory(value: Path) -> Path:
+    """A directory this server writes to: relative to the server's working directory it
+    would depend on how the server was started."""
+    if not value.is_absolute():
+        raise ValueError(f"directory must be absolute: {value}")
+    return value
+
+
+def asterisk_directory(value: str | None) -> str | None:
+    """The same directory as Asterisk sees it (None: the same path). Asterisk resolves a
+    relative name against its own sounds directory, which would silently point somewhere
+    else; so the absolute form, without a trailing slash."""
+    if value is None:
+        return None
+    if not posixpath.isabs(value):
+        raise ValueError(f"asterisk_directory must be absolute: {value!r}")
+    return value.rstrip("/") or "/"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fastagi.config import checks
+
 # Beside the TTS directory, not inside it: TextToSpeech.purge removes every file of its
 # own directory that it did not render.
 DEFAULT_DIRECTORY = Path("/var/lib/asterisk/sounds/fastagi-panic-locations")
@@ -36,18 +38,12 @@ class RecordingSettings(BaseModel):
     @field_validator("directory")
     @classmethod
     def _directory_absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError(f"directory must be absolute: {value}")
-        return value
+        return checks.absolute_directory(value)
 
     @field_validator("asterisk_directory")
     @classmethod
     def _asterisk_directory_absolute(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not posixpath.isabs(value):
-            raise ValueError(f"asterisk_directory must be absolute: {value!r}")
-        return value.rstrip("/") or "/"
+        return checks.asterisk_directory(value)
 
     @model_validator(mode="after")
     def _min_below_max(self) -> RecordingSettings:

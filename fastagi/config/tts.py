@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import posixpath
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fastagi.config import checks
 
 # FreePBX's sounds directory is where Asterisk looks for prompts; a subdirectory of our own
 # keeps our files apart from the admin's recordings and makes ``purge`` safe.
@@ -56,20 +57,12 @@ class TtsSettings(BaseModel):
     @field_validator("asterisk_directory")
     @classmethod
     def _asterisk_directory_absolute(cls, value: str | None) -> str | None:
-        # Asterisk resolves a relative name against its own sounds directory, which would
-        # silently point somewhere else; insist on the absolute form.
-        if value is None:
-            return None
-        if not posixpath.isabs(value):
-            raise ValueError(f"asterisk_directory must be absolute: {value!r}")
-        return value.rstrip("/") or "/"
+        return checks.asterisk_directory(value)
 
     @field_validator("directory")
     @classmethod
     def _directory_absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError(f"directory must be absolute: {value}")
-        return value
+        return checks.absolute_directory(value)
 
     @field_validator("voice")
     @classmethod

@@ -558,13 +558,11 @@ def run_plan(plan: Plan, workdir: Path, log: TextIO) -> Report:
 def panic_site(sandbox: Any, department_id: int) -> dict[str, Any]:
     """What the floor's panic flow needs to know: the department, and the prompts our
     server renders at start-up (the floor plays the same files; it renders nothing)."""
-    from fastagi.config.tts import TtsSettings
     from fastagi.flows import prompts
     from fastagi.tts import TextToSpeech
+    from fastagi_dev.sandbox.settings import tts_settings
 
-    tts = TextToSpeech(
-        TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk)
-    )
+    tts = TextToSpeech(tts_settings(sandbox))
     return {
         "department_id": department_id,
         "department": DEPARTMENT,

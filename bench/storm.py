@@ -51,96 +51,87 @@ _INVITE = """
   <recv response="180" optional="true"/>
   <recv response="183" optional="true"/>
   <recv response="200" rtd="true"/>
-  <send>
-    <![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:[field0]@[local_ip]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Contact: <sip:[field0]@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
 """
 
-_INFO = """
-  <pause milliseconds="{pause}"/>
-  <send retrans="500">
-    <![CDATA[
-      INFO sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]-[cseq]
-      From: <sip:[field0]@[local_ip]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: [cseq] INFO
-      Contact: <sip:[field0]@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Type: application/dtmf-relay
-      Content-Length: [len]
 
-      Signal={key}
-      Duration=160
-    ]]>
-  </send>
-  <recv request="BYE" optional="true" next="bye"/>
-  <recv response="200"/>
-"""
+def _in_dialog(method: str, cseq: str, branch: str, *, content: str = "") -> str:
+    """A request of the caller's within the call: the ACK (``cseq`` "1"), or INFO and BYE
+    (SIPp's counted ``[cseq]``, a branch of their own); ``content``: "type\n\nbody"."""
+    content_type, _, body = content.partition("\n\n")
+    headers = [
+        f"{method} sip:[service]@[remote_ip]:[remote_port] SIP/2.0",
+        f"Via: SIP/2.0/[transport] [local_ip]:[local_port];branch={branch}",
+        "From: <sip:[field0]@[local_ip]>;tag=[pid]SIPpTag00[call_number]",
+        "To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]",
+        "Call-ID: [call_id]",
+        f"CSeq: {cseq} {method}",
+        "Contact: <sip:[field0]@[local_ip]:[local_port]>",
+        "Max-Forwards: 70",
+        *([f"Content-Type: {content_type}", "Content-Length: [len]"] if content else []),
+        *([] if content else ["Content-Length: 0"]),
+    ]
+    return _message([*headers, "", *body.splitlines()])
 
-_WAIT_BYE = """
-  <recv request="BYE"/>
-  <label id="bye"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
 
-    ]]>
-  </send>
-"""
+def _message(lines: list[str]) -> str:
+    """A SIP message's lines, as the scenario's CDATA holds them (SIPp drops the indent)."""
+    return "\n".join(f"      {line}" if line else "" for line in lines) + "\n"
 
-# The caller hangs up; Asterisk's own BYE may cross it (the flow ended first).
-_HANG_UP = """
-  <pause milliseconds="{pause}"/>
-  <send retrans="500">
-    <![CDATA[
-      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]-[cseq]
-      From: <sip:[field0]@[local_ip]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: [cseq] BYE
-      Contact: <sip:[field0]@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Length: 0
 
-    ]]>
-  </send>
-  <recv request="BYE" optional="true" next="bye"/>
-  <recv response="200" next="end"/>
-  <label id="bye"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
+def _send(message: str, *, retrans: bool = False) -> str:
+    opening = '<send retrans="500">' if retrans else "<send>"
+    return f"  {opening}\n    <![CDATA[\n{message}    ]]>\n  </send>\n"
 
-    ]]>
-  </send>
-  <label id="end"/>
-"""
+
+_ACK = _send(_in_dialog("ACK", "1", "[branch]"))
+# The answer to Asterisk's BYE.
+_OK = _send(
+    _message(
+        [
+            "SIP/2.0 200 OK",
+            "[last_Via:]",
+            "[last_From:]",
+            "[last_To:]",
+            "[last_Call-ID:]",
+            "[last_CSeq:]",
+            "Content-Length: 0",
+            "",
+        ]
+    )
+)
+
+
+def _key(pause_ms: int, key: str) -> str:
+    """Type ``key`` as SIP INFO after ``pause_ms``; Asterisk may hang up instead."""
+    info = _in_dialog(
+        "INFO",
+        "[cseq]",
+        "[branch]-[cseq]",
+        content=f"application/dtmf-relay\n\nSignal={key}\nDuration=160",
+    )
+    return (
+        f'\n  <pause milliseconds="{pause_ms}"/>\n'
+        + _send(info, retrans=True)
+        + '  <recv request="BYE" optional="true" next="bye"/>\n'
+        + '  <recv response="200"/>\n'
+    )
+
+
+_WAIT_BYE = '\n  <recv request="BYE"/>\n  <label id="bye"/>\n' + _OK
+
+
+def _hang_up(pause_ms: int) -> str:
+    """The caller hangs up; Asterisk's own BYE may cross it (the flow ended first)."""
+    bye = _in_dialog("BYE", "[cseq]", "[branch]-[cseq]")
+    return (
+        f'\n  <pause milliseconds="{pause_ms}"/>\n'
+        + _send(bye, retrans=True)
+        + '  <recv request="BYE" optional="true" next="bye"/>\n'
+        + '  <recv response="200" next="end"/>\n'
+        + '  <label id="bye"/>\n'
+        + _OK
+        + '  <label id="end"/>\n'
+    )
 
 
 @dataclass(frozen=True)
@@ -158,13 +149,10 @@ class CallKind:
 
 def scenario(kind: CallKind) -> str:
     """The SIPp XML scenario of ``kind``."""
-    body = [_INVITE]
+    body = [_INVITE, _ACK]
     for index, key in enumerate(kind.keys):
-        body.append(_INFO.format(pause=kind.first_key_ms if index == 0 else KEY_GAP_MS, key=key))
-    if kind.hang_up_ms is None:
-        body.append(_WAIT_BYE)
-    else:
-        body.append(_HANG_UP.format(pause=kind.hang_up_ms))
+        body.append(_key(kind.first_key_ms if index == 0 else KEY_GAP_MS, key))
+    body.append(_WAIT_BYE if kind.hang_up_ms is None else _hang_up(kind.hang_up_ms))
     return (
         '<?xml version="1.0" encoding="ISO-8859-1" ?>\n'
         '<!DOCTYPE scenario SYSTEM "sipp.dtd">\n'

@@ -32,13 +32,14 @@ from pydantic import SecretStr
 
 from fastagi.app import Services, running_server, until_signalled
 from fastagi.cli.common import CliError
-from fastagi.config import AmiSettings, DatabaseSettings, Settings
+from fastagi.config import DatabaseSettings, Settings
 from fastagi.store import Stores
 from fastagi.store.migrations import migrate
 from fastagi.web.server import Console, running_console
 from fastagi_dev.cluster import EmbeddedCluster
 from fastagi_dev.demo import dev_cache_dir, dev_state_path
 from fastagi_dev.sandbox.instance import Sandbox, SandboxPorts, running_sandbox
+from fastagi_dev.sandbox.settings import ami_settings, tts_settings
 from fastagi_dev.seed import DemoInfo, seed_demo
 
 DEV_DATABASE = "fastagi"
@@ -178,21 +179,15 @@ async def run_dev(settings: Settings, options: DevOptions | None = None) -> None
                         }
                     ),
                     "tts": settings.tts.model_copy(
-                        update={
-                            "directory": sandbox.tts_dir,
-                            "asterisk_directory": sandbox.tts_dir_in_asterisk,
-                        }
+                        update=tts_settings(sandbox).model_dump(
+                            include={"directory", "asterisk_directory"}
+                        )
                     ),
                     # *558 works out of the box in the dev environment.
                     "drill": settings.drill.model_copy(
                         update={"pin": settings.drill.pin or SecretStr(DEV_DRILL_PIN)}
                     ),
-                    "ami": AmiSettings(
-                        host=sandbox.ami_host,
-                        port=sandbox.ami_port,
-                        username=sandbox.ami_username,
-                        secret=SecretStr(sandbox.ami_secret),
-                    ),
+                    "ami": ami_settings(sandbox),
                 }
             )
             consoles: list[Console] = []

@@ -34,16 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from pydantic import SecretStr
 
 from fastagi.admin.alarms import deactivate_alarm
 from fastagi.admin.replay import replay_document
 from fastagi.app import running_server
 from fastagi.config import (
-    AgiSettings,
-    AmiSettings,
-    DatabaseSettings,
-    JournalSettings,
     Settings,
 )
 from fastagi.domain.policy import MIN_INTERVAL
@@ -59,11 +54,12 @@ from fastagi.domain.replay import (
 from fastagi.domain.rules import announcement_text
 from fastagi.flows import prompts
 from fastagi.store import Stores
-from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi.tts import TextToSpeech
 from fastagi_dev.cluster import free_port
 from fastagi_dev.devenv import prepare_database, running_cluster
 from fastagi_dev.sandbox import sipp
 from fastagi_dev.sandbox.instance import PAGING_PHONES, Sandbox, SandboxPorts, running_sandbox
+from fastagi_dev.sandbox.settings import server_settings
 
 __all__ = ["ReplayError", "ReplayResult", "load_replay_file", "replay"]
 
@@ -322,20 +318,7 @@ async def _replay_in_a_sandbox(
                 ports=REPLAY_PORTS,
                 agi_url=f"agi://127.0.0.1:{REPLAY_AGI_PORT}",
             ) as sandbox:
-                settings = Settings(
-                    agi=AgiSettings(port=REPLAY_AGI_PORT),
-                    database=DatabaseSettings(dsn=SecretStr(dsn)),
-                    journal=JournalSettings(directory=None),
-                    ami=AmiSettings(
-                        host=sandbox.ami_host,
-                        port=sandbox.ami_port,
-                        username=sandbox.ami_username,
-                        secret=SecretStr(sandbox.ami_secret),
-                    ),
-                    tts=TtsSettings(
-                        directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk
-                    ),
-                )
+                settings = server_settings(sandbox, REPLAY_AGI_PORT, dsn)
                 return await replay(
                     document,
                     sandbox=sandbox,

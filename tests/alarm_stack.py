@@ -18,10 +18,12 @@ from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
 from fastagi.config import AlarmSettings, JournalSettings
+from fastagi.flows import prompts
 from fastagi.store import Stores
 from fastagi.store.journal import Journal
-from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi.tts import TextToSpeech
 from fastagi_dev.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.settings import tts_settings
 
 
 async def start_alarm_service(
@@ -81,8 +83,19 @@ async def sandbox_ami(stack: AsyncExitStack, sandbox: Sandbox) -> AmiClient:
 
 def sandbox_tts(stack: AsyncExitStack, sandbox: Sandbox) -> TextToSpeech:
     """Prompts rendered where the sandbox Asterisk reads them."""
-    tts = TextToSpeech(
-        TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk)
-    )
+    tts = TextToSpeech(tts_settings(sandbox))
     stack.push_async_callback(tts.aclose)
     return tts
+
+
+async def prerender(sandbox: Sandbox, *texts: str) -> None:
+    """Render the flows' fixed prompts and ``texts`` where the sandbox reads them, before a
+    server starts: a first render (0.1-1 s on a loaded machine) would be measured as a
+    page's delay, and the prompts' timing would depend on it."""
+    tts = TextToSpeech(tts_settings(sandbox))
+    try:
+        results = await tts.prerender([*prompts.fixed_texts(), *texts])
+    finally:
+        await tts.aclose()
+    failed = {text: r for text, r in results.items() if isinstance(r, Exception)}
+    assert not failed, failed

@@ -14,19 +14,17 @@ from pydantic import SecretStr
 
 from fastagi.admin import users
 from fastagi.config import (
-    AgiSettings,
     AlarmSettings,
-    AmiSettings,
     DatabaseSettings,
     JournalSettings,
     Settings,
     WebSettings,
 )
 from fastagi.store import Stores
-from fastagi.tts import TtsSettings
 from fastagi.web.server import Console, serving_console
 from fastagi_dev.sandbox import Sandbox
 from fastagi_dev.sandbox.ports import free_port
+from fastagi_dev.sandbox.settings import server_settings as sandbox_server_settings
 
 # name -> (role, password)
 USERS = {
@@ -48,17 +46,10 @@ def web_settings(dsn: str, **web: Any) -> Settings:
 def server_settings(sandbox: Sandbox, agi_port: int, dsn: str, **web: Any) -> Settings:
     """``fastagi serve`` with the console against the sandbox: short pages (about 2 s),
     so cycles are seconds apart; the console on a free port of its own."""
-    return Settings(
-        journal=JournalSettings(directory=None),
-        agi=AgiSettings(port=agi_port),
-        database=DatabaseSettings(dsn=SecretStr(dsn)),
-        ami=AmiSettings(
-            host=sandbox.ami_host,
-            port=sandbox.ami_port,
-            username=sandbox.ami_username,
-            secret=SecretStr(sandbox.ami_secret),
-        ),
-        tts=TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk),
+    return sandbox_server_settings(
+        sandbox,
+        agi_port,
+        dsn,
         alarm=AlarmSettings(
             lead_in=0.3, announcement="Panic {extension}.", page_timeout=5, takeover_interval=1
         ),

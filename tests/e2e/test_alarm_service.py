@@ -28,8 +28,9 @@ from fastagi.config import AlarmSettings
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store import Stores
 from fastagi.store.history import StoredEvent
-from fastagi.tts import TextToSpeech, TtsSettings
+from fastagi.tts import TextToSpeech
 from fastagi_dev.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.settings import tts_settings
 from tests import sipp
 from tests.alarm_stack import start_alarm_service
 
@@ -84,12 +85,7 @@ class Harness:
         )
         await ami.connect()
         self.stack.push_async_callback(ami.close)
-        tts = TextToSpeech(
-            TtsSettings(
-                directory=self.sandbox.tts_dir,
-                asterisk_directory=self.sandbox.tts_dir_in_asterisk,
-            )
-        )
+        tts = TextToSpeech(tts_settings(self.sandbox))
         self.stack.push_async_callback(tts.aclose)
         service, _ = await start_alarm_service(
             self.stack, store=store, pool=pool, ami=ami, tts=tts, settings=settings, name=name

@@ -11,18 +11,14 @@ from pydantic import SecretStr
 
 from fastagi.app import running_server
 from fastagi.config import (
-    AgiSettings,
-    AmiSettings,
-    DatabaseSettings,
     EmergencySettings,
-    JournalSettings,
     Settings,
 )
 from fastagi.config.notify import NotifySettings, SmtpSettings, WebhookSettings
 from fastagi.store import Stores
-from fastagi.tts import TtsSettings
 from fastagi_dev.demo import DEMO_CYCLES, DEMO_PHONES, run_demo
 from fastagi_dev.sandbox import Sandbox
+from fastagi_dev.sandbox.settings import server_settings
 from fastagi_dev.sandbox.sipp import Responder
 from fastagi_dev.seed import seed_demo
 from tests.notify_servers import SmtpServer, WebhookServer
@@ -39,21 +35,12 @@ def settings_for(
     notify: NotifySettings | None = None,
     emergency: EmergencySettings | None = None,
 ) -> Settings:
-    return Settings(
+    return server_settings(
+        sandbox,
+        agi_port,
+        dsn,
         notify=notify or NotifySettings(),
         emergency=emergency or EmergencySettings(),
-        # Memory only: a journal directory shared by tests would replay one test's
-        # events into another's database.
-        journal=JournalSettings(directory=None),
-        agi=AgiSettings(port=agi_port),
-        database=DatabaseSettings(dsn=SecretStr(dsn)),
-        ami=AmiSettings(
-            host=sandbox.ami_host,
-            port=sandbox.ami_port,
-            username=sandbox.ami_username,
-            secret=SecretStr(sandbox.ami_secret),
-        ),
-        tts=TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk),
     )
 
 

@@ -26,29 +26,24 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 
 from fastagi.alarms.drill_schedule import DrillScheduler
 from fastagi.app import running_server, running_services
 from fastagi.config import (
-    AgiSettings,
     AlarmSettings,
-    AmiSettings,
-    DatabaseSettings,
     DrillSettings,
-    JournalSettings,
     Settings,
 )
 from fastagi.config.notify import NotifySettings, SmtpSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.drill import SCHEDULE, YIELD_REASON, report_event_id
-from fastagi.flows import prompts
 from fastagi.store import Stores
 from fastagi.store.alarms import DrillStartOutcome
 from fastagi.store.history import StoredEvent
-from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.settings import server_settings
 from tests import sipp
+from tests.alarm_stack import prerender
 from tests.notify_servers import SmtpServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -80,18 +75,11 @@ def settings_for(
             smtp=SmtpSettings(host="127.0.0.1", port=smtp.port, security="none", timeout=5),
             emails=[SECURITY],
         )
-    return Settings(
+    return server_settings(
+        sandbox,
+        agi_port,
+        dsn,
         notify=notify,
-        journal=JournalSettings(directory=None),
-        agi=AgiSettings(port=agi_port),
-        database=DatabaseSettings(dsn=SecretStr(dsn)),
-        ami=AmiSettings(
-            host=sandbox.ami_host,
-            port=sandbox.ami_port,
-            username=sandbox.ami_username,
-            secret=SecretStr(sandbox.ami_secret),
-        ),
-        tts=TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk),
         alarm=AlarmSettings(
             lead_in=0.2, page_timeout=5, takeover_interval=1.0, announcement="Panic {extension}."
         ),
@@ -107,21 +95,6 @@ async def department(store: Stores, *phones: int) -> None:
         DEPARTMENT, interval_seconds=INTERVAL, paging_group=DEPARTMENT
     )
     await store.directory.map_extensions(DEPARTMENT, str(DESK))
-
-
-async def prerender(sandbox: Sandbox, *texts: str) -> None:
-    """Render what the servers will say before they start: a first render (0.1-1 s on a
-    loaded machine) would be measured as the page's delay, and the prompts' timing
-    would depend on it."""
-    tts = TextToSpeech(
-        TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk)
-    )
-    try:
-        results = await tts.prerender([*prompts.fixed_texts(), *texts])
-    finally:
-        await tts.aclose()
-    failed = {text: r for text, r in results.items() if isinstance(r, Exception)}
-    assert not failed, failed
 
 
 async def fastagi(dsn: str, *args: str) -> tuple[int, str, str]:

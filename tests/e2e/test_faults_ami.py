@@ -15,22 +15,18 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 
 from fastagi.app import running_server
 from fastagi.config import (
     AgiSettings,
     AlarmSettings,
-    AmiSettings,
-    DatabaseSettings,
-    JournalSettings,
     Settings,
 )
 from fastagi.store import Stores
 from fastagi.store.history import StoredEvent
-from fastagi.tts import TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.ports import free_port
+from fastagi_dev.sandbox.settings import ami_settings, server_settings
 from tests import sipp
 from tests.e2e.server_process import events, gaps, seed_department, wait_alarm
 from tests.tcp_proxy import StallingProxy
@@ -62,22 +58,14 @@ def longest_reconnect_wait(down_for: float) -> float:
 def settings_for(
     sandbox: Sandbox, agi_port: int, dsn: str, ami_port: int | None = None
 ) -> Settings:
-    return Settings(
-        # Memory only: the default directory (/var/lib/fastagi-panic/journal) is shared
-        # by every test and xdist worker, and would replay one's events into another's
-        # database.
-        journal=JournalSettings(directory=None),
+    return server_settings(
+        sandbox,
+        agi_port,
+        dsn,
         agi=AgiSettings(port=agi_port, shutdown_grace=1),
-        database=DatabaseSettings(dsn=SecretStr(dsn)),
-        ami=AmiSettings(
-            host=sandbox.ami_host,
-            port=ami_port or sandbox.ami_port,
-            username=sandbox.ami_username,
-            secret=SecretStr(sandbox.ami_secret),
-            ping_interval=PING,
-            ping_timeout=PING,
+        ami=ami_settings(
+            sandbox, port=ami_port or sandbox.ami_port, ping_interval=PING, ping_timeout=PING
         ),
-        tts=TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk),
         alarm=AlarmSettings(
             lead_in=0.3, page_timeout=5, takeover_interval=1.0, announcement="Panic {extension}."
         ),

@@ -30,14 +30,10 @@ import aiohttp
 import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
 from fastagi.app import Services, running_server
 from fastagi.config import (
     AgiSettings,
-    AmiSettings,
-    DatabaseSettings,
-    JournalSettings,
     Settings,
     WebSettings,
 )
@@ -48,12 +44,12 @@ from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.domain.health import Health
 from fastagi.metrics import MetricsListener, running_metrics
 from fastagi.store import Stores
-from fastagi.tts import TtsSettings
 from fastagi.web import running_console
 from fastagi.web.server import Console
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.ports import claim_sandbox_ports
+from fastagi_dev.sandbox.settings import ami_settings, server_settings
 from tests import sipp
 from tests.e2e.server_process import seed_department, wait_alarm
 from tests.notify_servers import SmtpServer
@@ -131,19 +127,12 @@ def settings_for(
 ) -> Settings:
     """A server's settings: on the site's FastAGI port unless ``agi_port`` is given."""
     box = site.sandbox
-    return Settings(
-        journal=JournalSettings(directory=None),
+    return server_settings(
+        box,
+        agi_port or site.agi_port,
+        dsn,
         agi=AgiSettings(port=agi_port or site.agi_port, shutdown_grace=1),
-        database=DatabaseSettings(dsn=SecretStr(dsn)),
-        ami=AmiSettings(
-            host=box.ami_host,
-            port=box.ami_port,
-            username=f"{box.ami_username}-least",
-            secret=SecretStr(box.ami_secret),
-            ping_interval=1.0,
-            ping_timeout=1.0,
-        ),
-        tts=TtsSettings(directory=box.tts_dir, asterisk_directory=box.tts_dir_in_asterisk),
+        ami=ami_settings(box, least=True, ping_interval=1.0, ping_timeout=1.0),
         notify=NotifySettings(
             smtp=SmtpSettings(host="127.0.0.1", port=smtp.port, security="none", timeout=5),
             admin_emails=[ADMIN],

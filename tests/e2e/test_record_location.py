@@ -17,23 +17,18 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 
 from fastagi.app import running_server
 from fastagi.config import (
-    AgiSettings,
     AlarmSettings,
-    AmiSettings,
-    DatabaseSettings,
-    JournalSettings,
     RecordingSettings,
     Settings,
 )
 from fastagi.store import Stores
 from fastagi.store.history import StoredEvent
-from fastagi.tts import TtsSettings
 from fastagi.tts.wav import wav_seconds
 from fastagi_dev.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.settings import server_settings
 from tests import sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -69,17 +64,10 @@ def loudness(path: Path) -> float:
 
 
 def settings_for(sandbox: Sandbox, agi_port: int, dsn: str) -> Settings:
-    return Settings(
-        journal=JournalSettings(directory=None),
-        agi=AgiSettings(port=agi_port),
-        database=DatabaseSettings(dsn=SecretStr(dsn)),
-        ami=AmiSettings(
-            host=sandbox.ami_host,
-            port=sandbox.ami_port,
-            username=sandbox.ami_username,
-            secret=SecretStr(sandbox.ami_secret),
-        ),
-        tts=TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk),
+    return server_settings(
+        sandbox,
+        agi_port,
+        dsn,
         alarm=AlarmSettings(lead_in=0.2, page_timeout=5, announcement="Panic {extension}."),
         recording=RecordingSettings(
             directory=sandbox.instance_dir / "locations",

@@ -16,25 +16,21 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 
 from fastagi import cli
 from fastagi.admin.alarms import deactivate_alarm
 from fastagi.app import running_server
 from fastagi.config import (
-    AgiSettings,
     AlarmSettings,
-    AmiSettings,
-    DatabaseSettings,
-    JournalSettings,
     Settings,
 )
 from fastagi.flows import prompts
 from fastagi.store import Stores
-from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi_dev.replay import load_replay_file, replay
 from fastagi_dev.sandbox.instance import Sandbox
+from fastagi_dev.sandbox.settings import server_settings
 from tests import sipp
+from tests.alarm_stack import prerender
 from tests.pg import PgServer, _database_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -46,17 +42,10 @@ PIN = "2468"
 
 
 def settings_for(sandbox: Sandbox, agi_port: int, dsn: str) -> Settings:
-    return Settings(
-        journal=JournalSettings(directory=None),
-        agi=AgiSettings(port=agi_port),
-        database=DatabaseSettings(dsn=SecretStr(dsn)),
-        ami=AmiSettings(
-            host=sandbox.ami_host,
-            port=sandbox.ami_port,
-            username=sandbox.ami_username,
-            secret=SecretStr(sandbox.ami_secret),
-        ),
-        tts=TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk),
+    return server_settings(
+        sandbox,
+        agi_port,
+        dsn,
         alarm=AlarmSettings(lead_in=0.2, page_timeout=5, announcement="Panic {extension}."),
     )
 
@@ -100,13 +89,7 @@ async def test_an_alarm_replayed_matches_and_a_changed_paging_group_is_named(
 
     # Rendered before the original, as the replays find them: a cold render (seconds
     # on a loaded machine) would move the original's trigger but not the replays'.
-    tts = TextToSpeech(settings_for(sandbox, agi_port, database_dsn).tts)
-    try:
-        texts = [*prompts.fixed_texts(), prompts.panic_question(DEPARTMENT), f"Panic {DESK}."]
-        rendered = await tts.prerender(texts)
-    finally:
-        await tts.aclose()
-    assert not [r for r in rendered.values() if isinstance(r, Exception)], rendered
+    await prerender(sandbox, prompts.panic_question(DEPARTMENT), f"Panic {DESK}.")
 
     # The original: triggered and confirmed by phone, two pages, deactivated.
     async with (

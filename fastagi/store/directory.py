@@ -8,6 +8,7 @@ alarms run.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -82,8 +83,13 @@ class DirectoryStore:
                 "SELECT department_id, pattern FROM department_extensions ORDER BY id"
             )
             all_devices = await connection.fetch(_ALL_DEVICES)
-        return Directory.build(
-            departments=(
+        # The build indexes the extensions of every narrow mapping (up to 100,000: 20-100 ms,
+        # docs/performance.md); in a worker thread the event loop gets the GIL back every
+        # switch interval (5 ms) and goes on answering Asterisk, instead of stalling for
+        # the whole build.
+        return await asyncio.to_thread(
+            Directory.build,
+            departments=[
                 Department(
                     id=row["id"],
                     name=row["name"],
@@ -95,10 +101,10 @@ class DirectoryStore:
                     language=row["language"],
                 )
                 for row in departments
-            ),
-            mappings=((row["department_id"], row["pattern"]) for row in mappings),
+            ],
+            mappings=[(row["department_id"], row["pattern"]) for row in mappings],
             default_interval_seconds=site["default_interval_seconds"],
-            all_devices=(row["device"] for row in all_devices),
+            all_devices=[row["device"] for row in all_devices],
             default_language=site["default_language"],
         )
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 import pytest
 
 from fastagi.domain import pins
+from fastagi.domain.directory import Directory
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store import StoreError, Stores
 from fastagi.store.alarms import CHANNEL
@@ -298,6 +300,26 @@ async def test_the_interval_is_read_fresh(store: Stores) -> None:
     assert await store.directory.paging_devices(alarm) == ("PJSIP/201", "PJSIP/202")
     # No department: every paging group's devices (an alarm never pages nobody).
     assert await store.directory.paging_devices(unknown) == ("PJSIP/201", "PJSIP/202")
+
+
+async def test_the_directory_is_built_off_the_event_loop(
+    store: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building a large directory takes 20 ms (10,000 extensions) to 400 ms (100,000;
+    bench/directory.py): on the loop, every call's AGI replies would wait for it."""
+    threads: list[threading.Thread] = []
+    build = Directory.build
+
+    def spy(*args: Any, **kwargs: Any) -> Directory:
+        threads.append(threading.current_thread())
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(Directory, "build", spy)
+    await emergency_room(store)
+    directory = await store.directory.load_directory()
+    assert directory.department_for("105") is not None
+    assert len(threads) == 1
+    assert threads[0] is not threading.main_thread()
 
 
 async def test_load_directory(store: Stores) -> None:

@@ -122,6 +122,25 @@ def sandbox_rootfs() -> Path:
     return rootfs
 
 
+@contextlib.contextmanager
+def sandbox_of_its_own(
+    rootfs: Path, label: str, **options: Any
+) -> Iterator[tuple[Sandbox, PortClaim]]:
+    """A booted instance on a slot of its own, for tests that need what the session's
+    instance must not have (``options``: file modes that bind Asterisk, qualified
+    phones); its dialplan reaches a FastAGI server on the slot's first spare TCP port
+    (``claim.tcp_port(0)``), the others are free for the test's own servers."""
+    with claim_sandbox_ports() as claim:
+        agi_port = claim.tcp_port(0)
+        instance = start_sandbox(
+            rootfs, f"pytest-{os.getpid()}-{label}", f"agi://127.0.0.1:{agi_port}", claim, **options
+        )
+        try:
+            yield instance, claim
+        finally:
+            stop_sandbox(instance)
+
+
 @pytest.fixture(scope="session")
 def port_claim() -> Iterator[PortClaim]:
     with claim_sandbox_ports() as claim:

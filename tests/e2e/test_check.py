@@ -34,11 +34,10 @@ from fastagi.config import Settings
 from fastagi.store import Stores
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from fastagi_dev.sandbox.instance import Sandbox
-from fastagi_dev.sandbox.ports import claim_sandbox_ports
 from tests import sipp
 from tests.notify_servers import SmtpServer, WebhookServer, login_smtp
 from tests.qualified_phones import qualified_phones, settle
-from tests.sandbox_fixtures import start_sandbox, stop_sandbox
+from tests.sandbox_fixtures import sandbox_of_its_own
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -62,22 +61,11 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(sandbox_rootfs: Path) -> Iterator[Site]:
-    # A sandbox of its own (files modes bind Asterisk, qualified phones), on a slot of its
-    # own; its FastAGI port is one of the slot's spare ports.
-    with claim_sandbox_ports() as claim:
-        agi_port = claim.tcp_port(0)
-        instance = start_sandbox(
-            sandbox_rootfs,
-            f"pytest-{os.getpid()}-check",
-            f"agi://127.0.0.1:{agi_port}",
-            claim,
-            bypass_file_permissions=False,
-            qualified_phones=PHONES,
-        )
-        try:
-            yield Site(instance, agi_port)
-        finally:
-            stop_sandbox(instance)
+    # File modes bind Asterisk, and its phones are qualified.
+    with sandbox_of_its_own(
+        sandbox_rootfs, "check", bypass_file_permissions=False, qualified_phones=PHONES
+    ) as (instance, claim):
+        yield Site(instance, claim.tcp_port(0))
 
 
 @pytest.fixture

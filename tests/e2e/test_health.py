@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import socket
 import time
@@ -48,13 +47,12 @@ from fastagi.web import running_console
 from fastagi.web.server import Console
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
 from fastagi_dev.sandbox.instance import Sandbox
-from fastagi_dev.sandbox.ports import claim_sandbox_ports
 from fastagi_dev.sandbox.settings import ami_settings, server_settings
 from tests import sipp
 from tests.e2e.server_process import seed_department, wait_alarm
 from tests.notify_servers import SmtpServer
 from tests.qualified_phones import qualified_phones, settle
-from tests.sandbox_fixtures import start_sandbox, stop_sandbox
+from tests.sandbox_fixtures import sandbox_of_its_own
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -77,21 +75,11 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(sandbox_rootfs: Path) -> Iterator[Site]:
-    # A sandbox of its own (qualified phones) on a slot of its own; its FastAGI port is
-    # one of the slot's spare ports.
-    with claim_sandbox_ports() as claim:
-        agi_port = claim.tcp_port(0)
-        instance = start_sandbox(
-            sandbox_rootfs,
-            f"pytest-{os.getpid()}-health",
-            f"agi://127.0.0.1:{agi_port}",
-            claim,
-            qualified_phones=PHONES,
-        )
-        try:
-            yield Site(instance, agi_port, claim.tcp_port(1))
-        finally:
-            stop_sandbox(instance)
+    with sandbox_of_its_own(sandbox_rootfs, "health", qualified_phones=PHONES) as (
+        instance,
+        claim,
+    ):
+        yield Site(instance, claim.tcp_port(0), claim.tcp_port(1))
 
 
 @pytest.fixture

@@ -99,8 +99,9 @@ class Catalogue:
             raise KeyError(f"no text {key!r} in the {self.code} catalogue")
         return self.fallback.template(key)
 
-    def text(self, key: str, **values: str) -> str:
-        """The text of ``key``, its fields filled in; the English one when missing."""
+    def text(self, key: str, /, **values: str) -> str:
+        """The text of ``key``, its fields filled in; the English one when missing
+        (positional: the menu's texts have a field named ``key``)."""
         return self.template(key).format(**values)
 
     def missing(self) -> list[str]:

@@ -846,7 +846,7 @@ async def test_menu_names_the_departments_and_one_key_chooses_one():
 
     menu = (
         "Press 1 for Emergency Room. Press 2 for Pharmacy. "
-        "Press 3 for unknown department, extension 1 5 0. Press 9 for all alarms."
+        "Press 3 for unknown department, extension one five zero. Press 9 for all alarms."
     )
     assert asterisk.commands[2] == f"GET DATA {tts.name(menu)} 5000 1"
     assert service.deactivations == [(12, "extension 101", "PIN")]

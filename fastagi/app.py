@@ -116,6 +116,7 @@ def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
             record=services.recorder.record,
             tts=services.tts,
             settings=settings.flows,
+            languages=services.languages,
         ),
         "acknowledge": AcknowledgeFlow(
             services.emergency, services.tts, settings.emergency, settings.flows, settings.drill
@@ -126,6 +127,7 @@ def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
             tts=services.tts,
             settings=settings.drill,
             flow_settings=settings.flows,
+            languages=services.languages,
         ),
         "record-location": RecordLocationFlow(
             services.alarms,

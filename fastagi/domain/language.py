@@ -131,10 +131,13 @@ class Speech:
             department=department, extension=self.catalogue.spoken_extension(extension)
         )
 
+    @property
+    def drill_announcement_template(self) -> str:
+        """The drill's page text, its fields unfilled: the site's or the catalogue's."""
+        return self.drill_template or self.catalogue.template("drill_announcement")
+
     def drill_announcement(self, department: str) -> str:
-        return (self.drill_template or self.catalogue.template("drill_announcement")).format(
-            department=department, extension=""
-        )
+        return self.drill_announcement_template.format(department=department, extension="")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from fastagi.agi.errors import AgiHangup
 from fastagi.agi.session import AgiSession, DigitsResult
+from fastagi.domain.language import FIELDS, Catalogue
 from fastagi.tts import Prompt, TtsError, spell
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "files_listening",
     "play",
     "say",
+    "spoken_fixed_texts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,6 +107,16 @@ def fixed_texts() -> list[str]:
         DRILL_STARTED,
         DRILL_BUSY,
         DRILL_NOT_AVAILABLE,
+    ]
+
+
+def spoken_fixed_texts(catalogue: Catalogue) -> list[str]:
+    """Every text of ``catalogue`` a call speaks that names nothing (no display text, no
+    empty acknowledgement): worth rendering ahead in the language's voice."""
+    return [
+        text
+        for key, fields in FIELDS.items()
+        if not fields and not key.endswith("display") and (text := catalogue.text(key)).strip()
     ]
 
 

@@ -7,7 +7,9 @@ fastagi/app.py ``keep_prompts_ready``); the extension is spoken from one clip pe
 character (``DIGIT_CLIPS`` rendered at start-up), so an alarm from an extension never
 heard before plays files already on disk, and Playback joins them with '&'. Every piece is
 a TextToSpeech prompt, whose cache key holds the voice and its settings: a department with
-a voice of its own renders its own pieces.
+a language of its own (fastagi/domain/language.py ``Speech``) renders its own pieces with
+that language's voice, and its extension from clips of the language's digit words
+("jeden", "zero"), rendered once per language.
 
 How long a department's announcement plays, and so how often it can really page.
 
@@ -56,35 +58,58 @@ def department_texts(templates: Iterable[str], departments: Iterable[str | None]
     ]
 
 
-def _pieces(segments: Segments) -> list[tuple[str, bool]]:
-    """(text, clip) per file to play, in order. Every piece is a clip (its silences
+def _character(char: str, digits: Sequence[str] | None) -> str:
+    """What one character of an extension is spoken from: a digit as ``digits``'s word
+    (a language's), else the character itself (the site's voice reads "7" as "seven")."""
+    if digits is not None and char.isascii() and char.isdigit():
+        return digits[int(char)]
+    return char
+
+
+def _pieces(segments: Segments, digits: Sequence[str] | None = None) -> list[str]:
+    """The text of each file to play, in order. Every piece is a clip (its silences
     trimmed): played one after the other, espeak-ng's pauses around each would make the
     announcement 0.6 s longer than the whole text, and the page with it."""
-    pieces: list[tuple[str, bool]] = []
+    pieces: list[str] = []
     for segment in segments:
         if isinstance(segment, SpokenCharacters):
-            pieces += [(char, True) for char in segment.characters]
+            pieces += [_character(char, digits) for char in segment.characters]
         else:
-            pieces.append((segment, True))
+            pieces.append(segment)
     return pieces
 
 
-def segments_ready(tts: TextToSpeech, segments: Segments) -> bool:
-    """Whether every file of ``segments`` is on disk: playing them renders nothing."""
-    return all(tts.is_rendered(text, clip=clip) for text, clip in _pieces(segments))
+def segments_ready(
+    tts: TextToSpeech,
+    segments: Segments,
+    *,
+    voice: str | None = None,
+    digits: Sequence[str] | None = None,
+) -> bool:
+    """Whether every file of ``segments`` is on disk: playing them renders nothing.
+    ``voice`` and ``digits``: a language's (``Speech.voice``, ``Catalogue.digits``);
+    None: the site's voice, reading the digits itself."""
+    return all(tts.is_rendered(text, clip=True, voice=voice) for text in _pieces(segments, digits))
 
 
-async def render_segments(tts: TextToSpeech, segments: Segments) -> list[Prompt]:
+async def render_segments(
+    tts: TextToSpeech,
+    segments: Segments,
+    *,
+    voice: str | None = None,
+    digits: Sequence[str] | None = None,
+) -> list[Prompt]:
     """The prompts to play, in order; a stat per piece when all were rendered ahead, a
     render (in parallel, as the service's slots allow) of each piece that was not.
+    ``voice`` and ``digits`` as for :func:`segments_ready`.
 
     Raises TtsError when a piece cannot be rendered (the caller pages built-in sounds).
     """
-    pieces = _pieces(segments)
+    pieces = _pieces(segments, digits)
     if not pieces:
         raise TtsError("nothing to say: the announcement is blank")
     outcomes = await asyncio.gather(
-        *(tts.render(text, clip=clip) for text, clip in pieces), return_exceptions=True
+        *(tts.render(text, clip=True, voice=voice) for text in pieces), return_exceptions=True
     )
     prompts: list[Prompt] = []
     for outcome in outcomes:

@@ -17,7 +17,8 @@ The interval is measured from the start of one page to the start of the next, an
 never overlaps the previous one (fastagi/domain/rules.py ``next_cycle_start``): with an
 interval shorter than the page itself, pages run back to back, one per page length. The
 page length is the lead-in silence plus the spoken announcement, measured by rendering
-it with the site's own voice settings (into a scratch directory: nothing is installed).
+it as it is paged, in the department's language (its template, voice and digit words),
+with the site's own voice settings (into a scratch directory: nothing is installed).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastagi.config import Settings
+from fastagi.config.catalogues import load_languages
 from fastagi.domain.directory import ExtensionPattern
+from fastagi.domain.language import Languages
 from fastagi.domain.rules import SpokenCharacters, announcement_segments, announcement_text
 from fastagi.tts.cache import Prompt, TextToSpeech
 from fastagi.tts.render import TtsError
@@ -156,30 +159,46 @@ def sample_extension(patterns: tuple[str, ...]) -> str:
 class AnnouncementMeter:
     """Renders announcements with the site's TTS settings into a scratch directory."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, languages: Languages | None = None) -> None:
+        """``languages``: the prompt catalogues (default: ``[flows] catalogues``', read now)."""
         self._settings = settings
+        self._languages = languages or load_languages(settings.flows.catalogues)
         self._scratch = tempfile.TemporaryDirectory(prefix="fastagi-announcement-")
         tts = settings.tts.model_copy(
             update={"directory": Path(self._scratch.name), "asterisk_directory": None}
         )
         self._tts = TextToSpeech(tts)
 
-    async def measure(self, department: str, patterns: tuple[str, ...]) -> Announcement | None:
-        """The announcement of an alarm of ``department``; None when TTS cannot render it
-        (the alarm would page Asterisk's built-in sounds instead)."""
-        return await self.render(department, patterns)
+    async def measure(
+        self, department: str, patterns: tuple[str, ...], language: str | None = None
+    ) -> Announcement | None:
+        """The announcement of an alarm of ``department``, in ``language`` (the code its
+        pages speak: the department's, else the site's default; None: English); None
+        when TTS cannot render it (the alarm would page Asterisk's built-in sounds)."""
+        return await self.render(department, patterns, language)
 
     async def render(
-        self, department: str, patterns: tuple[str, ...]
+        self, department: str, patterns: tuple[str, ...], language: str | None = None
     ) -> RenderedAnnouncement | None:
         """:meth:`measure`, with the rendered audio (kept until :meth:`close`; a text
         rendered before is not rendered again)."""
         alarm = self._settings.alarm
+        # As the page chooses (fastagi/alarms/loop.py): English is the site's template
+        # in the site's voice; another language its own, with its voice and digit words.
+        speech = self._languages.speech(language, alarm.announcement)
+        voiced = speech.voice is not None
         extension = sample_extension(patterns)
-        text = announcement_text(alarm.announcement, department, extension)
+        text = (
+            speech.announcement(department, extension)
+            if voiced
+            else announcement_text(speech.template, department, extension)
+        )
         try:
             prompts = await render_segments(
-                self._tts, announcement_segments(alarm.announcement, department, extension)
+                self._tts,
+                announcement_segments(speech.template, department, extension),
+                voice=speech.voice,
+                digits=speech.catalogue.digits if voiced else None,
             )
         except TtsError:
             return None

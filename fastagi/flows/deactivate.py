@@ -253,7 +253,6 @@ class DeactivateFlow:
         await set_status(session, status)
 
     async def _run(self, call: _Call) -> Status:
-        await self._choose_language(call)
         admitted = await self._admit(call)
         if isinstance(admitted, Status):
             return admitted
@@ -270,25 +269,20 @@ class DeactivateFlow:
 
     async def _choose_language(self, call: _Call) -> None:
         """The caller's language, from the department the directory maps the extension
-        to and the site's default. Either unreadable: English, and the call goes on (a
-        refusal or the outage message is better understood than silence)."""
-        department: Department | None = None
-        default_language: str | None = None
-        try:
-            if call.caller.known and call.caller.trusted:
-                department = await self._db(self._service.lookup(call.caller.extension))
-            call.policy = await self._load_policy()
-            default_language = call.policy.default_language
-        except Exception as exc:
-            logger.warning(
-                "cannot read the caller's language; speaking English",
-                extra={**call.log_extra, "error": repr(exc)},
-            )
-        call.language = call_language(self._languages, department, default_language)
+        to and the site's default (the PIN policy's row, kept for the PIN). PostgreSQL
+        unreachable: _Unavailable at once, and the caller hears so in English (nothing
+        could be deactivated anyway: the PIN hashes are there too)."""
+        department = None
+        if call.caller.known:
+            department = await self._db(self._service.lookup(call.caller.extension))
+        call.policy = await self._load_policy()
+        call.language = call_language(self._languages, department, call.policy.default_language)
 
     async def _admit(self, call: _Call) -> str | Status:
         """The caller's PIN hash, or the status of a call refused before the PIN."""
         call.stage = "authorise"
+        if call.caller.trusted:  # a trunk's caller is refused in English, with no read
+            await self._choose_language(call)
         ext = call.caller.extension
         pin_hash = (
             await self._db(self._deactivators.deactivator_pin_hash(ext))

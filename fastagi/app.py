@@ -251,7 +251,11 @@ class PromptKeeper:
     async def run(self) -> None:
         tts = self._tts
         # prerender() logs each failure; the calls then play built-in sounds instead.
-        await tts.prerender(prompts.fixed_texts(), clips=DIGIT_CLIPS, parallel=self._parallel)
+        await tts.prerender(
+            prompts.spoken_fixed_texts(self._languages.get(None)),
+            clips=DIGIT_CLIPS,
+            parallel=self._parallel,
+        )
         directory: Directory | None = None
         while True:
             directory = await self._alarms.wait_directory(functools.partial(_is_not, directory))

@@ -50,8 +50,8 @@ LISTEN_SLICE_MS = 250
 # ---- texts ---------------------------------------------------------------------------
 # {department} is a department name or UNKNOWN_LABEL; the rest is ours. These are the
 # English catalogue's texts (fastagi/config/catalogues/en.toml; a unit test keeps them
-# equal): the trigger speaks its department's language from the catalogue, the other
-# flows still speak these.
+# equal), for the tests and tools that prerender them: the flows speak their caller's
+# language from the catalogue (fastagi/flows/common.py call_language).
 
 PANIC_QUESTION = "Panic alarm for {department}. Press 1 to confirm the alarm, or 2 to cancel."
 PANIC_DISPLAY = "PANIC {department}: 1 = confirm, 2 = cancel"

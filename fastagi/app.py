@@ -24,7 +24,7 @@ import resource
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -35,6 +35,7 @@ from fastagi.alarms.drill_schedule import DrillScheduler
 from fastagi.alarms.emergency import EmergencyCaller
 from fastagi.alarms.fallback import FallbackAdopter
 from fastagi.alarms.lamps import Lamps
+from fastagi.alarms.language import language_for
 from fastagi.alarms.locations import RecordedLocations
 from fastagi.alarms.notifications import AlarmNotifications
 from fastagi.alarms.paging import Pager
@@ -116,6 +117,7 @@ def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
             record=services.recorder.record,
             tts=services.tts,
             settings=settings.flows,
+            languages=services.languages,
         ),
         "acknowledge": AcknowledgeFlow(
             services.emergency, services.tts, settings.emergency, settings.flows, settings.drill
@@ -126,6 +128,7 @@ def build_routes(services: Services, settings: Settings) -> Mapping[str, Flow]:
             tts=services.tts,
             settings=settings.drill,
             flow_settings=settings.flows,
+            languages=services.languages,
         ),
         "record-location": RecordLocationFlow(
             services.alarms,
@@ -165,6 +168,62 @@ async def adopt_fallback_alarms(connecting: asyncio.Task[None], fallback: Fallba
     await fallback.run()
 
 
+@dataclass
+class PromptBatch:
+    """Texts and clips to render with one voice (None: the site's)."""
+
+    voice: str | None
+    texts: list[str] = field(default_factory=list)
+    clips: list[str] = field(default_factory=list)
+
+
+def directory_prompts(
+    directory: Directory, languages: Languages, settings: Settings
+) -> list[PromptBatch]:
+    """What the directory's calls and pages will say, each department in its language
+    (fastagi/alarms/language.py) and voice, in the order to render: pages first (a page
+    late is late for many), then questions (a question late delays one caller), then
+    drills (scheduled ahead), then the other languages' fixed texts. Announcement pieces
+    are clips, as they are paged (fastagi/tts/announcement.py); a language of its own
+    speaks extensions from clips of its digit words."""
+    pages: dict[str | None, PromptBatch] = {}
+    questions: dict[str | None, PromptBatch] = {}
+    drills: dict[str | None, PromptBatch] = {}
+    fixed: dict[str | None, PromptBatch] = {}
+    for department in [*directory.departments, None]:  # None: an unknown department's
+        speech = language_for(
+            department.id if department else None,
+            directory,
+            languages,
+            settings.alarm,
+            settings.drill,
+        )
+        voice, catalogue = speech.voice, speech.catalogue
+        name = department.name if department else None
+        page = pages.setdefault(voice, PromptBatch(voice))
+        if voice is not None:
+            page.clips += catalogue.digits
+            fixed.setdefault(voice, PromptBatch(voice, prompts.spoken_fixed_texts(catalogue)))
+        page.clips += department_texts([speech.template], [name])
+        if department is None:
+            continue  # its question names the caller's extension: rendered at the call
+        question = questions.setdefault(voice, PromptBatch(voice))
+        mode = department.confirmation_mode  # None: the site's, either of the spoken two
+        if mode in (None, "voice"):
+            question.texts.append(catalogue.text("question", department=department.name))
+        if mode in (None, "neutral"):
+            question.texts.append(catalogue.text("neutral_question"))
+        drills.setdefault(voice, PromptBatch(voice)).clips += department_texts(
+            [speech.drill_announcement_template], [department.name]
+        )
+    return [
+        batch
+        for batches in (pages, questions, drills, fixed)
+        for batch in batches.values()
+        if batch.texts or batch.clips
+    ]
+
+
 class PromptKeeper:
     """Renders what callers and pages will say before anyone calls: a prompt rendered
     during a call costs its caller about a tenth of a second, one rendered now costs nothing.
@@ -172,14 +231,18 @@ class PromptKeeper:
     At start-up (in the background: the listener accepts calls meanwhile) the fixed texts
     and the digit clips, then for the directory and every reload of it (each change to a
     department or mapping, by NOTIFY) each department's question and announcement pieces
-    (fastagi/tts/announcement.py), so the first alarm after a change renders nothing.
-    Renders already on disk cost a stat: a reload re-checks every department cheaply.
+    in its language and voice (:func:`directory_prompts`), so the first alarm after a
+    change renders nothing. Renders already on disk cost a stat: a reload re-checks
+    every department cheaply.
     """
 
-    def __init__(self, tts: TextToSpeech, alarms: AlarmService, settings: Settings) -> None:
+    def __init__(
+        self, tts: TextToSpeech, alarms: AlarmService, settings: Settings, languages: Languages
+    ) -> None:
         self._tts = tts
         self._alarms = alarms
         self._settings = settings
+        self._languages = languages
         self._prepared: Directory | None = None  # the last one whose prompts are on disk
         self._changed = asyncio.Condition()
         # Leave one render slot free for a live call's render (a name typed a minute ago).
@@ -188,27 +251,18 @@ class PromptKeeper:
     async def run(self) -> None:
         tts = self._tts
         # prerender() logs each failure; the calls then play built-in sounds instead.
-        await tts.prerender(prompts.fixed_texts(), clips=DIGIT_CLIPS, parallel=self._parallel)
+        await tts.prerender(
+            prompts.spoken_fixed_texts(self._languages.get(None)),
+            clips=DIGIT_CLIPS,
+            parallel=self._parallel,
+        )
         directory: Directory | None = None
         while True:
             directory = await self._alarms.wait_directory(functools.partial(_is_not, directory))
-            names: list[str | None] = [d.name for d in directory.departments]
-            alarm, drill = self._settings.alarm, self._settings.drill
-            # Pages first (a page late is late for many), then the questions (a question
-            # late delays one caller), then drills (scheduled ahead). Announcement pieces
-            # are clips (fastagi/tts/announcement.py).
-            await tts.prerender(
-                [],
-                clips=department_texts([alarm.announcement], [*names, None]),
-                parallel=self._parallel,
-            )
-            await tts.prerender(
-                [prompts.panic_question(d.name) for d in directory.departments],
-                parallel=self._parallel,
-            )
-            await tts.prerender(
-                [], clips=department_texts([drill.announcement], names), parallel=self._parallel
-            )
+            for batch in directory_prompts(directory, self._languages, self._settings):
+                await tts.prerender(
+                    batch.texts, clips=batch.clips, voice=batch.voice, parallel=self._parallel
+                )
             async with self._changed:
                 self._prepared = directory
                 self._changed.notify_all()
@@ -317,7 +371,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         health=health,
         agi_stats=AgiStats(),
         drills=drills,
-        prompt_keeper=PromptKeeper(tts, alarms, settings),
+        prompt_keeper=PromptKeeper(tts, alarms, settings, languages),
         languages=languages,
     )
     try:

@@ -148,17 +148,20 @@ class AnnouncementPrompts:
         fallback: Sequence[str],
         *,
         voice: str | None = None,
+        digits: Sequence[str] | None = None,
         recording: Callable[[], Awaitable[str | None]] | None = None,
         prefix: str = "",
     ) -> None:
-        """``voice``: a language's (fastagi/alarms/language.py), whose ``segments`` are
-        whole texts rendered with it; None: the site's voice, the extension from the
-        per-digit clips. ``recording()``: the caller's recorded location to page instead
-        of the ``segments`` (fastagi/alarms/locations.py), after ``prefix`` spoken; None:
-        the segments."""
+        """``voice`` and ``digits``: a language's (fastagi/alarms/language.py), whose
+        pieces are rendered with its voice and its extension spoken from clips of its
+        digit words; None: the site's voice, the extension from the per-digit clips
+        (fastagi/tts/announcement.py). ``recording()``: the caller's recorded location
+        to page instead of the ``segments`` (fastagi/alarms/locations.py), after
+        ``prefix`` spoken; None: the segments."""
         self._tts = tts
         self._segments = list(segments)
         self._voice = voice
+        self._digits = digits
         self._fallback = list(fallback)
         self._recording = recording
         self._prefix = prefix
@@ -178,11 +181,9 @@ class AnnouncementPrompts:
                 return [*await self._spoken_prefix(), self.recording]
         if self._tts is not None:
             try:
-                if self._voice is not None:
-                    texts = [s for s in self._segments if isinstance(s, str)]
-                    rendered = [await self._tts.render(t, voice=self._voice) for t in texts]
-                else:
-                    rendered = await render_segments(self._tts, self._segments)
+                rendered = await render_segments(
+                    self._tts, self._segments, voice=self._voice, digits=self._digits
+                )
                 return [prompt.asterisk_name for prompt in rendered]
             except TtsError as exc:
                 self.tts_error = str(exc)
@@ -239,24 +240,17 @@ class AlarmLoop:
         self._first_delay = first_delay
         self._on_drill_paged = on_drill_paged
         drill_settings = drill_settings or DrillSettings()
-        # A language of its own (not the site's English voice): whole texts in its voice.
+        # A language of its own (not the site's English voice): its templates, its
+        # voice, its digit words; pieces all the same, rendered ahead (fastagi/app.py).
         voiced = speech if speech is not None and speech.voice is not None else None
         if alarm.drill is not None:
-            segments: list[str | SpokenCharacters] = (
-                [voiced.drill_announcement(alarm.department_name)]
-                if voiced
-                else announcement_segments(drill_settings.announcement, alarm.department_name, "")
-            )
+            template = voiced.drill_announcement_template if voiced else drill_settings.announcement
+            segments = announcement_segments(template, alarm.department_name, "")
             fallback = fallback_drill_announcement()
             caller_name = drill_settings.caller_name
         else:
-            segments = (
-                [voiced.announcement(alarm.department_name, alarm.extension)]
-                if voiced
-                else announcement_segments(
-                    settings.announcement, alarm.department_name, alarm.extension
-                )
-            )
+            template = voiced.template if voiced else settings.announcement
+            segments = announcement_segments(template, alarm.department_name, alarm.extension)
             fallback = fallback_announcement(alarm.extension)
             caller_name = settings.caller_name
         self._prompts = AnnouncementPrompts(
@@ -264,6 +258,7 @@ class AlarmLoop:
             segments,
             fallback,
             voice=voiced.voice if voiced else None,
+            digits=voiced.catalogue.digits if voiced else None,
             **_recorded_location(locations, alarm),
         )
         self._caller_name = caller_name.format(

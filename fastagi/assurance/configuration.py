@@ -33,7 +33,11 @@ async def departments(context: Context) -> Finding:
     try:
         for department in listed:
             interval = department.interval_seconds or snapshot.default_interval_seconds
-            announcement = await meter.measure(department.name, department.patterns)
+            announcement = await meter.measure(
+                department.name,
+                department.patterns,
+                department.language or snapshot.default_language,
+            )
             if announcement is not None and interval < announcement.seconds:
                 short.append(
                     f"{department.name} pages every {announcement.seconds:.1f} s, not"

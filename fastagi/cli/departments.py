@@ -14,6 +14,7 @@ from fastagi.cli.output import print_json, print_table
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT
 from fastagi.domain.language import CONFIRMATION_MODES
 from fastagi.store import Stores
+from fastagi.store.directory import DepartmentInfo
 from fastagi.tts.announcement import AnnouncementMeter
 
 INTERVAL_HELP = (
@@ -104,7 +105,7 @@ async def _department_add(stores: Stores, args: argparse.Namespace) -> int:
     )
     print(f"added department '{department.name}'")
     if args.interval is not None:
-        await warn_if_shorter_than_announcement(department.name, department.patterns, args.interval)
+        await warn_if_shorter_than_announcement(stores, department, args.interval)
     return 0
 
 
@@ -113,7 +114,10 @@ async def _department_list(stores: Stores, args: argparse.Namespace) -> int:
     policy = await stores.policy.load_settings()
     meter = AnnouncementMeter(load_settings_or_fail())
     try:
-        announcements = [await meter.measure(d.name, d.patterns) for d in departments]
+        announcements = [
+            await meter.measure(d.name, d.patterns, d.language or policy.default_language)
+            for d in departments
+        ]
     finally:
         await meter.close()
     rows: list[dict[str, Any]] = []
@@ -165,12 +169,15 @@ async def _department_list(stores: Stores, args: argparse.Namespace) -> int:
 
 
 async def warn_if_shorter_than_announcement(
-    name: str, patterns: tuple[str, ...], interval_seconds: int
+    stores: Stores, department: DepartmentInfo, interval_seconds: int
 ) -> None:
-    """On stderr, when pages would run back to back rather than ``interval_seconds`` apart."""
+    """On stderr, when pages would run back to back rather than ``interval_seconds`` apart
+    (the announcement measured in the language the department's pages speak)."""
+    name = department.name
+    language = department.language or (await stores.policy.load_settings()).default_language
     meter = AnnouncementMeter(load_settings_or_fail())
     try:
-        announcement = await meter.measure(name, patterns)
+        announcement = await meter.measure(name, department.patterns, language)
     finally:
         await meter.close()
     if announcement is not None and interval_seconds < announcement.seconds:
@@ -208,7 +215,7 @@ async def _department_set(stores: Stores, args: argparse.Namespace) -> int:
     department = await admin.set_department(stores, args.name, **changes, by=operator())
     print(f"changed department '{department.name}'")
     if args.interval is not None:
-        await warn_if_shorter_than_announcement(department.name, department.patterns, args.interval)
+        await warn_if_shorter_than_announcement(stores, department, args.interval)
     return 0
 
 

@@ -46,9 +46,7 @@ async def _interval_set(stores: Stores, args: argparse.Namespace) -> int:
     print(f"default interval: {args.seconds}s")
     for department in await stores.directory.list_departments():
         if department.interval_seconds is None:
-            await warn_if_shorter_than_announcement(
-                department.name, department.patterns, args.seconds
-            )
+            await warn_if_shorter_than_announcement(stores, department, args.seconds)
     return 0
 
 

@@ -99,8 +99,9 @@ class Catalogue:
             raise KeyError(f"no text {key!r} in the {self.code} catalogue")
         return self.fallback.template(key)
 
-    def text(self, key: str, **values: str) -> str:
-        """The text of ``key``, its fields filled in; the English one when missing."""
+    def text(self, key: str, /, **values: str) -> str:
+        """The text of ``key``, its fields filled in; the English one when missing
+        (positional: the menu's texts have a field named ``key``)."""
         return self.template(key).format(**values)
 
     def missing(self) -> list[str]:
@@ -130,10 +131,13 @@ class Speech:
             department=department, extension=self.catalogue.spoken_extension(extension)
         )
 
+    @property
+    def drill_announcement_template(self) -> str:
+        """The drill's page text, its fields unfilled: the site's or the catalogue's."""
+        return self.drill_template or self.catalogue.template("drill_announcement")
+
     def drill_announcement(self, department: str) -> str:
-        return (self.drill_template or self.catalogue.template("drill_announcement")).format(
-            department=department, extension=""
-        )
+        return self.drill_announcement_template.format(department=department, extension="")
 
 
 @dataclass(frozen=True)

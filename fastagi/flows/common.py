@@ -1,5 +1,5 @@
-"""What the panic and deactivation flows share: their settings, the caller's identity,
-and the status they leave for the dialplan.
+"""What the call flows share: their settings, the caller's identity and language, and
+the status they leave for the dialplan.
 
 Both flows trust nothing that came from the phone. A caller id is data: it may be
 ``"anonymous"``, a SIP user name, or text with quotes, backslashes and newlines in it.
@@ -19,17 +19,20 @@ from dataclasses import dataclass
 from fastagi.agi.errors import AgiError
 from fastagi.agi.session import AgiSession
 from fastagi.config import FlowSettings
-from fastagi.domain.directory import is_extension
+from fastagi.domain.directory import Department, is_extension
 from fastagi.domain.events import HistoryEvent
+from fastagi.domain.language import Catalogue, Languages
 
 # Writes a history event and never raises (fastagi.alarms.recorder.HistoryRecorder.record).
 Recorder = Callable[[HistoryEvent], Awaitable[object]]
 
 __all__ = [
     "STATUS_VARIABLE",
+    "CallLanguage",
     "Caller",
     "FlowSettings",
     "call_details",
+    "call_language",
     "caller_identity",
     "display_text",
     "set_status",
@@ -119,6 +122,28 @@ def _caller(
         return Caller(text, known=True, source=source, trusted=trusted, seen=seen)
     label = display_text(text)[:MAX_CALLER_TEXT].strip()
     return Caller(label or UNKNOWN_CALLER, known=False, source=source, trusted=trusted, seen=seen)
+
+
+@dataclass(frozen=True, slots=True)
+class CallLanguage:
+    """What a call says and with which voice: its language's catalogue, and the voice
+    to render it with (None: the site's ``[tts] voice``, English's)."""
+
+    catalogue: Catalogue
+    voice: str | None
+
+    def text(self, key: str, /, **values: str) -> str:
+        return self.catalogue.text(key, **values)
+
+
+def call_language(
+    languages: Languages, department: Department | None, default_language: str | None
+) -> CallLanguage:
+    """The language of a call from ``department``: the department's own, else the
+    site's ``default_language``, else English (an unknown code too: a call speaks some
+    language rather than none)."""
+    code = (department.language if department else None) or default_language
+    return CallLanguage(languages.get(code), languages.voice_for(code))
 
 
 def call_details(session: AgiSession) -> dict[str, str]:

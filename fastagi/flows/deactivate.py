@@ -33,6 +33,10 @@ attempt is recorded (``deactivation_refused``, reason "database unavailable", jo
 by the service until PostgreSQL takes it). Each database call waits at most
 ``FlowSettings.database_timeout`` seconds, so the caller is not left in silence.
 
+Every word in the caller's language: the department of the calling extension's, else
+the site's default (``alarm_settings.default_language``), else English (PostgreSQL
+down), with that language's voice; the menu names departments and extensions in it too.
+
 ``FASTAGI_STATUS``: DEACTIVATED, REFUSED, LOCKED, WRONGPIN, NOALARM, NOCHOICE,
 UNAVAILABLE, HANGUP or ERROR.
 """
@@ -51,11 +55,21 @@ from fastagi.agi.errors import AgiHangup
 from fastagi.agi.session import AgiSession
 from fastagi.alarms.outage import is_unavailable
 from fastagi.config import FlowSettings
-from fastagi.domain.directory import UNKNOWN_DEPARTMENT
+from fastagi.config.catalogues import load_languages
+from fastagi.domain.directory import UNKNOWN_DEPARTMENT, Department
 from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.language import Catalogue, Languages
 from fastagi.domain.pins import MAX_PIN_LENGTH, verify_pin_async
 from fastagi.flows import prompts
-from fastagi.flows.common import Caller, Recorder, call_details, caller_identity, set_status
+from fastagi.flows.common import (
+    Caller,
+    CallLanguage,
+    Recorder,
+    call_details,
+    call_language,
+    caller_identity,
+    set_status,
+)
 from fastagi.flows.prompts import Speaker
 
 __all__ = [
@@ -102,6 +116,9 @@ class PinPolicy(Protocol):
     @property
     def lockout_seconds(self) -> int: ...
 
+    @property
+    def default_language(self) -> str: ...
+
 
 class PinPolicySource(Protocol):
     """:class:`fastagi.store.policy.PolicyStore`, as the deactivation uses it."""
@@ -144,6 +161,8 @@ class ActiveAlarm(Protocol):
 class DeactivationService(Protocol):
     """The part of :class:`fastagi.alarms.service.AlarmService` the deactivation uses."""
 
+    async def lookup(self, extension: str) -> Department | None: ...
+
     async def active_alarms(self) -> Sequence[ActiveAlarm]: ...
 
     async def deactivate(
@@ -168,7 +187,9 @@ class _PinOutcome(enum.Enum):
 class _Call:
     session: AgiSession
     caller: Caller
+    language: CallLanguage  # English until the caller's is known
     stage: str = "start"
+    policy: PinPolicy | None = None  # read with the language, when it could be
     deactivated: list[int] = field(default_factory=list)  # alarm ids, as they are
 
     @property
@@ -197,13 +218,16 @@ class DeactivateFlow:
         record: Recorder,
         tts: Speaker,
         settings: FlowSettings | None = None,
+        languages: Languages | None = None,
     ) -> None:
+        """``languages``: the prompt catalogues (default: the built-in ones, read now)."""
         self._service = service
         self._write = record
         self._policy = policy
         self._deactivators = deactivators
         self._tts = tts
         self._settings = settings or FlowSettings()
+        self._languages = languages or load_languages(self._settings.catalogues)
 
     async def __call__(self, session: AgiSession) -> None:
         try:
@@ -211,7 +235,7 @@ class DeactivateFlow:
         except AgiHangup:
             await set_status(session, Status.HANGUP)
             return
-        call = _Call(session, caller)
+        call = _Call(session, caller, call_language(self._languages, None, None))
         try:
             status = await self._run(call)
         except AgiHangup:
@@ -233,19 +257,32 @@ class DeactivateFlow:
         if isinstance(admitted, Status):
             return admitted
         call.stage = "pin"
-        policy = await self._db(self._policy.load_settings())
+        policy = call.policy if call.policy is not None else await self._load_policy()
         outcome = await self._pin(call, admitted, policy)
         if outcome is _PinOutcome.LOCKED:
-            await self._say_last(call, prompts.LOCKED_OUT, prompts.FALLBACK_LOCKED_OUT)
+            await self._say_last(call, "locked_out", prompts.FALLBACK_LOCKED_OUT)
             return Status.LOCKED
         if outcome is _PinOutcome.WRONG:
-            await self._say_last(call, prompts.WRONG_PIN_FINAL, prompts.FALLBACK_WRONG_PIN_FINAL)
+            await self._say_last(call, "wrong_pin_final", prompts.FALLBACK_WRONG_PIN_FINAL)
             return Status.WRONGPIN
         return await self._choose_and_deactivate(call)
+
+    async def _choose_language(self, call: _Call) -> None:
+        """The caller's language, from the department the directory maps the extension
+        to and the site's default (the PIN policy's row, kept for the PIN). PostgreSQL
+        unreachable: _Unavailable at once, and the caller hears so in English (nothing
+        could be deactivated anyway: the PIN hashes are there too)."""
+        department = None
+        if call.caller.known:
+            department = await self._db(self._service.lookup(call.caller.extension))
+        call.policy = await self._load_policy()
+        call.language = call_language(self._languages, department, call.policy.default_language)
 
     async def _admit(self, call: _Call) -> str | Status:
         """The caller's PIN hash, or the status of a call refused before the PIN."""
         call.stage = "authorise"
+        if call.caller.trusted:  # a trunk's caller is refused in English, with no read
+            await self._choose_language(call)
         ext = call.caller.extension
         pin_hash = (
             await self._db(self._deactivators.deactivator_pin_hash(ext))
@@ -258,7 +295,7 @@ class DeactivateFlow:
             if not call.caller.trusted:
                 details.update(call.caller.seen)
             await self._record(call, EventKind.DEACTIVATION_REFUSED, details)
-            await self._say_last(call, prompts.NOT_AUTHORISED, prompts.FALLBACK_NOT_AUTHORISED)
+            await self._say_last(call, "not_authorised", prompts.FALLBACK_NOT_AUTHORISED)
             return Status.REFUSED
         locked_until = await self._db(self._deactivators.lockout_until(ext))
         if locked_until is not None and locked_until > datetime.now(UTC):
@@ -267,7 +304,7 @@ class DeactivateFlow:
                 EventKind.DEACTIVATION_REFUSED,
                 {"reason": "locked out", "locked_until": locked_until.isoformat()},
             )
-            await self._say_last(call, prompts.LOCKED_OUT, prompts.FALLBACK_LOCKED_OUT)
+            await self._say_last(call, "locked_out", prompts.FALLBACK_LOCKED_OUT)
             return Status.LOCKED
         global_until = await self._global_lockout_until()
         if global_until is not None:
@@ -276,7 +313,7 @@ class DeactivateFlow:
                 EventKind.DEACTIVATION_REFUSED,
                 {"reason": "global lockout", "locked_until": global_until.isoformat()},
             )
-            await self._say_last(call, prompts.LOCKED_OUT, prompts.FALLBACK_LOCKED_OUT)
+            await self._say_last(call, "locked_out", prompts.FALLBACK_LOCKED_OUT)
             return Status.LOCKED
         if not await self._db(self._service.active_alarms()):
             return await self._no_alarm(call)
@@ -290,7 +327,7 @@ class DeactivateFlow:
             return await self._no_alarm(call)
         chosen = alarms if len(alarms) == 1 else await self._choose(call, alarms)
         if chosen is None:
-            await self._say_last(call, prompts.NOTHING_CHOSEN, prompts.FALLBACK_GOODBYE)
+            await self._say_last(call, "nothing_chosen", prompts.FALLBACK_GOODBYE)
             return Status.NOCHOICE
         call.stage = "deactivate"
         done = await self._deactivate(call, chosen)
@@ -298,18 +335,24 @@ class DeactivateFlow:
             # Someone else stopped them meanwhile.
             return await self._no_alarm(call)
         if len(done) == 1:
-            text = prompts.DEACTIVATED_ONE.format(department=_menu_label(done[0]))
+            label = _menu_label(call.language.catalogue, done[0])
+            await self._say_last(
+                call, "deactivated_one", prompts.FALLBACK_DEACTIVATED, department=label
+            )
         else:
-            text = prompts.DEACTIVATED_ALL
-        await self._say_last(call, text, prompts.FALLBACK_DEACTIVATED)
+            await self._say_last(call, "deactivated_all", prompts.FALLBACK_DEACTIVATED)
         return Status.DEACTIVATED
 
     async def _pin(self, call: _Call, pin_hash: str, policy: PinPolicy) -> _PinOutcome:
         ext = call.caller.extension
-        text, fallback = prompts.PIN_PROMPT, prompts.FALLBACK_PIN
+        key, fallback = "pin_prompt", prompts.FALLBACK_PIN
         for attempt in range(1, max(1, policy.pin_attempts) + 1):
             files = await prompts.files_for(
-                self._tts, text, fallback, render_timeout=self._settings.render_timeout
+                self._tts,
+                call.language.text(key),
+                fallback,
+                render_timeout=self._settings.render_timeout,
+                voice=call.language.voice,
             )
             entered = await prompts.ask(
                 call.session,
@@ -319,7 +362,7 @@ class DeactivateFlow:
             )
             if not entered.digits:
                 # Silence is not a guess: ask again, without counting a failure.
-                text, fallback = prompts.PIN_PROMPT, prompts.FALLBACK_PIN
+                key, fallback = "pin_prompt", prompts.FALLBACK_PIN
                 continue
             if await verify_pin_async(entered.digits, pin_hash):
                 await self._db(self._deactivators.clear_pin_failures(ext))
@@ -355,8 +398,11 @@ class DeactivateFlow:
                     },
                 )
                 return _PinOutcome.LOCKED
-            text, fallback = prompts.PIN_WRONG, prompts.FALLBACK_PIN_WRONG
+            key, fallback = "pin_wrong", prompts.FALLBACK_PIN_WRONG
         return _PinOutcome.WRONG
+
+    async def _load_policy(self) -> PinPolicy:
+        return await self._db(self._policy.load_settings())
 
     async def _global_lockout_until(self) -> datetime | None:
         settings = self._settings
@@ -373,13 +419,18 @@ class DeactivateFlow:
         self, call: _Call, alarms: Sequence[ActiveAlarm]
     ) -> Sequence[ActiveAlarm] | None:
         listed = list(alarms[:MAX_LISTED])
+        language = call.language
         text = " ".join(
             [
                 *(
-                    prompts.MENU_ITEM.format(key=index, department=_menu_label(alarm))
+                    language.text(
+                        "menu_item",
+                        key=str(index),
+                        department=_menu_label(language.catalogue, alarm),
+                    )
                     for index, alarm in enumerate(listed, start=1)
                 ),
-                prompts.MENU_ALL.format(key=ALL_KEY),
+                language.text("menu_all", key=ALL_KEY),
             ]
         )
         fallback = [
@@ -396,7 +447,11 @@ class DeactivateFlow:
         ]
         for _ in range(self._settings.menu_attempts):
             files = await prompts.files_for(
-                self._tts, text, fallback, render_timeout=self._settings.render_timeout
+                self._tts,
+                text,
+                fallback,
+                render_timeout=self._settings.render_timeout,
+                voice=language.voice,
             )
             result = await prompts.ask(
                 call.session, files, timeout_ms=self._settings.menu_timeout_ms, max_digits=1
@@ -459,23 +514,27 @@ class DeactivateFlow:
         if call.deactivated:
             details["deactivated"] = list(call.deactivated)
         await self._record(call, EventKind.DEACTIVATION_REFUSED, details)
-        await self._say_last(call, prompts.UNAVAILABLE, prompts.FALLBACK_UNAVAILABLE)
+        await self._say_last(call, "unavailable", prompts.FALLBACK_UNAVAILABLE)
         return Status.UNAVAILABLE
 
     async def _no_alarm(self, call: _Call) -> Status:
         await self._record(call, EventKind.DEACTIVATION_REFUSED, {"reason": "no active alarm"})
-        await self._say_last(call, prompts.NO_ALARM, prompts.FALLBACK_NO_ALARM)
+        await self._say_last(call, "no_alarm", prompts.FALLBACK_NO_ALARM)
         return Status.NOALARM
 
-    async def _say_last(self, call: _Call, text: str, fallback: Sequence[str]) -> None:
-        """The call's last words; a hang-up during them changes nothing."""
+    async def _say_last(
+        self, call: _Call, key: str, fallback: Sequence[str], **values: str
+    ) -> None:
+        """The call's last words, the catalogue's ``key``; a hang-up during them
+        changes nothing."""
         try:
             await prompts.say(
                 call.session,
                 self._tts,
-                text,
+                call.language.text(key, **values),
                 fallback,
                 render_timeout=self._settings.render_timeout,
+                voice=call.language.voice,
             )
         except AgiHangup:
             logger.info("caller hung up during the last prompt", extra=call.log_extra)
@@ -494,12 +553,17 @@ class DeactivateFlow:
             logger.error("cannot record %s", kind, extra={**call.log_extra, "error": repr(exc)})
 
 
-def _menu_label(alarm: ActiveAlarm) -> str:
-    """How the menu names an alarm: its department, or the caller's extension when the
-    department is unknown (two unknown alarms must not sound alike); a drill as one."""
+def _menu_label(catalogue: Catalogue, alarm: ActiveAlarm) -> str:
+    """How the menu names an alarm in ``catalogue``'s language: its department, or the
+    caller's extension when the department is unknown (two unknown alarms must not sound
+    alike), digit by digit in the language's words; a drill as one."""
     if alarm.is_drill:
-        return prompts.DRILL_LABEL.format(department=alarm.department_name)
+        return catalogue.text("drill_label", department=alarm.department_name)
     if alarm.department_name == UNKNOWN_DEPARTMENT:
-        digits = " ".join(alarm.extension) if alarm.extension.isdigit() else alarm.extension
-        return prompts.UNKNOWN_LABEL.format(extension=digits)
+        extension = (
+            catalogue.spoken_extension(alarm.extension)
+            if alarm.extension.isdigit()
+            else alarm.extension
+        )
+        return catalogue.text("unknown_label", extension=extension)
     return alarm.department_name

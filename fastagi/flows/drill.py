@@ -23,6 +23,9 @@ timeline shows the call):
    of the department, or a drill of it running: ``drill_refused``, "A test cannot start
    now."
 
+Every word in the caller's language (the department's, else the site's default, else
+English while the directory cannot be read), with that language's voice.
+
 ``FASTAGI_STATUS``: STARTED, BUSY (an alarm or a drill runs), WRONGPIN, REFUSED (not
 available here), UNAVAILABLE (PostgreSQL down: no drill), HANGUP or ERROR.
 """
@@ -40,11 +43,21 @@ from fastagi.agi.errors import AgiHangup
 from fastagi.agi.session import AgiSession
 from fastagi.alarms.outage import is_unavailable
 from fastagi.config import DrillSettings, FlowSettings
-from fastagi.domain.directory import Department
+from fastagi.config.catalogues import load_languages
+from fastagi.domain.directory import Department, Directory
 from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.language import Languages
 from fastagi.domain.pins import MAX_PIN_LENGTH
 from fastagi.flows import prompts
-from fastagi.flows.common import Caller, Recorder, call_details, caller_identity, set_status
+from fastagi.flows.common import (
+    Caller,
+    CallLanguage,
+    Recorder,
+    call_details,
+    call_language,
+    caller_identity,
+    set_status,
+)
 from fastagi.flows.prompts import Speaker
 from fastagi.store.alarms import DrillStart, DrillStartOutcome
 
@@ -70,6 +83,8 @@ class DrillService(Protocol):
 
     async def lookup(self, extension: str) -> Department | None: ...
 
+    async def directory(self) -> Directory: ...  # for the site's default language
+
     async def start_drill(
         self,
         department: Department,
@@ -91,12 +106,16 @@ class DrillFlow:
         tts: Speaker,
         settings: DrillSettings,
         flow_settings: FlowSettings | None = None,
+        languages: Languages | None = None,
     ) -> None:
+        """``languages``: the prompt catalogues (default: the built-in ones, read now)."""
         self._service = service
         self._write = record
         self._tts = tts
         self._settings = settings
         self._flow_settings = flow_settings or FlowSettings()
+        self._languages = languages or load_languages(self._flow_settings.catalogues)
+        self._english = call_language(self._languages, None, None)
 
     async def __call__(self, session: AgiSession) -> None:
         try:
@@ -104,8 +123,12 @@ class DrillFlow:
         except AgiHangup:
             await set_status(session, Status.HANGUP)
             return
+        language, department = self._english, None  # until the caller's are known
         try:
-            status = await self._run(session, caller)
+            if caller.trusted:  # an untrusted caller is refused without a word or a read
+                department = await self._lookup(caller)
+                language = await self._language(department)
+            status = await self._run(session, caller, department, language)
         except AgiHangup:
             await self._record(session, caller, None, {"reason": "caller hung up"})
             status = Status.HANGUP
@@ -115,11 +138,27 @@ class DrillFlow:
                 raise
             logger.error("drill impossible: PostgreSQL unavailable", extra={"error": repr(exc)})
             await self._record(session, caller, None, {"reason": "database unavailable"})
-            await self._say(session, prompts.DRILL_BUSY, prompts.FALLBACK_UNAVAILABLE)
+            await self._say(session, language, "drill_busy", prompts.FALLBACK_UNAVAILABLE)
             status = Status.UNAVAILABLE
         await set_status(session, status)
 
-    async def _run(self, session: AgiSession, caller: Caller) -> Status:
+    async def _lookup(self, caller: Caller) -> Department | None:
+        """The caller's department; None for a caller id that is no extension."""
+        if not caller.known:
+            return None
+        return await self._service.lookup(caller.extension)
+
+    async def _language(self, department: Department | None) -> CallLanguage:
+        directory = await self._service.directory()
+        return call_language(self._languages, department, directory.default_language)
+
+    async def _run(
+        self,
+        session: AgiSession,
+        caller: Caller,
+        department: Department | None,
+        language: CallLanguage,
+    ) -> Status:
         if not caller.trusted:
             # As the trigger: a trunk's caller hears nothing.
             await self._record(
@@ -127,14 +166,15 @@ class DrillFlow:
             )
             return Status.REFUSED
         pin = self._settings.pin
-        department = await self._service.lookup(caller.extension) if caller.known else None
         if pin is None or department is None:
             reason = "no drill PIN configured" if pin is None else "no department"
             await self._record(session, caller, department, {"reason": reason})
-            await self._say(session, prompts.DRILL_NOT_AVAILABLE, prompts.FALLBACK_NOT_AUTHORISED)
+            await self._say(
+                session, language, "drill_not_available", prompts.FALLBACK_NOT_AUTHORISED
+            )
             return Status.REFUSED
-        if not await self._pin(session, caller, department, pin.get_secret_value()):
-            await self._say(session, prompts.WRONG_PIN_FINAL, prompts.FALLBACK_WRONG_PIN_FINAL)
+        if not await self._pin(session, caller, department, language, pin.get_secret_value()):
+            await self._say(session, language, "wrong_pin_final", prompts.FALLBACK_WRONG_PIN_FINAL)
             return Status.WRONGPIN
         started = await self._service.start_drill(
             department,
@@ -147,7 +187,7 @@ class DrillFlow:
             if started.alarm is not None:
                 details["alarm"] = started.alarm.id
             await self._record(session, caller, department, details)
-            await self._say(session, prompts.DRILL_BUSY, prompts.FALLBACK_DRILL_BUSY)
+            await self._say(session, language, "drill_busy", prompts.FALLBACK_DRILL_BUSY)
             return Status.BUSY
         logger.info(
             "drill started by phone",
@@ -158,16 +198,25 @@ class DrillFlow:
             },
         )
         if self._flow_settings.ack_on_confirm:
-            await self._say(session, prompts.DRILL_STARTED, prompts.FALLBACK_ACTIVATED)
+            await self._say(session, language, "drill_started", prompts.FALLBACK_ACTIVATED)
         return Status.STARTED
 
     async def _pin(
-        self, session: AgiSession, caller: Caller, department: Department, pin: str
+        self,
+        session: AgiSession,
+        caller: Caller,
+        department: Department,
+        language: CallLanguage,
+        pin: str,
     ) -> bool:
-        text, fallback = prompts.DRILL_PIN_PROMPT, prompts.FALLBACK_PIN
+        key, fallback = "drill_pin_prompt", prompts.FALLBACK_PIN
         for attempt in range(1, self._settings.pin_attempts + 1):
             files = await prompts.files_for(
-                self._tts, text, fallback, render_timeout=self._flow_settings.render_timeout
+                self._tts,
+                language.text(key),
+                fallback,
+                render_timeout=self._flow_settings.render_timeout,
+                voice=language.voice,
             )
             entered = await prompts.ask(
                 session,
@@ -181,18 +230,22 @@ class DrillFlow:
                 await self._record(
                     session, caller, department, {"reason": "wrong PIN", "attempt": attempt}
                 )
-            text, fallback = prompts.DRILL_PIN_WRONG, prompts.FALLBACK_PIN_WRONG
+            key, fallback = "drill_pin_wrong", prompts.FALLBACK_PIN_WRONG
         return False
 
-    async def _say(self, session: AgiSession, text: str, fallback: Sequence[str]) -> None:
-        """The call's last words; a hang-up during them changes nothing."""
+    async def _say(
+        self, session: AgiSession, language: CallLanguage, key: str, fallback: Sequence[str]
+    ) -> None:
+        """The call's last words, the catalogue's ``key``; a hang-up during them changes
+        nothing."""
         with contextlib.suppress(AgiHangup):
             await prompts.say(
                 session,
                 self._tts,
-                text,
+                language.text(key),
                 fallback,
                 render_timeout=self._flow_settings.render_timeout,
+                voice=language.voice,
             )
 
     async def _record(

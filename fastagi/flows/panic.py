@@ -59,6 +59,7 @@ from fastagi.flows.common import (
     Caller,
     Recorder,
     call_details,
+    call_language,
     caller_identity,
     display_text,
     set_status,
@@ -301,9 +302,9 @@ class PanicFlow:
         department = call.department
         mode = department.confirmation_mode if department else None
         call.mode = mode or policy.confirmation_mode
-        code = (department.language if department else None) or policy.default_language
-        catalogue = call.catalogue = self._languages.get(code)
-        call.voice = self._languages.voice_for(code)
+        language = call_language(self._languages, department, policy.default_language)
+        catalogue = call.catalogue = language.catalogue
+        call.voice = language.voice
         if department is None:
             call.label = catalogue.text(
                 "unknown_label",

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from fastagi.agi.errors import AgiHangup
 from fastagi.agi.session import AgiSession, DigitsResult
+from fastagi.domain.language import FIELDS, Catalogue
 from fastagi.tts import Prompt, TtsError, spell
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "files_listening",
     "play",
     "say",
+    "spoken_fixed_texts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,8 +50,8 @@ LISTEN_SLICE_MS = 250
 # ---- texts ---------------------------------------------------------------------------
 # {department} is a department name or UNKNOWN_LABEL; the rest is ours. These are the
 # English catalogue's texts (fastagi/config/catalogues/en.toml; a unit test keeps them
-# equal): the trigger speaks its department's language from the catalogue, the other
-# flows still speak these.
+# equal), for the tests and tools that prerender them: the flows speak their caller's
+# language from the catalogue (fastagi/flows/common.py call_language).
 
 PANIC_QUESTION = "Panic alarm for {department}. Press 1 to confirm the alarm, or 2 to cancel."
 PANIC_DISPLAY = "PANIC {department}: 1 = confirm, 2 = cancel"
@@ -105,6 +107,16 @@ def fixed_texts() -> list[str]:
         DRILL_STARTED,
         DRILL_BUSY,
         DRILL_NOT_AVAILABLE,
+    ]
+
+
+def spoken_fixed_texts(catalogue: Catalogue) -> list[str]:
+    """Every text of ``catalogue`` a call speaks that names nothing (no display text, no
+    empty acknowledgement): worth rendering ahead in the language's voice."""
+    return [
+        text
+        for key, fields in FIELDS.items()
+        if not fields and not key.endswith("display") and (text := catalogue.text(key)).strip()
     ]
 
 

@@ -7,7 +7,9 @@ fastagi/app.py ``keep_prompts_ready``); the extension is spoken from one clip pe
 character (``DIGIT_CLIPS`` rendered at start-up), so an alarm from an extension never
 heard before plays files already on disk, and Playback joins them with '&'. Every piece is
 a TextToSpeech prompt, whose cache key holds the voice and its settings: a department with
-a voice of its own renders its own pieces.
+a language of its own (fastagi/domain/language.py ``Speech``) renders its own pieces with
+that language's voice, and its extension from clips of the language's digit words
+("jeden", "zero"), rendered once per language.
 
 How long a department's announcement plays, and so how often it can really page.
 
@@ -15,7 +17,8 @@ The interval is measured from the start of one page to the start of the next, an
 never overlaps the previous one (fastagi/domain/rules.py ``next_cycle_start``): with an
 interval shorter than the page itself, pages run back to back, one per page length. The
 page length is the lead-in silence plus the spoken announcement, measured by rendering
-it with the site's own voice settings (into a scratch directory: nothing is installed).
+it as it is paged, in the department's language (its template, voice and digit words),
+with the site's own voice settings (into a scratch directory: nothing is installed).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastagi.config import Settings
+from fastagi.config.catalogues import load_languages
 from fastagi.domain.directory import ExtensionPattern
+from fastagi.domain.language import Languages
 from fastagi.domain.rules import SpokenCharacters, announcement_segments, announcement_text
 from fastagi.tts.cache import Prompt, TextToSpeech
 from fastagi.tts.render import TtsError
@@ -56,35 +61,58 @@ def department_texts(templates: Iterable[str], departments: Iterable[str | None]
     ]
 
 
-def _pieces(segments: Segments) -> list[tuple[str, bool]]:
-    """(text, clip) per file to play, in order. Every piece is a clip (its silences
+def _character(char: str, digits: Sequence[str] | None) -> str:
+    """What one character of an extension is spoken from: a digit as ``digits``'s word
+    (a language's), else the character itself (the site's voice reads "7" as "seven")."""
+    if digits is not None and char.isascii() and char.isdigit():
+        return digits[int(char)]
+    return char
+
+
+def _pieces(segments: Segments, digits: Sequence[str] | None = None) -> list[str]:
+    """The text of each file to play, in order. Every piece is a clip (its silences
     trimmed): played one after the other, espeak-ng's pauses around each would make the
     announcement 0.6 s longer than the whole text, and the page with it."""
-    pieces: list[tuple[str, bool]] = []
+    pieces: list[str] = []
     for segment in segments:
         if isinstance(segment, SpokenCharacters):
-            pieces += [(char, True) for char in segment.characters]
+            pieces += [_character(char, digits) for char in segment.characters]
         else:
-            pieces.append((segment, True))
+            pieces.append(segment)
     return pieces
 
 
-def segments_ready(tts: TextToSpeech, segments: Segments) -> bool:
-    """Whether every file of ``segments`` is on disk: playing them renders nothing."""
-    return all(tts.is_rendered(text, clip=clip) for text, clip in _pieces(segments))
+def segments_ready(
+    tts: TextToSpeech,
+    segments: Segments,
+    *,
+    voice: str | None = None,
+    digits: Sequence[str] | None = None,
+) -> bool:
+    """Whether every file of ``segments`` is on disk: playing them renders nothing.
+    ``voice`` and ``digits``: a language's (``Speech.voice``, ``Catalogue.digits``);
+    None: the site's voice, reading the digits itself."""
+    return all(tts.is_rendered(text, clip=True, voice=voice) for text in _pieces(segments, digits))
 
 
-async def render_segments(tts: TextToSpeech, segments: Segments) -> list[Prompt]:
+async def render_segments(
+    tts: TextToSpeech,
+    segments: Segments,
+    *,
+    voice: str | None = None,
+    digits: Sequence[str] | None = None,
+) -> list[Prompt]:
     """The prompts to play, in order; a stat per piece when all were rendered ahead, a
     render (in parallel, as the service's slots allow) of each piece that was not.
+    ``voice`` and ``digits`` as for :func:`segments_ready`.
 
     Raises TtsError when a piece cannot be rendered (the caller pages built-in sounds).
     """
-    pieces = _pieces(segments)
+    pieces = _pieces(segments, digits)
     if not pieces:
         raise TtsError("nothing to say: the announcement is blank")
     outcomes = await asyncio.gather(
-        *(tts.render(text, clip=clip) for text, clip in pieces), return_exceptions=True
+        *(tts.render(text, clip=True, voice=voice) for text in pieces), return_exceptions=True
     )
     prompts: list[Prompt] = []
     for outcome in outcomes:
@@ -131,30 +159,46 @@ def sample_extension(patterns: tuple[str, ...]) -> str:
 class AnnouncementMeter:
     """Renders announcements with the site's TTS settings into a scratch directory."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, languages: Languages | None = None) -> None:
+        """``languages``: the prompt catalogues (default: ``[flows] catalogues``', read now)."""
         self._settings = settings
+        self._languages = languages or load_languages(settings.flows.catalogues)
         self._scratch = tempfile.TemporaryDirectory(prefix="fastagi-announcement-")
         tts = settings.tts.model_copy(
             update={"directory": Path(self._scratch.name), "asterisk_directory": None}
         )
         self._tts = TextToSpeech(tts)
 
-    async def measure(self, department: str, patterns: tuple[str, ...]) -> Announcement | None:
-        """The announcement of an alarm of ``department``; None when TTS cannot render it
-        (the alarm would page Asterisk's built-in sounds instead)."""
-        return await self.render(department, patterns)
+    async def measure(
+        self, department: str, patterns: tuple[str, ...], language: str | None = None
+    ) -> Announcement | None:
+        """The announcement of an alarm of ``department``, in ``language`` (the code its
+        pages speak: the department's, else the site's default; None: English); None
+        when TTS cannot render it (the alarm would page Asterisk's built-in sounds)."""
+        return await self.render(department, patterns, language)
 
     async def render(
-        self, department: str, patterns: tuple[str, ...]
+        self, department: str, patterns: tuple[str, ...], language: str | None = None
     ) -> RenderedAnnouncement | None:
         """:meth:`measure`, with the rendered audio (kept until :meth:`close`; a text
         rendered before is not rendered again)."""
         alarm = self._settings.alarm
+        # As the page chooses (fastagi/alarms/loop.py): English is the site's template
+        # in the site's voice; another language its own, with its voice and digit words.
+        speech = self._languages.speech(language, alarm.announcement)
+        voiced = speech.voice is not None
         extension = sample_extension(patterns)
-        text = announcement_text(alarm.announcement, department, extension)
+        text = (
+            speech.announcement(department, extension)
+            if voiced
+            else announcement_text(speech.template, department, extension)
+        )
         try:
             prompts = await render_segments(
-                self._tts, announcement_segments(alarm.announcement, department, extension)
+                self._tts,
+                announcement_segments(speech.template, department, extension),
+                voice=speech.voice,
+                digits=speech.catalogue.digits if voiced else None,
             )
         except TtsError:
             return None

@@ -152,10 +152,15 @@ class TextToSpeech:
             raise
 
     async def prerender(
-        self, texts: Iterable[str], *, clips: Iterable[str] = (), parallel: int = 1
+        self,
+        texts: Iterable[str],
+        *,
+        clips: Iterable[str] = (),
+        parallel: int = 1,
+        voice: str | None = None,
     ) -> dict[str, Prompt | TtsError]:
-        """Render ``clips`` (``render(clip=True)``), then ``texts``, ahead of need; never
-        raises TtsError.
+        """Render ``clips`` (``render(clip=True)``), then ``texts``, ahead of need, with
+        ``voice`` (a language's; None: the site's); never raises TtsError.
 
         At most ``parallel`` renders at a time: leave one of ``max_parallel_renders`` free,
         so a live call's render does not queue behind a batch of departments. Each text
@@ -171,7 +176,7 @@ class TextToSpeech:
             # One shared iterator: each worker takes the next text when its last is done.
             for text, clip in pending:
                 try:
-                    results[text] = await self.render(text, clip=clip)
+                    results[text] = await self.render(text, clip=clip, voice=voice)
                 except TtsError as exc:
                     log.warning("cannot prerender prompt", extra={"text": text[:80], "error": exc})
                     results[text] = exc

@@ -14,9 +14,11 @@ import asyncpg
 import pytest
 
 from fastagi import cli
+from fastagi.cli.common import load_settings_or_fail
 from fastagi.domain import pins
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store import Stores
+from fastagi.tts.announcement import AnnouncementMeter
 from fastagi_dev.seed import DEMO_PIN, seed_demo
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
@@ -604,3 +606,37 @@ def test_drill_without_waiting_and_its_refusals(fastagi: Cli) -> None:
     )
     assert silent[0] == 2
     assert "has no paging devices" in silent[2]
+
+
+def test_the_listed_cycle_is_the_page_in_the_language_the_department_speaks(
+    fastagi: Cli,
+) -> None:
+    name, patterns = "Oddział 3", ("201-209",)
+    fastagi.ok("department", "add", name)
+    fastagi.ok("extension", "map", name, *patterns)
+
+    def listed_seconds() -> float:
+        [department] = json.loads(fastagi.ok("department", "list", "--json"))
+        seconds = department["announcement_seconds"]
+        assert isinstance(seconds, float)
+        return seconds
+
+    async def measured(language: str | None) -> float:
+        meter = AnnouncementMeter(load_settings_or_fail())
+        try:
+            announcement = await meter.measure(name, patterns, language)
+        finally:
+            await meter.close()
+        assert announcement is not None
+        return round(announcement.seconds, 1)
+
+    english = listed_seconds()
+    fastagi.ok("department", "set", name, "--language", "pl")
+    own = listed_seconds()
+    fastagi.ok("department", "set", name, "--default-language")
+    fastagi.ok("policy", "set", "--language", "pl")
+    site = listed_seconds()
+
+    polish = asyncio.run(measured("pl"))
+    assert english == asyncio.run(measured(None)) != polish
+    assert own == site == polish

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fastagi.config.catalogues import load_languages
+from fastagi.domain.pins import hash_pin_async
 from fastagi.tts import Prompt, TextToSpeech
 from fastagi_dev.sandbox import Sandbox
 from fastagi_dev.sandbox.ami import AmiClient as SandboxAmi
@@ -91,7 +92,10 @@ async def trigger(
         return await commands_until_end(ami)
 
 
-async def commands_until_end(ami: SandboxAmi) -> tuple[str, list[str]]:
+async def commands_until_end(
+    ami: SandboxAmi, end: str = "FastAGIPanicEnd"
+) -> tuple[str, list[str]]:
+    """FASTAGI_STATUS and the AGI commands of EXT's channel, until the route's ``end``."""
     commands: list[str] = []
     async with asyncio.timeout(20):
         while True:
@@ -100,7 +104,7 @@ async def commands_until_end(ami: SandboxAmi) -> tuple[str, list[str]]:
                 f"PJSIP/{EXT}-"
             ):
                 commands.append(event["Command"])
-            if event.get("Event") == "UserEvent" and event.get("UserEvent") == "FastAGIPanicEnd":
+            if event.get("Event") == "UserEvent" and event.get("UserEvent") == end:
                 return event["FASTAGI_STATUS"], commands
 
 
@@ -278,5 +282,50 @@ async def test_a_polish_departments_page_speaks_polish(harness: FlowHarness) -> 
         page = await ami.wait_event(
             "Newexten", Context="fastagi-panic-announce", Application="Playback", within=15
         )
-    polish = harness.tts.prompt_for(announcement, voice="pl")
-    assert polish.asterisk_name in page["AppData"].split("&")
+    # In pieces, as English pages: the text before the extension, then its digits from
+    # clips of the Polish words, all in the Polish voice.
+    pieces = ["Alarm napadowy. Dział Oddział 3. Numer wewnętrzny", "jeden", "trzy", "cztery"]
+    assert page["AppData"].split("&") == [
+        harness.tts.prompt_for(piece, clip=True, voice="pl").asterisk_name for piece in pieces
+    ]
+
+
+async def test_a_polish_departments_deactivation_asks_and_names_in_polish(
+    harness: FlowHarness,
+) -> None:
+    # EXT, a deactivator of the Polish Ward 9, stops an alarm of its ward and one of
+    # another department: the PIN, the menu and the acknowledgement in Polish, its voice.
+    other = "Apteka"
+    await harness.department(other, str(PAGE_EXT))
+    await set_ward(harness, mode="voice", language="pl")
+    await harness.store.deactivators.set_deactivator(str(EXT), await hash_pin_async("1234"))
+    service = harness.service.service
+    for ext in (EXT, PAGE_EXT):
+        await service.activate(str(ext), await service.lookup(str(ext)), uniqueid=f"t-{ext}")
+    pin = POLISH.text("pin_prompt")
+    menu = " ".join(
+        [
+            POLISH.text("menu_item", key="1", department=WARD),
+            POLISH.text("menu_item", key="2", department=other),
+            POLISH.text("menu_all", key="9"),
+        ]
+    )
+    done = POLISH.text("deactivated_all")
+    assert menu.startswith("Naciśnij 1: Ward 9.")
+    tts = RecordingTts(harness.tts)
+    async with await harness.sandbox.ami() as ami:
+        async with harness.serving(tts=tts) as (_, deactivate):
+            call = await sipp.call_dtmf(
+                harness.sandbox, harness.workdir, service="*556", ext=EXT, answers=["1234#", "9"]
+            )
+        call.check()
+        assert deactivate.errors == []
+        status, commands = await commands_until_end(ami, "FastAGIDeactivateEnd")
+    assert status == "DEACTIVATED"
+    assert tts.asked == [(pin, "pl"), (menu, "pl"), (done, "pl")]
+    assert played(commands) == [
+        ("GET DATA", harness.tts.prompt_for(pin, voice="pl").asterisk_name),
+        ("GET DATA", harness.tts.prompt_for(menu, voice="pl").asterisk_name),
+        ("Playback", harness.tts.prompt_for(done, voice="pl").asterisk_name),
+    ]
+    assert await harness.store.alarms.active_alarms() == []

@@ -34,12 +34,14 @@ from fastagi.config import (
     DrillSettings,
     Settings,
 )
+from fastagi.config.catalogues import load_languages
 from fastagi.config.notify import NotifySettings, SmtpSettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.drill import SCHEDULE, YIELD_REASON, report_event_id
 from fastagi.store import Stores
 from fastagi.store.alarms import DrillStartOutcome
 from fastagi.store.history import StoredEvent
+from fastagi.tts import TextToSpeech
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.settings import server_settings
 from tests import sipp
@@ -389,3 +391,46 @@ async def test_the_schedule_runs_its_drill_once_on_two_servers_one_of_them_late(
         "drill_started",
         "drill_report",
     ]
+
+
+async def test_a_site_speaking_polish_speaks_polish_on_the_drill_line(
+    sandbox: Sandbox,
+    agi_port: int,
+    database_dsn: str,
+    store: Stores,
+    tmp_path: Path,
+) -> None:
+    # The department has no language of its own: the site's default applies.
+    await department(store)
+    await store.policy.set_policy(default_language="pl")
+    polish = load_languages().get("pl")
+    asked, started = polish.text("drill_pin_prompt"), polish.text("drill_started")
+    settings = settings_for(sandbox, agi_port, database_dsn)
+    tts = TextToSpeech(settings.tts)
+    try:
+        await tts.prerender([asked, started], voice="pl")
+        files = [tts.prompt_for(text, voice="pl").asterisk_name for text in (asked, started)]
+    finally:
+        await tts.aclose()
+    played: list[str] = []
+    async with await sandbox.ami() as ami, running_server(settings):
+        call = await sipp.call_dtmf(
+            sandbox, tmp_path / "desk", service="*558", ext=DESK, answers=[f"{PIN}#"]
+        )
+        async with asyncio.timeout(20):
+            while True:
+                event = await ami.next_event(within=20)
+                if event.get("Event") == "AGIExecStart" and event.get("Channel", "").startswith(
+                    f"PJSIP/{DESK}-"
+                ):
+                    played.append(event["Command"])
+                if (
+                    event.get("Event") == "UserEvent"
+                    and event.get("UserEvent") == "FastAGIDrillEnd"
+                ):
+                    break
+    call.check()
+    assert event["FASTAGI_STATUS"] == "STARTED"
+    # The PIN asked and the start acknowledged in Polish, with the Polish voice.
+    assert any(c.startswith(f"GET DATA {files[0]} ") for c in played), played
+    assert f"EXEC Playback {files[1]}" in played, played

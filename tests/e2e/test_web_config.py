@@ -249,6 +249,17 @@ async def test_the_announcement_preview_plays_in_the_browser(
     )
 
 
+async def test_the_announcement_preview_speaks_the_departments_language(
+    browser: Browser, seeded: SeededConsole
+) -> None:
+    stores, console, er, _ = seeded
+    await stores.directory.update_department("Emergency Room", language="pl")
+    page = await admin_page(browser, console.url)
+    await page.goto(f"/config/departments/{er}")
+    spoken = await page.locator("q.spoken").inner_text()
+    assert spoken == "Alarm napadowy. Dział Emergency Room. Numer wewnętrzny jeden zero zero."
+
+
 async def test_the_lookup_tester_answers_with_and_without_javascript(
     browser: Browser, seeded: SeededConsole
 ) -> None:

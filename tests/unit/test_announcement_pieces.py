@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fastagi.config import Settings
+from fastagi.config.catalogues import load_languages
 from fastagi.domain.rules import SpokenCharacters, announcement_segments, announcement_text
 from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi.tts.announcement import (
@@ -100,5 +101,37 @@ async def test_the_meter_measures_the_pieces_that_are_paged(tmp_path: Path):
         seconds = sum(piece.seconds() for piece in pieces)
         assert announcement.seconds == pytest.approx(settings.alarm.lead_in + seconds)
         assert announcement.audio.stat().st_size == sum(p.host_path.stat().st_size for p in pieces)
+    finally:
+        await meter.close()
+
+
+async def test_the_meter_measures_a_polish_department_in_polish(tmp_path: Path):
+    # The page of a Polish department is the Polish template, in the Polish voice, its
+    # extension from clips of the Polish digit words: that is what the meter measures.
+    settings = Settings.model_validate(
+        {"tts": {"directory": tmp_path / "prompts"}, "alarm": {"announcement": TEMPLATE}}
+    )
+    polish = load_languages().get("pl")
+    template = polish.template("announcement")
+    meter = AnnouncementMeter(settings)
+    try:
+        announcement = await meter.render("Oddział 3", ("201-209",), "pl")
+        assert announcement is not None
+        assert announcement.text == (
+            "Alarm napadowy. Dział Oddział 3. Numer wewnętrzny dwa zero jeden."
+        )
+        async with TextToSpeech(settings.tts) as tts:
+            pieces = await render_segments(
+                tts,
+                announcement_segments(template, "Oddział 3", "201"),
+                voice="pl",
+                digits=polish.digits,
+            )
+        seconds = sum(piece.seconds() for piece in pieces)
+        assert announcement.seconds == pytest.approx(settings.alarm.lead_in + seconds)
+        assert announcement.audio.stat().st_size == sum(p.host_path.stat().st_size for p in pieces)
+        english = await meter.measure("Oddział 3", ("201-209",))
+        assert english is not None
+        assert english.seconds != pytest.approx(announcement.seconds)
     finally:
         await meter.close()

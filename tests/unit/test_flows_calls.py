@@ -18,6 +18,7 @@ import pytest
 from fastagi.agi.session import AgiSession, DigitsResult
 from fastagi.alarms.outage import DatabaseDown
 from fastagi.config import FlowSettings
+from fastagi.config.catalogues import load_languages
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT, Department
 from fastagi.domain.events import HistoryEvent
 from fastagi.domain.pins import hash_pin
@@ -835,6 +836,29 @@ async def test_silence_at_the_pin_prompt_is_not_a_wrong_pin():
     assert service.deactivations == [(11, "extension 101", "PIN")]
 
 
+async def test_a_site_speaking_polish_names_its_alarms_in_polish_words():
+    # ER has no language of its own: the site's default, Polish, applies to its
+    # deactivator; an unknown department's extension and a drill are named in Polish.
+    drill = FakeAlarm(14, "Pharmacy", "205", is_drill=True)
+    service, store, tts = with_alarms(UNKNOWN_ALARM, drill), FakeStore(), FakeTts()
+    store.settings = FakeSettings(default_language="pl")
+    asterisk = ScriptedAsterisk(UNSET, digits(PIN), digits("9"), PLAYED, OK)
+    await run(deactivate(service, store, tts), asterisk)
+
+    polish = load_languages().get("pl")
+    menu = (
+        "Naciśnij 1: nieznany dział, numer wewnętrzny jeden pięć zero. "
+        "Naciśnij 2: test działu Pharmacy. "
+        "Naciśnij 9, aby wyłączyć wszystkie alarmy."
+    )
+    assert asterisk.commands[1:4] == [
+        pin_prompt(tts, polish.text("pin_prompt")),
+        f"GET DATA {tts.name(menu)} 5000 1",
+        playback(tts, polish.text("deactivated_all")),
+    ]
+    assert set(tts.voices.values()) == {"pl"}
+
+
 async def test_menu_names_the_departments_and_one_key_chooses_one():
     service, store, tts = (
         with_alarms(ER_ALARM, PHARMACY_ALARM, UNKNOWN_ALARM),
@@ -846,7 +870,7 @@ async def test_menu_names_the_departments_and_one_key_chooses_one():
 
     menu = (
         "Press 1 for Emergency Room. Press 2 for Pharmacy. "
-        "Press 3 for unknown department, extension 1 5 0. Press 9 for all alarms."
+        "Press 3 for unknown department, extension one five zero. Press 9 for all alarms."
     )
     assert asterisk.commands[2] == f"GET DATA {tts.name(menu)} 5000 1"
     assert service.deactivations == [(12, "extension 101", "PIN")]

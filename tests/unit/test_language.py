@@ -42,8 +42,8 @@ def test_polish_uses_the_fields_english_does(key: str) -> None:
 
 
 def test_the_flows_english_texts_are_the_catalogues() -> None:
-    # The deactivation and drill flows still speak prompts.py's constants: they must
-    # not drift from en.toml, which a translator copies.
+    # Tests and tools prerender prompts.py's constants for what the flows say in
+    # English: they must not drift from en.toml, which a translator copies.
     pairs = {
         "question": prompts.PANIC_QUESTION,
         "display": prompts.PANIC_DISPLAY,

@@ -205,7 +205,9 @@ async def _render_department(
         )
     policy = await stores.policy.load_settings()
     interval = department.interval_seconds or policy.default_interval_seconds
-    announcement = await request.app[METER].render(department.name, department.patterns)
+    announcement = await request.app[METER].render(
+        department.name, department.patterns, department.language or policy.default_language
+    )
     return aiohttp_jinja2.render_template(
         "config_department.html",
         request,
@@ -329,7 +331,10 @@ async def unmap_extensions(request: web.Request) -> web.StreamResponse:
 @require("admin")
 async def announcement_audio(request: web.Request) -> web.StreamResponse:
     department = await _department(request)
-    announcement = await request.app[METER].render(department.name, department.patterns)
+    policy = await request.app[STORES].policy.load_settings()
+    announcement = await request.app[METER].render(
+        department.name, department.patterns, department.language or policy.default_language
+    )
     if announcement is None:
         raise web.HTTPServiceUnavailable(
             text="The announcement could not be rendered (is espeak-ng installed?): an alarm"

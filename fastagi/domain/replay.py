@@ -7,7 +7,9 @@ timelines match when each kind comes as often, and the n-th replayed event of a 
 comes within ``tolerance`` of the n-th original's offset divided by the replay's speed; a page
 cycle also matches on what each device did (answered, busy, no answer). The directory
 the alarm paged (``directory``: its department, paging group, devices, interval) is
-compared key by key, so a change of paging group is named as such.
+compared key by key, so a change of paging group is named as such; so are the server's
+``[alarm]`` settings (``settings``) the replay had to page with other values than the
+original's.
 """
 
 from __future__ import annotations
@@ -109,6 +111,27 @@ def compare_directories(
             differences.append(
                 f"policy {key.replace('_', ' ')}: {policy_before.get(key)!r} then,"
                 f" {policy_after.get(key)!r} now"
+            )
+    return differences
+
+
+def compare_settings(
+    recorded: Mapping[str, Any] | None, used: Mapping[str, Any], section: str = "alarm"
+) -> list[str]:
+    """The settings the replay could not take over from the file, named: ``setting
+    alarm.lead_in: 1.0 then, 0.2 now`` (a key this version does not know: ``... now``
+    says so). Empty when the file has none (``notes`` of the engine say that)."""
+    if recorded is None:
+        return []
+    differences = []
+    for key in sorted(set(recorded) | set(used)):
+        if key not in used:
+            differences.append(
+                f"setting {section}.{key}: {recorded[key]!r} then, not a setting here"
+            )
+        elif recorded.get(key, used[key]) != used[key]:
+            differences.append(
+                f"setting {section}.{key}: {recorded[key]!r} then, {used[key]!r} now"
             )
     return differences
 

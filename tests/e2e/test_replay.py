@@ -1,8 +1,9 @@
 """Replaying an alarm (issue 13, part 4) on the sandbox: an alarm is raised from a SIPp
 desk phone, pages twice and is deactivated; ``fastagi history export --alarm ID --format
 replay`` writes its file (no PIN); the engine re-enacts it into a fresh database and the
-timelines match within tolerances. Then the department's paging group is changed and the
-alarm replayed with the directory of now: the differences name the paging group.
+timelines match within tolerances, on a server whose own ``[alarm]`` settings are the
+defaults (the file's replace them). Then the department's paging group is changed and the
+alarm replayed with the directory of now and another lead-in: the differences name both.
 
 Desk phone 188 and paging phones 288 and 289 are this file's.
 """
@@ -127,17 +128,21 @@ async def test_an_alarm_replayed_matches_and_a_changed_paging_group_is_named(
     assert "pin" not in json.dumps(document["directory"]).lower()
     assert document["directory"]["department"]["paging_group"] == "Ward A"
     assert document["alarm"]["deactivated_by"] == "cli:guard"
+    # The server's [alarm] settings that shaped it.
+    alarm_settings = document["settings"]["alarm"]
+    assert (alarm_settings["lead_in"], alarm_settings["page_timeout"]) == (0.2, 5)
+    assert alarm_settings["announcement"] == "Panic {extension}."
 
-    # Replayed into a fresh database, with the directory of the time.
-    result = await replay(
-        document,
-        sandbox=sandbox,
-        settings=settings_for(sandbox, agi_port, fresh_dsn()),
-        workdir=tmp_path / "replay",
-    )
+    # Replayed into a fresh database, with the directory of the time, on a "laptop" whose
+    # [alarm] settings are the defaults (a 1 s lead-in, the long announcement, 20 s
+    # timeout): the file's settings replace them, and the timelines match.
+    laptop = server_settings(sandbox, agi_port, fresh_dsn())
+    assert laptop.alarm.announcement != alarm_settings["announcement"]
+    result = await replay(document, sandbox=sandbox, settings=laptop, workdir=tmp_path / "replay")
     print(result.report())
     assert [e.kind for e in result.replayed].count("page_cycle") == 2
     assert result.matches, result.report()
+    assert result.notes == []
 
     # The paging group changed since: replayed with the directory of now.
     await stores.directory.add_paging_group("Ward B")
@@ -149,8 +154,11 @@ async def test_an_alarm_replayed_matches_and_a_changed_paging_group_is_named(
         settings=settings_for(sandbox, agi_port, fresh_dsn()),
         workdir=tmp_path / "changed",
         directory=await stores.snapshots.current(DEPARTMENT),
+        alarm_settings={"lead_in": 0.5},  # and a what-if on the settings
     )
     print(changed.report())
+    assert changed.settings_differences == ["setting alarm.lead_in: 0.2 then, 0.5 now"]
+    assert "setting alarm.lead_in: 0.2 then, 0.5 now" in changed.report()
     assert "paging group: 'Ward A' then, 'Ward B' now" in changed.directory_differences
     assert f"devices: ['PJSIP/{FIRST}'] then, ['PJSIP/{SECOND}'] now" in (
         changed.directory_differences

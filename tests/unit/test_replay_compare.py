@@ -6,12 +6,15 @@ from __future__ import annotations
 import pytest
 
 from fastagi import cli
+from fastagi.config import AlarmSettings
 from fastagi.domain.replay import (
     TimelineEntry,
     compare_directories,
+    compare_settings,
     compare_timelines,
     scrub,
 )
+from fastagi_dev.replay import replayed_alarm_settings
 
 
 def entry(kind: str, at: float, **devices: str) -> TimelineEntry:
@@ -61,6 +64,52 @@ def test_directories_are_compared_key_by_key() -> None:
         "paging group: 'A' then, 'B' now",
         "policy no answer policy: 'activate' then, 'cancel' now",
     ]
+
+
+# The site's [alarm] settings, as the export writes them (a laptop has the defaults).
+SITE = AlarmSettings(
+    lead_in=0.2, page_timeout=7, announcement="Panic {extension}.", hangup_on_deactivate=False
+).replayed()
+
+
+def test_the_sites_alarm_settings_replace_the_laptops_defaults() -> None:
+    assert set(SITE) == set(AlarmSettings.REPLAYED)
+    used, notes = replayed_alarm_settings(AlarmSettings(), SITE)
+    assert (used.lead_in, used.page_timeout, used.announcement) == (
+        0.2,
+        7,
+        "Panic {extension}.",
+    )
+    assert used.hangup_on_deactivate is False
+    assert used.page_context == AlarmSettings().page_context  # the machine's dialplan
+    assert notes == []
+    assert compare_settings(SITE, used.replayed()) == []
+
+
+def test_settings_the_replay_had_to_change_are_named() -> None:
+    # An override (a what-if replay), a value this version refuses and a key it does not
+    # know: each pages with something else than the original, and the diff says what.
+    recorded = {**SITE, "page_timeout": 999, "ring_twice": True}
+    used, notes = replayed_alarm_settings(AlarmSettings(), recorded, {"lead_in": 0.5})
+    assert (used.lead_in, used.page_timeout) == (0.5, 20)
+    assert notes == [
+        "alarm.page_timeout = 999 is refused here (Input should be less than or equal to"
+        " 300): kept 20"
+    ]
+    assert compare_settings(recorded, used.replayed()) == [
+        "setting alarm.lead_in: 0.2 then, 0.5 now",
+        "setting alarm.page_timeout: 999 then, 20 now",
+        "setting alarm.ring_twice: True then, not a setting here",
+    ]
+
+
+def test_a_file_without_settings_is_replayed_with_the_machines_and_says_so() -> None:
+    used, notes = replayed_alarm_settings(AlarmSettings(lead_in=0.3), None)
+    assert used.lead_in == 0.3
+    assert notes == [
+        "the file holds no [alarm] settings (exported before sql/012): this machine's were used"
+    ]
+    assert compare_settings(None, used.replayed()) == []
 
 
 def test_fastagi_replay_says_where_replays_run(capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,6 +52,8 @@ from fastagi.domain.replay import (
     compare_timelines,
     device_outcomes,
     entries,
+    listed_entries,
+    not_replayed,
     side_by_side,
 )
 from fastagi.domain.rules import announcement_text
@@ -86,6 +88,8 @@ class ReplayResult:
     settings_differences: list[str] = field(default_factory=list)
     # What a person should know but is no difference (a file without settings).
     notes: list[str] = field(default_factory=list)
+    # The original's steps a replay does not re-enact (e-mail, SMS, emergency calls).
+    listed: list[TimelineEntry] = field(default_factory=list)
 
     @property
     def matches(self) -> bool:
@@ -94,7 +98,7 @@ class ReplayResult:
         )
 
     def report(self) -> str:
-        lines = [side_by_side(self.original, self.replayed), ""]
+        lines = [side_by_side(self.original, self.replayed, self.listed), ""]
         differences = [
             *self.settings_differences,
             *self.directory_differences,
@@ -105,6 +109,9 @@ class ReplayResult:
             if differences
             else ["no differences"]
         )
+        unreplayed = not_replayed(self.listed)
+        if unreplayed:
+            lines += ["not re-enacted (listed only):", *(f"  {line}" for line in unreplayed)]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -269,6 +276,7 @@ async def replay(
         directory_differences=compare_directories(recorded, used),
         settings_differences=compare_settings(recorded_settings, alarm_used.replayed()),
         notes=notes,
+        listed=listed_entries(document),
     )
 
 

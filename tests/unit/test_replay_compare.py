@@ -12,9 +12,11 @@ from fastagi.domain.replay import (
     compare_directories,
     compare_settings,
     compare_timelines,
+    entries,
+    listed_entries,
     scrub,
 )
-from fastagi_dev.replay import replayed_alarm_settings
+from fastagi_dev.replay import ReplayResult, replayed_alarm_settings
 
 
 def entry(kind: str, at: float, **devices: str) -> TimelineEntry:
@@ -117,3 +119,42 @@ def test_fastagi_replay_says_where_replays_run(capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err
     assert "python -m fastagi_dev replay" in err
     assert "--format replay" in err
+
+
+def test_emergency_calls_and_notifications_are_listed_not_compared() -> None:
+    def event(kind: str, at: float, **details: object) -> dict[str, object]:
+        return {"kind": kind, "at": at, "details": details}
+
+    document = {
+        "events": [
+            event("activated", 0.0),
+            event("notification_sent", 0.4, event="activated", channel="email", outcome="sent"),
+            event("emergency_call", 1.2, list="primary", destination="PJSIP/204"),
+            event("page_cycle", 2.0, devices={"PJSIP/201": "answered"}),
+            event("acknowledged", 3.5, by="PJSIP/204"),
+            event("lamp_changed", 3.6),  # context: neither compared nor listed
+            event("deactivated", 9.0),
+        ]
+    }
+    original = entries(document)
+    assert [e.kind for e in original] == ["activated", "page_cycle", "deactivated"]
+    listed = listed_entries(document)
+    replayed = [entry("activated", 0), entry("page_cycle", 2.1), entry("deactivated", 9.1)]
+    result = ReplayResult(original, replayed, alarm_id=7, listed=listed)
+    assert result.matches  # what the sandbox cannot re-enact is no difference ...
+    assert result.report().splitlines() == [  # ... but a reader sees all of it
+        "ORIGINAL                                 REPLAYED",
+        "   +0.00 s  activated                       +0.00 s  activated",
+        "   +0.40 s  notification_sent*",
+        "   +1.20 s  emergency_call*",
+        "   +2.00 s  page_cycle                      +2.10 s  page_cycle",
+        "   +3.50 s  acknowledged*",
+        "   +9.00 s  deactivated                     +9.10 s  deactivated",
+        "(* not re-enacted by a replay: listed only)",
+        "",
+        "no differences",
+        "not re-enacted (listed only):",
+        "  notification_sent at +0.40 s (event activated, channel email, outcome sent)",
+        "  emergency_call at +1.20 s (list primary, destination PJSIP/204)",
+        "  acknowledged at +3.50 s (by PJSIP/204)",
+    ]

@@ -20,16 +20,24 @@ _REMEDY = (
 
 async def recordings(context: Context) -> Finding:
     directory = context.settings.recording.directory
+    if not await asyncio.to_thread(directory.is_dir):
+        # A WARN, not a FAIL: *557 is not the alarm's path, and a site that never records
+        # a location should not have its health lamp lit for it.
+        creatable = await asyncio.to_thread(try_write, directory)
+        return Finding.warn(
+            f"{directory} does not exist: "
+            + (
+                "the first *557 creates it with the server's owner, and Asterisk may be"
+                " refused writing the take into it"
+                if creatable is None
+                else f"*557 cannot record ({creatable})"
+            ),
+            _REMEDY,
+        )
     for place in (directory, directory / INCOMING):
         problem = await asyncio.to_thread(try_write, place)
         if problem is not None:
             return Finding.fail(f"*557 cannot keep a recording: {problem}", _REMEDY)
-    if not await asyncio.to_thread(directory.is_dir):
-        return Finding.warn(
-            f"{directory} does not exist: the first *557 creates it with the server's owner,"
-            " and Asterisk may be refused writing the take into it",
-            _REMEDY,
-        )
     return Finding.ok(f"{directory} is writable")
 
 

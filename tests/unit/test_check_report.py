@@ -248,7 +248,15 @@ def test_the_recordings_directory_of_557(
     assert main(["check", "--only", "recordings"]) == 1
     status, name, message = capsys.readouterr().out.splitlines()[0].split(None, 2)
     assert (status, name) == ("WARN", "recordings")
-    assert message.startswith(f"{locations} does not exist")
+    assert message.startswith(f"{locations} does not exist: the first *557 creates it")
+    # Nor can it be created (a file where its parent should be): still a WARN, with why.
+    (tmp_path / "file").write_text("")
+    config.write_text(f'[recording]\ndirectory = "{tmp_path / "file" / "locations"}"\n')
+    assert main(["check", "--only", "recordings"]) == 1
+    status, _, message = capsys.readouterr().out.splitlines()[0].split(None, 2)
+    assert status == "WARN"
+    assert "*557 cannot record" in message
+    config.write_text(f'[recording]\ndirectory = "{locations}"\n')
 
     (locations / "incoming").mkdir(parents=True)
     assert main(["check", "--only", "recordings"]) == 0

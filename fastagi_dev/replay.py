@@ -7,6 +7,8 @@ production ``fastagi history export --alarm ID --format replay`` (fastagi/admin/
 
 What it does, from a replay file (fastagi/domain/replay.py):
 
+0. The server's ``[alarm]`` settings of the time (lead-in, page timeout, announcement
+   template...: ``AlarmSettings.REPLAYED``) over this machine's.
 1. The directory of the time into the (empty) database: the department, its paging
    group and devices (the interval divided by ``speed``, at least the schema's 5 s), the
    caller's extension mapped to it, and the policy's confirmation settings.
@@ -18,7 +20,8 @@ What it does, from a replay file (fastagi/domain/replay.py):
 4. The deactivation at the original's moment divided by ``speed``, by the same name
    (through fastagi/admin, as the console's or the CLI's would be: PINs are not in the
    file, so a *556 call cannot be replayed key for key).
-5. Both timelines side by side, and the differences (fastagi/domain/replay.py).
+5. Both timelines side by side, and the differences (fastagi/domain/replay.py), the
+   settings that had to differ among them.
 """
 
 from __future__ import annotations
@@ -34,21 +37,23 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
 from fastagi.admin.alarms import deactivate_alarm
 from fastagi.admin.replay import replay_document
 from fastagi.app import running_server
-from fastagi.config import (
-    Settings,
-)
+from fastagi.config import AlarmSettings, Settings
 from fastagi.domain.policy import MIN_INTERVAL
 from fastagi.domain.replay import (
     FORMAT,
     TimelineEntry,
     compare_directories,
+    compare_settings,
     compare_timelines,
     device_outcomes,
     entries,
+    listed_entries,
+    not_replayed,
     side_by_side,
 )
 from fastagi.domain.rules import announcement_text
@@ -61,7 +66,7 @@ from fastagi_dev.sandbox import sipp
 from fastagi_dev.sandbox.instance import PAGING_PHONES, Sandbox, SandboxPorts, running_sandbox
 from fastagi_dev.sandbox.settings import server_settings
 
-__all__ = ["ReplayError", "ReplayResult", "load_replay_file", "replay"]
+__all__ = ["ReplayError", "ReplayResult", "load_replay_file", "replay", "replayed_alarm_settings"]
 
 #: The one department a replay seeds its paging group under, when the file names none.
 _GROUP = "replay"
@@ -79,19 +84,35 @@ class ReplayResult:
     alarm_id: int
     timeline_differences: list[str] = field(default_factory=list)
     directory_differences: list[str] = field(default_factory=list)
+    # The [alarm] settings the replay paged with other values than the original's.
+    settings_differences: list[str] = field(default_factory=list)
+    # What a person should know but is no difference (a file without settings).
+    notes: list[str] = field(default_factory=list)
+    # The original's steps a replay does not re-enact (e-mail, SMS, emergency calls).
+    listed: list[TimelineEntry] = field(default_factory=list)
 
     @property
     def matches(self) -> bool:
-        return not self.timeline_differences and not self.directory_differences
+        return not (
+            self.timeline_differences or self.directory_differences or self.settings_differences
+        )
 
     def report(self) -> str:
-        lines = [side_by_side(self.original, self.replayed), ""]
-        differences = [*self.directory_differences, *self.timeline_differences]
+        lines = [side_by_side(self.original, self.replayed, self.listed), ""]
+        differences = [
+            *self.settings_differences,
+            *self.directory_differences,
+            *self.timeline_differences,
+        ]
         lines += (
             ["differences:", *(f"  {d}" for d in differences)]
             if differences
             else ["no differences"]
         )
+        unreplayed = not_replayed(self.listed)
+        if unreplayed:
+            lines += ["not re-enacted (listed only):", *(f"  {line}" for line in unreplayed)]
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -100,6 +121,35 @@ def load_replay_file(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ReplayError(f"{path}: not a {FORMAT} file")
     return document
+
+
+def replayed_alarm_settings(
+    base: AlarmSettings,
+    recorded: Mapping[str, Any] | None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[AlarmSettings, list[str]]:
+    """``base`` (this machine's) with the file's ``[alarm]`` settings, and ``overrides``
+    over them; and the notes. A value this version refuses, or a key it does not replay,
+    keeps this machine's: :func:`compare_settings` then names the setting."""
+    notes = []
+    if recorded is None:
+        notes.append(
+            "the file holds no [alarm] settings (exported before sql/012): this machine's were used"
+        )
+    current = base.model_dump()
+    for key, value in {**(recorded or {}), **(overrides or {})}.items():
+        if key not in AlarmSettings.REPLAYED:
+            continue
+        try:
+            AlarmSettings(**{**current, key: value})
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"]
+            notes.append(
+                f"alarm.{key} = {value!r} is refused here ({reason}): kept {current[key]!r}"
+            )
+            continue
+        current[key] = value
+    return AlarmSettings(**current), notes
 
 
 def _first_outcomes(original: list[TimelineEntry]) -> dict[str, str]:
@@ -171,14 +221,20 @@ async def replay(
     workdir: Path,
     speed: float = 1.0,
     directory: Mapping[str, Any] | None = None,
+    alarm_settings: Mapping[str, Any] | None = None,
     tolerance: float = 1.5,
 ) -> ReplayResult:
     """Re-enact ``document`` with a server of ``settings`` (its database empty and
-    migrated, its AMI the sandbox's) and compare. ``directory``: page this directory
-    instead of the recorded one (the diff then names what changed)."""
+    migrated, its AMI the sandbox's), its ``[alarm]`` settings those of the file, and
+    compare. ``directory``: page this directory instead of the recorded one;
+    ``alarm_settings``: these ``[alarm]`` values instead of the recorded ones (the diff
+    then names what changed)."""
     original = entries(document)
     if not any(entry.kind == "activated" for entry in original):
         raise ReplayError("the file has no activation to replay")
+    recorded_settings = (document.get("settings") or {}).get("alarm")
+    alarm_used, notes = replayed_alarm_settings(settings.alarm, recorded_settings, alarm_settings)
+    settings = settings.model_copy(update={"alarm": alarm_used})
     recorded = document.get("directory") or {}
     used = directory if directory is not None else recorded
     alarm = document["alarm"]
@@ -218,6 +274,9 @@ async def replay(
             original, replayed, speed=speed, tolerance=tolerance
         ),
         directory_differences=compare_directories(recorded, used),
+        settings_differences=compare_settings(recorded_settings, alarm_used.replayed()),
+        notes=notes,
+        listed=listed_entries(document),
     )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fastagi.admin.audit import record_change
 from fastagi.config import RecordingSettings
+from fastagi.config.recording import INCOMING
 from fastagi.domain.directory import is_extension
 from fastagi.store import Stores
 from fastagi.store._common import StoreError
@@ -35,10 +36,6 @@ __all__ = [
     "keep_recording",
     "wav_seconds",
 ]
-
-#: Where Record() writes a take before the caller keeps it (a subdirectory, so that the
-#: directory's own files are only kept recordings).
-INCOMING = "incoming"
 
 
 class RecordingError(StoreError):

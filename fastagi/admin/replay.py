@@ -1,8 +1,9 @@
 """``fastagi history export --alarm ID --format replay``: one alarm as a self-contained
 replay file (fastagi/domain/replay.py) that a site can send to an integrator: the alarm,
-its timeline as offsets from the activation, and the directory and policy at the time
-(``alarm_snapshots``). No PIN, no secret: the events hold none, deactivators and users
-are not exported, and every detail key that names a secret is dropped anyway."""
+its timeline as offsets from the activation, the directory and policy at the time and
+the server's ``[alarm]`` settings that shaped it (``alarm_snapshots``). No PIN, no
+secret: the events hold none, deactivators and users are not exported, and every detail
+key that names a secret is dropped anyway."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ async def replay_document(stores: Stores, alarm_id: int) -> dict[str, Any]:
             "drill": alarm.is_drill,
         },
         "directory": await stores.snapshots.of_alarm(alarm_id),
+        # The server's settings that shaped it ({"alarm": {...}}; None before sql/012).
+        "settings": scrub(await stores.snapshots.settings_of_alarm(alarm_id)),
         "events": [
             {
                 "kind": event.kind,

@@ -324,7 +324,9 @@ class AlarmService:
         """The directory and policy as they are now, for a replay of the alarm; a failure
         costs the replay only."""
         try:
-            await self._stores.snapshots.take(alarm.id, alarm.department_id)
+            await self._stores.snapshots.take(
+                alarm.id, alarm.department_id, {"alarm": self._settings.replayed()}
+            )
         except Exception as exc:
             logger.warning("cannot keep the snapshot of alarm %s: %s", alarm.id, exc)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,10 @@ def unreadable(paths: list[Path], who: Identity) -> list[tuple[Path, Path]]:
     return found
 
 
-PROBE_NAME = ".fastagi-check-{pid}"
+# Unique per call, not per process: a server's health watch and a check run in the same
+# process (tests, `fastagi check` beside it) may probe one directory at once, and O_EXCL
+# would refuse the second ("File exists").
+PROBE_NAME = ".fastagi-check-{pid}-{token}"
 
 
 def try_write(directory: Path) -> str | None:
@@ -112,7 +116,7 @@ def try_write(directory: Path) -> str | None:
             where = ancestor or Path("/")
             return f"{directory} does not exist, and {where} ({describe(where)}) is not writable"
         return None
-    probe = directory / PROBE_NAME.format(pid=os.getpid())
+    probe = directory / PROBE_NAME.format(pid=os.getpid(), token=secrets.token_hex(4))
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:

@@ -3,7 +3,16 @@ people who are told."""
 
 from __future__ import annotations
 
-from fastagi.assurance import asterisk, configuration, database, devices, journal, notify, prompts
+from fastagi.assurance import (
+    asterisk,
+    configuration,
+    database,
+    devices,
+    journal,
+    notify,
+    prompts,
+    recordings,
+)
 from fastagi.assurance.runner import Check
 
 CHECKS: tuple[Check, ...] = (
@@ -11,6 +20,7 @@ CHECKS: tuple[Check, ...] = (
     *asterisk.CHECKS,
     devices.CHECKS[0],  # paging-devices
     *prompts.CHECKS,
+    *recordings.CHECKS,
     *journal.CHECKS,
     *notify.CHECKS,
     *configuration.CHECKS,

@@ -14,6 +14,8 @@ from pathlib import Path, PurePosixPath
 
 from fastagi.cli.common import SubParsers, fail
 from fastagi.config import JournalSettings
+from fastagi.config.recording import DEFAULT_DIRECTORY as DEFAULT_RECORDINGS_DIRECTORY
+from fastagi.config.recording import INCOMING
 from fastagi.config.tts import DEFAULT_DIRECTORY as DEFAULT_TTS_DIRECTORY
 from fastagi.freepbx import apply, blocks
 from fastagi.freepbx.plan import (
@@ -50,8 +52,8 @@ def register(subparsers: SubParsers) -> None:
         description=(
             "Run as root on the Asterisk host. Writes fastagi-panic.conf and marked blocks "
             "into extensions_custom.conf, globals_custom.conf and manager_custom.conf, the "
-            "server's settings file, and with --systemd the unit; creates the prompt and "
-            "journal directories; reloads Asterisk. A second run changes nothing."
+            "server's settings file, and with --systemd the unit; creates the prompt, "
+            "recordings and journal directories; reloads Asterisk. A second run changes nothing."
         ),
     )
     _add_common(install)
@@ -79,6 +81,16 @@ def register(subparsers: SubParsers) -> None:
         "--tts-asterisk-dir", help="the prompt directory as Asterisk sees it, if different"
     )
     install.add_argument(
+        "--recordings-dir",
+        type=Path,
+        default=DEFAULT_RECORDINGS_DIRECTORY,
+        help="recorded locations of *557 (as the server sees it)",
+    )
+    install.add_argument(
+        "--recordings-asterisk-dir",
+        help="the recordings directory as Asterisk sees it, if different",
+    )
+    install.add_argument(
         "--journal-dir", type=Path, default=DEFAULT_JOURNAL, help="history journal directory"
     )
     install.add_argument("--dsn", help="PostgreSQL URL to write into the settings")
@@ -103,7 +115,8 @@ def register(subparsers: SubParsers) -> None:
         help="remove what install wrote; the files are as they were before",
         description=(
             "Removes the marked blocks and the files install created (config.toml only if "
-            "unedited), then reloads Asterisk. The prompt and journal directories are left: "
+            "unedited), then reloads Asterisk. The prompt, recordings and journal directories "
+            "are left (recordings are the sites' own voices): "
             "the journal may hold history that has not reached PostgreSQL yet."
         ),
     )
@@ -176,7 +189,10 @@ def run_install(args: argparse.Namespace) -> int:
     _preflight(args)
     unit = args.unit_path if args.systemd else None
     snapshot = apply.snapshot(
-        args.asterisk_dir, args.config, unit, [args.tts_dir, args.journal_dir]
+        args.asterisk_dir,
+        args.config,
+        unit,
+        [args.tts_dir, args.recordings_dir, args.recordings_dir / INCOMING, args.journal_dir],
     )
     if not args.force:
         try:
@@ -192,6 +208,8 @@ def run_install(args: argparse.Namespace) -> int:
         ami_username=args.ami_user,
         tts_directory=_absolute(args.tts_dir),
         tts_asterisk_directory=args.tts_asterisk_dir,
+        recordings_directory=_absolute(args.recordings_dir),
+        recordings_asterisk_directory=args.recordings_asterisk_dir,
         journal_directory=_absolute(args.journal_dir),
         asterisk_user=user,
         asterisk_group=_group_of(user, args.asterisk_group),
@@ -251,7 +269,7 @@ def _directories_left(config: str | None) -> list[str]:
         return []
     left = [
         str(section.get("directory"))
-        for section in (data.get("tts", {}), data.get("journal", {}))
+        for section in (data.get("tts", {}), data.get("recording", {}), data.get("journal", {}))
         if isinstance(section, dict) and section.get("directory")
     ]
     return [f"left in place (remove by hand when done): {', '.join(left)}"] if left else []

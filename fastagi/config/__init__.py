@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -153,6 +153,27 @@ class AlarmSettings(BaseModel):
     # First key of pg_try_advisory_lock(namespace, alarm_id): the lock that makes one
     # server the leader of an alarm. Change it only if another application uses it.
     lock_namespace: int = Field(default=0x50414E, ge=-(2**31), le=2**31 - 1)
+
+    #: What shapes an alarm's timeline, kept with its snapshot for a replay
+    #: (fastagi history export --format replay). Not the dialplan's names, lamps or
+    #: scan intervals: they belong to the machine, and a replay uses its own.
+    REPLAYED: ClassVar[tuple[str, ...]] = (
+        "page_timeout",
+        "lead_in",
+        "max_page_seconds",
+        "dial_confirm_timeout",
+        "caller_name",
+        "hangup_on_deactivate",
+        "all_clear",
+        "all_clear_text",
+        "announcement",
+        "unknown_department_devices",
+        "allow_unknown_department_to_page_nobody",
+    )
+
+    def replayed(self) -> dict[str, Any]:
+        """The settings of :attr:`REPLAYED`, as JSON values."""
+        return self.model_dump(mode="json", include=set(self.REPLAYED))
 
     @field_validator("alert_info", "call_info", "caller_name", "all_clear_text", "announcement")
     @classmethod

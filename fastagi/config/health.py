@@ -18,6 +18,7 @@ FREQUENT_CHECKS = (
     "dialplan",
     "paging-devices",
     "journal",
+    "recordings",
     "departments",
     "deactivators",
     "unknown-extension",

@@ -13,6 +13,9 @@ from fastagi.config import checks
 # Beside the TTS directory, not inside it: TextToSpeech.purge removes every file of its
 # own directory that it did not render.
 DEFAULT_DIRECTORY = Path("/var/lib/asterisk/sounds/fastagi-panic-locations")
+#: Where Record() writes a take before the caller keeps it (a subdirectory, so that the
+#: directory's own files are only kept recordings; fastagi freepbx install creates it).
+INCOMING = "incoming"
 
 
 class RecordingSettings(BaseModel):

@@ -7,7 +7,9 @@ timelines match when each kind comes as often, and the n-th replayed event of a 
 comes within ``tolerance`` of the n-th original's offset divided by the replay's speed; a page
 cycle also matches on what each device did (answered, busy, no answer). The directory
 the alarm paged (``directory``: its department, paging group, devices, interval) is
-compared key by key, so a change of paging group is named as such.
+compared key by key, so a change of paging group is named as such; so are the server's
+``[alarm]`` settings (``settings``) the replay had to page with other values than the
+original's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,23 @@ FORMAT = "fastagi-replay/1"
 COMPARED_KINDS = frozenset(
     {"triggered", "confirmed", "cancelled", "no_answer", "activated", "page_cycle", "deactivated"}
 )
+#: Kinds a replay does not re-enact (the sandbox sends no e-mail or SMS and calls no
+#: emergency service) but lists beside the original's timeline and in its report, so a
+#: reader sees the whole story and what the replay left out.
+LISTED_KINDS = frozenset(
+    {
+        "notification_sent",
+        "notification_failed",
+        "emergency_dialling",
+        "emergency_call",
+        "acknowledged",
+        "escalated",
+        "emergency_exhausted",
+        "all_clear",
+    }
+)
+#: The details that say what a listed step was, in this order.
+_SUMMARY_KEYS = ("event", "channel", "list", "destination", "recipient", "outcome", "by")
 #: A detail whose key says secret is never exported (events never hold a PIN; this is
 #: the belt to that brace).
 _SECRET_KEY = re.compile(r"pin|secret|password|token|passwd", re.IGNORECASE)
@@ -50,6 +69,26 @@ def entries(document: Mapping[str, Any]) -> list[TimelineEntry]:
         for e in document["events"]
         if e["kind"] in COMPARED_KINDS
     ]
+
+
+def listed_entries(document: Mapping[str, Any]) -> list[TimelineEntry]:
+    """The steps of the file's timeline a replay lists but does not re-enact."""
+    return [
+        TimelineEntry(str(e["kind"]), float(e["at"]), e.get("details") or {})
+        for e in document["events"]
+        if e["kind"] in LISTED_KINDS
+    ]
+
+
+def summary(entry: TimelineEntry) -> str:
+    """``emergency_call at +3.20 s (destination PJSIP/204, outcome acknowledged)``."""
+    said = [f"{k} {entry.details[k]}" for k in _SUMMARY_KEYS if entry.details.get(k) is not None]
+    return f"{entry.kind} at {entry.at:+.2f} s" + (f" ({', '.join(said)})" if said else "")
+
+
+def not_replayed(listed: Sequence[TimelineEntry]) -> list[str]:
+    """One line per step of the original the replay did not re-enact."""
+    return [summary(entry) for entry in listed]
 
 
 def device_outcomes(entry: TimelineEntry) -> dict[str, str]:
@@ -113,15 +152,51 @@ def compare_directories(
     return differences
 
 
-def side_by_side(original: Sequence[TimelineEntry], replayed: Sequence[TimelineEntry]) -> str:
-    """Both timelines in two columns, for a person."""
-    lines = [f"{'ORIGINAL':<36} REPLAYED"]
-    for index in range(max(len(original), len(replayed))):
-        left = _cell(original[index]) if index < len(original) else ""
+def compare_settings(
+    recorded: Mapping[str, Any] | None, used: Mapping[str, Any], section: str = "alarm"
+) -> list[str]:
+    """The settings the replay could not take over from the file, named: ``setting
+    alarm.lead_in: 1.0 then, 0.2 now`` (a key this version does not know: ``... now``
+    says so). Empty when the file has none (``notes`` of the engine say that)."""
+    if recorded is None:
+        return []
+    differences = []
+    for key in sorted(set(recorded) | set(used)):
+        if key not in used:
+            differences.append(
+                f"setting {section}.{key}: {recorded[key]!r} then, not a setting here"
+            )
+        elif recorded.get(key, used[key]) != used[key]:
+            differences.append(
+                f"setting {section}.{key}: {recorded[key]!r} then, {used[key]!r} now"
+            )
+    return differences
+
+
+def side_by_side(
+    original: Sequence[TimelineEntry],
+    replayed: Sequence[TimelineEntry],
+    listed: Sequence[TimelineEntry] = (),
+) -> str:
+    """Both timelines in two columns, for a person; the ``listed`` steps of the original
+    in its column, in time order, marked ``*`` (not re-enacted), the other column empty."""
+    rows: list[tuple[str, str]] = []
+    compared, others = list(original), sorted(listed, key=lambda e: e.at)
+    index = 0
+    for entry in compared:
+        while others and others[0].at < entry.at:
+            rows.append((_cell(others.pop(0), "*"), ""))
         right = _cell(replayed[index]) if index < len(replayed) else ""
-        lines.append(f"{left:<36} {right}")
+        rows.append((_cell(entry), right))
+        index += 1
+    rows += [(_cell(entry, "*"), "") for entry in others]
+    rows += [("", _cell(entry)) for entry in replayed[index:]]
+    lines = [f"{'ORIGINAL':<40} REPLAYED"]
+    lines += [f"{left:<40} {right}".rstrip() for left, right in rows]
+    if listed:
+        lines.append("(* not re-enacted by a replay: listed only)")
     return "\n".join(lines)
 
 
-def _cell(entry: TimelineEntry) -> str:
-    return f"{entry.at:+8.2f} s  {entry.kind}"
+def _cell(entry: TimelineEntry, mark: str = "") -> str:
+    return f"{entry.at:+8.2f} s  {entry.kind}{mark}"

@@ -79,6 +79,7 @@ class UnitValues:
     exec_start: str
     config: PurePosixPath
     tts_directory: PurePosixPath
+    recordings_directory: PurePosixPath
     journal_directory: PurePosixPath
     asterisk_group: str
     watchdog_sec: int
@@ -90,7 +91,9 @@ def unit(template: str, values: UnitValues) -> str:
         {
             "exec_start": values.exec_start,
             "config": values.config,
-            "read_write_paths": f"{values.tts_directory} {values.journal_directory}",
+            "read_write_paths": (
+                f"{values.tts_directory} {values.recordings_directory} {values.journal_directory}"
+            ),
             "asterisk_group": values.asterisk_group,
             "watchdog_sec": values.watchdog_sec,
         },
@@ -109,6 +112,8 @@ class ServerConfig:
     ami_secret: str
     tts_directory: PurePosixPath
     tts_asterisk_directory: str | None
+    recordings_directory: PurePosixPath
+    recordings_asterisk_directory: str | None
     journal_directory: PurePosixPath
     dsn: str | None
 
@@ -128,6 +133,11 @@ def config_body(config: ServerConfig) -> str:
     asterisk_dir = (
         f"asterisk_directory = {_toml(config.tts_asterisk_directory)}\n"
         if config.tts_asterisk_directory
+        else ""
+    )
+    recordings_asterisk_dir = (
+        f"asterisk_directory = {_toml(config.recordings_asterisk_directory)}\n"
+        if config.recordings_asterisk_directory
         else ""
     )
     return (
@@ -154,6 +164,10 @@ def config_body(config: ServerConfig) -> str:
         "[tts]\n"
         f"directory = {_toml(config.tts_directory)}\n"
         f"{asterisk_dir}"
+        "\n"
+        "[recording]\n"
+        f"directory = {_toml(config.recordings_directory)}\n"
+        f"{recordings_asterisk_dir}"
         "\n"
         "[journal]\n"
         f"directory = {_toml(config.journal_directory)}\n"

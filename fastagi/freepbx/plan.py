@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
+from fastagi.config.recording import DEFAULT_DIRECTORY as DEFAULT_RECORDINGS_DIRECTORY
+from fastagi.config.recording import INCOMING
 from fastagi.freepbx import ami_user, blocks, conffile, owned
 
 EXTENSIONS = "extensions.conf"
@@ -46,6 +48,7 @@ DEFAULT_AGI_PORT = 4573
 _OUR_CONTEXT = re.compile(r"^(fastagi-panic-|panic-alarm$)")
 _URL = re.compile(r"^agi://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?/?$")
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DEFAULT_RECORDINGS = PurePosixPath(DEFAULT_RECORDINGS_DIRECTORY)
 _LOOPBACK_OR_ANY = frozenset({"", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"})
 
 
@@ -109,6 +112,9 @@ class InstallRequest:
     new_secret: str
     agi_url2: str | None = None
     tts_asterisk_directory: str | None = None
+    # Recorded locations (*557): Record() writes into its incoming/ as Asterisk's user.
+    recordings_directory: PurePosixPath = _DEFAULT_RECORDINGS
+    recordings_asterisk_directory: str | None = None
     dsn: str | None = None
     unit: PurePosixPath | None = None  # write the systemd unit there
     exec_start: str = "/opt/fastagi-panic/bin/fastagi serve"
@@ -349,6 +355,8 @@ def plan_install(request: InstallRequest, snapshot: Snapshot) -> Plan:
         ami_secret=secret,
         tts_directory=request.tts_directory,
         tts_asterisk_directory=request.tts_asterisk_directory,
+        recordings_directory=request.recordings_directory,
+        recordings_asterisk_directory=request.recordings_asterisk_directory,
         journal_directory=request.journal_directory,
         dsn=request.dsn,
     )
@@ -370,6 +378,7 @@ def _unit_change(request: InstallRequest, snapshot: Snapshot) -> list[FileChange
         exec_start=request.exec_start,
         config=request.config,
         tts_directory=request.tts_directory,
+        recordings_directory=request.recordings_directory,
         journal_directory=request.journal_directory,
         asterisk_group=request.asterisk_group,
         watchdog_sec=request.watchdog_sec,
@@ -378,11 +387,17 @@ def _unit_change(request: InstallRequest, snapshot: Snapshot) -> list[FileChange
 
 
 def _dir_changes(request: InstallRequest, snapshot: Snapshot) -> list[DirChange]:
-    """The prompt and journal directories (Asterisk's user and group, group-writable,
-    set-group-ID so every file in them is Asterisk's group), and the settings' one."""
+    """The prompt, recordings (and its incoming/, where Record() writes as Asterisk's
+    user) and journal directories (Asterisk's user and group, group-writable, set-group-ID
+    so every file in them is Asterisk's group), and the settings' one."""
     dirs = [
         DirChange(directory, 0o2770, request.asterisk_user, request.asterisk_group)
-        for directory in (request.tts_directory, request.journal_directory)
+        for directory in (
+            request.tts_directory,
+            request.recordings_directory,
+            request.recordings_directory / INCOMING,
+            request.journal_directory,
+        )
         if directory not in snapshot.existing_dirs
     ]
     if request.config.parent not in snapshot.existing_dirs:

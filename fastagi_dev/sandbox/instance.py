@@ -7,6 +7,7 @@ Layout: an instance named ``N`` lives in ``<rootfs>/fastagi/instances/N/`` (Aste
                   plus a copy of the repository's extensions_custom.conf
     run/ lib/ spool/ log/ cache/   Asterisk's writable directories
     sounds/       text-to-speech prompts (``tts_dir`` on the host, ``tts_dir_in_asterisk``)
+    locations/    recorded locations of *557 (``recordings_dir``, ``recordings_dir_in_asterisk``)
     console.log   Asterisk's stdout and stderr (``log_path``)
     state.json    pid, ports and AMI secret of the running process (read by the CLI)
 
@@ -62,7 +63,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # Placeholders look like @{name}: neither ${...} (dialplan variables) nor {...} (pjsip.conf
 # and dialplan use braces) may be touched, so string.Template and str.format do not fit.
 _PLACEHOLDER = re.compile(r"@\{([a-z_]+)\}")
-_WRITABLE_DIRS = ("etc", "run", "lib", "lib/keys", "spool", "log", "cache", "agi-bin", "sounds")
+_WRITABLE_DIRS = (
+    *("etc", "run", "lib", "lib/keys", "spool", "log", "cache", "agi-bin", "sounds"),
+    "locations/incoming",  # as fastagi freepbx install makes it
+)
 
 
 class SandboxError(Exception):
@@ -341,6 +345,15 @@ class Sandbox:
     def tts_dir_in_asterisk(self) -> str:
         """The same directory as Asterisk sees it (for Playback/STREAM FILE paths)."""
         return f"{self.instance_dir_in_chroot}/sounds"
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Where *557 keeps recorded locations, as the host sees it."""
+        return self.instance_dir / "locations"
+
+    @property
+    def recordings_dir_in_asterisk(self) -> str:
+        return f"{self.instance_dir_in_chroot}/locations"
 
     @property
     def ami_host(self) -> str:

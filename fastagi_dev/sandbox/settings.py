@@ -7,7 +7,14 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from fastagi.config import AgiSettings, AmiSettings, DatabaseSettings, JournalSettings, Settings
+from fastagi.config import (
+    AgiSettings,
+    AmiSettings,
+    DatabaseSettings,
+    JournalSettings,
+    RecordingSettings,
+    Settings,
+)
 from fastagi.tts import TtsSettings
 from fastagi_dev.sandbox.instance import Sandbox
 
@@ -30,6 +37,15 @@ def tts_settings(sandbox: Sandbox) -> TtsSettings:
     return TtsSettings(directory=sandbox.tts_dir, asterisk_directory=sandbox.tts_dir_in_asterisk)
 
 
+def recording_settings(sandbox: Sandbox, **options: Any) -> RecordingSettings:
+    """The instance's recordings directory, as the server and as Asterisk see it."""
+    return RecordingSettings(
+        directory=sandbox.recordings_dir,
+        asterisk_directory=sandbox.recordings_dir_in_asterisk,
+        **options,
+    )
+
+
 def server_settings(sandbox: Sandbox, agi_port: int, dsn: str, **sections: BaseModel) -> Settings:
     """``fastagi serve`` against ``sandbox`` on ``agi_port`` over the database ``dsn``;
     ``sections`` replace whole sections (``alarm=AlarmSettings(...)``).
@@ -45,6 +61,7 @@ def server_settings(sandbox: Sandbox, agi_port: int, dsn: str, **sections: BaseM
         "database": DatabaseSettings(dsn=SecretStr(dsn)),
         "ami": ami_settings(sandbox),
         "tts": tts_settings(sandbox),
+        "recording": recording_settings(sandbox),
         **sections,
     }
     return Settings(**chosen)

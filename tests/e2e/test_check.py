@@ -112,6 +112,10 @@ secret = "{box.ami_secret}"
 directory = "{box.tts_dir}"
 asterisk_directory = "{box.tts_dir_in_asterisk}"
 
+[recording]
+directory = "{box.recordings_dir}"
+asterisk_directory = "{box.recordings_dir_in_asterisk}"
+
 [alarm]
 announcement = "Panic alarm. Department {{department}}. Extension {{extension}}."
 
@@ -218,7 +222,7 @@ async def test_a_working_site_is_all_ok_from_the_command_line(
         json.dumps(printed, indent=2) + err.decode()
     )
     assert process.returncode == 0
-    assert len(lines) == 17
+    assert len(lines) == 18
     assert lines["fastagi-url"][1].startswith(f"agi://127.0.0.1:{server.agi.port} answered")
     assert lines["paging-devices"][1] == "all 3 paging devices of 2 departments reachable"
     assert "Asterisk played /fastagi/instances/" in lines["tts"][1]

@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import os
 import socket
+import stat
 import sys
 import time
 import tomllib
@@ -147,6 +148,8 @@ async def test_install_page_least_privilege_uninstall(
         str(pbx.tts_dir),
         "--tts-asterisk-dir",
         pbx.tts_dir_in_asterisk,
+        "--recordings-dir",
+        str(tmp_path / "locations"),
         "--journal-dir",
         str(tmp_path / "journal"),
         "--dsn",
@@ -173,6 +176,9 @@ async def test_install_page_least_privilege_uninstall(
         "",
     )
     assert digests(pbx.config_dir) == installed
+    # *557 records into incoming/ as Asterisk's user: install made both, Asterisk's.
+    for directory in (tmp_path / "locations", tmp_path / "locations" / "incoming"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o2770, directory
     print(f"install {first.seconds:.2f} s (with two reloads); again {again.seconds:.2f} s")
 
     # What the running Asterisk made of it.

@@ -24,11 +24,13 @@ from fastagi.config import (
     RecordingSettings,
     Settings,
 )
+from fastagi.flows import prompts
 from fastagi.store import Stores
 from fastagi.store.history import StoredEvent
+from fastagi.tts import TextToSpeech
 from fastagi.tts.wav import wav_seconds
 from fastagi_dev.sandbox.instance import Sandbox
-from fastagi_dev.sandbox.settings import server_settings
+from fastagi_dev.sandbox.settings import recording_settings, server_settings, tts_settings
 from tests import sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -63,19 +65,30 @@ def loudness(path: Path) -> float:
     return math.sqrt(sum(s * s for s in samples) / max(1, len(samples)))
 
 
-def settings_for(sandbox: Sandbox, agi_port: int, dsn: str) -> Settings:
+def silence(seconds: float) -> bytes:
+    return b"\xff" * int(8000 * seconds)  # u-law 0xFF encodes zero
+
+
+def loud_frames(path: Path, frame_seconds: float = 0.02) -> list[bool]:
+    """Per 20 ms frame of a 16-bit WAV file: whether it is the phone's tone (RMS far above
+    Record()'s silence threshold, 256 in dsp.conf) rather than silence."""
+    with wave.open(str(path), "rb") as audio:
+        samples = array.array("h", audio.readframes(audio.getnframes()))
+    size = int(8000 * frame_seconds)
+    frames = [samples[i : i + size] for i in range(0, len(samples), size)]
+    return [math.sqrt(sum(s * s for s in f) / len(f)) > 1000 for f in frames if f]
+
+
+def settings_for(
+    sandbox: Sandbox, agi_port: int, dsn: str, recording: RecordingSettings | None = None
+) -> Settings:
     return server_settings(
         sandbox,
         agi_port,
         dsn,
         alarm=AlarmSettings(lead_in=0.2, page_timeout=5, announcement="Panic {extension}."),
-        recording=RecordingSettings(
-            directory=sandbox.instance_dir / "locations",
-            asterisk_directory=f"{sandbox.instance_dir_in_chroot}/locations",
-            max_seconds=MAX_SECONDS,
-            silence_seconds=2,
-            prefix="Alarm.",
-        ),
+        recording=recording
+        or recording_settings(sandbox, max_seconds=MAX_SECONDS, silence_seconds=2, prefix="Alarm."),
     )
 
 
@@ -202,3 +215,89 @@ async def test_record_again_then_delete_and_a_caller_outside_the_directory_is_re
     assert not old.exists()
     # Both takes were dropped when the call ended.
     assert list((settings.recording.directory / "incoming").iterdir()) == []
+
+
+# The silence end: the phone speaks SPEECH seconds after Record()'s beep, then is silent.
+SPEECH = 1.5
+SILENCE_SECONDS = 3
+SILENCE_MAX_SECONDS = 15
+# Asterisk's beep.gsm: 726 bytes of 33-byte GSM frames of 20 ms.
+BEEP = 0.44
+# When the phone starts speaking, after Record() began: the call's first AGI commands
+# (50-300 ms) start the instruction later than the phone's audio, which starts with the
+# answer; up to AIM of them leaves the speech inside the take, and its leading silence
+# stays below SILENCE_SECONDS (else Record() would end before the phone spoke).
+AIM = 1.5
+
+
+async def test_the_take_ends_after_the_silence_trimmed_as_asterisk_trims(
+    sandbox: Sandbox,
+    agi_port: int,
+    database_dsn: str,
+    db_pool: asyncpg.Pool[asyncpg.Record],
+    tmp_path: Path,
+) -> None:
+    """Record()'s silence end (apps/app_record.c): after more than ``silence`` seconds of
+    silence it stops, RECORD_STATUS=SILENCE, and rewinds ``silence - 1`` seconds: the take
+    keeps the speech and one second of the silence after it, and ends long before
+    ``max_seconds``."""
+    store = Stores.over(db_pool)
+    await store.directory.add_department(DEPARTMENT)
+    await store.directory.map_extensions(DEPARTMENT, str(DESK))
+    recording = recording_settings(
+        sandbox, max_seconds=SILENCE_MAX_SECONDS, silence_seconds=SILENCE_SECONDS
+    )
+    settings = settings_for(sandbox, agi_port, database_dsn, recording)
+    # The instruction rendered ahead, so that its length says when Record() begins.
+    tts = TextToSpeech(tts_settings(sandbox))
+    try:
+        texts = [
+            prompts.RECORD_INSTRUCTION,
+            prompts.RECORD_YOU_SAID,
+            prompts.RECORD_MENU,
+            prompts.RECORD_KEPT,
+        ]
+        rendered = await tts.prerender(texts)
+        assert not [r for r in rendered.values() if isinstance(r, Exception)], rendered
+        instruction = await asyncio.to_thread(tts.prompt_for(prompts.RECORD_INSTRUCTION).seconds)
+    finally:
+        await tts.aclose()
+    # From the answer: silence through the instruction and the beep, the speech, then
+    # silence for longer than the whole take may last.
+    microphone = silence(instruction + BEEP + AIM) + tone(SPEECH) + silence(SILENCE_MAX_SECONDS + 5)
+
+    async with await sandbox.ami() as ami, running_server(settings):
+        call = await sipp.call_dtmf(
+            sandbox,
+            tmp_path / "record",
+            service="*557",
+            ext=DESK,
+            answers=["1"],  # keep it
+            microphone=microphone,
+            within=60,
+        )
+        status = await ami.wait_event("VarSet", Variable="RECORD_STATUS", within=30)
+        end = await ami.wait_event("UserEvent", UserEvent="FastAGIRecordLocationEnd", within=30)
+        call.check()
+    assert status["Value"] == "SILENCE"
+    assert end["FASTAGI_STATUS"] == "KEPT"
+    location = await store.recordings.for_extension(str(DESK))
+    assert location is not None
+    saved = recording.directory / location.file_name
+    seconds = wav_seconds(saved)
+    loud = loud_frames(saved)
+    first = loud.index(True)
+    last = len(loud) - 1 - loud[::-1].index(True)
+    spoken = (last - first + 1) * 0.02
+    leading, trailing = first * 0.02, (len(loud) - 1 - last) * 0.02
+    print(
+        f"take {seconds:.2f} s: {leading:.2f} s silent, {spoken:.2f} s spoken, {trailing:.2f} s"
+        f" silent (instruction {instruction:.2f} s)"
+    )
+    assert all(loud[first : last + 1]), "the speech is one piece"
+    assert spoken == pytest.approx(SPEECH, abs=0.1), "all of the speech is in the take"
+    assert 0 < leading < SILENCE_SECONDS
+    # SILENCE_SECONDS of silence heard, SILENCE_SECONDS - 1 of them cut off again.
+    assert trailing == pytest.approx(1.0, abs=0.15)
+    assert seconds == pytest.approx(leading + spoken + trailing, abs=0.03)
+    assert seconds < SILENCE_MAX_SECONDS / 2

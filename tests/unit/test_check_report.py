@@ -237,3 +237,39 @@ def test_an_unknown_check_is_one_line_on_stderr(
     assert main(["check", "--only", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastagi: error: no check named nope; the checks: postgresql,")
+
+
+def test_the_recordings_directory_of_557(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    locations = tmp_path / "locations"
+    config.write_text(f'[recording]\ndirectory = "{locations}"\n')
+    # Missing: the first *557 would create it with the server's owner, not Asterisk's group.
+    assert main(["check", "--only", "recordings"]) == 1
+    status, name, message = capsys.readouterr().out.splitlines()[0].split(None, 2)
+    assert (status, name) == ("WARN", "recordings")
+    assert message.startswith(f"{locations} does not exist: the first *557 creates it")
+    # Nor can it be created (a file where its parent should be): still a WARN, with why.
+    (tmp_path / "file").write_text("")
+    config.write_text(f'[recording]\ndirectory = "{tmp_path / "file" / "locations"}"\n')
+    assert main(["check", "--only", "recordings"]) == 1
+    status, _, message = capsys.readouterr().out.splitlines()[0].split(None, 2)
+    assert status == "WARN"
+    assert "*557 cannot record" in message
+    config.write_text(f'[recording]\ndirectory = "{locations}"\n')
+
+    (locations / "incoming").mkdir(parents=True)
+    assert main(["check", "--only", "recordings"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split(None, 2) == [
+        "OK",
+        "recordings",
+        f"{locations} is writable",
+    ]
+
+    # incoming/ a file: a kept take could not be written or moved.
+    (locations / "incoming").rmdir()
+    (locations / "incoming").write_text("")
+    assert main(["check", "--only", "recordings"]) == 2
+    status, name, message = capsys.readouterr().out.splitlines()[0].split(None, 2)
+    assert (status, name) == ("FAIL", "recordings")
+    assert message.startswith(f"*557 cannot keep a recording: cannot write in {locations}")

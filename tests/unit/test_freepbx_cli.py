@@ -60,6 +60,8 @@ def install_args(tree: Path, *extra: str) -> list[str]:
         "root",
         "--tts-dir",
         str(tree / "sounds" / "fastagi-panic"),
+        "--recordings-dir",
+        str(tree / "sounds" / "locations"),
         "--journal-dir",
         str(tree / "journal"),
         "--dsn",
@@ -100,8 +102,16 @@ def test_install_is_idempotent_and_uninstall_restores_every_byte(
         pwd.getpwnam("nobody").pw_uid,
         pwd.getpwnam("nobody").pw_gid,
     )
-    for directory in (tree / "sounds" / "fastagi-panic", tree / "journal"):
+    for directory in (
+        tree / "sounds" / "fastagi-panic",
+        tree / "sounds" / "locations",
+        tree / "sounds" / "locations" / "incoming",
+        tree / "journal",
+    ):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o2770
+    assert tomllib.loads(config.read_text())["recording"]["directory"] == str(
+        tree / "sounds" / "locations"
+    )
     secret = tomllib.loads(config.read_text())["ami"]["secret"]
     assert len(secret) >= 32
     assert secret in (tree / "asterisk" / "manager_custom.conf").read_text()
@@ -143,6 +153,9 @@ def test_dry_run_prints_every_diff_and_changes_nothing(
     assert "+secret = ********\n" in out
     assert "pg-password" not in out
     assert f"# would create {tree}/journal/ (mode 2770, owner root)\n" in out
+    for created in ("sounds/locations", "sounds/locations/incoming"):
+        assert f"# would create {tree}/{created}/ (mode 2770, owner root)\n" in out
+    assert not (tree / "sounds" / "locations").exists()
     assert f"# would run: {tree}/fake-asterisk -rx 'manager reload'\n" in out
 
     (tree / "asterisk" / "manager_custom.conf").chmod(0o644)
@@ -241,7 +254,8 @@ def test_the_unit_is_one_systemd_accepts(tree: Path, capsys: pytest.CaptureFixtu
         "Restart=always",
         "DynamicUser=yes",
         "ProtectSystem=strict",
-        f"ReadWritePaths={tree}/sounds/fastagi-panic {tree}/journal",
+        # The server moves *557's takes out of the recordings' incoming/.
+        f"ReadWritePaths={tree}/sounds/fastagi-panic {tree}/sounds/locations {tree}/journal",
         "NoNewPrivileges=yes",
         "PrivateTmp=yes",
         "ProtectHome=yes",

@@ -279,11 +279,18 @@ def test_install_plan_on_freepbx() -> None:
     assert "\nType=notify\n" in unit
     assert "\nLoadCredential=config.toml:/etc/fastagi-panic/config.toml\n" in unit
     assert (
-        "\nReadWritePaths=/var/lib/asterisk/sounds/fastagi-panic /var/lib/fastagi-panic/journal\n"
+        "\nReadWritePaths=/var/lib/asterisk/sounds/fastagi-panic"
+        " /var/lib/asterisk/sounds/fastagi-panic-locations /var/lib/fastagi-panic/journal\n"
     ) in unit
+    assert settings["recording"] == {
+        "directory": "/var/lib/asterisk/sounds/fastagi-panic-locations"
+    }
     assert "@{" not in unit
     assert [(str(d.path), d.mode, d.owner) for d in plan.dirs] == [
         ("/var/lib/asterisk/sounds/fastagi-panic", 0o2770, "asterisk"),
+        # *557: Record() writes into incoming/ as Asterisk's user.
+        ("/var/lib/asterisk/sounds/fastagi-panic-locations", 0o2770, "asterisk"),
+        ("/var/lib/asterisk/sounds/fastagi-panic-locations/incoming", 0o2770, "asterisk"),
         ("/var/lib/fastagi-panic/journal", 0o2770, "asterisk"),
         ("/etc/fastagi-panic", 0o700, None),
     ]

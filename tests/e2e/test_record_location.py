@@ -219,15 +219,16 @@ async def test_record_again_then_delete_and_a_caller_outside_the_directory_is_re
 
 # The silence end: the phone speaks SPEECH seconds after Record()'s beep, then is silent.
 SPEECH = 1.5
-SILENCE_SECONDS = 3
-SILENCE_MAX_SECONDS = 15
+SILENCE_SECONDS = 5
+SILENCE_MAX_SECONDS = 20
 # Asterisk's beep.gsm: 726 bytes of 33-byte GSM frames of 20 ms.
 BEEP = 0.44
 # When the phone starts speaking, after Record() began: the call's first AGI commands
-# (50-300 ms) start the instruction later than the phone's audio, which starts with the
-# answer; up to AIM of them leaves the speech inside the take, and its leading silence
-# stays below SILENCE_SECONDS (else Record() would end before the phone spoke).
-AIM = 1.5
+# (20-300 ms; seconds on a loaded machine) start the instruction later than the phone's
+# audio, which starts with the answer; up to AIM of them leaves the speech inside the
+# take, and its leading silence (AIM less that delay) stays below SILENCE_SECONDS, else
+# Record() would end before the phone spoke (it counts silence from its start).
+AIM = 4.0
 
 
 async def test_the_take_ends_after_the_silence_trimmed_as_asterisk_trims(

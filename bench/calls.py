@@ -384,7 +384,9 @@ class Bench:
         rows_before = await _completed_rows(self.pool, kind)
         before = server.sample()
         asterisk_before = cpu_seconds(self.sandbox.pid)
-        sip_port_local = storm_port()
+        # A port of the sandbox's claimed slot: one the kernel hands out as free may be
+        # taken by another process before SIPp binds it (Sandbox.caller_port).
+        sip_port_local = self.sandbox.caller_port()
         result = await asyncio.to_thread(
             storm.run_storm,
             kind,
@@ -418,14 +420,6 @@ class Bench:
             cmd_p99_ms=None if p99 is None else round(1000 * p99, 3),
             load_average=round(os.getloadavg()[0], 2),
         )
-
-
-def storm_port() -> int:
-    import socket
-
-    from fastagi_dev.sandbox.ports import free_port
-
-    return free_port(socket.SOCK_DGRAM)
 
 
 def our_env(sandbox: Any, dsn: str, port: int, workdir: Path) -> dict[str, str]:

@@ -461,19 +461,24 @@ async def test_metrics_only_for_allowed_networks(site: Site, seeded: str, smtp: 
 async def test_the_console_serves_both_without_a_login(
     site: Site, seeded: str, smtp: SmtpServer
 ) -> None:
-    consoles: list[Console] = []
+    consoles: list[tuple[Console, Services]] = []
 
     @contextlib.asynccontextmanager
     async def console(services: Services, settings: Settings) -> AsyncIterator[None]:
         async with running_console(services, settings) as running:
-            consoles.append(running)
+            consoles.append((running, services))
             yield
 
     settings = settings_for(site, seeded, smtp, enabled=False).model_copy(
         update={"web": WebSettings(enabled=True, port=0)}
     )
     async with running_server(settings, [console]):
-        (running,) = consoles
+        ((running, services),) = consoles
+        # The server serves while AMI still connects (in the background: never silent
+        # while Asterisk restarts); the gauge is read once it has.
+        async with asyncio.timeout(10):
+            while not services.ami.connected:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         status, _, text = await get(running.url + "/metrics")
         assert status == 200
         assert scrape(text)[("fastagi_ami_connected", ())] == 1

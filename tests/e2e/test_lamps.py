@@ -17,6 +17,7 @@ from fastagi.alarms.lamps import LampChange, Lamps
 from fastagi.ami import AmiClient
 from fastagi.config import AlarmSettings
 from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.store import Stores
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 from tests.e2e.test_alarm_service import Harness, department
@@ -145,6 +146,22 @@ async def test_ringing_lamp_state_is_early(
         lamps.close()
 
 
+async def lamp_events(store: Stores) -> list[tuple[str, str]]:
+    """(device, state) of every lamp_changed in the history, oldest first."""
+    return [
+        (e.details["device"], e.details["state"])
+        for e in await store.history.history(
+            dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+            dt.datetime(2100, 1, 1, tzinfo=dt.UTC),
+        )
+        if e.kind == "lamp_changed"
+    ]
+
+
+def last_state(events: list[tuple[str, str]], device: str) -> str | None:
+    return next((state for lamp, state in reversed(events) if lamp == device), None)
+
+
 async def test_service_lights_the_lamp_while_an_alarm_runs(
     sandbox: Sandbox, database_dsn: str, tmp_path: Path
 ) -> None:
@@ -173,14 +190,16 @@ async def test_service_lights_the_lamp_while_an_alarm_runs(
             "confirmed",
             "terminated",
         ]
-        lamp_events = [
-            (e.details["device"], e.details["state"])
-            for e in await store.history.history(
-                dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
-                dt.datetime(2100, 1, 1, tzinfo=dt.UTC),
-            )
-            if e.kind == "lamp_changed"
-        ]
-        assert ("Custom:PANIC", "BUSY") in lamp_events
-        assert (f"Custom:PANIC_{ward.id}", "BUSY") in lamp_events
-        assert lamp_events[-1][1] == "NOT_INUSE"
+        lamps = ("Custom:PANIC", f"Custom:PANIC_{ward.id}")
+        # A change is recorded once Asterisk has answered the Setvar, which may be after
+        # the phone saw the lamp go out: wait for both records.
+        async with asyncio.timeout(15):
+            while [last_state(await lamp_events(store), lamp) for lamp in lamps] != [  # noqa: ASYNC110
+                "NOT_INUSE",
+                "NOT_INUSE",
+            ]:
+                await asyncio.sleep(0.05)
+        events = await lamp_events(store)
+        assert ("Custom:PANIC", "BUSY") in events
+        assert (f"Custom:PANIC_{ward.id}", "BUSY") in events
+        assert events[-1][1] == "NOT_INUSE"

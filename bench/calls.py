@@ -305,6 +305,8 @@ class Plan:
     repeats: int
     servers: tuple[str, ...] = SERVERS
     profile: str | None = None
+    # FASTAGI_* variables set on our server over its deployed settings (--ours-setting).
+    ours_settings: tuple[tuple[str, str], ...] = ()
 
     def calls(self, rate: int) -> int:
         return max(self.min_calls, round(rate * self.seconds))
@@ -422,9 +424,15 @@ class Bench:
         )
 
 
-def our_env(sandbox: Any, dsn: str, port: int, workdir: Path) -> dict[str, str]:
+def our_env(
+    sandbox: Any,
+    dsn: str,
+    port: int,
+    workdir: Path,
+    overrides: Sequence[tuple[str, str]] = (),
+) -> dict[str, str]:
     """``fastagi serve`` as deployed (log level INFO, health checks on), against the
-    sandbox; a metrics port of its own."""
+    sandbox; a metrics port of its own; then ``overrides`` (``--ours-setting``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTAGI_")}
     env.update(
         {
@@ -442,6 +450,7 @@ def our_env(sandbox: Any, dsn: str, port: int, workdir: Path) -> dict[str, str]:
             "FASTAGI_LOG_LEVEL": "INFO",
         }
     )
+    env.update(overrides)
     return env
 
 
@@ -522,7 +531,7 @@ def run_plan(plan: Plan, workdir: Path, log: TextIO) -> Report:
                     # Started afresh each repetition, as agi_load does.
                     if OURS in plan.servers:
                         servers[OURS] = OurServer(
-                            our_env(sandbox, dsn, ours_port, workdir),
+                            our_env(sandbox, dsn, ours_port, workdir, plan.ours_settings),
                             workdir,
                             plan.profile if repeat == 0 else None,
                         )
@@ -637,6 +646,9 @@ def _cell(spread: Spread | None, spec: str) -> str:
 
 def format_report(plan: Plan, report: Report) -> str:
     lines: list[str] = []
+    if plan.ours_settings:
+        settings = " ".join(f"{name}={value}" for name, value in plan.ours_settings)
+        lines += ["", f"our server ran with {settings}"]
     for kind in plan.kinds:
         lines += ["", f"### {kind}", ""]
         header = ["rate", "server", "calls", *(title for _, title, _ in METRICS), "load avg"]
@@ -747,6 +759,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="our server under py-spy (else cProfile)"
     )
+    parser.add_argument(
+        "--ours-setting",
+        action="append",
+        default=[],
+        metavar="FASTAGI_X=VALUE",
+        help="an environment setting for our server over the deployed ones (repeatable), "
+        "e.g. FASTAGI_HEALTH__ENABLED=false for an A/B of the health checks",
+    )
     parser.add_argument("--plots", metavar="DIR", help="write PNG plots there")
     parser.add_argument("--json", metavar="PATH", help="also write the steps as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -768,6 +788,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if unknown:
         print(f"unknown: {', '.join(unknown)}", file=sys.stderr)
         return 2
+    overrides = []
+    for setting in args.ours_setting:
+        name, equals, value = setting.partition("=")
+        if not equals or not name.startswith("FASTAGI_"):
+            print(f"--ours-setting wants FASTAGI_NAME=VALUE, not {setting!r}", file=sys.stderr)
+            return 2
+        overrides.append((name, value))
     profile = None
     if args.profile:
         has_py_spy = shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists()
@@ -780,6 +807,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         repeats=args.repeats,
         servers=servers,
         profile=profile,
+        ours_settings=tuple(overrides),
     )
     workdir = Path(tempfile.mkdtemp(prefix="bench-calls-"))
     try:
@@ -809,6 +837,9 @@ def from_document(data: dict[str, Any]) -> tuple[Plan, Report]:
     plan_fields = dict(data["plan"])
     for key in ("kinds", "rates", "servers"):
         plan_fields[key] = tuple(plan_fields[key])
+    plan_fields["ours_settings"] = tuple(
+        (name, value) for name, value in plan_fields.get("ours_settings", ())
+    )
     return Plan(**plan_fields), Report(steps=[Step(**step) for step in data["steps"]])
 
 

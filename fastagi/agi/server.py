@@ -116,8 +116,11 @@ class _AgiProtocol(asyncio.Protocol):
     resolves to the session and every later byte goes to ``AgiSession.feed_data``.
     """
 
-    def __init__(self, server: AgiServer) -> None:
+    def __init__(self, server: AgiServer, loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
+        # Kept, not asked for: on CPython 3.11 asyncio.get_running_loop() makes a getpid()
+        # system call (to notice a fork), once per call of it.
+        self.loop = loop
         self.peer = ""
         self._transport: asyncio.Transport | None = None
         self._connection: AgiConnection | None = None  # None: refused
@@ -177,7 +180,7 @@ class _AgiProtocol(asyncio.Protocol):
             # thousands of sockets in TIME_WAIT or FIN_WAIT behind.
             self._transport.abort()
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self._connection = AgiConnection()
         self.ready = loop.create_future()
         timeout = self._server._settings.environment_timeout
@@ -207,7 +210,7 @@ class _AgiProtocol(asyncio.Protocol):
         if self.ready.done():
             return  # already failed: the task is closing the connection
         if data and self.first_byte_at is None:
-            self.first_byte_at = asyncio.get_running_loop().time()
+            self.first_byte_at = self.loop.time()
             self._server._waiting.heard_from(self)
         connection = self._connection
         try:
@@ -230,6 +233,7 @@ class _AgiProtocol(asyncio.Protocol):
             peer=self.peer,
             reply_timeout=self._server._settings.reply_timeout,
             latency=self._server.stats.latency,
+            loop=self.loop,
         )
         self._session = session
         self.ready.set_result(session)
@@ -390,7 +394,7 @@ class AgiServer:
         # Asterisk gives up on a connect after 2 s, well before the kernel's SYN retries.
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _AgiProtocol(self),
+            lambda: _AgiProtocol(self, loop),
             self._settings.host,
             self._settings.port,
             backlog=self._settings.listen_backlog,
@@ -486,8 +490,8 @@ class AgiServer:
                 "refused connection: %s is not in allowed_networks", protocol.peer
             )
             return False
+        loop = protocol.loop
         if self._at_cap():
-            loop = asyncio.get_running_loop()
             victim = self._waiting.victim(loop.time())
             # Reading the candidates may have ended some (garbled, gone): room enough now.
             if self._at_cap():
@@ -499,7 +503,6 @@ class AgiServer:
                     return False
                 self.stats.evicted += 1
                 victim.evict()
-        loop = asyncio.get_running_loop()
         task = loop.create_task(self._serve_connection(protocol), name=f"fastagi {protocol.peer}")
         protocol.admitted_at = loop.time()
         self._waiting.admit(protocol)

@@ -150,7 +150,11 @@ class AgiSession:
         peer: str = "",
         reply_timeout: float | None = None,
         latency: LatencyHistogram | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        # The loop is kept, not asked for per command: on CPython 3.11
+        # asyncio.get_running_loop() makes a getpid() system call each time.
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._write = write
         self._connection = connection
         self.environment = environment
@@ -235,7 +239,7 @@ class AgiSession:
         reply = self._reply
         if reply is None or reply.done():
             return  # nothing pending: the next command arms a new timer
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() < self._deadline:
             # A later command pushed the deadline since this timer was armed.
             self._timer = loop.call_at(self._deadline, self._on_deadline)
@@ -251,21 +255,22 @@ class AgiSession:
         AgiCommandFailure (another code), AgiHangup (Asterisk closed the connection),
         AgiTimeout (no reply within ``reply_timeout``) or AgiProtocolError.
         """
-        text = " ".join(words)
+        # The command's text only for errors: joined where one is raised, not per command.
         async with self._lock:
             if self._unusable is not None:
-                raise self._refusal(text)
+                raise self._refusal(" ".join(words))
             if self._latency is not None:
                 self._latency.observe(time.monotonic() - self._heard_at)
             try:
                 data = self._connection.send_command(*words)
             except ProtocolError as exc:
                 # Nothing was sent: the conversation is still in step.
-                raise AgiProtocolError(str(exc), error=exc, command=text) from exc
-            reply = self._reply = asyncio.get_running_loop().create_future()
+                raise AgiProtocolError(str(exc), error=exc, command=" ".join(words)) from exc
+            reply = self._reply = self._loop.create_future()
             try:
                 event = await self._pushed_reply(data, reply)
             except TimeoutError:
+                text = " ".join(words)
                 self._unusable = AgiTimeout(f"no reply within {self._reply_timeout} s")
                 raise AgiTimeout(
                     f"no reply to {text!r} within {self._reply_timeout} s", command=text
@@ -273,22 +278,24 @@ class AgiSession:
             except EOFError:
                 self.hung_up = True
                 self._unusable = AgiHangup("Asterisk closed the connection")
-                raise AgiHangup("Asterisk closed the connection", command=text) from None
+                raise AgiHangup("Asterisk closed the connection", command=" ".join(words)) from None
             except ProtocolError as exc:
                 self._unusable = AgiProtocolError(str(exc), error=exc)
-                raise AgiProtocolError(str(exc), error=exc, command=text) from exc
+                raise AgiProtocolError(str(exc), error=exc, command=" ".join(words)) from exc
             except BaseException:
                 # Cancelled (or the write failed) while Asterisk still owes a reply: out of
                 # step for good.
                 self._unusable = AgiProtocolError("a command was cancelled mid-reply")
                 raise
-        return self._check(event, text)
+        if type(event) is Reply and event.code == 200:
+            return event
+        return self._check(event, " ".join(words))
 
     async def _pushed_reply(
         self, data: bytes, reply: asyncio.Future[Reply | UsageReply]
     ) -> Reply | UsageReply:
         if self._reply_timeout is not None:
-            loop = reply.get_loop()
+            loop = self._loop
             self._deadline = loop.time() + self._reply_timeout
             if self._timer is None:
                 self._timer = loop.call_at(self._deadline, self._on_deadline)

@@ -14,7 +14,8 @@ caller name "PANIC <department>") says, per department:
 
 And of the server (this process: the service runs in it, the phones and Asterisk do
 not): its resident memory growth per alarm (VmRSS before the activations and with all
-alarms running), and its CPU time per page cycle while the alarms run, beside the CPU time
+alarms running; also right after the activations, and with BENCH_TRACEMALLOC=1 where
+the Python heap grew), and its CPU time per page cycle while the alarms run, beside the CPU time
 of an idle second measured in the same run (the baseline).
 
 The sandbox has 100 paging phones (PJSIP 200-299, one SIPp process each); 100 SIPp
@@ -34,6 +35,7 @@ import os
 import resource
 import socket
 import time
+import tracemalloc
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -119,6 +121,11 @@ class AlarmScaleResult:
     # What the server's page_cycle events say of each device dialled: answered, busy...
     device_outcomes: dict[str, int] = field(default_factory=dict)
     rss_growth_per_alarm: float = 0.0
+    # The same growth read right after the activations returned: what an alarm holds,
+    # before any page cycle has run (the rest grew while they paged).
+    rss_growth_per_alarm_at_start: float = 0.0
+    # BENCH_TRACEMALLOC=1: where the Python heap grew meanwhile, top allocation sites.
+    heap_growth: list[str] = field(default_factory=list)
     cpu_per_cycle_ms: float = 0.0
     idle_cpu_per_second_ms: float = 0.0
     activation_seconds: float = 0.0
@@ -139,13 +146,15 @@ class AlarmScaleResult:
             f"  gap error |gap - interval| / interval: p95 {self.gap_error_p95 * 100:.2f} %,"
             f" max {max((g.error for g in self.gaps), default=0.0) * 100:.2f} %"
             f" over {len(self.gaps)} gaps; missed cycles {self.missed}, doubled {self.doubled}",
-            f"  server RSS growth per alarm: {self.rss_growth_per_alarm / 1024:.1f} KB;"
+            f"  server RSS growth per alarm: {self.rss_growth_per_alarm / 1024:.1f} KB"
+            f" ({self.rss_growth_per_alarm_at_start / 1024:.1f} KB once activated);"
             f" server CPU per page cycle: {self.cpu_per_cycle_ms:.2f} ms"
             f" (idle: {self.idle_cpu_per_second_ms:.2f} ms per second, the baseline)",
             f"  activating all: {self.activation_seconds:.2f} s; deactivating all:"
             f" {self.deactivation_seconds:.2f} s; INVITEs after a department's deactivation:"
             f" {self.invites_after_deactivation}",
             f"  device outcomes in the server's page_cycle events: {self.device_outcomes}",
+            *(f"  heap growth: {line}" for line in self.heap_growth),
         ]
 
 
@@ -231,6 +240,10 @@ async def run(
         idle_from = cpu_seconds()
         await asyncio.sleep(1.0)
         result.idle_cpu_per_second_ms = (cpu_seconds() - idle_from) * 1000
+        tracing = bool(os.environ.get("BENCH_TRACEMALLOC"))
+        if tracing:
+            tracemalloc.start(1)
+            heap_before = tracemalloc.take_snapshot()
         rss_before = rss_bytes()
         started_wall = time.time()
         started = time.perf_counter()
@@ -244,10 +257,19 @@ async def run(
             )
         )
         result.activation_seconds = time.perf_counter() - started
+        result.rss_growth_per_alarm_at_start = (rss_bytes() - rss_before) / alarms
         cpu_from = cpu_seconds()
         await asyncio.sleep(seconds)
         cpu_used = cpu_seconds() - cpu_from
         result.rss_growth_per_alarm = (rss_bytes() - rss_before) / alarms
+        if tracing:
+            grown = tracemalloc.take_snapshot().compare_to(heap_before, "lineno")
+            tracemalloc.stop()
+            result.heap_growth = [
+                f"{stat.size_diff / alarms / 1024:+.1f} KB/alarm, {stat.count_diff:+d} blocks:"
+                f" {stat.traceback[0].filename}:{stat.traceback[0].lineno}"
+                for stat in grown[:15]
+            ]
         deactivated_at: dict[str, float] = {}
         started = time.perf_counter()
         for index, activation in enumerate(activations):

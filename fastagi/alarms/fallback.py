@@ -132,7 +132,7 @@ class FallbackAdopter:
     async def run(self) -> None:
         """Scan now (AMI must be connected), then at each wake-up and every interval,
         until cancelled. Never raises otherwise."""
-        unsubscribe = self._ami.subscribe(self._on_event)
+        unsubscribe = self._ami.subscribe(self._on_event, "UserEvent")
         remove_hook = self._ami.on_reconnect(self._on_reconnect)
         try:
             await self._check_devices()

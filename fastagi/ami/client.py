@@ -160,7 +160,7 @@ class EventStream:
         maxsize: int,
         on_close: Callable[[EventStream], None],
     ) -> None:
-        self._names = names
+        self.names = names  # lower case; empty: every event
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize)
         self._on_close = on_close
         self._ended = False
@@ -169,7 +169,7 @@ class EventStream:
     def _offer(self, message: Message) -> None:
         if self._ended:
             return
-        if self._names and (message.event or "").lower() not in self._names:
+        if self.names and (message.event or "").lower() not in self.names:
             return
         try:
             self._queue.put_nowait(message)
@@ -259,8 +259,11 @@ class AmiClient:
         self._supervisor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._reconnect_hooks: list[ReconnectHook] = []
-        self._callbacks: list[EventCallback] = []
+        self._callbacks: list[tuple[EventCallback, frozenset[str]]] = []
         self._streams: set[EventStream] = set()
+        # The union of what the listeners want (lower case), None when one wants every
+        # event; the connection leaves the others unparsed. Recomputed on every change.
+        self._wanted: frozenset[str] | None = frozenset()
         # ActionIDs unique across clients and restarts of this process, so a late reply
         # to an earlier session can never be mistaken for one of ours.
         self._id_prefix = f"fastagi-{uuid.uuid4().hex[:12]}"
@@ -368,29 +371,60 @@ class AmiClient:
 
     # -- events -------------------------------------------------------------------------
 
-    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
-        """Call ``callback(event)`` for every event; it must not block. Returns a remover.
+    def subscribe(self, callback: EventCallback, *names: str) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event, or only those named
+        (case-insensitive); it must not block. Returns a remover.
 
+        Name the events wherever you can: events nobody listens to are not even parsed.
         An exception from the callback is logged and does not reach the connection.
         """
-        self._callbacks.append(callback)
-        return lambda: self._callbacks.remove(callback)
+        entry = (callback, frozenset(name.lower() for name in names))
+        self._callbacks.append(entry)
+        self._listeners_changed()
+
+        def remove() -> None:
+            self._callbacks.remove(entry)
+            self._listeners_changed()
+
+        return remove
 
     def events(self, *names: str) -> EventStream:
         """A stream of events, all of them or only those named (case-insensitive)."""
         stream = EventStream(
             frozenset(name.lower() for name in names),
             self._event_queue_size,
-            self._streams.discard,
+            self._stream_closed,
         )
         if self._state is ConnectionState.CLOSED:
             stream._end()
         else:
             self._streams.add(stream)
+            self._listeners_changed()
         return stream
 
+    def _stream_closed(self, stream: EventStream) -> None:
+        self._streams.discard(stream)
+        self._listeners_changed()
+
+    def _listeners_changed(self) -> None:
+        wanted: set[str] = set()
+        for names in [names for _, names in self._callbacks] + [
+            stream.names for stream in self._streams
+        ]:
+            if not names:
+                self._wanted = None
+                return
+            wanted |= names
+        self._wanted = frozenset(wanted)
+
+    def _wanted_events(self) -> frozenset[str] | None:
+        return self._wanted
+
     def _dispatch(self, message: Message) -> None:
-        for callback in list(self._callbacks):
+        name = (message.event or "").lower()
+        for callback, names in list(self._callbacks):
+            if names and name not in names:
+                continue
             try:
                 callback(message)
             except Exception:
@@ -644,7 +678,7 @@ class AmiClient:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: AmiProtocol(self._dispatch, self._connection_lost),
+                    lambda: AmiProtocol(self._dispatch, self._connection_lost, self._wanted_events),
                     self._host,
                     self._port,
                 )

@@ -75,6 +75,29 @@ def _may_answer_an_action(message: Message) -> bool:
     return "ActionID" in message or "CommandID" in message
 
 
+# Events this connection acts on itself, wanted or not.
+_OWN_EVENTS = frozenset({"fullybooted", "shutdown"})
+
+
+def _unwanted(text: str, wanted: frozenset[str]) -> bool:
+    """Whether a framed message is an event nobody listens to and no action waits for.
+
+    Most of the stream is the call events of every call on the PBX (a FreePBX site's,
+    not only ours): each parsed into a Message and dropped was the largest cost of the
+    AMI connection in a storm of calls (docs/performance.md). main/manager.c writes the
+    ``Event:`` header first (manager_event's format starts with it), and ``ActionID`` with
+    that exact spelling; a message we cannot judge this way is parsed as before.
+    """
+    if not text.startswith("Event: "):
+        return False
+    end = text.find("\r\n")
+    name = (text[7:] if end < 0 else text[7:end]).lower()
+    if name in wanted or name in _OWN_EVENTS:
+        return False
+    # May answer an action (panoramisk routes by ActionID or CommandID): keep it.
+    return "ActionID:" not in text and "CommandID:" not in text
+
+
 def unwrap(result: Any) -> list[Message]:
     """An action future's result (one panoramisk message or a list) as our messages."""
     items = result if isinstance(result, list) else [result]
@@ -88,11 +111,17 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]
         self,
         on_event: Callable[[Message], None],
         on_lost: Callable[[AmiProtocol], None],
+        wanted_events: Callable[[], frozenset[str] | None] = lambda: None,
     ) -> None:
         super().__init__()
         self._decoder = FrameDecoder()
         self._on_event = on_event
         self._on_lost = on_lost
+        # The lower-cased names of the events someone listens to, None for all of them.
+        # Asked per message: subscriptions come and go while the connection lives.
+        self._wanted_events = wanted_events
+        # Events left unparsed because nobody listens to them (read by tests).
+        self.skipped_events = 0
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.responses: dict[str, Any] = {}
@@ -122,7 +151,11 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]
             return
         if self.version is None and self._decoder.banner is not None:
             self.version = self._decoder.banner.partition("/")[2].strip()
+        wanted = self._wanted_events()
         for text in texts:
+            if wanted is not None and _unwanted(text, wanted):
+                self.skipped_events += 1
+                continue
             message = Message(parse_message(text))
             if message.event is None and message.response is None:
                 continue

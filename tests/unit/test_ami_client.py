@@ -410,6 +410,38 @@ async def test_event_stream_and_callbacks(fake: FakeAmi, client: AmiClient) -> N
     remove()
 
 
+async def test_an_event_nobody_listens_to_is_left_unparsed(
+    fake: FakeAmi, client: AmiClient
+) -> None:
+    # Most of a PBX's AMI stream is the call events of every call; parsing each only to
+    # drop it was the AMI connection's largest cost (docs/performance.md).
+    [conn] = fake.connections
+    seen: list[str | None] = []
+    remove = client.subscribe(lambda event: seen.append(event.event), "UserEvent")
+    assert client._conn is not None
+    async with client.events("Hangup") as stream:
+        skipped_before = client._conn.skipped_events
+        await conn.send(
+            wire(("Event", "Newexten"), ("Channel", "PJSIP/100-00000001"))
+            + wire(("Event", "NewConnectedLine"), ("Channel", "PJSIP/100-00000001"))
+            + wire(("Event", "Hangup"), ("Channel", "PJSIP/100-00000001"), ("Cause", "16"))
+            + wire(("Event", "UserEvent"), ("UserEvent", "PanicAck"))
+        )
+        await client.ping(timeout=5)  # the Pong comes after every event sent before it
+        skipped = client._conn.skipped_events - skipped_before
+        async with asyncio.timeout(5):
+            hangup = await anext(stream)
+    assert hangup.event == "Hangup"
+    assert seen == ["UserEvent"]
+    assert skipped == 2
+    remove()
+    # A listener for every event: nothing is skipped.
+    async with client.events() as everything:
+        await conn.send(wire(("Event", "Newexten"), ("Channel", "PJSIP/100-00000001")))
+        async with asyncio.timeout(5):
+            assert (await anext(everything)).event == "Newexten"
+
+
 async def test_originate_response_goes_to_the_caller_not_the_stream(client: AmiClient) -> None:
     async with client.events() as stream:
         await client.originate("PJSIP/201", context="paging", exten="beep")

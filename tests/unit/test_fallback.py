@@ -146,7 +146,7 @@ class FakeAmi:
     async def get_variable(self, name: str) -> str | None:
         return "PJSIP/280"
 
-    def subscribe(self, callback: Any) -> Any:
+    def subscribe(self, callback: Any, *names: str) -> Any:
         self.callbacks.append(callback)
         return lambda: self.callbacks.remove(callback)
 

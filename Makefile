@@ -35,7 +35,7 @@ help:
 	@echo "make bench-calls  SIPp storms through the sandbox: our server/floor server ratios, plots"
 	@echo "make bench-alarms  200 alarms at once through the sandbox (BENCH_ALARMS, BENCH_SECONDS)"
 	@echo "make bench-latency activation -> first INVITE, warm and cold; deactivation -> BYE"
-	@echo "make bench-scale   directory lookups (10,000 extensions) and TTS with 500 departments"
+	@echo "make bench-scale   directory lookups (10,000 extensions), AMI events, TTS with 500 departments"
 	@echo "make dist    build the wheel into dist/ (what production installs)"
 	@echo "make clean   remove caches of tests; make distclean also removes the sandbox image"
 
@@ -111,11 +111,14 @@ bench-alarms: deps sandbox-image $(BENCH_STAMP)
 	$(VENV)/bin/pytest -p no:cacheprovider -q -s tests/e2e/test_alarm_scale.py
 
 BENCH_TRIALS ?= 20
+# BENCH_BACKGROUND_RATE=100: the same while 100 probe calls a second run through the sandbox.
+BENCH_BACKGROUND_RATE ?= 0
 bench-latency: deps sandbox-image
-	BENCH_TRIALS=$(BENCH_TRIALS) $(VENV)/bin/pytest -p no:cacheprovider -q -s tests/e2e/test_alarm_latency.py
+	BENCH_TRIALS=$(BENCH_TRIALS) BENCH_BACKGROUND_RATE=$(BENCH_BACKGROUND_RATE) $(VENV)/bin/pytest -p no:cacheprovider -q -s tests/e2e/test_alarm_latency.py
 
 bench-scale: deps $(BENCH_STAMP)
 	$(PY) -m bench.directory
+	$(PY) -m bench.ami_events
 	$(PY) -m bench.tts_scale
 
 # The wheel production installs (README, "Production install"). Built from a fresh copy

@@ -126,6 +126,7 @@ class AlarmScaleResult:
     rss_growth_per_alarm_at_start: float = 0.0
     # BENCH_TRACEMALLOC=1: where the Python heap grew meanwhile, top allocation sites.
     heap_growth: list[str] = field(default_factory=list)
+    heap_growth_per_alarm: float = 0.0
     cpu_per_cycle_ms: float = 0.0
     idle_cpu_per_second_ms: float = 0.0
     activation_seconds: float = 0.0
@@ -154,7 +155,15 @@ class AlarmScaleResult:
             f" {self.deactivation_seconds:.2f} s; INVITEs after a department's deactivation:"
             f" {self.invites_after_deactivation}",
             f"  device outcomes in the server's page_cycle events: {self.device_outcomes}",
-            *(f"  heap growth: {line}" for line in self.heap_growth),
+            *(
+                [
+                    f"  Python heap growth per alarm (tracemalloc):"
+                    f" {self.heap_growth_per_alarm / 1024:.1f} KB; where:"
+                ]
+                if self.heap_growth
+                else []
+            ),
+            *(f"    {line}" for line in self.heap_growth),
         ]
 
 
@@ -265,6 +274,7 @@ async def run(
         if tracing:
             grown = tracemalloc.take_snapshot().compare_to(heap_before, "lineno")
             tracemalloc.stop()
+            result.heap_growth_per_alarm = sum(stat.size_diff for stat in grown) / alarms
             result.heap_growth = [
                 f"{stat.size_diff / alarms / 1024:+.1f} KB/alarm, {stat.count_diff:+d} blocks:"
                 f" {stat.traceback[0].filename}:{stat.traceback[0].lineno}"

@@ -19,16 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.calls import KINDS
+from bench.storm import StormResult, run_storm
 from fastagi.admin import departments, paging
 from fastagi.admin.alarms import deactivate_alarm
-from fastagi.app import running_services
+from fastagi.app import GC_YOUNG_THRESHOLD, running_services
 from fastagi.config import Settings
 from fastagi.domain.directory import Directory
 from fastagi.store import Stores
@@ -37,6 +40,10 @@ from fastagi_dev.sandbox.sipp import PagingPhone
 
 PHONES = (296, 297)
 WARM = "Latency warm"
+
+
+# How long the background storm runs at its rate before the first trial.
+STORM_RAMP_SECONDS = 3.0
 
 
 def maps(trigger: str, directory: Directory) -> bool:
@@ -58,6 +65,13 @@ class LatencyResult:
     invites_after_deactivation: int = 0
     renders_on_activation: int = 0  # renders started between activation and INVITE
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # Collections of the oldest generation while the trials ran (a full collection of
+    # this process, pytest's heap included, is the longest pause a trial can meet).
+    full_collections: int = 0
+    gc_mode: str = "default"
+    # The probe route's SIPp storm in the background (0: idle), and what it did.
+    background_rate: float = 0.0
+    background: str = ""
 
     def lines(self) -> list[str]:
         def ms(values: list[float]) -> str:
@@ -69,7 +83,7 @@ class LatencyResult:
         ratio = percentile(self.cold, 0.95) / max(percentile(self.warm, 0.95), 1e-9)
         load = " ".join(f"{n:.2f}" for n in self.load)
         return [
-            f"alarm latency through the sandbox, idle; load average {load}",
+            f"alarm latency through the sandbox, {self.background or 'idle'}; load average {load}",
             f"  activation -> first INVITE, warm: {ms(self.warm)}",
             f"  activation -> first INVITE, cold (department created just before):"
             f" {ms(self.cold)}; p95 cold/warm {ratio:.2f}x;"
@@ -77,13 +91,49 @@ class LatencyResult:
             f"  deactivation -> last leg hung up, phone path: {ms(self.stop_phone)};"
             f" CLI path: {ms(self.stop_cli)}",
             f"  INVITEs after a deactivation returned: {self.invites_after_deactivation}",
+            f"  every trial, activation -> first INVITE (ms), warm: {_sorted_ms(self.warm)};"
+            f" cold: {_sorted_ms(self.cold)}",
+            f"  garbage collector: {self.gc_mode}; full collections meanwhile:"
+            f" {self.full_collections}",
         ]
 
 
+def _sorted_ms(values: Sequence[float]) -> str:
+    return " ".join(f"{v * 1000:.0f}" for v in sorted(values))
+
+
+@contextlib.contextmanager
+def _collector(mode: str) -> Iterator[None]:
+    """``tuned``: the collector as ``fastagi serve`` sets it (fastagi.app.tune_gc: what
+    exists now frozen out of collections, a young threshold of GC_YOUNG_THRESHOLD), here
+    over pytest's whole heap, undone afterwards; ``default``: CPython's own."""
+    if mode != "tuned":
+        yield
+        return
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
 async def run(
-    sandbox: Sandbox, settings: Settings, store: Stores, workdir: Path, *, trials: int
+    sandbox: Sandbox,
+    settings: Settings,
+    store: Stores,
+    workdir: Path,
+    *,
+    trials: int,
+    background_rate: float = 0.0,
 ) -> LatencyResult:
-    result = LatencyResult(trials)
+    """``background_rate``: probe calls (``*599``, bench.calls' storm) per second placed
+    through the sandbox for as long as the trials run, as issue 12 asks for the latency
+    "while the probe route runs at 100 calls/s"; 0 for an idle machine."""
+    result = LatencyResult(trials, background_rate=background_rate)
     await paging.add_paging_group(store, WARM, by="bench")
     for phone in PHONES:
         await paging.add_paging_device(store, WARM, f"PJSIP/{phone}", by="bench")
@@ -97,6 +147,28 @@ async def run(
         services = await stack.enter_async_context(running_services(settings))
         keeper = services.prompt_keeper
         await keeper.wait_prepared(lambda d: d.department_for("71000") is not None)
+        result.gc_mode = os.environ.get("BENCH_GC", "default")
+        stack.enter_context(_collector(result.gc_mode))
+        full_before = gc.get_stats()[2]["collections"]
+        storm_task: asyncio.Task[StormResult] | None = None
+        if background_rate > 0:
+            # Long enough for every trial even when the storm slows them; it ends by
+            # itself (SIPp places its calls and exits), and the report says whether the
+            # trials ran inside it.
+            storm_task = asyncio.create_task(
+                asyncio.to_thread(
+                    run_storm,
+                    KINDS["probe"],
+                    sip_port=sandbox.sip_port,
+                    local_port=sandbox.caller_port(),
+                    rate=background_rate,
+                    calls=int(background_rate * (STORM_RAMP_SECONDS + 2.0 * trials + 10)),
+                    workdir=workdir / "storm",
+                )
+            )
+            await asyncio.sleep(STORM_RAMP_SECONDS)
+        storm_started = time.monotonic() - (STORM_RAMP_SECONDS if storm_task else 0.0)
+        trials_started = time.monotonic()
         stopped_at: list[float] = []
         activated_at: list[float] = []
 
@@ -139,6 +211,16 @@ async def run(
             await departments.map_extensions(store, name, trigger, by="bench")
             cold = await keeper.wait_prepared(functools.partial(maps, trigger))
             await page_and_stop(trigger, cold, result.cold)
+        result.full_collections = gc.get_stats()[2]["collections"] - full_before
+        if storm_task is not None:
+            trials_ended = time.monotonic() - storm_started
+            storm = await storm_task
+            inside = "inside it" if trials_ended <= storm.elapsed else "NOT all inside it"
+            result.background = (
+                f"{background_rate:g} probe calls/s in the background ({storm.calls} calls"
+                f" in {storm.elapsed:.0f} s, {storm.failed} failed; the trials ran"
+                f" {trials_started - storm_started:.0f}-{trials_ended:.0f} s, {inside})"
+            )
         await asyncio.sleep(2.0)  # a stray INVITE would come within the dial's milliseconds
     # No INVITE between a trial's deactivation and the next trial's activation.
     invite_times = [m.time.timestamp() for phone in phones for m in phone.received("INVITE ")]

@@ -270,7 +270,6 @@ class AlarmLoop:
         self._task: asyncio.Task[None] | None = None
         self._interval = _DEFAULT_INTERVAL
         self.cycle = alarm.cycles  # the number of the last cycle paged
-        self.results: list[CycleResult] = []
 
     # -- control -------------------------------------------------------------------------
 
@@ -452,7 +451,6 @@ class AlarmLoop:
                 await turn.count(cycle, started_at)
         self.cycle = cycle
         result = await page
-        self.results.append(result)
         # Fresh after each page: an administrator may have changed it meanwhile. It sets
         # the wait before the next cycle, and the cycle's event records it.
         interval = await self._fresh_interval()

@@ -17,6 +17,8 @@ from fastagi_dev.sandbox.instance import Sandbox
 from tests.e2e.test_demo import settings_for
 
 TRIALS = int(os.environ.get("BENCH_TRIALS", "2"))
+# Probe calls per second through the sandbox while the trials run (0: idle).
+BACKGROUND_RATE = float(os.environ.get("BENCH_BACKGROUND_RATE", "0"))
 
 pytestmark = [pytest.mark.e2e, pytest.mark.exclusive, pytest.mark.timeout(60 + 20 * TRIALS)]
 
@@ -29,7 +31,14 @@ async def test_cold_alarms_page_as_fast_as_warm_ones_and_stop(
     tmp_path: Path,
 ) -> None:
     settings = settings_for(sandbox, agi_port, database_dsn)
-    result = await latency.run(sandbox, settings, Stores.over(db_pool), tmp_path, trials=TRIALS)
+    result = await latency.run(
+        sandbox,
+        settings,
+        Stores.over(db_pool),
+        tmp_path,
+        trials=TRIALS,
+        background_rate=BACKGROUND_RATE,
+    )
     print("\n".join(["", *result.lines()]))
 
     assert len(result.warm) == len(result.cold) == TRIALS

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import agi_load, panoramisk_app
+from bench import agi_load, ami_events, panoramisk_app
 from bench.fake_asterisk import bench_script, environment, run_load, split_command
 from bench.stats import Spread, paired_ratios
 
@@ -293,3 +293,13 @@ def test_quick_benchmark_runs_every_server_in_child_processes(tmp_path: Path):
     assert code == 0
     table = (tmp_path / "table.txt").read_text()
     assert "ours/panoramisk" in table
+
+
+def test_the_ami_events_bench_runs_and_skips_what_nobody_listens_to(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A smoke run at a tiny size: the bench itself fails (exit 1) when a skipped event
+    # reaches a listener or a parsed one does not.
+    assert ami_events.main(["--calls", "20", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "80 events of 20 calls (4 a call)" in out

@@ -31,7 +31,8 @@ from bench.calls import KINDS
 from bench.storm import StormResult, run_storm
 from fastagi.admin import departments, paging
 from fastagi.admin.alarms import deactivate_alarm
-from fastagi.app import GC_YOUNG_THRESHOLD, running_services
+from fastagi.agi.server import AgiServer
+from fastagi.app import GC_YOUNG_THRESHOLD, build_routes, running_services
 from fastagi.config import Settings
 from fastagi.domain.directory import Directory
 from fastagi.store import Stores
@@ -152,6 +153,13 @@ async def run(
         full_before = gc.get_stats()[2]["collections"]
         storm_task: asyncio.Task[StormResult] | None = None
         if background_rate > 0:
+            # The probe calls need the FastAGI listener, which running_services leaves
+            # to its caller (fastagi.app.running_server).
+            listener = AgiServer(
+                settings.agi, build_routes(services, settings), stats=services.agi_stats
+            )
+            await listener.start()
+            stack.push_async_callback(listener.close, settings.agi.shutdown_grace)
             # Long enough for every trial even when the storm slows them; it ends by
             # itself (SIPp places its calls and exits), and the report says whether the
             # trials ran inside it.

@@ -14,8 +14,8 @@ outgoing connection is ever given a port: a port found free in a claimed slot st
 until its user binds it. A port the kernel hands out as free (``free_port``) has no such
 guarantee: any connect() on the machine may take it before it is bound.
 
-One slot, from its first port: paging phones 200-299 (100, UDP), RTP (200, UDP; RTCP on
-each odd port), SIP (UDP), AMI (TCP), then spare TCP ports for the holder's own servers
+One slot, from its first port: paging phones 200-299 (100, UDP), RTP (1,000, UDP; RTCP
+on each odd port), SIP (UDP), AMI (TCP), then spare TCP ports for the holder's own servers
 (``PortClaim.tcp_port``: a FastAGI server, a PostgreSQL cluster); the UDP ports of the
 same numbers are for the SIPp phones that call the instance (``Sandbox.caller_port``).
 """
@@ -34,14 +34,18 @@ from fastagi_dev.sandbox.instance import PAGING_PHONES, SandboxPorts, free_port,
 __all__ = ["PortClaim", "claim_sandbox_ports", "free_port", "udp_ports_bound_by"]
 
 # Above the usual ephemeral range start (32768) ports come and go with every outgoing
-# connection, so search below it.
-_SEARCH_LOW = 20000
+# connection, so search below it; 10000-10999 is the RTP range of `make run`'s instance.
+_SEARCH_LOW = 12000
 _SEARCH_HIGH = 32000
-RTP_PORTS_PER_INSTANCE = 200
+# One RTP session takes two ports (RTP, RTCP). 200 ports were 100 sessions: 100 alarms
+# paging two phones each ran out ("Unable to create RTP instance", whole pages lost), and
+# 200 alarms activated at once dial 400 legs together. 1,000 ports: 500 sessions. (A
+# FreePBX site's default rtp.conf gives 10000-20000.)
+RTP_PORTS_PER_INSTANCE = 1000
 _SIP_OFFSET = len(PAGING_PHONES) + RTP_PORTS_PER_INSTANCE
 _AMI_OFFSET = _SIP_OFFSET + 1
 _SPARE_OFFSET = _AMI_OFFSET + 1
-SLOT_SIZE = 400
+SLOT_SIZE = 1200
 SPARE_TCP_PORTS = SLOT_SIZE - _SPARE_OFFSET
 SLOTS = range(_SEARCH_LOW, _SEARCH_HIGH - SLOT_SIZE + 1, SLOT_SIZE)
 _CLAIM_PREFIX = "fastagi-sandbox-ports-"

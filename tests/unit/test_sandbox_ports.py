@@ -6,7 +6,13 @@ import socket
 from pathlib import Path
 
 from fastagi_dev.sandbox.instance import PAGING_PHONES, Sandbox, SandboxPorts
-from fastagi_dev.sandbox.ports import SPARE_TCP_PORTS, PortClaim, claim_sandbox_ports
+from fastagi_dev.sandbox.ports import (
+    RTP_PORTS_PER_INSTANCE,
+    SLOT_SIZE,
+    SPARE_TCP_PORTS,
+    PortClaim,
+    claim_sandbox_ports,
+)
 
 
 def ephemeral_range() -> range:
@@ -37,11 +43,15 @@ def test_every_port_of_an_instance_lies_in_its_slot_below_the_ephemeral_range() 
         every = sorted(udp_ports(ports) | tcp_ports(claim))
         first = ports.phone_port(PAGING_PHONES.start)
         assert every[0] == first
-        assert every[-1] < first + 400
+        assert every[-1] < first + SLOT_SIZE
         assert not set(every) & set(ephemeral_range())
         # No port serves two purposes (RTCP goes on the odd port after each RTP port,
         # within rtp_end: res_rtp_asterisk picks an even port below it).
-        assert len(udp_ports(ports)) == len(PAGING_PHONES) + 200 + 1 + SPARE_TCP_PORTS
+        assert len(udp_ports(ports)) == (
+            len(PAGING_PHONES) + RTP_PORTS_PER_INSTANCE + 1 + SPARE_TCP_PORTS
+        )
+        # Room for the RTP sessions of 200 alarms' pages dialled at once, two phones each.
+        assert RTP_PORTS_PER_INSTANCE // 2 >= 400
         assert len(tcp_ports(claim)) == 1 + SPARE_TCP_PORTS
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
+from playwright.async_api import expect
 
 from fastagi.admin import users
 from fastagi.config import WebSettings
@@ -241,7 +242,11 @@ async def test_keyboard_only_and_200_percent_zoom(browser, database_dsn, db_pool
         )
         page = await context.new_page()
         await page.goto("/login")
-        await page.keyboard.type("otto")  # the name field has the focus
+        # The name field has the focus (autofocus). Chromium applies autofocus when it next
+        # renders, which may come after goto() returned: keys typed before it were lost
+        # and the login failed (fresh run r2). Wait for the focus, as a person would see it.
+        await expect(page.locator("#name")).to_be_focused()
+        await page.keyboard.type("otto")
         await page.keyboard.press("Tab")
         await page.keyboard.type(USERS["otto"][1])
         async with page.expect_navigation():

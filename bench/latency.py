@@ -152,6 +152,7 @@ async def run(
         stack.enter_context(_collector(result.gc_mode))
         full_before = gc.get_stats()[2]["collections"]
         storm_task: asyncio.Task[StormResult] | None = None
+        storm_started = time.monotonic()
         if background_rate > 0:
             # The probe calls need the FastAGI listener, which running_services leaves
             # to its caller (fastagi.app.running_server).
@@ -175,7 +176,6 @@ async def run(
                 )
             )
             await asyncio.sleep(STORM_RAMP_SECONDS)
-        storm_started = time.monotonic() - (STORM_RAMP_SECONDS if storm_task else 0.0)
         trials_started = time.monotonic()
         stopped_at: list[float] = []
         activated_at: list[float] = []

@@ -146,6 +146,11 @@ class OriginateResult:
             return f"UNKNOWN_{self.reason}"
 
 
+def _wants(names: frozenset[str], message: Message) -> bool:
+    """Whether a listener of ``names`` (lower case; empty: every event) takes ``message``."""
+    return not names or (message.event or "").lower() in names
+
+
 class EventStream:
     """Events as an async iterator; ``async with client.events() as stream:``.
 
@@ -169,7 +174,7 @@ class EventStream:
     def _offer(self, message: Message) -> None:
         if self._ended:
             return
-        if self.names and (message.event or "").lower() not in self.names:
+        if not _wants(self.names, message):
             return
         try:
             self._queue.put_nowait(message)
@@ -421,9 +426,8 @@ class AmiClient:
         return self._wanted
 
     def _dispatch(self, message: Message) -> None:
-        name = (message.event or "").lower()
         for callback, names in list(self._callbacks):
-            if names and name not in names:
+            if not _wants(names, message):
                 continue
             try:
                 callback(message)

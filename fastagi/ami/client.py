@@ -242,7 +242,10 @@ class AmiClient:
         reconnect_max_delay: float = 30.0,
         event_queue_size: int = 10_000,
         rng: random.Random | None = None,
+        # The scheduled checks log in afresh every 10 s: their logins are not news.
+        login_log_level: int = logging.INFO,
     ) -> None:
+        self._login_log_level = login_log_level
         self._host = host
         self._port = port
         self._username = username
@@ -721,7 +724,8 @@ class AmiClient:
             raise AmiAuthError(
                 "the AMI user name or secret contains CR, LF or NUL; nothing was sent"
             ) from None
-        logger.info(
+        logger.log(
+            self._login_log_level,
             "AMI logged in",
             extra={"ami_user": self._username, "ami_server": self._where},
         )

@@ -110,6 +110,7 @@ class Context:
                 connect_timeout=CONNECT_TIMEOUT,
                 login_timeout=CONNECT_TIMEOUT,
                 fully_booted_timeout=FULLY_BOOTED_TIMEOUT,
+                login_log_level=logging.DEBUG,
             )
             await client.connect()
             self._ami, self._own_ami = client, True

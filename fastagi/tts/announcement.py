@@ -16,9 +16,14 @@ How long a department's announcement plays, and so how often it can really page.
 The interval is measured from the start of one page to the start of the next, and a page
 never overlaps the previous one (fastagi/domain/rules.py ``next_cycle_start``): with an
 interval shorter than the page itself, pages run back to back, one per page length. The
-page length is the lead-in silence plus the spoken announcement, measured by rendering
-it as it is paged, in the department's language (its template, voice and digit words),
-with the site's own voice settings (into a scratch directory: nothing is installed).
+page length is the lead-in silence plus the spoken announcement, measured on the pieces
+as they are paged, in the department's language (its template, voice and digit words),
+with the site's own voice settings: a piece the site's prompt directory already holds is
+read there (the server renders every department's pieces ahead of time), one it lacks is
+rendered into a scratch directory (nothing is installed). So the scheduled
+``departments`` check, which measures every department every ``[health] interval``,
+renders nothing on a running site; rendering it all each time, it would start about
+1,500 espeak-ng renders every 10 s with 500 departments, and outlive its timeout.
 """
 
 from __future__ import annotations
@@ -157,7 +162,8 @@ def sample_extension(patterns: tuple[str, ...]) -> str:
 
 
 class AnnouncementMeter:
-    """Renders announcements with the site's TTS settings into a scratch directory."""
+    """Measures announcements with the site's TTS settings: pieces the site's prompt
+    directory holds are read there, the others rendered into a scratch directory."""
 
     def __init__(self, settings: Settings, languages: Languages | None = None) -> None:
         """``languages``: the prompt catalogues (default: ``[flows] catalogues``', read now)."""
@@ -168,6 +174,13 @@ class AnnouncementMeter:
             update={"directory": Path(self._scratch.name), "asterisk_directory": None}
         )
         self._tts = TextToSpeech(tts)
+        # Only looked up (a stat per piece), never rendered into.
+        self._installed = TextToSpeech(settings.tts)
+
+    @property
+    def renders_started(self) -> int:
+        """How many pieces this meter has rendered (those the site's directory lacked)."""
+        return self._tts.renders_started
 
     async def measure(
         self, department: str, patterns: tuple[str, ...], language: str | None = None
@@ -175,13 +188,35 @@ class AnnouncementMeter:
         """The announcement of an alarm of ``department``, in ``language`` (the code its
         pages speak: the department's, else the site's default; None: English); None
         when TTS cannot render it (the alarm would page Asterisk's built-in sounds)."""
-        return await self.render(department, patterns, language)
+        pieces = await self._pieces(department, patterns, language)
+        if pieces is None:
+            return None
+        text, _prompts, seconds = pieces
+        return Announcement(text, seconds)
 
     async def render(
         self, department: str, patterns: tuple[str, ...], language: str | None = None
     ) -> RenderedAnnouncement | None:
-        """:meth:`measure`, with the rendered audio (kept until :meth:`close`; a text
+        """:meth:`measure`, with the audio as one file (kept until :meth:`close`; a text
         rendered before is not rendered again)."""
+        pieces = await self._pieces(department, patterns, language)
+        if pieces is None:
+            return None
+        text, prompts, seconds = pieces
+        # The pieces as one file, for those who listen to it (the web console's preview):
+        # signed-linear files have no header, so their bytes simply follow each other.
+        stems = "/".join(prompt.host_path.stem for prompt in prompts)
+        audio = (
+            Path(self._scratch.name) / f"joined-{hashlib.sha256(stems.encode()).hexdigest()[:32]}"
+        )
+        await asyncio.to_thread(_join, [prompt.host_path for prompt in prompts], audio)
+        return RenderedAnnouncement(text, seconds, audio, self._settings.tts.sample_rate)
+
+    async def _pieces(
+        self, department: str, patterns: tuple[str, ...], language: str | None
+    ) -> tuple[str, list[Prompt], float] | None:
+        """The announcement's text, the files its page plays (in order) and how long the
+        page lasts; None when TTS cannot render one of them."""
         alarm = self._settings.alarm
         # As the page chooses (fastagi/alarms/loop.py): English is the site's template
         # in the site's voice; another language its own, with its voice and digit words.
@@ -193,28 +228,20 @@ class AnnouncementMeter:
             if voiced
             else announcement_text(speech.template, department, extension)
         )
+        segments = announcement_segments(speech.template, department, extension)
+        pieces = _pieces(segments, speech.catalogue.digits if voiced else None)
+        if not pieces:
+            return None  # a blank announcement pages the built-in sounds
         try:
-            prompts = await render_segments(
-                self._tts,
-                announcement_segments(speech.template, department, extension),
-                voice=speech.voice,
-                digits=speech.catalogue.digits if voiced else None,
-            )
-        except TtsError:
+            prompts = await asyncio.gather(*(self._piece(piece, speech.voice) for piece in pieces))
+            return text, prompts, alarm.lead_in + sum(p.seconds() for p in prompts)
+        except (TtsError, OSError):
             return None
-        # The pieces as one file, for those who listen to it (the web console's preview):
-        # signed-linear files have no header, so their bytes simply follow each other.
-        stems = "/".join(prompt.host_path.stem for prompt in prompts)
-        audio = (
-            Path(self._scratch.name) / f"joined-{hashlib.sha256(stems.encode()).hexdigest()[:32]}"
-        )
-        await asyncio.to_thread(_join, [prompt.host_path for prompt in prompts], audio)
-        return RenderedAnnouncement(
-            text,
-            alarm.lead_in + sum(prompt.seconds() for prompt in prompts),
-            audio,
-            self._settings.tts.sample_rate,
-        )
+
+    async def _piece(self, piece: str, voice: str | None) -> Prompt:
+        if self._installed.is_rendered(piece, clip=True, voice=voice):
+            return self._installed.prompt_for(piece, clip=True, voice=voice)
+        return await self._tts.render(piece, clip=True, voice=voice)
 
     async def close(self) -> None:
         await self._tts.aclose()

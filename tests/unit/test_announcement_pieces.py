@@ -105,6 +105,39 @@ async def test_the_meter_measures_the_pieces_that_are_paged(tmp_path: Path):
         await meter.close()
 
 
+async def test_the_meter_reads_the_pieces_the_site_rendered_ahead(tmp_path: Path):
+    # The scheduled departments check measures every department every 10 s: on a running
+    # site, whose server rendered every department's pieces at start-up, it renders none
+    # (with 500 departments it would otherwise start about 1,500 renders a run).
+    settings = Settings.model_validate(
+        {"tts": {"directory": tmp_path / "prompts"}, "alarm": {"announcement": TEMPLATE}}
+    )
+    alone = AnnouncementMeter(settings)
+    try:
+        measured_alone = await alone.measure("Ward 3", ("201-209",))
+        assert measured_alone is not None
+        assert alone.renders_started == 4  # the text before extension 201; "2", "0", "1"
+    finally:
+        await alone.close()
+    async with TextToSpeech(settings.tts) as site:
+        await site.prerender([], clips=[*department_texts([TEMPLATE], ["Ward 3"]), *DIGIT_CLIPS])
+    meter = AnnouncementMeter(settings)
+    try:
+        measured = await meter.measure("Ward 3", ("201-209",))
+        rendered = await meter.render("Ward 3", ("201-209",))
+        assert meter.renders_started == 0
+        assert measured == measured_alone
+        assert rendered is not None
+        assert rendered.seconds == measured_alone.seconds
+        assert rendered.audio.stat().st_size > 0
+        # A department the site has not rendered yet is still measured, in the scratch.
+        other = await meter.measure("Ward 4", ("201-209",))
+        assert other is not None
+        assert meter.renders_started == 1
+    finally:
+        await meter.close()
+
+
 async def test_the_meter_measures_a_polish_department_in_polish(tmp_path: Path):
     # The page of a Polish department is the Polish template, in the Polish voice, its
     # extension from clips of the Polish digit words: that is what the meter measures.

@@ -3,16 +3,23 @@ event loop (and so the FastAGI listener) stays responsive meanwhile, and how lon
 announcement rendered on demand takes, idle and while the batch runs.
 
 What is rendered is what fastagi/app.py ``PromptKeeper`` renders: the digit clips, then
-each department's announcement piece and drill piece, then its confirmation question,
+each department's announcement piece and drill piece (clips), then its confirmation question,
 through ``TextToSpeech.prerender`` (one child process per render, fastagi/tts/render.py),
 into a fresh directory (nothing cached). Each batch size of parallel renders is measured in
 the same run; the baseline is one render at a time.
 
     python -m bench.tts_scale [--departments 500] [--parallel 1,2,3] [--on-demand 20]
+        [--meter-sample 20]
 
 Responsiveness: a TCP listener on loopback is connected to every 20 ms during the batch
 (as Asterisk connects to the FastAGI port); the connect + one-line echo time is reported
 with the event loop's lag. The load average is printed with the results.
+
+The scheduled ``departments`` check (every ``[health] interval``, 10 s) measures every
+department's announcement (fastagi/tts/announcement.py ``AnnouncementMeter``): after the
+batch, the meter is timed over every department with the batch's directory as the site's
+(what a running server's check does), and over the first ``--meter-sample`` departments
+with an empty one (what it did before it read the site's pieces: it rendered them all).
 """
 
 from __future__ import annotations
@@ -28,11 +35,16 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastagi.config import AlarmSettings, DrillSettings
+from fastagi.config import AlarmSettings, DrillSettings, Settings
 from fastagi.domain.rules import announcement_segments
 from fastagi.flows import prompts
 from fastagi.tts import TextToSpeech, TtsSettings
-from fastagi.tts.announcement import DIGIT_CLIPS, department_texts, render_segments
+from fastagi.tts.announcement import (
+    DIGIT_CLIPS,
+    AnnouncementMeter,
+    department_texts,
+    render_segments,
+)
 
 PROBE_EVERY = 0.02
 
@@ -75,8 +87,31 @@ class Responsiveness:
             await server.wait_closed()
 
 
+async def meter_seconds(directory: Path, names: Sequence[str], alarm: AlarmSettings) -> float:
+    """How long an AnnouncementMeter with ``directory`` as the site's prompts takes to
+    measure ``names`` (as the departments check does), and what it rendered."""
+    settings = Settings.model_validate(
+        {"tts": {"directory": directory}, "alarm": alarm.model_dump()}
+    )
+    meter = AnnouncementMeter(settings)
+    try:
+        begun = time.perf_counter()
+        for name in names:
+            if await meter.measure(name, ("201",)) is None:
+                raise RuntimeError(f"the meter could not measure {name!r}")
+        return time.perf_counter() - begun
+    finally:
+        await meter.close()
+
+
 async def batch(
-    departments: int, parallel: int, on_demand: int, alarm: AlarmSettings, drill: DrillSettings
+    departments: int,
+    parallel: int,
+    on_demand: int,
+    alarm: AlarmSettings,
+    drill: DrillSettings,
+    *,
+    meter_sample: int,
 ) -> dict[str, float]:
     run_id = uuid.uuid4().hex[:6]
     names = [f"Department {run_id} {n}" for n in range(departments)]
@@ -84,13 +119,18 @@ async def batch(
         # One slot more than the batch uses: the live call's (PromptKeeper's rule).
         settings = TtsSettings(directory=Path(directory), max_parallel_renders=parallel + 1)
         async with TextToSpeech(settings) as tts:
-            texts = department_texts([alarm.announcement, drill.announcement], [*names, None])
-            texts += [prompts.panic_question(name) for name in names]
+            # Announcement pieces are clips, as fastagi/app.py directory_prompts renders
+            # them (and as pages play them); questions are whole texts.
+            clips = [
+                *DIGIT_CLIPS,
+                *department_texts([alarm.announcement, drill.announcement], [*names, None]),
+            ]
+            texts = [prompts.panic_question(name) for name in names]
             probe = Responsiveness()
             stop = asyncio.Event()
             prober = asyncio.create_task(probe.run(stop))
             started = time.perf_counter()
-            work = asyncio.create_task(tts.prerender(texts, clips=DIGIT_CLIPS, parallel=parallel))
+            work = asyncio.create_task(tts.prerender(texts, clips=clips, parallel=parallel))
             # Alarms of departments not yet rendered, during the batch: rendered on demand.
             during: list[float] = []
             for n in range(on_demand):
@@ -111,7 +151,13 @@ async def batch(
                 begun = time.perf_counter()
                 await render_segments(tts, segments)
                 idle.append(time.perf_counter() - begun)
+        site = await meter_seconds(Path(directory), names, alarm)
+    sample = names[:meter_sample]
+    with tempfile.TemporaryDirectory(prefix="bench-tts-empty-") as empty:
+        scratch = await meter_seconds(Path(empty), sample, alarm) if sample else 0.0
     return {
+        "meter_site_ms": site / len(names) * 1000 if names else 0.0,
+        "meter_scratch_ms": scratch / len(sample) * 1000 if sample else 0.0,
         "renders": len(results),
         "failed": failed,
         "seconds": seconds,
@@ -131,7 +177,9 @@ async def run(args: argparse.Namespace) -> int:
     alarm, drill = AlarmSettings(), DrillSettings()
     rows = {}
     for parallel in args.parallel:
-        rows[parallel] = await batch(args.departments, parallel, args.on_demand, alarm, drill)
+        rows[parallel] = await batch(
+            args.departments, parallel, args.on_demand, alarm, drill, meter_sample=args.meter_sample
+        )
         load = os.getloadavg()
         row = rows[parallel]
         print(
@@ -153,6 +201,16 @@ async def run(args: argparse.Namespace) -> int:
             f" during the batch p95 {row['demand_busy_p95_ms']:.0f} ms"
             f" ({row['demand_busy_n']:.0f} renders)"
         )
+        site_total = row["meter_site_ms"] * args.departments / 1000
+        scratch_total = row["meter_scratch_ms"] * args.departments / 1000
+        print(
+            f"  departments check's measurement of {args.departments} departments:"
+            f" {site_total:.2f} s reading the site's pieces ({row['meter_site_ms']:.2f} ms"
+            f" a department); rendering them instead {scratch_total:.1f} s"
+            f" ({row['meter_scratch_ms']:.0f} ms a department, from"
+            f" {min(args.meter_sample, args.departments)});"
+            f" ratio {site_total / scratch_total if scratch_total else 0:.4f}"
+        )
     return 0
 
 
@@ -163,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--parallel", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2, 3]
     )
     parser.add_argument("--on-demand", type=int, default=20)
+    parser.add_argument("--meter-sample", type=int, default=20)
     return asyncio.run(run(parser.parse_args(argv)))
 
 

@@ -96,6 +96,18 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """p50, p95 and max of ``values`` (zeros for none)."""
+    if not values:
+        return (0.0, 0.0, 0.0)
+    ordered = sorted(values)
+    return (
+        ordered[len(ordered) // 2],
+        ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        ordered[-1],
+    )
+
+
 @dataclass
 class Gap:
     department: int
@@ -136,6 +148,11 @@ class AlarmScaleResult:
     # Activations that did not reach PostgreSQL in time and raised a provisional alarm
     # (negative id, fastagi/alarms/provisional.py): paged all the same, written later.
     provisional: int = 0
+    # Each alarm's first INVITE at its phones, from the burst's start: p50 / p95 / max.
+    first_page: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # Department lamps that Asterisk did not show lit when every activate() had
+    # returned (before the service's next scan, which would light them).
+    lamps_unlit: int = 0
     deactivation_seconds: float = 0.0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -160,7 +177,10 @@ class AlarmScaleResult:
             f"  activating all: {self.activation_seconds:.2f} s (each: p50"
             f" {self.activation_each[0]:.2f} s, p95 {self.activation_each[1]:.2f} s, max"
             f" {self.activation_each[2]:.2f} s; {self.provisional} provisional, without"
-            f" PostgreSQL); deactivating all:"
+            f" PostgreSQL); first page at the phones: p50 {self.first_page[0]:.2f} s, p95"
+            f" {self.first_page[1]:.2f} s, max {self.first_page[2]:.2f} s after the burst"
+            f" began; lamps unlit once all returned: {self.lamps_unlit};"
+            f" deactivating all:"
             f" {self.deactivation_seconds:.2f} s; INVITEs after a department's deactivation:"
             f" {self.invites_after_deactivation}",
             f"  device outcomes in the server's page_cycle events: {self.device_outcomes}",
@@ -277,13 +297,16 @@ async def run(
 
         activations = await asyncio.gather(*(activate(i) for i in range(alarms)))
         result.activation_seconds = time.perf_counter() - started
-        each.sort()
-        result.activation_each = (
-            each[len(each) // 2],
-            each[min(len(each) - 1, int(0.95 * len(each)))],
-            each[-1],
-        )
+        result.activation_each = spread(each)
         result.provisional = sum(a.alarm.id < 0 for a in activations)
+        prefix = settings.alarm.department_lamp_prefix
+        states = await asyncio.gather(
+            *(
+                services.ami.get_device_state(f"{prefix}{a.alarm.department_id}")
+                for a in activations
+            )
+        )
+        result.lamps_unlit = sum(state != settings.alarm.lamp_state for state in states)
         result.rss_growth_per_alarm_at_start = (rss_bytes() - rss_before) / alarms
         cpu_from = cpu_seconds()
         await asyncio.sleep(seconds)
@@ -318,6 +341,7 @@ async def run(
         await asyncio.sleep(QUIET_SECONDS)
     result.load = os.getloadavg()
     starts = page_starts(sipps)
+    result.first_page = spread([times[0] - started_wall for times in starts.values() if times])
     for index in range(alarms):
         name = f"PANIC {department_name(index)}"
         times = starts.get(name, [])

@@ -10,6 +10,12 @@ every lamp is set again.
 
 Each change is recorded in the history (``lamp_changed``) by the lamps themselves, with the
 id of the alarm whose activation or deactivation caused it when there is one.
+
+Updates coalesce (:meth:`Lamps.update`): the alarms are read under the lamps' lock, so a
+snapshot is never applied after a newer one, and one read and one apply serve every update
+asked for before the read began. 200 alarms activated at once set their lamps in a few
+applies instead of 200 in a row, each waiting for its AMI replies; the changes of one apply
+are sent together.
 """
 
 from __future__ import annotations
@@ -76,6 +82,10 @@ class Lamps:
         self._applied: dict[str, str] = {}  # what Asterisk has, as far as we know
         self._active: tuple[int | None, ...] | None = None  # None: never applied
         self._known: frozenset[int] = frozenset()
+        # Updates asked for, and the last of them an apply has served (see update()).
+        self._asked = 0
+        self._served = 0
+        self._waiting_causes: list[Cause] = []
         self._lock = asyncio.Lock()  # applies never interleave
         self._remove_hook = ami.on_reconnect(self._reapply_hook)
 
@@ -100,6 +110,37 @@ class Lamps:
             self._known |= frozenset(known_departments)
             changes = await self._apply_locked()
         await self._record_changes(changes, causes)
+        return changes
+
+    async def update(
+        self,
+        read_active: Callable[[], Awaitable[Collection[HasDepartment]]],
+        known_departments: Iterable[int] = (),
+        *,
+        causes: Collection[Cause] = (),
+    ) -> list[LampChange]:
+        """:meth:`apply` of the alarms ``read_active()`` returns, read after this call
+        began. Calls made meanwhile share one read and one apply: the changes are
+        returned (and recorded, with every sharer's ``causes``) by the call that made
+        them, the others return []. Raises what ``read_active`` raises."""
+        self._asked += 1
+        ticket = self._asked
+        self._known |= frozenset(known_departments)
+        self._waiting_causes.extend(causes)
+        async with self._lock:
+            if self._served >= ticket:
+                return []  # an apply that read after this call began has run
+            serves = self._asked
+            shared, self._waiting_causes = self._waiting_causes, []
+            try:
+                active = await read_active()
+            except BaseException:
+                self._waiting_causes[:0] = shared
+                raise
+            self._active = tuple(alarm.department_id for alarm in active)
+            changes = await self._apply_locked()
+            self._served = serves
+        await self._record_changes(changes, shared)
         return changes
 
     async def reapply(self) -> list[LampChange]:
@@ -133,20 +174,28 @@ class Lamps:
             department_prefix=settings.department_lamp_prefix,
             on_state=settings.lamp_state,
         )
+        due = [
+            (device, state)
+            for device, state in wanted.items()
+            if self._applied.get(device) != state
+        ]
+        # Sent together: AMI answers each by its ActionID (manager.c), and the lamps of one
+        # apply are distinct devices, so their order does not matter.
+        outcomes = await asyncio.gather(
+            *(self._ami.set_device_state(device, state) for device, state in due),
+            return_exceptions=True,
+        )
         changes: list[LampChange] = []
-        for device, state in wanted.items():
-            previous = self._applied.get(device)
-            if previous == state:
-                continue
-            try:
-                await self._ami.set_device_state(device, state)
-            except AmiError as exc:
+        for (device, state), outcome in zip(due, outcomes, strict=True):
+            if isinstance(outcome, AmiError):
                 # Not fatal: the next apply, or reapply after the reconnection, retries.
                 self._applied.pop(device, None)
-                logger.warning("cannot set lamp %s to %s: %s", device, state, exc)
+                logger.warning("cannot set lamp %s to %s: %s", device, state, outcome)
                 continue
+            if isinstance(outcome, BaseException):
+                raise outcome
+            changes.append(LampChange(device, state, self._applied.get(device)))
             self._applied[device] = state
-            changes.append(LampChange(device, state, previous))
         return changes
 
     async def _record_changes(self, changes: list[LampChange], causes: Collection[Cause]) -> None:

@@ -46,7 +46,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID, uuid4
@@ -771,28 +771,27 @@ class AlarmService:
                     await self._lead_new_drill(alarm)  # nobody paged it yet
                 else:
                     await self._lead(alarm, first_delay=None)
-        await self._update_lamps(active, causes=ended)
+        # Read afresh under the lamps' lock: an alarm may have started since the read above.
+        await self._update_lamps(causes=ended)
 
-    async def _update_lamps(
-        self, active: Iterable[Alarm] | None = None, *, causes: Sequence[Alarm] = ()
-    ) -> None:
-        """Set the lamps for the active alarms (default: as PostgreSQL says, or as this
-        server's loops say while it is down). ``causes``: see :meth:`Lamps.apply`."""
+    async def _update_lamps(self, *, causes: Sequence[Alarm] = ()) -> None:
+        """Set the lamps for the active alarms, as PostgreSQL says (or as this server's
+        loops say while it is down), read under the lamps' lock (:meth:`Lamps.update`).
+        ``causes``: see :meth:`Lamps.apply`."""
         try:
-            if active is not None:
-                alarms = list(active)
-            else:
-                try:
-                    alarms = await self._outage.call(
-                        "active alarms", self._stores.alarms.active_alarms, self._timeout
-                    )
-                except Exception:
-                    # PostgreSQL down: the alarms this server pages are what it knows.
-                    alarms = [lp.alarm for lp in self._loops.values() if not lp.stopping]
             known = [d.id for d in self._directory.departments] if self._directory else []
-            await self._lamps.apply(alarms, known, causes=causes)
+            await self._lamps.update(self._active_for_lamps, known, causes=causes)
         except Exception:
             logger.exception("cannot update the lamps")
+
+    async def _active_for_lamps(self) -> list[Alarm]:
+        try:
+            return await self._outage.call(
+                "active alarms", self._stores.alarms.active_alarms, self._timeout
+            )
+        except Exception:
+            # PostgreSQL down: the alarms this server pages are what it knows.
+            return [lp.alarm for lp in self._loops.values() if not lp.stopping]
 
     async def _tell_ended(self, alarm_id: int) -> None:
         alarm = await self._stores.alarms.get_alarm(alarm_id)

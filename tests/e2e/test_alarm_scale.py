@@ -20,6 +20,9 @@ ALARMS = int(os.environ.get("BENCH_ALARMS", "4"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "12"))
 PHONES = int(os.environ.get("BENCH_PHONES", "20"))
 PLOT = os.environ.get("BENCH_PLOT")
+# The server's pool_max_size (default: the setting's): how the first pages of a burst wait
+# for connections.
+POOL_MAX_SIZE = os.environ.get("BENCH_POOL_MAX_SIZE")
 
 pytestmark = [
     pytest.mark.e2e,
@@ -36,6 +39,9 @@ async def test_many_alarms_keep_their_schedule_and_stop(
     tmp_path: Path,
 ) -> None:
     settings = settings_for(sandbox, agi_port, database_dsn)
+    if POOL_MAX_SIZE:
+        database = settings.database.model_copy(update={"pool_max_size": int(POOL_MAX_SIZE)})
+        settings = settings.model_copy(update={"database": database})
     result = await alarms.run(
         sandbox,
         settings,

@@ -128,6 +128,83 @@ async def test_main_and_department_lamps_follow_alarms(
         lamps.close()
 
 
+@dataclass(frozen=True)
+class FakeCause:
+    id: int
+    department_id: int | None
+    extension: str = "201"
+    department_name: str = "Ward"
+
+
+async def test_concurrent_updates_share_reads_and_light_every_lamp(ami: AmiClient) -> None:
+    # 30 activations at once, each committed before it asks for the lamps (as
+    # AlarmService.activate does): a few reads serve them all, and every lamp is lit,
+    # each change recorded once, with the alarm that caused it.
+    recorded: list[HistoryEvent] = []
+    lamps = Lamps(ami, AlarmSettings(), record=_append_to(recorded), instance_id="lamp-test")
+    committed: list[FakeCause] = []
+    reads = 0
+
+    async def read_active() -> list[FakeCause]:
+        nonlocal reads
+        reads += 1
+        snapshot = list(committed)
+        await asyncio.sleep(0)  # a query's round trip: others commit meanwhile
+        return snapshot
+
+    async def activate(alarm: FakeCause) -> None:
+        committed.append(alarm)
+        await lamps.update(read_active, causes=[alarm])
+
+    alarms = [FakeCause(9100 + n, 9100 + n) for n in range(30)]
+    try:
+        await asyncio.gather(*(activate(alarm) for alarm in alarms))
+        assert reads <= 3
+        states = await asyncio.gather(
+            *(ami.get_device_state(f"Custom:PANIC_{a.department_id}") for a in alarms)
+        )
+        assert set(states) == {"BUSY"}
+        assert sorted(
+            (e.details["device"], e.alarm_id)
+            for e in recorded
+            if e.details["device"] != "Custom:PANIC"
+        ) == sorted((f"Custom:PANIC_{a.department_id}", a.id) for a in alarms)
+    finally:
+        lamps.close()
+
+
+async def test_an_older_read_is_never_applied_after_a_newer_one(ami: AmiClient) -> None:
+    lamps = Lamps(ami, AlarmSettings(), record=_append_to([]), instance_id="lamp-test")
+    committed = [FakeAlarm(9200)]
+    slow_read_taken = asyncio.Event()
+    release_slow_read = asyncio.Event()
+
+    async def slow_read() -> list[FakeAlarm]:
+        snapshot = list(committed)  # before 9201 commits
+        slow_read_taken.set()
+        await release_slow_read.wait()
+        return snapshot
+
+    async def fast_read() -> list[FakeAlarm]:
+        return list(committed)
+
+    try:
+        first = asyncio.create_task(lamps.update(slow_read))
+        await slow_read_taken.wait()
+        committed.append(FakeAlarm(9201))
+        second = asyncio.create_task(lamps.update(fast_read))
+        # A chance for the second update to run ahead (it must wait for the first); a
+        # slow machine can only make this test pass wrongly, never fail wrongly.
+        await asyncio.sleep(0.2)
+        release_slow_read.set()
+        await asyncio.gather(first, second)
+        # The later read, which has 9201, is what Asterisk shows last.
+        assert await ami.get_device_state("Custom:PANIC_9201") == "BUSY"
+        assert lamps.applied["Custom:PANIC_9201"] == "BUSY"
+    finally:
+        lamps.close()
+
+
 async def test_ringing_lamp_state_is_early(
     sandbox: Sandbox, ami: AmiClient, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import os
 import resource
@@ -126,6 +127,9 @@ class AlarmScaleResult:
     seconds: float
     phones: int
     gaps: list[Gap] = field(default_factory=list)
+    # The same gaps as the server scheduled them: between the moments its page_cycle
+    # events say each page's Originate went out (``started_at``), before Asterisk dialled.
+    server_gap_errors: list[float] = field(default_factory=list)
     pages: int = 0
     cycles_counted: int = 0  # the alarm rows' ``cycles`` (the server's own count)
     missed: int = 0
@@ -170,6 +174,10 @@ class AlarmScaleResult:
             f"  gap error |gap - interval| / interval: p95 {self.gap_error_p95 * 100:.2f} %,"
             f" max {max((g.error for g in self.gaps), default=0.0) * 100:.2f} %"
             f" over {len(self.gaps)} gaps; missed cycles {self.missed}, doubled {self.doubled}",
+            f"  the same as the server sent them (page_cycle started_at): p95"
+            f" {spread(self.server_gap_errors)[1] * 100:.2f} %, max"
+            f" {spread(self.server_gap_errors)[2] * 100:.2f} %"
+            f" over {len(self.server_gap_errors)} gaps",
             f"  server RSS growth per alarm: {self.rss_growth_per_alarm / 1024:.1f} KB"
             f" ({self.rss_growth_per_alarm_at_start / 1024:.1f} KB once activated);"
             f" server CPU per page cycle: {self.cpu_per_cycle_ms:.2f} ms"
@@ -247,6 +255,29 @@ def page_starts(phones: Sequence[PagingPhone]) -> dict[str, list[float]]:
                 pages.append(moment)
         starts[name] = pages
     return starts
+
+
+async def read_history(
+    store: Stores, activations: Sequence[Activation], result: AlarmScaleResult
+) -> None:
+    """What the server's page_cycle events say: each device's outcome, and the gaps
+    between the moments its Originates went out."""
+    outcomes: dict[str, int] = defaultdict(int)
+    for index, activation in enumerate(activations):
+        sent: list[float] = []
+        for event in await store.history.timeline(activation.alarm.id):
+            if event.kind == "page_cycle":
+                for status in dict(event.details.get("devices") or {}).values():
+                    outcomes[str(status)] += 1
+                started_at = event.details.get("started_at")
+                if isinstance(started_at, str):
+                    sent.append(dt.datetime.fromisoformat(started_at).timestamp())
+        sent.sort()
+        interval = interval_of(index)
+        result.server_gap_errors += [
+            abs(after - before - interval) / interval for before, after in itertools.pairwise(sent)
+        ]
+    result.device_outcomes = dict(outcomes)
 
 
 async def run(
@@ -330,13 +361,7 @@ async def run(
         cycles = [await store.alarms.get_alarm(a.alarm.id) for a in activations]
         result.cycles_counted = sum(alarm.cycles for alarm in cycles if alarm is not None)
         cycles_window = sum((alarm.cycles if alarm is not None else 0) for alarm in cycles)
-        outcomes: dict[str, int] = defaultdict(int)
-        for activation in activations:
-            for event in await store.history.timeline(activation.alarm.id):
-                if event.kind == "page_cycle":
-                    for status in dict(event.details.get("devices") or {}).values():
-                        outcomes[str(status)] += 1
-        result.device_outcomes = dict(outcomes)
+        await read_history(store, activations, result)
         result.cpu_per_cycle_ms = cpu_used * 1000 / max(1, cycles_window)
         await asyncio.sleep(QUIET_SECONDS)
     result.load = os.getloadavg()

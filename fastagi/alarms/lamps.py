@@ -4,18 +4,18 @@
 while that department's is (the hints are in extensions_custom.conf,
 ``[fastagi-panic-hints]``). func_devstate.c keeps custom states in astdb, so they survive an
 Asterisk restart, and a lamp left lit by a server that died stays lit: the first
-``apply`` of a server therefore sets every lamp it knows, on or off. After an AMI
+``update`` of a server therefore sets every lamp it knows, on or off. After an AMI
 reconnection (Asterisk restarted, or the network dropped while an alarm started or ended)
 every lamp is set again.
 
 Each change is recorded in the history (``lamp_changed``) by the lamps themselves, with the
 id of the alarm whose activation or deactivation caused it when there is one.
 
-Updates coalesce (:meth:`Lamps.update`): the alarms are read under the lamps' lock, so a
-snapshot is never applied after a newer one, and one read and one apply serve every update
-asked for before the read began. 200 alarms activated at once set their lamps in a few
-applies instead of 200 in a row, each waiting for its AMI replies; the changes of one apply
-are sent together.
+Lamps are set by :meth:`Lamps.update` (and :meth:`Lamps.reapply`), and updates coalesce:
+the alarms are read under the lamps' lock, so a snapshot is never applied after a newer
+one, and one read and one apply serve every update asked for before the read began. 200
+alarms activated at once set their lamps in a few applies instead of 200 in a row, each
+waiting for its AMI replies; the changes of one apply are sent together.
 """
 
 from __future__ import annotations
@@ -89,29 +89,6 @@ class Lamps:
         self._lock = asyncio.Lock()  # applies never interleave
         self._remove_hook = ami.on_reconnect(self._reapply_hook)
 
-    async def apply(
-        self,
-        active: Collection[HasDepartment],
-        known_departments: Iterable[int] = (),
-        *,
-        causes: Collection[Cause] = (),
-    ) -> list[LampChange]:
-        """Light the lamps of ``active`` alarms and put out the others; record and return
-        what was set.
-
-        ``known_departments`` are department ids whose lamps are put out when no alarm of
-        theirs is active (once known, a department stays known). A lamp that AMI failed to
-        set is left out of the result and tried again at the next apply. ``causes``: the
-        alarms whose activation or deactivation this follows; a change of one of their
-        lamps is recorded with that alarm's id (without a cause, with none).
-        """
-        async with self._lock:
-            self._active = tuple(alarm.department_id for alarm in active)
-            self._known |= frozenset(known_departments)
-            changes = await self._apply_locked()
-        await self._record_changes(changes, causes)
-        return changes
-
     async def update(
         self,
         read_active: Callable[[], Awaitable[Collection[HasDepartment]]],
@@ -119,10 +96,19 @@ class Lamps:
         *,
         causes: Collection[Cause] = (),
     ) -> list[LampChange]:
-        """:meth:`apply` of the alarms ``read_active()`` returns, read after this call
-        began. Calls made meanwhile share one read and one apply: the changes are
-        returned (and recorded, with every sharer's ``causes``) by the call that made
-        them, the others return []. Raises what ``read_active`` raises."""
+        """Light the lamps of the alarms ``read_active()`` returns, read after this call
+        began, and put out the others; record and return what was set.
+
+        ``known_departments`` are department ids whose lamps are put out when no alarm of
+        theirs is active (once known, a department stays known). A lamp that AMI failed to
+        set is left out of the result and tried again at the next apply. ``causes``: the
+        alarms whose activation or deactivation this follows; a change of one of their
+        lamps is recorded with that alarm's id (without a cause, with none).
+
+        Calls made meanwhile share one read and one apply: the changes are returned (and
+        recorded, with every sharer's ``causes``) by the call that made them, the others
+        return []. Raises what ``read_active`` raises.
+        """
         self._asked += 1
         ticket = self._asked
         self._known |= frozenset(known_departments)

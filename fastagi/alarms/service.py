@@ -777,7 +777,7 @@ class AlarmService:
     async def _update_lamps(self, *, causes: Sequence[Alarm] = ()) -> None:
         """Set the lamps for the active alarms, as PostgreSQL says (or as this server's
         loops say while it is down), read under the lamps' lock (:meth:`Lamps.update`).
-        ``causes``: see :meth:`Lamps.apply`."""
+        ``causes``: see :meth:`Lamps.update`."""
         try:
             known = [d.id for d in self._directory.departments] if self._directory else []
             await self._lamps.update(self._active_for_lamps, known, causes=causes)

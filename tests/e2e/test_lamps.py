@@ -61,6 +61,15 @@ async def watch(sandbox: Sandbox, workdir: Path, service: str, action) -> list[s
     return dialog_states(result)[:2]
 
 
+def reading(alarms: list[FakeAlarm]) -> Callable[[], Awaitable[list[FakeAlarm]]]:
+    """A read of the active alarms that returns ``alarms``."""
+
+    async def read() -> list[FakeAlarm]:
+        return alarms
+
+    return read
+
+
 def _append_to(events: list[HistoryEvent]) -> Callable[[HistoryEvent], Awaitable[None]]:
     async def record(event: HistoryEvent) -> None:
         events.append(event)
@@ -74,14 +83,14 @@ async def test_main_and_department_lamps_follow_alarms(
     recorded: list[HistoryEvent] = []
     lamps = Lamps(ami, AlarmSettings(), record=_append_to(recorded), instance_id="lamp-test")
     try:
-        assert await lamps.apply([], [7]) == [
+        assert await lamps.update(reading([]), [7]) == [
             LampChange("Custom:PANIC", "NOT_INUSE", None),
             LampChange("Custom:PANIC_7", "NOT_INUSE", None),
         ]
-        assert await lamps.apply([]) == []  # nothing changed, nothing sent
+        assert await lamps.update(reading([])) == []  # nothing changed, nothing sent
 
         async def start() -> None:
-            changes = await lamps.apply([FakeAlarm(7)])
+            changes = await lamps.update(reading([FakeAlarm(7)]))
             assert {c.device for c in changes} == {"Custom:PANIC", "Custom:PANIC_7"}
 
         assert await watch(sandbox, tmp_path / "on", "*555", start) == [
@@ -91,7 +100,7 @@ async def test_main_and_department_lamps_follow_alarms(
         assert await ami.get_device_state("Custom:PANIC") == "BUSY"
 
         async def stop_department() -> None:
-            assert await lamps.apply([FakeAlarm(None)]) == [
+            assert await lamps.update(reading([FakeAlarm(None)])) == [
                 LampChange("Custom:PANIC_7", "NOT_INUSE", "BUSY")
             ]
 
@@ -103,7 +112,9 @@ async def test_main_and_department_lamps_follow_alarms(
         assert await ami.get_device_state("Custom:PANIC") == "BUSY"
 
         async def stop_all() -> None:
-            assert await lamps.apply([]) == [LampChange("Custom:PANIC", "NOT_INUSE", "BUSY")]
+            assert await lamps.update(reading([])) == [
+                LampChange("Custom:PANIC", "NOT_INUSE", "BUSY")
+            ]
 
         assert await watch(sandbox, tmp_path / "off", "*555", stop_all) == [
             "confirmed",
@@ -212,14 +223,14 @@ async def test_ringing_lamp_state_is_early(
         ami, AlarmSettings(lamp_state="RINGING"), record=_append_to([]), instance_id="lamp-test"
     )
     try:
-        await lamps.apply([])
+        await lamps.update(reading([]))
 
         async def start() -> None:
-            await lamps.apply([FakeAlarm(None)])
+            await lamps.update(reading([FakeAlarm(None)]))
 
         assert await watch(sandbox, tmp_path, "*555", start) == ["terminated", "early"]
     finally:
-        await lamps.apply([])
+        await lamps.update(reading([]))
         lamps.close()
 
 

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.stats import percentile
 from fastagi.alarms.service import Activation
 from fastagi.app import running_services
 from fastagi.config import Settings
@@ -97,16 +98,9 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def spread(values: Sequence[float]) -> tuple[float, float, float]:
+def p50_p95_max(values: Sequence[float]) -> tuple[float, float, float]:
     """p50, p95 and max of ``values`` (zeros for none)."""
-    if not values:
-        return (0.0, 0.0, 0.0)
-    ordered = sorted(values)
-    return (
-        ordered[len(ordered) // 2],
-        ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
-        ordered[-1],
-    )
+    return (percentile(values, 0.5), percentile(values, 0.95), max(values, default=0.0))
 
 
 @dataclass
@@ -162,11 +156,11 @@ class AlarmScaleResult:
 
     @property
     def gap_error_p95(self) -> float:
-        errors = sorted(gap.error for gap in self.gaps)
-        return errors[min(len(errors) - 1, int(0.95 * len(errors)))] if errors else 0.0
+        return percentile([gap.error for gap in self.gaps], 0.95)
 
     def lines(self) -> list[str]:
         load = " ".join(f"{n:.2f}" for n in self.load)
+        _, sent_p95, sent_max = p50_p95_max(self.server_gap_errors)
         return [
             f"{self.alarms} alarms at once for {self.seconds:.0f} s ({self.phones} SIPp phones,"
             f" intervals 10-30 s): {self.pages} pages, {self.cycles_counted} cycles counted;"
@@ -175,8 +169,7 @@ class AlarmScaleResult:
             f" max {max((g.error for g in self.gaps), default=0.0) * 100:.2f} %"
             f" over {len(self.gaps)} gaps; missed cycles {self.missed}, doubled {self.doubled}",
             f"  the same as the server sent them (page_cycle started_at): p95"
-            f" {spread(self.server_gap_errors)[1] * 100:.2f} %, max"
-            f" {spread(self.server_gap_errors)[2] * 100:.2f} %"
+            f" {sent_p95 * 100:.2f} %, max {sent_max * 100:.2f} %"
             f" over {len(self.server_gap_errors)} gaps",
             f"  server RSS growth per alarm: {self.rss_growth_per_alarm / 1024:.1f} KB"
             f" ({self.rss_growth_per_alarm_at_start / 1024:.1f} KB once activated);"
@@ -328,7 +321,7 @@ async def run(
 
         activations = await asyncio.gather(*(activate(i) for i in range(alarms)))
         result.activation_seconds = time.perf_counter() - started
-        result.activation_each = spread(each)
+        result.activation_each = p50_p95_max(each)
         result.provisional = sum(a.alarm.id < 0 for a in activations)
         prefix = settings.alarm.department_lamp_prefix
         states = await asyncio.gather(
@@ -366,7 +359,7 @@ async def run(
         await asyncio.sleep(QUIET_SECONDS)
     result.load = os.getloadavg()
     starts = page_starts(sipps)
-    result.first_page = spread([times[0] - started_wall for times in starts.values() if times])
+    result.first_page = p50_p95_max([times[0] - started_wall for times in starts.values() if times])
     for index in range(alarms):
         name = f"PANIC {department_name(index)}"
         times = starts.get(name, [])

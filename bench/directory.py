@@ -26,6 +26,7 @@ import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from bench.stats import percentile
 from fastagi.domain.directory import Department, Directory
 
 # Each department owns 20 extensions: 5 exact, a range of 10, and a pattern of 5 (_NNN[0-4]
@@ -69,11 +70,6 @@ def build_site(departments: int, extensions: int) -> Site:
     mappings.append((departments, "_XXXXX"))
     mappings.append((departments, "_9."))
     return Site(rows, mappings, owned)
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def time_each(function: object, extensions: Sequence[str]) -> list[float]:

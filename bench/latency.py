@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.calls import KINDS
+from bench.stats import percentile
 from bench.storm import StormResult, run_storm
 from fastagi.admin import departments, paging
 from fastagi.admin.alarms import deactivate_alarm
@@ -49,11 +50,6 @@ STORM_RAMP_SECONDS = 3.0
 
 def maps(trigger: str, directory: Directory) -> bool:
     return directory.department_for(trigger) is not None
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
 @dataclass

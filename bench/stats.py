@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Spread", "paired_ratios"]
+__all__ = ["Spread", "paired_ratios", "percentile"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,9 @@ def paired_ratios(
         for c, b in zip(candidate, baseline, strict=True)
         if c is not None and b is not None and b != 0
     ]
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value below which ``fraction`` of ``values`` lie (0.95: the p95); 0.0 for none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0

@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.stats import percentile
 from fastagi.config import AlarmSettings, DrillSettings, Settings
 from fastagi.domain.rules import announcement_segments
 from fastagi.flows import prompts
@@ -47,11 +48,6 @@ from fastagi.tts.announcement import (
 )
 
 PROBE_EVERY = 0.02
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
 class Responsiveness:

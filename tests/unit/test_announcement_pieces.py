@@ -88,10 +88,15 @@ async def test_parallel_prerender_renders_each_text_once(tts: TextToSpeech):
     assert tts.renders_started == 8
 
 
-async def test_the_meter_measures_the_pieces_that_are_paged(tmp_path: Path):
-    settings = Settings.model_validate(
+def meter_settings(tmp_path: Path) -> Settings:
+    """The site's settings with its prompts in ``tmp_path`` and TEMPLATE as its page."""
+    return Settings.model_validate(
         {"tts": {"directory": tmp_path / "prompts"}, "alarm": {"announcement": TEMPLATE}}
     )
+
+
+async def test_the_meter_measures_the_pieces_that_are_paged(tmp_path: Path):
+    settings = meter_settings(tmp_path)
     meter = AnnouncementMeter(settings)
     try:
         announcement = await meter.render("Ward 3", ("201-209",))
@@ -109,9 +114,7 @@ async def test_the_meter_reads_the_pieces_the_site_rendered_ahead(tmp_path: Path
     # The scheduled departments check measures every department every 10 s: on a running
     # site, whose server rendered every department's pieces at start-up, it renders none
     # (with 500 departments it would otherwise start about 1,500 renders a run).
-    settings = Settings.model_validate(
-        {"tts": {"directory": tmp_path / "prompts"}, "alarm": {"announcement": TEMPLATE}}
-    )
+    settings = meter_settings(tmp_path)
     alone = AnnouncementMeter(settings)
     try:
         measured_alone = await alone.measure("Ward 3", ("201-209",))
@@ -141,9 +144,7 @@ async def test_the_meter_reads_the_pieces_the_site_rendered_ahead(tmp_path: Path
 async def test_the_meter_measures_a_polish_department_in_polish(tmp_path: Path):
     # The page of a Polish department is the Polish template, in the Polish voice, its
     # extension from clips of the Polish digit words: that is what the meter measures.
-    settings = Settings.model_validate(
-        {"tts": {"directory": tmp_path / "prompts"}, "alarm": {"announcement": TEMPLATE}}
-    )
+    settings = meter_settings(tmp_path)
     polish = load_languages().get("pl")
     template = polish.template("announcement")
     meter = AnnouncementMeter(settings)

@@ -93,6 +93,11 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def thread_count() -> int:
+    # Each thread may get its own malloc arena: RSS that grows with threads, not alarms.
+    return len(os.listdir("/proc/self/task"))
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -138,7 +143,12 @@ class AlarmScaleResult:
     # BENCH_TRACEMALLOC=1: where the Python heap grew meanwhile, top allocation sites.
     heap_growth: list[str] = field(default_factory=list)
     heap_growth_per_alarm: float = 0.0
+    # The same from right after the activations to the end: what paging itself kept,
+    # which a long alarm would keep growing if anything leaked per cycle.
+    heap_growth_paging: list[str] = field(default_factory=list)
+    heap_growth_paging_per_alarm: float = 0.0
     cpu_per_cycle_ms: float = 0.0
+    threads: tuple[int, int] = (0, 0)  # the process's, before the burst and at the end
     idle_cpu_per_second_ms: float = 0.0
     activation_seconds: float = 0.0
     # Each activate() call's own time, from the burst's start: p50 / p95 / max.
@@ -174,7 +184,8 @@ class AlarmScaleResult:
             f"  server RSS growth per alarm: {self.rss_growth_per_alarm / 1024:.1f} KB"
             f" ({self.rss_growth_per_alarm_at_start / 1024:.1f} KB once activated);"
             f" server CPU per page cycle: {self.cpu_per_cycle_ms:.2f} ms"
-            f" (idle: {self.idle_cpu_per_second_ms:.2f} ms per second, the baseline)",
+            f" (idle: {self.idle_cpu_per_second_ms:.2f} ms per second, the baseline);"
+            f" threads {self.threads[0]} before, {self.threads[1]} at the end",
             f"  activating all: {self.activation_seconds:.2f} s (each: p50"
             f" {self.activation_each[0]:.2f} s, p95 {self.activation_each[1]:.2f} s, max"
             f" {self.activation_each[2]:.2f} s; {self.provisional} provisional, without"
@@ -194,7 +205,25 @@ class AlarmScaleResult:
                 else []
             ),
             *(f"    {line}" for line in self.heap_growth),
+            *(
+                [
+                    f"  of it while paging, from right after the activations:"
+                    f" {self.heap_growth_paging_per_alarm / 1024:.1f} KB; where:"
+                ]
+                if self.heap_growth_paging
+                else []
+            ),
+            *(f"    {line}" for line in self.heap_growth_paging),
         ]
+
+
+def heap_growth(grown: list[tracemalloc.StatisticDiff], alarms: int) -> tuple[float, list[str]]:
+    """Bytes grown per alarm, and the top 15 sites, from a tracemalloc comparison."""
+    return sum(stat.size_diff for stat in grown) / alarms, [
+        f"{stat.size_diff / alarms / 1024:+.1f} KB/alarm, {stat.count_diff:+d} blocks:"
+        f" {stat.traceback[0].filename}:{stat.traceback[0].lineno}"
+        for stat in grown[:15]
+    ]
 
 
 def free_udp_block(size: int, taken: set[int]) -> int:
@@ -307,6 +336,7 @@ async def run(
             tracemalloc.start(1)
             heap_before = tracemalloc.take_snapshot()
         rss_before = rss_bytes()
+        threads_before = thread_count()
         started_wall = time.time()
         started = time.perf_counter()
         # At once: the triggers of 200 desk phones arrive as concurrent AGI sessions.
@@ -332,19 +362,22 @@ async def run(
         )
         result.lamps_unlit = sum(state != settings.alarm.lamp_state for state in states)
         result.rss_growth_per_alarm_at_start = (rss_bytes() - rss_before) / alarms
+        if tracing:
+            heap_activated = tracemalloc.take_snapshot()
         cpu_from = cpu_seconds()
         await asyncio.sleep(seconds)
         cpu_used = cpu_seconds() - cpu_from
         result.rss_growth_per_alarm = (rss_bytes() - rss_before) / alarms
+        result.threads = (threads_before, thread_count())
         if tracing:
-            grown = tracemalloc.take_snapshot().compare_to(heap_before, "lineno")
+            heap_after = tracemalloc.take_snapshot()
             tracemalloc.stop()
-            result.heap_growth_per_alarm = sum(stat.size_diff for stat in grown) / alarms
-            result.heap_growth = [
-                f"{stat.size_diff / alarms / 1024:+.1f} KB/alarm, {stat.count_diff:+d} blocks:"
-                f" {stat.traceback[0].filename}:{stat.traceback[0].lineno}"
-                for stat in grown[:15]
-            ]
+            result.heap_growth_per_alarm, result.heap_growth = heap_growth(
+                heap_after.compare_to(heap_before, "lineno"), alarms
+            )
+            result.heap_growth_paging_per_alarm, result.heap_growth_paging = heap_growth(
+                heap_after.compare_to(heap_activated, "lineno"), alarms
+            )
         deactivated_at: dict[str, float] = {}
         started = time.perf_counter()
         for index, activation in enumerate(activations):

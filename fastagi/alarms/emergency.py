@@ -41,7 +41,7 @@ import contextlib
 import enum
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -194,12 +194,6 @@ def emergency_announcement(
 # ---- what the caller needs from the rest of the system -----------------------------------
 
 
-class EventSource(Protocol):
-    def close(self) -> None: ...
-
-    def __aiter__(self) -> AsyncIterator[Message]: ...
-
-
 class EmergencyAmi(Protocol):
     """The part of :class:`fastagi.ami.AmiClient` the emergency call uses."""
 
@@ -218,7 +212,7 @@ class EmergencyAmi(Protocol):
 
     async def hangup(self, channel: str, *, cause: int | None = None) -> bool: ...
 
-    def events(self, *names: str) -> EventSource: ...
+    def subscribe(self, callback: Callable[[Message], None], *names: str) -> Callable[[], None]: ...
 
     async def action_list(
         self, name: str, /, *, reply_timeout: float | None = None, **fields: FieldValue
@@ -314,6 +308,11 @@ class EmergencyCaller:
         self._on_escalated = on_escalated
         self._on_acknowledged = on_acknowledged
         self._runs: dict[int, _Run] = {}
+        # Every call in flight, of every alarm, by its channel id (its Uniqueid): one
+        # subscription to Hangup hands each event to its call. A stream per call made
+        # every call take every Hangup on the PBX, each page's legs' among them.
+        self._calls: dict[str, _Call] = {}
+        self._unsubscribe: Callable[[], None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -555,8 +554,8 @@ class EmergencyCaller:
                 },
             )
         )
-        stream = self._ami.events("Hangup")
-        watcher = asyncio.create_task(self._watch_hangup(stream, call))
+        # Listening before the Originate, or a quick Hangup could be missed.
+        self._listen(call)
         try:
             try:
                 result = await self._ami.originate(
@@ -587,10 +586,7 @@ class EmergencyCaller:
             outcome = Outcome.ACKNOWLEDGED if acknowledged_here else Outcome.CANCELLED
             raise
         finally:
-            watcher.cancel()
-            stream.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            self._stop_listening(call)
             if outcome is Outcome.CANCELLED or outcome is Outcome.NOT_ACKNOWLEDGED:
                 # Still ringing or still talking: end it (never the acknowledging call).
                 self._spawn(self._hang_up(call))
@@ -641,13 +637,25 @@ class EmergencyCaller:
             outcome = classify(result, call.hangup_cause)
         return outcome
 
-    async def _watch_hangup(self, stream: EventSource, call: _Call) -> None:
-        async for event in stream:
-            if event.get("Uniqueid") == call.channel_id:
-                with contextlib.suppress(ValueError):
-                    call.hangup_cause = int(event.get("Cause", ""))
-                call.hung_up.set()
-                return
+    def _listen(self, call: _Call) -> None:
+        self._calls[call.channel_id] = call
+        if self._unsubscribe is None:
+            self._unsubscribe = self._ami.subscribe(self._on_hangup, "Hangup")
+
+    def _stop_listening(self, call: _Call) -> None:
+        self._calls.pop(call.channel_id, None)
+        # No call in flight: the Hangup of every call on the PBX goes unparsed.
+        if not self._calls and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _on_hangup(self, event: Message) -> None:
+        call = self._calls.get(event.get("Uniqueid") or "")
+        if call is None or call.hung_up.is_set():
+            return
+        with contextlib.suppress(ValueError):
+            call.hangup_cause = int(event.get("Cause", ""))
+        call.hung_up.set()
 
     async def _poll(self, run: _Run) -> None:
         """Read the acknowledgement (and the alarm's state) every ``poll_interval``.

@@ -46,10 +46,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fastagi.ami import AmiClient, AmiError, EventStream, Message
+from fastagi.ami import AmiClient, AmiError, Message
 from fastagi.config import AlarmSettings
 from fastagi.domain.drill import ANSWERED, BUSY, NO_ANSWER, NOT_DIALLED, device_of
 from fastagi.domain.rules import join_items
@@ -203,6 +203,14 @@ class Pager:
         self._ami = ami
         self._settings = settings
         self._inflight: dict[int, _Page] = {}
+        # The same pages by channel id, which is the Linkedid of every channel of a page:
+        # one subscription hands each event to its own page. A stream per page made every
+        # page in flight take every page's events, and 200 alarms paging together cost
+        # 200 x 200 deliveries per burst.
+        self._by_channel_id: dict[str, _Page] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+        # Hang-ups a late cancel() started from the event callback, which cannot await.
+        self._hang_ups: set[asyncio.Task[None]] = set()
         self.counts = PagingCounts()
 
     def in_flight(self, alarm_id: int) -> bool:
@@ -258,30 +266,26 @@ class Pager:
             return result(str(exc), placed=False)
         if alarm_id in self._inflight:
             return result(f"alarm {alarm_id} already has a page in progress", placed=False)
+        # Listening before the Originate is written, or its first events could be missed.
+        self._listen(page)
         self._inflight[alarm_id] = page
         try:
-            with contextlib.closing(self._ami.events(*_EVENTS)) as stream:
-                consumer = asyncio.create_task(self._consume(stream, page))
-                try:
-                    error = await self._run(
-                        page,
-                        self._variables(
-                            alarm_id=alarm_id, cycle=cycle, device_list=device_list,
-                            prompt_list=prompt_list, caller_name=caller_name,
-                            caller_number=caller_number,
-                        ),
-                        sent,
-                    )  # fmt: skip
-                finally:
-                    consumer.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await consumer
+            error = await self._run(
+                page,
+                self._variables(
+                    alarm_id=alarm_id, cycle=cycle, device_list=device_list,
+                    prompt_list=prompt_list, caller_name=caller_name,
+                    caller_number=caller_number,
+                ),
+                sent,
+            )  # fmt: skip
             return result(error)
         except Exception as exc:  # never into the loop: it records and goes on
             logger.exception("page of alarm %s failed", alarm_id)
             return result(f"unexpected error: {exc!r}")
         finally:
             del self._inflight[alarm_id]
+            self._stop_listening(page)
 
     def _variables(
         self,
@@ -356,13 +360,32 @@ class Pager:
                 await originate
         return page.verdict()
 
-    async def _consume(self, stream: EventStream, page: _Page) -> None:
-        async for event in stream:
-            known = page.channel is not None
-            page.feed(event)
-            if page.cancelled and not known and page.channel is not None:
-                # cancel() ran before ;1 existed: hang it up now that it has a name.
-                await self._hang_up(page)
+    def _listen(self, page: _Page) -> None:
+        self._by_channel_id[page.channel_id] = page
+        if self._unsubscribe is None:
+            self._unsubscribe = self._ami.subscribe(self._on_event, *_EVENTS)
+
+    def _stop_listening(self, page: _Page) -> None:
+        del self._by_channel_id[page.channel_id]
+        # Nobody listening, nothing parsed: the call events of every call on the PBX
+        # cost nothing while no page is in flight (AmiClient.subscribe).
+        if not self._by_channel_id and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _on_event(self, event: Message) -> None:
+        # Page()'s asynchronous dials name the page only in DestLinkedid (see the theory).
+        key = "DestLinkedid" if event.event == "DialBegin" else "Linkedid"
+        page = self._by_channel_id.get(event.get(key) or "")
+        if page is None:
+            return  # another page's, or another call's
+        known = page.channel is not None
+        page.feed(event)
+        if page.cancelled and not known and page.channel is not None:
+            # cancel() ran before ;1 existed: hang it up now that it has a name.
+            task = asyncio.get_running_loop().create_task(self._hang_up(page))
+            self._hang_ups.add(task)
+            task.add_done_callback(self._hang_ups.discard)
 
     async def _wait_end(self, page: _Page, limit: float) -> bool:
         """Wait for the page to end; False on timeout or when the AMI connection drops."""

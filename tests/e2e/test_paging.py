@@ -170,3 +170,27 @@ async def test_cancel_before_the_page_starts_ringing(
         await phone.wait(("BYE ", "CANCEL "), len(phone.received("INVITE ")), within=5)
     assert result.cancelled
     assert result.duration < 5
+
+
+async def test_concurrent_pages_each_hear_only_their_own_legs(
+    sandbox: Sandbox, ami: AmiClient, tmp_path: Path
+) -> None:
+    # One subscription serves every page in flight, routed by the page's Linkedid: each
+    # page must count its own legs, none of another's, and leave nothing subscribed.
+    pager = Pager(ami, SETTINGS)
+    groups = {11: (201, 202), 12: (203,), 13: (204, 205)}
+    async with AsyncExitStack() as stack:
+        await phones(stack, sandbox, tmp_path, [ext for exts in groups.values() for ext in exts])
+        results = await asyncio.gather(
+            *(
+                pager.page(alarm_id, 1, [f"PJSIP/{ext}" for ext in exts], ["beep"])
+                for alarm_id, exts in groups.items()
+            )
+        )
+    for (alarm_id, exts), result in zip(groups.items(), results, strict=True):
+        assert result.error is None, (alarm_id, result)
+        assert (result.dialled, result.answered) == (len(exts), len(exts))
+        assert result.devices == {f"PJSIP/{ext}": "answered" for ext in exts}
+        assert not pager.in_flight(alarm_id)
+    # No page in flight: the call events of other calls are not even parsed.
+    assert ami._wanted_events() == frozenset()

@@ -4,6 +4,7 @@ escalation, acknowledgement (here and by another server), stop, and what is reco
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -34,26 +35,6 @@ class FakeAlarm:
     extension: str = "201"
 
 
-class FakeStream:
-    def __init__(self, ami: FakeAmi) -> None:
-        self._ami = ami
-        self.queue: asyncio.Queue[Message | None] = asyncio.Queue()
-        ami.streams.add(self)
-
-    def close(self) -> None:
-        self._ami.streams.discard(self)
-        self.queue.put_nowait(None)
-
-    def __aiter__(self) -> FakeStream:
-        return self
-
-    async def __anext__(self) -> Message:
-        item = await self.queue.get()
-        if item is None:
-            raise StopAsyncIteration
-        return item
-
-
 @dataclass
 class FakeAmi:
     """Destinations behave as scripted: "ack" answers and presses 1 after ``talk`` s,
@@ -65,16 +46,17 @@ class FakeAmi:
     talk: float = 0.05
     calls: list[tuple[str, str | None, dict[str, str]]] = field(default_factory=list)
     hangups: list[str] = field(default_factory=list)
-    streams: set[FakeStream] = field(default_factory=set)
+    # What subscribe() registered: (callback, names), as AmiClient keeps them.
+    listeners: list[tuple[Callable[[Message], None], frozenset[str]]] = field(default_factory=list)
     live: set[str] = field(default_factory=set)
     emergency_cid: str | None = None
 
     def emit_hangup(self, uniqueid: str, cause: int = 16) -> None:
         self.live.discard(uniqueid)
-        for stream in list(self.streams):
-            stream.queue.put_nowait(
-                Message([("Event", "Hangup"), ("Uniqueid", uniqueid), ("Cause", str(cause))])
-            )
+        event = Message([("Event", "Hangup"), ("Uniqueid", uniqueid), ("Cause", str(cause))])
+        for callback, names in list(self.listeners):
+            if "hangup" in names:
+                callback(event)
 
     async def originate(
         self,
@@ -137,8 +119,10 @@ class FakeAmi:
         self.emit_hangup(channel)
         return True
 
-    def events(self, *names: str) -> FakeStream:
-        return FakeStream(self)
+    def subscribe(self, callback: Callable[[Message], None], *names: str) -> Callable[[], None]:
+        entry = (callback, frozenset(name.lower() for name in names))
+        self.listeners.append(entry)
+        return lambda: self.listeners.remove(entry)
 
     async def action_list(self, name, /, *, reply_timeout=None, **fields) -> list[Message]:
         assert (name, fields) == ("DBGet", {"Family": "DEVICE", "Key": "201/emergency_cid"})
@@ -258,6 +242,33 @@ async def test_busy_and_no_answer_then_the_next_destination_acknowledges():
         (e.details["destination"], e.details["attempt"]) for e in calls
     ]
     assert all(d.occurred_at <= c.occurred_at for d, c in zip(s.dialling, calls, strict=True))
+
+
+async def test_calls_of_alarms_at_once_each_hear_their_own_hangup():
+    # One Hangup subscription serves every call in flight, routed by its Uniqueid.
+    s = setup(
+        {"PJSIP/1": "busy", "PJSIP/2": "noanswer"},
+        destinations=["PJSIP/1", "PJSIP/2"],
+    )
+    first, second = FakeAlarm(id=1), FakeAlarm(id=2)
+    assert s.caller.start(first)
+    assert s.caller.start(second)
+    assert await s.caller.wait(first.id, 5)
+    assert await s.caller.wait(second.id, 5)
+    await s.caller.close()
+    causes = {
+        (e.alarm_id, e.details["destination"]): e.details["hangup_cause"]
+        for e in s.recorded
+        if e.kind == "emergency_call"
+    }
+    assert causes == {
+        (1, "PJSIP/1"): 17,
+        (1, "PJSIP/2"): 19,
+        (2, "PJSIP/1"): 17,
+        (2, "PJSIP/2"): 19,
+    }
+    # Nothing in flight: nothing left listening.
+    assert s.ami.listeners == []
 
 
 async def test_rounds_repeat_the_list_then_escalate_and_record_exhaustion():

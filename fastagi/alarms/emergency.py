@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -48,6 +49,7 @@ from typing import Any, Literal, Protocol
 
 from fastagi.ami import AmiActionError, AmiError, Message, OriginateReason, OriginateResult
 from fastagi.ami.framing import FieldValue
+from fastagi.ami.routing import EventRouter, EventSource
 from fastagi.config import EmergencySettings
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.directory import UNKNOWN_DEPARTMENT
@@ -194,7 +196,11 @@ def emergency_announcement(
 # ---- what the caller needs from the rest of the system -----------------------------------
 
 
-class EmergencyAmi(Protocol):
+def _uniqueid(event: Message) -> str | None:
+    return event.get("Uniqueid")
+
+
+class EmergencyAmi(EventSource, Protocol):
     """The part of :class:`fastagi.ami.AmiClient` the emergency call uses."""
 
     async def originate(
@@ -211,8 +217,6 @@ class EmergencyAmi(Protocol):
     ) -> OriginateResult: ...
 
     async def hangup(self, channel: str, *, cause: int | None = None) -> bool: ...
-
-    def subscribe(self, callback: Callable[[Message], None], *names: str) -> Callable[[], None]: ...
 
     async def action_list(
         self, name: str, /, *, reply_timeout: float | None = None, **fields: FieldValue
@@ -308,11 +312,9 @@ class EmergencyCaller:
         self._on_escalated = on_escalated
         self._on_acknowledged = on_acknowledged
         self._runs: dict[int, _Run] = {}
-        # Every call in flight, of every alarm, by its channel id (its Uniqueid): one
-        # subscription to Hangup hands each event to its call. A stream per call made
-        # every call take every Hangup on the PBX, each page's legs' among them.
-        self._calls: dict[str, _Call] = {}
-        self._unsubscribe: Callable[[], None] | None = None
+        # Every call in flight, of every alarm, told of its Hangup by its channel id (its
+        # Uniqueid), among the Hangups of every call on the PBX.
+        self._hangups = EventRouter(ami, _uniqueid, "Hangup")
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -555,7 +557,7 @@ class EmergencyCaller:
             )
         )
         # Listening before the Originate, or a quick Hangup could be missed.
-        self._listen(call)
+        self._hangups.add(call.channel_id, functools.partial(self._on_hangup, call))
         try:
             try:
                 result = await self._ami.originate(
@@ -586,7 +588,7 @@ class EmergencyCaller:
             outcome = Outcome.ACKNOWLEDGED if acknowledged_here else Outcome.CANCELLED
             raise
         finally:
-            self._stop_listening(call)
+            self._hangups.discard(call.channel_id)
             if outcome is Outcome.CANCELLED or outcome is Outcome.NOT_ACKNOWLEDGED:
                 # Still ringing or still talking: end it (never the acknowledging call).
                 self._spawn(self._hang_up(call))
@@ -637,21 +639,8 @@ class EmergencyCaller:
             outcome = classify(result, call.hangup_cause)
         return outcome
 
-    def _listen(self, call: _Call) -> None:
-        self._calls[call.channel_id] = call
-        if self._unsubscribe is None:
-            self._unsubscribe = self._ami.subscribe(self._on_hangup, "Hangup")
-
-    def _stop_listening(self, call: _Call) -> None:
-        self._calls.pop(call.channel_id, None)
-        # No call in flight: the Hangup of every call on the PBX goes unparsed.
-        if not self._calls and self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-
-    def _on_hangup(self, event: Message) -> None:
-        call = self._calls.get(event.get("Uniqueid") or "")
-        if call is None or call.hung_up.is_set():
+    def _on_hangup(self, call: _Call, event: Message) -> None:
+        if call.hung_up.is_set():
             return
         with contextlib.suppress(ValueError):
             call.hangup_cause = int(event.get("Cause", ""))

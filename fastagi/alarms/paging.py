@@ -44,12 +44,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fastagi.ami import AmiClient, AmiError, Message
+from fastagi.ami.routing import EventRouter
 from fastagi.config import AlarmSettings
 from fastagi.domain.drill import ANSWERED, BUSY, NO_ANSWER, NOT_DIALLED, device_of
 from fastagi.domain.rules import join_items
@@ -203,12 +205,8 @@ class Pager:
         self._ami = ami
         self._settings = settings
         self._inflight: dict[int, _Page] = {}
-        # The same pages by channel id, which is the Linkedid of every channel of a page:
-        # one subscription hands each event to its own page. A stream per page made every
-        # page in flight take every page's events, and 200 alarms paging together cost
-        # 200 x 200 deliveries per burst.
-        self._by_channel_id: dict[str, _Page] = {}
-        self._unsubscribe: Callable[[], None] | None = None
+        # Each page's events by its channel id, the Linkedid of every channel of the page.
+        self._events = EventRouter(ami, _page_of, *_EVENTS)
         # Hang-ups a late cancel() started from the event callback, which cannot await.
         self._hang_ups: set[asyncio.Task[None]] = set()
         self.counts = PagingCounts()
@@ -267,7 +265,7 @@ class Pager:
         if alarm_id in self._inflight:
             return result(f"alarm {alarm_id} already has a page in progress", placed=False)
         # Listening before the Originate is written, or its first events could be missed.
-        self._listen(page)
+        self._events.add(page.channel_id, functools.partial(self._on_event, page))
         self._inflight[alarm_id] = page
         try:
             error = await self._run(
@@ -285,7 +283,7 @@ class Pager:
             return result(f"unexpected error: {exc!r}")
         finally:
             del self._inflight[alarm_id]
-            self._stop_listening(page)
+            self._events.discard(page.channel_id)
 
     def _variables(
         self,
@@ -360,25 +358,7 @@ class Pager:
                 await originate
         return page.verdict()
 
-    def _listen(self, page: _Page) -> None:
-        self._by_channel_id[page.channel_id] = page
-        if self._unsubscribe is None:
-            self._unsubscribe = self._ami.subscribe(self._on_event, *_EVENTS)
-
-    def _stop_listening(self, page: _Page) -> None:
-        del self._by_channel_id[page.channel_id]
-        # Nobody listening, nothing parsed: the call events of every call on the PBX
-        # cost nothing while no page is in flight (AmiClient.subscribe).
-        if not self._by_channel_id and self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-
-    def _on_event(self, event: Message) -> None:
-        # Page()'s asynchronous dials name the page only in DestLinkedid (see the theory).
-        key = "DestLinkedid" if event.event == "DialBegin" else "Linkedid"
-        page = self._by_channel_id.get(event.get(key) or "")
-        if page is None:
-            return  # another page's, or another call's
+    def _on_event(self, page: _Page, event: Message) -> None:
         known = page.channel is not None
         page.feed(event)
         if page.cancelled and not known and page.channel is not None:
@@ -433,6 +413,12 @@ class Pager:
                 logger.warning("cannot hang up %s: %s", channel, exc)
 
         await asyncio.gather(*(one(channel) for channel in page.live_channels))
+
+
+def _page_of(event: Message) -> str | None:
+    """The channel id of the page an event is of: its Linkedid, or for Page()'s
+    asynchronous dials, which name the page only there, DestLinkedid (see the theory)."""
+    return event.get("DestLinkedid" if event.event == "DialBegin" else "Linkedid")
 
 
 def _one_line(text: str) -> str:

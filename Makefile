@@ -119,6 +119,7 @@ bench-latency: deps sandbox-image
 bench-scale: deps $(BENCH_STAMP)
 	$(PY) -m bench.directory
 	$(PY) -m bench.ami_events
+	$(PY) -m bench.pool_reset
 	$(PY) -m bench.tts_scale
 
 # The wheel production installs (README, "Production install"). Built from a fresh copy

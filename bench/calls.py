@@ -466,7 +466,9 @@ async def _seed(pool: asyncpg.Pool[asyncpg.Record]) -> int:
 
 
 @contextlib.contextmanager
-def _cluster(workdir: Path) -> Iterator[str]:
+def throwaway_cluster(workdir: Path) -> Iterator[str]:
+    """A PostgreSQL cluster of its own under ``workdir``, tuned for speed (no fsync), with
+    a database ``bench``; yields its DSN and stops the cluster afterwards."""
     from fastagi_dev.cluster import OS_USER, EmbeddedCluster
 
     # The server's OS user must reach the data directory: workdir is 0700 (mkdtemp).
@@ -520,7 +522,7 @@ def _sandbox(agi_port: int) -> Iterator[Any]:
 
 def run_plan(plan: Plan, workdir: Path, log: TextIO) -> Report:
     report = Report()
-    with _cluster(workdir) as dsn:
+    with throwaway_cluster(workdir) as dsn:
         ours_port, floor_port = _free_tcp_port(), _free_tcp_port()
         with _sandbox(ours_port) as sandbox:
             department_id = asyncio.run(_migrate_and_seed(dsn))

@@ -269,13 +269,21 @@ def stats_line(stats: FloorStats) -> str:
     return f"STATS {json.dumps(figures)}"
 
 
+async def _no_reset_query(_connection: asyncpg.Connection[asyncpg.Record]) -> None:
+    pass
+
+
 async def serve(host: str, port: int, dsn: str, site: PanicSite) -> int:
     stats = FloorStats()
     routes: dict[str, Route] = {
         "probe": probe,
         "panic": lambda call, pool: panic(call, pool, site),
     }
-    pool = await asyncpg.create_pool(dsn, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE)
+    # The pool resets connections as ours does (fastagi/store/pool.py): no reset query
+    # after each statement, so both servers send PostgreSQL the same statements.
+    pool = await asyncpg.create_pool(
+        dsn, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE, reset=_no_reset_query
+    )
     server = await asyncio.start_server(
         lambda r, w: _serve_call(r, w, routes, pool, stats), host, port, backlog=1024
     )

@@ -31,6 +31,7 @@ from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store._common import COUNT_CYCLE, StoreError
 from fastagi.store.changes import ALARMS_CHANNEL, AlarmChange, notify_alarm_change
 from fastagi.store.history import cycle_started_at, for_alarm, insert_event
+from fastagi.store.pool import release_session
 
 logger = logging.getLogger(__name__)
 
@@ -363,15 +364,12 @@ class AlarmStore:
         try:
             await connection.add_listener(CHANNEL, on_notify)
         except BaseException:
-            await self._pool.release(connection)
+            await release_session(self._pool, connection)
             raise
 
         async def close() -> None:
-            try:
-                if not connection.is_closed():
-                    await connection.remove_listener(CHANNEL, on_notify)
-            finally:
-                await self._pool.release(connection)
+            # The reset UNLISTENs and drops on_notify.
+            await release_session(self._pool, connection)
 
         return close
 

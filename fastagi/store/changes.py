@@ -46,6 +46,7 @@ import asyncpg
 from fastagi.domain.events import HistoryEvent
 from fastagi.store._common import Connection
 from fastagi.store.history import insert_event
+from fastagi.store.pool import release_session
 
 logger = logging.getLogger(__name__)
 
@@ -234,14 +235,10 @@ class ChannelListener:
     async def _release(
         self, connection: Connection, terminated: Callable[[object], None] | None
     ) -> None:
-        with contextlib.suppress(Exception):
-            if not connection.is_closed():
-                if terminated is not None:
-                    connection.remove_termination_listener(terminated)
-                for channel in self._handlers:
-                    await connection.remove_listener(channel, self._notified)
-        with contextlib.suppress(Exception):
-            await self._pool.release(connection)
+        if terminated is not None:
+            connection.remove_termination_listener(terminated)
+        # The reset UNLISTENs and drops the callbacks.
+        await release_session(self._pool, connection)
 
 
 class ChangeListener(ChannelListener):

@@ -10,6 +10,7 @@ import secrets
 import asyncpg
 
 from fastagi.store.migrations import MigrationStatus, status
+from fastagi.store.pool import release_session
 
 # A channel of its own: no server listens on it, so a check never wakes one.
 CHECK_CHANNEL = "fastagi_check"
@@ -44,9 +45,10 @@ class HealthStore:
             if payload == token and not arrived.done():
                 arrived.set_result(loop.time())
 
-        async with asyncio.timeout(timeout), self._pool.acquire() as listener:
-            await listener.add_listener(CHECK_CHANNEL, on_notify)
+        async with asyncio.timeout(timeout):
+            listener = await self._pool.acquire()
             try:
+                await listener.add_listener(CHECK_CHANNEL, on_notify)
                 sent = loop.time()
                 # Another connection of the pool: the notification travels through the
                 # server, as a change made by the CLI on one host reaches a server on
@@ -54,5 +56,6 @@ class HealthStore:
                 await self._pool.execute("SELECT pg_notify($1, $2)", CHECK_CHANNEL, token)
                 received: float = await arrived
             finally:
-                await listener.remove_listener(CHECK_CHANNEL, on_notify)
+                # UNLISTEN even when the deadline cut the check short.
+                await release_session(self._pool, listener)
         return received - sent

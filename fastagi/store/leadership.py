@@ -27,6 +27,7 @@ import asyncpg
 
 from fastagi.domain.alarm import ACTIVE
 from fastagi.store._common import COUNT_CYCLE, Connection
+from fastagi.store.pool import release_session
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ class LeaderLocks:
     async def _conn(self) -> Connection:
         if self._connection is None or self._connection.is_closed():
             if self._connection is not None:
-                with contextlib.suppress(Exception):
-                    await self._pool.release(self._connection)
+                await release_session(self._pool, self._connection)
             self._held.clear()  # a new session holds nothing
             self._connection = await self._pool.acquire()
         return self._connection
@@ -103,10 +103,9 @@ class LeaderLocks:
         async with self._lock:
             if self._connection is None:
                 return
-            with contextlib.suppress(Exception):
-                await self._connection.fetchval("SELECT pg_advisory_unlock_all()")
-            with contextlib.suppress(Exception):
-                await self._pool.release(self._connection)
+            # The reset unlocks them all (pg_advisory_unlock_all); a connection that
+            # cannot be reset is closed, which ends its locks too.
+            await release_session(self._pool, self._connection)
             self._connection = None
             self._held.clear()
 

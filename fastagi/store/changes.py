@@ -236,7 +236,9 @@ class ChannelListener:
         self, connection: Connection, terminated: Callable[[object], None] | None
     ) -> None:
         if terminated is not None:
-            connection.remove_termination_listener(terminated)
+            # A connection asyncpg saw lost is already back in the pool: its proxy refuses.
+            with contextlib.suppress(Exception):
+                connection.remove_termination_listener(terminated)
         # The reset UNLISTENs and drops the callbacks.
         await release_session(self._pool, connection)
 

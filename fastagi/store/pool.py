@@ -4,8 +4,8 @@ Theory of operation. asyncpg's pool resets each connection it takes back: its ow
 (an open transaction rolled back, the connection's Python-side listeners dropped) and a
 query to PostgreSQL (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``,
 ``Connection.get_reset_query``). That query is a round trip after every pooled
-statement: a pooled INSERT held its connection 1.7x as long and cost 1.7x the client
-CPU with it (``docs/performance.md``, "The pool's reset"). Our statements leave no session
+statement: with it, a pooled INSERT held its connection 1.8-1.9x as long and cost 1.6-1.7x
+the client CPU (``docs/performance.md``, "The pool's reset"). Our statements leave no session
 state behind them (no ``SET``, no session advisory lock, no cursor outside a
 transaction, no ``LISTEN``), so the pool skips the query (:func:`_keep_session`) and
 keeps asyncpg's own part. The few connections that do carry session state (the

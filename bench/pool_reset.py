@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -29,13 +28,12 @@ from pathlib import Path
 import asyncpg
 from pydantic import SecretStr
 
-from bench.calls import throwaway_cluster
+from bench.calls import cpu_seconds, throwaway_cluster
 from bench.stats import Spread, paired_ratios
 from fastagi.config import DatabaseSettings
 from fastagi.store.pool import create_pool
 
 INSERT = "INSERT INTO bench_events (kind, details) VALUES ($1, $2::jsonb)"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -52,19 +50,14 @@ def _postgres_cpu_seconds(user: str) -> float:
     import pwd
 
     uid = pwd.getpwnam(user).pw_uid
-    total = 0
+    total = 0.0
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
         try:
-            if os.stat(entry.path).st_uid != uid:
-                continue
-            with open(f"{entry.path}/stat") as file:
-                fields = file.read().rpartition(")")[2].split()
+            if entry.name.isdigit() and os.stat(entry.path).st_uid == uid:
+                total += cpu_seconds(int(entry.name))
         except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (proc(5))
-    return total / CLOCK_TICKS
+            continue  # gone meanwhile
+    return total
 
 
 async def _step(dsn: str, pool_name: str, statements: int, concurrency: int, user: str) -> Step:
@@ -86,15 +79,15 @@ async def _step(dsn: str, pool_name: str, statements: int, concurrency: int, use
                 await pool.execute(INSERT, "triggered", '{"prompts": 1}')
                 held += time.perf_counter() - started
 
-        before = resource.getrusage(resource.RUSAGE_SELF)
+        before = cpu_seconds(os.getpid())
         backend_before = _postgres_cpu_seconds(user)
         await asyncio.gather(*(worker(statements // concurrency) for _ in range(concurrency)))
         backend_after = _postgres_cpu_seconds(user)
-        after = resource.getrusage(resource.RUSAGE_SELF)
+        after = cpu_seconds(os.getpid())
     finally:
         await pool.close()
     done = statements // concurrency * concurrency
-    client = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    client = after - before
     return Step(
         pool_name,
         concurrency,

@@ -1,7 +1,7 @@
 """Leadership: which server pages an alarm, the gate before each page, and how a new
 leader continues a dead one's schedule.
 
-The locks and the row lock are SQL (fastagi/store/leadership.py); this module turns them
+The leader and page locks are SQL (fastagi/store/leadership.py); this module turns them
 into what a paging loop needs (a :class:`~fastagi.alarms.loop.Turn` per page, paging on
 when PostgreSQL cannot say: an alarm is never silenced by a failure) and into the
 resumption of a loop whose leader died: one interval after its last page *began*
@@ -24,7 +24,7 @@ from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store import Stores
-from fastagi.store.leadership import LeaderLocks, locked_alarm_row
+from fastagi.store.leadership import LeaderLocks
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ class Leadership:
         timeout: float,
     ) -> None:
         self.locks = LeaderLocks(pool, namespace)
-        self._pool = pool
         self._stores = stores
         self._recorder = recorder
         self._outage = outage
@@ -54,11 +53,12 @@ class Leadership:
 
     @contextlib.asynccontextmanager
     async def gate(self, alarm_id: int) -> AsyncIterator[Turn]:
-        """The turn of the next page of the alarm, holding its row until it is counted."""
+        """The turn of the next page of the alarm, holding its page lock until it is
+        counted."""
         if alarm_id < 0 or self._outage.down:
             yield Turn(None)  # a provisional alarm, or PostgreSQL down: page
             return
-        async with locked_alarm_row(self._pool, alarm_id, self._timeout) as row:
+        async with self.locks.page_turn(alarm_id, self._timeout) as row:
             if row is None:
                 yield Turn(None)
             elif not row.active:

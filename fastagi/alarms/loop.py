@@ -11,19 +11,20 @@ loop, in this order:
 
 1. takes its ``hold`` lock, which :meth:`AlarmService.deactivate` holds while it writes the
    deactivation, and checks its own stop flag;
-2. opens the service's *gate*: a transaction that locks the alarm row, so a deactivation
-   committed elsewhere (CLI, another server) either came first, and the gate says
-   "inactive", or waits for the gate to close, which happens only once the page's
-   devices were dialled, i.e. the page reached the phones before the acknowledgement
-   (and the leader hangs it up when it hears of it);
+2. opens the service's *gate*: it takes the alarm's page lock, which a deactivation takes
+   before it changes the row (fastagi/store/leadership.py), so a deactivation committed
+   elsewhere (CLI, another server) either came first, and the gate says "inactive", or
+   waits for the gate to close, which happens only once the page's devices were
+   dialled, i.e. the page reached the phones before the acknowledgement (and the leader
+   hangs it up when it hears of it);
 3. starts the page and waits until its Originate is sent (the schedule counts from
    then), then until Asterisk reports every device dialled (``DialBegin``, published
    after the INVITE left: fastagi/alarms/paging.py), for at most
    ``dial_confirm_timeout`` seconds, so a device that cannot be dialled never holds a
    deactivation long; counts the cycle on the alarm row (``cycles``, ``last_cycle_at``:
-   the page's start) in the gate's transaction and commits it; then releases both.
+   the page's start); then releases both.
 
-Holding the row only until the Originate was written is not enough: Page() dials its
+Holding the lock only until the Originate was written is not enough: Page() dials its
 devices a few milliseconds to tens of milliseconds later (more on a loaded host), so a
 deactivation committed in between was acknowledged before INVITEs that then rang.
 
@@ -447,7 +448,7 @@ class AlarmLoop:
                 started_at = datetime.now(UTC)
                 # ... and until its INVITEs are out (or the cap): see the theory above.
                 await _first(page, dialled, self._settings.dial_confirm_timeout)
-                # Counted now, before the row lock is released.
+                # Counted now, before the page lock is released.
                 await turn.count(cycle, started_at)
         self.cycle = cycle
         result = await page

@@ -26,7 +26,7 @@ What the AMI event stream shows of it, per channel (Asterisk 22):
   matched on ``DestLinkedid``. A device that cannot be dialled has no ``DialBegin``; the
   ``;2`` half's ``ConfbridgeJoin`` (Page() is past its dial loop, about 0.5 s later) or
   its ``Hangup`` says that every device was tried. :meth:`Pager.page` sets ``dialled``
-  then, so the loop keeps the row lock until the page's INVITEs are out.
+  then, so the loop keeps the page lock until the page's INVITEs are out.
 
 Subscribe before originating, or the first events can be missed. Originate's own reply
 (``OriginateResponse``) goes to :meth:`AmiClient.originate`, not to the stream.

@@ -113,7 +113,7 @@ class AlarmService:
         languages: Languages | None = None,
     ) -> None:
         """``pool`` is the stores' pool: leadership takes one connection of it for the
-        leader locks, and short transactions for the gate before each page.
+        leader and page locks, and one short UPDATE for the gate of each page.
         ``recorder``: the history recorder shared with everyone who acts on alarms.
         ``drill_settings``: what drills say, page and wait for (``[drill]``).
         ``languages``: the prompt catalogues pages speak (default: the built-in ones)."""

@@ -142,7 +142,7 @@ RIGHTS: tuple[Right, ...] = (
         "call",
         "call",
         "main/manager_channels.c channel_dial_cb (manager_event(EVENT_FLAG_CALL, ...))",
-        "Pager: each device of a page dialled (its INVITE out) before the row lock ends",
+        "Pager: each device of a page dialled (its INVITE out) before the page lock ends",
     ),
     Right(
         "ConfbridgeJoin",

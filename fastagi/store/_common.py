@@ -17,6 +17,12 @@ Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 _T = TypeVar("_T")
 
 
+# pg_advisory_lock(PAGE_LOCK, alarm_id): held by an alarm's leader from just before a page
+# until its devices were dialled; a deactivation waits for it (fastagi/store/leadership.py).
+# "PAG"; the leader locks use [alarm] lock_namespace, drills "DRL".
+PAGE_LOCK = 0x504147
+
+
 # Counts a cycle on the alarm row, idempotently: both only grow, so a cycle counted at its
 # start (fastagi/store/leadership.py), again with its event, or by a replay of it is
 # counted once. $2: the cycle's number (NULL: one more than counted); $3: when its page

@@ -28,7 +28,7 @@ import asyncpg
 from fastagi.domain.alarm import Alarm
 from fastagi.domain.drill import Drill, drill_key
 from fastagi.domain.events import EventKind, HistoryEvent
-from fastagi.store._common import COUNT_CYCLE, StoreError
+from fastagi.store._common import COUNT_CYCLE, PAGE_LOCK, StoreError
 from fastagi.store.changes import ALARMS_CHANNEL, AlarmChange, notify_alarm_change
 from fastagi.store.history import cycle_started_at, for_alarm, insert_event
 from fastagi.store.pool import release_session
@@ -289,15 +289,18 @@ class AlarmStore:
 
         None, writing nothing, when the alarm is unknown or no longer active.
 
-        The row lock comes first: a page being started holds it until its devices were
-        dialled (fastagi/store/leadership.py), so a deactivation waits for that page and
-        its leader hangs it up. Then ``deactivated_at`` (and the event's ``occurred_at``)
-        is the moment the row changes, after that wait: no page starts after it.
+        The alarm's page lock comes first: a page being started holds it until its
+        devices were dialled (fastagi/store/leadership.py), so a deactivation waits for
+        that page and its leader hangs it up. Then ``deactivated_at`` (and the event's
+        ``occurred_at``) is the moment the row changes, after that wait: no page starts
+        after it.
         ``finished_by``: the server that stops paging, puts out the lamps and tells the
         listeners itself (None: the CLI; the alarm's leader does it on the NOTIFY).
         """
         async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT FROM alarms WHERE id = $1 FOR NO KEY UPDATE", alarm_id)
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock($1::int, $2::int)", PAGE_LOCK, alarm_id
+            )
             row = await connection.fetchrow(
                 """
                 UPDATE alarms

@@ -1,4 +1,4 @@
-"""The SQL of leadership: which server pages an alarm, and the row lock around each page.
+"""The SQL of leadership: which server pages an alarm, and the lock around each page.
 
 Theory of operation. Several servers may share one database; each active alarm is paged
 by exactly one of them, its *leader*, which holds ``pg_try_advisory_lock(namespace,
@@ -6,18 +6,28 @@ alarm_id)`` on a connection kept for that alone. Session-level advisory locks en
 their session, so when a leader dies (or its connection does) the lock is free for
 another server's takeover scan (fastagi/alarms/leadership.py).
 
-Before each page the leader locks the alarm row (:func:`locked_alarm_row`) in a
-transaction that lasts until the page's devices were dialled (their INVITEs are out; at
-most ``[alarm] dial_confirm_timeout`` seconds, fastagi/alarms/loop.py) and the cycle is
-counted: a concurrent deactivation (it locks the row first, fastagi/store/alarms.py)
-waits for it, so it is acknowledged only after that page reached the phones, and the
-leader hangs that page up; a deactivation that committed first is seen here.
+Before each page the leader takes the alarm's *page lock*,
+``pg_advisory_lock(PAGE_LOCK, alarm_id)``, on that same connection, then reads the row
+(:meth:`LeaderLocks.page_turn`), and holds the lock until the page's devices were dialled
+(their INVITEs are out; at most ``[alarm] dial_confirm_timeout`` seconds,
+fastagi/alarms/loop.py) and the cycle is counted. A deactivation takes the same key with
+``pg_advisory_xact_lock`` before it changes the row (fastagi/store/alarms.py), so it
+waits for that page and is acknowledged only after the page reached the phones, and the
+leader hangs that page up; a deactivation that committed first is seen by the read,
+which comes after the lock, so its snapshot is newer than the deactivation's commit.
+
+A session lock, not a row lock in a transaction: it holds no connection while the page
+dials. Locking the row held one pooled connection per page for the whole dial (tens to
+hundreds of milliseconds on a loaded host), so 50 alarms paging in the same second
+queued for the pool and paged late (docs/performance.md, "Many alarms at once"). The
+page lock costs three short statements on the leaders' connection and one pooled UPDATE.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +36,7 @@ from datetime import datetime
 import asyncpg
 
 from fastagi.domain.alarm import ACTIVE
-from fastagi.store._common import COUNT_CYCLE, Connection
+from fastagi.store._common import COUNT_CYCLE, PAGE_LOCK, Connection
 from fastagi.store.pool import release_session
 
 logger = logging.getLogger(__name__)
@@ -99,6 +109,89 @@ class LeaderLocks:
                 return not lost
             return True
 
+    @contextlib.asynccontextmanager
+    async def page_turn(self, alarm_id: int, deadline: float) -> AsyncIterator[LockedRow | None]:
+        """Hold the alarm's page lock and yield its row as read under it, for one page.
+        None: PostgreSQL cannot say (the caller pages anyway). ``deadline``: seconds for
+        each statement."""
+        try:
+            connection, row = await self._lock_page(alarm_id, deadline)
+        except Exception as exc:
+            logger.warning("active check of alarm %s impossible: %s", alarm_id, exc)
+            yield None
+            return
+        try:
+            count = functools.partial(self._count, alarm_id, deadline)
+            if row is None or row["state"] != ACTIVE:
+                yield LockedRow(active=False, cycles=0, count=count)
+            else:
+                yield LockedRow(active=True, cycles=row["cycles"], count=count)
+        finally:
+            await self._unlock_page(connection, alarm_id)
+
+    async def _lock_page(
+        self, alarm_id: int, deadline: float
+    ) -> tuple[Connection, asyncpg.Record | None]:
+        async with self._lock:
+            async with asyncio.timeout(_ACQUIRE_TIMEOUT):
+                connection = await self._conn()
+            try:
+                await connection.execute(
+                    "SELECT pg_advisory_lock($1::int, $2::int)",
+                    PAGE_LOCK,
+                    alarm_id,
+                    timeout=deadline,
+                )
+                # A statement of its own: its snapshot is taken once the lock is ours,
+                # so it sees a deactivation that held the lock before us.
+                row = await connection.fetchrow(
+                    "SELECT state, cycles FROM alarms WHERE id = $1", alarm_id, timeout=deadline
+                )
+            except BaseException:
+                # The lock may have been granted as its wait timed out or was cancelled:
+                # a lock left held would stall every deactivation of the alarm.
+                await self._unlock(connection, alarm_id)
+                raise
+            return connection, row
+
+    async def _unlock_page(self, connection: Connection, alarm_id: int) -> None:
+        async with self._lock:
+            await self._unlock(connection, alarm_id)
+
+    async def _unlock(self, connection: Connection, alarm_id: int) -> None:
+        """Release the page lock (not held: a no-op). A connection lost or replaced in
+        the meantime took the lock with its session."""
+        if connection is not self._connection or connection.is_closed():
+            return
+        try:
+            await connection.fetchval(
+                "SELECT pg_advisory_unlock($1::int, $2::int)",
+                PAGE_LOCK,
+                alarm_id,
+                timeout=_ACQUIRE_TIMEOUT,
+            )
+        except Exception as exc:
+            # Its session, and so the lock, ends with it.
+            logger.warning(
+                "page lock of alarm %s not released; closing its session: %r", alarm_id, exc
+            )
+            connection.terminate()
+
+    async def _count(
+        self, alarm_id: int, deadline: float, cycle: int, started_at: datetime
+    ) -> bool:
+        """Count the cycle on the row (a pooled statement: the leaders' connection never
+        waits for a row lock). False when that failed: the cycle's event counts it later."""
+        try:
+            async with asyncio.timeout(deadline):
+                await self._pool.execute(COUNT_CYCLE, alarm_id, cycle, started_at)
+        except Exception as exc:
+            logger.warning(
+                "cycle %s of alarm %s not counted at its start: %r", cycle, alarm_id, exc
+            )
+            return False
+        return True
+
     async def close(self) -> None:
         async with self._lock:
             if self._connection is None:
@@ -116,61 +209,6 @@ class LockedRow:
 
     active: bool
     cycles: int
-    # count(cycle, started_at): once the page started, count it on the row and commit
-    # (ending the lock); False when that failed (the cycle's event counts it later).
-    # Never raises.
+    # count(cycle, started_at): once the page's devices were dialled, count it on the
+    # row; False when that failed (the cycle's event counts it later). Never raises.
     count: Callable[[int, datetime], Awaitable[bool]]
-
-
-@contextlib.asynccontextmanager
-async def locked_alarm_row(
-    pool: asyncpg.Pool[asyncpg.Record], alarm_id: int, deadline: float
-) -> AsyncIterator[LockedRow | None]:
-    """Lock the alarm row (``FOR NO KEY UPDATE``: the lock its UPDATE takes anyway) for
-    one page. None: PostgreSQL cannot say (the caller pages anyway)."""
-    try:
-        connection = await pool.acquire(timeout=_ACQUIRE_TIMEOUT)
-    except Exception as exc:
-        logger.warning("active check of alarm %s impossible: %s", alarm_id, exc)
-        yield None
-        return
-    try:
-        transaction = connection.transaction()
-        try:
-            await transaction.start()
-            row = await connection.fetchrow(
-                "SELECT state, cycles FROM alarms WHERE id = $1 FOR NO KEY UPDATE",
-                alarm_id,
-                timeout=deadline,
-            )
-        except Exception as exc:
-            logger.warning("active check of alarm %s failed: %s", alarm_id, exc)
-            with contextlib.suppress(Exception):
-                await transaction.rollback()
-            yield None
-            return
-
-        async def count(cycle: int, started_at: datetime) -> bool:
-            try:
-                async with asyncio.timeout(deadline):
-                    await connection.execute(COUNT_CYCLE, alarm_id, cycle, started_at)
-                    await transaction.commit()
-            except Exception as exc:
-                # Counted with the cycle's event, when it ends (or is replayed).
-                logger.warning(
-                    "cycle %s of alarm %s not counted at its start: %r", cycle, alarm_id, exc
-                )
-                return False
-            return True
-
-        try:
-            if row is None or row["state"] != ACTIVE:
-                yield LockedRow(active=False, cycles=0, count=count)
-            else:
-                yield LockedRow(active=True, cycles=row["cycles"], count=count)
-        finally:
-            # Nothing to undo after a commit (rollback() then just raises).
-            with contextlib.suppress(Exception):
-                await transaction.rollback()
-    finally:
-        await pool.release(connection)

@@ -70,12 +70,11 @@ class DatabaseSettings(BaseModel):
 
     dsn: SecretStr = SecretStr("postgresql:///fastagi")
     pool_min_size: int = Field(default=1, ge=0)
-    # Each page holds a connection until its INVITEs are out (the alarm's row lock, which
-    # keeps a deactivation from passing a page on its way: fastagi/alarms/leadership.py),
-    # so a burst of alarms waits for connections. 200 alarms activated at once paged
-    # their first pages within p95 2.6-2.9 s with 40, 3.1-4.0 s with 20 and 4.5-11.5 s
-    # with 10 (docs/performance.md). With PostgreSQL's default max_connections (100),
-    # 20 leaves room for 3 servers and their LISTEN connections, the CLI and the console.
+    # One connection is kept for the leader and page locks (fastagi/store/leadership.py);
+    # a page holds no other while it dials, only for its short statements, so a burst of
+    # alarms paging at once shares the rest (docs/performance.md, "Many alarms at once").
+    # With PostgreSQL's default max_connections (100), 20 leaves room for 3 servers and
+    # their LISTEN connections, the CLI and the console.
     pool_max_size: int = Field(default=20, ge=1)
 
 

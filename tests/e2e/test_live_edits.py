@@ -10,7 +10,7 @@ What is measured (printed for docs/reliability.md):
 - deactivations placed while a page plays, when the next one is due, and when it has
   just been originated, from a call (the service) and from the CLI: INVITEs the paging
   phones received after the deactivation took effect (``alarms.deactivated_at``, stamped
-  once the row lock was had; both clocks are this machine's wall clock), and how long
+  once the page lock was had; both clocks are this machine's wall clock), and how long
   after it the legs in flight were hung up (the phones' BYE or CANCEL).
 
 Extensions: desk phones 160-169, paging phones 236-239 (apart from other tests).

@@ -21,6 +21,11 @@ dials. Locking the row held one pooled connection per page for the whole dial (t
 hundreds of milliseconds on a loaded host), so 50 alarms paging in the same second
 queued for the pool and paged late (docs/performance.md, "Many alarms at once"). The
 page lock costs three short statements on the leaders' connection and one pooled UPDATE.
+
+Every alarm's gate shares that connection, so a check that cannot be answered (a
+PostgreSQL that stalls) must not hold up the others: a gate's deadline covers its wait
+for the connection, after which its page goes out unchecked (never silent), and the
+unlock after a page runs in the background, so no loop waits for it.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class LeaderLocks:
         self._connection: Connection | None = None
         self._held: set[int] = set()
         self._lock = asyncio.Lock()  # one statement at a time on the connection
+        self._unlocking: set[asyncio.Task[None]] = set()  # page locks being released
 
     async def _conn(self) -> Connection:
         if self._connection is None or self._connection.is_closed():
@@ -112,12 +118,14 @@ class LeaderLocks:
     @contextlib.asynccontextmanager
     async def page_turn(self, alarm_id: int, deadline: float) -> AsyncIterator[LockedRow | None]:
         """Hold the alarm's page lock and yield its row as read under it, for one page.
-        None: PostgreSQL cannot say (the caller pages anyway). ``deadline``: seconds for
-        each statement."""
+        None: PostgreSQL cannot say within ``deadline`` seconds (the caller pages anyway).
+
+        One alarm has one turn at a time (its loop's gates follow each other): the lock is
+        re-entrant, so an unlock must pair with this turn's lock."""
         try:
             connection, row = await self._lock_page(alarm_id, deadline)
         except Exception as exc:
-            logger.warning("active check of alarm %s impossible: %s", alarm_id, exc)
+            logger.warning("active check of alarm %s impossible: %r", alarm_id, exc)
             yield None
             return
         try:
@@ -127,55 +135,58 @@ class LeaderLocks:
             else:
                 yield LockedRow(active=True, cycles=row["cycles"], count=count)
         finally:
-            await self._unlock_page(connection, alarm_id)
+            self._unlock_later(connection, alarm_id)
 
     async def _lock_page(
         self, alarm_id: int, deadline: float
     ) -> tuple[Connection, asyncpg.Record | None]:
-        async with self._lock:
-            async with asyncio.timeout(_ACQUIRE_TIMEOUT):
-                connection = await self._conn()
+        # The deadline covers the wait for the connection too: the gates of every alarm
+        # share it, and a page must not wait in line behind others' timeouts when
+        # PostgreSQL stalls (each would have waited its own deadline, one after another).
+        async with asyncio.timeout(deadline), self._lock:
+            connection = await self._conn()
             try:
                 await connection.execute(
-                    "SELECT pg_advisory_lock($1::int, $2::int)",
-                    PAGE_LOCK,
-                    alarm_id,
-                    timeout=deadline,
+                    "SELECT pg_advisory_lock($1::int, $2::int)", PAGE_LOCK, alarm_id
                 )
                 # A statement of its own: its snapshot is taken once the lock is ours,
                 # so it sees a deactivation that held the lock before us.
                 row = await connection.fetchrow(
-                    "SELECT state, cycles FROM alarms WHERE id = $1", alarm_id, timeout=deadline
+                    "SELECT state, cycles FROM alarms WHERE id = $1", alarm_id
                 )
             except BaseException:
                 # The lock may have been granted as its wait timed out or was cancelled:
                 # a lock left held would stall every deactivation of the alarm.
-                await self._unlock(connection, alarm_id)
+                self._unlock_later(connection, alarm_id)
                 raise
             return connection, row
 
-    async def _unlock_page(self, connection: Connection, alarm_id: int) -> None:
-        async with self._lock:
-            await self._unlock(connection, alarm_id)
+    def _unlock_later(self, connection: Connection, alarm_id: int) -> None:
+        """Release the page lock as soon as the connection is free, without holding up
+        the caller: a loop's next page must not wait behind others' statements."""
+        task = asyncio.create_task(self._unlock(connection, alarm_id))
+        self._unlocking.add(task)
+        task.add_done_callback(self._unlocking.discard)
 
     async def _unlock(self, connection: Connection, alarm_id: int) -> None:
         """Release the page lock (not held: a no-op). A connection lost or replaced in
         the meantime took the lock with its session."""
-        if connection is not self._connection or connection.is_closed():
-            return
-        try:
-            await connection.fetchval(
-                "SELECT pg_advisory_unlock($1::int, $2::int)",
-                PAGE_LOCK,
-                alarm_id,
-                timeout=_ACQUIRE_TIMEOUT,
-            )
-        except Exception as exc:
-            # Its session, and so the lock, ends with it.
-            logger.warning(
-                "page lock of alarm %s not released; closing its session: %r", alarm_id, exc
-            )
-            connection.terminate()
+        async with self._lock:
+            if connection is not self._connection or connection.is_closed():
+                return
+            try:
+                await connection.fetchval(
+                    "SELECT pg_advisory_unlock($1::int, $2::int)",
+                    PAGE_LOCK,
+                    alarm_id,
+                    timeout=_ACQUIRE_TIMEOUT,
+                )
+            except Exception as exc:
+                # Its session, and so the lock, ends with it.
+                logger.warning(
+                    "page lock of alarm %s not released; closing its session: %r", alarm_id, exc
+                )
+                connection.terminate()
 
     async def _count(
         self, alarm_id: int, deadline: float, cycle: int, started_at: datetime
@@ -192,15 +203,19 @@ class LeaderLocks:
             return False
         return True
 
+    async def released(self) -> None:
+        """Wait until the page locks being released are."""
+        await asyncio.gather(*self._unlocking)
+
     async def close(self) -> None:
         async with self._lock:
-            if self._connection is None:
-                return
-            # The reset unlocks them all (pg_advisory_unlock_all); a connection that
-            # cannot be reset is closed, which ends its locks too.
-            await release_session(self._pool, self._connection)
-            self._connection = None
-            self._held.clear()
+            if self._connection is not None:
+                # The reset unlocks them all (pg_advisory_unlock_all); a connection that
+                # cannot be reset is closed, which ends its locks too.
+                await release_session(self._pool, self._connection)
+                self._connection = None
+                self._held.clear()
+        await self.released()  # they find the session gone, and their locks with it
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store import Stores
 from fastagi.store._common import PAGE_LOCK
-from fastagi.store.leadership import LeaderLocks
+from fastagi.store.leadership import LeaderLocks, LockedRow
 from fastagi.store.pool import create_pool
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
@@ -57,13 +57,14 @@ async def observer(database_dsn: str) -> AsyncIterator[asyncpg.Connection[asyncp
     await connection.close()
 
 
-async def active_alarm(stores: Stores) -> Alarm:
-    await stores.directory.add_paging_group("ER")
-    await stores.directory.add_paging_device("ER", "PJSIP/201")
-    info = await stores.directory.add_department("Emergency Room", paging_group="ER")
-    event = HistoryEvent(EventKind.ACTIVATED, None, "105", "Emergency Room", {})
+async def active_alarm(stores: Stores, department: str = "Emergency Room") -> Alarm:
+    group = f"{department} group"
+    await stores.directory.add_paging_group(group)
+    await stores.directory.add_paging_device(group, "PJSIP/201")
+    info = await stores.directory.add_department(department, paging_group=group)
+    event = HistoryEvent(EventKind.ACTIVATED, None, "105", department, {})
     alarm, _created = await stores.alarms.activate(
-        f"department:{info.id}", info.id, "Emergency Room", "105", [event]
+        f"department:{info.id}", info.id, department, "105", [event]
     )
     return alarm
 
@@ -160,12 +161,50 @@ async def test_a_lock_wait_that_gives_up_leaves_the_lock_free(
     async with locks.page_turn(alarm.id, 0.2) as row:
         pass
     await stuck.rollback()
+    await locks.released()
     held = await page_locks_held(observer, alarm.id)
     deactivated = await asyncio.wait_for(deactivate(stores, alarm), DEADLINE)
 
     assert row is None
     assert held == 0
     assert deactivated is not None
+
+
+async def test_a_stalled_check_does_not_hold_up_another_alarms_page(
+    pool: Pool,
+    locks: LeaderLocks,
+    observer: asyncpg.Connection[asyncpg.Record],
+) -> None:
+    # The gates of all alarms share the leaders' connection. A check that cannot be
+    # answered (here: a deactivation of the first alarm stuck in its transaction; a
+    # PostgreSQL that stalls does the same to every alarm) must not keep another alarm's
+    # page waiting past that page's own deadline: it goes out unchecked (never silent).
+    stores = Stores.over(pool)
+    stalled = await active_alarm(stores)
+    other = await active_alarm(stores, department="Radiology")
+    stuck = observer.transaction()
+    await stuck.start()
+    await observer.execute("SELECT pg_advisory_xact_lock($1::int, $2::int)", PAGE_LOCK, stalled.id)
+
+    async def turn(alarm: Alarm, deadline: float) -> LockedRow | None:
+        async with locks.page_turn(alarm.id, deadline) as row:
+            return row
+
+    first = asyncio.create_task(turn(stalled, 30.0))
+    await wait_for_lock_waiter(observer, stalled.id)  # it holds the connection now
+    second = asyncio.create_task(turn(other, 0.5))
+    # A guard, not a measurement: without the bound the second waits for the first.
+    done, _pending = await asyncio.wait({second}, timeout=20.0)
+    first_still_waiting = not first.done()
+    await stuck.rollback()
+    first_row = await asyncio.wait_for(first, DEADLINE)
+    await locks.released()
+
+    assert second in done
+    assert second.result() is None
+    assert first_still_waiting
+    assert first_row is not None
+    assert first_row.active
 
 
 async def test_an_open_page_holds_no_pooled_connection(database_dsn: str) -> None:

@@ -16,6 +16,7 @@ from typing import TypeAlias
 
 import asyncpg
 import pytest
+from asyncpg.transaction import Transaction
 from pydantic import SecretStr
 
 from fastagi.config import DatabaseSettings
@@ -74,32 +75,39 @@ async def deactivate(stores: Stores, alarm: Alarm) -> Alarm | None:
     return await stores.alarms.deactivate(alarm.id, "150", "test", event)
 
 
-async def wait_for_lock_waiter(observer: asyncpg.Connection[asyncpg.Record], alarm_id: int) -> None:
-    """Until some backend waits for the page lock of ``alarm_id``."""
-    while not await observer.fetchval(  # noqa: ASYNC110 (PostgreSQL has no event for it)
-        """
-        SELECT EXISTS (SELECT FROM pg_locks
-                       WHERE locktype = 'advisory' AND NOT granted
-                         AND classid = $1 AND objid = $2 AND objsubid = 2)
-        """,
-        PAGE_LOCK,
-        alarm_id,
-    ):
-        await asyncio.sleep(0.01)
-
-
-async def page_locks_held(observer: asyncpg.Connection[asyncpg.Record], alarm_id: int) -> int:
+async def page_locks(
+    observer: asyncpg.Connection[asyncpg.Record], alarm_id: int, *, granted: bool
+) -> int:
+    """How many backends hold (``granted``) or wait for the page lock of ``alarm_id``."""
     return int(
         await observer.fetchval(
             """
             SELECT count(*) FROM pg_locks
-            WHERE locktype = 'advisory' AND granted
+            WHERE locktype = 'advisory' AND granted = $3
               AND classid = $1 AND objid = $2 AND objsubid = 2
             """,
             PAGE_LOCK,
             alarm_id,
+            granted,
         )
     )
+
+
+async def wait_for_lock_waiter(observer: asyncpg.Connection[asyncpg.Record], alarm_id: int) -> None:
+    """Until some backend waits for the page lock of ``alarm_id``."""
+    while not await page_locks(observer, alarm_id, granted=False):  # noqa: ASYNC110 (PostgreSQL has no event for it)
+        await asyncio.sleep(0.01)
+
+
+async def stuck_deactivation(
+    observer: asyncpg.Connection[asyncpg.Record], alarm_id: int
+) -> Transaction:
+    """A deactivation stuck in its transaction: it holds the page lock of ``alarm_id``
+    until the returned transaction is rolled back."""
+    stuck = observer.transaction()
+    await stuck.start()
+    await observer.execute("SELECT pg_advisory_xact_lock($1::int, $2::int)", PAGE_LOCK, alarm_id)
+    return stuck
 
 
 async def test_a_deactivation_waits_for_the_page_being_started(
@@ -154,15 +162,13 @@ async def test_a_lock_wait_that_gives_up_leaves_the_lock_free(
     # left behind for the next deactivation to wait on forever.
     stores = Stores.over(pool)
     alarm = await active_alarm(stores)
-    stuck = observer.transaction()
-    await stuck.start()
-    await observer.execute("SELECT pg_advisory_xact_lock($1::int, $2::int)", PAGE_LOCK, alarm.id)
+    stuck = await stuck_deactivation(observer, alarm.id)
 
     async with locks.page_turn(alarm.id, 0.2) as row:
         pass
     await stuck.rollback()
     await locks.released()
-    held = await page_locks_held(observer, alarm.id)
+    held = await page_locks(observer, alarm.id, granted=True)
     deactivated = await asyncio.wait_for(deactivate(stores, alarm), DEADLINE)
 
     assert row is None
@@ -182,9 +188,7 @@ async def test_a_stalled_check_does_not_hold_up_another_alarms_page(
     stores = Stores.over(pool)
     stalled = await active_alarm(stores)
     other = await active_alarm(stores, department="Radiology")
-    stuck = observer.transaction()
-    await stuck.start()
-    await observer.execute("SELECT pg_advisory_xact_lock($1::int, $2::int)", PAGE_LOCK, stalled.id)
+    stuck = await stuck_deactivation(observer, stalled.id)
 
     async def turn(alarm: Alarm, deadline: float) -> LockedRow | None:
         async with locks.page_turn(alarm.id, deadline) as row:

@@ -5,6 +5,13 @@ open, bytes in either direction are read and dropped, nothing is closed, so neit
 sees an error: what a peer sees when the other host is gone without a RST (power cut,
 cable pulled, a firewall that forgot the flow). Connections made after ``stall()`` are
 forwarded normally, so a client that detects the stall and reconnects gets through.
+
+``close()`` ends every connection, including one accepted while it runs: each
+connection's handler owns its two sockets and closes them however it ends, and
+``close()`` cancels the handlers and waits for them. (A handler still connecting
+upstream when the test ended used to open its upstream socket after ``close()`` and
+leave it to the garbage collector: a ResourceWarning in whichever later test collected
+it.)
 """
 
 from __future__ import annotations
@@ -16,8 +23,6 @@ import contextlib
 class _Pair:
     def __init__(self) -> None:
         self.stalled = False
-        self.tasks: list[asyncio.Task[None]] = []
-        self.writers: list[asyncio.StreamWriter] = []
 
 
 class StallingProxy:
@@ -25,6 +30,8 @@ class StallingProxy:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._pairs: set[_Pair] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.port = 0
         self.accepted_at: list[float] = []  # loop time of each accepted connection
 
@@ -39,35 +46,43 @@ class StallingProxy:
         return len(self._pairs)
 
     async def close(self) -> None:
+        """Stop accepting, end every connection and return once all are closed."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for pair in list(self._pairs):
-            for task in pair.tasks:
+        while self._handlers:
+            handlers = list(self._handlers)
+            for task in handlers:
                 task.cancel()
-            for writer in pair.writers:
-                writer.close()
-        self._pairs.clear()
-        if self._server is not None:
-            await self._server.wait_closed()
+            await asyncio.gather(*handlers, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted_at.append(asyncio.get_running_loop().time())
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.close()
-            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        writers = [writer]
         pair = _Pair()
-        pair.writers = [writer, up_writer]
-        self._pairs.add(pair)
-        pair.tasks = [
-            asyncio.create_task(self._pipe(reader, up_writer, pair)),
-            asyncio.create_task(self._pipe(up_reader, writer, pair)),
-        ]
-        await asyncio.gather(*pair.tasks, return_exceptions=True)
-        self._pairs.discard(pair)
-        for each in pair.writers:
-            each.close()
+        try:
+            if self._closing:
+                return
+            self.accepted_at.append(asyncio.get_running_loop().time())
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self._target)
+            except OSError:
+                return
+            writers.append(up_writer)
+            self._pairs.add(pair)
+            async with asyncio.TaskGroup() as pipes:
+                pipes.create_task(self._pipe(reader, up_writer, pair))
+                pipes.create_task(self._pipe(up_reader, writer, pair))
+        finally:
+            self._pairs.discard(pair)
+            for each in writers:
+                each.close()
+            for each in writers:
+                with contextlib.suppress(OSError):
+                    await each.wait_closed()
+            self._handlers.discard(task)
 
     @staticmethod
     async def _pipe(

@@ -475,7 +475,13 @@ class Phone:
         return f"{errors[-2000:]}\n{screen[-1500:]}"
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # No __aexit__ follows a failed __aenter__: stop what start() got going (the
+            # SIPp process, a keypad's AMI connection) here, or it outlives the test.
+            await self.stop()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

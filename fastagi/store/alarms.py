@@ -11,8 +11,8 @@ Values always travel as query parameters; the only SQL text is in this module.
 Drills (sql/007_drills.sql) are rows of the same table, flagged, under a key of their
 own (``drill:department:<id>``). Starting one and a real alarm making a drill yield
 (:meth:`AlarmStore.start_drill`, :meth:`AlarmStore.drills_to_yield`) take one
-transaction-level advisory lock, so neither misses the other: a drill never starts
-unseen beside a real alarm of its department.
+transaction-level advisory lock (a start exclusively, a yield shared), so neither misses
+the other: a drill never starts unseen beside a real alarm of its department.
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = ALARMS_CHANNEL
 _ACTIVATE_ATTEMPTS = 5
-# pg_advisory_xact_lock(_DRILL_LOCK, 0): drill starts and real alarms' yields, one at a
-# time ("DRL"; the leader locks use [alarm] lock_namespace and alarm ids).
+# The drill lock ("DRL"; the leader locks use [alarm] lock_namespace and alarm ids), a
+# transaction-level advisory lock: a drill start takes it exclusively, a real alarm's
+# yield shared. Only a start and a yield must not pass each other; yields among
+# themselves need not wait: 1,000 alarms activated at once queued on it, each holding a
+# pooled connection, and starved the pool until activations timed out.
 _DRILL_LOCK = 0x44524C
 
 
@@ -197,10 +200,12 @@ class AlarmStore:
     async def drills_to_yield(self, department_id: int | None) -> list[Alarm]:
         """The active drills a real alarm of ``department_id`` stops: the department's,
         or every drill for an alarm of no department (it pages every paging group).
-        Under the drill lock: a drill starting meanwhile is either seen here or sees the
-        real alarm and does not start."""
+        Under the drill lock, shared (the alarm's row is committed before): a drill
+        starting meanwhile is either seen here or sees the real alarm and does not start.
+        """
         async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1, 0)", _DRILL_LOCK)
+            # Read committed: the SELECT below takes its snapshot after the lock is held.
+            await connection.execute("SELECT pg_advisory_xact_lock_shared($1, 0)", _DRILL_LOCK)
             rows = await connection.fetch(
                 """
                 SELECT * FROM alarms

@@ -16,6 +16,7 @@ from fastagi.admin.drills import start_drill as admin_start_drill
 from fastagi.domain.drill import Drill, report_event_id, started_event
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store import StoreError, Stores
+from fastagi.store.alarms import _DRILL_LOCK as DRILL_LOCK
 from fastagi.store.alarms import CHANNEL, DrillStartOutcome
 from fastagi.store.changes import AlarmChange
 
@@ -151,6 +152,33 @@ async def test_a_drill_start_and_a_real_alarm_never_miss_each_other(store: Store
             assert yielded == [started.alarm.id], round_number
         else:
             assert started.outcome is DrillStartOutcome.ALARM_ACTIVE, round_number
+
+
+async def test_real_alarms_yield_drills_side_by_side_not_one_at_a_time(
+    store: Stores, db_pool: Pool
+) -> None:
+    """A yield in progress (here held open: the drill lock as a yield holds it) keeps
+    a drill from starting but not another alarm's yield. When yields queued one behind
+    another, each holding a pooled connection, 1,000 alarms activated at once starved
+    the pool and their activations timed out."""
+    department_id = await department(store)
+    await real_alarm(store, department_id)
+    async with db_pool.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT pg_advisory_xact_lock_shared($1, 0)", DRILL_LOCK)
+        async with asyncio.timeout(5):
+            assert await store.alarms.drills_to_yield(department_id) == []
+        starting = asyncio.ensure_future(drill(store, department_id))
+        async with asyncio.timeout(5):
+            # The drill start waits for the yield's transaction: its lock not granted.
+            while not await holder.fetchval(  # noqa: ASYNC110
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND classid = $1 AND objid = 0 AND objsubid = 2 AND NOT granted",
+                DRILL_LOCK,
+            ):
+                await asyncio.sleep(0.01)
+        assert not starting.done()
+    started = await asyncio.wait_for(starting, 5)
+    assert started.outcome is DrillStartOutcome.ALARM_ACTIVE
 
 
 async def test_statistics_and_the_export_tell_drills_apart(store: Stores) -> None:

@@ -24,12 +24,16 @@ SANDBOX_ROOTFS := $(CACHE)/sandbox/rootfs
 # PostgreSQL. Work stealing, because a few e2e tests take 20-30 s: a worker that is done
 # takes tests queued on another. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 4
+# make test checks each Hypothesis property with its full count of examples
+# (tests/conftest.py); a bare pytest run uses the quick profile.
+TEST_PROFILE := --hypothesis-profile=thorough
 
-.PHONY: help deps venv sandbox-image run test lint typecheck unit e2e bench bench-calls bench-alarms bench-latency bench-scale demo dist clean distclean
+.PHONY: help deps venv sandbox-image run test lint typecheck unit integration e2e bench bench-calls bench-alarms bench-latency bench-scale demo dist clean distclean
 
 help:
 	@echo "make run     start the sandbox Asterisk, PostgreSQL and the FastAGI server"
 	@echo "make test    lint, type-check and run every test"
+	@echo "make unit    the unit tests alone, in-process (about 20 s); make integration: espeak-ng, sox, SIPp"
 	@echo "make demo    with make run going: trigger, two page cycles, deactivation, timeline"
 	@echo "make bench   FastAGI load benchmark: ours/panoramisk ratios over 5 repetitions"
 	@echo "make bench-calls  SIPp storms through the sandbox: our server/floor server ratios, plots"
@@ -74,16 +78,21 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
+# A quick run while working: the unit tests, in-process, at the "quick" Hypothesis profile.
 unit: venv
 	$(VENV)/bin/pytest tests/unit
+
+# The real espeak-ng, sox, SIPp and the benchmarks' child servers; no Asterisk, no PostgreSQL.
+integration: deps
+	$(VENV)/bin/pytest tests/integration
 
 e2e: deps sandbox-image
 	$(VENV)/bin/pytest tests/e2e
 
 test: deps sandbox-image lint typecheck
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal tests
-	@echo "== the unit tests again on uvloop, the event loop production runs on"
-	FASTAGI_TEST_LOOP=uvloop $(VENV)/bin/pytest -q tests/unit
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal $(TEST_PROFILE) tests
+	@echo "== the unit and integration tests again on uvloop, the event loop production runs on"
+	FASTAGI_TEST_LOOP=uvloop $(VENV)/bin/pytest -q $(TEST_PROFILE) tests/unit tests/integration
 
 # BENCH_ARGS: e.g. --servers ours,ours@HEAD~1 --baseline ours, the A/B of the last commit.
 BENCH_ARGS ?=

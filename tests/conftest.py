@@ -18,9 +18,14 @@ pytest_plugins = ["tests.pg", "tests.sandbox_fixtures", "tests.browser", "tests.
 # check) measure the machine, not the property: on a loaded machine they failed
 # test_freepbx_plan (an example took 595 ms) and the history export's properties. A
 # property is checked by its assertions; a slow example is no counter-example. Tests that
-# set their own settings() inherit this profile for what they leave unset.
-settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("suite")
+# set their own settings() inherit the profile for what they leave unset.
+#
+# Two profiles (Hypothesis's own dev/CI pattern). "thorough", Hypothesis's 100 examples a
+# property, is what make test runs (--hypothesis-profile=thorough). "quick", the default,
+# keeps a bare `pytest tests/unit` fast enough to run again and again while working.
+settings.register_profile("thorough", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("quick", settings.get_profile("thorough"), max_examples=20)
+settings.load_profile("quick")
 
 
 if os.environ.get("FASTAGI_TEST_LOOP") == "uvloop":

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
 
@@ -273,26 +271,6 @@ def test_tuned_gc_is_what_production_runs():
     from fastagi import app
 
     assert agi_load.GC_YOUNG_THRESHOLD == app.GC_YOUNG_THRESHOLD
-
-
-def test_quick_benchmark_runs_every_server_in_child_processes(tmp_path: Path):
-    out = tmp_path / "bench.json"
-    with (tmp_path / "table.txt").open("w") as table_file:
-        code = agi_load.main(["--quick", "--json", str(out)], out=table_file)
-    document = json.loads(out.read_text())
-    assert document["failures"] == []
-    runs = [(r["server"], r["concurrency"], r["repeat"]) for r in document["results"]]
-    assert sorted(runs) == sorted(
-        (server, c, repeat) for server in agi_load.SERVERS for c in (1, 5) for repeat in (0, 1)
-    )
-    assert all(r["errors"] == 0 and r["sessions"] > 0 for r in document["results"])
-    assert all(r["peak_rss_mib"] > 0 for r in document["results"])
-    assert {(r["server"], r["concurrency"]) for r in document["ratios"]} == {
-        (server, c) for server in ("ours", "floor") for c in (1, 5)
-    }
-    assert code == 0
-    table = (tmp_path / "table.txt").read_text()
-    assert "ours/panoramisk" in table
 
 
 def test_the_ami_events_bench_runs_and_skips_what_nobody_listens_to(

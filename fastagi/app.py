@@ -38,6 +38,7 @@ from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.language import language_for
 from fastagi.alarms.locations import RecordedLocations
 from fastagi.alarms.notifications import AlarmNotifications
+from fastagi.alarms.outage import Outage
 from fastagi.alarms.paging import Pager
 from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import AlarmService
@@ -59,7 +60,7 @@ from fastagi.sdnotify import SystemdNotifier, watchdog_fed
 from fastagi.store import Stores
 from fastagi.store.emergency import EmergencyStore
 from fastagi.store.journal import Journal
-from fastagi.store.pool import create_pool
+from fastagi.store.pool import answers, create_pool
 from fastagi.store.probe import ProbeStore
 from fastagi.tts import TextToSpeech
 from fastagi.tts.announcement import DIGIT_CLIPS, department_texts
@@ -303,7 +304,10 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     # The one way history is written, by whoever acts; events wait in the journal,
     # fsync'd, while PostgreSQL is away.
     recorder = HistoryRecorder(
-        store.history, Journal(settings.journal), timeout=settings.journal.write_timeout
+        store.history,
+        Journal(settings.journal),
+        timeout=settings.journal.write_timeout,
+        outage=Outage(probe=functools.partial(answers, settings.database)),
     )
     notifier = Notifier(settings.notify, record=recorder.record)
     notifications = AlarmNotifications(notifier, store.alarms, drills=settings.drill.notify)

@@ -5,6 +5,7 @@ sandbox, each closed by ``stack``."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
@@ -13,14 +14,16 @@ from pydantic import SecretStr
 
 from fastagi.alarms.lamps import Lamps
 from fastagi.alarms.listeners import AlarmListener
+from fastagi.alarms.outage import Outage
 from fastagi.alarms.paging import Pager
 from fastagi.alarms.recorder import HistoryRecorder
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
-from fastagi.config import AlarmSettings, JournalSettings
+from fastagi.config import AlarmSettings, DatabaseSettings, JournalSettings
 from fastagi.flows import prompts
 from fastagi.store import Stores
 from fastagi.store.journal import Journal
+from fastagi.store.pool import answers
 from fastagi.tts import TextToSpeech
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.settings import tts_settings
@@ -37,12 +40,21 @@ async def start_alarm_service(
     name: str,
     journal_settings: JournalSettings | None = None,
     listeners: Sequence[AlarmListener] = (),
+    dsn: str | None = None,
 ) -> tuple[AlarmService, HistoryRecorder]:
     """``journal_settings``: where history waits while PostgreSQL is down (default: in
-    memory, the write timeout's default)."""
+    memory, the write timeout's default). ``dsn``: PostgreSQL's, for the probe that tells
+    an outage from a busy pool, as app.py wires it (default: no probe, the first failed
+    call is the outage)."""
     journal_settings = journal_settings or JournalSettings(directory=None)
+    probe = None
+    if dsn is not None:
+        probe = functools.partial(answers, DatabaseSettings(dsn=SecretStr(dsn)))
     recorder = HistoryRecorder(
-        store.history, Journal(journal_settings), timeout=journal_settings.write_timeout
+        store.history,
+        Journal(journal_settings),
+        timeout=journal_settings.write_timeout,
+        outage=Outage(probe=probe),
     )
     stack.push_async_callback(recorder.close)
     lamps = Lamps(ami, settings, record=recorder.record, instance_id=name)

@@ -1,7 +1,11 @@
 """What the alarm service needs to go on while PostgreSQL is down.
 
 - :class:`Outage`: whether the database is known to be down, logged once when it goes
-  and once when it comes back (not once per call that fails meanwhile).
+  and once when it comes back (not once per call that fails meanwhile). A call that
+  fails is not enough to say so: a pool with no connection free times out the same way
+  (1,000 alarms activated at once did, docs/performance.md), and an outage refuses every
+  deactivation until the maintenance sees PostgreSQL again. So the outage is declared
+  only once PostgreSQL does not answer a connection of its own either (the probe).
 - :class:`CachedLoopStore`: the paging loop's store, answering with what PostgreSQL said
   last for the alarm, or from the service's cached
   :class:`~fastagi.domain.directory.Directory` (departments, paging devices, intervals),
@@ -11,7 +15,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -46,13 +52,27 @@ def is_unavailable(exc: BaseException) -> bool:
     )
 
 
-class Outage:
-    """PostgreSQL's availability as the alarm service saw it last."""
+# How often a probe may find PostgreSQL answering while calls keep failing: the calls
+# of a busy pool fail by the hundred, and each need not open a connection to learn it.
+_PROBE_EVERY = 1.0
+# How often the log says PostgreSQL still does not answer, or answers while calls fail.
+_REPEAT_LOG_EVERY = 60.0
 
-    def __init__(self) -> None:
+
+class Outage:
+    """PostgreSQL's availability as the alarm service saw it last.
+
+    ``probe``: asks PostgreSQL on a connection of its own (not the pool's) whether it
+    answers, raising if not. Without one, the first failed call declares the outage."""
+
+    def __init__(self, probe: Callable[[], Awaitable[object]] | None = None) -> None:
         self.since: float | None = None  # time.monotonic() of the first failure
         self.recovered_at: float | None = None  # of the last recovery
         self.down_before = 0.0  # seconds down in the outages that ended
+        self._probe = probe
+        self._probing: asyncio.Task[None] | None = None
+        self._answered_at = -math.inf  # time.monotonic() of the last probe answered
+        self._logged_at = -math.inf  # of the last repeated log line
 
     def down_seconds(self, now: float | None = None) -> float:
         """Seconds PostgreSQL was down since start, the outage in progress included."""
@@ -65,7 +85,71 @@ class Outage:
     def down(self) -> bool:
         return self.since is not None
 
+    def suspect(self, what: str, exc: BaseException, deadline: float) -> None:
+        """A call failed with ``exc``: PostgreSQL may be down, or only busy. Declares the
+        outage once the probe (within ``deadline`` seconds, in the background) finds
+        PostgreSQL not answering either; while it runs, calls still try PostgreSQL."""
+        if self.down:
+            self._still_down(exc)
+            return
+        if self._probe is None:
+            self.failed(what, exc)
+            return
+        if self._probing is not None or time.monotonic() - self._answered_at < _PROBE_EVERY:
+            return
+        self._probing = asyncio.create_task(self._confirm(self._probe, what, exc, deadline))
+
+    async def probed(self) -> None:
+        """Wait for the probe in progress, if any, to decide."""
+        if self._probing is not None:
+            await asyncio.shield(self._probing)
+
+    async def close(self) -> None:
+        """Stop the probe in progress, if any: nothing is left to decide for."""
+        if self._probing is not None:
+            self._probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probing
+
+    async def _confirm(
+        self,
+        probe: Callable[[], Awaitable[object]],
+        what: str,
+        exc: BaseException,
+        deadline: float,
+    ) -> None:
+        try:
+            async with asyncio.timeout(deadline):
+                await probe()
+        except Exception as probe_exc:
+            self.failed(what, exc)
+            logger.error("PostgreSQL does not answer a connection of its own: %r", probe_exc)
+        else:
+            self._answered_at = time.monotonic()
+            if self._answered_at - self._logged_at >= _REPEAT_LOG_EVERY:
+                self._logged_at = self._answered_at
+                logger.warning(
+                    "%s failed (%r), but PostgreSQL answers a connection of its own: no "
+                    "outage; a busy pool times out too (said once a minute at most)",
+                    what,
+                    exc,
+                )
+        finally:
+            self._probing = None
+
+    def _still_down(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._logged_at >= _REPEAT_LOG_EVERY:
+            self._logged_at = now
+            logger.error(
+                "PostgreSQL still unavailable after %.0f s (%r); paging from the cached "
+                "directory (said once a minute at most)",
+                self.down_seconds(now),
+                exc,
+            )
+
     def failed(self, what: str, exc: BaseException) -> None:
+        """Declare the outage (at once: see :meth:`suspect`)."""
         if self.since is None:
             self.since = time.monotonic()
             logger.error(
@@ -86,7 +170,7 @@ class Outage:
             async with asyncio.timeout(deadline):
                 return await call()
         except Exception as exc:
-            self.failed(what, exc)
+            self.suspect(what, exc, deadline)
             raise
 
     def recovered(self) -> float | None:

@@ -84,4 +84,5 @@ class HistoryRecorder:
                 await asyncio.wait_for(self.journal.replay(self._history), self.timeout)
             except Exception as exc:
                 logger.warning("journal left for the next start: %r", exc)
+        await self.outage.close()
         await self.journal.close()

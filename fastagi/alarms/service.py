@@ -692,10 +692,10 @@ class AlarmService:
                     await self.refresh_directory()
                 await self._scan()
             except Exception as exc:
-                if self._outage.down:
-                    return  # logged when it began
-                if is_unavailable(exc):
-                    self._outage.failed("maintenance", exc)
+                if self._outage.down or is_unavailable(exc):
+                    # Down already: logged once a minute. Else the probe decides: a busy
+                    # pool times out too, and is no outage.
+                    self._outage.suspect("maintenance", exc, self._timeout)
                     return
                 logger.exception("alarm service maintenance failed; trying again")
 

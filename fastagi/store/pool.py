@@ -65,6 +65,17 @@ async def release_session(pool: asyncpg.Pool[asyncpg.Record], connection: Connec
             await pool.release(connection)
 
 
+async def answers(settings: DatabaseSettings) -> None:
+    """Raise unless PostgreSQL answers a connection of its own, outside the pool: tells a
+    pool with no connection free (whose calls time out) from a PostgreSQL that is down.
+    The caller bounds the wait."""
+    connection = await asyncpg.connect(settings.dsn.get_secret_value())
+    try:
+        await connection.fetchval("SELECT 1")
+    finally:
+        await connection.close()
+
+
 def _close(connection: Connection) -> None:
     # A connection asyncpg saw lost is already back in the pool: then its proxy refuses.
     with contextlib.suppress(Exception):

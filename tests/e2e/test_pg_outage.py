@@ -150,6 +150,7 @@ async def server(
         settings=settings,
         name="outage",
         journal_settings=JournalSettings(directory=journal_dir, write_timeout=2.0),
+        dsn=dsn,
     )
     return Server(service, store, pool, recorder.journal, tts, recorder)
 

@@ -201,6 +201,10 @@ async def test_record_again_then_delete_and_a_caller_outside_the_directory_is_re
             ext=DESK,
             answers=["2", "3"],
             microphone=tone(1.0),
+            # Two takes, each an instruction, a beep, Record() to its cap, the playback
+            # and the menu: 33 s on a quiet machine, against the default 30 s (+5 s
+            # before SIPp is killed), so a loaded machine timed the call out.
+            within=60,
         )
         end = await ami.wait_event("UserEvent", UserEvent="FastAGIRecordLocationEnd", within=30)
         again.check()

@@ -49,12 +49,12 @@ INTERVAL = 5
 # A gap shorter than this is a doubled cycle.
 MIN_GAP = INTERVAL * 0.9
 # How far a page may stray from its schedule (start to start, as the phone sees the
-# INVITEs). Measured on 2026-11-27 on the 2-core machine shared with other test runs: the
-# gaps of these tests deviated from the interval by at most 0.03 s (a resumed gap
-# included). Ten times that; the bug this guards (a cycle counted when its page ends, so a
-# resumed page comes one interval after the page ENDED, commit 300a135) adds a page's
-# length, about 2.5 s here, which each test checks is well above this tolerance.
-SCHEDULE_TOLERANCE = 0.3
+# INVITEs). The bug this guards (a cycle counted when its page ends, so a resumed page
+# comes one interval after the page ENDED, commit 300a135) adds a page's length, about
+# 2.5 s here, which each test checks is more than twice this tolerance. The rest is the
+# machine: at most 0.03 s on a quiet one (2026-11-27), but 0.39-0.50 s seen with 4 test
+# workers and a gc.collect() after every test (2026-11-28), over the 0.3 s this was.
+SCHEDULE_TOLERANCE = 0.8
 
 
 async def start_server(

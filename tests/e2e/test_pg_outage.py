@@ -61,9 +61,12 @@ SETTINGS = AlarmSettings(
 )
 INTERVAL = 5
 TOLERANCE = 0.10  # a gap shorter than (1 - TOLERANCE) * INTERVAL is a doubled page
-# How far a gap may stray from the interval. Measured on 2026-11-27 (2 shared cores): at
-# most 0.03 s, outage or not (tests/e2e/test_faults_process.py uses the same bound).
-SCHEDULE_TOLERANCE = 0.3
+# How far a gap may stray from the interval: what it guards is a loop that waits out a
+# failing call (the journal's write_timeout, 2 s here) before it pages. The rest is the
+# machine: at most 0.03 s on a quiet one, outage or not (2026-11-27); 0.39-0.50 s seen
+# with 4 test workers and a gc.collect() after every test (2026-11-28), over the 0.3 s
+# this was (tests/e2e/test_faults_process.py uses the same bound).
+SCHEDULE_TOLERANCE = 0.8
 # PostgreSQL back -> journal replayed: the maintenance round that finds it back comes
 # within one takeover_interval, then the replay (a few events in one transaction). The
 # margin covers PostgreSQL's first connections after its restart on a loaded machine;

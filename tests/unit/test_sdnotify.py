@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import socket
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -115,7 +116,7 @@ async def test_watchdog_is_fed_from_the_loop_and_starves_when_it_blocks(
     assert notifier.watchdog == 0.1
     blocked = 0.6
     async with watchdog_fed(notifier):
-        await asyncio.to_thread(listener.wait_for, 3)
+        await asyncio.to_thread(listener.wait_for, 6)
         before = len(listener.received)
         block_started = time.monotonic()
         time.sleep(blocked)  # noqa: ASYNC251 (the loop is blocked on purpose: nothing feeds the watchdog)
@@ -127,8 +128,10 @@ async def test_watchdog_is_fed_from_the_loop_and_starves_when_it_blocks(
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     during_block = [at for at in times if block_started + 0.01 < at < block_ended - 0.01]
     assert during_block == []
-    # Half of WatchdogSec while the loop runs; the whole block while it does not.
-    assert max(gaps[: before - 1]) < 0.3, gaps
+    # Half of WatchdogSec (0.1 s) while the loop runs: the median, so that one stall of a
+    # loaded machine (make test runs this beside Asterisk) is not taken for the feeder's
+    # period; the whole block while it does not run.
+    assert statistics.median(gaps[: before - 1]) < 0.15, gaps
     assert max(gaps) >= blocked - 0.05, gaps
     # Leaving the block stops the feeding.
     count = len(listener.received)

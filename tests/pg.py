@@ -28,8 +28,11 @@ from urllib.parse import quote, urlsplit
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
+from fastagi.config import DatabaseSettings
 from fastagi.store.migrations import migrate
+from fastagi.store.pool import create_pool
 from fastagi_dev.cluster import OS_USER, ClusterError, EmbeddedCluster, find_bin_dir
 
 TEST_DSN_ENV = "FASTAGI_TEST_DSN"
@@ -214,6 +217,17 @@ async def db_pool(database_dsn: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Recor
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def one_connection_pool(database_dsn: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
+    """The production pool (fastagi/store/pool.py) with one connection: the connection a
+    test takes again is the one it gave back (or its replacement), and a test can take
+    the only one."""
+    settings = DatabaseSettings(dsn=SecretStr(database_dsn), pool_min_size=1, pool_max_size=1)
+    pool = await create_pool(settings)
+    yield pool
+    pool.terminate()  # at once, even when a broken release kept the connection
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -17,22 +17,13 @@ from pydantic import SecretStr
 
 from fastagi.alarms.outage import DatabaseDown, Outage
 from fastagi.config import DatabaseSettings
-from fastagi.store.pool import answers, create_pool
+from fastagi.store.pool import answers
 
 pytestmark = pytest.mark.db
 
 # The deadline of each call, and so of the probe after it: a connection to the test
 # cluster takes milliseconds, a second leaves room for a loaded machine.
 DEADLINE = 1.0
-
-
-@pytest.fixture
-async def one_connection_pool(database_dsn: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
-    pool = await create_pool(
-        DatabaseSettings(dsn=SecretStr(database_dsn), pool_min_size=1, pool_max_size=1)
-    )
-    yield pool
-    pool.terminate()
 
 
 def probe_of(dsn: str) -> Callable[[], Awaitable[None]]:

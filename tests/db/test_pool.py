@@ -12,20 +12,9 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 
 from bench import pool_reset
-from fastagi.config import DatabaseSettings
-from fastagi.store.pool import create_pool, release_session
-
-
-@pytest.fixture
-async def one_connection_pool(database_dsn: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
-    pool = await create_pool(
-        DatabaseSettings(dsn=SecretStr(database_dsn), pool_min_size=1, pool_max_size=1)
-    )
-    yield pool
-    pool.terminate()  # at once, even when a broken release kept the connection
+from fastagi.store.pool import release_session
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -249,7 +250,17 @@ class AnnouncementMeter:
 
 
 def _join(parts: list[Path], destination: Path) -> None:
-    with destination.open("wb") as out:
-        for part in parts:
-            with part.open("rb") as source:
-                shutil.copyfileobj(source, out)
+    """Written beside ``destination``, then renamed over it: a preview of the same
+    department being read meanwhile (two requests at once) reads a whole file, the old
+    or the new, never one truncated by the rewrite."""
+    with tempfile.NamedTemporaryFile(
+        dir=destination.parent, prefix=f".{destination.name}-", delete=False
+    ) as out:
+        try:
+            for part in parts:
+                with part.open("rb") as source:
+                    shutil.copyfileobj(source, out)
+        except BaseException:
+            os.unlink(out.name)
+            raise
+    os.replace(out.name, destination)

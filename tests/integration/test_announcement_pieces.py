@@ -3,6 +3,7 @@ the real espeak-ng and sox: a new extension of a known department renders nothin
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,10 @@ from fastagi.tts.announcement import (
 )
 
 TEMPLATE = "Panic alarm. Department {department}. Extension {extension}."
+
+
+# Previews of one department at once, in test_a_preview_read_while_another_is_joined_is_whole.
+READERS = 1000
 
 
 def test_segments_cut_the_announcement_where_it_names_the_extension():
@@ -108,6 +113,30 @@ async def test_the_meter_measures_the_pieces_that_are_paged(tmp_path: Path):
         assert announcement.audio.stat().st_size == sum(p.host_path.stat().st_size for p in pieces)
     finally:
         await meter.close()
+
+
+async def test_a_preview_read_while_another_is_joined_is_whole(tmp_path: Path):
+    # The console's preview reads the joined file after its render; two requests for one
+    # department (a browser's media element may send two) join the same file meanwhile.
+    # A join that rewrote it in place truncated it under the other's read: a WAV of no
+    # audio, duration 0 in Chromium (test_web_config failed so, once).
+    settings = meter_settings(tmp_path)
+    meter = AnnouncementMeter(settings)
+    try:
+        first = await meter.render("Ward 3", ("201-209",))
+        assert first is not None
+        whole = first.audio.read_bytes()
+
+        async def preview() -> int:
+            rendered = await meter.render("Ward 3", ("201-209",))
+            assert rendered is not None
+            return len(await asyncio.to_thread(rendered.audio.read_bytes))
+
+        sizes = await asyncio.gather(*(preview() for _ in range(READERS)))
+    finally:
+        await meter.close()
+
+    assert sizes == [len(whole)] * READERS
 
 
 async def test_the_meter_reads_the_pieces_the_site_rendered_ahead(tmp_path: Path):

@@ -43,10 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.stats import percentile
+from fastagi.alarms.loop import AnnouncementPrompts
+from fastagi.alarms.paging import Pager
 from fastagi.alarms.service import Activation
+from fastagi.ami.client import AmiClient
 from fastagi.app import running_services
 from fastagi.config import Settings
+from fastagi.domain.rules import announcement_segments, next_cycle_start, wait_before
 from fastagi.store import Stores
+from fastagi.tts import TextToSpeech, fallback_announcement
 from fastagi_dev.sandbox.instance import PAGING_PHONES, Sandbox
 from fastagi_dev.sandbox.ports import free_port
 from fastagi_dev.sandbox.sipp import PagingPhone, SipMessage
@@ -390,10 +395,158 @@ async def run(
         await read_history(store, activations, result)
         result.cpu_per_cycle_ms = cpu_used * 1000 / max(1, cycles_window)
         await asyncio.sleep(QUIET_SECONDS)
+    measure_at_phones(result, sipps, deactivated_at, started_wall)
+    return result
+
+
+class _FloorAlarm:
+    """One department's page loop in the floor: page, wait out the interval from the
+    page's start (``next_cycle_start``, as the alarm loop schedules), page again."""
+
+    def __init__(self, index: int, pager: Pager, devices: Sequence[str], prompts: list[str],
+                 caller_name: str) -> None:  # fmt: skip
+        self.index = index
+        self._pager = pager
+        self._devices = devices
+        self._prompts = prompts
+        self._caller_name = caller_name
+        self.sent: list[float] = []  # epoch seconds, as each Originate went out
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = interval_of(self.index)
+        next_start = loop.time()
+        while not await _stopped_within(self.stopping, wait_before(loop.time(), next_start)):
+            # No await between the check above and page() listing the page in flight, so
+            # a stop that Pager.cancel() follows cannot miss a page on its way.
+            started = loop.time()
+            self.sent.append(time.time())
+            await self._pager.page(
+                self.index + 1,
+                len(self.sent),
+                self._devices,
+                self._prompts,
+                caller_name=self._caller_name,
+                caller_number=trigger_of(self.index),
+            )
+            next_start = next_cycle_start(started, loop.time(), interval)
+
+
+async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stopping.wait()
+    return stopping.is_set()
+
+
+async def run_floor(
+    sandbox: Sandbox,
+    settings: Settings,
+    workdir: Path,
+    *,
+    alarms: int,
+    seconds: float,
+    phones: int = 20,
+) -> AlarmScaleResult:
+    """The floor of :func:`run`: the same departments' pages, at the same intervals, to
+    the same phones, with the same prompts, through the production ``Pager`` on an AMI
+    connection of its own, and nothing else: no PostgreSQL, no alarm rows, no page lock,
+    no history, no lamps, no notifications, no journal. What its phones hear late is
+    Asterisk's and SIPp's part of the gap on this machine, measured the same way
+    (:func:`measure_at_phones`); run after :func:`run`, whose prompt keeper rendered the
+    pieces it plays. A "deactivation" stops the department's loop and cancels its page
+    in progress (``Pager.cancel``), as the service does."""
+    phone_numbers = list(PAGING_PHONES)[: min(phones, 2 * alarms)]
+    result = AlarmScaleResult(alarms, seconds, len(phone_numbers))
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    media_ports: set[int] = set()
+    async with contextlib.AsyncExitStack() as stack:
+        sipps = [
+            await stack.enter_async_context(ScalePhone(sandbox, n, workdir, media_ports))
+            for n in phone_numbers
+        ]
+        ami = await stack.enter_async_context(AmiClient.from_settings(settings.ami))
+        tts = await stack.enter_async_context(TextToSpeech(settings.tts))
+        pager = Pager(ami, settings.alarm)
+        floor: list[_FloorAlarm] = []
+        for index in range(alarms):
+            name, trigger = department_name(index), trigger_of(index)
+            prompts = AnnouncementPrompts(
+                tts,
+                announcement_segments(settings.alarm.announcement, name, trigger),
+                fallback_announcement(trigger),
+            )
+            floor.append(
+                _FloorAlarm(
+                    index,
+                    pager,
+                    [f"PJSIP/{phone}" for phone in phones_of(index, phone_numbers)],
+                    await prompts.get(),
+                    settings.alarm.caller_name.format(department=name, extension=trigger),
+                )
+            )
+        started_wall = time.time()
+        tasks = [asyncio.create_task(alarm.run()) for alarm in floor]
+        await asyncio.sleep(seconds)
+        deactivated_at: dict[str, float] = {}
+        started = time.perf_counter()
+        for alarm, task in zip(floor, tasks, strict=True):
+            alarm.stopping.set()
+            await pager.cancel(alarm.index + 1)
+            await task
+            deactivated_at[f"PANIC {department_name(alarm.index)}"] = time.time()
+        result.deactivation_seconds = time.perf_counter() - started
+        result.cycles_counted = sum(len(alarm.sent) for alarm in floor)
+        for alarm in floor:
+            interval = interval_of(alarm.index)
+            result.server_gap_errors += [
+                abs(after - before - interval) / interval
+                for before, after in itertools.pairwise(alarm.sent)
+            ]
+        await asyncio.sleep(QUIET_SECONDS)
+    measure_at_phones(result, sipps, deactivated_at, started_wall)
+    return result
+
+
+def floor_lines(floor: AlarmScaleResult, ours: AlarmScaleResult) -> list[str]:
+    """The floor's figures, and ours against it."""
+    _, floor_sent, _ = p50_p95_max(floor.server_gap_errors)
+    _, ours_sent, _ = p50_p95_max(ours.server_gap_errors)
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b else "n/a"
+
+    return [
+        f"floor (the same pages through the Pager alone, no server around it):"
+        f" {floor.pages} pages, {floor.cycles_counted} sent; load average"
+        f" {' '.join(f'{n:.2f}' for n in floor.load)}",
+        f"  gap error at the phones: p95 {floor.gap_error_p95 * 100:.2f} %, max"
+        f" {max((g.error for g in floor.gaps), default=0.0) * 100:.2f} % over"
+        f" {len(floor.gaps)} gaps; as sent: p95 {floor_sent * 100:.2f} %; missed"
+        f" {floor.missed}, doubled {floor.doubled}; first page at the phones p95"
+        f" {floor.first_page[1]:.2f} s; deactivating all {floor.deactivation_seconds:.2f} s;"
+        f" INVITEs after a deactivation: {floor.invites_after_deactivation}",
+        f"ours/floor, this run: gap error p95 at the phones"
+        f" {ratio(ours.gap_error_p95, floor.gap_error_p95)},"
+        f" as sent {ratio(ours_sent, floor_sent)},"
+        f" first page p95 {ratio(ours.first_page[1], floor.first_page[1])}",
+    ]
+
+
+def measure_at_phones(
+    result: AlarmScaleResult,
+    phones: Sequence[PagingPhone],
+    deactivated_at: dict[str, float],
+    started_wall: float,
+) -> None:
+    """What the phones' SIPp logs say, per department: its gaps against its interval,
+    cycles missed or doubled, INVITEs after its deactivation (``deactivated_at``, by
+    caller name), its first page after the burst began (``started_wall``)."""
     result.load = os.getloadavg()
-    starts = page_starts(sipps)
+    starts = page_starts(phones)
     result.first_page = p50_p95_max([times[0] - started_wall for times in starts.values() if times])
-    for index in range(alarms):
+    for index in range(result.alarms):
         name = f"PANIC {department_name(index)}"
         times = starts.get(name, [])
         result.pages += len(times)
@@ -411,7 +564,6 @@ async def run(
                 result.doubled += 1
         if not times:
             result.missed += 1
-    return result
 
 
 def plot(result: AlarmScaleResult, path: Path) -> None:

@@ -25,6 +25,9 @@ PLOT = os.environ.get("BENCH_PLOT")
 # The server's pool_max_size (default: the setting's): how the first pages of a burst wait
 # for connections.
 POOL_MAX_SIZE = os.environ.get("BENCH_POOL_MAX_SIZE")
+# BENCH_FLOOR_FIRST=1: the floor runs before ours (alternate the order between runs, so
+# that neither side always gets the machine as the other left it).
+FLOOR_FIRST = bool(os.environ.get("BENCH_FLOOR_FIRST"))
 
 pytestmark = [
     pytest.mark.e2e,
@@ -44,18 +47,29 @@ async def test_many_alarms_keep_their_schedule_and_stop(
     if POOL_MAX_SIZE:
         database = settings.database.model_copy(update={"pool_max_size": int(POOL_MAX_SIZE)})
         settings = settings.model_copy(update={"database": database})
-    result = await alarms.run(
-        sandbox,
-        settings,
-        Stores.over(db_pool),
-        tmp_path,
-        alarms=ALARMS,
-        seconds=SECONDS,
-        phones=PHONES,
-    )
-    floor = await alarms.run_floor(
-        sandbox, settings, tmp_path / "floor", alarms=ALARMS, seconds=SECONDS, phones=PHONES
-    )
+
+    async def ours() -> alarms.AlarmScaleResult:
+        return await alarms.run(
+            sandbox,
+            settings,
+            Stores.over(db_pool),
+            tmp_path,
+            alarms=ALARMS,
+            seconds=SECONDS,
+            phones=PHONES,
+        )
+
+    async def the_floor() -> alarms.AlarmScaleResult:
+        return await alarms.run_floor(
+            sandbox, settings, tmp_path / "floor", alarms=ALARMS, seconds=SECONDS, phones=PHONES
+        )
+
+    if FLOOR_FIRST:
+        floor = await the_floor()
+        result = await ours()
+    else:
+        result = await ours()
+        floor = await the_floor()
     print("\n".join(["", *result.lines(), *alarms.floor_lines(floor, result)]))
     if PLOT:
         alarms.plot(result, Path(PLOT))

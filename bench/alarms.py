@@ -41,6 +41,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from bench.stats import percentile
 from fastagi.alarms.loop import AnnouncementPrompts
@@ -265,22 +266,32 @@ def caller_name(invite: SipMessage) -> str:
     return invite.header("From", "f").partition('"')[2].partition('"')[0]
 
 
-def page_starts(phones: Sequence[PagingPhone]) -> dict[str, list[float]]:
-    """Per caller name, when (epoch seconds) each page reached its first phone (the two
-    phones of a page get their INVITEs within milliseconds of each other). SIPp logs local
-    time without a zone: ``timestamp()`` reads it as such."""
-    arrivals: dict[str, list[float]] = defaultdict(list)
+class HeardInvites(Protocol):
+    """What :func:`page_starts` reads of a phone (a :class:`PagingPhone`)."""
+
+    ext: int
+
+    def received(self, method_or_status: str) -> list[SipMessage]: ...
+
+
+def page_starts(phones: Sequence[HeardInvites]) -> dict[str, list[float]]:
+    """Per caller name, when (epoch seconds) each page reached the first phone of its
+    group. Page() dials each device once per page, so at one phone an INVITE is a page
+    (retransmissions are left out by ``received``), and no grouping of the two phones'
+    INVITEs by time is needed: a saturated Asterisk dialled a page's second phone more
+    than 5 s after its first, which such a grouping took for a page more. SIPp logs
+    local time without a zone: ``timestamp()`` reads it as such."""
+    arrivals: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for phone in phones:
         for invite in phone.received("INVITE "):
-            arrivals[caller_name(invite)].append(invite.time.timestamp())
+            arrivals[caller_name(invite)][phone.ext].append(invite.time.timestamp())
     starts: dict[str, list[float]] = {}
-    for name, times in arrivals.items():
-        times.sort()
-        pages = [times[0]]
-        for moment in times[1:]:
-            if moment - pages[-1] > min(INTERVALS) / 2:
-                pages.append(moment)
-        starts[name] = pages
+    for name, by_phone in arrivals.items():
+        # The k-th page is the k-th INVITE at each phone that heard all of them: the
+        # earliest of those, as when the page reached its first phone.
+        most = max(len(times) for times in by_phone.values())
+        complete = [sorted(times) for times in by_phone.values() if len(times) == most]
+        starts[name] = [min(page) for page in zip(*complete, strict=True)]
     return starts
 
 

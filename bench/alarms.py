@@ -262,6 +262,18 @@ class ScalePhone(PagingPhone):
         self._extra = (*self._extra, "-mp", str(free_udp_block(4, taken)))
 
 
+async def start_phones(
+    stack: contextlib.AsyncExitStack, sandbox: Sandbox, numbers: Sequence[int], workdir: Path
+) -> list[ScalePhone]:
+    """The paging phones ``numbers``, each SIPp process in its own block of media ports,
+    stopped when ``stack`` closes."""
+    media_ports: set[int] = set()
+    return [
+        await stack.enter_async_context(ScalePhone(sandbox, n, workdir, media_ports))
+        for n in numbers
+    ]
+
+
 def caller_name(invite: SipMessage) -> str:
     return invite.header("From", "f").partition('"')[2].partition('"')[0]
 
@@ -333,12 +345,8 @@ async def run(
     phone_numbers = list(PAGING_PHONES)[: min(phones, 2 * alarms)]
     await seed(store, alarms, phone_numbers)
     result = AlarmScaleResult(alarms, seconds, len(phone_numbers))
-    media_ports: set[int] = set()
     async with contextlib.AsyncExitStack() as stack:
-        sipps = [
-            await stack.enter_async_context(ScalePhone(sandbox, n, workdir, media_ports))
-            for n in phone_numbers
-        ]
+        sipps = await start_phones(stack, sandbox, phone_numbers, workdir)
         services = await stack.enter_async_context(running_services(settings))
         directory = await services.prompt_keeper.wait_prepared(
             lambda d: all(d.department_for(trigger_of(i)) for i in range(alarms))
@@ -471,12 +479,8 @@ async def run_floor(
     phone_numbers = list(PAGING_PHONES)[: min(phones, 2 * alarms)]
     result = AlarmScaleResult(alarms, seconds, len(phone_numbers))
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
-    media_ports: set[int] = set()
     async with contextlib.AsyncExitStack() as stack:
-        sipps = [
-            await stack.enter_async_context(ScalePhone(sandbox, n, workdir, media_ports))
-            for n in phone_numbers
-        ]
+        sipps = await start_phones(stack, sandbox, phone_numbers, workdir)
         ami = await stack.enter_async_context(AmiClient.from_settings(settings.ami))
         tts = await stack.enter_async_context(TextToSpeech(settings.tts))
         pager = Pager(ami, settings.alarm)

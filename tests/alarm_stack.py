@@ -25,6 +25,7 @@ from fastagi.store import Stores
 from fastagi.store.journal import Journal
 from fastagi.store.pool import answers
 from fastagi.tts import TextToSpeech
+from fastagi.tts.announcement import DIGIT_CLIPS, department_texts
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.settings import tts_settings
 
@@ -100,13 +101,28 @@ def sandbox_tts(stack: AsyncExitStack, sandbox: Sandbox) -> TextToSpeech:
     return tts
 
 
-async def prerender(sandbox: Sandbox, *texts: str) -> None:
+async def prerender(
+    sandbox: Sandbox, *texts: str, announcements: Sequence[tuple[str, str]] = ()
+) -> None:
     """Render the flows' fixed prompts and ``texts`` where the sandbox reads them, before a
     server starts: a first render (0.1-1 s on a loaded machine) would be measured as a
-    page's delay, and the prompts' timing would depend on it."""
+    page's delay, and the prompts' timing would depend on it.
+
+    ``announcements``: (template, department) pairs whose pages are to be timed. A page
+    plays pieces (the department's clips, the extension from the digit clips:
+    fastagi/tts/announcement.py), not the whole text, and a server renders them at
+    start-up in the background (``PromptKeeper``): a page right after start-up waited for
+    that batch, 1.5 s on a slow machine, which moved an original's pages but not its
+    replay's (test_replay)."""
+    clips = [
+        text for template, name in announcements for text in department_texts([template], [name])
+    ]
     tts = TextToSpeech(tts_settings(sandbox))
     try:
-        results = await tts.prerender([*prompts.fixed_texts(), *texts])
+        results = await tts.prerender(
+            [*prompts.fixed_texts(), *texts],
+            clips=[*clips, *DIGIT_CLIPS] if announcements else (),
+        )
     finally:
         await tts.aclose()
     failed = {text: r for text, r in results.items() if isinstance(r, Exception)}

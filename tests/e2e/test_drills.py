@@ -234,7 +234,10 @@ async def test_a_real_alarm_during_a_drill_stops_the_drill_and_pages_at_once(
     tmp_path: Path,
 ) -> None:
     await department(store, 273)
-    await prerender(sandbox, f"Panic {DESK}.", f"Test {DEPARTMENT}.")
+    await prerender(
+        sandbox,
+        announcements=[("Panic {extension}.", DEPARTMENT), (DRILL.announcement, DEPARTMENT)],
+    )
     settings = settings_for(sandbox, agi_port, database_dsn, smtp=smtp)  # no drill mail
     async with (
         sipp.PagingPhone(sandbox, 273, tmp_path) as phone,
@@ -299,7 +302,7 @@ async def test_a_drill_from_a_phone_with_the_drill_pin(
     tmp_path: Path,
 ) -> None:
     await department(store, 274)
-    await prerender(sandbox, f"Test {DEPARTMENT}.")
+    await prerender(sandbox, announcements=[(DRILL.announcement, DEPARTMENT)])
     settings = settings_for(sandbox, agi_port, database_dsn)
     async with (
         await sandbox.ami() as ami,

@@ -108,8 +108,13 @@ async def test_an_alarm_replayed_matches_and_a_changed_paging_group_is_named(
     await stores.directory.map_extensions(DEPARTMENT, str(DESK))
 
     # Rendered before the original, as the replays find them: a cold render (seconds
-    # on a loaded machine) would move the original's trigger but not the replays'.
-    await prerender(sandbox, prompts.panic_question(DEPARTMENT), f"Panic {DESK}.")
+    # on a loaded machine) would move the original's trigger and pages but not the
+    # replays'.
+    await prerender(
+        sandbox,
+        prompts.panic_question(DEPARTMENT),
+        announcements=[("Panic {extension}.", DEPARTMENT)],
+    )
 
     # The original: triggered and confirmed by phone, two pages, the emergency line busy,
     # deactivated.

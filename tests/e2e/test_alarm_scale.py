@@ -72,7 +72,7 @@ async def test_many_alarms_keep_their_schedule_and_stop(
         floor = await the_floor()
     print("\n".join(["", *result.lines(), *alarms.floor_lines(floor, result)]))
     if PLOT:
-        alarms.plot(result, Path(PLOT))
+        alarms.plot(result, Path(PLOT), floor)
 
     assert result.invites_after_deactivation == 0
     # Every alarm paged at once and then every interval: at least one page each.

@@ -112,8 +112,8 @@ async def prerender(
     plays pieces (the department's clips, the extension from the digit clips:
     fastagi/tts/announcement.py), not the whole text, and a server renders them at
     start-up in the background (``PromptKeeper``): a page right after start-up waited for
-    that batch, 1.5 s on a slow machine, which moved an original's pages but not its
-    replay's (test_replay)."""
+    that batch (0.25 s on an idle machine, more under load), which moved an original's
+    pages but not its replay's (test_replay)."""
     clips = [
         text for template, name in announcements for text in department_texts([template], [name])
     ]

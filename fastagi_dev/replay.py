@@ -56,10 +56,10 @@ from fastagi.domain.replay import (
     not_replayed,
     side_by_side,
 )
-from fastagi.domain.rules import announcement_text
 from fastagi.flows import prompts
 from fastagi.store import Stores
 from fastagi.tts import TextToSpeech
+from fastagi.tts.announcement import page_clips
 from fastagi_dev.cluster import free_port
 from fastagi_dev.devenv import prepare_database, running_cluster
 from fastagi_dev.sandbox import sipp
@@ -185,18 +185,16 @@ async def _seed(stores: Stores, directory: Mapping[str, Any], extension: str, sp
     await stores.directory.map_extensions(department["name"], extension)
 
 
-async def _prerender(settings: Settings, department: str, extension: str) -> None:
+async def _prerender(settings: Settings, department: str) -> None:
     """The question and the announcement rendered before the trigger: a fresh sandbox
     renders them cold (seconds on a loaded laptop), which the site's server, running for
-    weeks, did not; the replay would show that as a late page."""
+    weeks, did not; the replay would show that as a late page. The announcement as its
+    page plays it: the department's pieces and the digit clips, not the whole text."""
     tts = TextToSpeech(settings.tts)
     try:
         await tts.prerender(
-            [
-                *prompts.fixed_texts(),
-                prompts.panic_question(department),
-                announcement_text(settings.alarm.announcement, department, extension),
-            ]
+            [*prompts.fixed_texts(), prompts.panic_question(department)],
+            clips=page_clips(settings.alarm.announcement, department),
         )
     finally:
         await tts.aclose()
@@ -245,7 +243,7 @@ async def replay(
     try:
         stores = Stores.over(pool)
         await _seed(stores, used, extension, speed)
-        await _prerender(settings, str(alarm["department"]), extension)
+        await _prerender(settings, str(alarm["department"]))
         outcomes = _first_outcomes(original)
         devices = (used.get("department") or {}).get("devices") or list(outcomes)
         async with contextlib.AsyncExitStack() as stack:

@@ -25,7 +25,7 @@ from fastagi.store import Stores
 from fastagi.store.journal import Journal
 from fastagi.store.pool import answers
 from fastagi.tts import TextToSpeech
-from fastagi.tts.announcement import DIGIT_CLIPS, department_texts
+from fastagi.tts.announcement import page_clips
 from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.settings import tts_settings
 
@@ -114,15 +114,10 @@ async def prerender(
     start-up in the background (``PromptKeeper``): a page right after start-up waited for
     that batch (0.25 s on an idle machine, more under load), which moved an original's
     pages but not its replay's (test_replay)."""
-    clips = [
-        text for template, name in announcements for text in department_texts([template], [name])
-    ]
+    clips = {clip for template, name in announcements for clip in page_clips(template, name)}
     tts = TextToSpeech(tts_settings(sandbox))
     try:
-        results = await tts.prerender(
-            [*prompts.fixed_texts(), *texts],
-            clips=[*clips, *DIGIT_CLIPS] if announcements else (),
-        )
+        results = await tts.prerender([*prompts.fixed_texts(), *texts], clips=sorted(clips))
     finally:
         await tts.aclose()
     failed = {text: r for text, r in results.items() if isinstance(r, Exception)}

@@ -67,6 +67,14 @@ def department_texts(templates: Iterable[str], departments: Iterable[str | None]
     ]
 
 
+def page_clips(template: str, department: str) -> list[str]:
+    """Every clip a page of ``template`` for ``department`` plays, in the site's voice:
+    the department's pieces and the digit clips any extension is spoken from. What to
+    render ahead (``TextToSpeech.prerender(clips=...)``) for such a page to render
+    nothing; the whole announcement as one text is not what a page plays."""
+    return [*department_texts([template], [department]), *DIGIT_CLIPS]
+
+
 def _character(char: str, digits: Sequence[str] | None) -> str:
     """What one character of an extension is spoken from: a digit as ``digits``'s word
     (a language's), else the character itself (the site's voice reads "7" as "seven")."""

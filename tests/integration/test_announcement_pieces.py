@@ -20,6 +20,7 @@ from fastagi.tts.announcement import (
     DIGIT_CLIPS,
     AnnouncementMeter,
     department_texts,
+    page_clips,
     render_segments,
     segments_ready,
 )
@@ -56,6 +57,13 @@ def test_segments_say_what_the_whole_text_says():
 async def tts(tmp_path: Path):
     async with TextToSpeech(TtsSettings(directory=tmp_path / "prompts")) as service:
         yield service
+
+
+async def test_a_page_of_prerendered_page_clips_renders_nothing(tts: TextToSpeech):
+    # What tests and the replay engine render ahead so that a page's timing holds no
+    # render: the whole announcement as one text would leave every piece to render.
+    await tts.prerender([], clips=page_clips("Panic {extension}.", "Replay Ward"))
+    assert segments_ready(tts, announcement_segments("Panic {extension}.", "Replay Ward", "188"))
 
 
 async def test_a_new_extension_of_a_prepared_department_renders_nothing(tts: TextToSpeech):

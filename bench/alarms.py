@@ -77,6 +77,12 @@ def phones_of(index: int, phones: Sequence[int]) -> tuple[int, int]:
     return phones[(2 * index) % len(phones)], phones[(2 * index + 1) % len(phones)]
 
 
+def caller_of(index: int) -> str:
+    """The caller name its pages carry (``[alarm] caller_name``'s default), which the
+    phones' logs are read by."""
+    return f"PANIC {department_name(index)}"
+
+
 def trigger_of(index: int) -> str:
     return str(70000 + index)
 
@@ -174,6 +180,10 @@ class AlarmScaleResult:
     def gap_error_p95(self) -> float:
         return percentile([gap.error for gap in self.gaps], 0.95)
 
+    @property
+    def gap_error_max(self) -> float:
+        return max((gap.error for gap in self.gaps), default=0.0)
+
     def lines(self) -> list[str]:
         load = " ".join(f"{n:.2f}" for n in self.load)
         _, sent_p95, sent_max = p50_p95_max(self.server_gap_errors)
@@ -182,7 +192,7 @@ class AlarmScaleResult:
             f" intervals 10-30 s): {self.pages} pages, {self.cycles_counted} cycles counted;"
             f" load average {load}",
             f"  gap error |gap - interval| / interval: p95 {self.gap_error_p95 * 100:.2f} %,"
-            f" max {max((g.error for g in self.gaps), default=0.0) * 100:.2f} %"
+            f" max {self.gap_error_max * 100:.2f} %"
             f" over {len(self.gaps)} gaps; missed cycles {self.missed}, doubled {self.doubled}",
             f"  the same as the server sent them (page_cycle started_at): p95"
             f" {sent_p95 * 100:.2f} %, max {sent_max * 100:.2f} %"
@@ -406,7 +416,7 @@ async def run(
         started = time.perf_counter()
         for index, activation in enumerate(activations):
             await services.alarms.deactivate(activation.alarm.id, by="bench", reason="over")
-            deactivated_at[f"PANIC {department_name(index)}"] = time.time()
+            deactivated_at[caller_of(index)] = time.time()
         result.deactivation_seconds = time.perf_counter() - started
         cycles = [await store.alarms.get_alarm(a.alarm.id) for a in activations]
         result.cycles_counted = sum(alarm.cycles for alarm in cycles if alarm is not None)
@@ -422,13 +432,13 @@ class _FloorAlarm:
     """One department's page loop in the floor: page, wait out the interval from the
     page's start (``next_cycle_start``, as the alarm loop schedules), page again."""
 
-    def __init__(self, index: int, pager: Pager, devices: Sequence[str], prompts: list[str],
-                 caller_name: str) -> None:  # fmt: skip
+    def __init__(
+        self, index: int, pager: Pager, devices: Sequence[str], prompts: list[str]
+    ) -> None:
         self.index = index
         self._pager = pager
         self._devices = devices
         self._prompts = prompts
-        self._caller_name = caller_name
         self.sent: list[float] = []  # epoch seconds, as each Originate went out
         self.stopping = asyncio.Event()
 
@@ -446,7 +456,7 @@ class _FloorAlarm:
                 len(self.sent),
                 self._devices,
                 self._prompts,
-                caller_name=self._caller_name,
+                caller_name=caller_of(self.index),
                 caller_number=trigger_of(self.index),
             )
             next_start = next_cycle_start(started, loop.time(), interval)
@@ -498,7 +508,6 @@ async def run_floor(
                     pager,
                     [f"PJSIP/{phone}" for phone in phones_of(index, phone_numbers)],
                     await prompts.get(),
-                    settings.alarm.caller_name.format(department=name, extension=trigger),
                 )
             )
         started_wall = time.time()
@@ -510,7 +519,7 @@ async def run_floor(
             alarm.stopping.set()
             await pager.cancel(alarm.index + 1)
             await task
-            deactivated_at[f"PANIC {department_name(alarm.index)}"] = time.time()
+            deactivated_at[caller_of(alarm.index)] = time.time()
         result.deactivation_seconds = time.perf_counter() - started
         result.cycles_counted = sum(len(alarm.sent) for alarm in floor)
         for alarm in floor:
@@ -537,7 +546,7 @@ def floor_lines(floor: AlarmScaleResult, ours: AlarmScaleResult) -> list[str]:
         f" {floor.pages} pages, {floor.cycles_counted} sent; load average"
         f" {' '.join(f'{n:.2f}' for n in floor.load)}",
         f"  gap error at the phones: p95 {floor.gap_error_p95 * 100:.2f} %, max"
-        f" {max((g.error for g in floor.gaps), default=0.0) * 100:.2f} % over"
+        f" {floor.gap_error_max * 100:.2f} % over"
         f" {len(floor.gaps)} gaps; as sent: p95 {floor_sent * 100:.2f} %; missed"
         f" {floor.missed}, doubled {floor.doubled}; first page at the phones p95"
         f" {floor.first_page[1]:.2f} s; deactivating all {floor.deactivation_seconds:.2f} s;"
@@ -562,7 +571,7 @@ def measure_at_phones(
     starts = page_starts(phones)
     result.first_page = p50_p95_max([times[0] - started_wall for times in starts.values() if times])
     for index in range(result.alarms):
-        name = f"PANIC {department_name(index)}"
+        name = caller_of(index)
         times = starts.get(name, [])
         result.pages += len(times)
         interval = interval_of(index)

@@ -2,12 +2,17 @@
 of the same alarm are compared. Pure: the export is fastagi/admin/replay.py, the engine
 that re-enacts a file against the sandbox is fastagi_dev/replay.py.
 
-A timeline is the alarm's events, each at its offset in seconds from the activation. Two
-timelines match when each kind comes as often, and the n-th replayed event of a kind
-comes within ``tolerance`` of the n-th original's offset divided by the replay's speed; a page
-cycle also matches on what each device did (answered, busy, no answer). The directory
-the alarm paged (``directory``: its department, paging group, devices, interval) is
-compared key by key, so a change of paging group is named as such; so are the server's
+A timeline is the alarm's events, each at its offset in seconds from the activation; a
+page cycle sits where its page began (its ``started_at`` detail), not where its event was
+written, at the page's end. The loop decides when a page begins, start to start
+(fastagi/alarms/loop.py), and that is what a replay re-enacts; how long a page lasts is up
+to the phones and the machine (a loaded sandbox stretched one by 2 s), and comparing ends
+made a replay "differ" from a run whose schedule it matched. Two timelines match when
+each kind comes as often, and the n-th replayed event of a kind comes within
+``tolerance`` of the n-th original's offset divided by the replay's speed; a page cycle
+also matches on what each device did (answered, busy, no answer). The directory the
+alarm paged (``directory``: its department, paging group, devices, interval) is compared
+key by key, so a change of paging group is named as such; so are the server's
 ``[alarm]`` settings (``settings``) the replay had to page with other values than the
 original's.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 FORMAT = "fastagi-replay/1"
@@ -63,12 +69,33 @@ def scrub(value: Any) -> Any:
 
 
 def entries(document: Mapping[str, Any]) -> list[TimelineEntry]:
-    """The compared entries of a replay file's timeline."""
-    return [
-        TimelineEntry(str(e["kind"]), float(e["at"]), e.get("details") or {})
+    """The compared entries of a replay file's timeline, in time order (a page cycle at
+    its start: see the module's docstring)."""
+    activated_at = _moment((document.get("alarm") or {}).get("activated_at"))
+    timeline = [
+        TimelineEntry(str(e["kind"]), _offset(e, activated_at), e.get("details") or {})
         for e in document["events"]
         if e["kind"] in COMPARED_KINDS
     ]
+    return sorted(timeline, key=lambda entry: entry.at)
+
+
+def _offset(event: Mapping[str, Any], activated_at: datetime | None) -> float:
+    """The event's ``at``; a page cycle's start when the file says when it began."""
+    started = _moment((event.get("details") or {}).get("started_at"))
+    if event["kind"] == "page_cycle" and started is not None and activated_at is not None:
+        return round((started - activated_at).total_seconds(), 3)
+    return float(event["at"])
+
+
+def _moment(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def listed_entries(document: Mapping[str, Any]) -> list[TimelineEntry]:

@@ -104,7 +104,11 @@ async def test_an_alarm_replayed_matches_and_a_changed_paging_group_is_named(
     stores = Stores.over(db_pool)
     await stores.directory.add_paging_group("Ward A")
     await stores.directory.add_paging_device("Ward A", f"PJSIP/{FIRST}")
-    await stores.directory.add_department(DEPARTMENT, interval_seconds=5, paging_group="Ward A")
+    # A page every 10 s, its announcement 1.8 s long: on a loaded machine Asterisk's
+    # playback stalls (a page of 1.8 s took 8.4 s with two busy loops beside the test),
+    # and a page longer than the interval pushes the next one (never two at once), which
+    # a replay on a quiet machine rightly reports as a difference. 10 s leaves 8 s.
+    await stores.directory.add_department(DEPARTMENT, interval_seconds=10, paging_group="Ward A")
     await stores.directory.map_extensions(DEPARTMENT, str(DESK))
 
     # Rendered before the original, as the replays find them: a cold render (seconds

@@ -158,3 +158,47 @@ def test_emergency_calls_and_notifications_are_listed_not_compared() -> None:
         "  emergency_call at +1.20 s (list primary, destination PJSIP/204)",
         "  acknowledged at +3.50 s (by PJSIP/204)",
     ]
+
+
+def replay_file(page_ended: float, page_began: float | None) -> dict[str, object]:
+    """A replay file's alarm and events: activated, one page that began at ``page_began``
+    (no ``started_at`` when None, as a file of an older version) and ended at
+    ``page_ended``, deactivated at +9 s."""
+    activated = "2026-11-29T10:00:00+00:00"
+    details: dict[str, object] = {"cycle": 1, "devices": {"PJSIP/201": "answered"}}
+    if page_began is not None:
+        details["started_at"] = f"2026-11-29T10:00:0{page_began:.3f}+00:00"
+    return {
+        "alarm": {"activated_at": activated},
+        "events": [
+            {"kind": "activated", "at": 0.0, "details": {}},
+            {"kind": "page_cycle", "at": page_ended, "details": details},
+            {"kind": "deactivated", "at": 9.0, "details": {}},
+        ],
+    }
+
+
+def test_a_page_cycle_is_compared_by_when_it_began_not_how_long_it_lasted() -> None:
+    # A loaded sandbox stretched the original's page by 2 s; it began on time in both.
+    original = entries(replay_file(page_ended=4.02, page_began=0.25))
+    replayed = entries(replay_file(page_ended=1.88, page_began=0.31))
+    assert [(e.kind, e.at) for e in original] == [
+        ("activated", 0.0),
+        ("page_cycle", 0.25),
+        ("deactivated", 9.0),
+    ]
+    assert compare_timelines(original, replayed) == []
+    # A page that began late is a difference.
+    late = entries(replay_file(page_ended=4.02, page_began=2.25))
+    assert compare_timelines(late, replayed) == [
+        "page_cycle #1: at +0.31 s, expected +2.25 s (±1.5 s)"
+    ]
+
+
+def test_a_file_without_page_starts_compares_page_ends() -> None:
+    original = entries(replay_file(page_ended=4.02, page_began=None))
+    assert [e.at for e in original if e.kind == "page_cycle"] == [4.02]
+    replayed = entries(replay_file(page_ended=1.88, page_began=None))
+    assert compare_timelines(original, replayed) == [
+        "page_cycle #1: at +1.88 s, expected +4.02 s (±1.5 s)"
+    ]

@@ -37,7 +37,9 @@ the cycle's event, journalled, counts it when it reaches PostgreSQL (the store's
 only grow to the event's cycle number, so a cycle is never counted twice).
 
 A stop wakes the loop at once, whatever it waits for; so does a request to page now
-(``page_now``: the web console's "re-send"), which only moves the next cycle forward.
+(``page_now``: the web console's "re-send"), which only moves the next cycle forward, and,
+after a page that was never sent because there was no AMI connection, the connection's
+return: nobody heard that page, so the next goes out then, not an interval later.
 Every cycle is recorded as a ``page_cycle`` event when it ends; an exception is recorded
 as an ``error`` event and the loop goes on after a backoff: an alarm never stops paging
 because something failed, only when it is deactivated. What is said: the alarm's TTS
@@ -84,6 +86,9 @@ logger = logging.getLogger(__name__)
 
 # Longest pause between attempts after errors in a row.
 _MAX_BACKOFF = 30.0
+# After a page that was never sent (no AMI connection), the shortest wait before the
+# next, however soon AMI is back: a connection that flaps must not make the loop spin.
+_UNSENT_RETRY_PAUSE = 0.2
 # The interval to use when PostgreSQL cannot say (the schema's default).
 _DEFAULT_INTERVAL = 60
 
@@ -271,6 +276,7 @@ class AlarmLoop:
         self._task: asyncio.Task[None] | None = None
         self._interval = _DEFAULT_INTERVAL
         self.cycle = alarm.cycles  # the number of the last cycle paged
+        self._unsent = False  # the last page was never sent: no AMI connection
 
     # -- control -------------------------------------------------------------------------
 
@@ -337,7 +343,7 @@ class AlarmLoop:
             if self._drill_paged():
                 await self._end_drill()
                 break
-            if await self._sleep_until(next_start):
+            if await self._sleep_until(next_start, or_ami_back=self._unsent):
                 break
             try:
                 started = await self._cycle()
@@ -368,21 +374,31 @@ class AlarmLoop:
             self._on_drill_paged(self)
         await self._stopping.wait()
 
-    async def _sleep_until(self, deadline: float) -> bool:
-        """Sleep until ``deadline`` or a request to page now; True (at once) when the loop
-        is told to stop."""
+    async def _sleep_until(self, deadline: float, *, or_ami_back: bool = False) -> bool:
+        """Sleep until ``deadline`` or a request to page now, or (``or_ami_back``) until
+        AMI is connected; True (at once) when the loop is told to stop.
+
+        ``or_ami_back`` follows a page that was never sent: nobody heard it, and at a
+        site's interval (30-60 s) waiting for the next cycle would leave the alarm
+        silent that long after AMI came back (a server that took the alarm over at
+        start-up, before its AMI login; Asterisk restarted)."""
         delay = wait_before(asyncio.get_running_loop().time(), deadline)
         stopping = asyncio.ensure_future(self._stopping.wait())
         paging = asyncio.ensure_future(self._page_now.wait())
+        wakers: set[asyncio.Future[Any]] = {stopping, paging}
+        if or_ami_back:
+            wakers.add(asyncio.ensure_future(self._ami_back()))
         try:
-            await asyncio.wait(
-                {stopping, paging}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(wakers, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopping.cancel()
-            paging.cancel()
+            for waker in wakers:
+                waker.cancel()
         self._page_now.clear()
         return self._stopping.is_set()
+
+    async def _ami_back(self) -> None:
+        await asyncio.sleep(_UNSENT_RETRY_PAUSE)
+        await self._pager.wait_connected()
 
     async def _fresh_interval(self) -> int:
         try:
@@ -406,6 +422,7 @@ class AlarmLoop:
         """One page; when it started (its Originate was sent), or None when the alarm
         turned out to be inactive (the loop ends). The schedule counts from that moment,
         not from before the prompt and device look-ups, so they do not stretch it."""
+        self._unsent = False
         prompts = await self._prompts.get()
         devices = await self._devices()
         alarm = self.alarm
@@ -452,6 +469,7 @@ class AlarmLoop:
                 await turn.count(cycle, started_at)
         self.cycle = cycle
         result = await page
+        self._unsent = result.unsent
         # Fresh after each page: an administrator may have changed it meanwhile. It sets
         # the wait before the next cycle, and the cycle's event records it.
         interval = await self._fresh_interval()

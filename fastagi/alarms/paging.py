@@ -37,7 +37,9 @@ answered when it went Up, busy when its ``Hangup`` cause is 17 (user busy, as a 
 to), no answer otherwise; a device without a leg was not dialled (no contact, a bad name).
 
 Failures of any kind end in a :class:`CycleResult` with ``error`` set: the paging loop
-records it and pages again at the next cycle; nothing here raises into the loop.
+records it and pages again at the next cycle, or as soon as the AMI connection is back
+when the page was never sent for lack of it (``unsent``); nothing here raises into the
+loop.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ class CycleResult:
     cancelled: bool = False
     # What each device of the page did: ANSWERED, BUSY, NO_ANSWER or NOT_DIALLED.
     devices: Mapping[str, str] = field(default_factory=dict)
+    # The Originate was never written: there was no AMI connection. Nobody heard this
+    # page, and the loop pages again as soon as the connection is back.
+    unsent: bool = False
 
     @property
     def ok(self) -> bool:
@@ -128,6 +133,7 @@ class _Page:
     causes: dict[str, str] = field(default_factory=dict)  # uniqueid -> Hangup cause
     dial_begun: set[str] = field(default_factory=set)  # uniqueids of the legs
     cancelled: bool = False
+    unsent: bool = False  # CycleResult.unsent
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     # Every device was dialled (its INVITE is out) or could not be: see the theory above.
     dialled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -214,6 +220,10 @@ class Pager:
     def in_flight(self, alarm_id: int) -> bool:
         return alarm_id in self._inflight
 
+    async def wait_connected(self) -> None:
+        """Return once pages can be placed (AMI connected); at once if they can."""
+        await self._ami.wait_connected()
+
     async def page(
         self,
         alarm_id: int,
@@ -253,6 +263,7 @@ class Pager:
                 channel_id=page.channel_id if placed else None,
                 cancelled=page.cancelled,
                 devices=page.device_outcomes(devices),
+                unsent=page.unsent,
             )
             self.counts.add(done)
             return done
@@ -319,6 +330,9 @@ class Pager:
     ) -> str | None:
         """Place the page and wait for its end; the error, or None when it was heard."""
         settings = self._settings
+        # Not connected now: the Originate fails before it is written (AmiClient checks
+        # the connection first), so the page certainly reached nobody.
+        reachable = self._ami.connected
         originate = asyncio.create_task(
             self._ami.originate(
                 f"Local/s@{settings.page_context}/n",
@@ -340,6 +354,7 @@ class Pager:
             try:
                 outcome = await originate
             except AmiError as exc:
+                page.unsent = not reachable
                 await self._settle(page)
                 return f"originate failed: {exc}"
             if not outcome.success:

@@ -261,7 +261,9 @@ class AmiClient:
         self._reconnect_max_delay = reconnect_max_delay
         self._event_queue_size = event_queue_size
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 (jitter only)
-        self._state = ConnectionState.DISCONNECTED
+        # Set while CONNECTED (the ``_state`` setter keeps it so): wait_connected().
+        self._up = asyncio.Event()
+        self._current_state = ConnectionState.DISCONNECTED
         self.reconnects = 0  # connections reopened after a loss (read by the metrics)
         self._conn: AmiProtocol | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -300,6 +302,23 @@ class AmiClient:
     @property
     def connected(self) -> bool:
         return self._state is ConnectionState.CONNECTED
+
+    async def wait_connected(self) -> None:
+        """Return once the client is connected (at once if it is): after the first
+        connect, or the next reconnection."""
+        await self._up.wait()
+
+    @property
+    def _state(self) -> ConnectionState:
+        return self._current_state
+
+    @_state.setter
+    def _state(self, state: ConnectionState) -> None:
+        self._current_state = state
+        if state is ConnectionState.CONNECTED:
+            self._up.set()
+        else:
+            self._up.clear()
 
     @property
     def fully_booted(self) -> bool:

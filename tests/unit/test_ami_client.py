@@ -522,6 +522,33 @@ async def test_actions_fail_fast_while_reconnecting(fake: FakeAmi, client: AmiCl
     assert client.state is ConnectionState.RECONNECTING
 
 
+async def test_wait_connected_waits_out_a_reconnection(fake: FakeAmi) -> None:
+    ami = make_client(fake)
+    waiting = asyncio.create_task(ami.wait_connected())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # before the first connect
+    async with ami:
+        async with asyncio.timeout(5):
+            await waiting
+        await ami.wait_connected()  # connected: at once
+        fake.refuse_connections = 2
+        answer_ping = fake.handlers["ping"]
+        fake.handlers["ping"] = lambda conn, action: asyncio.sleep(0)  # never answers
+        pending = asyncio.create_task(ami.ping(timeout=5))
+        await asyncio.sleep(0)  # the Ping goes out
+        fake.drop_all()
+        with pytest.raises(AmiConnectionLost):
+            await pending  # failed by the loss, which the client has seen
+        fake.handlers["ping"] = answer_ping
+        waiting = asyncio.create_task(ami.wait_connected())
+        await asyncio.sleep(0)
+        assert not waiting.done()  # reconnecting
+        async with asyncio.timeout(5):
+            await waiting
+        assert ami.state is ConnectionState.CONNECTED
+        assert fake.logins == 2
+
+
 async def test_shutdown_event_triggers_reconnect(fake: FakeAmi) -> None:
     reconnected = asyncio.Event()
 

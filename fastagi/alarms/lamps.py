@@ -149,6 +149,12 @@ class Lamps:
     def applied(self) -> dict[str, str]:
         return dict(self._applied)
 
+    def lit_for(self, alarm: HasDepartment) -> bool:
+        """Whether every lamp ``alarm`` lights is on as far as this server knows: it set
+        them on and has not put them out since (a set that failed is forgotten)."""
+        on = self._settings.lamp_state
+        return all(self._applied.get(lamp) == on for lamp in self._lamps_of(alarm))
+
     async def _apply_locked(self) -> list[LampChange]:
         settings = self._settings
         # Departments that had a lamp lit stay in the set, so their lamp is put out later.

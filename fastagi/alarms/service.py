@@ -312,7 +312,12 @@ class AlarmService:
             # A re-triggered alarm that nobody leads (its leader died a moment ago) is
             # taken now rather than at the next scan.
             await self._lead(alarm, first_delay=0.0 if created else None)
-        await self._update_lamps(causes=[alarm])
+        if created or not self._lamps.lit_for(alarm):
+            # A re-trigger changes no lamp: the read of the active alarms and the apply
+            # only when this server does not know the alarm's lamps on (another server
+            # lit them, or setting them failed). A panic-confirm storm re-triggers one
+            # alarm per call.
+            await self._update_lamps(causes=[alarm])
         if created:
             self._listeners.started(alarm)
             # In the background: activate() (which the panic call waits for) and the first

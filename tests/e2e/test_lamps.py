@@ -98,6 +98,9 @@ async def test_main_and_department_lamps_follow_alarms(
             "confirmed",
         ]
         assert await ami.get_device_state("Custom:PANIC") == "BUSY"
+        # What a re-trigger asks before it reads and applies (AlarmService._activate).
+        assert lamps.lit_for(FakeAlarm(7))
+        assert not lamps.lit_for(FakeAlarm(8))  # its department's lamp was never set
 
         async def stop_department() -> None:
             assert await lamps.update(reading([FakeAlarm(None)])) == [
@@ -110,6 +113,8 @@ async def test_main_and_department_lamps_follow_alarms(
             "terminated",
         ]
         assert await ami.get_device_state("Custom:PANIC") == "BUSY"
+        assert not lamps.lit_for(FakeAlarm(7))
+        assert lamps.lit_for(FakeAlarm(None))  # an alarm of no department: the main lamp
 
         async def stop_all() -> None:
             assert await lamps.update(reading([])) == [

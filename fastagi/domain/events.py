@@ -149,3 +149,20 @@ def _refuse_pins(value: object, where: str) -> None:
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             _refuse_pins(item, f"{where}[{index}]")
+
+
+def aware_time(text: object) -> datetime | None:
+    """``text`` as a time with its zone (ISO 8601); None when it is no such text."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def page_started_at(details: Mapping[str, Any]) -> datetime | None:
+    """When a ``page_cycle`` event's page began: its ``started_at`` detail (written since
+    cycles are counted at their start); None when it has none."""
+    return aware_time(details.get("started_at"))

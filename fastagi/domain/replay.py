@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from fastagi.domain.events import aware_time, page_started_at
+
 FORMAT = "fastagi-replay/1"
 #: Kinds a replay re-enacts and compares; the rest (lamps, notifications) are context.
 COMPARED_KINDS = frozenset(
@@ -71,7 +73,7 @@ def scrub(value: Any) -> Any:
 def entries(document: Mapping[str, Any]) -> list[TimelineEntry]:
     """The compared entries of a replay file's timeline, in time order (a page cycle at
     its start: see the module's docstring)."""
-    activated_at = _moment((document.get("alarm") or {}).get("activated_at"))
+    activated_at = aware_time((document.get("alarm") or {}).get("activated_at"))
     timeline = [
         TimelineEntry(str(e["kind"]), _offset(e, activated_at), e.get("details") or {})
         for e in document["events"]
@@ -82,20 +84,10 @@ def entries(document: Mapping[str, Any]) -> list[TimelineEntry]:
 
 def _offset(event: Mapping[str, Any], activated_at: datetime | None) -> float:
     """The event's ``at``; a page cycle's start when the file says when it began."""
-    started = _moment((event.get("details") or {}).get("started_at"))
+    started = page_started_at(event.get("details") or {})
     if event["kind"] == "page_cycle" and started is not None and activated_at is not None:
         return round((started - activated_at).total_seconds(), 3)
     return float(event["at"])
-
-
-def _moment(text: object) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
 
 
 def listed_entries(document: Mapping[str, Any]) -> list[TimelineEntry]:

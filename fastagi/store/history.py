@@ -7,7 +7,6 @@ Each event carries a UUID ``event_id`` made where it happened; writing is
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
-from fastagi.domain.events import EventKind, HistoryEvent
+from fastagi.domain.events import EventKind, HistoryEvent, page_started_at
 from fastagi.store._common import COUNT_CYCLE, Connection, row_to
 
 # How much of an event's department or extension text the history's indexes hold
@@ -236,15 +235,9 @@ def page_query(
 
 
 def cycle_started_at(event: HistoryEvent) -> datetime:
-    """When a ``page_cycle`` event's page started: its ``started_at`` detail (written
-    since cycles are counted at their start), else when the event was made (its end)."""
-    started = event.details.get("started_at")
-    if isinstance(started, str):
-        with contextlib.suppress(ValueError):
-            parsed = datetime.fromisoformat(started)
-            if parsed.tzinfo is not None:
-                return parsed
-    return event.occurred_at
+    """When a ``page_cycle`` event's page started (page_started_at), else when the event
+    was made (its end)."""
+    return page_started_at(event.details) or event.occurred_at
 
 
 async def insert_event(connection: Connection, event: HistoryEvent) -> bool:

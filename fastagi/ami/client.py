@@ -347,32 +347,39 @@ class AmiClient:
         self._supervisor = asyncio.create_task(self._supervise(), name="ami-supervisor")
 
     async def close(self) -> None:
-        """Log off and close; ends every event stream. Safe to call more than once."""
+        """Log off and close; ends every event stream. Safe to call more than once.
+
+        Cancelled midway (a server stopping while a health run logs off), it still lets
+        go of the socket: the state is CLOSED from the first line, so no later call
+        would, and an open transport outlives its event loop as a leaked socket.
+        """
         if self._state is ConnectionState.CLOSED:
             return
         self._state = ConnectionState.CLOSED
-        tasks = [t for t in (self._supervisor, *self._background) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         conn = self._conn
-        if conn is not None and not conn.closed:
-            # Best effort, briefly: Logoff lets Asterisk end the session cleanly (it
-            # answers "Goodbye" and closes, main/manager.c action_logoff).
-            with contextlib.suppress(AmiError):
-                await self._send_on(conn, [("Action", "Logoff")], 1.0)
-            conn.close()
-        if conn is not None:
-            # Wait for the transport to be closed for real, so nothing leaks past us.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await conn.lost.wait()
-            if not conn.lost.is_set():
-                conn.abort()
-        for stream in list(self._streams):
-            stream.close()
+        try:
+            tasks = [t for t in (self._supervisor, *self._background) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # The supervisor may have replaced the connection before it stopped.
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                # Best effort, briefly: Logoff lets Asterisk end the session cleanly (it
+                # answers "Goodbye" and closes, main/manager.c action_logoff).
+                with contextlib.suppress(AmiError):
+                    await self._send_on(conn, [("Action", "Logoff")], 1.0)
+                conn.close()
+            if conn is not None:
+                # Wait for the transport to be closed for real, so nothing leaks past us.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await conn.lost.wait()
+        finally:
+            if conn is not None and not conn.lost.is_set():
+                conn.abort()  # never waits: the socket is closed at the loop's next turn
+            for stream in list(self._streams):
+                stream.close()
 
     async def __aenter__(self) -> Self:
         await self.connect()

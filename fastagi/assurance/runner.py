@@ -126,14 +126,21 @@ class Context:
         return result
 
     async def close(self) -> None:
-        """Close what this run opened; a lent pool or client stays open."""
-        for future in self._once.values():
-            future.cancel()
-        await asyncio.gather(*self._once.values(), return_exceptions=True)
-        if self._own_ami and self._ami is not None:
-            await self._ami.close()
-        if self._own_pool and self._pool is not None:
-            await self._pool.close()
+        """Close what this run opened; a lent pool or client stays open. Cancelled
+        midway (the server stops during a scheduled run), it still lets go of both: the
+        client's close does, and the pool is terminated."""
+        try:
+            for future in self._once.values():
+                future.cancel()
+            await asyncio.gather(*self._once.values(), return_exceptions=True)
+            if self._own_ami and self._ami is not None:
+                await self._ami.close()
+            if self._own_pool and self._pool is not None:
+                await self._pool.close()
+        except BaseException:
+            if self._own_pool and self._pool is not None:
+                self._pool.terminate()
+            raise
 
 
 def selected(checks: Sequence[Check], only: Collection[str] | None) -> list[Check]:

@@ -68,6 +68,8 @@ class FakeAmi:
         self.raw: list[bytes] = []
         self.logins = 0
         self.login_event = asyncio.Event()
+        self.ended = 0  # connections whose client closed its end (EOF read)
+        self.ended_event = asyncio.Event()
         self.answer_pings = True
         self.refuse_connections = 0  # close this many new connections at once
         self.variables: dict[str, str] = {"DEVICE_STATE(Custom:PANIC)": "UNKNOWN"}
@@ -121,6 +123,8 @@ class FakeAmi:
                     handler = self.handlers.get((action.get("Action") or "").lower())
                     if handler is not None:
                         await handler(conn, action)
+            self.ended += 1
+            self.ended_event.set()
         except (ConnectionError, OSError):
             pass
         finally:
@@ -457,6 +461,30 @@ async def test_close_ends_streams(fake: FakeAmi) -> None:
     await ami.close()
     async with asyncio.timeout(5):
         assert [event async for event in stream] == []
+
+
+async def test_close_cancelled_while_logging_off_still_closes_the_socket(fake: FakeAmi) -> None:
+    # A server stopping cancels its health run, which may be logging off its own client
+    # at that moment: the socket must not outlive the cancellation (a leaked transport
+    # is closed, with a ResourceWarning, only when its event loop is long gone).
+    logoff_read = asyncio.Event()
+
+    async def no_goodbye(conn: FakeConnection, action: Message) -> None:
+        logoff_read.set()
+
+    fake.handlers["logoff"] = no_goodbye
+    ami = make_client(fake)
+    await ami.connect()
+    closing = asyncio.create_task(ami.close())
+    async with asyncio.timeout(5):
+        await logoff_read.wait()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    async with asyncio.timeout(5):
+        await fake.ended_event.wait()
+    assert fake.ended == 1
+    assert ami.state is ConnectionState.CLOSED
 
 
 # -- keepalive and reconnect ------------------------------------------------------------

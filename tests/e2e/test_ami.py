@@ -107,16 +107,17 @@ async def test_originate_without_a_phone_fails_with_a_reason(ami: AmiClient) -> 
 
 
 async def test_device_state_set_and_read_back(ami: AmiClient) -> None:
+    # A lamp of its own: Custom:PANIC is the site's, and a test on the same sandbox may
+    # have left it BUSY, which Asterisk would not announce again as a change.
+    lamp = f"Custom:AMITEST{uuid.uuid4().hex[:12].upper()}"
     async with ami.events("DeviceStateChange") as changes:
-        await ami.set_device_state("Custom:PANIC", "BUSY")
-        assert await ami.get_device_state("Custom:PANIC") == "BUSY"
-        assert await ami.get_variable("DEVICE_STATE(Custom:PANIC)") == "BUSY"
-        change = await next_matching(
-            changes, lambda e: e.get("Device") == "Custom:PANIC", within=10
-        )
+        await ami.set_device_state(lamp, "BUSY")
+        assert await ami.get_device_state(lamp) == "BUSY"
+        assert await ami.get_variable(f"DEVICE_STATE({lamp})") == "BUSY"
+        change = await next_matching(changes, lambda e: e.get("Device") == lamp, within=10)
         assert change["State"] == "BUSY"
-        await ami.set_device_state("Custom:PANIC", "NOT_INUSE")
-        assert await ami.get_device_state("Custom:PANIC") == "NOT_INUSE"
+        await ami.set_device_state(lamp, "NOT_INUSE")
+        assert await ami.get_device_state(lamp) == "NOT_INUSE"
 
 
 async def test_ping_and_generic_action(ami: AmiClient) -> None:

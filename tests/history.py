@@ -100,8 +100,8 @@ def doubled_cycles(numbers: Sequence[int]) -> list[int]:
     return sorted(n for n, count in collections.Counter(numbers).items() if count > 1)
 
 
-def doubled_pages(invites: Sequence[dt.datetime], min_gap: float) -> list[float]:
-    """The gaps (s) between INVITEs to one phone that fall inside one cycle's window:
+def doubled_pages(starts: Sequence[dt.datetime], min_gap: float) -> list[float]:
+    """The gaps (s) between one alarm's page starts that fall inside one cycle's window:
     shorter than ``min_gap``, each a page where one was due."""
-    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(invites)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
     return [round(g, 3) for g in gaps if g < min_gap]

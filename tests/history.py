@@ -23,11 +23,11 @@ import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
-from fastagi.domain.events import HistoryEvent
+from fastagi.domain.events import HistoryEvent, page_started_at
 from fastagi.store.journal import PROVISIONAL_DETAIL
 
 # What a replay adds to a journalled event's details (fastagi/store/journal.py): the same
@@ -93,6 +93,23 @@ def lost(expected: Iterable[HistoryEvent], rows: Iterable[StoredRow]) -> list[Hi
 def cycle_numbers(rows: Iterable[StoredRow], alarm_id: int) -> list[int]:
     """The alarm's page_cycle numbers, in the order they were written."""
     return [r.details["cycle"] for r in rows if r.alarm_id == alarm_id and r.kind == "page_cycle"]
+
+
+class Recorded(Protocol):
+    """An event as a test reads it back: a row, a StoredEvent, a journalled HistoryEvent."""
+
+    @property
+    def details(self) -> Mapping[str, Any]: ...
+
+
+def page_starts(cycles: Iterable[Recorded]) -> list[dt.datetime]:
+    """When each page began, as the server that paged it recorded (its ``page_cycle``
+    event's ``started_at``), in time order: the schedule the server kept. The phone's
+    INVITEs follow by however long Asterisk takes to dial, which a loaded machine
+    stretches by up to seconds: a gap between INVITEs measures the machine too."""
+    starts = [page_started_at(cycle.details) for cycle in cycles]
+    assert None not in starts, "a page_cycle event without started_at"
+    return sorted(start for start in starts if start is not None)
 
 
 def doubled_cycles(numbers: Sequence[int]) -> list[int]:

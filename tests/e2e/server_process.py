@@ -17,10 +17,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from fastagi.domain.alarm import Alarm
-from fastagi.domain.events import page_started_at
 from fastagi.store import Stores
 from fastagi.store.history import StoredEvent
 from fastagi_dev.sandbox.instance import Sandbox
+from tests.history import page_starts
 
 READY_LINE = "FastAGI server listening"
 
@@ -195,16 +195,6 @@ async def wait_counted(store: Stores, alarm_id: int, cycles: int, within: float)
 
 async def events(store: Stores, alarm_id: int, kind: str) -> list[StoredEvent]:
     return [e for e in await store.history.timeline(alarm_id) if e.kind == kind]
-
-
-def page_starts(cycles: Iterable[StoredEvent]) -> list[dt.datetime]:
-    """When each page began, as the server that paged it recorded (its ``page_cycle``
-    event's ``started_at``), in time order: the schedule the server kept. The phone's
-    INVITEs follow by however long Asterisk takes to dial, which a loaded machine
-    stretches by up to seconds: a gap between INVITEs measures the machine too."""
-    starts = [page_started_at(cycle.details) for cycle in cycles]
-    assert None not in starts, "a page_cycle event without started_at"
-    return sorted(start for start in starts if start is not None)
 
 
 async def recorded_page_starts(

@@ -33,7 +33,8 @@ from fastagi_dev.sandbox.instance import Sandbox
 from fastagi_dev.sandbox.settings import tts_settings
 from tests import sipp
 from tests.alarm_stack import start_alarm_service
-from tests.e2e.server_process import page_starts, recorded_page_starts
+from tests.e2e.server_process import recorded_page_starts
+from tests.history import page_starts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

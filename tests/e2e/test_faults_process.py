@@ -39,14 +39,13 @@ from tests.e2e.server_process import (
     ServerProcess,
     events,
     gaps,
-    page_starts,
     recorded_page_starts,
     seed_department,
     server_env,
     wait_alarm,
     wait_counted,
 )
-from tests.history import doubled_cycles, doubled_pages
+from tests.history import doubled_cycles, doubled_pages, page_starts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 

@@ -750,6 +750,10 @@ class AlarmService:
                     logger.warning("alarm %s is led by another server now", alarm_id)
                     self._loops[alarm_id].stop()
                     await self._stop_loop(alarm_id, release=False)
+        # The read judges only the loops that ran before it began: an alarm activated
+        # meanwhile (its answer can reach this task after the activation has led it) is
+        # missing from the read, not ended; stopping its loop hung up its first page.
+        judged = set(self._loops)
         active = await self._stores.alarms.active_alarms()
         active_ids = {alarm.id for alarm in active}
         for alarm_id in [a for a in self._loops if a > 0 and not self._locks.holds(a)]:
@@ -759,7 +763,11 @@ class AlarmService:
                 self._loops[alarm_id].stop()
                 await self._stop_loop(alarm_id, release=False)
         # Alarms deactivated elsewhere (or here, a moment ago): their lamps go out now.
-        ended = [lp.alarm for a, lp in self._loops.items() if a > 0 and a not in active_ids]
+        ended = [
+            lp.alarm
+            for a, lp in self._loops.items()
+            if a > 0 and a in judged and a not in active_ids
+        ]
         for alarm in ended:
             await self._stop_loop(alarm.id)
             await self._tell_ended(alarm.id)

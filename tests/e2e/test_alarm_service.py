@@ -11,9 +11,10 @@ spoken) a 5 s interval would measure the page's length, not the schedule.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TypeVar
@@ -25,8 +26,10 @@ from pydantic import SecretStr
 from fastagi.alarms.service import AlarmService
 from fastagi.ami import AmiClient
 from fastagi.config import AlarmSettings
+from fastagi.domain.alarm import Alarm
 from fastagi.domain.events import EventKind, HistoryEvent
 from fastagi.store import Stores
+from fastagi.store.alarms import AlarmStore
 from fastagi.store.history import StoredEvent
 from fastagi.tts import TextToSpeech
 from fastagi_dev.sandbox.instance import Sandbox
@@ -90,8 +93,16 @@ class Harness:
         self.stack.push_async_callback(pool.close)
         return Stores.over(pool), pool
 
-    async def service(self, name: str, settings: AlarmSettings = SETTINGS) -> AlarmService:
+    async def service(
+        self,
+        name: str,
+        settings: AlarmSettings = SETTINGS,
+        alarms: Callable[[asyncpg.Pool], AlarmStore] | None = None,
+    ) -> AlarmService:
+        """``alarms``: the alarm store to build over the service's pool (else the real one)."""
         store, pool = await self.store()
+        if alarms is not None:
+            store = dataclasses.replace(store, alarms=alarms(pool))
         ami = AmiClient(
             self.sandbox.ami_host,
             self.sandbox.ami_port,
@@ -349,6 +360,57 @@ async def test_an_alarm_of_no_department_pages_every_paging_group(harness: Harne
     (cycle,) = await history(store, alarm.id, "page_cycle")
     assert (cycle.details["dialled"], cycle.details["answered"]) == (4, 4)
     assert alarm.department_id is None
+
+
+class LateActiveRead(AlarmStore):
+    """The real store, whose answer to one read of the active alarms reaches its caller
+    late, as on a loaded machine: PostgreSQL answered, the caller's task resumed later."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.hold: asyncio.Event | None = None
+        self.answered = asyncio.Event()
+
+    async def active_alarms(self) -> list[Alarm]:
+        alarms = await super().active_alarms()
+        if self.hold is not None:
+            hold, self.hold = self.hold, None
+            self.answered.set()
+            await hold.wait()
+        return alarms
+
+
+async def test_a_scan_that_read_before_an_activation_leaves_its_loop_alone(
+    harness: Harness,
+) -> None:
+    """The takeover scan judges the loops by its read of the active alarms: one that
+    ended is stopped. An alarm activated after the read (while its answer was on its
+    way) is missing from it but not ended: stopping its loop hung up its first page,
+    and the next scan took it over as "resumed" (a fresh clone's run, 2026-11-29)."""
+    store, _ = await harness.store()
+    await department(store, "Ward S", "110", [230], interval=60)
+    phone = await harness.phone(230)
+    late: list[LateActiveRead] = []
+
+    def alarms(pool: asyncpg.Pool) -> AlarmStore:
+        late.append(LateActiveRead(pool))
+        return late[0]
+
+    service = await harness.service("late", alarms=alarms)
+    ward = await service.lookup("110")
+    release = late[0].hold = asyncio.Event()
+    scan = asyncio.create_task(service.maintain())
+    await late[0].answered.wait()  # read: no alarm yet
+    alarm = (await service.activate("110", ward, uniqueid="s")).alarm
+    await phone.wait_invites(1)
+    release.set()
+    await scan
+    assert service.leads(alarm.id)
+    await service.maintain()  # a later scan sees the alarm: nothing to take over
+    assert await service.deactivate(alarm.id, by="test", reason="done")
+    assert await history(store, alarm.id, "resumed") == []
+    cycles = await history(store, alarm.id, "page_cycle")
+    assert [c.details.get("cancelled") for c in cycles] == [True]  # by the deactivation
 
 
 async def test_an_alarm_has_one_loop_when_its_activation_and_the_scan_lead_it_at_once(

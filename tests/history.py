@@ -90,9 +90,14 @@ def lost(expected: Iterable[HistoryEvent], rows: Iterable[StoredRow]) -> list[Hi
     return [event for event in expected if key_of(event) not in stored]
 
 
+def page_cycles(rows: Iterable[StoredRow], alarm_id: int) -> list[StoredRow]:
+    """The alarm's page_cycle rows, in the order they were written."""
+    return [r for r in rows if r.alarm_id == alarm_id and r.kind == "page_cycle"]
+
+
 def cycle_numbers(rows: Iterable[StoredRow], alarm_id: int) -> list[int]:
     """The alarm's page_cycle numbers, in the order they were written."""
-    return [r.details["cycle"] for r in rows if r.alarm_id == alarm_id and r.kind == "page_cycle"]
+    return [r.details["cycle"] for r in page_cycles(rows, alarm_id)]
 
 
 class Recorded(Protocol):

@@ -356,13 +356,12 @@ class AmiClient:
         if self._state is ConnectionState.CLOSED:
             return
         self._state = ConnectionState.CLOSED
-        conn = self._conn
         try:
             tasks = [t for t in (self._supervisor, *self._background) if t is not None]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            # The supervisor may have replaced the connection before it stopped.
+            # Read after the supervisor stopped: it may have replaced the connection.
             conn = self._conn
             if conn is not None and not conn.closed:
                 # Best effort, briefly: Logoff lets Asterisk end the session cleanly (it
@@ -376,6 +375,7 @@ class AmiClient:
                     async with asyncio.timeout(1.0):
                         await conn.lost.wait()
         finally:
+            conn = self._conn
             if conn is not None and not conn.lost.is_set():
                 conn.abort()  # never waits: the socket is closed at the loop's next turn
             for stream in list(self._streams):

@@ -43,11 +43,11 @@ from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 from tests.alarm_stack import open_pool, sandbox_ami, start_alarm_service
 from tests.history import (
-    cycle_numbers,
     doubled_cycles,
     doubled_pages,
     duplicated,
     lost,
+    page_cycles,
     page_starts,
     stored_rows,
 )
@@ -213,17 +213,13 @@ async def assert_cycles_match_pages(
 ) -> None:
     """One page_cycle row per page the phone received: none lost, none doubled (a cycle
     number written twice, or two pages inside one cycle's window), numbered 1..n."""
-    rows = await stored_rows(pool)
-    numbers = cycle_numbers(rows, alarm_id)
+    cycles = page_cycles(await stored_rows(pool), alarm_id)
+    numbers = [r.details["cycle"] for r in cycles]
     # The premise of every gap measured here: a page ends before the next is due.
-    durations = [
-        r.details["duration"]
-        for r in rows
-        if r.kind == "page_cycle" and r.alarm_id == alarm_id and r.details["duration"] is not None
-    ]
+    durations = [r.details["duration"] for r in cycles if r.details["duration"] is not None]
     assert max(durations) < INTERVAL - SCHEDULE_TOLERANCE, durations
     twice = doubled_cycles(numbers)
-    starts = page_starts(r for r in rows if r.kind == "page_cycle" and r.alarm_id == alarm_id)
+    starts = page_starts(cycles)
     close = doubled_pages(starts, INTERVAL * (1 - TOLERANCE))
     missing = len(invites) - len(set(numbers))
     print(
@@ -280,7 +276,7 @@ async def test_pg_stopped_mid_alarm_paging_goes_on_and_events_arrive_once(
     # The schedule through the outage, by the page starts the loop recorded (journalled
     # then, rows now): the INVITEs add Asterisk's dialling time, which a loaded machine
     # stretches.
-    starts = page_starts(r for r in rows if r.kind == "page_cycle" and r.alarm_id == alarm.id)
+    starts = page_starts(page_cycles(rows, alarm.id))
     outage_gaps = gaps(starts[down_at - 1 : down_at + 3])
     print(f"gaps while PostgreSQL is down: {[round(g, 2) for g in outage_gaps]}")
     assert all(abs(g - INTERVAL) <= SCHEDULE_TOLERANCE for g in outage_gaps), outage_gaps
@@ -349,8 +345,7 @@ async def test_trigger_while_pg_is_down_pages_and_the_alarm_row_appears_later(
     seen = len(phone.invite_times)
     times = await phone.wait_invites(seen + 1, within=INTERVAL + 5)
     await cycle_recorded(s.pool, row.id, len(times), within=INTERVAL + 5)
-    rows = await stored_rows(s.pool)
-    starts = page_starts(r for r in rows if r.kind == "page_cycle" and r.alarm_id == row.id)
+    starts = page_starts(page_cycles(await stored_rows(s.pool), row.id))
     assert all(abs(g - INTERVAL) <= SCHEDULE_TOLERANCE for g in gaps(starts)), gaps(starts)
     assert await s.service.deactivate(row.id, by="cli", reason="done")
     paged = phone.invite_times

@@ -9,7 +9,11 @@ into a fresh directory (nothing cached). Each batch size of parallel renders is 
 the same run; the baseline is one render at a time.
 
     python -m bench.tts_scale [--departments 500] [--parallel 1,2,3] [--on-demand 20]
-        [--meter-sample 20]
+        [--meter-sample 20] [--heap-mb 70]
+
+It runs as the server does (fastagi.app.run: uvloop, the same collector settings), grown to
+a server's resident size first (``--heap-mb``), and prints this process's CPU per prompt and
+the part of it on the event loop's thread.
 
 Responsiveness: a TCP listener on loopback is connected to every 20 ms during the batch
 (as Asterisk connects to the FastAGI port); the connect + one-line echo time is reported
@@ -35,6 +39,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+import fastagi.app
 from bench.stats import percentile
 from fastagi.config import AlarmSettings, DrillSettings, Settings
 from fastagi.domain.rules import announcement_segments
@@ -48,6 +53,9 @@ from fastagi.tts.announcement import (
 )
 
 PROBE_EVERY = 0.02
+# `fastagi serve` in the sandbox, once it has served calls: about 70 MB resident.
+HEAP_MB = 70
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class Responsiveness:
@@ -126,6 +134,8 @@ async def batch(
             stop = asyncio.Event()
             prober = asyncio.create_task(probe.run(stop))
             started = time.perf_counter()
+            # This coroutine runs on the loop's thread: thread_time() is the loop's CPU.
+            loop_cpu_started, cpu_started = time.thread_time(), time.process_time()
             work = asyncio.create_task(tts.prerender(texts, clips=clips, parallel=parallel))
             # Alarms of departments not yet rendered, during the batch: rendered on demand.
             during: list[float] = []
@@ -138,6 +148,8 @@ async def batch(
                 during.append(time.perf_counter() - begun)
             results = await work
             seconds = time.perf_counter() - started
+            loop_cpu = time.thread_time() - loop_cpu_started
+            process_cpu = time.process_time() - cpu_started
             stop.set()
             await prober
             failed = sum(isinstance(r, Exception) for r in results.values())
@@ -157,6 +169,8 @@ async def batch(
         "renders": len(results),
         "failed": failed,
         "seconds": seconds,
+        "loop_cpu_ms": loop_cpu / len(results) * 1000,
+        "process_cpu_ms": process_cpu / len(results) * 1000,
         "per_render_ms": seconds / len(results) * 1000,
         "rtt_p99_ms": percentile(probe.round_trips, 0.99) * 1000,
         "rtt_max_ms": max(probe.round_trips, default=0.0) * 1000,
@@ -169,7 +183,22 @@ async def batch(
     }
 
 
-async def run(args: argparse.Namespace) -> int:
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE / 2**20
+
+
+def _grow_heap(target_mb: int) -> list[bytearray]:
+    """Memory written once (resident, as a server's heap is), until the RSS is about
+    ``target_mb``."""
+    heap = []
+    for _ in range(max(0, round(target_mb - _rss_mb()))):
+        block = bytearray(2**20)
+        block[::PAGE] = b"\x01" * len(range(0, 2**20, PAGE))
+        heap.append(block)
+    return heap
+
+
+async def run(args: argparse.Namespace) -> None:
     alarm, drill = AlarmSettings(), DrillSettings()
     rows = {}
     for parallel in args.parallel:
@@ -185,6 +214,11 @@ async def run(args: argparse.Namespace) -> int:
             f" {rows[args.parallel[0]]['seconds'] / row['seconds']:.2f}x the speed of"
             f" parallel {args.parallel[0]});"
             f" load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        )
+        print(
+            f"  this process's CPU (the server's share: starting and waiting for the"
+            f" children) {row['process_cpu_ms']:.2f} ms a prompt, of it on the event loop's"
+            f" thread {row['loop_cpu_ms']:.2f} ms; RSS {_rss_mb():.0f} MB"
         )
         print(
             f"  listener meanwhile: connect+echo p99 {row['rtt_p99_ms']:.1f} ms,"
@@ -207,7 +241,6 @@ async def run(args: argparse.Namespace) -> int:
             f" {min(args.meter_sample, args.departments)});"
             f" ratio {site_total / scratch_total if scratch_total else 0:.4f}"
         )
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,7 +251,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--on-demand", type=int, default=20)
     parser.add_argument("--meter-sample", type=int, default=20)
-    return asyncio.run(run(parser.parse_args(argv)))
+    parser.add_argument(
+        "--heap-mb",
+        type=int,
+        default=HEAP_MB,
+        help="grow this process to about this RSS first, as big as a running server"
+        " (a child started with fork() costs its parent in proportion)",
+    )
+    args = parser.parse_args(argv)
+    heap = _grow_heap(args.heap_mb)
+    # The server's event loop and collector settings (uvloop when installed).
+    fastagi.app.run(run(args))
+    del heap
+    return 0
 
 
 if __name__ == "__main__":

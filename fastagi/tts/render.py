@@ -13,8 +13,9 @@ through pyttsx3), never in the server's process:
 - A child costs about 70 ms (Python start-up plus espeak-ng's data), paid once per text,
   since prompts are cached (``cache.py``) and department texts are rendered ahead of time.
 
-The event loop only awaits the children's pipes (asyncio subprocesses), and the few file
-operations that can take a while (fsync, rename, cleanup) run in the default executor.
+The event loop only awaits: the children are started and waited for in the default
+executor (``_run`` says why not with the loop's own subprocesses), as are the few file
+operations that can take a while (fsync, rename, cleanup).
 
 The pipeline: worker -> WAV at espeak-ng's 22050 Hz -> sox -> raw signed-linear at the
 configured rate -> ``os.replace`` into place. Asterisk's format_sln reads ``.sln`` as 8 kHz
@@ -32,6 +33,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import unicodedata
@@ -199,15 +201,13 @@ async def _run_worker(text: str, settings: TtsSettings, wav: Path) -> None:
 
 
 async def _run(argv: list[str], *, what: str, stdin: bytes | None = None) -> None:
-    spawn = asyncio.ensure_future(
-        asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            # pyttsx3 prints "Audio saved to ..." on stdout; nothing there is of use.
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-    )
+    # The child is started and waited for by a worker thread, with the subprocess module,
+    # not by the event loop (create_subprocess_exec): uvloop, which `fastagi serve` runs,
+    # starts a child with fork() on the loop's thread, copying the page tables of the whole
+    # server first: 5.7 ms of the loop's CPU per child at 70 MB of heap, 15 ms at 300 MB
+    # (two children per render). The subprocess module starts it with vfork(), which
+    # copies nothing: 0.6 ms, off the loop (python -m bench.tts_scale prints the figures).
+    spawn = asyncio.ensure_future(asyncio.to_thread(_start, argv, stdin is not None))
     try:
         # Shielded: a render cancelled (timed out) while its child is being started must
         # still get the child's handle, to kill and reap it; unshielded, the cancellation
@@ -219,18 +219,39 @@ async def _run(argv: list[str], *, what: str, stdin: bytes | None = None) -> Non
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
             orphan = await spawn
-            with contextlib.suppress(ProcessLookupError):
-                orphan.kill()
-            await orphan.wait()
+            await asyncio.to_thread(_kill_and_reap, orphan)
         raise
+    talk = asyncio.ensure_future(asyncio.to_thread(process.communicate, stdin))
     try:
-        _, stderr = await process.communicate(stdin)
-    finally:
-        if process.returncode is None:
-            # Timed out or cancelled: kill it and reap it, so nothing is left behind.
-            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
-                process.kill()
-            await process.wait()
+        # Shielded too: the thread in communicate() is the one that reaps the child.
+        _, stderr = await asyncio.shield(talk)
+    except BaseException:
+        # Timed out or cancelled: kill it; communicate() then sees EOF and reaps it, so
+        # nothing is left behind.
+        _kill(process)
+        with contextlib.suppress(Exception):
+            await talk
+        raise
     if process.returncode != 0:
         reason = stderr.decode("utf-8", "replace").strip()[-_STDERR_TAIL:] or "no message"
         raise TtsError(f"{what} failed with exit status {process.returncode}: {reason}")
+
+
+def _start(argv: list[str], piped_stdin: bool) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE if piped_stdin else subprocess.DEVNULL,
+        # pyttsx3 prints "Audio saved to ..." on stdout; nothing there is of use.
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+        process.kill()
+
+
+def _kill_and_reap(process: subprocess.Popen[bytes]) -> None:
+    _kill(process)
+    process.communicate()

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 import unicodedata
 import wave
@@ -337,6 +338,49 @@ async def test_event_loop_keeps_running_during_renders(tmp_path: Path):
 
     assert tts.renders_started == 3
     assert len(seen_running) == 3  # one worker per render, each seen while it ran
+
+
+def render_children_by_thread() -> dict[int, int]:
+    """The render's children among ours right now (the espeak-ng worker and sox), each
+    with the thread that started it: /proc lists a child under its parent thread's task."""
+    started_by = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue  # the thread is gone
+        for pid in children:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # reaped meanwhile
+            if any(word.endswith((b"_worker.py", b"sox")) for word in command):
+                started_by[int(pid)] = int(task.name)
+    return started_by
+
+
+async def test_renders_start_their_children_off_the_event_loops_thread(tmp_path: Path):
+    """A child started on the loop's thread costs the loop a fork() of the whole server
+    under uvloop (create_subprocess_exec; fastagi/tts/render.py ``_run``): every child of
+    a render is started by another thread."""
+    loop_thread = threading.get_native_id()
+    seen: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        while not stop.is_set():
+            seen.update(render_children_by_thread())
+            await asyncio.sleep(0.002)
+
+    ticker = asyncio.create_task(tick())
+    async with TextToSpeech(make_settings(tmp_path)) as tts:
+        for department in ("Cardiology", "Radiology", "Oncology"):
+            await tts.render(f"Panic alarm. Department {department}.", clip=True)
+    stop.set()
+    await ticker
+
+    assert len(seen) >= 3  # at least each render's worker, seen while it ran
+    assert loop_thread not in seen.values()
 
 
 async def test_prerender_reports_each_text(tmp_path: Path):

@@ -7,6 +7,7 @@ lines of one call can be found with a grep on its Asterisk uniqueid.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -21,21 +22,26 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = {
-            key: value
-            for key, value in record.__dict__.items()
-            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_")
-        }
-        if extras:
-            pairs = " ".join(f"{key}={_quote(value)}" for key, value in sorted(extras.items()))
-            head, _, tail = line.partition("\n")
-            line = f"{head} {pairs}" + (f"\n{tail}" if tail else "")
+        # A set difference and one regex per value: this runs for every line a call logs
+        # (about 25 us a line before, 2026-11-29; docs/performance.md).
+        keys = record.__dict__.keys() - _STANDARD_ATTRIBUTES
+        if keys:
+            extras = record.__dict__
+            pairs = " ".join(
+                f"{key}={_quote(extras[key])}" for key in sorted(keys) if not key.startswith("_")
+            )
+            if pairs:
+                head, _, tail = line.partition("\n")
+                line = f"{head} {pairs}" + (f"\n{tail}" if tail else "")
         return line
+
+
+_NEEDS_QUOTES = re.compile(r'[ "=\n\r\t]')
 
 
 def _quote(value: object) -> str:
     text = str(value)
-    if not text or any(ch in text for ch in ' "=\n\r\t'):
+    if not text or _NEEDS_QUOTES.search(text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return text
 

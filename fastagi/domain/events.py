@@ -86,6 +86,8 @@ class EventKind(enum.StrEnum):
 
 
 FORBIDDEN_DETAIL = "pin"
+# Values JSON gives back as they are: a flat mapping of these needs no round trip.
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 @dataclass(frozen=True)
@@ -98,14 +100,27 @@ class HistoryEvent:
     event_id: UUID = field(default_factory=uuid4)
     occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    #: ``details`` as JSON text, made once: what the store writes to the jsonb column.
+    details_json: str = field(init=False, repr=False, compare=False, default="")
+
     def __post_init__(self) -> None:
+        # Every call writes several events (six for a confirmed panic call), so this is
+        # kept cheap: 42 us an event before, 2026-11-29 (docs/performance.md).
         object.__setattr__(self, "kind", EventKind(self.kind))
-        _refuse_pins(self.details, "details")
+        details = dict(self.details)
         try:
-            plain = json.loads(json.dumps(dict(self.details), allow_nan=False))
+            text = json.dumps(details, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"event details must be JSON: {exc}") from None
-        object.__setattr__(self, "details", types.MappingProxyType(plain))
+        if not all(type(key) is str for key in details) or not all(
+            type(value) in _JSON_SCALARS for value in details.values()
+        ):
+            # Nested values, tuples, subclasses (an enum): kept as JSON reads them back.
+            details = json.loads(text)
+            text = json.dumps(details)
+        _refuse_pins(details, "details")
+        object.__setattr__(self, "details", types.MappingProxyType(details))
+        object.__setattr__(self, "details_json", text)
         if self.occurred_at.tzinfo is None:
             raise ValueError("occurred_at must be timezone-aware")
 
@@ -139,16 +154,19 @@ class HistoryEvent:
 
 
 def _refuse_pins(value: object, where: str) -> None:
-    if isinstance(value, Mapping):
+    """``value`` is what JSON reads back: dicts with str keys, lists and scalars."""
+    if type(value) is dict:
         for key, item in value.items():
-            if FORBIDDEN_DETAIL in str(key).lower():
+            if FORBIDDEN_DETAIL in key.lower():
                 raise ValueError(
                     f"event {where} must not hold a PIN: key {key!r} contains '{FORBIDDEN_DETAIL}'"
                 )
-            _refuse_pins(item, f"{where}.{key}")
-    elif isinstance(value, list | tuple):
+            if type(item) is dict or type(item) is list:
+                _refuse_pins(item, f"{where}.{key}")
+    elif type(value) is list:
         for index, item in enumerate(value):
-            _refuse_pins(item, f"{where}[{index}]")
+            if type(item) is dict or type(item) is list:
+                _refuse_pins(item, f"{where}[{index}]")
 
 
 def aware_time(text: object) -> datetime | None:

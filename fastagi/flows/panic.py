@@ -422,7 +422,10 @@ class PanicFlow:
                 voice=call.voice,
             )
         except AgiHangup:
-            logger.info("caller hung up during the acknowledgement", extra=call.log_extra)
+            # DEBUG: the usual end of a discreet call (press 1, hang up), and the history
+            # already holds what was decided; at INFO it was one of a confirmed call's two
+            # log lines (bench.calls panic-confirm).
+            logger.debug("caller hung up during the acknowledgement", extra=call.log_extra)
 
     async def _send_text(self, call: _Call) -> None:
         # SENDTEXT_BODY, set with SET VARIABLE, is taken literally; an argument to

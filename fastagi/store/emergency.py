@@ -10,7 +10,6 @@ acknowledgement taken by another server behind ``hagi://`` is seen as well.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -124,7 +123,7 @@ class EmergencyStore:
                     str(event.kind),
                     event.extension,
                     event.department,
-                    json.dumps(dict(event.details)),
+                    event.details_json,
                 )
         except asyncpg.ForeignKeyViolationError:
             return None  # no such alarm; the transaction was rolled back

@@ -254,7 +254,7 @@ async def insert_event(connection: Connection, event: HistoryEvent) -> bool:
         str(event.kind),
         event.extension,
         event.department,
-        json.dumps(dict(event.details)),
+        event.details_json,
     )
     return status == "INSERT 0 1"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from uuid import UUID
 
@@ -129,11 +130,39 @@ async def test_async_wrappers_run_off_the_loop(stored: str) -> None:
         {"entered_pin": "1234"},
         {"attempt": {"Pin": "1234"}},
         {"attempts": [{"pin_digits": "1234"}]},
+        {"attempts": ({"note": "x"}, {"Entered PIN": "1234"})},
+        {"deep": [[{"a": {"b": [{"pin": 1}]}}]]},
+        {1: {"pin": "1234"}},
     ],
 )
 def test_an_event_refuses_a_pin_in_its_details(details: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="must not hold a PIN"):
         HistoryEvent(EventKind.DEACTIVATION_FAILED, 1, "150", "ER", details)
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"route": "panic", "known_extension": True, "prompts": 2, "ms": 1.5, "error": None},
+        {"devices": ("PJSIP/201",), "n": 1},
+        {"kind": EventKind.ACTIVATED, 7: "seven"},
+        {},
+    ],
+)
+def test_an_event_holds_its_details_as_json_reads_them_back(details: dict[object, object]) -> None:
+    event = HistoryEvent(EventKind.PAGE_CYCLE, 1, "101", "ER", details)  # type: ignore[arg-type]
+
+    plain = json.loads(json.dumps(details))
+    assert dict(event.details) == plain
+    assert [type(value) for value in event.details.values()] == [type(v) for v in plain.values()]
+    assert json.loads(event.details_json) == plain
+
+
+def test_an_event_refuses_details_that_are_not_json() -> None:
+    with pytest.raises(ValueError, match="must be JSON"):
+        HistoryEvent(EventKind.ERROR, None, None, None, {"when": object()})
+    with pytest.raises(ValueError, match="must be JSON"):
+        HistoryEvent(EventKind.ERROR, None, None, None, {"ratio": float("nan")})
 
 
 def test_an_event_is_json_and_round_trips() -> None:

@@ -156,6 +156,10 @@ def call_details(session: AgiSession) -> dict[str, str]:
 def display_text(text: str) -> str:
     """``text`` with control characters (newlines, tabs, escapes, separators) turned
     into spaces: safe for one AGI word, a log field or a phone display."""
+    if text.isascii() and text.isprintable():
+        # Printable ASCII holds none of those categories (every event of a call passes
+        # its channel name through here).
+        return text
     return "".join(
         " " if unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp", "Cs"} else char
         for char in text

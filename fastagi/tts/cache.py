@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Our files, and only ours: purge() never touches anything else in the directory.
 _PROMPT_FILE = re.compile(r"^tts-[0-9a-f]{32}\.(sln|sln16)$")
+# How many texts TextToSpeech remembers the names of (``_name``).
+_NAMED_TEXTS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,10 @@ class TextToSpeech:
         self._slots = asyncio.Semaphore(settings.max_parallel_renders)
         self._renders_started = 0
         self._closed = False
+        # (text, clip, voice) -> (spoken text, key, prompt): a call asks for the same few
+        # texts again and again (its question, "Alarm activated."), and cleaning, hashing
+        # and naming one took about as long as the stat that finds it on disk.
+        self._named: dict[tuple[str, bool, str | None], tuple[str, str, Prompt]] = {}
 
     @property
     def settings(self) -> TtsSettings:
@@ -86,8 +92,7 @@ class TextToSpeech:
 
         Raises TtsError for a blank or over-long text.
         """
-        spoken = spoken_text(text, self._settings.max_text_length)
-        return self._prompt(self._key(spoken, clip=clip, voice=voice))
+        return self._name(text, clip, voice)[2]
 
     def is_rendered(self, text: str, *, clip: bool = False, voice: str | None = None) -> bool:
         """Whether ``text`` is on disk, ready to play without a render."""
@@ -119,9 +124,7 @@ class TextToSpeech:
         if self._closed:
             raise TtsError("text-to-speech service is closed")
         limit = self._settings.render_timeout if timeout is None else timeout
-        spoken = spoken_text(text, self._settings.max_text_length)
-        key = self._key(spoken, clip=clip, voice=voice)
-        prompt = self._prompt(key)
+        spoken, key, prompt = self._name(text, clip, voice)
         task = self._inflight.get(key)
         started = task is None
         if task is None:
@@ -216,6 +219,20 @@ class TextToSpeech:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    def _name(self, text: str, clip: bool, voice: str | None) -> tuple[str, str, Prompt]:
+        """The spoken form of ``text``, its cache key and its prompt (remembered)."""
+        named = self._named.get((text, clip, voice))
+        if named is None:
+            spoken = spoken_text(text, self._settings.max_text_length)
+            key = self._key(spoken, clip=clip, voice=voice)
+            named = (spoken, key, self._prompt(key))
+            if len(self._named) >= _NAMED_TEXTS:
+                # Texts come from the directory and the catalogues, so this bound is
+                # only reached by a site that renamed a lot; start again rather than grow.
+                self._named.clear()
+            self._named[(text, clip, voice)] = named
+        return named
 
     def _key(self, spoken: str, *, clip: bool = False, voice: str | None = None) -> str:
         settings = self._settings

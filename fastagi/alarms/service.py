@@ -274,10 +274,10 @@ class AlarmService:
         """
         name = department_name(department)
         details = {"uniqueid": uniqueid, "instance": self.instance_id}
-        events = [
-            HistoryEvent(kind, None, extension, name, details, event_id=event_id or uuid4())
-            for kind in (EventKind.ACTIVATED, EventKind.RETRIGGERED)
-        ]
+        activated = HistoryEvent(
+            EventKind.ACTIVATED, None, extension, name, details, event_id=event_id or uuid4()
+        )
+        events = [activated, activated.with_kind(EventKind.RETRIGGERED)]
         key = alarm_key(department, extension)
         self._activating[key] += 1
         try:

@@ -16,7 +16,7 @@ import enum
 import json
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID, uuid4
@@ -126,7 +126,19 @@ class HistoryEvent:
 
     def with_alarm(self, alarm_id: int) -> HistoryEvent:
         """This event, for alarm ``alarm_id`` (same event_id: it is the same event)."""
-        return replace(self, alarm_id=alarm_id)
+        return self._changed(alarm_id=alarm_id)
+
+    def with_kind(self, kind: EventKind) -> HistoryEvent:
+        """This event as ``kind`` (same event_id): for a caller that passes two kinds of
+        which only one will be written (``activated`` or ``retriggered``)."""
+        return self._changed(kind=EventKind(kind))
+
+    def _changed(self, **changes: Any) -> HistoryEvent:
+        # A copy that skips __post_init__ (dataclasses.replace would run it): the details
+        # were checked and converted when this event was made.
+        changed = object.__new__(HistoryEvent)
+        changed.__dict__.update(self.__dict__, **changes)
+        return changed
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form, e.g. for the journal; :meth:`from_dict` reverses it."""

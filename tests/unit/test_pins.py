@@ -177,6 +177,32 @@ def test_an_event_is_json_and_round_trips() -> None:
     assert isinstance(event.event_id, UUID)
     assert event.occurred_at.tzinfo is not None
     assert (bound.alarm_id, bound.event_id) == (7, event.event_id)
+    assert bound == HistoryEvent(
+        EventKind.PAGE_CYCLE,
+        7,
+        "101",
+        "ER",
+        {"devices": ["PJSIP/201"], "n": 1},
+        event_id=event.event_id,
+        occurred_at=event.occurred_at,
+    )
+    assert bound.details_json == event.details_json
+    assert event.alarm_id is None  # a copy, not a change
+
+
+def test_an_event_of_another_kind_is_the_same_event() -> None:
+    activated = HistoryEvent(EventKind.ACTIVATED, None, "101", "ER", {"uniqueid": "1.2"})
+
+    retriggered = activated.with_kind(EventKind.RETRIGGERED)
+
+    assert retriggered.kind is EventKind.RETRIGGERED
+    assert activated.kind is EventKind.ACTIVATED
+    assert (retriggered.event_id, retriggered.occurred_at) == (
+        activated.event_id,
+        activated.occurred_at,
+    )
+    assert retriggered.details == activated.details
+    assert retriggered.details_json == activated.details_json
 
 
 def test_an_event_refuses_what_json_cannot_hold() -> None:

@@ -180,6 +180,53 @@ RIGHTS: tuple[Right, ...] = (
 
 READ = "system,call,user"
 WRITE = "call,originate,reporting"
+# Events of the classes the user reads that nothing here reads (the table above lists
+# what it does read; tests/unit/test_freepbx_plan.py checks the two never meet). Asterisk
+# drops them before they reach the session. A PBX sends them for every call and phone:
+# in the sandbox a probe call brought seven events, three of them these (two
+# DeviceStateChange, a SoftHangupRequest), and on a FreePBX every BLF lamp and contact
+# qualify adds more. Each one cost the server a wake-up, a read and a look
+# (docs/performance.md, "The AMI events of other calls").
+EXCLUDED_EVENTS = (
+    "DeviceStateChange",
+    "ExtensionStatus",
+    "PresenceStateChange",
+    "HangupRequest",
+    "SoftHangupRequest",
+    "NewCallerid",
+    "NewConnectedLine",
+    "NewAccountCode",
+    "Rename",
+    "Hold",
+    "Unhold",
+    "MusicOnHoldStart",
+    "MusicOnHoldStop",
+    "DialState",
+    "DialEnd",
+    "BridgeCreate",
+    "BridgeDestroy",
+    "BridgeEnter",
+    "BridgeLeave",
+    "BridgeMerge",
+    "LocalBridge",
+    "ContactStatus",
+    "PeerStatus",
+    "Registry",
+)
+
+
+def event_filter() -> str:
+    """The manager.conf line that drops EXCLUDED_EVENTS for the user.
+
+    A regular expression filter, which every Asterisk since 1.8 reads (``eventfilter``,
+    "!" excludes what matches; manager.conf.sample). Matched against the event's text,
+    which starts with its ``Event:`` header (manager.c ``__ast_manager_event_multichan``);
+    the name must end there, so ``ContactStatusDetail`` (an answer to an action, not
+    filtered anyway) is not caught by ``ContactStatus``.
+    """
+    return "eventfilter = !^Event: (" + "|".join(EXCLUDED_EVENTS) + ")[[:space:]]"
+
+
 # What the user must never get: "system" and "command" write run shell commands (SHELL(),
 # System(), the Command action's "!"), reload modules or write astdb (DBPut); "config"
 # rewrites Asterisk's files.
@@ -212,6 +259,9 @@ def render(username: str, secret: str) -> str:
         f"read = {READ}\n"
         f"write = {WRITE}\n"
         "writetimeout = 5000\n"
+        "; The call events the server never reads, dropped by Asterisk before it sends\n"
+        "; them (fastagi/freepbx/ami_user.py EXCLUDED_EVENTS).\n"
+        f"{event_filter()}\n"
         "; The server's scheduled checks log in afresh every [health] interval: not a\n"
         "; line in Asterisk's log each time.\n"
         "displayconnects = no\n"

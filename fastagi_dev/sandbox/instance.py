@@ -42,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from fastagi.freepbx import ami_user
 from fastagi_dev.sandbox.ami import AmiClient, AmiError, wait_fully_booted
 from fastagi_dev.sandbox.image import (
     INSTANCES_DIR_IN_CHROOT,
@@ -389,6 +390,7 @@ class Sandbox:
             "ami_port": self.ports.ami,
             "ami_username": self.ami_username,
             "ami_secret": self.ami_secret,
+            "ami_event_filter": ami_user.event_filter(),
             "rtp_start": self.ports.rtp_start,
             "rtp_end": self.ports.rtp_end,
             "agi_url": self.agi_url,

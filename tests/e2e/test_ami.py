@@ -22,11 +22,11 @@ CONTEXT = "sandbox-test"
 EXTEN = "beep"
 
 
-def client_for(sandbox: Sandbox, **options: Any) -> AmiClient:
+def client_for(sandbox: Sandbox, username: str | None = None, **options: Any) -> AmiClient:
     return AmiClient(
         sandbox.ami_host,
         sandbox.ami_port,
-        sandbox.ami_username,
+        username or sandbox.ami_username,
         SecretStr(sandbox.ami_secret),
         **options,
     )
@@ -153,3 +153,51 @@ async def test_reconnects_after_asterisk_restart(
         # Custom device states persist in astdb across the restart.
         assert lamp_after_restart == ["BUSY"]
         assert await client.get_device_state("Custom:PANIC") == "INUSE"
+
+
+async def collect_until(
+    stream: EventStream, seen: list[Message], last: Callable[[Message], bool]
+) -> None:
+    async with asyncio.timeout(20):
+        async for event in stream:
+            seen.append(event)
+            if last(event):
+                return
+    raise AssertionError("event stream ended")
+
+
+async def test_the_server_user_is_not_sent_the_events_it_never_reads(
+    sandbox: Sandbox, ami: AmiClient, tmp_path: Path
+) -> None:
+    """The least-privilege user carries `fastagi freepbx install`'s event filter
+    (fastagi/freepbx/ami_user.py EXCLUDED_EVENTS): a call and a lamp change reach it as
+    the events the server reads, without the ones it never does."""
+    lamp = f"Custom:AMITEST{uuid.uuid4().hex[:12].upper()}"
+    uniqueid = f"e2e-{uuid.uuid4().hex[:12]}"
+    marker = uuid.uuid4().hex
+    seen: list[Message] = []
+    least = client_for(sandbox, username=f"{sandbox.ami_username}-least")
+    async with (
+        least,
+        least.events() as stream,
+        ami.events("DeviceStateChange", "SoftHangupRequest") as unfiltered,
+        sipp.PagingPhone(sandbox, 201, tmp_path),
+    ):
+        await ami.set_device_state(lamp, "BUSY")
+        result = await ami.originate(
+            "PJSIP/201", context=CONTEXT, exten=EXTEN, timeout_ms=10_000, channel_id=uniqueid
+        )
+        assert result.answered, result
+        # Both were sent: the administrator's user (no filter) sees them.
+        await next_matching(unfiltered, lambda e: e.get("Device") == lamp, within=10)
+        await next_matching(unfiltered, lambda e: e.get("Uniqueid") == uniqueid, within=20)
+        await collect_until(
+            stream, seen, lambda e: e.get("Uniqueid") == uniqueid and e.event == "Hangup"
+        )
+        # Events reach a session in order: the UserEvent comes after all of the above.
+        await ami.action("UserEvent", UserEvent="AmiTestMarker", Marker=marker)
+        await collect_until(stream, seen, lambda e: e.get("Marker") == marker)
+
+    names = {event.event for event in seen}
+    assert {"Newchannel", "Newstate", "Hangup", "UserEvent"} <= names
+    assert names & {"DeviceStateChange", "SoftHangupRequest", "HangupRequest"} == set()

@@ -261,6 +261,7 @@ def test_install_plan_on_freepbx() -> None:
         "read": ["system,call,user"],
         "write": ["call,originate,reporting"],
         "writetimeout": ["5000"],
+        "eventfilter": [ami_user.event_filter().partition(" = ")[2]],
         "displayconnects": ["no"],
     }
     assert files["manager_custom.conf"].mode == 0o640
@@ -503,6 +504,19 @@ def test_every_action_sent_and_event_read_is_in_the_rights_table() -> None:
     }
     assert {a.lower() for a in actions} - table_actions == set()
     assert events - table_events == set()
+
+
+def test_the_events_filtered_out_are_none_the_code_reads() -> None:
+    _, events = _sent_and_read()
+    table_events = {
+        name.strip() for r in ami_user.RIGHTS if r.kind == "event" for name in r.what.split(",")
+    }
+    excluded = set(ami_user.EXCLUDED_EVENTS)
+
+    assert excluded & (events | table_events) == set()
+    # Names only: the filter's alternation would read anything else as a pattern.
+    assert all(name.isalnum() for name in excluded)
+    assert ami_user.event_filter() in ami_user.render("fastagi-panic", SECRET).splitlines()
 
 
 def test_the_user_gets_what_the_table_needs_and_nothing_dangerous() -> None:

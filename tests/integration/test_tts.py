@@ -13,6 +13,7 @@ import threading
 import time
 import unicodedata
 import wave
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -295,54 +296,10 @@ async def test_a_caller_giving_up_does_not_stop_the_render(tts: TextToSpeech):
     assert tts.renders_started == 1
 
 
-def running_render_workers() -> set[int]:
-    """The espeak-ng worker processes (``_worker.py``) among our children right now."""
-    pids = set()
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue  # the thread is gone
-        for pid in children:
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue  # reaped meanwhile
-            if b"_worker.py" in command:
-                pids.add(int(pid))
-    return pids
-
-
-async def test_event_loop_keeps_running_during_renders(tmp_path: Path):
-    """While each render's worker runs, the loop runs other tasks: a ticker sees it.
-
-    A render that blocked the loop (a synchronous subprocess call) would let the ticker
-    run only before and after each worker, never during one. What the ticker saw is
-    counted, not how long it waited between ticks: that measures how long a loaded
-    machine keeps the process off the CPU (a 142 ms gap failed a 131 ms bound once).
-    """
-    seen_running: set[int] = set()
-    stop = asyncio.Event()
-
-    async def tick() -> None:
-        while not stop.is_set():
-            seen_running.update(running_render_workers())
-            await asyncio.sleep(0.005)
-
-    ticker = asyncio.create_task(tick())
-    async with TextToSpeech(make_settings(tmp_path)) as tts:
-        for department in ("Cardiology", "Radiology", "Oncology"):
-            await tts.render(f"Panic alarm. Department {department}. Extension 2 0 1.")
-    stop.set()
-    await ticker
-
-    assert tts.renders_started == 3
-    assert len(seen_running) == 3  # one worker per render, each seen while it ran
-
-
-def render_children_by_thread() -> dict[int, int]:
-    """The render's children among ours right now (the espeak-ng worker and sox), each
-    with the thread that started it: /proc lists a child under its parent thread's task."""
+def render_children(*programs: bytes) -> dict[int, int]:
+    """Our children running one of ``programs`` right now (a word of the command line
+    ends with it), each with the thread that started it: /proc lists a child under its
+    parent thread's task."""
     started_by = {}
     for task in Path("/proc/self/task").iterdir():
         try:
@@ -354,9 +311,56 @@ def render_children_by_thread() -> dict[int, int]:
                 command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue  # reaped meanwhile
-            if any(word.endswith((b"_worker.py", b"sox")) for word in command):
+            if any(word.endswith(programs) for word in command):
                 started_by[int(pid)] = int(task.name)
     return started_by
+
+
+async def children_seen_during(
+    work: Awaitable[object], *programs: bytes, every: float
+) -> dict[int, int]:
+    """``render_children(*programs)`` gathered every ``every`` seconds while ``work`` runs."""
+    seen: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        while not stop.is_set():
+            seen.update(render_children(*programs))
+            await asyncio.sleep(every)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        await work
+    finally:
+        stop.set()
+        await ticker
+    return seen
+
+
+async def render_each(tts: TextToSpeech, texts: list[str], *, clip: bool = False) -> None:
+    for text in texts:
+        await tts.render(text, clip=clip)
+
+
+async def test_event_loop_keeps_running_during_renders(tmp_path: Path):
+    """While each render's worker runs, the loop runs other tasks: a ticker sees it.
+
+    A render that blocked the loop (a synchronous subprocess call) would let the ticker
+    run only before and after each worker, never during one. What the ticker saw is
+    counted, not how long it waited between ticks: that measures how long a loaded
+    machine keeps the process off the CPU (a 142 ms gap failed a 131 ms bound once).
+    """
+    texts = [
+        f"Panic alarm. Department {department}. Extension 2 0 1."
+        for department in ("Cardiology", "Radiology", "Oncology")
+    ]
+    async with TextToSpeech(make_settings(tmp_path)) as tts:
+        seen_running = await children_seen_during(
+            render_each(tts, texts), b"_worker.py", every=0.005
+        )
+
+    assert tts.renders_started == 3
+    assert len(seen_running) == 3  # one worker per render, each seen while it ran
 
 
 async def test_renders_start_their_children_off_the_event_loops_thread(tmp_path: Path):
@@ -364,20 +368,11 @@ async def test_renders_start_their_children_off_the_event_loops_thread(tmp_path:
     under uvloop (create_subprocess_exec; fastagi/tts/render.py ``_run``): every child of
     a render is started by another thread."""
     loop_thread = threading.get_native_id()
-    seen: dict[int, int] = {}
-    stop = asyncio.Event()
-
-    async def tick() -> None:
-        while not stop.is_set():
-            seen.update(render_children_by_thread())
-            await asyncio.sleep(0.002)
-
-    ticker = asyncio.create_task(tick())
+    texts = [f"Panic alarm. Department {name}." for name in ("Cardiology", "Radiology", "Oncology")]
     async with TextToSpeech(make_settings(tmp_path)) as tts:
-        for department in ("Cardiology", "Radiology", "Oncology"):
-            await tts.render(f"Panic alarm. Department {department}.", clip=True)
-    stop.set()
-    await ticker
+        seen = await children_seen_during(
+            render_each(tts, texts, clip=True), b"_worker.py", b"sox", every=0.002
+        )
 
     assert len(seen) >= 3  # at least each render's worker, seen while it ran
     assert loop_thread not in seen.values()

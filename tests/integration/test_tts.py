@@ -160,6 +160,23 @@ def test_cache_key_follows_sound_not_spelling(tmp_path: Path):
         assert other.prompt_for("Notaufnahme Süd").host_path.stem != base, change
 
 
+def test_one_text_as_a_clip_or_in_a_voice_is_another_prompt_in_either_order(tmp_path: Path):
+    # TextToSpeech remembers each text's name: what it remembers for the text must not
+    # answer for its clip or its other voice, whichever was asked first.
+    fresh = TextToSpeech(make_settings(tmp_path)).prompt_for
+    asked_first = TextToSpeech(make_settings(tmp_path))
+    for clip, voice in [(False, None), (True, None), (False, "pl"), (True, "pl")]:
+        assert asked_first.prompt_for("Izba przyjęć", clip=clip, voice=voice) == fresh(
+            "Izba przyjęć", clip=clip, voice=voice
+        )
+    names = {
+        asked_first.prompt_for("Izba przyjęć", clip=clip, voice=voice)
+        for clip in (False, True)
+        for voice in (None, "pl")
+    }
+    assert len(names) == 4
+
+
 async def test_hostile_texts_are_spoken_literally(tmp_path: Path):
     marker = tmp_path / "executed"
     texts = [

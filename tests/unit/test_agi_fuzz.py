@@ -17,8 +17,11 @@ from fastagi.agi.protocol import (
     Event,
     LocalProtocolError,
     ProtocolError,
+    RemoteProtocolError,
     Reply,
     UsageReply,
+    _environment_item,
+    _environment_items,
     encode_command,
 )
 
@@ -193,3 +196,46 @@ def test_parse_args_port_matches_known_asterisk_behaviour():
     assert parse_args(b'STREAM FILE hello ""') == [b"STREAM", b"FILE", b"hello", b""]
     assert parse_args(b'VERBOSE "a \\"b\\" c" 1') == [b"VERBOSE", b'a "b" c', b"1"]
     assert len(parse_args(b" ".join([b"w"] * MAX_COMMAND_WORDS))) == MAX_COMMAND_WORDS
+
+
+# Lines an environment may hold, good and bad: names with spaces, tabs and other Unicode
+# whitespace, colons without a space, CR at the end or inside, repeated names.
+environment_line = st.one_of(
+    st.text(alphabet=st.sampled_from("agi_x1: \t\r\u00a0\u2003\u00e9\u0661:"), max_size=12),
+    st.builds(
+        lambda name, value, cr: f"{name}: {value}" + ("\r" if cr else ""),
+        st.sampled_from(["agi_arg_1", "agi_x", "a b", "a\u00a0b", "\u00e9t\u00e9", "1x", "", "x:"]),
+        st.text(max_size=8),
+        st.booleans(),
+    ),
+)
+
+
+@FUZZ
+@given(st.lists(environment_line, max_size=8))
+def test_the_environments_fast_path_reads_every_line_as_the_general_one(lines):
+    # The general reading of a block, line by line, is the reference.
+    try:
+        expected: dict[str, str] | type[RemoteProtocolError] = dict(
+            map(_environment_item, lines)
+        )
+    except RemoteProtocolError:
+        expected = RemoteProtocolError
+
+    try:
+        got: dict[str, str] | type[RemoteProtocolError] = _environment_items(lines)
+    except RemoteProtocolError:
+        got = RemoteProtocolError
+
+    assert got == expected
+
+
+def test_no_character_is_both_whitespace_and_part_of_an_identifier():
+    # The fast path takes a name that is an identifier as free of whitespace.
+    both = [
+        hex(code)
+        for code in range(0x110000)
+        if chr(code).isspace() and ("a" + chr(code)).isidentifier()
+    ]
+
+    assert both == []

@@ -15,6 +15,13 @@ same buckets, fastagi/agi/stats.py), the machine's load average. Then per rate t
 median (min-max) over the repetitions, the ratios ours/floor of each repetition, and per
 server the highest rate with no failed call in any repetition.
 
+``--servers ours@REF,ours --baseline ours@REF`` runs our server as of git ``REF`` beside
+this checkout's, in the same run and on the same sandbox, step by step: the A/B of a
+change on the whole call, paired repetition by repetition (``fastagi/``, ``sql/`` and
+``setup.cfg`` of that commit, unpacked into the work directory; the bench's own code stays
+this checkout's). Any server may be the ``--baseline`` the ratios divide by (the floor
+unless told).
+
 ``--profile`` runs our server under py-spy (a flame graph SVG per run; py-spy from PyPI,
 ``pip install py-spy``), or cProfile when py-spy is not installed. ``--plots DIR`` writes
 PNG plots with matplotlib (the ``bench`` extra).
@@ -29,19 +36,22 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import io
+import itertools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import asyncpg
 
@@ -51,6 +61,7 @@ from bench.storm import CallKind
 from fastagi.agi.stats import LATENCY_BOUNDS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 OURS, FLOOR = "ours", "floor"
 SERVERS = (OURS, FLOOR)
 RATES = (50, 100, 200, 300)
@@ -114,34 +125,69 @@ def _free_tcp_port() -> int:
     return free_port()
 
 
+def parse_server(spec: str) -> tuple[str, str | None]:
+    """``ours``, ``floor`` or ``ours@REF`` (our server as of git ``REF``): name and ref."""
+    name, at, ref = spec.partition("@")
+    if name not in SERVERS or (at and (name != OURS or not ref)):
+        raise ValueError(f"unknown server {spec!r}: one of {', '.join(SERVERS)}, or ours@REF")
+    return name, ref or None
+
+
+def export_tree(ref: str, into: Path) -> str:
+    """Unpack what ``fastagi serve`` runs from as of git ``ref`` (the package, the schema
+    its checks compare with, and setup.cfg, which marks ``sql/`` as the repository's) under
+    ``into``; return the commit's short hash."""
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(
+            ["git", "-C", str(REPO_ROOT), *args], check=True, capture_output=True
+        ).stdout
+
+    commit = git("rev-parse", "--short", f"{ref}^{{commit}}").decode().strip()
+    archive = git("archive", commit, "fastagi", "sql", "setup.cfg")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return commit
+
+
 class OurServer:
     """``python -m fastagi serve`` (optionally under a profiler), configured the production
     way (FASTAGI_* variables), its per-command histogram read from its /metrics."""
 
-    name = OURS
-
-    def __init__(self, env: dict[str, str], workdir: Path, profile: str | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        profile: str | None = None,
+        *,
+        name: str = OURS,
+        tree: Path | None = None,
+    ) -> None:
+        # ``tree``: a directory holding another ``fastagi`` (export_tree); ``python -m``
+        # puts the working directory first on sys.path, so the server imports that one.
+        self.name = name
         self.port = int(env["FASTAGI_AGI__PORT"])
         self.metrics_port = int(env["FASTAGI_METRICS__PORT"])
-        self.log_path = workdir / "ours.log"
+        stem = name.replace("@", "-at-")
+        self.log_path = workdir / f"{stem}.log"
         self.profile_out: Path | None = None
         command = [sys.executable, "-m", "fastagi", "serve"]
         if profile == "py-spy":
             # Collapsed stacks ("frame;frame;frame count" lines): bench.profile reads them,
             # and flamegraph.pl or speedscope draw them.
-            self.profile_out = workdir / "ours-profile.txt"
+            self.profile_out = workdir / f"{stem}-profile.txt"
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             record = [py_spy, "record", "--format", "raw", "--rate", "250"]
             command = [*record, "-o", str(self.profile_out), "--", *command]
         elif profile == "cprofile":
-            self.profile_out = workdir / "ours.prof"
+            self.profile_out = workdir / f"{stem}.prof"
             command = [sys.executable, "-m", "cProfile", "-o", str(self.profile_out)]
             command += ["-m", "fastagi", "serve"]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 command,
                 env=env,
-                cwd=REPO_ROOT,
+                cwd=tree or REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -303,10 +349,19 @@ class Plan:
     seconds: float
     min_calls: int
     repeats: int
-    servers: tuple[str, ...] = SERVERS
+    servers: tuple[str, ...] = SERVERS  # ours, floor, ours@REF
     profile: str | None = None
     # FASTAGI_* variables set on our server over its deployed settings (--ours-setting).
     ours_settings: tuple[tuple[str, str], ...] = ()
+    # The server every other one's ratios divide by.
+    baseline: str = FLOOR
+
+    @property
+    def compared(self) -> tuple[str, ...]:
+        """The servers compared with the baseline, in the order given."""
+        if self.baseline not in self.servers:
+            return ()
+        return tuple(server for server in self.servers if server != self.baseline)
 
     def calls(self, rate: int) -> int:
         return max(self.min_calls, round(rate * self.seconds))
@@ -316,6 +371,7 @@ class Plan:
 class Report:
     steps: list[Step] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
+    commits: dict[str, str] = field(default_factory=dict)  # ours@REF -> the commit it ran
 
     def series(self, server: str, kind: str, rate: int, key: str) -> list[float | None]:
         repeats = max((s.repeat for s in self.steps), default=-1) + 1
@@ -329,9 +385,14 @@ class Report:
     def spread(self, server: str, kind: str, rate: int, key: str) -> Spread | None:
         return Spread.of([v for v in self.series(server, kind, rate, key) if v is not None])
 
-    def ratio(self, kind: str, rate: int, key: str) -> Spread | None:
+    def ratio(
+        self, kind: str, rate: int, key: str, server: str = OURS, baseline: str = FLOOR
+    ) -> Spread | None:
+        """``server``'s figure over ``baseline``'s, repetition by repetition."""
         return Spread.of(
-            paired_ratios(self.series(OURS, kind, rate, key), self.series(FLOOR, kind, rate, key))
+            paired_ratios(
+                self.series(server, kind, rate, key), self.series(baseline, kind, rate, key)
+            )
         )
 
     def max_clean_rate(self, server: str, kind: str, rates: Sequence[int]) -> int | None:
@@ -523,23 +584,36 @@ def _sandbox(agi_port: int) -> Iterator[Any]:
 
 def run_plan(plan: Plan, workdir: Path, log: TextIO) -> Report:
     report = Report()
+    trees: dict[str, Path] = {}
+    for spec in plan.servers:
+        _, ref = parse_server(spec)
+        if ref is not None:
+            trees[spec] = workdir / f"tree-{len(trees)}"
+            report.commits[spec] = export_tree(ref, trees[spec])
     with throwaway_cluster(workdir) as dsn:
-        ours_port, floor_port = _free_tcp_port(), _free_tcp_port()
-        with _sandbox(ours_port) as sandbox:
+        # A port each: Asterisk is pointed at one server at a time, the others wait.
+        ports = {spec: _free_tcp_port() for spec in plan.servers}
+        with _sandbox(ports[plan.servers[0]]) as sandbox:
             department_id = asyncio.run(_migrate_and_seed(dsn))
             site = panic_site(sandbox, department_id)
             for repeat in range(plan.repeats):
                 servers: dict[str, Server] = {}
                 try:
                     # Started afresh each repetition, as agi_load does.
-                    if OURS in plan.servers:
-                        servers[OURS] = OurServer(
-                            our_env(sandbox, dsn, ours_port, workdir, plan.ours_settings),
+                    for spec in plan.servers:
+                        if spec == FLOOR:
+                            servers[spec] = FloorServer(ports[spec], dsn, site, workdir)
+                            continue
+                        env = our_env(sandbox, dsn, ports[spec], workdir, plan.ours_settings)
+                        # Each its own journal: two live servers never share one.
+                        env["FASTAGI_JOURNAL__DIRECTORY"] += f"-{len(servers)}"
+                        servers[spec] = OurServer(
+                            env,
                             workdir,
                             plan.profile if repeat == 0 else None,
+                            name=spec,
+                            tree=trees.get(spec),
                         )
-                    if FLOOR in plan.servers:
-                        servers[FLOOR] = FloorServer(floor_port, dsn, site, workdir)
                     asyncio.run(
                         _run_repeat(
                             plan,
@@ -555,9 +629,8 @@ def run_plan(plan: Plan, workdir: Path, log: TextIO) -> Report:
                 finally:
                     for server in servers.values():
                         server.stop()
-                    ours = servers.get(OURS)
-                    if isinstance(ours, OurServer) and ours.profile_out is not None:
-                        report.profiles.append(str(ours.profile_out))
+                        if isinstance(server, OurServer) and server.profile_out is not None:
+                            report.profiles.append(str(server.profile_out))
     return report
 
 
@@ -613,10 +686,8 @@ async def _run_repeat(
             for server in servers.values():
                 await bench.step(server, kind, 10, 10, repeat)
             for rate in plan.rates:
-                # Rotated every repetition: a slow patch of the machine falls on both.
-                order = list(servers.values())
-                if (repeat + rate) % 2:
-                    order.reverse()
+                # Rotated every repetition: a slow patch of the machine falls on each.
+                order = rotated(list(servers.values()), repeat + rate)
                 for server in order:
                     step = await bench.step(server, kind, rate, plan.calls(rate), repeat)
                     report.steps.append(step)
@@ -631,6 +702,12 @@ async def _run_repeat(
                     )
     finally:
         await pool.close()
+
+
+def rotated(items: list[T], turn: int) -> list[T]:
+    """``items`` started ``turn`` places on (two servers: swapped every other turn)."""
+    start = turn % len(items) if items else 0
+    return items[start:] + items[:start]
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -671,12 +748,18 @@ def format_report(plan: Plan, report: Report) -> str:
                     ]
                 )
         lines += _table(header, body)
-        if set(SERVERS) <= set(plan.servers):
-            lines += ["", "ours/floor, repetition by repetition:", ""]
-            titles = {key: title for key, title, _ in METRICS}
+        titles = {key: title for key, title, _ in METRICS}
+        for server in plan.compared:
+            lines += ["", f"{server}/{plan.baseline}, repetition by repetition:", ""]
             header = ["rate", *(titles[k] for k in RATIO_METRICS)]
             body = [
-                [f"{rate}/s", *(_cell(report.ratio(kind, rate, k), ".2f") for k in RATIO_METRICS)]
+                [
+                    f"{rate}/s",
+                    *(
+                        _cell(report.ratio(kind, rate, k, server, plan.baseline), ".2f")
+                        for k in RATIO_METRICS
+                    ),
+                ]
                 for rate in plan.rates
             ]
             lines += _table(header, body)
@@ -687,11 +770,11 @@ def format_report(plan: Plan, report: Report) -> str:
                 f"max rate with no failed call ({server}): "
                 + (f"{best}/s" if best is not None else f"none of {list(plan.rates)}")
             )
-        if set(SERVERS) <= set(plan.servers):
-            ours = report.max_clean_rate(OURS, kind, plan.rates)
-            floor = report.max_clean_rate(FLOOR, kind, plan.rates)
-            if ours is not None and floor is not None:
-                lines.append(f"ratio ours/floor: {ours / floor:.2f}")
+        base = report.max_clean_rate(plan.baseline, kind, plan.rates)
+        for server in plan.compared:
+            best = report.max_clean_rate(server, kind, plan.rates)
+            if best is not None and base is not None:
+                lines.append(f"ratio {server}/{plan.baseline}: {best / base:.2f}")
     lines += [
         "",
         f"median (min-max) of {plan.repeats} repetitions; per rate max({plan.min_calls}, "
@@ -701,12 +784,17 @@ def format_report(plan: Plan, report: Report) -> str:
         "(its histogram, interpolated within buckets); load avg = 1-minute load average "
         f"after the step; {os.cpu_count()} CPUs",
     ]
+    lines += [f"{spec} = commit {commit}" for spec, commit in report.commits.items()]
     lines += [f"profile: {path}" for path in report.profiles]
     return "\n".join(lines)
 
 
 def document(plan: Plan, report: Report) -> dict[str, Any]:
-    return {"plan": asdict(plan), "steps": [asdict(s) for s in report.steps]}
+    return {
+        "plan": asdict(plan),
+        "steps": [asdict(s) for s in report.steps],
+        "commits": report.commits,
+    }
 
 
 def write_plots(plan: Plan, report: Report, directory: Path) -> list[Path]:
@@ -721,7 +809,7 @@ def write_plots(plan: Plan, report: Report, directory: Path) -> list[Path]:
     written = []
     for kind in plan.kinds:
         figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-        for server, marker in zip(plan.servers, ("o", "s"), strict=False):
+        for server, marker in zip(plan.servers, itertools.cycle("osD^v"), strict=False):
             rates, medians, below, above = [], [], [], []
             for rate in plan.rates:
                 spread = report.spread(server, kind, rate, "server_cpu_ms_per_call")
@@ -758,7 +846,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=0, help="at least this many calls per step")
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"of {', '.join(KINDS)}")
-    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="comma-separated: ours, floor, or ours@REF, our server as of a git commit",
+    )
+    parser.add_argument(
+        "--baseline", default=FLOOR, help="the server the ratios divide by (default: floor)"
+    )
     parser.add_argument(
         "--profile", action="store_true", help="our server under py-spy (else cProfile)"
     )
@@ -779,30 +874,33 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    args = _parse_args(argv)
-    out = out or sys.stdout
-    if args.from_json:
-        plan, report = from_document(json.loads(Path(args.from_json).read_text()))
-        return _report(plan, report, args.plots, out)
+def plan_of(args: argparse.Namespace) -> Plan:
+    """The run the command line asks for; ValueError, with the reason, for one it cannot."""
     kinds = tuple(k for k in args.kinds.split(",") if k)
     servers = tuple(s for s in args.servers.split(",") if s)
-    unknown = [k for k in kinds if k not in KINDS] + [s for s in servers if s not in SERVERS]
+    unknown = [k for k in kinds if k not in KINDS]
+    for spec in servers:
+        try:
+            parse_server(spec)
+        except ValueError:
+            unknown.append(spec)
     if unknown:
-        print(f"unknown: {', '.join(unknown)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown: {', '.join(unknown)}")
+    if len(set(servers)) != len(servers):
+        raise ValueError(f"a server named twice: {args.servers}")
+    if len(servers) > 1 and args.baseline not in servers:
+        raise ValueError(f"--baseline {args.baseline} is not one of --servers {args.servers}")
     overrides = []
     for setting in args.ours_setting:
         name, equals, value = setting.partition("=")
         if not equals or not name.startswith("FASTAGI_"):
-            print(f"--ours-setting wants FASTAGI_NAME=VALUE, not {setting!r}", file=sys.stderr)
-            return 2
+            raise ValueError(f"--ours-setting wants FASTAGI_NAME=VALUE, not {setting!r}")
         overrides.append((name, value))
     profile = None
     if args.profile:
         has_py_spy = shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists()
         profile = "py-spy" if has_py_spy else "cprofile"
-    plan = Plan(
+    return Plan(
         kinds=kinds,
         rates=tuple(int(r) for r in args.rates.split(",")),
         seconds=args.seconds,
@@ -811,7 +909,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         servers=servers,
         profile=profile,
         ours_settings=tuple(overrides),
+        baseline=args.baseline,
     )
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    args = _parse_args(argv)
+    out = out or sys.stdout
+    if args.from_json:
+        plan, report = from_document(json.loads(Path(args.from_json).read_text()))
+        return _report(plan, report, args.plots, out)
+    try:
+        plan = plan_of(args)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     workdir = Path(tempfile.mkdtemp(prefix="bench-calls-"))
     try:
         report = run_plan(plan, workdir, out)
@@ -843,7 +955,8 @@ def from_document(data: dict[str, Any]) -> tuple[Plan, Report]:
     plan_fields["ours_settings"] = tuple(
         (name, value) for name, value in plan_fields.get("ours_settings", ())
     )
-    return Plan(**plan_fields), Report(steps=[Step(**step) for step in data["steps"]])
+    steps = [Step(**step) for step in data["steps"]]
+    return Plan(**plan_fields), Report(steps=steps, commits=dict(data.get("commits", {})))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,32 @@ def test_tiny_bench_runs_both_servers_through_the_sandbox_and_reports(tmp_path: 
         assert f"### {kind}" in table
     assert "ours/floor, repetition by repetition" in table
     assert "max rate with no failed call (floor): 5/s" in table
+
+
+def test_tiny_ab_runs_our_server_as_of_a_commit_beside_this_checkouts(tmp_path: Path):
+    out = io.StringIO()
+    document = tmp_path / "calls.json"
+    head = subprocess.run(
+        ["git", "-C", str(calls.REPO_ROOT), "rev-parse", "--short", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+    code = calls.main(
+        [
+            *("--servers", "ours@HEAD,ours", "--baseline", "ours@HEAD", "--kinds", "probe"),
+            *("--rates", "5", "--seconds", "1", "--repeats", "1", "--json", str(document)),
+        ],
+        out=out,
+    )
+
+    assert code == 0, out.getvalue()
+    steps = json.loads(document.read_text())["steps"]
+    assert sorted((s["server"], s["calls"], s["failed"]) for s in steps) == [
+        ("ours", 5, 0),
+        ("ours@HEAD", 5, 0),
+    ]
+    table = out.getvalue()
+    assert "ours/ours@HEAD, repetition by repetition" in table
+    assert f"ours@HEAD = commit {head}" in table

@@ -216,9 +216,7 @@ environment_line = st.one_of(
 def test_the_environments_fast_path_reads_every_line_as_the_general_one(lines):
     # The general reading of a block, line by line, is the reference.
     try:
-        expected: dict[str, str] | type[RemoteProtocolError] = dict(
-            map(_environment_item, lines)
-        )
+        expected: dict[str, str] | type[RemoteProtocolError] = dict(map(_environment_item, lines))
     except RemoteProtocolError:
         expected = RemoteProtocolError
 

@@ -215,16 +215,39 @@ EXCLUDED_EVENTS = (
 )
 
 
-def event_filter() -> str:
-    """The manager.conf line that drops EXCLUDED_EVENTS for the user.
+# The UserEvents the dialplan sends as each route's call ends (extensions_custom.conf, the
+# h extensions), for monitoring and the tests. The server reads two UserEvents, which
+# stay: FastAGIProbeEnd (its probe check, fastagi/assurance/asterisk.py) and
+# FastAGIPanicFallback (an alarm the dialplan raised without it). Every panic call brought
+# the server one of these, for nothing.
+IGNORED_USER_EVENTS = (
+    "FastAGIPanicEnd",
+    "FastAGIDeactivateEnd",
+    "FastAGIDrillEnd",
+    "FastAGIRecordLocationEnd",
+    "FastAGIEmergencyEnd",
+)
 
-    A regular expression filter, which every Asterisk since 1.8 reads (``eventfilter``,
-    "!" excludes what matches; manager.conf.sample). Matched against the event's text,
-    which starts with its ``Event:`` header (manager.c ``__ast_manager_event_multichan``);
-    the name must end there, so ``ContactStatusDetail`` (an answer to an action, not
-    filtered anyway) is not caught by ``ContactStatus``.
+
+def event_filters() -> tuple[str, ...]:
+    """The manager.conf lines that drop EXCLUDED_EVENTS and IGNORED_USER_EVENTS for the
+    user.
+
+    Regular expression filters, which every Asterisk since 1.8 reads (``eventfilter``,
+    "!" excludes what matches; manager.conf.sample). Each is matched against the event's
+    whole text, which starts with its ``Event:`` header (manager.c
+    ``__ast_manager_event_multichan``); an event name must end there, so
+    ``ContactStatusDetail`` (an answer to an action, not filtered anyway) is not caught by
+    ``ContactStatus``. A UserEvent's own name is its ``UserEvent:`` header, after the
+    channel's headers when the dialplan sent it: manager.c compiles the filters without
+    REG_NEWLINE, so ``.`` crosses lines to reach it.
     """
-    return "eventfilter = !^Event: (" + "|".join(EXCLUDED_EVENTS) + ")[[:space:]]"
+    return (
+        "eventfilter = !^Event: (" + "|".join(EXCLUDED_EVENTS) + ")[[:space:]]",
+        "eventfilter = !^Event: UserEvent[[:space:]].*[[:space:]]UserEvent: ("
+        + "|".join(IGNORED_USER_EVENTS)
+        + ")[[:space:]]",
+    )
 
 
 # What the user must never get: "system" and "command" write run shell commands (SHELL(),
@@ -259,10 +282,10 @@ def render(username: str, secret: str) -> str:
         f"read = {READ}\n"
         f"write = {WRITE}\n"
         "writetimeout = 5000\n"
-        "; The call events the server never reads, dropped by Asterisk before it sends\n"
-        "; them (fastagi/freepbx/ami_user.py EXCLUDED_EVENTS).\n"
-        f"{event_filter()}\n"
-        "; The server's scheduled checks log in afresh every [health] interval: not a\n"
+        "; The events the server never reads, dropped by Asterisk before it sends them\n"
+        "; (fastagi/freepbx/ami_user.py EXCLUDED_EVENTS, IGNORED_USER_EVENTS).\n"
+        + "".join(f"{line}\n" for line in event_filters())
+        + "; The server's scheduled checks log in afresh every [health] interval: not a\n"
         "; line in Asterisk's log each time.\n"
         "displayconnects = no\n"
     )

@@ -390,7 +390,7 @@ class Sandbox:
             "ami_port": self.ports.ami,
             "ami_username": self.ami_username,
             "ami_secret": self.ami_secret,
-            "ami_event_filter": ami_user.event_filter(),
+            "ami_event_filter": "\n".join(ami_user.event_filters()),
             "rtp_start": self.ports.rtp_start,
             "rtp_end": self.ports.rtp_end,
             "agi_url": self.agi_url,

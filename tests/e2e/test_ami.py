@@ -12,6 +12,9 @@ import pytest
 from pydantic import SecretStr
 
 from fastagi.ami import AmiClient, ConnectionState, EventStream, Message, OriginateReason
+from fastagi.assurance.asterisk import PROBE_EVENT
+from fastagi.domain.fallback import USER_EVENT as FALLBACK_USER_EVENT
+from fastagi.freepbx import ami_user
 from fastagi_dev.sandbox.instance import Sandbox
 from tests import sipp
 
@@ -201,3 +204,39 @@ async def test_the_server_user_is_not_sent_the_events_it_never_reads(
     names = {event.event for event in seen}
     assert {"Newchannel", "Newstate", "Hangup", "UserEvent"} <= names
     assert names & {"DeviceStateChange", "SoftHangupRequest", "HangupRequest"} == set()
+
+
+async def test_the_server_user_is_not_sent_the_end_of_call_user_events_it_never_reads(
+    sandbox: Sandbox, ami: AmiClient
+) -> None:
+    """The second filter line drops the UserEvents the dialplan sends as each route's
+    call ends (ami_user.IGNORED_USER_EVENTS), sent from a channel as the h extensions send
+    them, and lets through the two the server waits for."""
+    marker = uuid.uuid4().hex
+    names = (*ami_user.IGNORED_USER_EVENTS, PROBE_EVENT, FALLBACK_USER_EVENT)
+    seen: list[Message] = []
+    least = client_for(sandbox, username=f"{sandbox.ami_username}-least")
+    async with least, least.events("UserEvent") as stream, ami.events("UserEvent") as unfiltered:
+        for name in names:
+            result = await ami.originate(
+                f"Local/{EXTEN}@{CONTEXT}",
+                context=CONTEXT,
+                exten="userevent",
+                variables={"SANDBOX_EVENT": name, "SANDBOX_MARKER": marker},
+                timeout_ms=10_000,
+            )
+            assert result.answered, result
+        # Every one was sent, from a channel: the administrator's user sees them all.
+        sent: list[Message] = []
+        await collect_until(
+            unfiltered,
+            sent,
+            lambda e: {m.get("UserEvent") for m in sent if m.get("Marker") == marker} >= set(names),
+        )
+        assert all("Channel" in e for e in sent if e.get("Marker") == marker)
+        # Events reach a session in the order they were sent: this one comes last.
+        await ami.action("UserEvent", UserEvent="AmiTestMarker", Marker=f"{marker}-end")
+        await collect_until(stream, seen, lambda e: e.get("Marker") == f"{marker}-end")
+
+    got = {event.get("UserEvent") for event in seen if event.get("Marker") == marker}
+    assert got == {PROBE_EVENT, FALLBACK_USER_EVENT}

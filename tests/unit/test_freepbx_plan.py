@@ -5,6 +5,7 @@ refusals."""
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -13,6 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fastagi.assurance.asterisk import PROBE_EVENT
+from fastagi.domain.fallback import USER_EVENT as FALLBACK_USER_EVENT
 from fastagi.freepbx import ami_user, apply, blocks, conffile, owned
 from fastagi.freepbx.plan import (
     InstallRequest,
@@ -261,7 +264,7 @@ def test_install_plan_on_freepbx() -> None:
         "read": ["system,call,user"],
         "write": ["call,originate,reporting"],
         "writetimeout": ["5000"],
-        "eventfilter": [ami_user.event_filter().partition(" = ")[2]],
+        "eventfilter": [line.partition(" = ")[2] for line in ami_user.event_filters()],
         "displayconnects": ["no"],
     }
     assert files["manager_custom.conf"].mode == 0o640
@@ -516,7 +519,22 @@ def test_the_events_filtered_out_are_none_the_code_reads() -> None:
     assert excluded & (events | table_events) == set()
     # Names only: the filter's alternation would read anything else as a pattern.
     assert all(name.isalnum() for name in excluded)
-    assert ami_user.event_filter() in ami_user.render("fastagi-panic", SECRET).splitlines()
+    rendered = ami_user.render("fastagi-panic", SECRET).splitlines()
+    assert all(line in rendered for line in ami_user.event_filters())
+
+
+def test_the_user_events_filtered_out_are_ones_the_dialplan_sends_and_the_code_never_reads():
+    ignored = set(ami_user.IGNORED_USER_EVENTS)
+    dialplan = (_PACKAGE.parent / "extensions_custom.conf").read_text()
+    sent = set(re.findall(r"UserEvent\((\w+)", dialplan))
+    code = "\n".join(path.read_text() for path in _PACKAGE.rglob("*.py"))
+
+    assert ignored <= sent
+    # The two the server waits for stay.
+    assert {PROBE_EVENT, FALLBACK_USER_EVENT} <= sent - ignored
+    # No name of them anywhere in the code but the list itself.
+    assert [name for name in ignored if code.count(f'"{name}"') != 1] == []
+    assert all(name.isalnum() for name in ignored)
 
 
 def test_the_user_gets_what_the_table_needs_and_nothing_dangerous() -> None:

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import gc
 import importlib
-import io
 import json
 import logging
 import os
@@ -38,7 +37,6 @@ import resource
 import select
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -46,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
-from bench import panoramisk_app
+from bench import panoramisk_app, revisions
 from bench.fake_asterisk import DEFAULT_SCRIPT_NAME, LoadResult, run_load
 from bench.panoramisk_app import FlowStats
 from bench.stats import Spread, paired_ratios
@@ -260,24 +258,12 @@ def raise_fd_limit() -> int:
 
 def parse_server(spec: str) -> tuple[str, str | None]:
     """``NAME`` or ``ours@REF`` (our server as of git ``REF``): the name and the ref."""
-    name, at, ref = spec.partition("@")
-    if name not in SERVERS or (at and (name != CANDIDATE or not ref)):
-        raise ValueError(f"unknown server {spec!r}: one of {', '.join(SERVERS)}, or ours@REF")
-    return name, ref or None
+    return revisions.parse_server(spec, SERVERS)
 
 
 def export_fastagi(ref: str, into: Path) -> str:
     """Unpack ``fastagi/`` as of git ``ref`` under ``into``; return the commit's short hash."""
-
-    def git(*args: str) -> bytes:
-        return subprocess.run(
-            ["git", "-C", str(REPO_ROOT), *args], check=True, capture_output=True
-        ).stdout
-
-    commit = git("rev-parse", "--short", f"{ref}^{{commit}}").decode().strip()
-    with tarfile.open(fileobj=io.BytesIO(git("archive", commit, "fastagi"))) as tar:
-        tar.extractall(into, filter="data")
-    return commit
+    return revisions.export_tree(ref, into, ("fastagi",))
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import io
 import itertools
 import json
 import os
@@ -44,7 +43,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import urllib.request
@@ -55,7 +53,7 @@ from typing import Any, TextIO, TypeVar
 
 import asyncpg
 
-from bench import storm
+from bench import revisions, storm
 from bench.stats import Spread, paired_ratios
 from bench.storm import CallKind
 from fastagi.agi.stats import LATENCY_BOUNDS
@@ -127,27 +125,14 @@ def _free_tcp_port() -> int:
 
 def parse_server(spec: str) -> tuple[str, str | None]:
     """``ours``, ``floor`` or ``ours@REF`` (our server as of git ``REF``): name and ref."""
-    name, at, ref = spec.partition("@")
-    if name not in SERVERS or (at and (name != OURS or not ref)):
-        raise ValueError(f"unknown server {spec!r}: one of {', '.join(SERVERS)}, or ours@REF")
-    return name, ref or None
+    return revisions.parse_server(spec, SERVERS)
 
 
 def export_tree(ref: str, into: Path) -> str:
     """Unpack what ``fastagi serve`` runs from as of git ``ref`` (the package, the schema
     its checks compare with, and setup.cfg, which marks ``sql/`` as the repository's) under
     ``into``; return the commit's short hash."""
-
-    def git(*args: str) -> bytes:
-        return subprocess.run(
-            ["git", "-C", str(REPO_ROOT), *args], check=True, capture_output=True
-        ).stdout
-
-    commit = git("rev-parse", "--short", f"{ref}^{{commit}}").decode().strip()
-    archive = git("archive", commit, "fastagi", "sql", "setup.cfg")
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-    return commit
+    return revisions.export_tree(ref, into, ("fastagi", "sql", "setup.cfg"))
 
 
 class OurServer:

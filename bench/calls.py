@@ -154,7 +154,12 @@ class OurServer:
         self.port = int(env["FASTAGI_AGI__PORT"])
         self.metrics_port = int(env["FASTAGI_METRICS__PORT"])
         stem = name.replace("@", "-at-")
-        self.log_path = workdir / f"{stem}.log"
+        # A log per start (ours.log, ours-2.log, ...): a repetition's log outlives the next.
+        self.log_path = next(
+            path
+            for n in itertools.count(1)
+            if not (path := workdir / (f"{stem}.log" if n == 1 else f"{stem}-{n}.log")).exists()
+        )
         self.profile_out: Path | None = None
         command = [sys.executable, "-m", "fastagi", "serve"]
         if profile == "py-spy":

@@ -20,7 +20,8 @@ this checkout's, in the same run and on the same sandbox, step by step: the A/B 
 change on the whole call, paired repetition by repetition (``fastagi/``, ``sql/`` and
 ``setup.cfg`` of that commit, unpacked into the work directory; the bench's own code stays
 this checkout's). Any server may be the ``--baseline`` the ratios divide by (the floor
-unless told).
+unless told). The bench waits for each of our servers' READY=1 (systemd's notify socket),
+which ``fastagi serve`` sends since 2ed62ad.
 
 ``--profile`` runs our server under py-spy (a flame graph SVG per run; py-spy from PyPI,
 ``pip install py-spy``), or cProfile when py-spy is not installed. ``--plots DIR`` writes
@@ -41,6 +42,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -173,23 +175,38 @@ class OurServer:
             self.profile_out = workdir / f"{stem}.prof"
             command = [sys.executable, "-m", "cProfile", "-o", str(self.profile_out)]
             command += ["-m", "fastagi", "serve"]
-        with self.log_path.open("wb") as log:
+        # Ready when it says so as it would to systemd (READY=1 on NOTIFY_SOCKET,
+        # fastagi/sdnotify.py): whatever its log level (--ours-setting
+        # FASTAGI_LOG_LEVEL=WARNING prints no line to wait for).
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify,
+            self.log_path.open("wb") as log,
+        ):
+            notify_path = self.log_path.with_suffix(".notify")
+            notify.bind(str(notify_path))
+            notify.settimeout(0.1)
             self.proc = subprocess.Popen(
                 command,
-                env=env,
+                env={**env, "NOTIFY_SOCKET": str(notify_path)},
                 cwd=tree or REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
             )
+            self._wait_ready(notify)
+            notify_path.unlink()
+        self.pid = self._server_pid()
+
+    def _wait_ready(self, notify: socket.socket) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        while "FastAGI server listening" not in self._log():
+        while True:
+            with contextlib.suppress(TimeoutError):
+                if b"READY=1" in notify.recv(4096).split(b"\n"):
+                    return
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"fastagi serve did not start:\n{self._log()[-3000:]}")
-            time.sleep(0.1)
-        self.pid = self._server_pid()
 
     def _log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -178,31 +178,29 @@ class OurServer:
         # Ready when it says so as it would to systemd (READY=1 on NOTIFY_SOCKET,
         # fastagi/sdnotify.py): whatever its log level (--ours-setting
         # FASTAGI_LOG_LEVEL=WARNING prints no line to wait for).
-        with (
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify,
-            self.log_path.open("wb") as log,
-        ):
-            notify_path = self.log_path.with_suffix(".notify")
-            notify.bind(str(notify_path))
-            notify.settimeout(0.1)
+        # Open until stop(): the server's STOPPING=1 finds it too, and warns of nothing.
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify_path = self.log_path.with_suffix(".notify")
+        self._notify.bind(str(self._notify_path))
+        self._notify.settimeout(0.1)
+        with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 command,
-                env={**env, "NOTIFY_SOCKET": str(notify_path)},
+                env={**env, "NOTIFY_SOCKET": str(self._notify_path)},
                 cwd=tree or REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
             )
-            self._wait_ready(notify)
-            notify_path.unlink()
+        self._wait_ready()
         self.pid = self._server_pid()
 
-    def _wait_ready(self, notify: socket.socket) -> None:
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             with contextlib.suppress(TimeoutError):
-                if b"READY=1" in notify.recv(4096).split(b"\n"):
+                if b"READY=1" in self._notify.recv(4096).split(b"\n"):
                     return
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
@@ -242,6 +240,8 @@ class OurServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._notify.close()
+        self._notify_path.unlink(missing_ok=True)
 
 
 class FloorServer:

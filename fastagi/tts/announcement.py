@@ -170,13 +170,29 @@ def sample_extension(patterns: tuple[str, ...]) -> str:
     return _SAMPLE_EXTENSION
 
 
+class PiecesNotRendered(Exception):
+    """A piece of the announcement is not in the site's prompt directory yet, and the
+    meter was told not to render it (``render_missing=False``)."""
+
+
 class AnnouncementMeter:
     """Measures announcements with the site's TTS settings: pieces the site's prompt
     directory holds are read there, the others rendered into a scratch directory."""
 
-    def __init__(self, settings: Settings, languages: Languages | None = None) -> None:
-        """``languages``: the prompt catalogues (default: ``[flows] catalogues``', read now)."""
+    def __init__(
+        self,
+        settings: Settings,
+        languages: Languages | None = None,
+        *,
+        render_missing: bool = True,
+    ) -> None:
+        """``languages``: the prompt catalogues (default: ``[flows] catalogues``', read now).
+        ``render_missing=False``: a piece the site's directory lacks raises
+        PiecesNotRendered instead of being rendered (the scheduled check: while the server
+        renders a new site's departments it would render each of them a second time, and
+        outlive its few seconds)."""
         self._settings = settings
+        self._render_missing = render_missing
         self._languages = languages or load_languages(settings.flows.catalogues)
         self._scratch = tempfile.TemporaryDirectory(prefix="fastagi-announcement-")
         tts = settings.tts.model_copy(
@@ -196,7 +212,9 @@ class AnnouncementMeter:
     ) -> Announcement | None:
         """The announcement of an alarm of ``department``, in ``language`` (the code its
         pages speak: the department's, else the site's default; None: English); None
-        when TTS cannot render it (the alarm would page Asterisk's built-in sounds)."""
+        when TTS cannot render it (the alarm would page Asterisk's built-in sounds).
+        Raises PiecesNotRendered, with ``render_missing=False``, for a piece the site's
+        directory lacks."""
         pieces = await self._pieces(department, patterns, language)
         if pieces is None:
             return None
@@ -250,6 +268,8 @@ class AnnouncementMeter:
     async def _piece(self, piece: str, voice: str | None) -> Prompt:
         if self._installed.is_rendered(piece, clip=True, voice=voice):
             return self._installed.prompt_for(piece, clip=True, voice=voice)
+        if not self._render_missing:
+            raise PiecesNotRendered(piece)
         return await self._tts.render(piece, clip=True, voice=voice)
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ from fastagi.tts import TextToSpeech, TtsSettings
 from fastagi.tts.announcement import (
     DIGIT_CLIPS,
     AnnouncementMeter,
+    PiecesNotRendered,
     department_texts,
     page_clips,
     render_segments,
@@ -220,3 +221,26 @@ async def test_the_meter_measures_a_polish_department_in_polish(
     english = await meter.measure("Oddział 3", ("201-209",))
     assert english is not None
     assert english.seconds != pytest.approx(announcement.seconds)
+
+
+async def test_a_meter_told_not_to_render_raises_for_a_missing_piece_and_renders_nothing(
+    tmp_path: Path,
+):
+    # The scheduled departments check's meter: while the server renders a new site's
+    # departments, it must not render each of them a second time.
+    settings = meter_settings(tmp_path)
+    meter = AnnouncementMeter(settings, render_missing=False)
+    try:
+        with pytest.raises(PiecesNotRendered):
+            await meter.measure("Ward 3", ("201-209",))
+        assert meter.renders_started == 0
+        async with TextToSpeech(settings.tts) as site:
+            await site.prerender(
+                [], clips=[*department_texts([TEMPLATE], ["Ward 3"]), *DIGIT_CLIPS]
+            )
+        measured = await meter.measure("Ward 3", ("201-209",))
+        assert measured is not None
+        assert measured.seconds > settings.alarm.lead_in
+        assert meter.renders_started == 0
+    finally:
+        await meter.close()

@@ -53,7 +53,7 @@ async def test_a_department_whose_pieces_are_not_rendered_yet_is_measured_by_a_l
     assert (before.status, before.message) == (
         Status.OK,
         "1 departments, each with a paging group of devices; 1 not measured yet (their"
-        " announcements are being rendered)",
+        " prompts are not rendered yet)",
     )
     assert rendered_by_the_check == []
 

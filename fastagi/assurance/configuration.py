@@ -60,9 +60,7 @@ async def departments(context: Context) -> Finding:
             " fastagi paging-group device add GROUP PJSIP/201",
         )
     pending = (
-        f"; {not_yet} not measured yet (their prompts are not rendered yet)"
-        if not_yet
-        else ""
+        f"; {not_yet} not measured yet (their prompts are not rendered yet)" if not_yet else ""
     )
     if short:
         return Finding.warn(

@@ -193,6 +193,8 @@ class OurServer:
                 stderr=log,
                 start_new_session=True,
             )
+        # The launcher's until the server is up (stop() may need one before that).
+        self.pid = self.proc.pid
         self._wait_ready()
         self.pid = self._server_pid()
 

@@ -788,7 +788,7 @@ def format_report(plan: Plan, report: Report) -> str:
         "",
         f"median (min-max) of {plan.repeats} repetitions; per rate max({plan.min_calls}, "
         f"rate x {plan.seconds:g} s) calls; each server started afresh every repetition, "
-        "the two alternating step by step; CPU = user+system time of the process per "
+        "the servers taking turns step by step; CPU = user+system time of the process per "
         "call placed (/proc/PID/stat); cmd = the server's turnaround per AGI command "
         "(its histogram, interpolated within buckets); load avg = 1-minute load average "
         f"after the step; {os.cpu_count()} CPUs",

@@ -91,8 +91,9 @@ class CycleResult:
         return self.error is None
 
     def details(self) -> dict[str, object]:
-        """For the ``page_cycle`` history event."""
-        return {
+        """For the ``page_cycle`` history event; ``unsent`` only on a page never sent (its
+        error says why), which nobody heard and which the next page follows at once."""
+        details: dict[str, object] = {
             "dialled": self.dialled,
             "answered": self.answered,
             "duration": round(self.duration, 3),
@@ -101,6 +102,9 @@ class CycleResult:
             "cancelled": self.cancelled,
             "devices": dict(self.devices),
         }
+        if self.unsent:
+            details["unsent"] = True
+        return details
 
 
 @dataclass

@@ -198,16 +198,26 @@ async def events(store: Stores, alarm_id: int, kind: str) -> list[StoredEvent]:
 
 
 async def recorded_page_starts(
-    store: Stores, alarm_id: int, count: int, *, heard: bool = False, within: float = 15.0
+    store: Stores,
+    alarm_id: int,
+    count: int,
+    *,
+    heard: bool = False,
+    sent: bool = False,
+    within: float = 15.0,
 ) -> list[dt.datetime]:
     """``page_starts`` once ``count`` pages are recorded (a page's event is written when
     it ends, a moment after its INVITE reached the phone). ``heard``: only the pages a
-    device answered, not the cycles missed while Asterisk was away."""
+    device answered, not the cycles missed while Asterisk was away. ``sent``: all but
+    the pages never sent for want of an AMI connection (``unsent``), which the loop
+    follows at once, by design."""
     async with asyncio.timeout(within):
         while True:
             cycles = await events(store, alarm_id, "page_cycle")
             if heard:
                 cycles = [cycle for cycle in cycles if cycle.details["answered"]]
+            if sent:
+                cycles = [cycle for cycle in cycles if not cycle.details.get("unsent")]
             if len(cycles) >= count:
                 return page_starts(cycles)
             await asyncio.sleep(0.05)

@@ -173,6 +173,8 @@ async def test_asterisk_restart_reconnects_relights_lamps_and_records_missed_cyc
     missed = [c for c in cycles if c.details["error"] is not None]
     assert len(heard) == len(phone.invite_times), (cycle_summary(cycles), phone.invite_times)
     assert missed, "no missed cycle recorded during the outage"
+    # Those the loop could not even send (no AMI connection) say so.
+    assert any(c.details.get("unsent") is True for c in missed), cycle_summary(cycles)
     # The lamps set again after the reconnection are recorded (with no alarm id: a
     # re-apply has no single cause).
     relit = await db_pool.fetch(

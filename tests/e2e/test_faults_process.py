@@ -50,7 +50,11 @@ from tests.history import doubled_cycles, doubled_pages, page_starts
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 INTERVAL = 5
-# A gap shorter than this is a doubled cycle.
+# A gap shorter than this is a doubled cycle. Gaps are taken between the pages that were
+# sent (``sent=True``): a server that takes an alarm over before its AMI login records a
+# page it could not send, and sends the next as soon as AMI is up, by design
+# (fastagi/alarms/loop.py); in a fresh clone's run (2026-11-29) that put 0.26 s between
+# the unsent page and the next.
 MIN_GAP = INTERVAL * 0.9
 # How far a page may stray from its schedule, start to start, by the starts the servers
 # recorded (page_starts: the phone's INVITEs add Asterisk's dialling time, which a
@@ -108,17 +112,22 @@ async def assert_history_matches_pages(
     cycles = await events(store, alarm_id, "page_cycle")
     numbers = [e.details["cycle"] for e in cycles]
     twice = doubled_cycles(numbers)
-    starts = page_starts(cycles)
+    # A page never sent (a new leader before its AMI login) reached nobody: the next
+    # follows it at once by design (fastagi/alarms/loop.py), so it opens no window.
+    sent = [e for e in cycles if not e.details.get("unsent")]
+    starts = page_starts(sent)
     close = doubled_pages(starts, MIN_GAP)
-    lost = len(invites) - len(set(numbers))
+    lost = len(invites) - len(sent)
     print(
-        f"cycles recorded {numbers}, pages received {len(invites)}: lost {lost},"
-        f" doubled {twice} (cycle numbers) {close} (gaps < {MIN_GAP} s)"
+        f"cycles recorded {numbers} ({len(cycles) - len(sent)} never sent), pages received"
+        f" {len(invites)}: lost {lost}, doubled {twice} (cycle numbers) {close} (gaps <"
+        f" {MIN_GAP} s)"
     )
     assert twice == [], f"cycle numbers recorded twice: {twice} in {numbers}"
     assert close == [], f"two pages in one cycle window: gaps {gaps(starts)}"
     assert lost == 0, f"{lost} pages received without their page_cycle: {numbers}"
-    assert sorted(numbers) == list(range(1, len(invites) + 1)), numbers
+    assert len(sent) == len(invites), (numbers, len(invites))
+    assert sorted(numbers) == list(range(1, len(numbers) + 1)), numbers
 
 
 def assert_resumed_on_schedule(
@@ -160,7 +169,7 @@ async def test_sigkill_between_pages_restarted_server_resumes_the_loop(
     second = await start_server(stack, "second", sandbox, agi_port, database_dsn, tmp_path)
     print(f"second server listening {second.ready_after:.2f} s after spawn")
     await phone.wait_invites(4, within=20)
-    starts = await recorded_page_starts(store, alarm.id, 4)
+    starts = await recorded_page_starts(store, alarm.id, 4, sent=True)
     all_gaps = gaps(starts)
     resumed_gap = all_gaps[1]
     recovery = starts[2].timestamp() - killed_at
@@ -210,7 +219,7 @@ async def test_sigkill_during_a_page_no_cycle_doubled(
     await first.kill()
     second = await start_server(stack, "second", sandbox, agi_port, database_dsn, tmp_path)
     await phone.wait_invites(4, within=25)
-    starts = await recorded_page_starts(store, alarm.id, 4)
+    starts = await recorded_page_starts(store, alarm.id, 4, sent=True)
     all_gaps = gaps(starts)
     print(
         f"gaps {all_gaps}; interrupted page to the next {all_gaps[1]:.2f} s (interval"
@@ -285,7 +294,7 @@ async def test_two_instances_failover_one_leader_and_takeover(
     # moment later.
     await phone.wait_invites(3)
     assert len(phone.invite_times) == 3, phone.invite_times
-    starts = await recorded_page_starts(store, alarm.id, 3)
+    starts = await recorded_page_starts(store, alarm.id, 3, sent=True)
     assert min(gaps(starts)) >= MIN_GAP, gaps(starts)
     assert await events(store, alarm.id, "resumed") == []
 
@@ -298,7 +307,7 @@ async def test_two_instances_failover_one_leader_and_takeover(
         await phone.wait_invites(4, within=within)
     except TimeoutError:
         pytest.fail(f"no page within {within:g} s of the leader's death: no takeover")
-    starts = await recorded_page_starts(store, alarm.id, 4)
+    starts = await recorded_page_starts(store, alarm.id, 4, sent=True)
     all_gaps = gaps(starts)
     takeover_gap = all_gaps[2]
     [resumed] = await events(store, alarm.id, "resumed")
@@ -325,7 +334,7 @@ async def test_two_instances_failover_one_leader_and_takeover(
     [retriggered] = await events(store, alarm.id, "retriggered")
     assert retriggered.details["instance"] == a.instance_id
     await phone.wait_invites(5, within=INTERVAL + 5)
-    starts = await recorded_page_starts(store, alarm.id, 5)
+    starts = await recorded_page_starts(store, alarm.id, 5, sent=True)
     assert min(gaps(starts)) >= MIN_GAP, gaps(starts)
 
     await deactivate(store, alarm)

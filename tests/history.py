@@ -23,7 +23,7 @@ import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
@@ -105,6 +105,16 @@ class Recorded(Protocol):
 
     @property
     def details(self) -> Mapping[str, Any]: ...
+
+
+R = TypeVar("R", bound=Recorded)
+
+
+def sent_cycles(cycles: Iterable[R]) -> list[R]:
+    """The ``page_cycle`` events of pages that were sent: not those recorded ``unsent``
+    (no AMI connection), which reached nobody and which the loop follows at once, by
+    design (fastagi/alarms/loop.py)."""
+    return [cycle for cycle in cycles if not cycle.details.get("unsent")]
 
 
 def page_starts(cycles: Iterable[Recorded]) -> list[dt.datetime]:

@@ -20,7 +20,7 @@ from fastagi.domain.alarm import Alarm
 from fastagi.store import Stores
 from fastagi.store.history import StoredEvent
 from fastagi_dev.sandbox.instance import Sandbox
-from tests.history import page_starts
+from tests.history import page_starts, sent_cycles
 
 READY_LINE = "FastAGI server listening"
 
@@ -217,7 +217,7 @@ async def recorded_page_starts(
             if heard:
                 cycles = [cycle for cycle in cycles if cycle.details["answered"]]
             if sent:
-                cycles = [cycle for cycle in cycles if not cycle.details.get("unsent")]
+                cycles = sent_cycles(cycles)
             if len(cycles) >= count:
                 return page_starts(cycles)
             await asyncio.sleep(0.05)

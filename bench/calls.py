@@ -511,7 +511,7 @@ def our_env(
             "FASTAGI_AMI__HOST": sandbox.ami_host,
             "FASTAGI_AMI__PORT": str(sandbox.ami_port),
             # The user `fastagi freepbx install` makes: its rights and its event filter.
-            "FASTAGI_AMI__USERNAME": f"{sandbox.ami_username}-least",
+            "FASTAGI_AMI__USERNAME": sandbox.least_ami_username,
             "FASTAGI_AMI__SECRET": sandbox.ami_secret,
             "FASTAGI_TTS__DIRECTORY": str(sandbox.tts_dir),
             "FASTAGI_TTS__ASTERISK_DIRECTORY": sandbox.tts_dir_in_asterisk,

@@ -369,6 +369,12 @@ class Sandbox:
         return AMI_USERNAME
 
     @property
+    def least_ami_username(self) -> str:
+        """The user with the rights and event filters `fastagi freepbx install` writes
+        (templates/manager.conf)."""
+        return f"{AMI_USERNAME}-least"
+
+    @property
     def sip_port(self) -> int:
         return self.ports.sip
 

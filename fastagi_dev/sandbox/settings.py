@@ -22,7 +22,7 @@ from fastagi_dev.sandbox.instance import Sandbox
 def ami_settings(sandbox: Sandbox, *, least: bool = False, **options: Any) -> AmiSettings:
     """The instance's AMI user; ``least``: the one with the rights ``fastagi freepbx
     install`` grants (templates/manager.conf), not every right."""
-    username = f"{sandbox.ami_username}-least" if least else sandbox.ami_username
+    username = sandbox.least_ami_username if least else sandbox.ami_username
     user = {
         "host": sandbox.ami_host,
         "port": sandbox.ami_port,

@@ -35,6 +35,12 @@ def client_for(sandbox: Sandbox, username: str | None = None, **options: Any) ->
     )
 
 
+def least_client(sandbox: Sandbox) -> AmiClient:
+    """The sandbox's least-privilege user: the rights and event filters of the user
+    `fastagi freepbx install` makes."""
+    return client_for(sandbox, username=sandbox.least_ami_username)
+
+
 @pytest.fixture
 async def ami(sandbox: Sandbox) -> AsyncIterator[AmiClient]:
     async with client_for(sandbox) as client:
@@ -179,7 +185,7 @@ async def test_the_server_user_is_not_sent_the_events_it_never_reads(
     uniqueid = f"e2e-{uuid.uuid4().hex[:12]}"
     marker = uuid.uuid4().hex
     seen: list[Message] = []
-    least = client_for(sandbox, username=f"{sandbox.ami_username}-least")
+    least = least_client(sandbox)
     async with (
         least,
         least.events() as stream,
@@ -215,7 +221,7 @@ async def test_the_server_user_is_not_sent_the_end_of_call_user_events_it_never_
     marker = uuid.uuid4().hex
     names = (*ami_user.IGNORED_USER_EVENTS, PROBE_EVENT, FALLBACK_USER_EVENT)
     seen: list[Message] = []
-    least = client_for(sandbox, username=f"{sandbox.ami_username}-least")
+    least = least_client(sandbox)
     async with least, least.events("UserEvent") as stream, ami.events("UserEvent") as unfiltered:
         for name in names:
             result = await ami.originate(

@@ -105,7 +105,7 @@ dsn = "{dsn}"
 [ami]
 host = "{box.ami_host}"
 port = {box.ami_port}
-username = "{box.ami_username}-least"
+username = "{box.least_ami_username}"
 secret = "{box.ami_secret}"
 
 [tts]

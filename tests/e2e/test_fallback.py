@@ -107,7 +107,7 @@ async def start_server(
         box,
         port,
         dsn,
-        extra={"FASTAGI_AMI__USERNAME": f"{box.ami_username}-least", **(extra or {})},
+        extra={"FASTAGI_AMI__USERNAME": box.least_ami_username, **(extra or {})},
     )
     server = ServerProcess(name, env, tmp_path / f"{name}.log")
     stack.push_async_callback(server.kill)

@@ -279,7 +279,7 @@ async def test_ami_access_taken_away_lights_the_lamp_and_is_told_once(
     # next reconnection would fail. The scheduled "ami" line logs in afresh and sees it.
     manager = site.sandbox.config_dir / "manager.conf"
     original = manager.read_text()
-    least = f"[{site.sandbox.ami_username}-least]"
+    least = f"[{site.sandbox.least_ami_username}]"
     assert least in original
     manager.write_text(original.replace(least, "[someone-else]"))
     try:
